@@ -1,0 +1,736 @@
+"""Scenario files: TOML, validated once into frozen, typed objects.
+
+A scenario tells one story from the field (Double 11 midnight, a bank brownout, the ``mall`` close
+pattern …) as data: load, user behaviour, each actor's latency, capacity and failure, the policies under
+review, fault windows and thresholds. Every key has a default taken from ``../shared/domain.md``; a
+file states only what its story changes. ``docs/scenario.md`` documents every key.
+
+Values are written the way people write them:
+
+* durations: ``"250ms"``, ``"15s"``, ``"15m"``, ``"2h"``, ``"15d"`` (or ``0``);
+* distributions: a table ``{dist = "exponential", mean = "60s"}``, ``{dist = "lognormal", median =
+  "1s", p99 = "20s"}``, ``{dist = "constant", value = "2s"}``, ``{dist = "uniform", low = "1s", high =
+  "5s"}``, ``{dist = "empirical", values = ["1s", "2s", "30s"]}``; a plain duration means a constant;
+* retry schedules: ``"alipay"``, ``"wechat"``, ``"stripe"``, ``"adyen"`` or a list of gaps.
+
+A mistake raises :class:`~sim.errors.ConfigError` with one message per problem: the file, the key
+path, what was expected, what was found, and a suggestion for a misspelt key.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from sim.domain.schedules import NOTIFY_SCHEDULES
+from sim.errors import ConfigError
+
+# --------------------------------------------------------------------------------------------------
+# Durations
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*(ms|s|min|m|h|d)\s*$")
+DURATION_HINT = 'a duration like "250ms", "15s", "15m", "2h" or "15d"'
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``"250ms"``, ``"15s"``, ``"15m"``, ``"2h"``, ``"15d"`` (or a bare ``0``)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected {DURATION_HINT}, found {value!r}")
+    if isinstance(value, (int, float)):
+        if value == 0:
+            return 0.0
+        raise ValueError(f"expected {DURATION_HINT} (with a unit), found the bare number {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("-"):
+            raise ValueError(f"expected a non-negative duration, found {value!r}")
+        m = _DURATION_RE.match(text)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError(f"expected {DURATION_HINT}, found {value!r}")
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact human form of a duration: 900 -> ``"15m"``, 0.25 -> ``"250ms"``."""
+    if seconds == 0:
+        return "0s"
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        n = seconds / size
+        if n >= 1 and abs(n - round(n)) < 1e-9:
+            return f"{int(round(n))}{unit}"
+    ms = seconds * 1000.0
+    if abs(ms - round(ms)) < 1e-6:
+        return f"{int(round(ms))}ms"
+    return f"{seconds:.9g}s"
+
+
+Duration = Annotated[float, PlainValidator(parse_duration), PlainSerializer(format_duration)]
+
+
+def _probability(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a probability between 0 and 1, found {value!r}")
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"expected a probability between 0 and 1, found {value!r}")
+    return float(value)
+
+
+Probability = Annotated[float, PlainValidator(_probability)]
+
+# --------------------------------------------------------------------------------------------------
+# Distributions
+
+_Z99 = 2.3263478740408408  # standard normal quantile at 0.99
+
+
+@dataclass(frozen=True)
+class Dist:
+    """A distribution of a non-negative quantity (seconds or CNY), sampled with a ``random.Random``.
+
+    ``kind`` is one of ``constant``, ``exponential``, ``lognormal``, ``uniform``, ``empirical``;
+    ``params`` holds the values as written (already converted to seconds/CNY).
+    """
+
+    kind: str
+    params: tuple[tuple[str, Any], ...]
+    unit: str = "duration"  # "duration" | "number"
+
+    def p(self, name: str) -> Any:
+        return dict(self.params)[name]
+
+    @property
+    def mean(self) -> float:
+        """The distribution's mean (used for capacity planning and closed forms)."""
+        k = self.kind
+        if k == "constant":
+            return self.p("value")
+        if k == "exponential":
+            return self.p("mean")
+        if k == "lognormal":
+            mu, sigma = self.lognormal_mu_sigma()
+            return math.exp(mu + sigma * sigma / 2.0)
+        if k == "uniform":
+            return (self.p("low") + self.p("high")) / 2.0
+        values = self.p("values")
+        return sum(values) / len(values)
+
+    def lognormal_mu_sigma(self) -> tuple[float, float]:
+        median, p99 = self.p("median"), self.p("p99")
+        return math.log(median), math.log(p99 / median) / _Z99
+
+    def sampler(self, rng: Any):
+        """A zero-argument function drawing from this distribution with ``rng`` (a ``random.Random``).
+
+        Built once per stream so the simulation's hot path is one call, no dispatch.
+        """
+        k = self.kind
+        if k == "constant":
+            v = self.p("value")
+            return lambda: v
+        if k == "exponential":
+            mean = self.p("mean")
+            if mean == 0:
+                return lambda: 0.0
+            rate = 1.0 / mean
+            expo = rng.expovariate
+            return lambda: expo(rate)
+        if k == "lognormal":
+            mu, sigma = self.lognormal_mu_sigma()
+            lnv = rng.lognormvariate
+            return lambda: lnv(mu, sigma)
+        if k == "uniform":
+            lo, hi = self.p("low"), self.p("high")
+            uni = rng.uniform
+            return lambda: uni(lo, hi)
+        values = self.p("values")
+        choice = rng.choice
+        return lambda: choice(values)
+
+    def scaled(self, factor: float) -> "Dist":
+        """The same shape with every value multiplied by ``factor`` (used by fault windows and time scaling)."""
+        params = tuple(
+            (n, tuple(x * factor for x in v) if isinstance(v, tuple) else v * factor) for n, v in self.params
+        )
+        return Dist(self.kind, params, self.unit)
+
+
+_DIST_KEYS = {
+    "constant": ("value",),
+    "exponential": ("mean",),
+    "lognormal": ("median", "p99"),
+    "uniform": ("low", "high"),
+    "empirical": ("values",),
+}
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a non-negative number, found {value!r}")
+    if value < 0 or not math.isfinite(value):
+        raise ValueError(f"expected a non-negative number, found {value!r}")
+    return float(value)
+
+
+def _make_dist(value: Any, unit: str) -> Dist:
+    parse = parse_duration if unit == "duration" else _number
+    what = DURATION_HINT if unit == "duration" else "a number"
+    if isinstance(value, Dist):
+        return value
+    if not isinstance(value, dict):
+        if unit == "number" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return Dist("constant", (("value", _number(value)),), unit)
+        try:
+            return Dist("constant", (("value", parse(value)),), unit)
+        except ValueError:
+            raise ValueError(
+                f"expected {what} or a distribution table such as "
+                f'{{dist = "exponential", mean = "60s"}}, found {value!r}'
+            ) from None
+    kind = value.get("dist")
+    if kind not in _DIST_KEYS:
+        hint = _suggest(str(kind), _DIST_KEYS) if isinstance(kind, str) else ""
+        raise ValueError(f"expected dist = one of {', '.join(_DIST_KEYS)}, found dist = {kind!r}{hint}")
+    wanted = _DIST_KEYS[kind]
+    for key in value:
+        if key != "dist" and key not in wanted:
+            raise ValueError(
+                f"unknown key {key!r} for a {kind} distribution (expected {', '.join(wanted)})"
+                f"{_suggest(key, wanted)}"
+            )
+    params: list[tuple[str, Any]] = []
+    for key in wanted:
+        if key not in value:
+            raise ValueError(f"missing key {key!r} for a {kind} distribution (expected {', '.join(wanted)})")
+        raw = value[key]
+        try:
+            if key == "values":
+                if not isinstance(raw, list) or not raw:
+                    raise ValueError(f"expected a non-empty list, found {raw!r}")
+                params.append((key, tuple(parse(v) for v in raw)))
+            else:
+                params.append((key, parse(raw)))
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+    d = Dist(kind, tuple(params), unit)
+    if kind == "lognormal":
+        if d.p("median") <= 0:
+            raise ValueError(f"median: expected a positive value, found {value['median']!r}")
+        if d.p("p99") <= d.p("median"):
+            raise ValueError(f"p99 must be larger than median, found median={value['median']!r}, p99={value['p99']!r}")
+    if kind == "uniform" and d.p("high") < d.p("low"):
+        raise ValueError(f"high must be >= low, found low={value['low']!r}, high={value['high']!r}")
+    return d
+
+
+def _dump_dist(d: Dist) -> Any:
+    fmt = format_duration if d.unit == "duration" else (lambda x: x)
+    if d.kind == "constant":
+        return fmt(d.p("value"))
+    out: dict[str, Any] = {"dist": d.kind}
+    for name, v in d.params:
+        out[name] = [fmt(x) for x in v] if isinstance(v, tuple) else fmt(v)
+    return out
+
+
+DurationDist = Annotated[Dist, PlainValidator(lambda v: _make_dist(v, "duration")), PlainSerializer(_dump_dist)]
+NumberDist = Annotated[Dist, PlainValidator(lambda v: _make_dist(v, "number")), PlainSerializer(_dump_dist)]
+
+# --------------------------------------------------------------------------------------------------
+# Retry schedules
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A retry schedule: the gaps (seconds) between attempts; the first attempt is immediate."""
+
+    name: str | None
+    gaps: tuple[float, ...]
+
+
+def _make_schedule(value: Any) -> Schedule:
+    if isinstance(value, Schedule):
+        return value
+    if isinstance(value, str):
+        if value in NOTIFY_SCHEDULES:
+            return Schedule(value, NOTIFY_SCHEDULES[value])
+        raise ValueError(
+            f"expected a named schedule ({', '.join(NOTIFY_SCHEDULES)}) or a list of durations, "
+            f"found {value!r}{_suggest(value, NOTIFY_SCHEDULES)}"
+        )
+    if isinstance(value, list):
+        gaps = []
+        for i, v in enumerate(value):
+            try:
+                gaps.append(parse_duration(v))
+            except ValueError as exc:
+                raise ValueError(f"[{i}]: {exc}") from None
+        return Schedule(None, tuple(gaps))
+    raise ValueError(
+        f"expected a named schedule ({', '.join(NOTIFY_SCHEDULES)}) or a list of durations, found {value!r}"
+    )
+
+
+def _dump_schedule(s: Schedule) -> Any:
+    return s.name if s.name else [format_duration(g) for g in s.gaps]
+
+
+RetrySchedule = Annotated[Schedule, PlainValidator(_make_schedule), PlainSerializer(_dump_schedule)]
+
+
+def _duration_or_off(value: Any) -> float | None:
+    if value in ("off", None):
+        return None
+    return parse_duration(value)
+
+
+DurationOrOff = Annotated[
+    float | None,
+    PlainValidator(_duration_or_off),
+    PlainSerializer(lambda v: "off" if v is None else format_duration(v)),
+]
+
+# --------------------------------------------------------------------------------------------------
+# The schema
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _ln(median: str, p99: str) -> dict[str, str]:
+    return {"dist": "lognormal", "median": median, "p99": p99}
+
+
+class RunSection(_Section):
+    """How long and how often to run."""
+
+    seed: int = Field(20261111, ge=0, description="root seed; every random stream is derived from it")
+    replications: int = Field(5, ge=1, le=10_000, description="independent replications (confidence intervals)")
+    horizon: Duration = Field("1h", description="arrivals stop here")
+    drain: Duration = Field(
+        "26h",
+        description="run on after the horizon so in-flight orders can end (Alipay retries notifications for ~25h)",
+    )
+    warmup: Duration = Field("5m", description="orders created before this are not counted in rates")
+
+    @model_validator(mode="after")
+    def _warmup_before_horizon(self) -> "RunSection":
+        if self.warmup >= self.horizon:
+            raise ValueError(
+                f"warmup must be shorter than horizon, found warmup={format_duration(self.warmup)}, "
+                f"horizon={format_duration(self.horizon)}"
+            )
+        return self
+
+
+class ProfileStep(_Section):
+    """From ``at`` on, the arrival rate is ``arrival_rate × multiplier`` (piecewise constant)."""
+
+    at: Duration
+    multiplier: float = Field(ge=0.0)
+
+
+class LoadSection(_Section):
+    arrival_rate: float = Field(20.0, gt=0.0, le=10_000_000, description="orders per second at multiplier 1")
+    profile: tuple[ProfileStep, ...] = Field((), description="piecewise-constant multipliers over time")
+
+    @field_validator("profile")
+    @classmethod
+    def _sorted(cls, v: tuple[ProfileStep, ...]) -> tuple[ProfileStep, ...]:
+        ats = [s.at for s in v]
+        if ats != sorted(ats):
+            raise ValueError("profile steps must be in increasing order of `at`")
+        return v
+
+    def multiplier_at(self, t: float) -> float:
+        m = 1.0
+        for step in self.profile:
+            if step.at <= t:
+                m = step.multiplier
+            else:
+                break
+        return m
+
+    def peak_multiplier(self) -> float:
+        return max([1.0] + [s.multiplier for s in self.profile]) if self.profile else 1.0
+
+
+class PaymentMethods(_Section):
+    wallet: Probability = 0.6
+    card: Probability = 0.3
+    bnpl: Probability = 0.1
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "PaymentMethods":
+        total = self.wallet + self.card + self.bnpl
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"payment method shares must sum to 1, found {total:g}")
+        return self
+
+
+class UserSection(_Section):
+    """The buyer: how they pay, wait, give up and try again."""
+
+    payment_methods: PaymentMethods = PaymentMethods()
+    pay_delay: DurationDist = Field(_ln("20s", "5m"), description="order created -> buyer confirms payment")
+    abandon_probability: Probability = Field(0.1, description="the buyer never pays")
+    order_amount: NumberDist = Field({"dist": "lognormal", "median": 89, "p99": 2000}, description="CNY")
+    retry_probability: Probability = Field(0.5, description="the buyer tries again after a failure or timeout")
+    max_retries: int = Field(2, ge=0, le=20)
+    retry_delay: DurationDist = Field(_ln("10s", "2m"))
+    poll_interval: Duration = Field("3s", description="after 'unknown' the app polls the order this often")
+    poll_duration: Duration = Field("60s", description="... for this long (Alipay barcode pay: ~60s)")
+    cancel_probability: Probability = Field(0.0, description="an unpaid buyer cancels instead of walking away")
+
+
+class AppSection(_Section):
+    """The app between the buyer and the servers."""
+
+    network_latency: DurationDist = Field(_ln("30ms", "300ms"), description="one way, app <-> servers")
+    request_timeout: Duration = Field("15s", description="Alipay SDK read timeout")
+    retry_trade_no: Literal["reuse", "new"] = Field("reuse", description="a retry reuses the trade number, or not")
+    cashier_closes_at_expiry: bool = Field(True, description="the cashier countdown stops payment at the order TTL")
+
+
+class OrderServiceSection(_Section):
+    order_ttl: Duration = Field("30m", description="unpaid orders close after this (litemall 30m, Taobao flash sale 15m)")
+    close_policy: Literal["naive", "query_then_close", "close_trade_then_order"] = "naive"
+    late_payment: Literal["ignore", "auto_refund", "reopen"] = "ignore"
+    close_mode: Literal["timer", "sweep"] = Field("timer", description="per-order timer, or a periodic sweep")
+    sweep_interval: Duration = Field("10m", description="macrozheng/mall sweeps every 10 minutes")
+    release_stock_on_close: bool = True
+    workers: int = Field(16, ge=1, le=100_000, description="concurrent requests (notifications, queries)")
+    service_time: DurationDist = Field({"dist": "exponential", "mean": "5ms"})
+    stuck_grace: Duration = Field("1h", description="an order or trade undecided this long past its deadline is stuck")
+
+
+class GatewaySection(_Section):
+    workers: int = Field(64, ge=1, le=1_000_000)
+    service_time: DurationDist = Field({"dist": "exponential", "mean": "20ms"})
+    timeout: Duration = Field("8s", description="bank call timeout; the trade becomes 'unknown' (WeChat read 8s)")
+    trade_ttl: Duration = Field("15d", description="Alipay timeout_express default")
+    notify_schedule: RetrySchedule = Field("alipay")
+    notify_latency: DurationDist = Field(_ln("200ms", "5s"))
+    notify_loss: Probability = Field(0.0, description="chance one delivery attempt is lost")
+    notify_duplicate: Probability = Field(0.0, description="chance one attempt is delivered twice")
+    notify_ack_timeout: Duration = Field("5s", description="an attempt not acknowledged within this counts as failed")
+    bank_query_schedule: RetrySchedule = Field(
+        ["60s", "5m", "5m", "5m", "5m"], description="the gateway re-queries an 'unknown' debit (Hyperswitch)"
+    )
+
+
+class BankSection(_Section):
+    channels: int = Field(200, ge=1, le=1_000_000, description="concurrent debits; queueing beyond adds latency")
+    latency: DurationDist = Field(_ln("150ms", "2s"))
+    decline_probability: Probability = Field(0.08, description="card-not-present approval is ~85-92%")
+    risk_block_probability: Probability = Field(0.005)
+    risk_hold_probability: Probability = Field(0.0, description="risk control holds a debit, then releases it")
+    risk_hold_duration: DurationDist = Field(_ln("10m", "2h"))
+    single_payment_limit: float = Field(50_000.0, gt=0, description="CNY; larger payments are declined")
+    response_loss: Probability = Field(0.0, description="the debit completes but its response never reaches the gateway")
+
+
+class MerchantSection(_Section):
+    delivery_time: DurationDist = Field(_ln("2h", "24h"), description="paid -> goods delivered")
+    bnpl_finish_delay: DurationDist = Field(_ln("10m", "6h"), description="delivered -> merchant calls finish")
+    bnpl_finish_failure: Probability = Field(0.01, description="chance one finish call fails")
+    bnpl_finish_forget: Probability = Field(0.0, description="chance the merchant never calls finish")
+    bnpl_finish_retries: int = Field(3, ge=0, le=100)
+    bnpl_finish_retry_delay: DurationDist = Field("10m")
+
+
+class BnplSection(_Section):
+    credit_limit: float = Field(3000.0, gt=0, description="CNY")
+    authorization_ttl: Duration = Field("28d", description="Klarna: 28 days")
+    sync_lag: DurationDist = Field(_ln("2s", "1m"), description="provider payment side -> credit side")
+    finish_limit: Duration = Field("24h", description="delivered but not finished after this = stuck")
+    deduction_failure: Probability = Field(0.05, description="chance one deduction fails (low balance)")
+    deduction_retry_schedule: RetrySchedule = Field(["1h", "6h", "24h"])
+    compensation_after: Duration = Field("48h", description="Alipay compensates the merchant after 24-72h")
+    user_repay_delay: DurationDist = Field(_ln("12h", "3d"), description="failed deduction -> buyer repays by hand")
+
+
+class ReconciliationSection(_Section):
+    interval: DurationOrOff = Field("off", description='"off", or how often the reconciler runs ("1h", "1d")')
+    statement_delay: Duration = Field("0s", description="the statement covers payments up to this long ago (T+1: 10h)")
+    repair: Literal["refund", "fill_order", "report"] = "refund"
+
+
+class FaultWindow(_Section):
+    """Between ``start`` and ``end`` the keys in ``set`` take other values (a brownout, a storm)."""
+
+    start: Duration
+    end: Duration
+    label: str = ""
+    set: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "FaultWindow":
+        if self.end <= self.start:
+            raise ValueError(f"end must be after start, found start={format_duration(self.start)}, end={format_duration(self.end)}")
+        return self
+
+
+class LiveSection(_Section):
+    """Defaults for the live harness (``serve`` / ``load``)."""
+
+    time_scale: float = Field(60.0, gt=0, description="scenario seconds per wall second")
+    run_time: Duration = Field("2m", description="wall time of the load phase")
+    drain: Duration = Field("30s", description="wall time to let timers and notifications finish")
+    max_in_flight: int = Field(256, ge=1, description="requests a service accepts at once before answering 503")
+
+
+ANOMALY_CLASSES: tuple[str, ...] = (
+    "paid_but_closed",
+    "success_shown_then_closed",
+    "failure_shown_but_charged",
+    "double_charge",
+    "charge_without_order",
+    "order_paid_without_charge",
+    "stuck_pending",
+    "bnpl_stuck_unfinished",
+    "bnpl_false_overdue",
+    "bnpl_deduction_failed",
+    "ledger_imbalance",
+)
+
+_THRESHOLD_RE = re.compile(r"^\s*([a-z0-9_]+(?:\.[a-z0-9_]+)?)\s*(<=|<|>=|>)\s*(.+?)\s*$")
+_THRESHOLD_METRICS = ("p99_latency", "p50_latency", "error_rate", "achieved_ratio")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    metric: str  # "paid_but_closed.rate", "p99_latency", ...
+    op: str
+    value: float
+    text: str
+
+    def holds(self, observed: float) -> bool:
+        return {"<": observed < self.value, "<=": observed <= self.value,
+                ">": observed > self.value, ">=": observed >= self.value}[self.op]
+
+
+def _make_threshold(value: Any) -> Threshold:
+    if isinstance(value, Threshold):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f'expected a rule like "paid_but_closed.rate < 1e-4", found {value!r}')
+    m = _THRESHOLD_RE.match(value)
+    if not m:
+        raise ValueError(f'expected a rule like "paid_but_closed.rate < 1e-4" or "p99_latency < 800ms", found {value!r}')
+    metric, op, raw = m.groups()
+    if "." in metric:
+        cls, field = metric.split(".")
+        if cls not in ANOMALY_CLASSES:
+            raise ValueError(f"unknown anomaly class {cls!r} in {value!r}{_suggest(cls, ANOMALY_CLASSES)}")
+        if field not in ("rate", "count", "amount"):
+            raise ValueError(f"expected .rate, .count or .amount after {cls!r}, found .{field}")
+        num = float(raw)
+    else:
+        if metric not in _THRESHOLD_METRICS:
+            raise ValueError(f"unknown metric {metric!r} (expected <class>.rate|count|amount or one of "
+                             f"{', '.join(_THRESHOLD_METRICS)}){_suggest(metric, _THRESHOLD_METRICS)}")
+        raw = raw.strip().strip('"')
+        num = parse_duration(raw) if metric.endswith("latency") else float(raw)
+    return Threshold(metric, op, num, value.strip())
+
+
+ThresholdRule = Annotated[Threshold, PlainValidator(_make_threshold), PlainSerializer(lambda t: t.text)]
+
+
+class Scenario(_Section):
+    """A validated scenario: frozen, hashable by value, and dumpable back to TOML-shaped data."""
+
+    name: str | None = None
+    description: str = ""
+    run: RunSection = RunSection()
+    load: LoadSection = LoadSection()
+    user: UserSection = UserSection()
+    app: AppSection = AppSection()
+    order_service: OrderServiceSection = OrderServiceSection()
+    gateway: GatewaySection = GatewaySection()
+    bank: BankSection = BankSection()
+    merchant: MerchantSection = MerchantSection()
+    bnpl: BnplSection = BnplSection()
+    reconciliation: ReconciliationSection = ReconciliationSection()
+    faults: tuple[FaultWindow, ...] = ()
+    thresholds: tuple[ThresholdRule, ...] = ()
+    live: LiveSection = LiveSection()
+
+    def resolved(self) -> dict[str, Any]:
+        """The scenario as plain data, defaults included (what every result echoes)."""
+        return self.model_dump(mode="json")
+
+    def with_overrides(self, overrides: dict[str, Any], source: str = "--set") -> "Scenario":
+        """A new scenario with dotted-key overrides applied, validated like a file."""
+        raw = self.resolved()
+        for key, value in overrides.items():
+            _set_path(raw, key, value, source)
+        return scenario_from_dict(raw, source)
+
+    def faulted(self, window: FaultWindow) -> "Scenario":
+        """This scenario as it is inside a fault window."""
+        return self.with_overrides(window.set, source=f"faults[{window.label or format_duration(window.start)}]")
+
+
+# Sections a fault window may change (run, load, live and reconciliation are fixed for a run).
+FAULTABLE_SECTIONS = ("user", "app", "order_service", "gateway", "bank", "merchant", "bnpl")
+
+# --------------------------------------------------------------------------------------------------
+# Loading and error reporting
+
+
+def _suggest(word: str, choices: Any) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: Any = Scenario
+    for part in path:
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        ann = fields[part].annotation
+        args = getattr(ann, "__args__", ()) or ()
+        model = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = tuple(p for p in err["loc"] if p not in ("function-plain[_make_dist()]",))
+    key = _format_loc(loc)
+    kind = err["type"]
+    found = err.get("input")
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        choices = list(parent.model_fields) if parent else []
+        hint = _suggest(str(loc[-1]), choices)
+        expected = f"one of: {', '.join(choices)}" if choices else "no such key"
+        return f"{key}: unknown key{hint}; expected {expected}"
+    if kind == "missing":
+        return f"{key}: missing required key"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+        return f"{key}: {msg}"
+    if kind == "literal_error":
+        return f"{key}: {msg.replace('Input should be', 'expected')}, found {found!r}"
+    return f"{key}: expected {msg.replace('Input should be ', '').replace('Input should ', '')}, found {found!r}"
+
+
+def scenario_from_dict(data: dict[str, Any], source: str = "<scenario>") -> Scenario:
+    """Validate plain data into a :class:`Scenario`, or raise one :class:`ConfigError`."""
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{source}: {_describe(e)}" for e in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    for i, window in enumerate(scenario.faults):
+        for key, value in window.set.items():
+            section = key.split(".", 1)[0]
+            if section not in FAULTABLE_SECTIONS or "." not in key:
+                raise ConfigError(
+                    f"{source}: faults[{i}].set.{key}: expected a key in one of the sections "
+                    f"{', '.join(FAULTABLE_SECTIONS)} (like \"gateway.service_time\"), found {key!r}"
+                )
+        try:
+            scenario.faulted(window)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace(f"faults[{window.label or format_duration(window.start)}]", f"{source}: faults[{i}].set", 1)) from None
+    return scenario
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"gateway.timeout=8s"`` -> ``("gateway.timeout", "8s")``; values are TOML, bare words are strings."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key.path=value, for example --set order_service.order_ttl=15m")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text!r}: the key before '=' is empty")
+    return key, parse_value(raw.strip())
+
+
+def parse_value(raw: str) -> Any:
+    """A command-line value as TOML (numbers, booleans, lists, inline tables), else a bare string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _set_path(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+            model = _model_at(tuple(parts[:i]))
+            choices = list(model.model_fields) if model else []
+            raise ConfigError(
+                f"{source} {key}: unknown key {'.'.join(parts[: i + 1])!r}{_suggest(part, choices)}"
+            )
+        node = node[part]
+    leaf = parts[-1]
+    if not isinstance(node, dict) or leaf not in node:
+        model = _model_at(tuple(parts[:-1]))
+        choices = list(model.model_fields) if model else []
+        raise ConfigError(f"{source} {key}: unknown key{_suggest(leaf, choices)}")
+    node[leaf] = copy.deepcopy(value)
+
+
+def load_scenario(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Scenario:
+    """Read, validate and apply ``--set`` overrides; raise :class:`ConfigError` naming the file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such scenario file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read scenario file ({exc.__class__.__name__})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    data.setdefault("name", p.stem)
+    scenario = scenario_from_dict(data, str(p))
+    if overrides:
+        pairs = dict(parse_override(o) for o in overrides) if isinstance(overrides, list) else overrides
+        scenario = scenario.with_overrides(pairs)
+    return scenario
+
+
+def default_scenario() -> Scenario:
+    return Scenario()
