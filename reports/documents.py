@@ -1,0 +1,167 @@
+"""Reading the documents a report is drawn from: results (``docs/results.md``) and sweeps.
+
+A *results document* is the JSON that ``simulate``, ``check``, ``load`` and every sweep point write
+(``schema_version = 1``, ``kind`` one of ``simulation``, ``check``, ``live``, ``sweep_point``). This
+module parses it itself (it does not depend on ``sim.results``) and checks only what the charts read,
+so a report can be drawn from any producer that keeps the contract.
+
+A *sweep document* wraps the results of a grid of scenario variants. Its shape (``kind = "sweep"``)::
+
+    {
+      "schema_version": 1,
+      "kind": "sweep",
+      "scenario_name": "mall_pattern",                 // optional: the base scenario
+      "vary":    {"order_service.order_ttl": ["5m", "15m", "30m"]},       // the x axis (first key)
+      "compare": {"order_service.close_policy": ["naive", "close_trade_then_order"]},  // one line each
+      "points": [
+        {"params": {"order_service.order_ttl": "5m", "order_service.close_policy": "naive"},
+         "results": { <a results document, kind "sweep_point" or "simulation"> }},
+        ...
+      ]
+    }
+
+``vary`` and ``compare`` map dotted scenario keys to the values tried, in the order they should be
+shown; ``vary`` may hold several keys (the first is the x axis, the others become extra lines) and
+``compare`` may be empty. ``params`` of each point holds one value for each key of ``vary`` and
+``compare``. Values are written as in a scenario file: numbers, durations (``"15m"``) or words.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from sim.errors import ConfigError
+
+SCHEMA_VERSION = 1
+RESULT_KINDS = ("simulation", "check", "live", "sweep_point")
+SWEEP_KIND = "sweep"
+
+
+def load_document(path: str | Path) -> dict[str, Any]:
+    """Read and check one results or sweep document, or raise :class:`ConfigError` naming the file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file (expected a results JSON written by simulate, check, load or sweep)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a directory; expected a results JSON file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot be read: {exc}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{p}: not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    return check_document(doc, str(p))
+
+
+def check_document(doc: Any, source: str = "<results>") -> dict[str, Any]:
+    """Check a parsed results or sweep document; return it unchanged, or raise :class:`ConfigError`."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: expected a JSON object (a results document), found {_kind_of(doc)}")
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION:
+        found = "no schema_version" if "schema_version" not in doc else f"schema_version {version!r}"
+        raise ConfigError(f"{source}: expected schema_version {SCHEMA_VERSION} (docs/results.md), found {found}")
+    kind = doc.get("kind")
+    if kind == SWEEP_KIND:
+        _check_sweep(doc, source)
+    elif kind in RESULT_KINDS:
+        _check_results(doc, source)
+    else:
+        raise ConfigError(
+            f"{source}: kind: expected one of {', '.join(RESULT_KINDS + (SWEEP_KIND,))}, found {kind!r}"
+        )
+    return doc
+
+
+def is_sweep(doc: Mapping[str, Any]) -> bool:
+    return doc.get("kind") == SWEEP_KIND
+
+
+def _kind_of(value: Any) -> str:
+    return {list: "a list", str: "a string", type(None): "null", bool: "a boolean"}.get(type(value), type(value).__name__)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _expect(cond: bool, source: str, key: str, expected: str, found: Any) -> None:
+    if not cond:
+        shown = _kind_of(found) if isinstance(found, (list, dict, type(None), bool)) else repr(found)
+        raise ConfigError(f"{source}: {key}: expected {expected}, found {shown}")
+
+
+def _check_results(doc: Mapping[str, Any], source: str) -> None:
+    anomalies = doc.get("anomalies")
+    _expect(isinstance(anomalies, dict), source, "anomalies", "an object of anomaly classes", anomalies)
+    for cls, a in anomalies.items():
+        key = f"anomalies.{cls}"
+        _expect(isinstance(a, dict), source, key, "an object", a)
+        for field in ("count", "rate"):
+            if a.get(field) is not None:
+                _expect(_is_number(a[field]), source, f"{key}.{field}", "a number", a[field])
+        ci = a.get("ci95")
+        if ci is not None:
+            _expect(isinstance(ci, list) and len(ci) == 2 and all(_is_number(v) for v in ci),
+                    source, f"{key}.ci95", "null or [low, high]", ci)
+        samples = a.get("window_samples")
+        if samples is not None:
+            _expect(isinstance(samples, list) and all(_is_number(v) for v in samples),
+                    source, f"{key}.window_samples", "a list of seconds", samples)
+    timeline = doc.get("timeline")
+    if timeline is not None:
+        _expect(isinstance(timeline, dict), source, "timeline", "an object or null", timeline)
+        t = timeline.get("t")
+        _expect(isinstance(t, list) and all(_is_number(v) for v in t), source, "timeline.t",
+                "a list of bucket starts (seconds)", t)
+        n = len(t)
+        series = [("arrivals", timeline.get("arrivals")), ("money_at_risk", timeline.get("money_at_risk"))]
+        for group in ("states", "anomaly_starts"):
+            sub = timeline.get(group) or {}
+            _expect(isinstance(sub, dict), source, f"timeline.{group}", "an object", sub)
+            series += [(f"{group}.{k}", v) for k, v in sub.items()]
+        for name, values in series:
+            if values is None:
+                continue
+            _expect(isinstance(values, list) and len(values) == n and all(_is_number(v) for v in values),
+                    source, f"timeline.{name}", f"a list of {n} numbers (one per bucket of timeline.t)",
+                    values if not isinstance(values, list) else f"a list of {len(values)} items")
+    faults = doc.get("faults")
+    if faults is not None:
+        _expect(isinstance(faults, list), source, "faults", "a list", faults)
+        for i, f in enumerate(faults):
+            _expect(isinstance(f, dict) and _is_number(f.get("from")) and _is_number(f.get("to")),
+                    source, f"faults[{i}]", 'an object with numbers "from" and "to"', f)
+    examples = doc.get("examples")
+    if examples is not None:
+        _expect(isinstance(examples, dict), source, "examples", "an object of anomaly classes", examples)
+        for cls, items in examples.items():
+            _expect(isinstance(items, list), source, f"examples.{cls}", "a list", items)
+            for i, ex in enumerate(items):
+                key = f"examples.{cls}[{i}]"
+                _expect(isinstance(ex, dict), source, key, "an object", ex)
+                events = ex.get("events")
+                _expect(isinstance(events, list) and all(isinstance(e, dict) and _is_number(e.get("t")) for e in events),
+                        source, f"{key}.events", 'a list of events, each with a number "t"', events)
+
+
+def _check_sweep(doc: Mapping[str, Any], source: str) -> None:
+    for group in ("vary", "compare"):
+        value = doc.get(group) or {}
+        _expect(isinstance(value, dict) and all(isinstance(v, list) for v in value.values()),
+                source, group, "an object mapping scenario keys to lists of values", value)
+    points = doc.get("points")
+    _expect(isinstance(points, list) and points, source, "points", "a non-empty list", points)
+    for i, point in enumerate(points):
+        _expect(isinstance(point, dict) and isinstance(point.get("params"), dict), source,
+                f"points[{i}]", 'an object with "params" and "results"', point)
+        results = point.get("results")
+        _expect(isinstance(results, dict), source, f"points[{i}].results", "a results document", results)
+        check_document(results, f"{source}: points[{i}].results")
+        if results.get("kind") == SWEEP_KIND:
+            raise ConfigError(f"{source}: points[{i}].results: expected a results document, found a sweep")
