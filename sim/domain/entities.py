@@ -1,0 +1,117 @@
+"""Orders, gateway trades and BNPL agreements: state plus the money each step moves.
+
+Each method checks the transition (:func:`~sim.domain.states.advance`) and posts the matching balanced
+transaction to the caller's :class:`~sim.domain.ledger.Ledger`, so a legal sequence of steps can never
+create or destroy money. ``__slots__`` because the simulation creates one of each per order.
+"""
+
+from __future__ import annotations
+
+from sim.domain.ledger import (BNPL_COMPENSATION, BNPL_DEDUCTION, BNPL_PAYOUT, BNPL_REPAYMENT, CHARGE, REFUND,
+                               Ledger, Txn, transfer)
+from sim.domain.states import AgreementState, OrderState, TradeState, advance
+
+O, T, A = OrderState, TradeState, AgreementState
+
+
+class Order:
+    __slots__ = ("id", "user", "merchant", "amount", "method", "state", "created_at", "expires_at",
+                 "paid_trade", "stock_released", "close_reason", "trades")
+
+    def __init__(self, id: str, user: str, merchant: str, amount: int, method: str, created_at: float,
+                 expires_at: float) -> None:
+        self.id, self.user, self.merchant = id, user, merchant
+        self.amount, self.method = amount, method
+        self.state = O.AWAITING_PAYMENT
+        self.created_at, self.expires_at = created_at, expires_at
+        self.paid_trade: str | None = None
+        self.stock_released = False
+        self.close_reason: str | None = None
+        self.trades: list[str] = []
+
+    def to(self, new: OrderState) -> None:
+        self.state = advance(self.state, new, f"order {self.id}")
+
+    def mark_paid(self, trade: str) -> None:
+        self.to(O.PAID)
+        self.paid_trade = trade
+
+    def close(self, reason: str, release_stock: bool) -> None:
+        self.to(O.CLOSED)
+        self.close_reason = reason
+        self.stock_released = self.stock_released or release_stock
+
+
+class Trade:
+    __slots__ = ("id", "order", "user", "amount", "state", "expires_at", "refunded")
+
+    def __init__(self, id: str, order: str, user: str, amount: int, expires_at: float) -> None:
+        self.id, self.order, self.user, self.amount = id, order, user, amount
+        self.state = T.CREATED
+        self.expires_at = expires_at
+        self.refunded = 0
+
+    def to(self, new: TradeState) -> None:
+        self.state = advance(self.state, new, f"trade {self.id}")
+
+    def debit(self, ledger: Ledger, txn_id: str) -> Txn:
+        """The bank debited the buyer: the trade succeeds, money moves user -> clearing."""
+        self.to(T.SUCCEEDED)
+        txn = transfer(txn_id, CHARGE, f"user:{self.user}", "clearing", self.amount)
+        ledger.post(txn)
+        return txn
+
+    def refund(self, ledger: Ledger, txn_id: str) -> Txn:
+        """Refund the full amount: money moves clearing -> user."""
+        self.to(T.REFUNDED)
+        self.refunded = self.amount
+        txn = transfer(txn_id, REFUND, "clearing", f"user:{self.user}", self.amount)
+        ledger.post(txn)
+        return txn
+
+
+class Agreement:
+    """A BNPL (pay after use) agreement: authorized at checkout, finished by the merchant, then deducted."""
+
+    __slots__ = ("id", "order", "user", "merchant", "amount", "state", "expires_at", "paid_by_user",
+                 "merchant_paid")
+
+    def __init__(self, id: str, order: str, user: str, merchant: str, amount: int, expires_at: float) -> None:
+        self.id, self.order, self.user, self.merchant, self.amount = id, order, user, merchant, amount
+        self.state = A.AUTHORIZED
+        self.expires_at = expires_at
+        self.paid_by_user = False
+        self.merchant_paid = False
+
+    def to(self, new: AgreementState) -> None:
+        self.state = advance(self.state, new, f"agreement {self.id}")
+
+    def finish(self) -> None:
+        """The provider received the merchant's finish call: deduction starts. No money moves yet."""
+        self.to(A.FINISH_REQUESTED)
+        self.to(A.DEDUCTING)
+
+    def deducted(self, ledger: Ledger, txn_id: str, by_hand: bool = False) -> list[Txn]:
+        """The buyer's money reached the provider (a deduction, or a repayment by hand); the provider
+        pays the merchant unless it already compensated them."""
+        if self.paid_by_user:
+            raise ValueError(f"agreement {self.id} already paid")
+        self.paid_by_user = True
+        kind = BNPL_REPAYMENT if by_hand else BNPL_DEDUCTION
+        txns = [transfer(txn_id, kind, f"user:{self.user}", "bnpl", self.amount)]
+        if not self.merchant_paid:
+            self.merchant_paid = True
+            txns.append(transfer(txn_id + "-payout", BNPL_PAYOUT, "bnpl", f"merchant:{self.merchant}", self.amount))
+        for txn in txns:
+            ledger.post(txn)
+        return txns
+
+    def compensate(self, ledger: Ledger, txn_id: str) -> Txn | None:
+        """Deductions kept failing: the provider guarantees the merchant (a no-op if already paid out)."""
+        self.to(A.COMPENSATED)
+        if self.merchant_paid:
+            return None
+        self.merchant_paid = True
+        txn = transfer(txn_id, BNPL_COMPENSATION, "bnpl", f"merchant:{self.merchant}", self.amount)
+        ledger.post(txn)
+        return txn

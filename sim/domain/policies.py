@@ -1,0 +1,167 @@
+"""The policies a design review compares, written once for both clocks.
+
+The simulation (``sim/model``) and the live reference checkout (``loadtests/service``) call these
+functions to decide what to do; neither re-implements them. Each function is a pure decision from
+what the caller knows *at that moment* — which is exactly where the races live: a ``naive`` close does
+not know the buyer has just paid, a ``query_then_close`` learns the trade state one round trip before
+it closes the order.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from sim.domain.states import ORDER_PAID_STATES, OrderState, TradeState
+
+O, T = OrderState, TradeState
+
+CLOSE_POLICIES = ("naive", "query_then_close", "close_trade_then_order")
+LATE_PAYMENT_POLICIES = ("ignore", "auto_refund", "reopen")
+RETRY_TRADE_NO = ("reuse", "new")
+RECON_REPAIRS = ("refund", "fill_order", "report")
+
+
+class Step(str, Enum):
+    """What the order service does next in closing an expired, unpaid order."""
+
+    CLOSE_ORDER = "close_order"  # close the order now; the gateway trade is left as it is
+    CLOSE_ORDER_THEN_TRADE = "close_order_then_trade"  # close the order, then ask the gateway to close the trade
+    QUERY_TRADE = "query_trade"  # ask the gateway for the trade state first
+    CLOSE_TRADE = "close_trade"  # ask the gateway to close the trade first
+    MARK_PAID = "mark_paid"  # the trade is paid: keep the order, mark it paid
+    RETRY_LATER = "retry_later"  # outcome unknown: keep the order open and look again later
+    NOTHING = "nothing"  # the order is no longer awaiting payment
+
+
+def on_order_expiry(policy: str, order_state: OrderState) -> Step:
+    """The first step when an order's TTL fires (timer or sweep)."""
+    if order_state is not O.AWAITING_PAYMENT:
+        return Step.NOTHING
+    if policy == "naive":
+        return Step.CLOSE_ORDER
+    if policy == "query_then_close":
+        return Step.QUERY_TRADE
+    if policy == "close_trade_then_order":
+        return Step.CLOSE_TRADE
+    raise ValueError(f"unknown close policy {policy!r}")
+
+
+def after_trade_query(trade_state: TradeState | None) -> Step:
+    """``query_then_close``: decide from the state the gateway reported (None: no trade was ever created).
+
+    The buyer can still pay between this answer and the close that follows it.
+    """
+    if trade_state is None or trade_state in (T.CREATED, T.FAILED, T.CLOSED):
+        return Step.CLOSE_ORDER_THEN_TRADE
+    if trade_state is T.SUCCEEDED:
+        return Step.MARK_PAID
+    return Step.RETRY_LATER  # processing / unknown: not safe to close either way
+
+
+def after_trade_close(result: str) -> Step:
+    """``close_trade_then_order``: ``result`` is the gateway's answer to close.
+
+    ``closed`` (or ``no_trade``): nobody can pay any more, close the order. ``already_paid``
+    (``ACQ.TRADE_HAS_SUCCESS``): keep the order and mark it paid. ``in_progress``: a debit is in
+    flight or unknown — look again later.
+    """
+    if result in ("closed", "no_trade"):
+        return Step.CLOSE_ORDER
+    if result == "already_paid":
+        return Step.MARK_PAID
+    if result == "in_progress":
+        return Step.RETRY_LATER
+    raise ValueError(f"unknown close result {result!r}")
+
+
+def gateway_close_result(trade_state: TradeState | None) -> str:
+    """How a gateway answers a close request (``alipay.trade.close`` semantics)."""
+    if trade_state is None:
+        return "no_trade"
+    if trade_state in (T.CREATED, T.FAILED, T.CLOSED):
+        return "closed"
+    if trade_state in (T.SUCCEEDED, T.REFUNDED):
+        return "already_paid"
+    return "in_progress"
+
+
+class NotifyAction(str, Enum):
+    """What the order service does with a 'payment succeeded' notification."""
+
+    MARK_PAID = "mark_paid"
+    DUPLICATE = "duplicate"  # already paid by this trade: acknowledge, change nothing
+    IGNORE_LATE = "ignore_late"  # closed: acknowledge and drop (macrozheng/mall)
+    REFUND_LATE = "refund_late"  # closed: refund automatically
+    REOPEN = "reopen"  # closed: revive the order (linlinjava/litemall), even if stock was released
+    REFUND_EXTRA = "refund_extra"  # paid by another trade already: refund this one
+
+
+def on_payment_notification(order_state: OrderState, late_payment: str, paid_by_other_trade: bool) -> NotifyAction:
+    """Decide on a payment notification for an order in ``order_state``."""
+    if order_state is O.AWAITING_PAYMENT:
+        return NotifyAction.MARK_PAID
+    if order_state in ORDER_PAID_STATES:
+        return NotifyAction.REFUND_EXTRA if paid_by_other_trade and late_payment == "auto_refund" else NotifyAction.DUPLICATE
+    if order_state is O.CLOSED:
+        if late_payment == "auto_refund":
+            return NotifyAction.REFUND_LATE
+        if late_payment == "reopen":
+            return NotifyAction.REOPEN
+        return NotifyAction.IGNORE_LATE
+    return NotifyAction.DUPLICATE  # refund pending / refunded: nothing more to do
+
+
+def retry_trade_no(policy: str, order_id: str, attempt: int, previous: str | None) -> str:
+    """The trade number (``out_trade_no`` / idempotency key) for payment attempt ``attempt`` (0-based).
+
+    Reusing it makes the gateway treat a retry as the same payment; a new one per attempt, without
+    closing the old trade, is how double charges happen.
+    """
+    if policy == "reuse" and previous is not None:
+        return previous
+    return f"{order_id}-t{attempt}"
+
+
+def idempotent_create(existing: tuple | None, params: tuple) -> str:
+    """Create-trade idempotency: ``new`` (no such trade), ``replay`` (same params) or ``conflict``."""
+    if existing is None:
+        return "new"
+    return "replay" if existing == params else "conflict"
+
+
+def notify_delay(gaps: tuple[float, ...], attempt: int) -> float | None:
+    """Seconds to wait after delivery attempt ``attempt`` (1-based) failed; None when the schedule is spent."""
+    return gaps[attempt - 1] if attempt - 1 < len(gaps) else None
+
+
+class ReconKind(str, Enum):
+    LONG = "long"  # 长款: the gateway holds money for which the merchant has no paid order
+    SHORT = "short"  # 短款: the merchant says paid, the gateway has nothing
+    UNKNOWN = "unknown"  # a trade still unknown at the gateway
+
+
+def reconcile(order_state: OrderState | None, trade_state: TradeState | None, repair: str) -> tuple[ReconKind | None, str | None]:
+    """Classify one (order, trade) pair from a statement and choose its repair.
+
+    Returns ``(kind, action)`` with action one of ``refund``, ``fill_order``, ``query``, ``report``,
+    or ``(None, None)`` when they agree.
+    """
+    order_paid = order_state in ORDER_PAID_STATES
+    if trade_state is T.SUCCEEDED and not order_paid and order_state not in (O.REFUND_PENDING, O.REFUNDED):
+        if repair == "report":
+            return ReconKind.LONG, "report"
+        return ReconKind.LONG, ("fill_order" if repair == "fill_order" and order_state is not None else "refund")
+    if order_paid and trade_state not in (T.SUCCEEDED, None):
+        return ReconKind.SHORT, "report"
+    if trade_state in (T.UNKNOWN, T.PROCESSING):
+        return ReconKind.UNKNOWN, "query"
+    return None, None
+
+
+def bnpl_overdue_decision(credit_side_paid: bool) -> str:
+    """At the compensation deadline the provider reads its *credit* side: ``overdue`` or ``settled``.
+
+    The payment side may already hold the buyer's money while the credit side has not synced: that is a
+    false overdue mark, and it emerges from the sync lag, not from this function.
+    """
+    return "settled" if credit_side_paid else "overdue"

@@ -1,0 +1,80 @@
+"""The bank (or wallet balance system): debits with latency, congestion, declines, risk control.
+
+A debit is one job on the bank's channels (``bank.channels``): under a peak the queue in front of them
+is where latency grows first, as it did on Double 11 2011-2014. Each call draws its primitive outcome
+(declined, blocked by risk control, held for review, approved) and whether its *response* is lost on
+the way back. Money moves here, when the bank debits — not when the gateway hears about it — which is
+why a lost response or a held debit can leave a buyer charged while every other party thinks
+otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sim.domain.ledger import CHARGE, transfer
+from sim.model.station import Station
+from sim.model.world import World
+
+APPROVED, DECLINED, RISK_BLOCKED, LIMIT, HELD = "approved", "declined", "risk_blocked", "limit", "held"
+
+
+class Bank:
+    def __init__(self, w: World) -> None:
+        self.w = w
+        self.station = Station(w.env, "bank", w.p.bank.channels, w.warmup, w.horizon)
+        self.record: dict[str, str] = {}  # trade -> the bank's own outcome (what a query returns)
+        self.on_debit: Callable[[str, str, float], None] | None = None  # reconciliation statement hook
+
+    def debit(self, trade, respond: Callable[[str], None]) -> None:
+        """Try to debit ``trade.amount`` from the buyer; ``respond(outcome)`` unless the response is lost."""
+        w = self.w
+        p = w.p.bank
+        r = w.rng["bank"]
+        u = r.random()
+        lost = r.random() < p.response_loss
+
+        def done(_wait: float) -> None:
+            if trade.amount > p.single_payment_limit * 100:
+                outcome = LIMIT
+            elif u < p.decline_probability:
+                outcome = DECLINED
+            elif u < p.decline_probability + p.risk_block_probability:
+                outcome = RISK_BLOCKED
+            elif u < p.decline_probability + p.risk_block_probability + p.risk_hold_probability:
+                outcome = HELD
+            else:
+                outcome = APPROVED
+            if outcome == HELD:
+                # Risk control holds the debit for review, then releases it: the money moves late,
+                # and the gateway hears nothing until then (its own timeout will have fired).
+                self.record[trade.id] = HELD
+                w.hold(trade.order)
+                w.at(w.s_risk_hold(), lambda: self._release_hold(trade, respond, lost))
+                return
+            self.record[trade.id] = outcome
+            if outcome == APPROVED:
+                self._move_money(trade)
+            if not lost:
+                respond(outcome)
+
+        self.station.submit(w.s_bank_latency(), done)
+
+    def _release_hold(self, trade, respond: Callable[[str], None], lost: bool) -> None:
+        self.record[trade.id] = APPROVED
+        self._move_money(trade)
+        if not lost:
+            respond(APPROVED)
+        self.w.release(trade.order)
+
+    def _move_money(self, trade) -> None:
+        w = self.w
+        txn = transfer(w.next_txn("c"), CHARGE, f"user:{trade.user}", "clearing", trade.amount)
+        w.ledger.post(txn)
+        w.post(txn, trade.order, "bank", trade=trade.id)
+        if self.on_debit is not None:
+            self.on_debit(trade.order, trade.id, w.env.now)
+
+    def query(self, trade_id: str, respond: Callable[[str | None], None]) -> None:
+        """What the bank knows of a debit (``None``: no record yet, the request is still queued)."""
+        self.station.submit(self.w.s_bank_latency(), lambda _w: respond(self.record.get(trade_id)))

@@ -1,0 +1,119 @@
+"""The BNPL (pay after use) provider: credit, finish, deductions, sync lag, compensation, overdue.
+
+Modelled on Alipay 芝麻先享 and WeChat Pay Score (``../shared/domain.md``): an authorization at
+checkout within the credit limit; after the merchant's *finish*, one deduction (代扣) that may fail on a
+low balance and is retried on ``bnpl.deduction_retry_schedule``; the buyer may repay by hand. The
+provider's *payment side* knows at once when money arrived; its *credit side*, which marks buyers
+overdue, learns it ``bnpl.sync_lag`` later. At ``bnpl.compensation_after`` past the first failed
+deduction the provider pays the merchant and reads the credit side: a buyer who already paid but is
+not yet synced is marked overdue all the same — a false overdue that emerges from the lag.
+"""
+
+from __future__ import annotations
+
+from sim.domain import policies
+from sim.domain.entities import Agreement
+from sim.domain.states import AgreementState
+from sim.model.world import World
+
+A = AgreementState
+
+
+class BnplProvider:
+    def __init__(self, w: World) -> None:
+        self.w = w
+        self.order_service = None
+        self.credit_synced: dict[str, bool] = {}  # agreement -> the credit side believes it is paid
+
+    def agreement_of(self, order_id: str) -> Agreement | None:
+        return self.w.agreements.get(order_id)
+
+    def authorize(self, order, reply) -> None:
+        """Sign the credit order (pay after use): approved within the credit limit."""
+        w = self.w
+        if order.amount > w.p.bnpl.credit_limit * 100:
+            w.emit("bnpl.declined", "bnpl", order.id, reason="credit_limit")
+            reply("failed")
+            return
+        ag = Agreement(f"{order.id}-a", order.id, order.user, order.merchant, order.amount,
+                       w.env.now + w.p.bnpl.authorization_ttl)
+        w.agreements[order.id] = ag
+        w.emit("bnpl.authorized", "bnpl", order.id, agreement=ag.id, amount=order.amount, expires_at=ag.expires_at)
+        self.order_service.mark_paid(order, ag.id, agreement=True)
+        reply("succeeded")
+
+    def finish(self, ag: Agreement) -> None:
+        w = self.w
+        if ag.state is not A.AUTHORIZED:
+            return
+        if w.env.now >= ag.expires_at:
+            ag.to(A.EXPIRED)
+            w.emit("bnpl.expired", "bnpl", ag.order, agreement=ag.id)
+            return
+        ag.finish()
+        w.emit("bnpl.finish_requested", "bnpl", ag.order, agreement=ag.id, amount=ag.amount)
+        w.hold(ag.order)
+        self._deduct(ag, 1)
+
+    def _deduct(self, ag: Agreement, attempt: int) -> None:
+        """One deduction attempt; holds the order until the agreement settles or the retries are spent."""
+        w = self.w
+        b = w.p.bnpl
+        if ag.paid_by_user:
+            w.release(ag.order)
+            return
+        failed = w.rng["bnpl"].random() < b.deduction_failure
+        w.emit("bnpl.deduction", "bnpl", ag.order, agreement=ag.id, ok=not failed, attempt=attempt)
+        if not failed:
+            self._paid(ag, by_hand=False)
+            w.release(ag.order)
+            return
+        if attempt == 1:
+            # The buyer is told and may repay by hand; the compensation clock starts.
+            w.hold(ag.order)
+            w.at(w.s_repay_delay(), lambda: self._repay(ag))
+            w.hold(ag.order)
+            w.at(b.compensation_after, lambda: self._compensation_check(ag))
+        gaps = b.deduction_retry_schedule.gaps
+        if attempt - 1 < len(gaps):
+            w.at(gaps[attempt - 1], lambda: self._deduct(ag, attempt + 1))
+        else:
+            w.release(ag.order)
+
+    def _repay(self, ag: Agreement) -> None:
+        w = self.w
+        if not ag.paid_by_user:
+            w.emit("bnpl.repaid", "user", ag.order, agreement=ag.id)
+            self._paid(ag, by_hand=True)
+        w.release(ag.order)
+
+    def _paid(self, ag: Agreement, by_hand: bool) -> None:
+        """Money reached the payment side now; the credit side learns it after the sync lag."""
+        w = self.w
+        for txn in ag.deducted(w.ledger, w.next_txn("b"), by_hand=by_hand):
+            w.post(txn, ag.order, "bnpl", agreement=ag.id)
+        w.hold(ag.order)
+        w.at(w.s_sync_lag(), lambda: self._synced(ag))
+
+    def _synced(self, ag: Agreement) -> None:
+        w = self.w
+        self.credit_synced[ag.id] = True
+        w.emit("bnpl.synced", "bnpl", ag.order, agreement=ag.id, paid=True)
+        if ag.state is A.OVERDUE:
+            w.emit("bnpl.overdue_cleared", "bnpl", ag.order, agreement=ag.id)
+        if ag.state in (A.DEDUCTING, A.OVERDUE, A.COMPENSATED):
+            ag.to(A.SETTLED)
+            w.emit("bnpl.settled", "bnpl", ag.order, agreement=ag.id)
+        w.release(ag.order)
+
+    def _compensation_check(self, ag: Agreement) -> None:
+        w = self.w
+        decision = policies.bnpl_overdue_decision(self.credit_synced.get(ag.id, False))
+        if decision == "overdue" and ag.state is A.DEDUCTING:
+            txn = ag.compensate(w.ledger, w.next_txn("k"))
+            if txn is not None:
+                w.post(txn, ag.order, "bnpl", agreement=ag.id)
+            w.emit("bnpl.compensated", "bnpl", ag.order, agreement=ag.id)
+            ag.to(A.OVERDUE)
+            w.emit("bnpl.overdue", "bnpl", ag.order, agreement=ag.id)
+        w.release(ag.order)

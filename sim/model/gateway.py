@@ -1,0 +1,231 @@
+"""The payment gateway: trades, a worker pool, the bank call with its timeout, the notifier.
+
+Requests (pay, query, close, refund) queue for ``gateway.workers`` and take ``gateway.service_time``.
+A pay request calls the bank and waits at most ``gateway.timeout``: past it the trade is ``unknown``
+and the gateway re-queries the bank on ``gateway.bank_query_schedule``. Once the gateway knows a
+trade succeeded, it notifies the order service on ``gateway.notify_schedule`` until acknowledged —
+each attempt with its latency, loss and duplication. A trade lives ``gateway.trade_ttl``,
+independently of the order it pays for: that gap is where paid-but-closed comes from.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sim.domain import policies
+from sim.domain.entities import Trade
+from sim.domain.ledger import REFUND, transfer
+from sim.domain.states import TradeState
+from sim.model import bank as B
+from sim.model.station import Station
+from sim.model.world import World
+
+T = TradeState
+_FAILED_REASON = {B.DECLINED: "declined", B.RISK_BLOCKED: "risk_blocked", B.LIMIT: "limit"}
+
+
+class Gateway:
+    def __init__(self, w: World, bank: B.Bank) -> None:
+        self.w = w
+        self.bank = bank
+        self.station = Station(w.env, "gateway", w.p.gateway.workers, w.warmup, w.horizon)
+        self.order_service = None  # wired by the model (notifications go there)
+        self.notify_seq = 0
+
+    # -- trades --------------------------------------------------------------------------------------
+    def create_trade(self, trade_id: str, order, user: str) -> Trade:
+        """Create (or, for a reused trade number, return) the gateway trade; instantaneous."""
+        w = self.w
+        trade = w.trades.get(trade_id)
+        if trade is None:
+            trade = Trade(trade_id, order.id, user, order.amount, w.env.now + w.p.gateway.trade_ttl)
+            w.trades[trade_id] = trade
+            order.trades.append(trade_id)
+            w.emit("trade.created", "gateway", order.id, trade=trade_id, amount=order.amount,
+                   expires_at=trade.expires_at)
+        return trade
+
+    def pay(self, trade: Trade, reply: Callable[[str], None]) -> None:
+        """A buyer's pay request reached the gateway; ``reply`` gets the synchronous answer."""
+        w = self.w
+        self.station.submit(w.s_gw_service(), lambda _wait: self._pay(trade, reply))
+
+    def _pay(self, trade: Trade, reply: Callable[[str], None]) -> None:
+        w = self.w
+        s = trade.state
+        if s is T.SUCCEEDED or s is T.REFUNDED:
+            reply("succeeded")  # same trade number: idempotent, no second debit
+            return
+        if s is T.PROCESSING or s is T.UNKNOWN:
+            reply("in_progress")
+            return
+        if s is T.CLOSED:
+            reply("closed")
+            return
+        if w.env.now >= trade.expires_at:
+            trade.to(T.CLOSED)
+            w.emit("trade.closed", "gateway", trade.order, trade=trade.id)
+            reply("closed")
+            return
+        trade.to(T.PROCESSING)
+        order = trade.order
+        w.hold(order)
+        call = [False]  # answered (by the bank or by the timeout)
+
+        def on_bank(outcome: str) -> None:
+            if call[0]:
+                # A late response after the timeout: it still tells the gateway what happened.
+                if trade.state in (T.UNKNOWN, T.FAILED):
+                    self._resolve(trade, outcome)
+                return
+            call[0] = True
+            self._resolve(trade, outcome)
+            reply("succeeded" if outcome == B.APPROVED else "failed")
+            w.release(order)
+
+        def on_timeout() -> None:
+            if call[0]:
+                return
+            call[0] = True
+            self.station.timeouts += 1
+            trade.to(T.UNKNOWN)
+            w.emit("trade.unknown", "gateway", order, trade=trade.id)
+            reply("unknown")
+            self._query_bank(trade, 0)  # holds the order while it queries
+            w.release(order)
+
+        w.at(w.p.gateway.timeout, on_timeout)
+        self.bank.debit(trade, on_bank)
+
+    def _resolve(self, trade: Trade, outcome: str) -> None:
+        """Apply what the bank said about ``trade`` (from a response, a late response or a query)."""
+        w = self.w
+        if outcome == B.APPROVED:
+            if trade.state is T.SUCCEEDED or trade.state is T.REFUNDED:
+                return
+            trade.to(T.SUCCEEDED)
+            w.emit("trade.succeeded", "gateway", trade.order, trade=trade.id, amount=trade.amount)
+            self.notify(trade)
+        elif outcome in _FAILED_REASON and trade.state is not T.FAILED:
+            trade.to(T.FAILED)
+            w.emit("trade.failed", "gateway", trade.order, trade=trade.id, reason=_FAILED_REASON[outcome])
+
+    def _query_bank(self, trade: Trade, k: int) -> None:
+        """Re-query an ``unknown`` debit on the bank-query schedule; give up (failed) when it is spent."""
+        w = self.w
+        gaps = w.p.gateway.bank_query_schedule.gaps
+        if trade.state is not T.UNKNOWN:
+            return
+        if k >= len(gaps):
+            trade.to(T.FAILED)
+            w.emit("trade.failed", "gateway", trade.order, trade=trade.id, reason="error")
+            return
+        w.hold(trade.order)
+
+        def ask() -> None:
+            def answered(record: str | None) -> None:
+                if trade.state is T.UNKNOWN:
+                    if record is not None and record != B.HELD:
+                        self._resolve(trade, record)
+                    else:
+                        self._query_bank(trade, k + 1)
+                w.release(trade.order)
+
+            self.bank.query(trade.id, answered)
+
+        w.at(gaps[k], ask)
+
+    # -- requests from the order service and the reconciler -----------------------------------------
+    def query(self, trade_ids: list[str], reply: Callable[[list[TradeState]], None]) -> None:
+        """The states of trades, as the gateway sees them when the request is served."""
+        w = self.w
+        self.station.submit(w.s_gw_service(), lambda _w: reply([w.trades[t].state for t in trade_ids if t in w.trades]))
+
+    def close(self, trade_ids: list[str], reply: Callable[[list[str]], None]) -> None:
+        """Close unpaid trades (``alipay.trade.close``): per trade ``closed``, ``already_paid`` or ``in_progress``."""
+        w = self.w
+
+        def serve(_wait: float) -> None:
+            results = []
+            for tid in trade_ids:
+                trade = w.trades.get(tid)
+                res = policies.gateway_close_result(trade.state if trade else None)
+                if trade is not None and res == "closed" and trade.state is not T.CLOSED:
+                    trade.to(T.CLOSED)
+                    w.emit("trade.closed", "gateway", trade.order, trade=tid)
+                elif res == "already_paid":
+                    w.emit("trade.close_refused", "gateway", trade.order, trade=tid)
+                results.append(res)
+            reply(results)
+
+        self.station.submit(w.s_gw_service(), serve)
+
+    def refund(self, trade: Trade, reply: Callable[[bool], None]) -> None:
+        """Refund a succeeded trade in full: money returns to the buyer."""
+        w = self.w
+
+        def serve(_wait: float) -> None:
+            if trade.state is not T.SUCCEEDED:
+                reply(False)
+                return
+            trade.to(T.REFUNDED)
+            txn = transfer(w.next_txn("r"), REFUND, "clearing", f"user:{trade.user}", trade.amount)
+            w.ledger.post(txn)
+            w.emit("trade.refunded", "gateway", trade.order, trade=trade.id, amount=trade.amount)
+            w.post(txn, trade.order, "gateway", trade=trade.id)
+            reply(True)
+
+        self.station.submit(w.s_gw_service(), serve)
+
+    # -- the notifier ----------------------------------------------------------------------------------
+    def notify(self, trade: Trade) -> None:
+        """Tell the order service the trade succeeded, retrying on the schedule until acknowledged."""
+        self.notify_seq += 1
+        nid = f"n{self.notify_seq}"
+        self.w.hold(trade.order)
+        self._attempt(trade, nid, 1)
+
+    def _attempt(self, trade: Trade, nid: str, attempt: int) -> None:
+        w = self.w
+        g = w.p.gateway
+        r = w.rng["notify"]
+        order = trade.order
+        w.emit("notify.sent", "gateway", order, trade=trade.id, notify_id=nid, attempt=attempt)
+        lost = r.random() < g.notify_loss
+        duplicate = r.random() < g.notify_duplicate
+        latency = w.s_notify_latency()
+        if lost:
+            w.emit("notify.lost", "gateway", order, trade=trade.id, notify_id=nid, attempt=attempt)
+            self._next(trade, nid, attempt, w.env.now)
+            return
+
+        def arrive() -> None:
+            arrived = w.env.now
+
+            def handled(done_at: float) -> None:
+                acked = done_at - arrived <= g.notify_ack_timeout
+                w.emit("notify.received", "order_service", order, trade=trade.id, notify_id=nid,
+                       attempt=attempt, acked=acked)
+                if acked:
+                    w.release(order)
+                else:
+                    self._next(trade, nid, attempt, arrived + g.notify_ack_timeout)
+
+            self.order_service.receive_notification(trade, handled)
+
+        w.at(latency, arrive)
+        if duplicate:
+            w.hold(order)
+
+            def arrive_again() -> None:
+                self.order_service.receive_notification(trade, lambda _t: w.release(order))
+
+            w.at(latency + w.s_notify_latency(), arrive_again)
+
+    def _next(self, trade: Trade, nid: str, attempt: int, failed_at: float) -> None:
+        w = self.w
+        gap = policies.notify_delay(w.p.gateway.notify_schedule.gaps, attempt)
+        if gap is None:
+            w.release(trade.order)  # schedule spent: the gateway stops trying
+            return
+        w.at(max(0.0, failed_at + gap - w.env.now), lambda: self._attempt(trade, nid, attempt + 1))

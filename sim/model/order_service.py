@@ -1,0 +1,182 @@
+"""The platform's order service: orders, the close job, notifications and late payments.
+
+The close job fires at ``order_service.order_ttl`` (a per-order timer) or on a periodic sweep (the
+``mall`` pattern) and follows ``order_service.close_policy`` through the functions of
+``sim/domain/policies.py`` — asking the gateway, over its queue, when the policy says so. Payment
+notifications queue for the service's own workers; when it is too busy to answer within the gateway's
+ack timeout, the gateway counts the attempt as failed and retries later, while the service still
+processes what it already received.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sim.domain import policies
+from sim.domain.entities import Order, Trade
+from sim.domain.policies import NotifyAction, Step
+from sim.domain.states import OrderState, TradeState
+from sim.model.station import Station
+from sim.model.world import World
+
+O, T = OrderState, TradeState
+RETRY_CLOSE_AFTER = 60.0  # an expired order whose payment is in flight is looked at again after this
+
+
+class OrderService:
+    def __init__(self, w: World) -> None:
+        self.w = w
+        self.station = Station(w.env, "order_service", w.p.order_service.workers, w.warmup, w.horizon)
+        self.gateway = None
+        self.merchant = None
+        self.awaiting: dict[str, Order] = {}  # orders awaiting payment, in creation (= expiry) order
+        self.seq = 0
+        if w.p.order_service.close_mode == "sweep":
+            w.env.process(self._sweeper())
+
+    def create(self, user: str, amount: int, method: str) -> Order:
+        w = self.w
+        self.seq += 1
+        oid = f"r{w.replication}-o{self.seq}"
+        now = w.env.now
+        ttl = w.p.order_service.order_ttl
+        order = Order(oid, user, "m1", amount, method, now, now + ttl)
+        w.orders[oid] = order
+        w.emit("order.created", "order_service", oid, user=user, amount=amount, method=method,
+               expires_at=order.expires_at)
+        w.hold(oid)  # released when the order leaves awaiting_payment
+        self.awaiting[oid] = order
+        if w.p.order_service.close_mode == "timer":
+            w.at(ttl, lambda: self.expire(order))
+        return order
+
+    def _leave_awaiting(self, order: Order) -> None:
+        if self.awaiting.pop(order.id, None) is not None:
+            self.w.release(order.id)
+
+    # -- closing -----------------------------------------------------------------------------------
+    def _sweeper(self):
+        w = self.w
+        interval = w.p.order_service.sweep_interval
+        while True:
+            yield w.env.timeout(interval)
+            now = w.env.now
+            due = []
+            for order in self.awaiting.values():
+                if order.expires_at > now:
+                    break
+                due.append(order)
+            for order in due:
+                self.expire(order)
+
+    def expire(self, order: Order) -> None:
+        """The close job reached ``order``: follow the close policy."""
+        w = self.w
+        if order.state is not O.AWAITING_PAYMENT or order.id not in w.orders:
+            return
+        step = policies.on_order_expiry(w.p.order_service.close_policy, order.state)
+        if step is Step.CLOSE_ORDER:
+            self.close(order, "ttl")
+        elif step is Step.QUERY_TRADE:
+            self._via_gateway(order, self.gateway.query,
+                              lambda states: self._after_query(order, states))
+        elif step is Step.CLOSE_TRADE:
+            self._via_gateway(order, self.gateway.close,
+                              lambda results: self._after_close_trade(order, results))
+
+    def _via_gateway(self, order: Order, call: Callable, then: Callable) -> None:
+        w = self.w
+        w.hold(order.id)
+
+        def back(answer) -> None:
+            w.at(w.s_net(), lambda: (then(answer), w.release(order.id)))
+
+        w.at(w.s_net(), lambda: call(list(order.trades), back))
+
+    def _after_query(self, order: Order, states: list[TradeState]) -> None:
+        if order.state is not O.AWAITING_PAYMENT:
+            return
+        # Several trades (retries with new numbers): any paid one pays the order; any in flight waits.
+        if any(s is T.SUCCEEDED for s in states):
+            step = Step.MARK_PAID
+        elif any(s in (T.PROCESSING, T.UNKNOWN) for s in states):
+            step = Step.RETRY_LATER
+        else:
+            step = policies.after_trade_query(states[0] if states else None)
+        self._apply(order, step)
+
+    def _after_close_trade(self, order: Order, results: list[str]) -> None:
+        if order.state is not O.AWAITING_PAYMENT:
+            return
+        if "already_paid" in results:
+            step = Step.MARK_PAID
+        elif "in_progress" in results:
+            step = Step.RETRY_LATER
+        else:
+            step = policies.after_trade_close("closed" if results else "no_trade")
+        self._apply(order, step)
+
+    def _apply(self, order: Order, step: Step) -> None:
+        w = self.w
+        if step is Step.MARK_PAID:
+            paid = next((t for t in order.trades if w.trades[t].state is T.SUCCEEDED), order.trades[0])
+            self.mark_paid(order, paid)
+        elif step is Step.RETRY_LATER:
+            w.hold(order.id)
+            w.at(RETRY_CLOSE_AFTER, lambda: (self.expire(order), w.release(order.id)))
+        elif step is Step.CLOSE_ORDER:
+            self.close(order, "ttl")
+        elif step is Step.CLOSE_ORDER_THEN_TRADE:
+            self.close(order, "ttl")
+            # The buyer can still pay between the query's answer and this close reaching the gateway.
+            self._via_gateway(order, self.gateway.close, lambda _results: None)
+
+    def close(self, order: Order, reason: str) -> None:
+        w = self.w
+        order.close(reason, w.p.order_service.release_stock_on_close)
+        w.emit("order.closed", "order_service", order.id, reason=reason, stock_released=order.stock_released)
+        self._leave_awaiting(order)
+
+    def mark_paid(self, order: Order, trade: str, agreement: bool = False) -> None:
+        w = self.w
+        order.mark_paid(trade)
+        if agreement:
+            w.emit("order.paid", "order_service", order.id, agreement=trade)
+        else:
+            w.emit("order.paid", "order_service", order.id, trade=trade)
+        self._leave_awaiting(order)
+        if agreement:
+            self.merchant.fulfil(order)
+
+    # -- notifications -------------------------------------------------------------------------------
+    def receive_notification(self, trade: Trade, handled: Callable[[float], None]) -> None:
+        """A 'payment succeeded' notification arrived; ``handled(now)`` when it has been processed."""
+        w = self.w
+        self.station.submit(w.s_os_service(), lambda _wait: self._on_notification(trade, handled))
+
+    def _on_notification(self, trade: Trade, handled: Callable[[float], None]) -> None:
+        w = self.w
+        order = w.orders.get(trade.order)
+        if order is not None:
+            other = order.paid_trade is not None and order.paid_trade != trade.id
+            action = policies.on_payment_notification(order.state, w.p.order_service.late_payment, other)
+            if action is NotifyAction.MARK_PAID:
+                self.mark_paid(order, trade.id)
+            elif action is NotifyAction.REOPEN:
+                order.mark_paid(trade.id)  # closed -> paid: the order is revived
+                w.emit("order.reopened", "order_service", order.id, trade=trade.id,
+                       stock_released=order.stock_released)
+            elif action in (NotifyAction.REFUND_LATE, NotifyAction.REFUND_EXTRA):
+                self.refund(order, trade)
+        handled(w.env.now)
+
+    def refund(self, order: Order, trade: Trade) -> None:
+        """Refund one trade of ``order`` through the gateway (the order's own state does not change)."""
+        w = self.w
+        if trade.state is not T.SUCCEEDED:
+            return
+        self._via_gateway(order, lambda _ids, back: self.gateway.refund(trade, back), lambda _ok: None)
+
+    def status(self, order_id: str) -> OrderState | None:
+        order = self.w.orders.get(order_id)
+        return order.state if order is not None else None

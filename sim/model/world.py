@@ -1,0 +1,125 @@
+"""The shared world of one replication: the clock, the scenario in force, random streams, the history.
+
+Actors (one module each) talk only through the messages the real systems exchange — requests,
+responses, notifications, scheduled jobs — each with the latency, capacity and failure the scenario
+gives. Nothing here, or in any actor, decides that an order *becomes* inconsistent: random draws are
+primitive quantities only (latencies, service times, the outcome of one call), and the checker finds
+the anomalies in the history the actors leave behind.
+
+Memory stays flat: every activity that may still touch an order (the buyer, a timer, a bank call, a
+notification, a fulfilment step) holds a reference on it; when the last one lets go, the world emits
+``order.end``, the checker judges the order and both forget it.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from typing import Any, Callable
+
+import numpy as np
+import simpy
+
+from sim.domain.ledger import Ledger, Txn
+from sim.scenario import Scenario
+
+STREAMS = ("arrivals", "user", "app", "gateway", "bank", "notify", "order_service", "merchant", "bnpl")
+
+
+def make_streams(seed: int, replication: int, names: tuple[str, ...] = STREAMS) -> dict[str, random.Random]:
+    """One independent ``random.Random`` per named source, from one root seed.
+
+    ``SeedSequence(seed, spawn_key=(replication, crc32(name)))`` makes each stream depend only on the
+    seed, the replication and its own name, so adding a stream or changing a policy that draws more
+    from one source leaves the others — arrivals, the buyers' choices — untouched (common random
+    numbers across compared policies).
+    """
+    out = {}
+    for name in names:
+        ss = np.random.SeedSequence(entropy=seed, spawn_key=(replication, zlib.crc32(name.encode())))
+        out[name] = random.Random(int.from_bytes(ss.generate_state(4, np.uint32).tobytes(), "little"))
+    return out
+
+
+class World:
+    """Clock, parameters, streams, entity tables, the ledger and the history sink of one replication."""
+
+    def __init__(self, scenario: Scenario, replication: int, sink: Callable[[dict], None]) -> None:
+        self.env = simpy.Environment()
+        self.scenario = scenario
+        self.replication = replication
+        self.rng = make_streams(scenario.run.seed, replication)
+        self.sink = sink
+        self.ledger = Ledger()
+        self.horizon = scenario.run.horizon
+        self.end = scenario.run.horizon + scenario.run.drain
+        self.warmup = scenario.run.warmup
+        self.refs: dict[str, int] = {}
+        self.orders: dict[str, Any] = {}
+        self.trades: dict[str, Any] = {}
+        self.agreements: dict[str, Any] = {}
+        self.txn_seq = 0
+        self.orders_created = 0
+        self.apply(scenario)
+
+    # -- parameters in force (fault windows swap them) ---------------------------------------------
+    def apply(self, p: Scenario) -> None:
+        """Make ``p``'s sections the ones in force and rebuild the samplers that read them."""
+        self.p = p
+        r = self.rng
+        self.s_pay_delay = p.user.pay_delay.sampler(r["user"])
+        self.s_retry_delay = p.user.retry_delay.sampler(r["user"])
+        self.s_amount = p.user.order_amount.sampler(r["user"])
+        self.s_net = p.app.network_latency.sampler(r["app"])
+        self.s_gw_service = p.gateway.service_time.sampler(r["gateway"])
+        self.s_notify_latency = p.gateway.notify_latency.sampler(r["notify"])
+        self.s_bank_latency = p.bank.latency.sampler(r["bank"])
+        self.s_risk_hold = p.bank.risk_hold_duration.sampler(r["bank"])
+        self.s_os_service = p.order_service.service_time.sampler(r["order_service"])
+        self.s_delivery = p.merchant.delivery_time.sampler(r["merchant"])
+        self.s_finish_delay = p.merchant.bnpl_finish_delay.sampler(r["merchant"])
+        self.s_finish_retry = p.merchant.bnpl_finish_retry_delay.sampler(r["merchant"])
+        self.s_sync_lag = p.bnpl.sync_lag.sampler(r["bnpl"])
+        self.s_repay_delay = p.bnpl.user_repay_delay.sampler(r["bnpl"])
+
+    # -- history -----------------------------------------------------------------------------------
+    def emit(self, type_: str, actor: str, order: str, **fields: Any) -> None:
+        ev = {"t": self.env.now, "type": type_, "actor": actor, "order": order}
+        if fields:
+            ev.update(fields)
+        self.sink(ev)
+
+    def post(self, txn: Txn, order: str, actor: str, **fields: Any) -> None:
+        """Emit the ``ledger.txn`` event of a transaction already posted to the ledger."""
+        self.emit("ledger.txn", actor, order, **txn.as_event_fields(), **fields)
+
+    def next_txn(self, prefix: str) -> str:
+        self.txn_seq += 1
+        return f"{prefix}{self.txn_seq}"
+
+    # -- scheduling helpers --------------------------------------------------------------------------
+    def at(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` after ``delay`` seconds (a bare callback: cheaper than a process)."""
+        ev = self.env.timeout(delay)
+        ev.callbacks.append(lambda _e: fn())
+
+    # -- order lifetime ------------------------------------------------------------------------------
+    def hold(self, order: str) -> None:
+        self.refs[order] = self.refs.get(order, 0) + 1
+
+    def release(self, order: str) -> None:
+        n = self.refs[order] - 1
+        if n:
+            self.refs[order] = n
+            return
+        del self.refs[order]
+        self.forget(order)
+
+    def forget(self, order: str) -> None:
+        """Nothing can touch ``order`` any more: emit ``order.end`` and drop its entities."""
+        o = self.orders.pop(order, None)
+        if o is not None:
+            for trade in o.trades:
+                self.trades.pop(trade, None)
+            self.agreements.pop(order, None)
+        self.emit("order.end", "order_service", order)
