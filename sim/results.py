@@ -281,8 +281,46 @@ def _canonical(value: Any) -> Any:
 
 
 def canonical_json(doc: dict[str, Any]) -> str:
-    """JSON text that depends only on the content: sorted keys, 9 significant digits, NaN/inf -> null."""
-    return json.dumps(_canonical(doc), sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+    """JSON text that depends only on the content: sorted keys, 9 significant digits, NaN/inf -> null.
+
+    Objects are indented one key per line; lists of numbers and short objects stay on one line, so a
+    timeline or an event reads as one line and two documents diff well.
+    """
+    out: list[str] = []
+    _emit(_canonical(doc), 0, out)
+    out.append("\n")
+    return "".join(out)
+
+
+_INLINE_CHARS = 240
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False, separators=(", ", ": "))
+
+
+def _emit(value: Any, depth: int, out: list[str]) -> None:
+    if isinstance(value, (dict, list)) and value:
+        text = _compact(value)
+        scalars = isinstance(value, list) and not any(isinstance(v, (dict, list)) for v in value)
+        if scalars or len(text) <= _INLINE_CHARS:
+            out.append(text)
+            return
+        pad = "\n" + " " * (depth + 1)
+        if isinstance(value, dict):
+            out.append("{")
+            for i, key in enumerate(sorted(value)):
+                out.append(("," if i else "") + pad + json.dumps(key, ensure_ascii=False) + ": ")
+                _emit(value[key], depth + 1, out)
+            out.append("\n" + " " * depth + "}")
+        else:
+            out.append("[")
+            for i, item in enumerate(value):
+                out.append(("," if i else "") + pad)
+                _emit(item, depth + 1, out)
+            out.append("\n" + " " * depth + "]")
+        return
+    out.append(_compact(value))
 
 
 def write_results(doc: dict[str, Any], out_dir: str | Path) -> Path:
@@ -296,6 +334,7 @@ def write_results(doc: dict[str, Any], out_dir: str | Path) -> Path:
     target = out / RESULTS_FILE
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".results.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a results file is meant to be shared
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
