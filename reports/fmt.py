@@ -36,14 +36,14 @@ def duration(seconds: float | None) -> str:
         return "0s"
     if s < 1:
         return f"{s * 1000:.3g}ms"
-    if s < 10:
-        return f"{s:.2g}s" if s < 9.95 else "10s"
-    if s < 60:
+    if s < 9.95:
+        return f"{s:.2g}s"
+    if s < 59.5:
         return f"{round(s)}s"
-    if s < 3600:
+    if s < 3599.5:
         m, sec = divmod(round(s), 60)
         return f"{m}m" if sec == 0 else f"{m}m {sec:02d}s"
-    if s < 86400:
+    if s < 86370:
         h, m = divmod(round(s / 60), 60)
         return f"{h}h" if m == 0 else f"{h}h {m:02d}m"
     d, h = divmod(round(s / 3600), 24)

@@ -74,7 +74,8 @@ _STATE_FALLBACK = (Look("#DDDDDD", hatch="oo"), Look("#AAAA00", hatch="**"))
 
 # Swimlanes, top to bottom: the buyer's side, the platform, the payment side, fulfilment and credit.
 LANES: tuple[str, ...] = ("user", "app", "client", "order_service", "gateway", "bank", "merchant", "bnpl", "reconciler")
-STANDARD_LANES: tuple[str, ...] = ("user", "app", "order_service", "gateway", "bank", "merchant", "bnpl")
+# Always drawn (the cast of every payment story); the others only when an event happens in them.
+CORE_LANES: tuple[str, ...] = ("user", "app", "order_service", "gateway", "bank")
 LANE_COLORS: dict[str, str] = {
     "user": "#332288", "app": "#88CCEE", "client": "#88CCEE", "order_service": "#117733",
     "gateway": "#CC6677", "bank": "#882255", "merchant": "#999933", "bnpl": "#AA4499", "reconciler": "#44AA99",

@@ -125,7 +125,7 @@ def paid_but_closed_story(order: str, t0: float, fen: int, user: str, *, late_by
         if attempt == 1:
             ev.append(_ev(t + 0.01, "notify.lost", "gateway", order, trade=trade, notify_id=f"N{order}", attempt=1))
         else:
-            acked = attempt == 2 + busy - 1
+            acked = attempt == 2 + busy
             ev.append(_ev(t + 0.35, "notify.received", "order_service", order, trade=trade,
                           notify_id=f"N{order}", attempt=attempt, acked=acked))
     if repaired_at is not None:
@@ -390,7 +390,7 @@ def live_doc() -> dict[str, Any]:
         a["ci_method"] = "wilson"
     doc["anomalies"]["double_charge"] = _anomaly([2], [orders], [rng.uniform(100, 900) for _ in range(2)], [59.0, 12.5])
     doc["examples"]["failure_shown_but_charged"] = [
-        {"role": "first", "order": "live-u12-o3", "start": 1275.9, "window_s": 240.0, "amount": 19.9,
+        {"role": "first", "order": "live-u12-o3", "start": 1277.1, "window_s": 240.0, "amount": 19.9,
          "resolved": True, "events": failure_shown_story("live-u12-o3", 1250.0, 1990, "u12")}]
     doc["live"] = {"time_scale": 60.0, "target": "reference", "requests": 48211, "failures": 1022,
                    "p50_latency_s": 0.041, "p99_latency_s": 14.8, "achieved_arrival_ratio": 0.97}
@@ -400,15 +400,15 @@ def live_doc() -> dict[str, Any]:
 
 def sweep_doc() -> dict[str, Any]:
     """order_ttl × close_policy: naive closes paid orders, close_trade_then_order never does."""
-    ttls = ["5m", "15m", "30m"]
+    ttls = ["5m", "15m", "30m", "1h"]
     policies = ["naive", "query_then_close", "close_trade_then_order"]
     rng = random.Random(11)
-    base = {"paid_but_closed": {"5m": 3.1e-3, "15m": 6.0e-4, "30m": 9e-5},
-            "success_shown_then_closed": {"5m": 1.2e-3, "15m": 2.5e-4, "30m": 4e-5},
-            "stuck_pending": {"5m": 2e-5, "15m": 2e-5, "30m": 3e-5}}
+    base = {"paid_but_closed": {"5m": 3.1e-3, "15m": 6.0e-4, "30m": 1.5e-4, "1h": 3e-5},
+            "success_shown_then_closed": {"5m": 1.2e-3, "15m": 2.5e-4, "30m": 6e-5, "1h": 1e-5},
+            "stuck_pending": {"5m": 2e-5, "15m": 2e-5, "30m": 3e-5, "1h": 3e-5}}
     factor = {"naive": 1.0, "query_then_close": 0.05, "close_trade_then_order": 0.0}
     points = []
-    reps, per_rep_orders = 5, 20_000
+    reps, per_rep_orders = 5, 50_000
     for ttl in ttls:
         for policy in policies:
             orders = [per_rep_orders + rng.randint(-300, 300) for _ in range(reps)]
