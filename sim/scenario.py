@@ -647,7 +647,10 @@ def _describe(err: dict[str, Any]) -> str:
         msg = msg[len("Value error, "):]
         return f"{key}: {msg}"
     if kind == "literal_error":
-        return f"{key}: {msg.replace('Input should be', 'expected')}, found {found!r}"
+        choices = err.get("ctx", {}).get("expected", "")
+        options = re.findall(r"'([^']*)'", choices)
+        hint = _suggest(str(found), options) if isinstance(found, str) else ""
+        return f"{key}: {msg.replace('Input should be', 'expected')}, found {found!r}{hint}"
     return f"{key}: expected {msg.replace('Input should be ', '').replace('Input should ', '')}, found {found!r}"
 
 
