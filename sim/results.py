@@ -165,7 +165,9 @@ def wilson_interval(count: int, n: int) -> tuple[float, float]:
     denom = 1.0 + z2 / n
     centre = (p + z2 / (2 * n)) / denom
     half = _Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if k == 0 else max(0.0, centre - half)  # exact bounds where rounding would leave 1e-17
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return low, high
 
 
 def _weighted_quantile(items: Sequence[tuple[float, float]], q: float) -> float | None:

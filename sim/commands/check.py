@@ -69,6 +69,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _duration(flag: str, value: str) -> float:
     from sim.scenario import parse_duration
 
+    if value.strip() == "0":
+        return 0.0
     try:
         return parse_duration(value)
     except ValueError as exc:
