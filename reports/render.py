@@ -64,7 +64,8 @@ def doc_name(doc: Mapping[str, Any]) -> str:
 
 
 def comparisons(docs: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
-    """(simulation, live) pairs of the same scenario; a lone simulation pairs with every live run."""
+    """(simulation, live) pairs of the same scenario (the simulation with the most orders when there are
+    several); a lone simulation pairs with every live run whatever its name."""
     sims = [i for i, d in enumerate(docs) if d.get("kind") == "simulation"]
     pairs = []
     for j, d in enumerate(docs):
@@ -73,7 +74,7 @@ def comparisons(docs: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
         same = [i for i in sims if docs[i].get("scenario_name") == d.get("scenario_name")]
         chosen = same or (sims if len(sims) == 1 else [])
         if chosen:
-            pairs.append((chosen[-1], j))
+            pairs.append((max(chosen, key=lambda i: (docs[i].get("orders") or 0, -i)), j))
     return pairs
 
 
@@ -130,7 +131,8 @@ def render_charts(docs: Sequence[Mapping[str, Any]], out_dir: Path, *,
             emit("timeline", "A run over time",
                  "Orders by state (stacked), arrivals per second (black line, right axis), fault windows "
                  "(hatched) and where anomalies began (rug below).", ch.run_timeline(doc), f"{prefix}timeline", i)
-        if any(ch.anomaly(doc, c).get("window_samples") for c in doc.get("anomalies") or {}) or tl.get("money_at_risk"):
+        if (any(ch.anomaly(doc, c).get("window_samples") for c in doc.get("anomalies") or {})
+                or any(tl.get("money_at_risk") or ())):
             emit("windows", "How long money was stuck",
                  "Share of anomaly instances whose window (disagreement until agreement or the end of "
                  "observation) was at most x, with p50 and p99 marked; money held by open anomalies over time.",
