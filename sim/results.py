@@ -436,8 +436,16 @@ def _money(cny: float) -> str:
     return f"¥{cny:,.2f}"
 
 
-def summary_table(doc: dict[str, Any]) -> "Table":
-    """One row per anomaly class: count, repaired, rate, 95% CI, window p50/p99, money at stake."""
+_WIDE_COLUMNS = ("count", "repaired", "rate", "95% CI", "window p50", "window p99", "at stake")
+_COMPACT_COLUMNS = ("count", "repaired", "rate", "window p50", "at stake")
+_WIDE_TABLE = 112  # characters the wide table needs
+
+
+def summary_table(doc: dict[str, Any], compact: bool = False) -> "Table":
+    """One row per anomaly class: count, repaired, rate, 95% CI, window p50/p99, money at stake.
+
+    ``compact`` drops the interval and p99 columns to fit an 80-column terminal.
+    """
     from rich import box
     from rich.table import Table
 
@@ -445,23 +453,25 @@ def summary_table(doc: dict[str, Any]) -> "Table":
     title = f"anomalies in {doc.get('orders', 0):,} orders" + (f" ({n_rep} replications)" if n_rep > 1 else "")
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("anomaly", no_wrap=True)
-    for name in ("count", "repaired", "rate", "95% CI", "window p50", "window p99", "at stake"):
+    columns = _COMPACT_COLUMNS if compact else _WIDE_COLUMNS
+    for name in columns:
         table.add_column(name, justify="right", no_wrap=True)
-    for cls, a in (doc.get("anomalies") or {}).items():
+    anomalies = doc.get("anomalies") or {}
+    for cls in [c for c in ANOMALY_CLASSES if c in anomalies] + [c for c in anomalies if c not in ANOMALY_CLASSES]:
+        a = anomalies[cls]
         ci = a.get("ci95")
         win = a.get("window_s") or {}
+        cells = {
+            "count": f"{a.get('count', 0):,}",
+            "repaired": f"{a.get('repaired', 0):,}",
+            "rate": _rate(a.get("rate")),
+            "95% CI": f"[{_rate(ci[0])}, {_rate(ci[1])}]" if ci else "—",
+            "window p50": human_duration(win.get("median")),
+            "window p99": human_duration(win.get("p99")),
+            "at stake": _money(a.get("amount") or 0.0),
+        }
         quiet = not a.get("count") and not a.get("repaired")
-        table.add_row(
-            cls,
-            f"{a.get('count', 0):,}",
-            f"{a.get('repaired', 0):,}",
-            _rate(a.get("rate")),
-            f"[{_rate(ci[0])}, {_rate(ci[1])}]" if ci else "—",
-            human_duration(win.get("median")),
-            human_duration(win.get("p99")),
-            _money(a.get("amount") or 0.0),
-            style="dim" if quiet else None,
-        )
+        table.add_row(cls, *(cells[c] for c in columns), style="dim" if quiet else None)
     return table
 
 
@@ -484,10 +494,10 @@ def _metrics_table(metrics: dict[str, Any]) -> "Table":
                 cells.append("—")
             elif c.endswith("_s") and _is_number(v):
                 cells.append(human_duration(v))
-            elif isinstance(v, float):
+            elif isinstance(v, float) and not v.is_integer():
                 cells.append(f"{v:.3g}")
             else:
-                cells.append(f"{v:,}" if _is_number(v) else str(v))
+                cells.append(f"{int(v):,}" if _is_number(v) else str(v))
         table.add_row(actor, *cells)
     return table
 
@@ -511,7 +521,7 @@ def print_summary(doc: dict[str, Any], console: "Console | None" = None) -> None
     if doc.get("end_s") is not None:
         window.append(f"observed to {human_duration(doc['end_s'])}")
     console.print(" · ".join(head + window))
-    console.print(summary_table(doc))
+    console.print(summary_table(doc, compact=console.width < _WIDE_TABLE))
     metrics = doc.get("metrics")
     if metrics:
         console.print(_metrics_table(metrics))
