@@ -1,0 +1,652 @@
+"""The reference checkout: the platform's order service and the merchant, as one HTTP service.
+
+* **Orders**: create (``order.created`` with ``expires_at`` = now + ``order_service.order_ttl``), start
+  payment (creates the provider trade with a ``notify_url`` pointing back here; the trade number is the
+  client's, or ``policies.retry_trade_no`` under ``app.retry_trade_no``), the status page the buyer's
+  order screen shows, cancel.
+* **The notification handler** ``POST /notify``: verifies the signature (``signing``), checks the
+  amount, then does what ``policies.on_payment_notification`` says under ``order_service.late_payment``
+  (mark paid, ignore a late one, refund it, reopen the order), answering ``success`` to acknowledge.
+  ``order_service.workers`` handlers run at once for ``order_service.service_time`` each, so an
+  overloaded order service acknowledges late and the provider retries.
+* **The close job**: a durable per-order timer, or a sweep every ``order_service.sweep_interval``
+  (``close_mode``), applying ``policies.on_order_expiry`` and, against the provider's real HTTP API,
+  ``after_trade_query`` / ``after_trade_close`` (``close_policy``).
+* **The merchant**: ships when paid, delivers after ``merchant.delivery_time``, and for BNPL orders calls
+  *finish* after ``bnpl_finish_delay`` — or forgets to (``bnpl_finish_forget``), or fails
+  (``bnpl_finish_failure``) and retries ``bnpl_finish_retries`` times.
+
+No decision here is re-implemented: every branch that matters comes from ``sim/domain/policies.py`` and
+every state change goes through the domain's ``Order`` entity, so an illegal step raises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Path, Request
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from sim.domain import policies
+from sim.domain.entities import Order
+from sim.domain.policies import NotifyAction, Step
+from sim.domain.states import OrderState, TradeState
+
+from loadtests.service import base, signing
+from loadtests.service.runtime import Limiter
+from loadtests.service.store import Job
+from loadtests.service.web import (ID_PATTERN, MAX_AMOUNT, ApiError, InFlightLimit, admin_router,
+                                   install_error_handlers, json_response, require_admin)
+
+log = logging.getLogger("checkout_chaos.checkout")
+O = OrderState
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS orders (
+    ord TEXT PRIMARY KEY, usr TEXT NOT NULL, merchant TEXT NOT NULL, amount INTEGER NOT NULL,
+    method TEXT NOT NULL, state TEXT NOT NULL, created_t REAL NOT NULL, expires_at REAL NOT NULL,
+    paid_trade TEXT, stock_released INTEGER NOT NULL DEFAULT 0, close_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS orders_state_expiry ON orders (state, expires_at);
+CREATE TABLE IF NOT EXISTS order_trades (
+    trade TEXT PRIMARY KEY, ord TEXT NOT NULL, attempt INTEGER NOT NULL, kind TEXT NOT NULL, created_t REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS order_trades_ord ON order_trades (ord, attempt);
+"""
+
+CLOSE_RETRY = 60.0  # scenario seconds before the close job looks again at an order it could not decide
+
+Id = Annotated[str, Field(pattern=ID_PATTERN, description="letters, digits and _.:- ; at most 64")]
+Amount = Annotated[int, Field(gt=0, le=MAX_AMOUNT, description="fen (1/100 CNY), at most 10 million CNY")]
+OrderPath = Annotated[str, Path(pattern=ID_PATTERN)]
+
+SCREENS = {O.AWAITING_PAYMENT: "awaiting_payment", O.PAID: "order_paid", O.SHIPPED: "order_paid",
+           O.DELIVERED: "order_paid", O.COMPLETED: "order_completed", O.CLOSED: "order_closed",
+           O.REFUND_PENDING: "refunded", O.REFUNDED: "refunded"}
+
+
+class OrderCreate(BaseModel):
+    model_config = ConfigDict(strict=True)
+    order: Id | None = Field(None, description="the order id; generated when absent (same id + same fields = replay)")
+    user: Id
+    merchant: Id = "m1"
+    amount: Amount
+    method: Literal["wallet", "card", "bnpl"] = "wallet"
+
+
+class PayBody(BaseModel):
+    model_config = ConfigDict(strict=True)
+    trade: Id | None = Field(None, description="the trade number to use; default from app.retry_trade_no")
+
+
+class OrderView(BaseModel):
+    order: str
+    user: str
+    merchant: str
+    amount: int
+    method: str
+    state: str
+    screen: str
+    expires_at: float
+    paid_trade: str | None
+    trades: list[str]
+    close_reason: str | None
+    stock_released: bool
+
+
+class ProviderUnavailable(Exception):
+    """The provider did not answer within the checkout's timeout, or answered 5xx."""
+
+
+class Checkout(base.ServiceBase):
+    name = "checkout"
+    schema = SCHEMA
+
+    def __init__(self, config: base.ServiceConfig) -> None:
+        super().__init__(config)
+        self.secret = config.notify_secret.encode()
+        self.provider_url = config.provider_url.rstrip("/")
+        self.notify_url = config.public_url.rstrip("/") + "/notify"
+        self.workers = Limiter(lambda: self.conditions.current().order_service.workers)
+        self.client: Any = None
+
+    # -- plumbing -----------------------------------------------------------------------------------
+
+    def job_handlers(self) -> dict:
+        return {"expire": self._expire, "ship": self._ship, "deliver": self._deliver,
+                "bnpl_finish": self._bnpl_finish, "refund": self._refund}
+
+    def background(self) -> list:
+        return [self._sweep_loop]
+
+    async def aclose(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
+    async def _call(self, method: str, path: str, body: dict | None = None) -> Any:
+        """One call to the provider; ``ProviderUnavailable`` on a transport error, a timeout or a 5xx."""
+        import httpx
+
+        if self.client is None:
+            self.client = httpx.AsyncClient(base_url=self.provider_url,
+                                            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        timeout = self.wall_timeout(self.conditions.current().app.request_timeout)
+        try:
+            resp = await self.client.request(method, path, json=body, timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise ProviderUnavailable(f"{exc.__class__.__name__}: {exc}") from None
+        if resp.status_code >= 500:
+            raise ProviderUnavailable(f"provider answered {resp.status_code}")
+        return resp
+
+    def _order_row(self, order: str) -> Any:
+        row = self.store.one("SELECT * FROM orders WHERE ord = ?", (order,))
+        if row is None:
+            raise ApiError(404, f"no such order {order!r}", "order", "ORDER_NOT_EXIST")
+        return row
+
+    def _entity(self, row: Any) -> Order:
+        o = Order(row["ord"], row["usr"], row["merchant"], row["amount"], row["method"], row["created_t"],
+                  row["expires_at"])
+        o.state = O(row["state"])
+        o.paid_trade, o.stock_released, o.close_reason = row["paid_trade"], bool(row["stock_released"]), row["close_reason"]
+        return o
+
+    def _save(self, o: Order) -> None:
+        self.store.conn.execute(
+            "UPDATE orders SET state = ?, paid_trade = ?, stock_released = ?, close_reason = ? WHERE ord = ?",
+            (o.state.value, o.paid_trade, int(o.stock_released), o.close_reason, o.id))
+
+    def _trades(self, order: str, kind: str | None = None) -> list[str]:
+        sql = "SELECT trade FROM order_trades WHERE ord = ?" + (" AND kind = ?" if kind else "") + " ORDER BY attempt"
+        return [r[0] for r in self.store.all(sql, (order, kind) if kind else (order,))]
+
+    def _view(self, order: str) -> dict[str, Any]:
+        row = self._order_row(order)
+        state = O(row["state"])
+        return {"order": row["ord"], "user": row["usr"], "merchant": row["merchant"], "amount": row["amount"],
+                "method": row["method"], "state": state.value, "screen": SCREENS[state],
+                "expires_at": row["expires_at"], "paid_trade": row["paid_trade"], "trades": self._trades(order),
+                "close_reason": row["close_reason"], "stock_released": bool(row["stock_released"])}
+
+    def _ref(self, row: Any, trade: str) -> dict[str, str]:
+        """The event field naming what paid an order: ``agreement`` for BNPL, ``trade`` otherwise."""
+        return {"agreement": trade} if row["method"] == "bnpl" else {"trade": trade}
+
+    # -- orders -------------------------------------------------------------------------------------
+
+    async def create_order(self, body: OrderCreate) -> Response:
+        order_id = body.order or f"o{uuid.uuid4().hex[:20]}"
+        row = self.store.one("SELECT * FROM orders WHERE ord = ?", (order_id,))
+        if row is not None:
+            same = (row["usr"], row["merchant"], row["amount"], row["method"]) == (body.user, body.merchant,
+                                                                                  body.amount, body.method)
+            if not same:
+                raise ApiError(409, f"order {order_id!r} exists with other parameters", "order", "ORDER_PARAMS_CONFLICT")
+            return json_response(self._view(order_id), 200)
+        cond = self.conditions.current()
+        now = self.clock.now()
+        expires_at = now + cond.order_service.order_ttl
+        with self.store.tx() as conn:
+            conn.execute("INSERT INTO orders (ord, usr, merchant, amount, method, state, created_t, expires_at)"
+                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (order_id, body.user, body.merchant, body.amount, body.method, O.AWAITING_PAYMENT.value,
+                          now, expires_at))
+            self.store.emit(now, "order.created", "order_service", order_id, user=body.user, amount=body.amount,
+                            method=body.method, expires_at=round(expires_at, 6), merchant=body.merchant)
+            if cond.order_service.close_mode == "timer":
+                self.store.schedule("expire", order_id, expires_at)
+        return json_response(self._view(order_id), 201)
+
+    async def start_payment(self, order_id: str, body: PayBody | None) -> Response:
+        row = self._order_row(order_id)
+        state = O(row["state"])
+        if state is not O.AWAITING_PAYMENT:
+            raise ApiError(409, f"order is {state.value}: not awaiting payment", "order", "ORDER_NOT_PAYABLE",
+                           order_state=state.value)
+        trades = self._trades(order_id)
+        if body is not None and body.trade is not None:
+            trade = body.trade
+        else:
+            policy = self.conditions.current().app.retry_trade_no
+            trade = policies.retry_trade_no(policy, order_id, len(trades), trades[-1] if trades else None)
+        owner = self.store.one("SELECT ord FROM order_trades WHERE trade = ?", (trade,))
+        if owner is not None and owner[0] != order_id:
+            raise ApiError(409, f"trade number {trade!r} belongs to another order", "trade", "TRADE_NUMBER_TAKEN")
+        kind = "agreement" if row["method"] == "bnpl" else "trade"
+        if owner is None:
+            with self.store.tx() as conn:  # recorded before the provider hears of it: a crash leaves no orphan
+                conn.execute("INSERT INTO order_trades (trade, ord, attempt, kind, created_t) VALUES (?, ?, ?, ?, ?)",
+                             (trade, order_id, len(trades), kind, self.clock.now()))
+        if kind == "agreement":
+            return await self._authorize(row, trade)
+        payload = {"trade": trade, "order": order_id, "user": row["usr"], "merchant": row["merchant"],
+                   "amount": row["amount"], "notify_url": self.notify_url}
+        try:
+            resp = await self._call("POST", "/trades", payload)
+        except ProviderUnavailable as exc:
+            raise ApiError(502, f"payment provider unavailable: {exc}", None, "PROVIDER_UNAVAILABLE") from None
+        if resp.status_code in (200, 201):
+            return json_response({"order": order_id, "trade": trade, "trade_state": resp.json()["state"],
+                                  "pay_url": f"{self.provider_url}/trades/{trade}/pay"})
+        detail = _json(resp)
+        if resp.status_code == 409:
+            raise ApiError(409, detail.get("error", "trade conflict"), "trade", detail.get("code"))
+        raise ApiError(502, f"payment provider refused the trade: {detail.get('error')}", None, "PROVIDER_REFUSED")
+
+    async def _authorize(self, row: Any, agreement: str) -> Response:
+        payload = {"agreement": agreement, "order": row["ord"], "user": row["usr"], "merchant": row["merchant"],
+                   "amount": row["amount"]}
+        try:
+            resp = await self._call("POST", "/bnpl/agreements", payload)
+        except ProviderUnavailable as exc:
+            raise ApiError(502, f"BNPL provider unavailable: {exc}", None, "PROVIDER_UNAVAILABLE") from None
+        detail = _json(resp)
+        if resp.status_code not in (200, 201):
+            raise ApiError(502 if resp.status_code != 409 else 409,
+                           f"BNPL provider refused: {detail.get('error')}", "trade", detail.get("code"))
+        if detail.get("state") == "declined":
+            return json_response({"order": row["ord"], "agreement": agreement, "state": "declined",
+                                  "reason": detail.get("reason"), "order_state": row["state"]})
+        self._mark_paid(row["ord"], agreement)
+        return json_response({"order": row["ord"], "agreement": agreement, "state": detail.get("state"),
+                              "order_state": self._order_row(row["ord"])["state"]})
+
+    def _mark_paid(self, order_id: str, trade: str) -> bool:
+        """Awaiting payment -> paid by ``trade`` (or BNPL agreement); the merchant ships next."""
+        row = self._order_row(order_id)
+        o = self._entity(row)
+        if o.state is not O.AWAITING_PAYMENT:
+            return False
+        now = self.clock.now()
+        with self.store.tx():
+            o.mark_paid(trade)
+            self._save(o)
+            self.store.emit(now, "order.paid", "order_service", order_id, **self._ref(row, trade))
+            self.store.schedule("ship", order_id, now)
+        return True
+
+    async def cancel(self, order_id: str) -> Response:
+        row = self._order_row(order_id)
+        state = O(row["state"])
+        if state is O.AWAITING_PAYMENT:
+            result = await self.close_unpaid(order_id, "user_cancel")
+            if result == "retry":
+                raise ApiError(409, "a payment for this order is in progress: try again later", "order",
+                               "ORDER_PAYMENT_IN_PROGRESS")
+            return json_response(self._view(order_id))
+        if state is O.CLOSED:
+            return json_response(self._view(order_id))
+        if state is O.PAID:  # paid, not shipped yet: refund (or cancel the BNPL agreement)
+            self._request_refund(row, row["paid_trade"])
+            return json_response(self._view(order_id))
+        raise ApiError(409, f"order is {state.value}: it can no longer be cancelled", "order",
+                       "ORDER_NOT_CANCELLABLE", order_state=state.value)
+
+    def _request_refund(self, row: Any, trade: str, extra: bool = False) -> None:
+        """Ask the provider for a refund (a durable job). ``extra``: a second trade of a paid order."""
+        now = self.clock.now()
+        with self.store.tx():
+            if not extra:
+                o = self._entity(row)
+                o.to(O.REFUND_PENDING)
+                self._save(o)
+                self.store.emit(now, "order.refund_pending", "order_service", row["ord"], amount=row["amount"],
+                                **self._ref(row, trade))
+            self.store.schedule("refund", row["ord"], now, data={"trade": trade, "extra": extra})
+
+    # -- notifications ------------------------------------------------------------------------------
+
+    async def notify(self, request: Request) -> Response:
+        raw = await request.body()
+        problem = signing.verify(self.secret, raw, request.headers.get(signing.HEADER))
+        if problem:
+            raise ApiError(401, problem, signing.HEADER)
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            raise ApiError(400, "malformed JSON body", "body") from None
+        if not isinstance(msg, dict):
+            raise ApiError(400, "expected a JSON object", "body")
+        for name, typ in (("notify_id", str), ("trade", str), ("order", str), ("amount", int), ("attempt", int),
+                          ("trade_status", str)):
+            if not isinstance(msg.get(name), typ) or isinstance(msg.get(name), bool):
+                raise ApiError(400, f"{name}: expected {typ.__name__}", name)
+        async with self.workers:
+            await self.clock.sleep(self.conditions.sample("order_service.service_time"))
+        order_id, trade = msg["order"], msg["trade"]
+        ev = {"trade": trade, "notify_id": msg["notify_id"], "attempt": msg["attempt"]}
+        row = self.store.one("SELECT * FROM orders WHERE ord = ?", (order_id,))
+        now = self.clock.now()
+        if row is None or row["amount"] != msg["amount"]:
+            with self.store.tx():
+                self.store.emit(now, "notify.received", "order_service", order_id, acked=False, **ev,
+                                problem="unknown order" if row is None else "amount mismatch")
+            if row is None:
+                raise ApiError(404, f"no such order {order_id!r}", "order", "ORDER_NOT_EXIST")
+            raise ApiError(400, f"amount {msg['amount']} does not match the order's {row['amount']}", "amount",
+                           "AMOUNT_MISMATCH")
+        if msg["trade_status"] != "TRADE_SUCCESS":
+            with self.store.tx():
+                self.store.emit(now, "notify.received", "order_service", order_id, acked=True, **ev)
+            return PlainTextResponse("success")
+        o = self._entity(row)
+        late_payment = self.conditions.current().order_service.late_payment
+        paid_by_other = o.paid_trade is not None and o.paid_trade != trade
+        action = policies.on_payment_notification(o.state, late_payment, paid_by_other)
+        refund = None
+        with self.store.tx():
+            self.store.emit(now, "notify.received", "order_service", order_id, acked=True, **ev)
+            if action is NotifyAction.MARK_PAID or action is NotifyAction.REOPEN:
+                reopened = o.state is O.CLOSED
+                o.mark_paid(trade)
+                self._save(o)
+                if reopened:
+                    self.store.emit(now, "order.reopened", "order_service", order_id, trade=trade,
+                                    stock_released=o.stock_released)
+                else:
+                    self.store.emit(now, "order.paid", "order_service", order_id, trade=trade)
+                self.store.schedule("ship", order_id, now)
+            elif action is NotifyAction.REFUND_LATE:
+                refund = (trade, False)
+            elif action is NotifyAction.REFUND_EXTRA:
+                refund = (trade, True)
+            # DUPLICATE / IGNORE_LATE: acknowledge, change nothing
+        if refund is not None:
+            self._request_refund(row, *refund)
+        return PlainTextResponse("success")
+
+    # -- the close job ------------------------------------------------------------------------------
+
+    async def _query_trade(self, trade: str) -> TradeState | None:
+        resp = await self._call("GET", f"/trades/{trade}")
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise ProviderUnavailable(f"query answered {resp.status_code}")
+        return TradeState(resp.json()["state"])
+
+    async def _close_trade(self, trade: str) -> str:
+        """The provider's answer to close, as ``policies.after_trade_close`` reads it."""
+        resp = await self._call("POST", f"/trades/{trade}/close")
+        if resp.status_code == 200:
+            return "closed"
+        if resp.status_code == 404:
+            return "no_trade"
+        code = _json(resp).get("code")
+        if resp.status_code == 409 and code == "ACQ.TRADE_HAS_SUCCESS":
+            return "already_paid"
+        if resp.status_code == 409:
+            return "in_progress"
+        raise ProviderUnavailable(f"close answered {resp.status_code}")
+
+    async def close_unpaid(self, order_id: str, reason: str) -> str:
+        """Close an unpaid order the way ``order_service.close_policy`` says: ``closed``, ``paid`` (the
+        gateway had it paid), ``retry`` (undecidable now) or ``nothing`` (no longer awaiting payment)."""
+        row = self._order_row(order_id)
+        cond = self.conditions.current().order_service
+        step = policies.on_order_expiry(cond.close_policy, O(row["state"]))
+        if step is Step.NOTHING:
+            return "nothing"
+        trades = self._trades(order_id, "trade")
+        try:
+            if step is Step.QUERY_TRADE:
+                decisions = [(t, policies.after_trade_query(await self._query_trade(t))) for t in trades]
+                decisions = decisions or [(None, policies.after_trade_query(None))]
+            elif step is Step.CLOSE_TRADE:
+                decisions = [(t, policies.after_trade_close(await self._close_trade(t))) for t in trades]
+                decisions = decisions or [(None, policies.after_trade_close("no_trade"))]
+            else:
+                decisions = [(None, step)]
+        except ProviderUnavailable:
+            return "retry"
+        step, trade = _combine(decisions)
+        if step is Step.RETRY_LATER:
+            return "retry"
+        if step is Step.MARK_PAID:
+            self._mark_paid(order_id, trade)
+            return "paid"
+        row = self._order_row(order_id)  # a notification may have marked it paid meanwhile
+        o = self._entity(row)
+        if o.state is not O.AWAITING_PAYMENT:
+            return "nothing"
+        now = self.clock.now()
+        with self.store.tx():
+            o.close(reason, cond.release_stock_on_close)
+            self._save(o)
+            self.store.emit(now, "order.closed", "order_service", order_id, reason=reason,
+                            stock_released=o.stock_released)
+        if step is Step.CLOSE_ORDER_THEN_TRADE:
+            for t in trades:
+                try:
+                    await self._close_trade(t)
+                except ProviderUnavailable:
+                    pass  # the trade stays payable: a late payment is what the policy risks
+        return "closed"
+
+    async def _expire(self, job: Job) -> None:
+        """The per-order close timer (``close_mode = "timer"``)."""
+        if await self.close_unpaid(job.key, "ttl") == "retry":
+            with self.store.tx():
+                self.store.done(job)
+                self.store.schedule("expire", job.key, self.clock.now() + CLOSE_RETRY)
+
+    async def _sweep_loop(self) -> None:
+        """``close_mode = "sweep"``: every ``sweep_interval`` (at multiples of it in scenario time), close
+        every expired order still awaiting payment."""
+        while True:
+            interval = max(self.conditions.current().order_service.sweep_interval, 1e-3)
+            now = self.clock.now()
+            await self.clock.sleep((int(now // interval) + 1) * interval - now)
+            cond = self.conditions.current().order_service
+            if cond.close_mode != "sweep":
+                continue
+            try:
+                rows = self.store.all("SELECT ord FROM orders WHERE state = ? AND expires_at <= ?",
+                                      (O.AWAITING_PAYMENT.value, self.clock.now()))
+                limit = asyncio.Semaphore(cond.workers)
+
+                async def one(order_id: str) -> None:
+                    async with limit:
+                        await self.close_unpaid(order_id, "ttl")
+
+                await asyncio.gather(*(one(r[0]) for r in rows), return_exceptions=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sweep failed")
+
+    # -- the merchant -------------------------------------------------------------------------------
+
+    async def _ship(self, job: Job) -> None:
+        row = self._order_row(job.key)
+        o = self._entity(row)
+        if o.state is not O.PAID:
+            return
+        now = self.clock.now()
+        with self.store.tx():
+            self.store.done(job)
+            o.to(O.SHIPPED)
+            self._save(o)
+            self.store.emit(now, "order.shipped", "merchant", job.key)
+            self.store.schedule("deliver", job.key, now + self.conditions.sample("merchant.delivery_time"))
+
+    async def _deliver(self, job: Job) -> None:
+        row = self._order_row(job.key)
+        o = self._entity(row)
+        if o.state is not O.SHIPPED:
+            return
+        c = self.conditions
+        now = self.clock.now()
+        with self.store.tx():
+            self.store.done(job)
+            o.to(O.DELIVERED)
+            self.store.emit(now, "order.delivered", "merchant", job.key)
+            if o.method != "bnpl":
+                o.to(O.COMPLETED)
+                self.store.emit(now, "order.completed", "order_service", job.key)
+            elif not c.chance("merchant.bnpl_finish_forget", c.current().merchant.bnpl_finish_forget):
+                self.store.schedule("bnpl_finish", job.key, now + c.sample("merchant.bnpl_finish_delay"), 1,
+                                    {"agreement": o.paid_trade})
+            self._save(o)
+
+    async def _bnpl_finish(self, job: Job) -> None:
+        """The merchant calls the BNPL provider's *finish* (may fail; retried a few times)."""
+        row = self._order_row(job.key)
+        o = self._entity(row)
+        if o.state is not O.DELIVERED:
+            return
+        c = self.conditions
+        merchant = c.current().merchant
+        agreement = (job.data or {}).get("agreement") or o.paid_trade
+        sent_at = self.clock.now()
+        ok = False
+        if not c.chance("merchant.bnpl_finish_failure", merchant.bnpl_finish_failure):
+            try:
+                resp = await self._call("POST", f"/bnpl/agreements/{agreement}/finish")
+                ok = resp.status_code == 200
+            except ProviderUnavailable:
+                ok = False
+        now = self.clock.now()
+        with self.store.tx():
+            self.store.done(job)
+            ev = {"agreement": agreement, "attempt": job.attempt}
+            self.store.emit(sent_at, "bnpl.finish_sent", "merchant", job.key, **ev)
+            o = self._entity(self._order_row(job.key))
+            if ok:
+                if o.state is O.DELIVERED:
+                    o.to(O.COMPLETED)
+                    self._save(o)
+                    self.store.emit(now, "order.completed", "order_service", job.key)
+            else:
+                self.store.emit(now, "bnpl.finish_failed", "merchant", job.key, **ev)
+                if job.attempt <= merchant.bnpl_finish_retries:
+                    self.store.schedule("bnpl_finish", job.key, now + c.sample("merchant.bnpl_finish_retry_delay"),
+                                        job.attempt + 1, job.data)
+
+    async def _refund(self, job: Job) -> None:
+        data = job.data or {}
+        trade, extra = data["trade"], data.get("extra", False)
+        row = self._order_row(job.key)
+        if row["method"] == "bnpl":
+            resp = await self._call("POST", f"/bnpl/agreements/{trade}/cancel")
+        else:
+            resp = await self._call("POST", f"/trades/{trade}/refund", {"refund_id": f"{trade}-refund"})
+        if resp.status_code != 200:
+            log.warning("refund of %s for order %s refused: %s %s", trade, job.key, resp.status_code, resp.text[:200])
+            return  # stays refund_pending: visible to the checker
+        if extra:
+            return
+        row = self._order_row(job.key)
+        o = self._entity(row)
+        if o.state is not O.REFUND_PENDING:
+            return
+        now = self.clock.now()
+        with self.store.tx():
+            self.store.done(job)
+            o.to(O.REFUNDED)
+            self._save(o)
+            self.store.emit(now, "order.refunded", "order_service", job.key, amount=row["amount"], **self._ref(row, trade))
+
+    # -- admin --------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        count = lambda sql: {r[0]: r[1] for r in self.store.all(sql)}  # noqa: E731
+        return {"orders": count("SELECT state, COUNT(*) FROM orders GROUP BY state"),
+                "jobs": count("SELECT kind, COUNT(*) FROM jobs GROUP BY kind"),
+                "now": self.clock.now()}
+
+
+def _json(resp: Any) -> dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+_PRIORITY = {Step.MARK_PAID: 0, Step.RETRY_LATER: 1, Step.CLOSE_ORDER_THEN_TRADE: 2, Step.CLOSE_ORDER: 3}
+
+
+def _combine(decisions: list[tuple[str | None, Step]]) -> tuple[Step, str | None]:
+    """An order may have several trades: one paid keeps the order; one undecided postpones the close."""
+    trade, step = min(decisions, key=lambda d: _PRIORITY.get(d[1], 9))
+    return step, trade
+
+
+def create_app(config: base.ServiceConfig) -> FastAPI:
+    svc = Checkout(config)
+    app = FastAPI(title="checkout-chaos reference checkout", version="1", lifespan=svc.lifespan,
+                  description="Order service and merchant; closes orders with the simulation's policies. "
+                              "Amounts are integer fen. Errors: {error, field, code?}.")
+    app.state.service = svc
+    install_error_handlers(app)
+    app.add_middleware(InFlightLimit, limit=config.scenario.live.max_in_flight)
+
+    @app.get("/healthz", tags=["health"], summary="liveness")
+    async def healthz() -> Response:
+        return json_response({"ok": True, "service": "checkout"})
+
+    @app.post("/orders", tags=["orders"], status_code=201, response_model=OrderView, summary="create an order")
+    async def create_order(body: OrderCreate) -> Response:
+        return await svc.create_order(body)
+
+    @app.get("/orders/{order}", tags=["orders"], response_model=OrderView, summary="the buyer's order page")
+    async def get_order(order: OrderPath) -> Response:
+        return json_response(svc._view(order))
+
+    @app.post("/orders/{order}/pay", tags=["orders"],
+              summary="start payment: creates the provider trade (or BNPL agreement); answers pay_url")
+    async def start_payment(order: OrderPath, body: PayBody | None = None) -> Response:
+        return await svc.start_payment(order, body)
+
+    @app.post("/orders/{order}/cancel", tags=["orders"], response_model=OrderView,
+              summary="cancel: closes an unpaid order (close policy), refunds a paid, unshipped one")
+    async def cancel(order: OrderPath) -> Response:
+        return await svc.cancel(order)
+
+    @app.post("/notify", tags=["notifications"], response_class=PlainTextResponse,
+              summary="the provider's signed payment notification; answers 'success' to acknowledge",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                  "type": "object", "required": ["notify_id", "trade", "order", "amount", "trade_status", "attempt"],
+                  "properties": {"notify_id": {"type": "string"}, "trade": {"type": "string"},
+                                 "order": {"type": "string"}, "amount": {"type": "integer"},
+                                 "trade_status": {"type": "string"}, "attempt": {"type": "integer"}}}}}}})
+    async def notify(request: Request) -> Response:
+        return await svc.notify(request)
+
+    app.include_router(admin_router(svc))
+
+    @app.get("/admin/stats", tags=["admin"], dependencies=[Depends(require_admin(config.admin_token))],
+             summary="counts by state, pending jobs")
+    async def stats() -> Response:
+        return json_response(svc.stats())
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.service.checkout", description=__doc__.split("\n")[0])
+    base.common_arguments(parser)
+    parser.add_argument("--provider-url", required=True, help="the payment provider's base URL")
+    parser.add_argument("--public-url", help="this service's base URL as the provider reaches it (notify_url)")
+    args = parser.parse_args(argv)
+    config = base.config_from_args(args)
+    config.provider_url = args.provider_url
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    app = create_app(config)
+
+    def bound(port: int) -> None:  # the notify_url needs the real port when it was picked at bind time
+        app.state.service.notify_url = (args.public_url or f"http://{host}:{port}").rstrip("/") + "/notify"
+
+    base.serve(app, args, config.scenario.live.max_in_flight, on_bound=bound)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""Start, stop, kill and restart the two service processes (for ``serve``, the tests and live runs).
+
+``start_services(...)`` launches ``python -m loadtests.service.provider`` and ``python -m
+loadtests.service.checkout`` as child processes on loopback, waits until both answer ``/healthz`` and
+returns a :class:`Services` handle (a context manager). Both children get the resolved scenario as a
+JSON file in the data directory and the same start epoch, so their history events share one clock; the
+epoch is kept in ``DATA/run.json`` and reused when the services are started again on the same data
+directory (a restart after a crash continues the same timeline). Secrets travel in the environment,
+never on a command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sim.errors import ConfigError, TargetError
+from sim.scenario import Scenario, default_scenario, load_scenario, parse_override
+
+from loadtests.service.base import ADMIN_TOKEN_ENV, NOTIFY_SECRET_ENV
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+SERVICES = ("provider", "checkout")
+
+
+def _url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "localhost") else host
+    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+
+
+@dataclass
+class _Child:
+    name: str
+    argv: list[str]
+    port: int
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+
+@dataclass
+class Services:
+    """Two running services. ``kill(which)`` is ``kill -9``; ``restart(which)`` starts it again on the
+    same port and data directory and waits until it is healthy."""
+
+    provider_url: str
+    checkout_url: str
+    admin_token: str
+    notify_secret: str
+    data_dir: Path
+    start_epoch: float
+    time_scale: float
+    scenario: Scenario
+    _children: dict[str, _Child] = field(default_factory=dict, repr=False)
+    _env: dict[str, str] = field(default_factory=dict, repr=False)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def url(self, which: str) -> str:
+        return {"provider": self.provider_url, "checkout": self.checkout_url}[which]
+
+    def pid(self, which: str) -> int | None:
+        proc = self._children[which].proc
+        return proc.pid if proc is not None else None
+
+    def alive(self, which: str) -> bool:
+        proc = self._children[which].proc
+        return proc is not None and proc.poll() is None
+
+    def kill(self, which: str) -> None:
+        """SIGKILL the service (no shutdown code runs: a crash) and reap it."""
+        proc = self._children[which].proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def restart(self, which: str, timeout: float = 20.0) -> None:
+        """Start ``which`` again (stopping it first if it runs) on the same port and data directory."""
+        if self.alive(which):
+            self._terminate(self._children[which])
+        _spawn(self._children[which], self._env)
+        _wait_healthy(self._children[which], self.url(which), timeout)
+
+    def stop(self) -> None:
+        """SIGTERM both (checkout first), SIGKILL whatever has not exited after a few seconds."""
+        for name in ("checkout", "provider"):
+            child = self._children.get(name)
+            if child is not None:
+                self._terminate(child)
+
+    @staticmethod
+    def _terminate(child: _Child) -> None:
+        proc = child.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=5)
+
+    def __enter__(self) -> "Services":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- convenience for tests and live runs --------------------------------------------------------
+
+    def admin(self, which: str, method: str, path: str, **kwargs: Any) -> Any:
+        """One admin request (``httpx.Response``) with the token."""
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.admin_token}", **kwargs.pop("headers", {})}
+        return httpx.request(method, self.url(which) + path, headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs)
+
+    def set_faults(self, overrides: dict[str, Any], which: tuple[str, ...] = SERVICES) -> None:
+        """Replace the run-time fault overrides on the given services (``PUT /admin/faults``)."""
+        for name in which:
+            resp = self.admin(name, "PUT", "/admin/faults", json={"set": overrides})
+            if resp.status_code != 200:
+                raise ConfigError(f"{name}: faults refused: {resp.json().get('error')}")
+
+    def history(self) -> list[dict[str, Any]]:
+        """Both services' history events, merged and ordered by ``t`` (stable: provider first on ties)."""
+        events: list[dict[str, Any]] = []
+        for name in SERVICES:
+            resp = self.admin(name, "GET", "/admin/history")
+            resp.raise_for_status()
+            events += [json.loads(line) for line in resp.text.splitlines() if line]
+        events.sort(key=lambda e: e["t"])
+        return events
+
+    def write_history(self, path: str | Path) -> int:
+        events = self.history()
+        with open(path, "w", encoding="utf-8") as f:
+            for e in events:
+                f.write(json.dumps(e, separators=(",", ":")) + "\n")
+        return len(events)
+
+
+def _spawn(child: _Child, env: dict[str, str]) -> None:
+    child.log_path.parent.mkdir(parents=True, exist_ok=True)
+    port_file = Path(child.argv[child.argv.index("--port-file") + 1])
+    port_file.unlink(missing_ok=True)
+    with open(child.log_path, "ab") as log:
+        child.proc = subprocess.Popen(child.argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while not port_file.exists():
+        if child.proc.poll() is not None:
+            raise TargetError(f"{child.name} exited with {child.proc.returncode} at start:\n{_tail(child.log_path)}")
+        if time.monotonic() > deadline:
+            raise TargetError(f"{child.name} did not bind a port within 20 s:\n{_tail(child.log_path)}")
+        time.sleep(0.02)
+    child.port = int(port_file.read_text())
+    i = child.argv.index("--port")
+    child.argv[i + 1] = str(child.port)  # a restart binds the same port
+
+
+def _wait_healthy(child: _Child, url: str, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if child.proc is not None and child.proc.poll() is not None:
+            raise TargetError(f"{child.name} exited with {child.proc.returncode}:\n{_tail(child.log_path)}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TargetError(f"{child.name} at {url} not healthy within {timeout:g} s:\n{_tail(child.log_path)}")
+        time.sleep(0.05)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def start_services(
+    scenario: str | Path | Scenario | None = None,
+    data_dir: str | Path | None = None,
+    time_scale: float | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
+    admin_token: str | None = None,
+    ports: tuple[int, int] | None = None,
+    *,
+    host: str = "127.0.0.1",
+    allow_remote: bool = False,
+    notify_secret: str | None = None,
+    synchronous: str = "normal",
+    ready_timeout: float = 30.0,
+) -> Services:
+    """Start the mock provider and the reference checkout; return once both answer ``/healthz``.
+
+    ``scenario``: a path, a :class:`Scenario` or None (defaults); ``overrides`` as for ``--set``.
+    ``time_scale`` defaults to ``scenario.live.time_scale``. ``data_dir`` defaults to a new temporary
+    directory. ``admin_token`` defaults to ``$CHECKOUT_CHAOS_ADMIN_TOKEN`` or a fresh random token.
+    ``ports`` = ``(provider, checkout)``; None or 0 picks free ports.
+    """
+    if host not in LOOPBACK and not allow_remote:
+        raise ConfigError(f"--host {host}: binding beyond loopback exposes the admin endpoints; pass --allow-remote")
+    if isinstance(overrides, list):
+        pairs = dict(parse_override(o) for o in overrides)
+    else:
+        pairs = dict(overrides or {})
+    if isinstance(scenario, Scenario):
+        resolved = scenario
+    elif scenario is None:
+        resolved = default_scenario()
+    else:
+        resolved = load_scenario(scenario)
+    if pairs:
+        resolved = resolved.with_overrides(pairs)
+    scale = float(time_scale if time_scale is not None else resolved.live.time_scale)
+    if scale <= 0:
+        raise ConfigError(f"--time-scale: expected a positive number, found {time_scale!r}")
+    data = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="checkout-chaos-"))
+    data.mkdir(parents=True, exist_ok=True)
+
+    run_file = data / "run.json"
+    if run_file.exists():
+        run = json.loads(run_file.read_text())
+        if abs(run["time_scale"] - scale) > 1e-9:
+            raise ConfigError(f"--data {data}: its services ran at time scale {run['time_scale']:g}, not {scale:g}; "
+                              "use a fresh data directory")
+        epoch = float(run["start_epoch"])
+    else:
+        epoch = time.time()
+        run_file.write_text(json.dumps({"start_epoch": epoch, "time_scale": scale}))
+    scenario_file = data / "scenario.json"
+    scenario_file.write_text(json.dumps(resolved.resolved()))
+
+    token = admin_token or os.environ.get(ADMIN_TOKEN_ENV) or secrets.token_urlsafe(18)
+    secret = notify_secret or os.environ.get(NOTIFY_SECRET_ENV) or secrets.token_hex(32)
+    env = {**os.environ, ADMIN_TOKEN_ENV: token, NOTIFY_SECRET_ENV: secret, "PYTHONUNBUFFERED": "1"}
+    pports = ports or (0, 0)
+
+    def argv(name: str, port: int) -> list[str]:
+        return [sys.executable, "-m", f"loadtests.service.{name}", "--scenario-json", str(scenario_file),
+                "--data", str(data), "--host", host, "--port", str(port), "--port-file", str(data / f"{name}.port"),
+                "--start-epoch", repr(epoch), "--time-scale", repr(scale), "--synchronous", synchronous]
+
+    provider = _Child("provider", argv("provider", pports[0]), pports[0], data / "provider.log")
+    services = Services("", "", token, secret, data, epoch, scale, resolved, {"provider": provider}, env)
+    try:
+        _spawn(provider, env)
+        services.provider_url = _url(host, provider.port)
+        checkout = _Child("checkout", argv("checkout", pports[1]) + ["--provider-url", services.provider_url],
+                          pports[1], data / "checkout.log")
+        services._children["checkout"] = checkout
+        _spawn(checkout, env)
+        services.checkout_url = _url(host, checkout.port)
+        _wait_healthy(provider, services.provider_url, ready_timeout)
+        _wait_healthy(checkout, services.checkout_url, ready_timeout)
+    except BaseException:
+        services.stop()
+        raise
+    return services

@@ -1,0 +1,174 @@
+"""Time, randomness and the conditions in force, shared by the mock provider and the reference checkout.
+
+* :class:`Clock` — scenario time. Both services get the same start epoch on their command lines, so an
+  event's ``t`` (scenario seconds = wall seconds since the start × ``time_scale``) means the same
+  instant in both histories, and survives a restart.
+* :class:`Conditions` — the scenario in force *now*: the base scenario, plus the fault windows whose
+  ``[start, end)`` covers the current scenario time, plus the overrides set at run time through
+  ``PUT /admin/faults``. Samplers draw from one seeded ``random.Random`` per named stream.
+* :class:`Limiter` — a semaphore whose capacity is read from the conditions at each acquire, so a fault
+  that changes ``gateway.workers`` or ``bank.channels`` takes effect at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+import time
+from typing import Any, Callable
+
+from sim.errors import ConfigError
+from sim.scenario import FAULTABLE_SECTIONS, Scenario
+
+
+class Clock:
+    """Scenario seconds since the run's start epoch (a Unix time shared by both services)."""
+
+    def __init__(self, start_epoch: float, time_scale: float) -> None:
+        if time_scale <= 0:
+            raise ConfigError(f"--time-scale: expected a positive number, found {time_scale!r}")
+        self.start_epoch = start_epoch
+        self.scale = time_scale
+
+    def now(self) -> float:
+        return (time.time() - self.start_epoch) * self.scale
+
+    def wall(self, scenario_seconds: float) -> float:
+        """Wall seconds for a scenario duration."""
+        return scenario_seconds / self.scale
+
+    async def sleep(self, scenario_seconds: float) -> None:
+        if scenario_seconds > 0:
+            await asyncio.sleep(scenario_seconds / self.scale)
+
+
+def validate_fault_overrides(base: Scenario, overrides: dict[str, Any]) -> Scenario:
+    """``base`` with ``overrides`` applied, validated like a scenario's fault window (``ConfigError``)."""
+    for key in overrides:
+        section = key.split(".", 1)[0] if isinstance(key, str) else ""
+        if not isinstance(key, str) or "." not in key or section not in FAULTABLE_SECTIONS:
+            raise ConfigError(
+                f"faults {key}: expected a key in one of the sections {', '.join(FAULTABLE_SECTIONS)} "
+                f'(like "gateway.service_time"), found {key!r}'
+            )
+    return base.with_overrides(overrides, source="faults")
+
+
+class Conditions:
+    """The scenario in force at the current scenario time (base + fault windows + run-time overrides)."""
+
+    def __init__(self, scenario: Scenario, clock: Clock, stream_prefix: str) -> None:
+        self.base = scenario
+        self.clock = clock
+        self.overrides: dict[str, Any] = {}
+        self._version = 0
+        self._cache: dict[tuple, Scenario] = {}
+        self._samplers: dict[tuple, Callable[[], float]] = {}
+        self._rngs: dict[str, random.Random] = {}
+        self._seed = scenario.run.seed
+        self._prefix = stream_prefix
+        self._windows = tuple(scenario.faults)
+
+    def active_windows(self) -> tuple[int, ...]:
+        now = self.clock.now()
+        return tuple(i for i, w in enumerate(self._windows) if w.start <= now < w.end)
+
+    def current(self) -> Scenario:
+        active = self.active_windows() if self._windows else ()
+        if not active and not self.overrides:
+            return self.base
+        key = (active, self._version)
+        scenario = self._cache.get(key)
+        if scenario is None:
+            merged: dict[str, Any] = {}
+            for i in active:
+                merged.update(self._windows[i].set)
+            merged.update(self.overrides)
+            scenario = self.base.with_overrides(merged, source="faults") if merged else self.base
+            self._cache[key] = scenario
+        return scenario
+
+    def set_overrides(self, overrides: dict[str, Any]) -> None:
+        """Replace the run-time overrides (validated first; ``ConfigError`` leaves them unchanged)."""
+        validate_fault_overrides(self.base, overrides)
+        self.overrides = dict(overrides)
+        self._version += 1
+        self._cache.clear()
+
+    def rng(self, stream: str) -> random.Random:
+        """One seeded generator per named stream (``bank.decline``, ``gateway.notify_loss`` …)."""
+        r = self._rngs.get(stream)
+        if r is None:
+            r = self._rngs[stream] = random.Random(f"{self._seed}:{self._prefix}:{stream}")
+        return r
+
+    def chance(self, stream: str, p: float) -> bool:
+        return p > 0 and self.rng(stream).random() < p
+
+    def sample(self, path: str) -> float:
+        """A draw (scenario seconds or CNY) from the distribution at dotted ``path`` as in force now."""
+        scenario = self.current()
+        key = (id(scenario), path)
+        sampler = self._samplers.get(key)
+        if sampler is None:
+            section, name = path.split(".", 1)
+            dist = getattr(getattr(scenario, section), name)
+            if len(self._samplers) > 4096:
+                self._samplers.clear()
+            sampler = self._samplers[key] = dist.sampler(self.rng(path))
+        return sampler()
+
+    def describe(self) -> dict[str, Any]:
+        current = self.current()
+        resolved = current.resolved()
+        return {
+            "overrides": self.overrides,
+            "windows": [{"start": w.start, "end": w.end, "label": w.label, "set": w.set} for w in self._windows],
+            "active_windows": list(self.active_windows()),
+            "now": self.clock.now(),
+            "effective": {s: resolved[s] for s in FAULTABLE_SECTIONS},
+        }
+
+
+class Limiter:
+    """An asyncio semaphore whose capacity is a function, read at every acquire (a resizable pool)."""
+
+    def __init__(self, capacity: Callable[[], int]) -> None:
+        self._capacity = capacity
+        self.in_use = 0
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    async def __aenter__(self) -> None:
+        if self.in_use < self._capacity() and not self._waiters:
+            self.in_use += 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut  # the releaser counted us in
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._release()
+            else:
+                try:
+                    self._waiters.remove(fut)
+                except ValueError:
+                    pass
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        self.in_use -= 1
+        cap = self._capacity()
+        while self._waiters and self.in_use < cap:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.in_use += 1
+                fut.set_result(None)
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)

@@ -1,0 +1,306 @@
+"""SQLite persistence for one service: transactions, the history events, durable jobs and the ledger.
+
+One connection per process, used only on the event loop's thread. A transaction is a plain ``with
+store.tx():`` block with **no await inside**, so a state change, its ledger postings, its history
+events and the jobs it schedules (notifications to send, timers to fire) commit together or not at all,
+and no other request can interleave with it.
+
+Durability: WAL mode. With ``synchronous=NORMAL`` (the default) a commit is in the WAL file before the
+response is sent, so it survives a ``kill -9`` of the process (the crash the tests make); only an
+operating-system crash or power loss can lose the last commits. ``synchronous=FULL`` (``--synchronous
+full``) fsyncs every commit and survives those too, at a cost in throughput.
+
+Jobs are the outbox and the timers: a row in ``jobs`` with a kind, a key and a due time in scenario
+seconds. The :class:`Scheduler` keeps them in a heap, runs each due job's handler, and on start loads
+every row left by the previous process, so pending notifications and timers resume after a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import logging
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterator
+
+from sim.domain.ledger import Txn, UnbalancedTransaction
+
+log = logging.getLogger("checkout_chaos.service")
+
+BASE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, t REAL NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_t ON events (t, id);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, key TEXT NOT NULL, due REAL NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0, data TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_kind_key ON jobs (kind, key);
+"""
+
+LEDGER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS txns (
+    txn TEXT PRIMARY KEY, kind TEXT NOT NULL, t REAL NOT NULL, ord TEXT NOT NULL, trade TEXT, agreement TEXT
+);
+CREATE TABLE IF NOT EXISTS postings (txn TEXT NOT NULL, account TEXT NOT NULL, amount INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS postings_txn ON postings (txn);
+"""
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+@dataclass
+class Job:
+    id: int
+    kind: str
+    key: str
+    due: float
+    attempt: int = 0
+    data: dict[str, Any] | None = None
+    done: bool = field(default=False, compare=False)
+
+
+class Store:
+    """One SQLite database in WAL mode; ``tx()`` commits state, events and jobs atomically."""
+
+    def __init__(self, path: str | Path, schema: str, synchronous: str = "NORMAL") -> None:
+        self.path = str(path)
+        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self.conn.execute("PRAGMA busy_timeout=5000")
+        self.conn.execute("PRAGMA temp_store=MEMORY")
+        self.conn.execute("PRAGMA cache_size=-65536")
+        self.conn.executescript(BASE_SCHEMA + schema)
+        self.scheduler: Scheduler | None = None
+        self._in_tx = False
+        self._events: list[tuple[float, str]] = []
+        self._after: list[Callable[[], None]] = []
+
+    # -- transactions -------------------------------------------------------------------------------
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction. Never ``await`` inside it: it must not interleave with other requests."""
+        if self._in_tx:
+            raise RuntimeError("nested transaction")
+        self._in_tx = True
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+            if self._events:
+                self.conn.executemany("INSERT INTO events (t, body) VALUES (?, ?)", self._events)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            self._after.clear()
+            raise
+        finally:
+            self._in_tx = False
+            self._events = []
+        after, self._after = self._after, []
+        for fn in after:
+            fn()
+
+    def emit(self, t: float, type: str, actor: str, order: str, **fields: Any) -> None:
+        """Record one history event (``docs/events.md``) in the current transaction."""
+        assert self._in_tx, "events are written inside a transaction"
+        event = {"t": round(t, 6), "type": type, "actor": actor, "order": order}
+        event.update(fields)
+        self._events.append((event["t"], _dumps(event)))
+
+    def one(self, sql: str, args: tuple = ()) -> sqlite3.Row | None:
+        return self.conn.execute(sql, args).fetchone()
+
+    def all(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        return self.conn.execute(sql, args).fetchall()
+
+    def meta(self, key: str) -> str | None:
+        row = self.one("SELECT value FROM meta WHERE key = ?", (key,))
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- jobs ---------------------------------------------------------------------------------------
+
+    def schedule(self, kind: str, key: str, due: float, attempt: int = 0, data: dict | None = None) -> None:
+        """Add a durable job in the current transaction; the scheduler sees it once committed."""
+        assert self._in_tx, "jobs are scheduled inside a transaction"
+        cur = self.conn.execute(
+            "INSERT INTO jobs (kind, key, due, attempt, data) VALUES (?, ?, ?, ?, ?)",
+            (kind, key, due, attempt, _dumps(data) if data is not None else None),
+        )
+        job = Job(cur.lastrowid, kind, key, due, attempt, data)
+        if self.scheduler is not None:
+            self._after.append(lambda: self.scheduler.push(job))
+
+    def done(self, job: Job) -> None:
+        """Remove ``job`` in the current transaction (its effects and its removal commit together)."""
+        self.conn.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
+        job.done = True
+
+    def has_job(self, kind: str, key: str) -> bool:
+        return self.one("SELECT 1 FROM jobs WHERE kind = ? AND key = ? LIMIT 1", (kind, key)) is not None
+
+    def load_jobs(self) -> list[Job]:
+        return [
+            Job(r["id"], r["kind"], r["key"], r["due"], r["attempt"], json.loads(r["data"]) if r["data"] else None)
+            for r in self.all("SELECT * FROM jobs")
+        ]
+
+    # -- export -------------------------------------------------------------------------------------
+
+    def history_chunks(self, chunk: int = 5000) -> Iterator[str]:
+        """The history, ordered by ``t``, as JSON Lines text chunks; reads through its own connection."""
+        conn = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            conn.execute("BEGIN")  # one snapshot for the whole export
+            last_t, last_id = float("-inf"), -1
+            while True:
+                rows = conn.execute(
+                    "SELECT id, t, body FROM events WHERE (t, id) > (?, ?) ORDER BY t, id LIMIT ?",
+                    (last_t, last_id, chunk),
+                ).fetchall()
+                if not rows:
+                    return
+                last_id, last_t = rows[-1][0], rows[-1][1]
+                yield "".join(r[2] + "\n" for r in rows)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class SqlLedger:
+    """The domain's ledger interface (``post(txn)``) over the ``txns``/``postings`` tables.
+
+    Handed to the domain entities (``Trade.debit``, ``Agreement.deducted`` …) so the money each step
+    moves is decided by ``sim/domain``; posting writes the rows and the ``ledger.txn`` event in the
+    caller's transaction, exactly once per txn id.
+    """
+
+    def __init__(self, store: Store, t: float, order: str, actor: str, **ref: str) -> None:
+        self.store, self.t, self.order, self.actor, self.ref = store, t, order, actor, ref
+
+    def post(self, txn: Txn) -> bool:
+        total = sum(v for _, v in txn.postings)
+        if total != 0:
+            raise UnbalancedTransaction(f"{txn.txn}: postings sum to {total}")
+        try:
+            self.store.conn.execute(
+                "INSERT INTO txns (txn, kind, t, ord, trade, agreement) VALUES (?, ?, ?, ?, ?, ?)",
+                (txn.txn, txn.kind, self.t, self.order, self.ref.get("trade"), self.ref.get("agreement")),
+            )
+        except sqlite3.IntegrityError:
+            return False
+        self.store.conn.executemany(
+            "INSERT INTO postings (txn, account, amount) VALUES (?, ?, ?)",
+            [(txn.txn, a, v) for a, v in txn.postings],
+        )
+        self.store.emit(self.t, "ledger.txn", self.actor, self.order, **txn.as_event_fields(), **self.ref)
+        return True
+
+
+def ledger_summary(store: Store) -> dict[str, Any]:
+    balances = {r[0]: r[1] for r in store.all("SELECT account, SUM(amount) FROM postings GROUP BY account")}
+    unbalanced = [r[0] for r in store.all("SELECT txn FROM postings GROUP BY txn HAVING SUM(amount) != 0")]
+    total = sum(balances.values())
+    kinds = {r[0]: r[1] for r in store.all("SELECT kind, COUNT(*) FROM txns GROUP BY kind")}
+    return {"balances": balances, "total": total, "balanced": total == 0 and not unbalanced,
+            "unbalanced_txns": unbalanced, "txns": kinds}
+
+
+Handler = Callable[[Job], Awaitable[None]]
+MAX_JOB_FAILURES = 10  # a job whose handler keeps raising is dropped (and logged) after this many tries
+
+
+class Scheduler:
+    """Runs durable jobs when due (scenario time), at most ``concurrency`` at once.
+
+    A handler removes its job with ``store.done(job)`` inside the transaction that applies its effects;
+    a handler that returns without doing so has its job removed afterwards, and one that raises has it
+    retried after ``retry_delay`` scenario seconds (the error is logged), at most ``MAX_JOB_FAILURES`` times.
+    """
+
+    def __init__(self, store: Store, clock: Any, handlers: dict[str, Handler], concurrency: int = 128,
+                 retry_delay: float = 60.0) -> None:
+        self.store, self.clock, self.handlers = store, clock, handlers
+        self.retry_delay = retry_delay
+        self._heap: list[tuple[float, int, Job]] = []
+        self._wake = asyncio.Event()
+        self._sem = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task] = set()
+        self._running = 0
+        store.scheduler = self
+
+    def push(self, job: Job) -> None:
+        heapq.heappush(self._heap, (job.due, job.id, job))
+        if self._heap[0][2] is job:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._heap) + self._running
+
+    def load(self) -> None:
+        """Queue every job the database holds (call once, before anything schedules new ones)."""
+        for job in self.store.load_jobs():
+            self.push(job)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._heap:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            delay = self.clock.wall(self._heap[0][0] - self.clock.now())
+            if delay > 0:
+                self._wake.clear()
+                timer = loop.call_later(delay, self._wake.set)
+                await self._wake.wait()
+                timer.cancel()
+                continue
+            await self._sem.acquire()
+            _, _, job = heapq.heappop(self._heap)
+            self._running += 1
+            task = loop.create_task(self._run(job))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job: Job) -> None:
+        try:
+            await self.handlers[job.kind](job)
+            if not job.done:
+                with self.store.tx():
+                    self.store.done(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            failures = (job.data or {}).get("_failures", 0) + 1
+            gives_up = failures >= MAX_JOB_FAILURES
+            log.exception("job %s %s (attempt %s) failed%s", job.kind, job.key, job.attempt,
+                          "; giving up" if gives_up else "; retrying later")
+            try:
+                with self.store.tx():
+                    self.store.done(job)
+                    if not gives_up:
+                        self.store.schedule(job.kind, job.key, self.clock.now() + self.retry_delay, job.attempt,
+                                            {**(job.data or {}), "_failures": failures})
+            except Exception:
+                log.exception("could not reschedule job %s", job.id)
+        finally:
+            self._running -= 1
+            self._sem.release()
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

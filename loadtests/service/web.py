@@ -1,0 +1,187 @@
+"""What both services share at the HTTP layer.
+
+* Errors: every 4xx is a JSON object ``{"error": <message>, "field": <the field at fault or null>}``
+  (plus a ``code`` for domain refusals such as ``ACQ.TRADE_HAS_SUCCESS``). FastAPI's validation
+  errors, malformed JSON, unknown routes and wrong methods all come out in that shape; an unexpected
+  exception is logged and answered 500 in the same shape (the tests fuzz for it never happening).
+* :class:`InFlightLimit` — a bounded number of requests in flight; beyond it ``503`` with
+  ``Retry-After`` at once, so overload never queues without bound or hangs the server. Bodies larger
+  than :data:`MAX_BODY` are refused with ``413`` before they are read.
+* The admin token (``Authorization: Bearer <token>``) and the admin routes both services expose:
+  ``GET/PUT /admin/faults`` and ``GET /admin/history``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any, Callable
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sim.errors import ConfigError
+
+log = logging.getLogger("checkout_chaos.service")
+
+MAX_BODY = 1 << 20  # 1 MiB: no request of either service is anywhere near it
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$"
+MAX_AMOUNT = 1_000_000_000  # fen: 10 million CNY, beyond any single payment
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response without FastAPI's re-encoding pass (the hot paths return plain dicts)."""
+    return Response(_dumps(content).encode(), status_code=status, media_type="application/json", headers=headers)
+
+
+class ApiError(Exception):
+    """A refusal answered as ``{"error", "field", "code"?, ...}`` with an HTTP status."""
+
+    def __init__(self, status: int, error: str, field: str | None = None, code: str | None = None, **extra: Any):
+        super().__init__(error)
+        self.status, self.error, self.field, self.code, self.extra = status, error, field, code, extra
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.error, "field": self.field}
+        if self.code:
+            out["code"] = self.code
+        out.update(self.extra)
+        return out
+
+
+def _field_of(loc: tuple | list) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    if not parts:
+        return str(loc[0]) if loc else "body"
+    return ".".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return json_response(exc.body(), exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+        field = _field_of(tuple(first.get("loc", ("body",))))
+        kind = first.get("type", "")
+        msg = "malformed JSON body" if kind == "json_invalid" else f"{field}: {first.get('msg', 'invalid')}"
+        details = [{"field": _field_of(tuple(e.get("loc", ()))), "msg": e.get("msg", "")} for e in errors[:10]]
+        return json_response({"error": msg, "field": field, "details": details}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        field = "path" if exc.status_code == 404 else ("method" if exc.status_code == 405 else None)
+        error = {404: "no such route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+        return json_response({"error": error, "field": field}, exc.status_code, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return json_response({"error": f"internal error: {exc.__class__.__name__}", "field": None}, 500)
+
+
+class InFlightLimit:
+    """ASGI middleware: at most ``limit`` HTTP requests in flight; the rest get 503 + ``Retry-After``.
+
+    ``exempt`` paths (health checks) are always served, so an orchestrator can tell "overloaded" from
+    "dead". A count, not a queue: nothing waits in memory beyond the limit.
+    """
+
+    def __init__(self, app: Any, limit: int, exempt: tuple[str, ...] = ("/healthz",), retry_after: int = 1) -> None:
+        self.app, self.limit, self.exempt = app, limit, exempt
+        self.retry_after = str(retry_after).encode()
+        self.in_flight = 0
+        self.rejected = 0
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > MAX_BODY
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._refuse(send, 413, {"error": f"body larger than {MAX_BODY} bytes", "field": "body"})
+                    return
+        if self.in_flight >= self.limit and scope["path"] not in self.exempt:
+            self.rejected += 1
+            await self._refuse(send, 503, {"error": "overloaded: too many requests in flight, retry later",
+                                           "field": None}, retry=True)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _refuse(self, send: Callable, status: int, body: dict, retry: bool = False) -> None:
+        payload = _dumps(body).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                   (b"connection", b"close")]
+        if retry:
+            headers.append((b"retry-after", self.retry_after))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def require_admin(token: str) -> Callable[[Request], None]:
+    """A dependency refusing (401) requests without ``Authorization: Bearer <token>``."""
+    expected = f"Bearer {token}".encode()
+
+    def check(request: Request) -> None:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise ApiError(401, "admin token required: send 'Authorization: Bearer <token>'", "Authorization")
+
+    return check
+
+
+class FaultsBody(BaseModel):
+    """Replace the run-time fault overrides: dotted keys as in a scenario's ``[[faults]] set``."""
+
+    model_config = ConfigDict(extra="forbid")
+    set: dict[str, Any] = Field(
+        default_factory=dict,
+        description='e.g. {"gateway.service_time": "2s", "bank.response_loss": 0.2}; {} clears every override',
+    )
+
+
+def admin_router(service: Any) -> APIRouter:
+    """``/admin/faults`` and ``/admin/history`` for a service with ``conditions`` and ``store``."""
+    from fastapi import Depends
+
+    router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin(service.admin_token))])
+
+    @router.get("/faults", summary="the fault overrides in force and the effective faultable sections")
+    async def get_faults() -> Response:
+        return json_response(service.conditions.describe())
+
+    @router.put("/faults", summary="replace the run-time fault overrides (validated like scenario fault windows)")
+    async def put_faults(body: FaultsBody) -> Response:
+        try:
+            service.conditions.set_overrides(body.set)
+        except ConfigError as exc:
+            message = str(exc)
+            bad = next((k for k in body.set if isinstance(k, str) and k in message), None)
+            raise ApiError(422, message, f"set.{bad}" if bad else "set") from None
+        except Exception as exc:  # a value pydantic could not even describe: still the caller's mistake
+            raise ApiError(422, f"invalid fault overrides: {exc}", "set") from None
+        return json_response(service.conditions.describe())
+
+    @router.get("/history", summary="every history event of this service, ordered by t, as JSON Lines",
+                response_class=StreamingResponse)
+    async def history() -> StreamingResponse:
+        return StreamingResponse(service.store.history_chunks(), media_type="application/x-ndjson")
+
+    return router
