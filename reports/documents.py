@@ -90,9 +90,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _expect(cond: bool, source: str, key: str, expected: str, found: Any) -> None:
+def _expect(cond: bool, source: str, key: str, expected: str, found: Any, found_text: str | None = None) -> None:
     if not cond:
-        shown = _kind_of(found) if isinstance(found, (list, dict, type(None), bool)) else repr(found)
+        shown = found_text or (_kind_of(found) if isinstance(found, (list, dict, type(None), bool)) else repr(found))
         raise ConfigError(f"{source}: {key}: expected {expected}, found {shown}")
 
 
@@ -129,8 +129,8 @@ def _check_results(doc: Mapping[str, Any], source: str) -> None:
             if values is None:
                 continue
             _expect(isinstance(values, list) and len(values) == n and all(_is_number(v) for v in values),
-                    source, f"timeline.{name}", f"a list of {n} numbers (one per bucket of timeline.t)",
-                    values if not isinstance(values, list) else f"a list of {len(values)} items")
+                    source, f"timeline.{name}", f"a list of {n} numbers (one per bucket of timeline.t)", values,
+                    f"a list of {len(values)} items" if isinstance(values, list) and len(values) != n else None)
     faults = doc.get("faults")
     if faults is not None:
         _expect(isinstance(faults, list), source, "faults", "a list", faults)
