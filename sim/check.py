@@ -16,11 +16,13 @@ are dropped once it is judged. The rules are written out in ``docs/checker.md``.
 from __future__ import annotations
 
 import gzip
+import heapq
 import json
 import math
 from array import array
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -98,6 +100,8 @@ _ORDER_STATE_OF = {
 _RUN_START_FIELDS = ("warmup", "horizon", "end", "stuck_grace", "bnpl_finish_limit")
 # Ended order ids remembered to drop events that arrive after ``order.end`` (bounded).
 _ENDED_MEMORY = 100_000
+
+_BY_T = itemgetter("t")
 
 _PBC, _SSTC, _FSBC, _DOUBLE, _CWO, _OPWC, _STUCK, _BNPL_UNFIN, _BNPL_OVERDUE, _BNPL_DED, _LEDGER = ANOMALY_CLASSES
 
@@ -244,18 +248,20 @@ class _OrderState:
     """What every party believes about one order, as the sweep goes."""
 
     __slots__ = (
-        "created", "created_t", "amount", "method", "expires_at", "ostate", "ostate_since", "closed",
+        "grace", "limit", "timers", "created", "created_t", "amount", "expires_at", "ostate", "ostate_since", "closed",
         "reopened_stock_released", "bnpl", "net", "max_charge", "n_charges", "trade_amount", "trade_state",
         "total", "charged_trades", "overcharged", "extra", "ever_charged", "refund_seen", "told_failed",
         "success_t", "agreement", "agreement_amount", "delivered_t", "finish_requested", "bnpl_paid",
         "ded_failed", "overdue", "false_overdue", "compensated", "settled", "agreement_end", "imbalances",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, grace: float, limit: float) -> None:
+        self.grace = grace  # stuck_grace
+        self.limit = limit  # bnpl_finish_limit
+        self.timers: list[float] = []  # heap of deadlines still ahead of the sweep
         self.created = False
         self.created_t: float | None = None
         self.amount = 0
-        self.method: str | None = None
         self.expires_at: float | None = None
         self.ostate: str | None = None
         self.ostate_since = 0.0
@@ -310,6 +316,190 @@ def _num(value: Any, default: int = 0) -> int:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
+# --------------------------------------------------------------------------------------------------
+# Event handlers: how each event changes what the parties believe (events no rule reads have none)
+
+
+def _h_ledger(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> None:
+    total = user = 0
+    for p in e.get("postings") or ():
+        if not isinstance(p, dict):
+            continue
+        a = _num(p.get("amount"))
+        total += a
+        acct = p.get("account")
+        if isinstance(acct, str) and acct.startswith("user:"):
+            user += a
+    if total != 0:
+        st.imbalances.append(abs(total))
+    kind = e.get("kind")
+    if kind == "charge" or kind == "refund":
+        trade = e.get("trade")
+        st.net[trade] = st.net.get(trade, 0) - user
+        if kind == "charge" and user < 0:
+            st.n_charges[trade] = st.n_charges.get(trade, 0) + 1
+            if -user > st.max_charge.get(trade, 0):
+                st.max_charge[trade] = -user
+        elif kind == "refund" and user > 0:
+            st.refund_seen = True
+        st.recompute_money()
+
+
+def _h_trade(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> None:
+    trade = e.get("trade")
+    typ = e["type"]
+    state = _TRADE_STATE_OF[typ]
+    if state in _PENDING_TRADE:
+        heapq.heappush(st.timers, t + st.grace)
+    elif state == "failed" and e.get("reason") == "expired":
+        state = "closed"  # an expired trade can no longer be paid
+    st.trade_state[trade] = (state, t)
+    if typ == "trade.created":
+        st.trade_amount[trade] = _num(e.get("amount"))
+
+
+def _h_screen(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> None:
+    screen = e.get("screen")
+    if screen in _SUCCESS_SCREENS:
+        st.told_failed = False
+        if st.success_t is None:
+            st.success_t = t
+    elif screen in _FAILURE_SCREENS:
+        st.told_failed = True
+
+
+def _h_attempt(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> None:
+    st.told_failed = False  # a new attempt: the buyer now waits for its outcome
+
+
+def _h_created(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> None:
+    if st.created_t is not None:
+        return
+    st.created, st.created_t = True, t
+    st.amount = _num(e.get("amount"))
+    st.bnpl = e.get("method") == "bnpl"
+    exp = e.get("expires_at")
+    if isinstance(exp, (int, float)) and not isinstance(exp, bool):
+        st.expires_at = exp
+        heapq.heappush(st.timers, exp + st.grace)
+    chk._set_ostate(st, "awaiting_payment", t)
+
+
+def _h_paid(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> None:
+    agreement = e.get("agreement")
+    if agreement is not None:
+        st.bnpl = True
+        if st.agreement is None:
+            st.agreement = agreement
+    st.closed = False  # a payment recorded on a closed order revives it
+    chk._set_ostate(st, "paid", t)
+
+
+def _h_closed(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> None:
+    st.closed = True
+    chk._set_ostate(st, "closed", t)
+
+
+def _h_reopened(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> None:
+    st.closed = False
+    st.reopened_stock_released = bool(e.get("stock_released"))
+    chk._set_ostate(st, "paid", t)
+
+
+def _h_fulfilment(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> None:
+    state = _ORDER_STATE_OF[e["type"]]
+    if state == "delivered" and st.delivered_t is None:
+        st.delivered_t = t
+        heapq.heappush(st.timers, t + st.limit)
+    chk._set_ostate(st, state, t)
+
+
+def _h_bnpl(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> None:
+    typ = e["type"]
+    if typ == "bnpl.authorized":
+        st.agreement = e.get("agreement")
+        st.agreement_amount = _num(e.get("amount"))
+    elif typ == "bnpl.finish_requested":
+        st.finish_requested = True
+        if not st.agreement_amount:
+            st.agreement_amount = _num(e.get("amount"))
+    elif typ == "bnpl.deduction":
+        if e.get("ok") is True:
+            st.bnpl_paid = True
+        else:
+            st.ded_failed = True
+    elif typ == "bnpl.repaid":
+        st.bnpl_paid = True
+    elif typ == "bnpl.overdue":
+        st.overdue = True
+        if st.bnpl_paid:
+            st.false_overdue = True
+    elif typ == "bnpl.overdue_cleared":
+        st.overdue = st.false_overdue = False
+    elif typ == "bnpl.compensated":
+        st.compensated = True
+    elif typ == "bnpl.settled":
+        st.settled = True
+    else:  # bnpl.cancelled / bnpl.expired
+        st.agreement_end = typ[5:]
+
+
+_HANDLERS: dict[str, Any] = {
+    "ledger.txn": _h_ledger,
+    "app.shown": _h_screen,
+    "user.pay": _h_attempt,
+    "user.retry": _h_attempt,
+    "order.created": _h_created,
+    "order.paid": _h_paid,
+    "order.closed": _h_closed,
+    "order.reopened": _h_reopened,
+    **{typ: _h_trade for typ in _TRADE_STATE_OF},
+    **{typ: _h_fulfilment for typ in _ORDER_STATE_OF},
+    **{f"bnpl.{x}": _h_bnpl for x in ("authorized", "finish_requested", "deduction", "repaid", "overdue",
+                                      "overdue_cleared", "compensated", "settled", "cancelled", "expired")},
+}
+
+
+def _evaluate(st: _OrderState, now: float) -> dict[Any, int]:
+    """Every rule that holds now for this order: instance key -> money it holds (fen)."""
+    grace, limit = st.grace, st.limit
+    active: dict[Any, int] = {}
+    total = st.total
+    if st.created:
+        if st.closed:
+            if total > 0:
+                active[_PBC] = total
+            if st.success_t is not None and not (st.refund_seen and total == 0):
+                active[_SSTC] = total
+        elif st.told_failed and total > 0:
+            active[_FSBC] = total
+        if st.ostate in _PAID_STATES and not st.bnpl and st.charged_trades == 0:
+            active[_OPWC] = st.amount
+        if st.ostate == "awaiting_payment" and st.expires_at is not None and now >= st.expires_at + grace:
+            active[_STUCK] = total
+    else:
+        if total > 0:
+            active[_CWO] = total
+        if st.told_failed and total > 0:
+            active[_FSBC] = total
+    if st.charged_trades >= 2 or st.overcharged:
+        active[_DOUBLE] = st.extra
+    for trade, (state, since) in st.trade_state.items():
+        if state in _PENDING_TRADE and now >= since + grace:
+            active[(_STUCK, trade)] = st.trade_amount.get(trade) or st.max_charge.get(trade, 0)
+    if st.agreement is not None:
+        amount = st.agreement_amount or st.amount
+        if st.delivered_t is not None and not st.finish_requested and now >= st.delivered_t + limit:
+            active[_BNPL_UNFIN] = amount
+        if st.false_overdue:
+            active[_BNPL_OVERDUE] = amount
+        if st.ded_failed and not st.bnpl_paid:
+            active[_BNPL_DED] = amount
+    for k, amount in enumerate(st.imbalances):
+        active[(_LEDGER, k)] = amount
+    return active
+
+
 class Checker:
     """Streaming oracle: :meth:`feed` events (any interleaving of orders), then :meth:`finish`."""
 
@@ -317,6 +507,8 @@ class Checker:
         self.config = replace(config) if config is not None else CheckConfig()
         self.respect_run_start = respect_run_start
         self._open: dict[Any, list[dict[str, Any]]] = {}
+        self._created: dict[Any, float] = {}  # order -> time of its order.created, while in flight
+        self._bs = float(self.config.bucket_s)
         self._ended: set[Any] = set()
         self._ended_order: deque[Any] = deque()
         self.max_live_orders = 0  # high-water mark of orders held at once
@@ -369,7 +561,10 @@ class Checker:
             if len(self._open) > self.max_live_orders:
                 self.max_live_orders = len(self._open)
         events.append(event)
-        if event.get("type") == "order.end":
+        typ = event.get("type")
+        if typ == "order.created":
+            self._created.setdefault(order, t)
+        elif typ == "order.end":
             del self._open[order]
             self._ended.add(order)
             self._ended_order.append(order)
@@ -436,43 +631,43 @@ class Checker:
 
     def _judge(self, order: Any, events: list[dict[str, Any]], end_hint: float) -> None:
         cfg = self.config
-        events.sort(key=_event_t)  # stable: equal times keep arrival order
-        grace, limit, bs = cfg.stuck_grace, cfg.bnpl_finish_limit, cfg.bucket_s
-        has_created = False
-        timers: list[float] = []
-        for e in events:
-            typ = e.get("type")
-            if typ == "order.created":
-                has_created = True
-                exp = e.get("expires_at")
-                if isinstance(exp, (int, float)) and not isinstance(exp, bool):
-                    timers.append(exp + grace)
-            elif typ == "trade.unknown" or typ == "trade.processing":
-                timers.append(e["t"] + grace)
-            elif typ == "order.delivered":
-                timers.append(e["t"] + limit)
-        if has_created:
-            created_t = next(e["t"] for e in events if e.get("type") == "order.created")
-        else:
-            created_t = events[0]["t"]
-        counted = created_t >= cfg.warmup and (cfg.horizon is None or created_t < cfg.horizon)
-        timers = sorted(x for x in timers if x < end_hint)
-
-        st = _OrderState()
+        events.sort(key=_BY_T)  # stable: equal times keep arrival order
+        created_t = self._created.pop(order, None)
+        first_t = created_t if created_t is not None else events[0]["t"]
+        counted = first_t >= cfg.warmup and (cfg.horizon is None or first_t < cfg.horizon)
+        st = _OrderState(cfg.stuck_grace, cfg.bnpl_finish_limit)
+        timers = st.timers  # deadlines pushed by the handlers as the sweep meets them
+        handlers = _HANDLERS
+        bs = self._bs
         open_: dict[Any, list[Any]] = {}  # key -> [cls, start, amount, peak]
         ctx = (order, counted, events)
         risk = 0
-        i, j, n, m = 0, 0, len(events), len(timers)
-        while i < n or j < m:
-            now = events[i]["t"] if i < n else timers[j]
-            if j < m and timers[j] < now:
-                now = timers[j]
-            while i < n and events[i]["t"] == now:
-                self._apply(st, events[i], now, bs)
+        i, n = 0, len(events)
+        while True:
+            if i < n:
+                now = events[i]["t"]
+                if timers and timers[0] < now:
+                    now = timers[0]
+            elif timers and timers[0] < end_hint:
+                now = timers[0]
+            else:
+                break
+            changed = False
+            while i < n:
+                e = events[i]
+                if e["t"] != now:
+                    break
+                handler = handlers.get(e.get("type"))
+                if handler is not None:
+                    handler(self, st, e, now)
+                    changed = True
                 i += 1
-            while j < m and timers[j] <= now:
-                j += 1
-            active = self._evaluate(st, now, grace, limit)
+            while timers and timers[0] <= now:
+                heapq.heappop(timers)
+                changed = True
+            if not changed:
+                continue  # only events no rule reads (notifications, client calls)
+            active = _evaluate(st, now)
             for key in [k for k in open_ if k not in active]:
                 inst = open_.pop(key)
                 if inst[0] == _FSBC and st.closed:
@@ -492,163 +687,22 @@ class Checker:
                 risk = new_risk
         for inst in open_.values():
             self._record(inst, None, ctx)
-        if has_created and st.created_t is not None:
+        if st.created_t is not None:
             _add(self._arrivals, math.floor(st.created_t / bs), 1)
-        if counted and has_created:
-            self._orders += 1
-            name = _end_state(st)
-            self._end_states[name] = self._end_states.get(name, 0) + 1
+            if counted:
+                self._orders += 1
+                name = _end_state(st)
+                self._end_states[name] = self._end_states.get(name, 0) + 1
 
-    def _apply(self, st: _OrderState, e: dict[str, Any], t: float, bs: float) -> None:
-        typ = e.get("type")
-        if typ == "ledger.txn":
-            postings = e.get("postings") or ()
-            total = user = 0
-            for p in postings:
-                if not isinstance(p, dict):
-                    continue
-                a = _num(p.get("amount"))
-                total += a
-                acct = p.get("account")
-                if isinstance(acct, str) and acct.startswith("user:"):
-                    user += a
-            if total != 0:
-                st.imbalances.append(abs(total))
-            kind = e.get("kind")
-            if kind == "charge" or kind == "refund":
-                trade = e.get("trade")
-                st.net[trade] = st.net.get(trade, 0) - user
-                if kind == "charge" and user < 0:
-                    st.n_charges[trade] = st.n_charges.get(trade, 0) + 1
-                    if -user > st.max_charge.get(trade, 0):
-                        st.max_charge[trade] = -user
-                elif kind == "refund" and user > 0:
-                    st.refund_seen = True
-                st.recompute_money()
-        elif typ in _TRADE_STATE_OF:
-            trade = e.get("trade")
-            state = _TRADE_STATE_OF[typ]
-            if state == "failed" and e.get("reason") == "expired":
-                state = "closed"  # an expired trade can no longer be paid
-            st.trade_state[trade] = (state, t)
-            if typ == "trade.created":
-                st.trade_amount[trade] = _num(e.get("amount"))
-        elif typ == "app.shown":
-            screen = e.get("screen")
-            if screen in _SUCCESS_SCREENS:
-                st.told_failed = False
-                if st.success_t is None:
-                    st.success_t = t
-            elif screen in _FAILURE_SCREENS:
-                st.told_failed = True
-        elif typ == "user.pay" or typ == "user.retry":
-            st.told_failed = False  # a new attempt: the buyer now waits for its outcome
-        elif typ == "order.created":
-            if not st.created:
-                st.created, st.created_t = True, t
-                st.amount = _num(e.get("amount"))
-                st.method = e.get("method")
-                st.bnpl = st.method == "bnpl"
-                exp = e.get("expires_at")
-                st.expires_at = exp if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
-                self._set_ostate(st, "awaiting_payment", t, bs)
-        elif typ == "order.paid":
-            if e.get("agreement") is not None:
-                st.bnpl = True
-                if st.agreement is None:
-                    st.agreement = e.get("agreement")
-            st.closed = False  # a payment recorded on a closed order revives it
-            self._set_ostate(st, "paid", t, bs)
-        elif typ == "order.closed":
-            st.closed = True
-            self._set_ostate(st, "closed", t, bs)
-        elif typ == "order.reopened":
-            st.closed = False
-            st.reopened_stock_released = bool(e.get("stock_released"))
-            self._set_ostate(st, "paid", t, bs)
-        elif typ in _ORDER_STATE_OF:
-            if typ == "order.delivered" and st.delivered_t is None:
-                st.delivered_t = t
-            self._set_ostate(st, _ORDER_STATE_OF[typ], t, bs)
-        elif isinstance(typ, str) and typ.startswith("bnpl."):
-            self._apply_bnpl(st, typ, e)
-
-    @staticmethod
-    def _apply_bnpl(st: _OrderState, typ: str, e: dict[str, Any]) -> None:
-        if typ == "bnpl.authorized":
-            st.agreement = e.get("agreement")
-            st.agreement_amount = _num(e.get("amount"))
-        elif typ == "bnpl.finish_requested":
-            st.finish_requested = True
-            if not st.agreement_amount:
-                st.agreement_amount = _num(e.get("amount"))
-        elif typ == "bnpl.deduction":
-            if e.get("ok") is True:
-                st.bnpl_paid = True
-            else:
-                st.ded_failed = True
-        elif typ == "bnpl.repaid":
-            st.bnpl_paid = True
-        elif typ == "bnpl.overdue":
-            st.overdue = True
-            if st.bnpl_paid:
-                st.false_overdue = True
-        elif typ == "bnpl.overdue_cleared":
-            st.overdue = st.false_overdue = False
-        elif typ == "bnpl.compensated":
-            st.compensated = True
-        elif typ == "bnpl.settled":
-            st.settled = True
-        elif typ == "bnpl.cancelled" or typ == "bnpl.expired":
-            st.agreement_end = typ[5:]
-
-    def _set_ostate(self, st: _OrderState, state: str, t: float, bs: float) -> None:
+    def _set_ostate(self, st: _OrderState, state: str, t: float) -> None:
         old = st.ostate
         if old == state:
             return
-        k = math.ceil(t / bs)
+        k = math.ceil(t / self._bs)
         if old is not None:
             _add(self._state_diff[old], k, -1)
         _add(self._state_diff[state], k, 1)
         st.ostate, st.ostate_since = state, t
-
-    @staticmethod
-    def _evaluate(st: _OrderState, now: float, grace: float, limit: float) -> dict[Any, int]:
-        active: dict[Any, int] = {}
-        total = st.total
-        if st.created:
-            if st.closed:
-                if total > 0:
-                    active[_PBC] = total
-                if st.success_t is not None and not (st.refund_seen and total == 0):
-                    active[_SSTC] = total
-            elif st.told_failed and total > 0:
-                active[_FSBC] = total
-            if st.ostate in _PAID_STATES and not st.bnpl and st.charged_trades == 0:
-                active[_OPWC] = st.amount
-            if st.ostate == "awaiting_payment" and st.expires_at is not None and now >= st.expires_at + grace:
-                active[_STUCK] = total
-        else:
-            if total > 0:
-                active[_CWO] = total
-            if st.told_failed and total > 0:
-                active[_FSBC] = total
-        if st.charged_trades >= 2 or st.overcharged:
-            active[_DOUBLE] = st.extra
-        for trade, (state, since) in st.trade_state.items():
-            if state in _PENDING_TRADE and now >= since + grace:
-                active[(_STUCK, trade)] = st.trade_amount.get(trade) or st.max_charge.get(trade, 0)
-        if st.agreement is not None:
-            amount = st.agreement_amount or st.amount
-            if st.delivered_t is not None and not st.finish_requested and now >= st.delivered_t + limit:
-                active[_BNPL_UNFIN] = amount
-            if st.false_overdue:
-                active[_BNPL_OVERDUE] = amount
-            if st.ded_failed and not st.bnpl_paid:
-                active[_BNPL_DED] = amount
-        for k, amount in enumerate(st.imbalances):
-            active[(_LEDGER, k)] = amount
-        return active
 
     # ---------------------------------------------------------------------------------------------
     # bookkeeping
@@ -719,10 +773,6 @@ class Checker:
             "anomaly_starts": {cls: _dense(self._starts[cls], nb, cumulative=False) for cls in ANOMALY_CLASSES},
             "money_at_risk": [v / 100.0 for v in _dense(self._risk_diff, nb, cumulative=True)],
         }
-
-
-def _event_t(e: dict[str, Any]) -> float:
-    return e["t"]
 
 
 def _add(series: dict[int, int], k: int, v: int) -> None:
