@@ -174,11 +174,11 @@ def _title(doc: Mapping[str, Any]) -> str:
 # 1. Rate against a swept parameter
 
 
-def _value_key(v: Any) -> str:
+def value_key(v: Any) -> str:
     return json.dumps(v, sort_keys=True)
 
 
-def _short(key: str) -> str:
+def short_key(key: str) -> str:
     return key.rsplit(".", 1)[-1]
 
 
@@ -187,11 +187,26 @@ def sweep_axes(sweep: Mapping[str, Any]) -> tuple[str | None, list[str]]:
     points = sweep["points"]
     vary, compare = list(sweep.get("vary") or {}), list(sweep.get("compare") or {})
     varying = [k for k in dict.fromkeys(k for p in points for k in p["params"])
-               if len({_value_key(p["params"].get(k)) for p in points}) > 1]
+               if len({value_key(p["params"].get(k)) for p in points}) > 1]
     candidates = vary + [k for k in varying if k not in vary and k not in compare]
     xkey = next((k for k in candidates if k in varying), candidates[0] if candidates else None)
     lines = [k for k in compare + vary + varying if k != xkey]
     return xkey, list(dict.fromkeys(k for k in lines if k in varying))
+
+
+def sweep_series(sweep: Mapping[str, Any]) -> tuple[str | None, list[str], list[Any], dict[str, dict[str, Mapping[str, Any]]]]:
+    """The x key, the line keys, the x values in display order, and per line label the results at each
+    x value (keyed by :func:`value_key`)."""
+    points = sweep["points"]
+    xkey, line_keys = sweep_axes(sweep)
+    declared = list((sweep.get("vary") or {}).get(xkey, [])) if xkey else []
+    seen = [p["params"].get(xkey) for p in points]
+    present = {value_key(v) for v in seen}
+    xvalues = [v for v in {value_key(v): v for v in declared + seen}.values() if value_key(v) in present]
+    series: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for p in points:
+        series.setdefault(series_label(p["params"], line_keys), {})[value_key(p["params"].get(xkey))] = p["results"]
+    return xkey, line_keys, xvalues, series
 
 
 def series_label(params: Mapping[str, Any], keys: Sequence[str]) -> str:
@@ -199,7 +214,7 @@ def series_label(params: Mapping[str, Any], keys: Sequence[str]) -> str:
         return "results"
     if len(keys) == 1:
         return str(params.get(keys[0]))
-    return ", ".join(f"{_short(k)}={params.get(k)}" for k in keys)
+    return ", ".join(f"{short_key(k)}={params.get(k)}" for k in keys)
 
 
 def _axis_positions(key: str | None, values: Sequence[Any]) -> tuple[list[float], list[str], str, bool]:
@@ -228,18 +243,9 @@ def sweep_rates(sweep: Mapping[str, Any], classes: Sequence[str] | None = None) 
     """Anomaly rate against the swept parameter: one panel per class, one line per compared policy,
     95% confidence bands, a log scale when rates span more than two decades."""
     points = sweep["points"]
-    xkey, line_keys = sweep_axes(sweep)
-    declared = list((sweep.get("vary") or {}).get(xkey, [])) if xkey else []
-    seen = [p["params"].get(xkey) for p in points]
-    xvalues = list({_value_key(v): v for v in declared + seen}.values())
-    present = {_value_key(v) for v in seen}
-    xvalues = [v for v in xvalues if _value_key(v) in present]
+    xkey, line_keys, xvalues, series = sweep_series(sweep)
     pos, ticklabels, xlabel, categorical = _axis_positions(xkey, xvalues)
-    xpos = {_value_key(v): p for v, p in zip(xvalues, pos)}
-
-    series: dict[str, dict[str, Mapping[str, Any]]] = {}
-    for p in points:
-        series.setdefault(series_label(p["params"], line_keys), {})[_value_key(p["params"].get(xkey))] = p["results"]
+    xpos = {value_key(v): p for v, p in zip(xvalues, pos)}
     looks = series_looks(series)
 
     results = [p["results"] for p in points]
@@ -265,9 +271,9 @@ def sweep_rates(sweep: Mapping[str, Any], classes: Sequence[str] | None = None) 
             dodge = (i - (len(series) - 1) / 2) * dodge_step
             rows = []
             for v in xvalues:
-                res = pts.get(_value_key(v))
+                res = pts.get(value_key(v))
                 if res is not None:
-                    rows.append((xpos[_value_key(v)] + dodge, *rate_interval(anomaly(res, cls))))
+                    rows.append((xpos[value_key(v)] + dodge, *rate_interval(anomaly(res, cls))))
             if not rows:
                 continue
             xs, ys, lo, hi = (np.array(col, dtype=float) for col in zip(*rows))
@@ -307,8 +313,8 @@ def sweep_rates(sweep: Mapping[str, Any], classes: Sequence[str] | None = None) 
         handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="#555555", label="zero (hollow)"))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
     name = sweep.get("scenario_name") or next((r.get("scenario_name") for r in results if r.get("scenario_name")), None)
-    by = f", by {', '.join(_short(k) for k in line_keys)}" if line_keys else ""
-    fig.suptitle(f"Anomaly rate vs {_short(xkey) if xkey else 'sweep point'}{by}" + (f" — {name}" if name else ""),
+    by = f", by {', '.join(short_key(k) for k in line_keys)}" if line_keys else ""
+    fig.suptitle(f"Anomaly rate vs {short_key(xkey) if xkey else 'sweep point'}{by}" + (f" — {name}" if name else ""),
                  fontweight="bold", fontsize=12)
     return fig
 
@@ -443,6 +449,7 @@ def stuck_windows(doc: Mapping[str, Any], classes: Sequence[str] | None = None) 
     ax = axes[0]
     floor_note = False
     all_samples: list[float] = []
+    handles: list[Any] = []
     for cls in names:
         a = anomaly(doc, cls)
         samples = np.sort(np.asarray(a.get("window_samples") or [], dtype=float))
@@ -457,7 +464,9 @@ def stuck_windows(doc: Mapping[str, Any], classes: Sequence[str] | None = None) 
         y = np.arange(1, len(samples) + 1) / len(samples)
         label = f"{cls} (n={len(samples)})\np50 {fmt.duration(p50)} · p99 {fmt.duration(p99)}"
         ax.step(np.concatenate([[samples[0]], samples]), np.concatenate([[0.0], y]), where="post",
-                color=look.color, ls=look.linestyle, lw=1.8, label=label)
+                color=look.color, ls=look.linestyle, lw=1.8)
+        handles.append(Line2D([], [], color=look.color, ls=look.linestyle, lw=1.8, marker=look.marker, ms=7,
+                              mec="black", mew=0.5, label=label))
         for q, v in ((0.5, p50), (0.99, p99)):
             if v is not None:
                 ax.plot([max(v, 0.1)], [q], marker=look.marker, color=look.color, mec="black", mew=0.5, ms=7, zorder=5)
@@ -475,7 +484,8 @@ def stuck_windows(doc: Mapping[str, Any], classes: Sequence[str] | None = None) 
         ax.set_ylabel("share of instances with window ≤ x")
         ax.set_xlabel("window: from when the parties disagreed until they agreed or observation ended (log scale)"
                       + ("; zero windows drawn at 100ms" if floor_note else ""))
-        ax.legend(loc="upper left", bbox_to_anchor=(1.04, 1.0), title="class (instances sampled)", labelspacing=0.9)
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.04, 1.0), title="class (instances sampled)",
+                  labelspacing=0.9)
     else:
         _empty(ax, "no anomaly windows in these results")
     ax.set_title("CDF of anomaly windows per class (markers: p50 and p99)", loc="left")
