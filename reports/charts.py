@@ -221,7 +221,9 @@ def _axis_positions(key: str | None, values: Sequence[Any]) -> tuple[list[float]
     """x positions, tick labels, axis label with unit, and whether the axis is categorical."""
     from sim.scenario import parse_duration
 
-    label = key or "point"
+    label = key or "the one setting swept"
+    if key is None:
+        return [0.0] * len(values), ["all"] * len(values), label, True
     def spaced(xs: list[float], ticks: list[str], axis_label: str) -> tuple[list[float], list[str], str, bool]:
         if min(xs) > 0 and max(xs) / min(xs) >= 10:  # spread a 5m..1h or 1x..20x axis evenly
             return [math.log10(x) for x in xs], ticks, f"{axis_label}, log scale", False
@@ -281,6 +283,7 @@ def sweep_rates(sweep: Mapping[str, Any], classes: Sequence[str] | None = None) 
             if floor is not None:
                 ys, lo, hi = (np.where(a <= 0, floor, a) for a in (ys, lo, hi))
             ax.fill_between(xs, lo, hi, color=look.color, alpha=0.15, lw=0, zorder=2)
+            ax.vlines(xs, lo, hi, color=look.color, lw=1.0, alpha=0.8, zorder=2)  # whiskers: readable alone
             ax.plot(xs, ys, color=look.color, ls=look.linestyle, marker=look.marker, ms=6, lw=1.8,
                     label=label, zorder=3)
             if zero.any():

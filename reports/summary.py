@@ -91,9 +91,13 @@ def sweep_summary(sweep: Mapping[str, Any]) -> list[str]:
     xkey, line_keys, xs, series = sweep_series(sweep)
     labels = list(series)
     xname = short_key(xkey) if xkey else "point"
-    out = [f"Sweep of {xname} over {', '.join(str(x) for x in xs)}"
-           + (f", comparing {', '.join(short_key(k) for k in line_keys)}: {', '.join(labels)}" if line_keys else "")
-           + f" ({len(points)} points)."]
+    n = f"{len(points)} point{'s' if len(points) != 1 else ''}"
+    if xkey is None:
+        out = [f"Sweep of {n}, no parameter varied."]
+    else:
+        out = [f"Sweep of {xname} over {', '.join(str(x) for x in xs)}"
+               + (f", comparing {', '.join(short_key(k) for k in line_keys)}: {', '.join(labels)}" if line_keys else "")
+               + f" ({n})."]
     results = [p["results"] for p in points]
     found = nonzero_classes(results)
     if not found:
@@ -107,7 +111,7 @@ def sweep_summary(sweep: Mapping[str, Any]) -> list[str]:
             first, last = anomaly(b[value_key(bx[0])], cls), anomaly(b[value_key(bx[-1])], cls)
             r0, r1 = first.get("rate") or 0, last.get("rate") or 0
             verb = "rises" if r1 > r0 else "falls" if r1 < r0 else "stays"
-            out.append(f"With {base}, {cls} {verb} from {_rate_ci(first)} at {xname}={bx[0]} to "
+            out.append(f"{'With ' + base + ', ' if line_keys else ''}{cls} {verb} from {_rate_ci(first)} at {xname}={bx[0]} to "
                        f"{_rate_ci(last)} at {xname}={bx[-1]}.")
         for other in labels[1:]:
             o = series[other]
