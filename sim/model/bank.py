@@ -26,25 +26,30 @@ class Bank:
         self.record: dict[str, str] = {}  # trade -> the bank's own outcome (what a query returns)
         self.on_debit: Callable[[str, str, float], None] | None = None  # reconciliation statement hook
 
-    def debit(self, trade, respond: Callable[[str], None]) -> None:
-        """Try to debit ``trade.amount`` from the buyer; ``respond(outcome)`` unless the response is lost."""
+    def debit(self, trade, respond: Callable[[str], None]) -> float | None:
+        """Try to debit ``trade.amount`` from the buyer; ``respond(outcome)`` unless the response is lost.
+
+        Returns the exact delay until ``respond`` is called when that is already certain (a free
+        channel, a response that will not be lost or held), else None — so the gateway need only arm
+        its timeout when the timeout can actually fire.
+        """
         w = self.w
         p = w.p.bank
         r = w.rng["bank"]
         u = r.random()
         lost = r.random() < p.response_loss
+        if trade.amount > p.single_payment_limit * 100:
+            outcome = LIMIT
+        elif u < p.decline_probability:
+            outcome = DECLINED
+        elif u < p.decline_probability + p.risk_block_probability:
+            outcome = RISK_BLOCKED
+        elif u < p.decline_probability + p.risk_block_probability + p.risk_hold_probability:
+            outcome = HELD
+        else:
+            outcome = APPROVED
 
         def done(_wait: float) -> None:
-            if trade.amount > p.single_payment_limit * 100:
-                outcome = LIMIT
-            elif u < p.decline_probability:
-                outcome = DECLINED
-            elif u < p.decline_probability + p.risk_block_probability:
-                outcome = RISK_BLOCKED
-            elif u < p.decline_probability + p.risk_block_probability + p.risk_hold_probability:
-                outcome = HELD
-            else:
-                outcome = APPROVED
             if outcome == HELD:
                 # Risk control holds the debit for review, then releases it: the money moves late,
                 # and the gateway hears nothing until then (its own timeout will have fired).
@@ -58,7 +63,9 @@ class Bank:
             if not lost:
                 respond(outcome)
 
-        self.station.submit(w.s_bank_latency(), done)
+        latency = w.s_bank_latency()
+        started = self.station.submit(latency, done)
+        return latency if started and not lost and outcome != HELD else None
 
     def _release_hold(self, trade, respond: Callable[[str], None], lost: bool) -> None:
         self.record[trade.id] = APPROVED

@@ -94,8 +94,10 @@ class Gateway:
             self._query_bank(trade, 0)  # holds the order while it queries
             w.release(order)
 
-        w.at(w.p.gateway.timeout, on_timeout)
-        self.bank.debit(trade, on_bank)
+        timeout = w.p.gateway.timeout
+        eta = self.bank.debit(trade, on_bank)
+        if eta is None or eta >= timeout:
+            w.at(timeout, on_timeout)
 
     def _resolve(self, trade: Trade, outcome: str) -> None:
         """Apply what the bank said about ``trade`` (from a response, a late response or a query)."""

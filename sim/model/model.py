@@ -8,6 +8,8 @@ that reads live histories.
 
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -75,11 +77,28 @@ def run_replication(scenario: Scenario, replication: int = 0, examples: bool = T
     w.env.process(arrivals(w, buyers.start))
     w.sink({"t": 0.0, "type": "run.start", "actor": "run", "warmup": w.warmup, "horizon": w.horizon,
             "end": w.end, "seed": scenario.run.seed, "replication": replication})
-    w.env.run(until=w.end)
+    with _few_collections():
+        w.env.run(until=w.end)
     w.sink({"t": w.end, "type": "run.end", "actor": "run"})
     summary = checker.finish()
     metrics = {name: st.metrics() for name, st in stations.items()}
     return ReplicationResult(replication, summary, metrics, order_service.seq, w.ledger.total())
+
+
+@contextmanager
+def _few_collections():
+    """Run the clock with the cyclic GC mostly out of the way.
+
+    A replication allocates millions of short-lived events and dicts that reference counting frees;
+    with the default thresholds the collector walks the young generation every 700 allocations and
+    cost a third of the run time. Cycles are still collected, just less often.
+    """
+    old = gc.get_threshold()
+    gc.set_threshold(200_000, 50, 1000)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
 
 
 def _fault_window(w: World, window: Any, stations: dict):

@@ -10,6 +10,7 @@ processes what it already received.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable
 
 from sim.domain import policies
@@ -29,10 +30,16 @@ class OrderService:
         self.station = Station(w.env, "order_service", w.p.order_service.workers, w.warmup, w.horizon)
         self.gateway = None
         self.merchant = None
-        self.awaiting: dict[str, Order] = {}  # orders awaiting payment, in creation (= expiry) order
+        # (expires_at, order id) of every order whose close job has not run yet, in creation order.
+        # Orders paid meanwhile are skipped when they come up (a deque: popping the front is O(1)).
+        self.due: deque[tuple[float, str]] = deque()
+        self.unpaid: set[str] = set()  # orders holding their 'awaiting payment' reference
         self.seq = 0
+        self._wake = None  # the close-timer process sleeps on this while no order awaits payment
         if w.p.order_service.close_mode == "sweep":
             w.env.process(self._sweeper())
+        else:
+            w.env.process(self._timers())
 
     def create(self, user: str, amount: int, method: str) -> Order:
         w = self.w
@@ -45,29 +52,56 @@ class OrderService:
         w.emit("order.created", "order_service", oid, user=user, amount=amount, method=method,
                expires_at=order.expires_at)
         w.hold(oid)  # released when the order leaves awaiting_payment
-        self.awaiting[oid] = order
-        if w.p.order_service.close_mode == "timer":
-            w.at(ttl, lambda: self.expire(order))
+        self.unpaid.add(oid)
+        self.due.append((order.expires_at, oid))
+        if self._wake is not None:
+            self._wake.succeed()
+            self._wake = None
         return order
 
     def _leave_awaiting(self, order: Order) -> None:
-        if self.awaiting.pop(order.id, None) is not None:
+        if order.id in self.unpaid:
+            self.unpaid.discard(order.id)
             self.w.release(order.id)
 
     # -- closing -----------------------------------------------------------------------------------
+    def _timers(self):
+        """Per-order close timers, as one process: each order expires at its own ``expires_at``.
+
+        Equivalent to arming one timer per order at creation, but orders paid in time never cost a
+        timer event: ``due`` is in creation order, so the next order to expire is always first.
+        (A TTL shortened by a fault window lets later orders expire before earlier ones; they are then
+        closed when the earlier ones are, at most one old TTL late.)
+        """
+        w = self.w
+        env = w.env
+        while True:
+            due = self.due
+            if not due:
+                self._wake = env.event()
+                yield self._wake
+                continue
+            expires_at, oid = due[0]
+            if oid not in self.unpaid:
+                due.popleft()
+                continue
+            if expires_at > env.now:
+                yield env.timeout(expires_at - env.now)
+                continue
+            due.popleft()
+            self.expire(w.orders[oid])
+
     def _sweeper(self):
         w = self.w
         interval = w.p.order_service.sweep_interval
         while True:
             yield w.env.timeout(interval)
             now = w.env.now
-            due = []
-            for order in self.awaiting.values():
-                if order.expires_at > now:
-                    break
-                due.append(order)
-            for order in due:
-                self.expire(order)
+            due = self.due
+            while due and due[0][0] <= now:
+                _expires_at, oid = due.popleft()
+                if oid in self.unpaid:
+                    self.expire(w.orders[oid])
 
     def expire(self, order: Order) -> None:
         """The close job reached ``order``: follow the close policy."""

@@ -64,15 +64,20 @@ class Station:
             self._busy_area += self.busy * (end - start)
         self._last = now
 
-    def submit(self, service_time: float, done: Callable[[float], None]) -> None:
-        """Queue a job needing ``service_time`` seconds; ``done(wait)`` runs when it finishes."""
+    def submit(self, service_time: float, done: Callable[[float], None]) -> bool:
+        """Queue a job needing ``service_time`` seconds; ``done(wait)`` runs when it finishes.
+
+        Returns True when a server was free and the job started at once (it then ends exactly
+        ``service_time`` from now), False when it joined the queue.
+        """
         self._account()
         arrived = self.env.now
         if self.busy < self.capacity:
             self.busy += 1
             self._start(arrived, service_time, done)
-        else:
-            self.queue.append((arrived, service_time, done))
+            return True
+        self.queue.append((arrived, service_time, done))
+        return False
 
     def _start(self, arrived: float, service_time: float, done: Callable[[float], None]) -> None:
         now = self.env.now
