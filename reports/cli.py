@@ -41,3 +41,11 @@ def run(args: argparse.Namespace) -> int:
     if args.example_class and not any(c.kind == "story" for c in report.charts):
         print(f"note: no example of {args.example_class} in these results; no story drawn")
     return 0
+
+
+def render_report(docs: list[dict], out_dir: Path, *, example_class: str | None = None) -> Path:
+    """Charts and index.html for in-memory results (``simulate --report``, ``sweep --report``,
+    ``load --report``); returns the index path. Raises :class:`~sim.errors.ConfigError` on a bad document."""
+    from reports.render import render_report as render
+
+    return render(docs, out_dir, example_class=example_class)

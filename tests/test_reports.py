@@ -237,3 +237,13 @@ def test_cli_module_imports_no_matplotlib() -> None:
     code = "import sys, reports.cli; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_render_report_for_other_commands(tmp_path: Path) -> None:
+    """simulate/sweep/load --report call reports.cli.render_report with documents in memory."""
+    from reports.cli import render_report as from_cli
+
+    index = from_cli([fixture("single")], tmp_path / "report")
+    assert index == tmp_path / "report" / "index.html" and index.exists()
+    with pytest.raises(ConfigError, match="expected schema_version 1"):
+        from_cli([{"kind": "simulation"}], tmp_path / "bad")
