@@ -248,11 +248,11 @@ class _OrderState:
     """What every party believes about one order, as the sweep goes."""
 
     __slots__ = (
-        "grace", "limit", "timers", "created", "created_t", "amount", "expires_at", "ostate", "ostate_since", "closed",
+        "grace", "limit", "timers", "created", "created_t", "amount", "expires_at", "ostate", "closed",
         "reopened_stock_released", "bnpl", "net", "max_charge", "n_charges", "trade_amount", "trade_state",
         "total", "charged_trades", "overcharged", "extra", "ever_charged", "refund_seen", "told_failed",
         "success_t", "agreement", "agreement_amount", "delivered_t", "finish_requested", "bnpl_paid",
-        "ded_failed", "overdue", "false_overdue", "compensated", "settled", "agreement_end", "imbalances",
+        "ded_failed", "false_overdue", "compensated", "settled", "agreement_end", "imbalances",
     )
 
     def __init__(self, grace: float, limit: float) -> None:
@@ -264,7 +264,6 @@ class _OrderState:
         self.amount = 0
         self.expires_at: float | None = None
         self.ostate: str | None = None
-        self.ostate_since = 0.0
         self.closed = False  # closed and not reopened since
         self.reopened_stock_released = False
         self.bnpl = False  # paid by a BNPL authorization, not by a debit
@@ -287,7 +286,6 @@ class _OrderState:
         self.finish_requested = False
         self.bnpl_paid = False  # a successful deduction or a repayment
         self.ded_failed = False
-        self.overdue = False
         self.false_overdue = False
         self.compensated = False
         self.settled = False
@@ -312,8 +310,9 @@ class _OrderState:
             self.ever_charged = True
 
 
-def _num(value: Any, default: int = 0) -> int:
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+def _num(value: Any) -> int:
+    """An amount from an event field; anything that is not a number counts as 0."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -431,11 +430,10 @@ def _h_bnpl(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> Non
     elif typ == "bnpl.repaid":
         st.bnpl_paid = True
     elif typ == "bnpl.overdue":
-        st.overdue = True
         if st.bnpl_paid:
             st.false_overdue = True
     elif typ == "bnpl.overdue_cleared":
-        st.overdue = st.false_overdue = False
+        st.false_overdue = False
     elif typ == "bnpl.compensated":
         st.compensated = True
     elif typ == "bnpl.settled":
@@ -702,7 +700,7 @@ class Checker:
         if old is not None:
             _add(self._state_diff[old], k, -1)
         _add(self._state_diff[state], k, 1)
-        st.ostate, st.ostate_since = state, t
+        st.ostate = state
 
     # ---------------------------------------------------------------------------------------------
     # bookkeeping
@@ -710,7 +708,7 @@ class Checker:
     def _record(self, inst: list[Any], stop: float | None, ctx: tuple[Any, bool, list[dict[str, Any]]]) -> None:
         cls, start, amount, peak = inst
         order, counted, events = ctx
-        _add(self._starts[cls], math.floor(start / self.config.bucket_s), 1)
+        _add(self._starts[cls], math.floor(start / self._bs), 1)
         if not counted:
             return
         acc = self._acc[cls]
