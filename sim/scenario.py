@@ -20,6 +20,7 @@ path, what was expected, what was found, and a suggestion for a misspelt key.
 from __future__ import annotations
 
 import copy
+import json
 import difflib
 import math
 import re
@@ -344,11 +345,13 @@ class RunSection(_Section):
 class ProfileStep(_Section):
     """From ``at`` on, the arrival rate is ``arrival_rate × multiplier`` (piecewise constant)."""
 
-    at: Duration
-    multiplier: float = Field(ge=0.0)
+    at: Duration = Field(description="from this time on")
+    multiplier: float = Field(ge=0.0, description="the arrival rate is multiplied by this")
 
 
 class LoadSection(_Section):
+    """Arrivals: a Poisson process whose rate is ``arrival_rate × profile multiplier``."""
+
     arrival_rate: float = Field(20.0, gt=0.0, le=10_000_000, description="orders per second at multiplier 1")
     profile: tuple[ProfileStep, ...] = Field((), description="piecewise-constant multipliers over time")
 
@@ -389,13 +392,13 @@ class PaymentMethods(_Section):
 class UserSection(_Section):
     """The buyer: how they pay, wait, give up and try again."""
 
-    payment_methods: PaymentMethods = PaymentMethods()
+    payment_methods: PaymentMethods = Field(PaymentMethods(), description="shares of wallet, card and bnpl; sum to 1")
     pay_delay: DurationDist = Field(_ln("20s", "5m"), description="order created -> buyer confirms payment")
     abandon_probability: Probability = Field(0.1, description="the buyer never pays")
     order_amount: NumberDist = Field({"dist": "lognormal", "median": 89, "p99": 2000}, description="CNY")
     retry_probability: Probability = Field(0.5, description="the buyer tries again after a failure or timeout")
-    max_retries: int = Field(2, ge=0, le=20)
-    retry_delay: DurationDist = Field(_ln("10s", "2m"))
+    max_retries: int = Field(2, ge=0, le=20, description="payment attempts after the first")
+    retry_delay: DurationDist = Field(_ln("10s", "2m"), description="think time before a retry")
     poll_interval: Duration = Field("3s", description="after 'unknown' the app polls the order this often")
     poll_duration: Duration = Field("60s", description="... for this long (Alipay barcode pay: ~60s)")
     cancel_probability: Probability = Field(0.0, description="an unpaid buyer cancels instead of walking away")
@@ -411,24 +414,31 @@ class AppSection(_Section):
 
 
 class OrderServiceSection(_Section):
+    """The platform's order service: TTL, the close job and its policy, late payments, capacity."""
+
     order_ttl: Duration = Field("30m", description="unpaid orders close after this (litemall 30m, Taobao flash sale 15m)")
-    close_policy: Literal["naive", "query_then_close", "close_trade_then_order"] = "naive"
-    late_payment: Literal["ignore", "auto_refund", "reopen"] = "ignore"
+    close_policy: Literal["naive", "query_then_close", "close_trade_then_order"] = Field(
+        "naive", description="naive: close on the timer; query_then_close: ask the gateway first; "
+        "close_trade_then_order: close the gateway trade first, keep the order if it is already paid")
+    late_payment: Literal["ignore", "auto_refund", "reopen"] = Field(
+        "ignore", description="a payment for a closed order: acknowledge and ignore (mall), refund it, or reopen (litemall)")
     close_mode: Literal["timer", "sweep"] = Field("timer", description="per-order timer, or a periodic sweep")
     sweep_interval: Duration = Field("10m", description="macrozheng/mall sweeps every 10 minutes")
-    release_stock_on_close: bool = True
+    release_stock_on_close: bool = Field(True, description="closing an order returns its stock")
     workers: int = Field(16, ge=1, le=100_000, description="concurrent requests (notifications, queries)")
-    service_time: DurationDist = Field({"dist": "exponential", "mean": "5ms"})
+    service_time: DurationDist = Field({"dist": "exponential", "mean": "5ms"}, description="per notification or query")
     stuck_grace: Duration = Field("1h", description="an order or trade undecided this long past its deadline is stuck")
 
 
 class GatewaySection(_Section):
-    workers: int = Field(64, ge=1, le=1_000_000)
-    service_time: DurationDist = Field({"dist": "exponential", "mean": "20ms"})
+    """The payment gateway: worker pool, bank-call timeout, trade lifetime, the notifier."""
+
+    workers: int = Field(64, ge=1, le=1_000_000, description="requests served at once (pay, query, close, refund)")
+    service_time: DurationDist = Field({"dist": "exponential", "mean": "20ms"}, description="per request, excluding the bank call")
     timeout: Duration = Field("8s", description="bank call timeout; the trade becomes 'unknown' (WeChat read 8s)")
     trade_ttl: Duration = Field("15d", description="Alipay timeout_express default")
-    notify_schedule: RetrySchedule = Field("alipay")
-    notify_latency: DurationDist = Field(_ln("200ms", "5s"))
+    notify_schedule: RetrySchedule = Field("alipay", description="gaps between notification attempts until acknowledged")
+    notify_latency: DurationDist = Field(_ln("200ms", "5s"), description="gateway -> order service, per attempt")
     notify_loss: Probability = Field(0.0, description="chance one delivery attempt is lost")
     notify_duplicate: Probability = Field(0.0, description="chance one attempt is delivered twice")
     notify_ack_timeout: Duration = Field("5s", description="an attempt not acknowledged within this counts as failed")
@@ -438,40 +448,49 @@ class GatewaySection(_Section):
 
 
 class BankSection(_Section):
+    """Banks and wallet balances: channels, latency, declines, risk control, lost responses."""
+
     channels: int = Field(200, ge=1, le=1_000_000, description="concurrent debits; queueing beyond adds latency")
-    latency: DurationDist = Field(_ln("150ms", "2s"))
+    latency: DurationDist = Field(_ln("150ms", "2s"), description="one debit or query, once a channel is free")
     decline_probability: Probability = Field(0.08, description="card-not-present approval is ~85-92%")
-    risk_block_probability: Probability = Field(0.005)
+    risk_block_probability: Probability = Field(0.005, description="risk control refuses the debit")
     risk_hold_probability: Probability = Field(0.0, description="risk control holds a debit, then releases it")
-    risk_hold_duration: DurationDist = Field(_ln("10m", "2h"))
+    risk_hold_duration: DurationDist = Field(_ln("10m", "2h"), description="how long a held debit waits before it goes through")
     single_payment_limit: float = Field(50_000.0, gt=0, description="CNY; larger payments are declined")
     response_loss: Probability = Field(0.0, description="the debit completes but its response never reaches the gateway")
 
 
 class MerchantSection(_Section):
+    """Merchants: delivery and the BNPL finish call."""
+
     delivery_time: DurationDist = Field(_ln("2h", "24h"), description="paid -> goods delivered")
     bnpl_finish_delay: DurationDist = Field(_ln("10m", "6h"), description="delivered -> merchant calls finish")
     bnpl_finish_failure: Probability = Field(0.01, description="chance one finish call fails")
     bnpl_finish_forget: Probability = Field(0.0, description="chance the merchant never calls finish")
-    bnpl_finish_retries: int = Field(3, ge=0, le=100)
-    bnpl_finish_retry_delay: DurationDist = Field("10m")
+    bnpl_finish_retries: int = Field(3, ge=0, le=100, description="retries of a failed finish call")
+    bnpl_finish_retry_delay: DurationDist = Field("10m", description="between finish retries")
 
 
 class BnplSection(_Section):
+    """The BNPL (pay after use) provider: credit, sync lag, deductions, compensation."""
+
     credit_limit: float = Field(3000.0, gt=0, description="CNY")
     authorization_ttl: Duration = Field("28d", description="Klarna: 28 days")
     sync_lag: DurationDist = Field(_ln("2s", "1m"), description="provider payment side -> credit side")
     finish_limit: Duration = Field("24h", description="delivered but not finished after this = stuck")
     deduction_failure: Probability = Field(0.05, description="chance one deduction fails (low balance)")
-    deduction_retry_schedule: RetrySchedule = Field(["1h", "6h", "24h"])
+    deduction_retry_schedule: RetrySchedule = Field(["1h", "6h", "24h"], description="gaps between deduction attempts")
     compensation_after: Duration = Field("48h", description="Alipay compensates the merchant after 24-72h")
     user_repay_delay: DurationDist = Field(_ln("12h", "3d"), description="failed deduction -> buyer repays by hand")
 
 
 class ReconciliationSection(_Section):
+    """Reconciliation against the bank statement: how often, how stale, what it repairs."""
+
     interval: DurationOrOff = Field("off", description='"off", or how often the reconciler runs ("1h", "1d")')
     statement_delay: Duration = Field("0s", description="the statement covers payments up to this long ago (T+1: 10h)")
-    repair: Literal["refund", "fill_order", "report"] = "refund"
+    repair: Literal["refund", "fill_order", "report"] = Field(
+        "refund", description="what a 长款 (money, no paid order) gets: refund, fill in (reopen) the order, or a report only")
 
 
 class FaultWindow(_Section):
@@ -737,3 +756,44 @@ def load_scenario(path: str | Path, overrides: list[str] | dict[str, Any] | None
 
 def default_scenario() -> Scenario:
     return Scenario()
+
+
+def schema_markdown() -> str:
+    """Every scenario key with its default and meaning, as Markdown (docs/scenario.md is generated from it)."""
+    defaults = Scenario().resolved()
+    lines = ["# Scenario keys", "",
+             "Generated from `sim/scenario.py` by `python -m sim.scenario > docs/scenario.md`; a test keeps it current.",
+             "Durations: `\"250ms\"`, `\"15s\"`, `\"15m\"`, `\"2h\"`, `\"15d\"`. Distributions: a duration (constant) or a",
+             "table `{dist = \"exponential\", mean = ...}`, `{dist = \"lognormal\", median = ..., p99 = ...}`,",
+             "`{dist = \"uniform\", low = ..., high = ...}`, `{dist = \"constant\", value = ...}`,",
+             "`{dist = \"empirical\", values = [...]}`. Schedules: `\"alipay\"`, `\"wechat\"`, `\"stripe\"`, `\"adyen\"` or a",
+             "list of gaps. Probabilities are numbers in [0, 1]. Unknown keys are errors.", ""]
+    for section, model in Scenario.model_fields.items():
+        ann = model.annotation
+        sub = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is None or section in ("faults", "thresholds"):
+            continue
+        lines += [f"## [{section}]", "", (sub.__doc__ or "").strip().split("\n")[0], "",
+                  "| key | default | meaning |", "| --- | --- | --- |"]
+        for key, f in sub.model_fields.items():
+            value = defaults[section][key]
+            shown = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else f'"{value}"'
+            lines.append(f"| `{section}.{key}` | `{shown}` | {f.description or ''} |")
+        lines.append("")
+    lines += [
+        "## [[faults]]", "",
+        "Fault windows: between `start` and `end` (durations from the run's start) the keys in `set` take other",
+        "values, for example a gateway brownout:", "",
+        "```toml", "[[faults]]", "start = \"20m\"", "end = \"30m\"", "label = \"gateway brownout\"",
+        "set = { \"gateway.service_time\" = { dist = \"exponential\", mean = \"2s\" }, \"gateway.workers\" = 8 }", "```", "",
+        f"Keys in `set` must belong to one of: {', '.join(FAULTABLE_SECTIONS)}.", "",
+        "## thresholds", "",
+        "A list of rules checked after a live run (`load` exits 1 when one fails):",
+        "`\"<class>.rate < 1e-4\"`, `\"<class>.count <= 0\"`, `\"<class>.amount < 100\"`, `\"p99_latency < 800ms\"`,",
+        "`\"error_rate < 0.01\"`, `\"achieved_ratio >= 0.95\"`.", "",
+        "## top level", "", "`name` (defaults to the file name), `description` (the one-line story shown by `checkout-chaos scenarios`).", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m sim.scenario > docs/scenario.md
+    print(schema_markdown())

@@ -119,3 +119,14 @@ def test_bad_set_override_is_a_usage_error(tmp_path):
     assert proc.returncode == 2
     assert "did you mean 'order_ttl'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_schema_doc_is_current():
+    """docs/scenario.md is what `python -m sim.scenario` generates from the schema."""
+    from pathlib import Path
+
+    from sim.scenario import schema_markdown
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "scenario.md"
+    assert doc.read_text(encoding="utf-8").strip() == schema_markdown().strip(), \
+        "regenerate with: python -m sim.scenario > docs/scenario.md"
