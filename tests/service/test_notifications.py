@@ -1,0 +1,156 @@
+"""Signed notifications: verification at the checkout, delivery and retries from the provider's outbox."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from loadtests.service import signing
+
+from .helpers import new_order, order_state, start_payment, wait_for
+
+
+def _post_notify(services, body: dict, signature: str | None) -> httpx.Response:
+    raw = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers[signing.HEADER] = signature
+    return httpx.post(services.checkout_url + "/notify", content=raw, headers=headers)
+
+
+def test_signature_is_verified(services):
+    """No signature, a wrong one, a stale one: 401; a good one is acted on and answered 'success'."""
+    order = new_order(services, amount=700)["order"]
+    body = {"notify_id": "n-1", "trade": f"{order}-t0", "order": order, "amount": 700,
+            "trade_status": "TRADE_SUCCESS", "attempt": 1}
+    raw = json.dumps(body).encode()
+    secret = services.notify_secret.encode()
+    assert _post_notify(services, body, None).status_code == 401
+    assert _post_notify(services, body, signing.sign(b"not-the-secret", raw)).status_code == 401
+    stale = _post_notify(services, body, signing.sign(secret, raw, timestamp=1_000_000_000))
+    assert stale.status_code == 401 and "stale" in stale.json()["error"]
+    tampered = _post_notify(services, {**body, "amount": 1}, signing.sign(secret, raw))
+    assert tampered.status_code == 401 and tampered.json()["field"] == signing.HEADER
+    assert order_state(services, order) == "awaiting_payment"
+    ok = _post_notify(services, body, signing.sign(secret, raw))
+    assert ok.status_code == 200 and ok.text == "success"
+    assert order_state(services, order) in ("paid", "shipped")
+    unknown = {**body, "order": "nobody"}
+    r = _post_notify(services, unknown, signing.sign(secret, json.dumps(unknown).encode()))
+    assert r.status_code == 404
+
+
+def test_signing_round_trip():
+    """verify() accepts what sign() produced and names what is wrong otherwise."""
+    body = b'{"a":1}'
+    header = signing.sign(b"k", body)
+    assert signing.verify(b"k", body, header) is None
+    assert "does not match" in signing.verify(b"k", body + b" ", header)
+    assert "malformed" in signing.verify(b"k", body, "v1=abc")
+    assert "missing" in signing.verify(b"k", body, None)
+
+
+class _Receiver:
+    """A stand-in staging checkout: verifies signatures, fails the first ``fail`` deliveries."""
+
+    def __init__(self, secret: bytes, fail: int) -> None:
+        self.secret, self.fail = secret, fail
+        self.received: list[dict] = []
+        self.bad_signatures = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                if signing.verify(outer.secret, raw, self.headers.get(signing.HEADER)):
+                    outer.bad_signatures += 1
+                    self._answer(401, b"bad signature")
+                    return
+                outer.received.append(json.loads(raw))
+                if len(outer.received) <= outer.fail:
+                    self._answer(500, b"fail")
+                else:
+                    self._answer(200, b"success")
+
+            def _answer(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/notify"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver_factory():
+    made: list[_Receiver] = []
+
+    def make(secret: str, fail: int) -> _Receiver:
+        r = _Receiver(secret.encode(), fail)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def test_notification_retried_until_acknowledged(start, receiver_factory):
+    """A receiver that fails twice gets attempts 1, 2, 3 on the notify schedule, then the outbox stops."""
+    s = start({"gateway.notify_schedule": ["2s", "2s", "2s", "2s"]}, time_scale=20)
+    rx = receiver_factory(s.notify_secret, fail=2)
+    p = s.provider_url
+    httpx.post(p + "/trades", json={"trade": "n-1", "order": "o-n1", "user": "u1", "amount": 900, "notify_url": rx.url})
+    assert httpx.post(p + "/trades/n-1/pay").json()["state"] == "succeeded"
+    stats = lambda: s.admin("provider", "GET", "/admin/stats").json()  # noqa: E731
+    wait_for(lambda: stats()["notifications"].get("acked") == 1, timeout=10, what="the third attempt acked")
+    assert [m["attempt"] for m in rx.received] == [1, 2, 3]
+    assert {m["notify_id"] for m in rx.received} == {"n-1-n"}  # stable across retries
+    assert rx.bad_signatures == 0
+    sent = [e for e in s.history() if e["type"] == "notify.sent"]
+    assert [e["attempt"] for e in sent] == [1, 2, 3]
+    gaps = [b["t"] - a["t"] for a, b in zip(sent, sent[1:])]
+    assert all(1.9 <= g <= 4.0 for g in gaps), gaps  # scenario seconds, on the 2s schedule
+
+
+def test_notification_given_up_when_schedule_spent(start, receiver_factory):
+    """A receiver that never acknowledges gets 1 + len(schedule) attempts; the outbox marks it given up."""
+    s = start({"gateway.notify_schedule": ["1s", "1s"]}, time_scale=20)
+    rx = receiver_factory(s.notify_secret, fail=99)
+    p = s.provider_url
+    httpx.post(p + "/trades", json={"trade": "g-1", "order": "o-g1", "user": "u1", "amount": 100, "notify_url": rx.url})
+    httpx.post(p + "/trades/g-1/pay")
+    wait_for(lambda: s.admin("provider", "GET", "/admin/stats").json()["notifications"].get("given_up") == 1,
+             timeout=10, what="notification given up")
+    assert len(rx.received) == 3
+
+
+def test_lost_and_duplicated_notifications_are_recorded(start):
+    """notify_loss and notify_duplicate act per attempt; the checkout treats a duplicate as a no-op."""
+    s = start({"gateway.notify_schedule": ["1s"] * 6, "gateway.notify_loss": 0.5, "gateway.notify_duplicate": 1.0},
+              time_scale=20)
+    orders = [new_order(s, amount=100 + i)["order"] for i in range(6)]
+    for o in orders:
+        httpx.post(start_payment(s, o)["pay_url"])
+    wait_for(lambda: all(order_state(s, o) in ("paid", "shipped") for o in orders), timeout=15,
+             what="every order paid despite losses")
+    history = s.history()
+    lost = [e for e in history if e["type"] == "notify.lost"]
+    received = [e for e in history if e["type"] == "notify.received"]
+    paid = [e for e in history if e["type"] == "order.paid"]
+    assert len(paid) == 6  # duplicates never mark an order paid twice
+    assert len(received) > len(paid)  # every delivered attempt arrived twice
+    assert lost, "with notify_loss=0.5 over >= 6 attempts at least one is lost (seeded)"
