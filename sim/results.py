@@ -42,6 +42,8 @@ __all__ = [
     "summary_table",
     "print_summary",
     "human_duration",
+    "t_interval",
+    "wilson_interval",
 ]
 
 SCHEMA_VERSION = 1
