@@ -440,10 +440,17 @@ class Checkout(base.ServiceBase):
     async def _sweep_loop(self) -> None:
         """``close_mode = "sweep"``: every ``sweep_interval`` (at multiples of it in scenario time), close
         every expired order still awaiting payment."""
+        last: int | None = None
         while True:
             interval = max(self.conditions.current().order_service.sweep_interval, 1e-3)
             now = self.clock.now()
-            await self.clock.sleep((int(now // interval) + 1) * interval - now)
+            boundary = int(now // interval)
+            if last is None or boundary == last:
+                last = boundary
+                # At most half a second asleep, to notice a changed interval or close mode (faults).
+                await asyncio.sleep(min(self.clock.wall((boundary + 1) * interval - now), 0.5))
+                continue
+            last = boundary
             cond = self.conditions.current().order_service
             if cond.close_mode != "sweep":
                 continue
@@ -631,14 +638,31 @@ def create_app(config: base.ServiceConfig) -> FastAPI:
     return app
 
 
+def _provider_from_port_file(path: str, host: str, timeout: float = 30.0) -> str:
+    """The runner starts both services at once; the checkout learns the provider's port when it binds."""
+    import time
+    from pathlib import Path as _Path
+
+    deadline = time.monotonic() + timeout
+    while not _Path(path).exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"checkout: no provider port in {path} after {timeout:g}s")
+        time.sleep(0.01)
+    port = int(_Path(path).read_text())
+    shown = "127.0.0.1" if host in ("0.0.0.0", "localhost") else host
+    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtests.service.checkout", description=__doc__.split("\n")[0])
     base.common_arguments(parser)
-    parser.add_argument("--provider-url", required=True, help="the payment provider's base URL")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--provider-url", help="the payment provider's base URL")
+    where.add_argument("--provider-port-file", help="wait for the mock provider's port in this file (loopback)")
     parser.add_argument("--public-url", help="this service's base URL as the provider reaches it (notify_url)")
     args = parser.parse_args(argv)
     config = base.config_from_args(args)
-    config.provider_url = args.provider_url
+    config.provider_url = args.provider_url or _provider_from_port_file(args.provider_port_file, args.host)
     host = f"[{args.host}]" if ":" in args.host else args.host
     app = create_app(config)
 

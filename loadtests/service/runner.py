@@ -61,6 +61,7 @@ class Services:
     scenario: Scenario
     _children: dict[str, _Child] = field(default_factory=dict, repr=False)
     _env: dict[str, str] = field(default_factory=dict, repr=False)
+    _client: Any = field(default=None, repr=False)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -95,6 +96,9 @@ class Services:
             child = self._children.get(name)
             if child is not None:
                 self._terminate(child)
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     @staticmethod
     def _terminate(child: _Child) -> None:
@@ -118,10 +122,12 @@ class Services:
 
     def admin(self, which: str, method: str, path: str, **kwargs: Any) -> Any:
         """One admin request (``httpx.Response``) with the token."""
-        import httpx
+        if self._client is None:
+            import httpx
 
+            self._client = httpx.Client(timeout=30)
         headers = {"Authorization": f"Bearer {self.admin_token}", **kwargs.pop("headers", {})}
-        return httpx.request(method, self.url(which) + path, headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs)
+        return self._client.request(method, self.url(which) + path, headers=headers, **kwargs)
 
     def set_faults(self, overrides: dict[str, Any], which: tuple[str, ...] = SERVICES) -> None:
         """Replace the run-time fault overrides on the given services (``PUT /admin/faults``)."""
@@ -149,18 +155,26 @@ class Services:
 
 
 def _spawn(child: _Child, env: dict[str, str]) -> None:
+    _launch(child, env)
+    _await_port(child)
+
+
+def _launch(child: _Child, env: dict[str, str]) -> None:
     child.log_path.parent.mkdir(parents=True, exist_ok=True)
-    port_file = Path(child.argv[child.argv.index("--port-file") + 1])
-    port_file.unlink(missing_ok=True)
+    Path(child.argv[child.argv.index("--port-file") + 1]).unlink(missing_ok=True)
     with open(child.log_path, "ab") as log:
         child.proc = subprocess.Popen(child.argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                       stdin=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 20
+
+
+def _await_port(child: _Child) -> None:
+    port_file = Path(child.argv[child.argv.index("--port-file") + 1])
+    deadline = time.monotonic() + 30
     while not port_file.exists():
         if child.proc.poll() is not None:
             raise TargetError(f"{child.name} exited with {child.proc.returncode} at start:\n{_tail(child.log_path)}")
         if time.monotonic() > deadline:
-            raise TargetError(f"{child.name} did not bind a port within 20 s:\n{_tail(child.log_path)}")
+            raise TargetError(f"{child.name} did not bind a port within 30 s:\n{_tail(child.log_path)}")
         time.sleep(0.02)
     child.port = int(port_file.read_text())
     i = child.argv.index("--port")
@@ -257,13 +271,15 @@ def start_services(
 
     provider = _Child("provider", argv("provider", pports[0]), pports[0], data / "provider.log")
     services = Services("", "", token, secret, data, epoch, scale, resolved, {"provider": provider}, env)
+    checkout = _Child("checkout", argv("checkout", pports[1]) + ["--provider-port-file", str(data / "provider.port")],
+                      pports[1], data / "checkout.log")
+    services._children["checkout"] = checkout
     try:
-        _spawn(provider, env)
+        _launch(provider, env)  # both start at once; the checkout waits for the provider's port file
+        _launch(checkout, env)
+        _await_port(provider)
         services.provider_url = _url(host, provider.port)
-        checkout = _Child("checkout", argv("checkout", pports[1]) + ["--provider-url", services.provider_url],
-                          pports[1], data / "checkout.log")
-        services._children["checkout"] = checkout
-        _spawn(checkout, env)
+        _await_port(checkout)
         services.checkout_url = _url(host, checkout.port)
         _wait_healthy(provider, services.provider_url, ready_timeout)
         _wait_healthy(checkout, services.checkout_url, ready_timeout)

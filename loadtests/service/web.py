@@ -70,8 +70,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
-        field = _field_of(tuple(first.get("loc", ("body",))))
         kind = first.get("type", "")
+        field = "body" if kind == "json_invalid" else _field_of(tuple(first.get("loc", ("body",))))
         msg = "malformed JSON body" if kind == "json_invalid" else f"{field}: {first.get('msg', 'invalid')}"
         details = [{"field": _field_of(tuple(e.get("loc", ()))), "msg": e.get("msg", "")} for e in errors[:10]]
         return json_response({"error": msg, "field": field, "details": details}, 422)

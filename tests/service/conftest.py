@@ -1,4 +1,11 @@
-"""Fixtures for the live services: real processes on loopback, high time scales, polling with timeouts."""
+"""Fixtures for the live services: real processes on loopback, high time scales, polling with timeouts.
+
+Starting the two processes costs about two seconds, so most tests share one pair for the whole session
+(``services``): each test starts with the run-time fault overrides cleared, sets what its story needs
+through ``PUT /admin/faults`` (``services.set_faults``), and uses its own ids. Tests that need a
+configuration faults cannot change (``live.max_in_flight``) or that kill processes start their own
+(``start``).
+"""
 
 from __future__ import annotations
 
@@ -16,25 +23,42 @@ QUIET = {
     "gateway.notify_latency": "100ms",
     "gateway.service_time": "10ms",
 }
+TIME_SCALE = 60.0
+
+
+def launch(data_dir: Any, overrides: dict[str, Any] | None = None, time_scale: float = TIME_SCALE,
+           **kwargs: Any) -> Services:
+    return start_services(None, data_dir, time_scale, {**QUIET, **(overrides or {})}, admin_token="test-token",
+                          **kwargs)
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    services = launch(tmp_path_factory.mktemp("shared"))
+    yield services
+    services.stop()
+
+
+@pytest.fixture
+def services(shared: Services) -> Services:
+    """The session's services with every run-time fault override cleared."""
+    if not (shared.alive("provider") and shared.alive("checkout")):
+        pytest.fail("the shared services died; see their logs in " + str(shared.data_dir))
+    shared.set_faults({})
+    return shared
 
 
 @pytest.fixture
 def start(tmp_path: Any) -> Iterator[Callable[..., Services]]:
-    """``start(overrides=..., time_scale=...)`` -> running services, stopped after the test."""
+    """``start(overrides, time_scale=...)`` -> a private pair of services, stopped after the test."""
     started: list[Services] = []
 
-    def _start(overrides: dict[str, Any] | None = None, time_scale: float = 60.0, quiet: bool = True,
-               name: str = "data", **kwargs: Any) -> Services:
-        sets = {**(QUIET if quiet else {}), **(overrides or {})}
-        services = start_services(None, tmp_path / name, time_scale, sets, admin_token="test-token", **kwargs)
+    def _start(overrides: dict[str, Any] | None = None, time_scale: float = TIME_SCALE, name: str = "data",
+               **kwargs: Any) -> Services:
+        services = launch(tmp_path / name, overrides, time_scale, **kwargs)
         started.append(services)
         return services
 
     yield _start
     for services in started:
         services.stop()
-
-
-@pytest.fixture
-def services(start: Callable[..., Services]) -> Services:
-    return start()

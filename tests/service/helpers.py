@@ -1,7 +1,9 @@
-"""Helpers for the service tests: polling with a timeout, and the few calls every test makes."""
+"""Helpers for the service tests: polling with a timeout, unique ids, and the calls every test makes."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 from typing import Any, Callable
 
@@ -9,6 +11,14 @@ import httpx
 import pytest
 
 from loadtests.service.runner import Services
+
+_ids = itertools.count()
+http = httpx.Client(timeout=30)  # one client: building one per call costs ~50 ms (TLS context)
+
+
+def uid(prefix: str) -> str:
+    """An id no other test in this session uses."""
+    return f"{prefix}{os.getpid()}x{next(_ids)}"
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:
@@ -23,21 +33,33 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
-def new_order(s: Services, amount: int = 1000, method: str = "wallet", user: str = "u1", **extra: Any) -> dict:
-    r = httpx.post(f"{s.checkout_url}/orders", json={"user": user, "amount": amount, "method": method, **extra})
+def new_order(s: Services, amount: int = 1000, method: str = "wallet", user: str | None = None, **extra: Any) -> dict:
+    body = {"user": user or uid("u"), "amount": amount, "method": method, **extra}
+    r = http.post(f"{s.checkout_url}/orders", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def new_trade(s: Services, amount: int = 500, **extra: Any) -> dict:
+    body = {"trade": uid("t"), "order": uid("o"), "user": uid("u"), "amount": amount, **extra}
+    r = http.post(f"{s.provider_url}/trades", json=body)
     assert r.status_code == 201, r.text
     return r.json()
 
 
 def start_payment(s: Services, order: str, **body: Any) -> dict:
-    r = httpx.post(f"{s.checkout_url}/orders/{order}/pay", json=body or None)
+    r = http.post(f"{s.checkout_url}/orders/{order}/pay", json=body or None)
     assert r.status_code == 200, r.text
     return r.json()
 
 
 def order_state(s: Services, order: str) -> str:
-    return httpx.get(f"{s.checkout_url}/orders/{order}").json()["state"]
+    return http.get(f"{s.checkout_url}/orders/{order}").json()["state"]
 
 
 def events_of(s: Services, order: str) -> list[dict]:
     return [e for e in s.history() if e.get("order") == order]
+
+
+def balance(s: Services, account: str) -> int:
+    return s.admin("provider", "GET", "/admin/ledger").json()["balances"].get(account, 0)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
-from .helpers import new_order, order_state, start_payment, wait_for
+from .helpers import http, balance, new_order, new_trade, order_state, start_payment, uid, wait_for
 
 
 def test_health_and_openapi(services):
     """Both services answer /healthz and describe their routes in /openapi.json."""
     for url, route in ((services.provider_url, "/trades/{trade}/pay"), (services.checkout_url, "/orders/{order}/pay")):
-        assert httpx.get(url + "/healthz").json()["ok"] is True
-        spec = httpx.get(url + "/openapi.json").json()
+        assert http.get(url + "/healthz").json()["ok"] is True
+        spec = http.get(url + "/openapi.json").json()
         assert spec["openapi"].startswith("3.")
         assert route in spec["paths"]
         assert "/admin/faults" in spec["paths"] and "/admin/history" in spec["paths"]
@@ -20,49 +19,48 @@ def test_health_and_openapi(services):
 
 def test_create_trade_is_idempotent_and_conflicts_on_other_parameters(services):
     """Same out_trade_no + same parameters = replay (200); other parameters = 409 naming the field."""
-    body = {"trade": "t-1", "order": "o-1", "user": "u1", "amount": 500}
-    first = httpx.post(services.provider_url + "/trades", json=body)
-    again = httpx.post(services.provider_url + "/trades", json=body)
-    other = httpx.post(services.provider_url + "/trades", json={**body, "amount": 501})
+    body = {"trade": uid("t"), "order": uid("o"), "user": "u1", "amount": 500}
+    first = http.post(services.provider_url + "/trades", json=body)
+    again = http.post(services.provider_url + "/trades", json=body)
+    other = http.post(services.provider_url + "/trades", json={**body, "amount": 501})
     assert (first.status_code, again.status_code) == (201, 200)
     assert again.json() == first.json()
     assert other.status_code == 409
     assert other.json()["code"] == "TRADE_PARAMS_CONFLICT" and other.json()["field"] == "trade"
-    events = [e for e in services.history() if e["type"] == "trade.created"]
-    assert len(events) == 1
+    created = [e for e in services.history() if e["type"] == "trade.created" and e["trade"] == body["trade"]]
+    assert len(created) == 1
 
 
 def test_close_refused_once_paid(services):
     """alipay.trade.close semantics: an unpaid trade closes, a paid one answers ACQ.TRADE_HAS_SUCCESS."""
     p = services.provider_url
-    for t in ("paid-1", "unpaid-1"):
-        assert httpx.post(p + "/trades", json={"trade": t, "order": "o-" + t, "user": "u1", "amount": 300}).status_code == 201
-    paid = httpx.post(p + "/trades/paid-1/pay")
-    assert paid.status_code == 200 and paid.json()["state"] == "succeeded"
-    refused = httpx.post(p + "/trades/paid-1/close")
+    paid, unpaid = new_trade(services)["trade"], new_trade(services)["trade"]
+    r = http.post(f"{p}/trades/{paid}/pay")
+    assert r.status_code == 200 and r.json()["state"] == "succeeded"
+    refused = http.post(f"{p}/trades/{paid}/close")
     assert refused.status_code == 409 and refused.json()["code"] == "ACQ.TRADE_HAS_SUCCESS"
-    closed = httpx.post(p + "/trades/unpaid-1/close")
+    closed = http.post(f"{p}/trades/{unpaid}/close")
     assert closed.status_code == 200 and closed.json()["state"] == "closed"
-    late = httpx.post(p + "/trades/unpaid-1/pay")
+    late = http.post(f"{p}/trades/{unpaid}/pay")
     assert late.status_code == 409 and late.json()["code"] == "ACQ.TRADE_HAS_CLOSE"
-    again = httpx.post(p + "/trades/paid-1/pay")
+    again = http.post(f"{p}/trades/{paid}/pay")
     assert again.status_code == 409 and again.json()["code"] == "ACQ.TRADE_HAS_SUCCESS"
-    types = [e["type"] for e in services.history() if e.get("trade") == "paid-1"]
+    types = [e["type"] for e in services.history() if e.get("trade") == paid]
     assert types.count("ledger.txn") == 1 and "trade.close_refused" in types
 
 
 def test_refund_moves_money_back_once(services):
     """A refund posts one clearing -> user transaction; repeating it changes nothing."""
     p = services.provider_url
-    httpx.post(p + "/trades", json={"trade": "r-1", "order": "o-r1", "user": "u7", "amount": 800})
-    assert httpx.post(p + "/trades/r-1/pay").json()["state"] == "succeeded"
+    trade = new_trade(services, amount=800)
+    assert http.post(f"{p}/trades/{trade['trade']}/pay").json()["state"] == "succeeded"
+    assert balance(services, f"user:{trade['user']}") == -800
     for _ in range(2):
-        r = httpx.post(p + "/trades/r-1/refund", json={"refund_id": "rf-1"})
+        r = http.post(f"{p}/trades/{trade['trade']}/refund", json={"refund_id": "rf-1"})
         assert r.status_code == 200 and r.json()["state"] == "refunded"
-    ledger = services.admin("provider", "GET", "/admin/ledger").json()
-    assert ledger["balanced"] and ledger["balances"]["user:u7"] == 0
-    assert ledger["txns"] == {"charge": 1, "refund": 1}
-    partial = httpx.post(p + "/trades/r-1/refund", json={"amount": 1})
+    assert balance(services, f"user:{trade['user']}") == 0
+    assert services.admin("provider", "GET", "/admin/ledger").json()["balanced"]
+    partial = http.post(f"{p}/trades/{trade['trade']}/refund", json={"amount": 1})
     assert partial.status_code == 422 and partial.json()["field"] == "amount"
 
 
@@ -70,11 +68,11 @@ def test_admin_endpoints_need_the_token(services):
     """Admin routes answer 401 without the bearer token or with a wrong one."""
     for url in (services.provider_url, services.checkout_url):
         for path in ("/admin/faults", "/admin/history", "/admin/stats"):
-            assert httpx.get(url + path).status_code == 401
-            wrong = httpx.get(url + path, headers={"Authorization": "Bearer nope"})
+            assert http.get(url + path).status_code == 401
+            wrong = http.get(url + path, headers={"Authorization": "Bearer nope"})
             assert wrong.status_code == 401 and wrong.json()["field"] == "Authorization"
-    assert httpx.get(services.provider_url + "/admin/ledger").status_code == 401
-    assert httpx.put(services.provider_url + "/admin/faults", json={"set": {}}).status_code == 401
+    assert http.get(services.provider_url + "/admin/ledger").status_code == 401
+    assert http.put(services.provider_url + "/admin/faults", json={"set": {}}).status_code == 401
     assert services.admin("provider", "GET", "/admin/ledger").status_code == 200
 
 
@@ -83,9 +81,8 @@ def test_faults_are_validated_and_applied(services):
     ok = services.admin("provider", "PUT", "/admin/faults", json={"set": {"bank.decline_probability": 1.0}})
     assert ok.status_code == 200
     assert ok.json()["effective"]["bank"]["decline_probability"] == 1.0
-    p = services.provider_url
-    httpx.post(p + "/trades", json={"trade": "f-1", "order": "o-f1", "user": "u1", "amount": 100})
-    r = httpx.post(p + "/trades/f-1/pay")
+    trade = new_trade(services)["trade"]
+    r = http.post(f"{services.provider_url}/trades/{trade}/pay")
     assert r.json()["state"] == "failed" and r.json()["reason"] == "declined"
     bad_key = services.admin("provider", "PUT", "/admin/faults", json={"set": {"bank.declin_probability": 1}})
     assert bad_key.status_code == 422 and bad_key.json()["field"] == "set.bank.declin_probability"
@@ -114,7 +111,7 @@ def test_faults_are_validated_and_applied(services):
 )
 def test_bad_orders_get_4xx_naming_the_field(services, body, field):
     """Missing, wrong-typed, negative or absurd fields: 422 with {error, field}."""
-    r = httpx.post(services.checkout_url + "/orders", json=body)
+    r = http.post(services.checkout_url + "/orders", json=body)
     assert r.status_code == 422, r.text
     assert r.json()["field"] == field and r.json()["error"]
 
@@ -122,21 +119,22 @@ def test_bad_orders_get_4xx_naming_the_field(services, body, field):
 def test_malformed_and_unknown_get_4xx(services):
     """Malformed JSON, unknown ids, unknown routes, wrong methods, huge bodies: 4xx JSON, never 5xx."""
     c, p = services.checkout_url, services.provider_url
-    bad_json = httpx.post(c + "/orders", content=b'{"user": "u1", "amount": ', headers={"Content-Type": "application/json"})
+    bad_json = http.post(c + "/orders", content=b'{"user": "u1", "amount": ', headers={"Content-Type": "application/json"})
     assert bad_json.status_code == 422 and bad_json.json()["field"] == "body"
-    assert httpx.get(c + "/orders/nope").json() == {"error": "no such order 'nope'", "field": "order",
+    assert http.get(c + "/orders/nope").json() == {"error": "no such order 'nope'", "field": "order",
                                                    "code": "ORDER_NOT_EXIST"}
-    assert httpx.post(c + "/orders/nope/pay").status_code == 404
-    assert httpx.post(p + "/trades/nope/pay").json()["field"] == "trade"
-    assert httpx.post(p + "/trades/nope/close").status_code == 404
-    assert httpx.post(p + "/bnpl/agreements/nope/finish").status_code == 404
-    assert httpx.get(p + "/nowhere").status_code == 404
-    assert httpx.delete(c + "/orders/x").status_code == 405
-    assert httpx.get(p + "/trades/" + "x" * 65).status_code == 422
-    big = httpx.post(c + "/orders", content=b"{" + b" " * (2 << 20) + b"}", headers={"Content-Type": "application/json"})
+    assert http.post(c + "/orders/nope/pay").status_code == 404
+    assert http.post(p + "/trades/nope/pay").json()["field"] == "trade"
+    assert http.post(p + "/trades/nope/close").status_code == 404
+    assert http.post(p + "/bnpl/agreements/nope/finish").status_code == 404
+    assert http.get(p + "/nowhere").status_code == 404
+    assert http.delete(c + "/orders/x").status_code == 405
+    assert http.get(p + "/trades/" + "x" * 65).status_code == 422
+    big = http.post(c + "/orders", content=b"{" + b" " * (2 << 20) + b"}", headers={"Content-Type": "application/json"})
     assert big.status_code == 413
-    assert httpx.post(p + "/trades", json={"trade": "t", "order": "o", "user": "u", "amount": 1,
-                                           "timeout_express": "soon"}).json()["field"] == "timeout_express"
+    expiry = http.post(p + "/trades", json={"trade": uid("t"), "order": "o", "user": "u", "amount": 1,
+                                             "timeout_express": "soon"})
+    assert expiry.status_code == 422 and expiry.json()["field"] == "timeout_express"
 
 
 def test_order_flow_and_trade_number_policy(services):
@@ -147,7 +145,11 @@ def test_order_flow_and_trade_number_policy(services):
     assert first["trade"] == again["trade"] == f"{order}-t0"
     own = start_payment(services, order, trade=f"{order}-mine")
     assert own["trade"] == f"{order}-mine"
-    assert httpx.post(first["pay_url"]).json()["state"] == "succeeded"
+    services.set_faults({"app.retry_trade_no": "new"})
+    assert start_payment(services, order)["trade"] == f"{order}-t2"
+    assert http.post(first["pay_url"]).json()["state"] == "succeeded"
     wait_for(lambda: order_state(services, order) in ("paid", "shipped"), what="order paid by notification")
-    refused = httpx.post(f"{services.checkout_url}/orders/{order}/pay")
+    refused = http.post(f"{services.checkout_url}/orders/{order}/pay")
     assert refused.status_code == 409 and refused.json()["code"] == "ORDER_NOT_PAYABLE"
+    cancel = http.post(f"{services.checkout_url}/orders/{order}/cancel")
+    assert cancel.status_code in (200, 409)  # refunded while paid, refused once shipped
