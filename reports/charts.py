@@ -336,16 +336,48 @@ def _time_axis(timeline: Mapping[str, Any]) -> tuple[np.ndarray, float, float, s
     return t, bucket, div, unit
 
 
+MAX_POINTS = 720  # longer timelines are re-bucketed: the eye cannot tell more apart, and SVGs stay small
+
+
+def rebin(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
+    """Indexes of the first bucket of each group when ``n`` buckets are merged into at most ``max_points``."""
+    return np.arange(0, n, max(1, math.ceil(n / max_points)), dtype=int)
+
+
+def _levels(values: Any, n: int, idx: np.ndarray) -> np.ndarray:
+    """A level (orders in a state, money held) per group: its value at the group's first bucket."""
+    return np.asarray(values, dtype=float)[:n][idx]
+
+
+def _sums(values: Any, n: int, idx: np.ndarray) -> np.ndarray:
+    """A count (arrivals, anomaly starts) per group: the sum over the group's buckets."""
+    v = np.asarray(values, dtype=float)[:n]
+    return np.add.reduceat(v, idx) if len(idx) else v
+
+
 @styled
 def run_timeline(doc: Mapping[str, Any]) -> Figure:
     """Orders by state as a stacked area, arrivals per second on a second axis, fault windows shaded,
-    anomaly starts as a rug below (one row per class, marker size by count)."""
+    and where anomalies began (a strip per class, bar height by count). When observation runs on long
+    after the horizon (a day of notification retries), the chart shows the first 1.5 horizons."""
     tl = doc.get("timeline") or {}
-    t, bucket, div, unit = _time_axis(tl)
+    t_all, bucket, _, _ = _time_axis(tl)
+    end_all = (t_all[-1] + bucket) if len(t_all) else bucket
+    horizon = doc.get("horizon_s")
+    cut = 1.5 * horizon if horizon and end_all > 3 * horizon else end_all
+    n = int(np.searchsorted(t_all, cut, "left"))
+    idx = rebin(n)
+    t = t_all[:n][idx]
+    width = np.diff(np.append(idx, n)) * bucket  # seconds covered by each group
+    span = (t[-1] + width[-1]) if len(t) else bucket
+    div, unit = time_unit(span)
     x = t / div
-    starts = {c: np.asarray(v, dtype=float) for c, v in (tl.get("anomaly_starts") or {}).items()}
-    rug = [c for c in ordered_classes(starts) if starts[c].sum() > 0]
-    ratios = [3.2] + ([0.5 + 0.28 * len(rug)] if rug else [])
+    x_end = span / div
+    starts_all = {c: np.asarray(v, dtype=float) for c, v in (tl.get("anomaly_starts") or {}).items()}
+    starts = {c: _sums(v, n, idx) for c, v in starts_all.items()}
+    later = {c: float(v[n:].sum()) for c, v in starts_all.items()}
+    rug = [c for c in ordered_classes(starts) if starts[c].sum() > 0 or later[c] > 0]
+    ratios = [3.2] + ([0.45 + 0.32 * len(rug)] if rug else [])
     fig = Figure(figsize=(10.5, 1.6 + sum(ratios)), layout="constrained")
     axes = fig.subplots(len(ratios), 1, sharex=True, height_ratios=ratios, squeeze=False)[:, 0]
     ax = axes[0]
@@ -355,7 +387,8 @@ def run_timeline(doc: Mapping[str, Any]) -> Figure:
     looks = state_looks(names)
     handles: list[Any] = []
     if names and len(x):
-        polys = ax.stackplot(x, *[np.asarray(states[s], dtype=float) for s in names],
+        polys = ax.stackplot(np.append(x, x_end), *[np.append(lv, lv[-1]) for lv in
+                                                    (_levels(states[s], n, idx) for s in names)],
                              colors=[looks[s].color for s in names], labels=names, lw=0.4, edgecolor="#FFFFFF")
         for poly, s in zip(polys, names):
             poly.set_hatch(looks[s].hatch)
@@ -365,7 +398,7 @@ def run_timeline(doc: Mapping[str, Any]) -> Figure:
     ax.set_ylabel("orders in each state")
     ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: fmt.count(v)))
     if len(x):
-        ax.set_xlim(x[0], x[-1] + bucket / div)
+        ax.set_xlim(x[0], x_end)
     ax.set_ylim(bottom=0)
 
     arrivals = tl.get("arrivals")
@@ -373,9 +406,8 @@ def run_timeline(doc: Mapping[str, Any]) -> Figure:
         ax2 = ax.twinx()
         ax2.spines["right"].set_visible(True)
         ax2.grid(False)
-        per_s = np.asarray(arrivals, dtype=float) / bucket
-        ax2.step(np.append(x, x[-1] + bucket / div), np.append(per_s, per_s[-1]), where="post",
-                 color="#000000", lw=1.4, label="arrivals (orders/s)")
+        per_s = _sums(arrivals, n, idx) / width
+        ax2.step(np.append(x, x_end), np.append(per_s, per_s[-1]), where="post", color="#000000", lw=1.4)
         ax2.set_ylabel("arrivals (orders/s)")
         ax2.set_ylim(0, max(per_s.max(), 1e-9) * 1.25)
         handles.append(Line2D([], [], color="#000000", lw=1.4, label="arrivals (orders/s, right axis)"))
@@ -386,39 +418,46 @@ def run_timeline(doc: Mapping[str, Any]) -> Figure:
     if faults:
         handles.append(Patch(facecolor=FAULT_COLOR, alpha=0.3, hatch="////", edgecolor="#BBBBBB", label="fault window"))
     trans = blended_transform_factory(ax.transData, ax.transAxes)
-    for key, label in (("warmup_s", "warmup ends"), ("horizon_s", "arrivals stop")):
+    for key, label, ha in (("warmup_s", "warmup ends ", "right"), ("horizon_s", " arrivals stop", "left")):
         v = doc.get(key)
-        if v and len(x) and x[0] <= v / div <= x[-1] + bucket / div:
+        if v and len(x) and x[0] <= v / div <= x_end:
             for a in axes:
                 a.axvline(v / div, color="#555555", lw=0.9, ls=(0, (2, 2)), zorder=4)
-            ax.text(v / div, 1.01, label, transform=trans, ha="center", va="bottom", fontsize=7.5, color="#555555")
+            ax.text(v / div, 1.01, label, transform=trans, ha=ha, va="bottom", fontsize=7.5, color="#555555")
 
+    group = fmt.duration(width[0]) if len(width) else fmt.duration(bucket)
     if rug:
         axr = axes[1]
-        centre = (t + bucket / 2) / div
+        right = blended_transform_factory(axr.transAxes, axr.transData)
         for row, cls in enumerate(rug):
             look = class_look(cls)
+            y = len(rug) - 1 - row
             counts = starts[cls]
-            idx = np.nonzero(counts > 0)[0]
-            axr.scatter(centre[idx], np.full(len(idx), row), s=22 + 26 * np.sqrt(counts[idx]), marker=look.marker,
-                        color=look.color, edgecolor="black", linewidth=0.4, zorder=3)
-            for i in idx:
-                if counts[i] > 1:
-                    axr.annotate(fmt.count(counts[i]), (centre[i], row), xytext=(5, 3), textcoords="offset points",
-                                 fontsize=7, color="#333333")
-        axr.set_yticks(range(len(rug)), rug)
-        for lab, cls in zip(axr.get_yticklabels(), rug):
+            nz = counts > 0
+            peak = counts.max() if len(counts) else 0.0
+            if peak > 0:
+                axr.bar(x[nz], 0.78 * counts[nz] / peak, width=width[nz] / div, bottom=y - 0.39, align="edge",
+                        color=look.color, edgecolor=look.color, lw=0.4, hatch=look.hatch, zorder=3)
+            notes = [f"{fmt.count(counts.sum())} (max {fmt.count(peak)} per {group})"] if peak > 0 else []
+            if later[cls]:
+                notes.append(f"+{fmt.count(later[cls])} after {fmt.duration(cut)}")
+            note = "\n".join(notes)
+            axr.text(1.005, y, note, transform=right, va="center", fontsize=7.5, color="#333333")
+        axr.set_yticks(range(len(rug)), list(reversed(rug)))
+        for lab, cls in zip(axr.get_yticklabels(), reversed(rug)):
             lab.set_color(class_look(cls).color)
-        axr.set_ylim(len(rug) - 0.4, -0.6)
+        axr.set_ylim(-0.55, len(rug) - 0.45)
         axr.grid(axis="y", visible=False)
-        axr.set_title("anomalies began (first replication; marker size = count per bucket)", fontsize=9,
-                      fontweight="normal", loc="left")
+        axr.set_title(f"where anomalies began (first replication): bar height = count per {group}, "
+                      "relative to each row's maximum", fontsize=9, fontweight="normal", loc="left")
         axr.spines["left"].set_visible(False)
-    axes[-1].set_xlabel(f"time since the run started ({unit}; buckets of {fmt.duration(bucket)})")
+    axes[-1].set_xlabel(f"time since the run started ({unit}; buckets of {group})")
     if not len(x):
         _empty(ax, "no timeline in these results")
     note = "" if rug or not len(x) else " — no anomaly began in this replication"
-    fig.suptitle(f"{_title(doc)}: orders by state over time (first replication){note}", fontweight="bold", fontsize=12)
+    shown = f", first {fmt.duration(cut)} of {fmt.duration(end_all)}" if cut < end_all else ""
+    fig.suptitle(f"{_title(doc)}: orders by state over time (first replication{shown}){note}",
+                 fontweight="bold", fontsize=12)
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5))
     return fig
@@ -496,8 +535,9 @@ def stuck_windows(doc: Mapping[str, Any], classes: Sequence[str] | None = None) 
     if has_money:
         axm = axes[1]
         t, bucket, div, unit = _time_axis(tl)
-        x = np.append(t / div, (t[-1] + bucket) / div)
-        m = np.asarray(money, dtype=float)
+        idx = rebin(len(t))
+        x = np.append(t[idx] / div, (t[-1] + bucket) / div)
+        m = _levels(money, len(t), idx)
         axm.fill_between(x, np.append(m, m[-1]), step="post", color="#D55E00", alpha=0.25, lw=0)
         axm.step(x, np.append(m, m[-1]), where="post", color="#D55E00", lw=1.5)
         _shade_faults(axm, doc.get("faults") or [], div)
@@ -506,7 +546,7 @@ def stuck_windows(doc: Mapping[str, Any], classes: Sequence[str] | None = None) 
         axm.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"¥{v:,.0f}"))
         axm.set_ylabel("CNY held by\nopen anomalies")
         axm.set_xlabel(f"time since the run started ({unit})")
-        axm.set_title("money at risk over time (first replication; an order in two classes counts twice)",
+        axm.set_title("money at risk over time (first replication; each order's money counted once)",
                       loc="left")
     fig.suptitle(f"{_title(doc)}: how long money was stuck", fontweight="bold", fontsize=12)
     return fig
@@ -515,11 +555,16 @@ def stuck_windows(doc: Mapping[str, Any], classes: Sequence[str] | None = None) 
 # --------------------------------------------------------------------------------------------------
 # 4. The story of one broken order
 
-# (source type, source test, destination type, destination test, field that must match, max gap s)
-_MESSAGES: tuple[tuple[str, Callable[[dict], bool], str, Callable[[dict], bool], str | None, float], ...] = (
+def _on_payment_side(e: Mapping[str, Any]) -> bool:
+    return e.get("actor") in ("gateway", "bnpl")
+
+
+# (source type, source test, destination type or None for any, destination test, field that must match,
+# max gap in seconds): the first later event that passes is the message's arrival.
+_MESSAGES: tuple[tuple[str, Callable[[dict], bool], str | None, Callable[[dict], bool], str | None, float], ...] = (
     ("notify.sent", lambda e: True, "notify.received", lambda e: True, "notify_id+attempt", 86400.0),
-    ("user.pay", lambda e: True, "trade.processing", lambda e: True, "trade", 120.0),
-    ("user.pay", lambda e: True, "trade.created", lambda e: True, "trade", 120.0),
+    ("user.pay", lambda e: True, None, _on_payment_side, "trade", 120.0),
+    ("user.retry", lambda e: True, None, _on_payment_side, "trade", 120.0),
     ("user.pay", lambda e: True, "bnpl.authorized", lambda e: True, None, 120.0),
     ("trade.processing", lambda e: True, "ledger.txn", lambda e: e.get("actor") == "bank", "trade", 3600.0),
     ("ledger.txn", lambda e: e.get("actor") == "bank" and e.get("kind") == "charge", "trade.succeeded",
@@ -537,19 +582,32 @@ _MESSAGES: tuple[tuple[str, Callable[[dict], bool], str, Callable[[dict], bool],
     ("client.invoke", lambda e: e.get("op") == "create_order", "order.created", lambda e: True, None, 60.0),
 )
 
-# What "from here" means for each class: the moment the parties started to disagree.
+# What "from here" means for each class: the moment the parties started to disagree (docs/checker.md).
 _DISAGREEMENT = {
     "paid_but_closed": "the bank had debited {amount} but the order said closed",
     "success_shown_then_closed": "the app had shown “payment succeeded” but the order said closed",
-    "failure_shown_but_charged": "the app had said the payment failed, yet the bank had debited {amount}",
-    "double_charge": "the buyer had been debited more than once for one order ({amount} at stake)",
+    "failure_shown_but_charged": "the app had said the payment failed or was unknown, yet the bank had debited {amount}",
+    "double_charge": "the buyer had been debited twice for one order ({amount} extra)",
     "charge_without_order": "{amount} had been debited with no order to account for it",
     "order_paid_without_charge": "the order said paid but no debit stood behind it ({amount})",
-    "stuck_pending": "the payment was past its deadline and still undecided ({amount})",
-    "bnpl_stuck_unfinished": "the goods were delivered but the BNPL agreement ({amount}) was still unfinished",
+    "stuck_pending": "the payment was past its deadline and grace and still undecided ({amount})",
+    "bnpl_stuck_unfinished": "the goods had been delivered for the whole finish limit and the BNPL agreement "
+                             "({amount}) was still unfinished",
     "bnpl_false_overdue": "the buyer had paid but the BNPL provider counted them overdue ({amount})",
-    "bnpl_deduction_failed": "the deduction of {amount} had failed and nobody resolved it",
+    "bnpl_deduction_failed": "the deduction of {amount} had failed and nobody had resolved it",
     "ledger_imbalance": "debits and credits no longer balanced ({amount})",
+}
+# The event that makes the class start, preferred among events at the start time.
+_KEY_EVENTS = {
+    "paid_but_closed": ("ledger.txn", "order.closed"),
+    "success_shown_then_closed": ("order.closed", "app.shown"),
+    "failure_shown_but_charged": ("ledger.txn", "app.shown"),
+    "double_charge": ("ledger.txn",),
+    "charge_without_order": ("ledger.txn",),
+    "order_paid_without_charge": ("order.paid",),
+    "bnpl_false_overdue": ("bnpl.overdue",),
+    "bnpl_deduction_failed": ("bnpl.deduction",),
+    "ledger_imbalance": ("ledger.txn",),
 }
 
 
@@ -610,6 +668,13 @@ def _event_marker(e: Mapping[str, Any]) -> str:
     return "o"
 
 
+def story_events(example: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The example's events in time order; at equal times the buyer's own action comes first (it is
+    what the other parties answer)."""
+    events = [dict(e) for e in example.get("events") or () if e.get("actor") != "run"]
+    return sorted(events, key=lambda e: (e["t"], e.get("actor") != "user"))
+
+
 def _collapse(events: list[dict[str, Any]], keep: int = 3) -> list[dict[str, Any]]:
     """Runs of more than ``keep`` alike events (polling, retries) become first, ``… ×n``, last."""
     def sig(e: Mapping[str, Any]) -> tuple:
@@ -651,7 +716,7 @@ def story_messages(items: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
                 dst = items[j]
                 if dst["t"] - src["t"] > gap:
                     break
-                if (j not in used and dst.get("type") == d_type and d_ok(dst) and dst.get("actor") != src.get("actor")
+                if (j not in used and d_type in (None, dst.get("type")) and d_ok(dst) and dst.get("actor") != src.get("actor")
                         and _matches(src, dst, field)):
                     pairs.append((i, j))
                     used.add(j)
@@ -667,7 +732,7 @@ def order_story(example: Mapping[str, Any], cls: str, scenario_name: str | None 
     """A swimlane sequence diagram of one example history: a lane per party, a mark per event, arrows
     for messages, gaps compressed (real elapsed times on the axis), and the moment the parties started
     to disagree shaded with a caption."""
-    events = sorted((dict(e) for e in example.get("events") or () if e.get("actor") != "run"), key=lambda e: e["t"])
+    events = story_events(example)
     items = _collapse(events)
     present = {str(e.get("actor")) for e in items}
     lanes = [a for a in LANES if a in CORE_LANES or a in present] + sorted(present - set(LANES))
@@ -678,7 +743,7 @@ def order_story(example: Mapping[str, Any], cls: str, scenario_name: str | None 
     for i in range(1, len(items)):
         xs[i] = xs[i - 1] + 1.0 + 0.55 * math.log10(1.0 + max(0.0, times[i] - times[i - 1]))
     width_units = (xs[-1] if len(xs) else 1.0) + 6.0
-    fig = Figure(figsize=(min(24.0, max(10.5, 2.2 + 0.36 * width_units)), 1.9 + 0.62 * len(lanes)),
+    fig = Figure(figsize=(min(24.0, max(10.5, 2.2 + 0.36 * width_units)), 2.0 + 0.74 * len(lanes)),
                  layout="constrained")
     ax = fig.add_subplot()
     for a, y in lane_y.items():
@@ -693,11 +758,17 @@ def order_story(example: Mapping[str, Any], cls: str, scenario_name: str | None 
         ax.spines[side].set_visible(False)
 
     start = example.get("start")
-    x_start = None
+    x_start, key_index = None, None
     if start is not None and len(items):
-        if start < times[0]:
+        at = int(np.searchsorted(times, start - 1e-6, "left"))  # first event at or after the start
+        if at < len(items) and abs(times[at] - start) <= 1e-6:
+            same = [i for i in range(at, len(items)) if abs(times[i] - start) <= 1e-6]
+            wanted = _KEY_EVENTS.get(cls, ())
+            key_index = next((i for i in same if items[i].get("type") in wanted), same[0])
+            x_start = xs[at] - 0.4  # the band starts with the event that made the parties disagree
+        elif at == 0:
             x_start = xs[0] - 0.6
-        elif start > times[-1]:
+        elif at == len(items):
             x_start = xs[-1] + 1.0
         else:
             x_start = float(np.interp(start, times, xs))
@@ -711,10 +782,10 @@ def order_story(example: Mapping[str, Any], cls: str, scenario_name: str | None 
             ax.text(xs[i], y, f"… ×{e['_collapsed']}", ha="center", va="center", fontsize=8, color="#444444",
                     bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="#BBBBBB"), zorder=4)
             continue
-        key = start is not None and abs(e["t"] - start) < 1e-6
+        key = i == key_index
         ax.plot([xs[i]], [y], marker=_event_marker(e), ms=8 if key else 6.5, color=color, mec="black", mew=0.6,
                 zorder=5, ls="none")
-        ax.annotate(event_label(e), (xs[i], y), xytext=(2, 6), textcoords="offset points", rotation=24,
+        ax.annotate(event_label(e), (xs[i], y), xytext=(2, 6), textcoords="offset points", rotation=22,
                     rotation_mode="anchor", ha="left", va="bottom", fontsize=7.5,
                     fontweight="bold" if key or e.get("type") == "ledger.txn" else "normal", zorder=6)
     for i, j in story_messages(items):

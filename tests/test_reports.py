@@ -166,7 +166,7 @@ def test_example_choice() -> None:
 def test_story_draws_messages_between_lanes() -> None:
     """Notifications, the pay call and the bank debit become arrows between the right events."""
     ex = fixture("simulation")["examples"]["paid_but_closed"][0]
-    items = charts._collapse(sorted(ex["events"], key=lambda e: e["t"]))
+    items = charts._collapse(charts.story_events(ex))
     pairs = {(items[i]["type"], items[j]["type"]) for i, j in charts.story_messages(items)}
     assert {("notify.sent", "notify.received"), ("user.pay", "trade.processing"),
             ("trade.processing", "ledger.txn"), ("ledger.txn", "trade.succeeded")} <= pairs
