@@ -139,7 +139,8 @@ def _facts(doc: Mapping[str, Any], source: str | None) -> str:
 
 def results_section(i: int, doc: Mapping[str, Any], charts: Sequence[Chart], source: str | None) -> str:
     scenario = doc.get("scenario") or {}
-    parts = [f'<h2 id="doc-{i + 1}">{esc(name_of(doc))} — {esc(doc.get("kind"))}</h2>']
+    title = name_of(doc) if name_of(doc) == doc.get("kind") else f"{name_of(doc)} — {doc.get('kind')}"
+    parts = [f'<h2 id="doc-{i + 1}">{esc(title)}</h2>']
     if scenario.get("description"):
         parts.append(f"<p>{esc(scenario['description'])}</p>")
     parts.append(_facts(doc, source))
@@ -215,7 +216,7 @@ def render_index(docs: Sequence[Mapping[str, Any]], charts: Sequence[Chart], pai
             toc.append((f"doc-{i + 1}", f"Sweep: {name_of(doc)}"))
         else:
             sections.append(results_section(i, doc, mine, srcs[i]))
-            toc.append((f"doc-{i + 1}", f"{name_of(doc)} — {doc.get('kind')}"))
+            toc.append((f"doc-{i + 1}", name_of(doc) if name_of(doc) == doc.get("kind") else f"{name_of(doc)} — {doc.get('kind')}"))
     cross = [c for c in charts if c.doc is None]
     for n, (s, l) in enumerate(pairs):
         sections.append(comparison_section(docs[s], docs[l], cross[n:n + 1]))
