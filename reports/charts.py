@@ -33,9 +33,9 @@ from reports.style import (
     LANE_COLORS,
     LANES,
     LIVE_LOOK,
+    CORE_LANES,
     RC,
     SIMULATION_LOOK,
-    CORE_LANES,
     class_look,
     ordered_classes,
     series_looks,
@@ -703,27 +703,31 @@ def _matches(src: Mapping[str, Any], dst: Mapping[str, Any], field: str | None) 
 
 
 def story_messages(items: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
-    """Pairs (source index, destination index) of the messages a story draws as arrows."""
+    """Pairs (source index, destination index) of the messages a story draws as arrows: for each
+    event, the first rule of ``_MESSAGES`` that finds an arrival not already taken."""
     pairs: list[tuple[int, int]] = []
     used: set[int] = set()
+
+    def arrival(i: int, d_type: str | None, d_ok: Callable[[dict], bool], field: str | None, gap: float) -> int | None:
+        src = items[i]
+        for j in range(i + 1, len(items)):
+            dst = items[j]
+            if dst["t"] - src["t"] > gap:
+                return None
+            if (j not in used and d_type in (None, dst.get("type")) and d_ok(dst)
+                    and dst.get("actor") != src.get("actor") and _matches(src, dst, field)):
+                return j
+        return None
+
     for i, src in enumerate(items):
-        if src.get("_collapsed"):
-            continue
         for s_type, s_ok, d_type, d_ok, field, gap in _MESSAGES:
-            if src.get("type") != s_type or not s_ok(src):
+            if src.get("_collapsed") or src.get("type") != s_type or not s_ok(src):
                 continue
-            for j in range(i + 1, len(items)):
-                dst = items[j]
-                if dst["t"] - src["t"] > gap:
-                    break
-                if (j not in used and d_type in (None, dst.get("type")) and d_ok(dst) and dst.get("actor") != src.get("actor")
-                        and _matches(src, dst, field)):
-                    pairs.append((i, j))
-                    used.add(j)
-                    break
-            else:
-                continue
-            break
+            j = arrival(i, d_type, d_ok, field, gap)
+            if j is not None:
+                pairs.append((i, j))
+                used.add(j)
+                break
     return pairs
 
 
