@@ -29,11 +29,11 @@ from matplotlib.transforms import blended_transform_factory
 
 from reports import fmt
 from reports.style import (
+    CORE_LANES,
     FAULT_COLOR,
     LANE_COLORS,
     LANES,
     LIVE_LOOK,
-    CORE_LANES,
     RC,
     SIMULATION_LOOK,
     class_look,
