@@ -120,6 +120,7 @@ class CheckConfig:
     stuck_grace: float = 3600.0
     bnpl_finish_limit: float = 86400.0
     bucket_s: float = 60.0  # timeline bucket
+    timeline_end: float | None = None  # the timeline stops here (None: the end of observation)
     examples: bool = True
     max_window_samples: int = 500
 
@@ -762,6 +763,8 @@ class Checker:
 
     def _timeline(self, end: float) -> dict[str, Any]:
         bs = self.config.bucket_s
+        if self.config.timeline_end is not None:
+            end = min(end, self.config.timeline_end)
         nb = max(1, math.ceil(end / bs)) if end > 0 else 1
         return {
             "bucket_s": bs,

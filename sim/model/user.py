@@ -23,24 +23,24 @@ def arrivals(w: World, start_buyer):
     """Poisson arrivals whose rate follows the piecewise-constant profile until the horizon."""
     env = w.env
     load = w.p.load
-    r = w.rng["arrivals"]
-    steps = [(s.at, s.multiplier) for s in load.profile]
-    bounds = [at for at, _ in steps if at > 0] + [w.horizon]
+    expo = w.rng["arrivals"].expovariate
+    # (from, until, rate) pieces covering [0, horizon)
+    cuts = sorted({0.0, *(s.at for s in load.profile if 0 < s.at < w.horizon)}) + [w.horizon]
     t = 0.0
-    while True:
-        rate = load.arrival_rate * load.multiplier_at(t)
-        boundary = next(b for b in bounds if b > t) if any(b > t for b in bounds) else w.horizon
-        gap = r.expovariate(rate) if rate > 0 else float("inf")
-        if t + gap >= boundary:
-            # Memoryless: jump to the rate change and draw again with the new rate.
-            if boundary >= w.horizon:
-                return
-            yield env.timeout(boundary - t)
-            t = boundary
+    for start, until in zip(cuts, cuts[1:]):
+        rate = load.arrival_rate * load.multiplier_at(start)
+        if t < start:
+            yield env.timeout(start - t)
+            t = start
+        if rate <= 0:
             continue
-        yield env.timeout(gap)
-        t += gap
-        start_buyer()
+        while True:
+            gap = expo(rate)
+            if t + gap >= until:
+                break  # memoryless: the next piece draws again with its own rate
+            yield env.timeout(gap)
+            t += gap
+            start_buyer()
 
 
 class Buyers:

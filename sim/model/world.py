@@ -84,10 +84,11 @@ class World:
 
     # -- history -----------------------------------------------------------------------------------
     def emit(self, type_: str, actor: str, order: str, **fields: Any) -> None:
-        ev = {"t": self.env.now, "type": type_, "actor": actor, "order": order}
-        if fields:
-            ev.update(fields)
-        self.sink(ev)
+        fields["t"] = self.env._now
+        fields["type"] = type_
+        fields["actor"] = actor
+        fields["order"] = order
+        self.sink(fields)
 
     def post(self, txn: Txn, order: str, actor: str, **fields: Any) -> None:
         """Emit the ``ledger.txn`` event of a transaction already posted to the ledger."""
