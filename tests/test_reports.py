@@ -46,14 +46,15 @@ class Attributes(HTMLParser):
 
 @pytest.fixture(scope="module")
 def full_report(tmp_path_factory: pytest.TempPathFactory):
-    """One report from every fixture (simulation, live, sweep, all-zero, single replication)."""
+    """One report from a simulation, a live run of the same scenario and a sweep (the all-zero and
+    single-replication fixtures have their own tests)."""
     out = tmp_path_factory.mktemp("report")
-    names = ["simulation", "live", "sweep", "zero", "single"]
+    names = ["simulation", "live", "sweep"]
     return build_report([fixture(n) for n in names], out, sources=[f"results_{n}.json" for n in names])
 
 
 def test_report_draws_every_kind_of_chart(full_report) -> None:
-    """Five documents give all five chart kinds, each as PNG and SVG, plus index.html."""
+    """Three documents give all five chart kinds, each as PNG and SVG, plus index.html."""
     kinds = {c.kind for c in full_report.charts}
     assert kinds == {"sweep_rates", "timeline", "windows", "story", "predicted_vs_measured"}
     for c in full_report.charts:
