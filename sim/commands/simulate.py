@@ -23,7 +23,8 @@ def configure(p: argparse.ArgumentParser) -> None:
         "  checkout-chaos simulate scenarios/mall_pattern.toml --set order_service.close_policy=close_trade_then_order\n"
     )
     add_scenario_args(p)
-    p.add_argument("--jobs", "-j", type=int, default=1, help="worker processes for replications (default 1)")
+    p.add_argument("--jobs", "-j", type=int, default=None,
+                   help="worker processes for replications (default: one per core); results do not depend on it")
     p.add_argument("--dask", metavar="ADDRESS", default=None, help="run replications on this Dask scheduler")
     p.add_argument("--out", metavar="DIR", default=None, help="results directory (default results/<scenario>)")
     p.add_argument("--report", action="store_true", help="also write charts and index.html into DIR/report")
@@ -38,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from sim.runner import simulate
 
     scenario = scenario_from_args(args)
-    jobs = positive_int("--jobs", args.jobs)
+    from sim.runner import default_jobs
+
+    jobs = positive_int("--jobs", args.jobs) if args.jobs is not None else min(default_jobs(), scenario.run.replications)
     out = Path(args.out) if args.out else Path("results") / (scenario.name or "simulation")
     doc = simulate(scenario, jobs=jobs, dask=args.dask, progress=not args.quiet,
                    command=["checkout-chaos", *sys.argv[1:]])

@@ -38,6 +38,17 @@ class Bank:
         r = w.rng["bank"]
         u = r.random()
         lost = r.random() < p.response_loss
+        previous = self.record.get(trade.id)
+        if previous == APPROVED or previous == HELD:
+            # The trade number is the idempotency key: a debit already made (or held for review) is
+            # not made again; the bank answers with what it knows.
+            def replay(_wait: float) -> None:
+                if previous == APPROVED and not lost:
+                    respond(APPROVED)
+
+            latency = w.s_bank_latency()
+            started = self.station.submit(latency, replay)
+            return latency if started and previous == APPROVED and not lost else None
         if trade.amount > p.single_payment_limit * 100:
             outcome = LIMIT
         elif u < p.decline_probability:
