@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -87,7 +88,8 @@ def _kind_of(value: Any) -> str:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    # numbers.Real: documents handed over in memory (simulate --report) may hold numpy scalars
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _expect(cond: bool, source: str, key: str, expected: str, found: Any, found_text: str | None = None) -> None:
