@@ -28,6 +28,7 @@ from matplotlib.patches import Patch
 from matplotlib.transforms import blended_transform_factory
 
 from reports import fmt
+from reports.documents import doc_name
 from reports.style import (
     CORE_LANES,
     FAULT_COLOR,
@@ -166,8 +167,7 @@ def _empty(ax: Any, text: str) -> None:
 
 
 def _title(doc: Mapping[str, Any]) -> str:
-    name = doc.get("scenario_name") or (doc.get("scenario") or {}).get("name") or "results"
-    return f"{name} ({doc.get('kind', 'results')})"
+    return f"{doc_name(doc)} ({doc.get('kind', 'results')})"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -83,6 +83,11 @@ def is_sweep(doc: Mapping[str, Any]) -> bool:
     return doc.get("kind") == SWEEP_KIND
 
 
+def doc_name(doc: Mapping[str, Any]) -> str:
+    """What a report calls a document: its scenario's name, else its kind."""
+    return str(doc.get("scenario_name") or (doc.get("scenario") or {}).get("name") or doc.get("kind") or "results")
+
+
 def _kind_of(value: Any) -> str:
     return {list: "a list", str: "a string", type(None): "null", bool: "a boolean"}.get(type(value), type(value).__name__)
 

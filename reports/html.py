@@ -14,10 +14,19 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from reports import fmt
-from reports.charts import anomaly, intervals_overlap, rate_interval, sweep_series, window_quantiles
+from reports.charts import (
+    anomaly,
+    intervals_overlap,
+    nonzero_classes,
+    rate_interval,
+    sweep_series,
+    value_key,
+    window_quantiles,
+)
+from reports.documents import doc_name
 from reports.render import Chart, slug
 from reports.style import class_look, ordered_classes
-from reports.summary import comparison_summary, name_of, results_summary, sweep_summary, top_summary
+from reports.summary import comparison_summary, results_summary, sweep_summary, top_summary
 
 CSS = """
 :root { --ink: #1f2328; --muted: #59636e; --line: #d1d9e0; --soft: #f6f8fa; --accent: #0072B2; }
@@ -128,7 +137,7 @@ def _json_details(title: str, data: Any) -> str:
 
 
 def _facts(doc: Mapping[str, Any], source: str | None) -> str:
-    facts = [("kind", doc.get("kind")), ("scenario", name_of(doc)), ("seed", doc.get("seed")),
+    facts = [("kind", doc.get("kind")), ("scenario", doc_name(doc)), ("seed", doc.get("seed")),
              ("replications", doc.get("replications")), ("orders counted", fmt.count(doc.get("orders"))),
              ("warmup", fmt.duration(doc.get("warmup_s")) if doc.get("warmup_s") is not None else None),
              ("horizon", fmt.duration(doc.get("horizon_s")) if doc.get("horizon_s") is not None else None),
@@ -139,7 +148,7 @@ def _facts(doc: Mapping[str, Any], source: str | None) -> str:
 
 def results_section(i: int, doc: Mapping[str, Any], charts: Sequence[Chart], source: str | None) -> str:
     scenario = doc.get("scenario") or {}
-    title = name_of(doc) if name_of(doc) == doc.get("kind") else f"{name_of(doc)} — {doc.get('kind')}"
+    title = doc_name(doc) if doc_name(doc) == doc.get("kind") else f"{doc_name(doc)} — {doc.get('kind')}"
     parts = [f'<h2 id="doc-{i + 1}">{esc(title)}</h2>']
     if scenario.get("description"):
         parts.append(f"<p>{esc(scenario['description'])}</p>")
@@ -162,9 +171,7 @@ def results_section(i: int, doc: Mapping[str, Any], charts: Sequence[Chart], sou
 
 def sweep_section(i: int, sweep: Mapping[str, Any], charts: Sequence[Chart], source: str | None) -> str:
     xkey, _, xs, series = sweep_series(sweep)
-    from reports.charts import nonzero_classes, value_key
-
-    parts = [f'<h2 id="doc-{i + 1}">Sweep: {esc(name_of(sweep))}</h2>']
+    parts = [f'<h2 id="doc-{i + 1}">Sweep: {esc(doc_name(sweep))}</h2>']
     if source:
         parts.append(f'<p class="muted">source: {esc(source)}</p>')
     parts.append('<div class="summary">' + _list(sweep_summary(sweep)) + "</div>")
@@ -186,9 +193,7 @@ def sweep_section(i: int, sweep: Mapping[str, Any], charts: Sequence[Chart], sou
 
 
 def comparison_section(sim: Mapping[str, Any], live: Mapping[str, Any], charts: Sequence[Chart]) -> str:
-    from reports.charts import nonzero_classes
-
-    parts = [f'<h2 id="compare-{esc(slug(name_of(sim)))}">Predicted vs measured: {esc(name_of(sim))}</h2>',
+    parts = [f'<h2 id="compare-{esc(slug(doc_name(sim)))}">Predicted vs measured: {esc(doc_name(sim))}</h2>',
              '<div class="summary">' + _list(comparison_summary(sim, live)) + "</div>"]
     parts.extend(figure(c) for c in charts)
     rows = []
@@ -213,15 +218,15 @@ def render_index(docs: Sequence[Mapping[str, Any]], charts: Sequence[Chart], pai
         mine = [c for c in charts if c.doc == i]
         if doc.get("kind") == "sweep":
             sections.append(sweep_section(i, doc, mine, srcs[i]))
-            toc.append((f"doc-{i + 1}", f"Sweep: {name_of(doc)}"))
+            toc.append((f"doc-{i + 1}", f"Sweep: {doc_name(doc)}"))
         else:
             sections.append(results_section(i, doc, mine, srcs[i]))
-            toc.append((f"doc-{i + 1}", name_of(doc) if name_of(doc) == doc.get("kind") else f"{name_of(doc)} — {doc.get('kind')}"))
+            toc.append((f"doc-{i + 1}", doc_name(doc) if doc_name(doc) == doc.get("kind") else f"{doc_name(doc)} — {doc.get('kind')}"))
     cross = [c for c in charts if c.doc is None]
     for n, (s, l) in enumerate(pairs):
         sections.append(comparison_section(docs[s], docs[l], cross[n:n + 1]))
-        toc.append((f"compare-{slug(name_of(docs[s]))}", f"Predicted vs measured: {name_of(docs[s])}"))
-    names = ", ".join(dict.fromkeys(name_of(d) for d in docs))
+        toc.append((f"compare-{slug(doc_name(docs[s]))}", f"Predicted vs measured: {doc_name(docs[s])}"))
+    names = ", ".join(dict.fromkeys(doc_name(d) for d in docs))
     nav = ("<nav><b>Contents</b><ul>" + "".join(f'<li><a href="#{esc(a)}">{esc(t)}</a></li>' for a, t in toc)
            + "</ul></nav>") if len(toc) > 1 else ""
     return f"""<!doctype html>

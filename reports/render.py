@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from sim.errors import ConfigError
 
-from reports.documents import check_document, is_sweep
+from reports.documents import check_document, doc_name, is_sweep
 
 PNG_DPI = 110
 
@@ -57,10 +57,6 @@ def save_figure(fig: Any, out_dir: Path, stem: str) -> tuple[Path, Path]:
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "results"
-
-
-def doc_name(doc: Mapping[str, Any]) -> str:
-    return str(doc.get("scenario_name") or (doc.get("scenario") or {}).get("name") or doc.get("kind") or "results")
 
 
 def comparisons(docs: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
@@ -147,12 +143,9 @@ def render_charts(docs: Sequence[Mapping[str, Any]], out_dir: Path, *,
                  ch.order_story(example, cls, doc_name(doc)), f"{prefix}story-{slug(cls)}", i)
     pairs = comparisons(docs)
     for s, l in pairs:
-        agree = sum(ch.intervals_overlap(ch.rate_interval(ch.anomaly(docs[s], c)), ch.rate_interval(ch.anomaly(docs[l], c)))
-                    for c in ch.nonzero_classes([docs[s], docs[l]]))
-        total = len(ch.nonzero_classes([docs[s], docs[l]]))
         emit("predicted_vs_measured", f"Predicted vs measured: {doc_name(docs[s])}",
-             f"Dots are rates, whiskers 95% intervals; intervals overlap for {agree} of {total} classes that "
-             f"occurred ({fmt.count(docs[s].get('orders'))} simulated vs {fmt.count(docs[l].get('orders'))} live orders).",
+             f"Dots are rates, whiskers 95% intervals, hollow dots zero; “agree” where the intervals overlap "
+             f"({fmt.count(docs[s].get('orders'))} simulated vs {fmt.count(docs[l].get('orders'))} live orders).",
              ch.predicted_vs_measured(docs[s], docs[l]), f"compare-{slug(doc_name(docs[s]))}", None)
     return made, pairs
 

@@ -20,11 +20,8 @@ from reports.charts import (
     value_key,
     window_quantiles,
 )
+from reports.documents import doc_name
 from reports.style import ordered_classes
-
-
-def name_of(doc: Mapping[str, Any]) -> str:
-    return str(doc.get("scenario_name") or (doc.get("scenario") or {}).get("name") or doc.get("kind") or "results")
 
 
 def _rate_ci(a: Mapping[str, Any]) -> str:
@@ -40,7 +37,7 @@ def headline(doc: Mapping[str, Any]) -> str:
     if doc.get("seed") is not None:
         parts.append(f"(seed {doc['seed']})")
     what = {"live": "measured live", "simulation": "simulated", "check": "checked", "sweep_point": "sweep point"}
-    return f"{name_of(doc)} ({what.get(str(doc.get('kind')), doc.get('kind'))}): " + " ".join(parts) + "."
+    return f"{doc_name(doc)} ({what.get(str(doc.get('kind')), doc.get('kind'))}): " + " ".join(parts) + "."
 
 
 def class_sentence(cls: str, a: Mapping[str, Any]) -> str:
@@ -157,7 +154,7 @@ def top_summary(docs: Sequence[Mapping[str, Any]], pairs: Sequence[tuple[int, in
     out: list[tuple[str, str]] = []
     for doc in docs:
         if doc.get("kind") == "sweep":
-            out.append((f"Sweep {name_of(doc)}", " ".join(sweep_summary(doc)[:4])))
+            out.append((f"Sweep {doc_name(doc)}", " ".join(sweep_summary(doc)[:4])))
             continue
         found = sorted(nonzero_classes([doc]), key=lambda c: -(anomaly(doc, c).get("rate") or 0))
         who, _, facts = headline(doc).partition(": ")
@@ -175,5 +172,5 @@ def top_summary(docs: Sequence[Mapping[str, Any]], pairs: Sequence[tuple[int, in
         text += f"; {fmt.money(money)} was still held at the end." if money else "."
         out.append((who, text))
     for s, l in pairs:
-        out.append((f"Predicted vs measured, {name_of(docs[s])}", " ".join(comparison_summary(docs[s], docs[l])[:3])))
+        out.append((f"Predicted vs measured, {doc_name(docs[s])}", " ".join(comparison_summary(docs[s], docs[l])[:3])))
     return out
