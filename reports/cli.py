@@ -22,7 +22,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "  checkout-chaos report sim.json live.json --out report --example-class success_shown_then_closed"
     )
     parser.add_argument("results", nargs="+", type=Path, metavar="RESULTS.json",
-                        help="results or sweep documents (schema_version 1)")
+                        help="results or sweep documents (schema_version 1), or directories holding a results.json")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="directory for the charts and index.html (created if missing)")
     parser.add_argument("--example-class", metavar="CLASS", default=None,

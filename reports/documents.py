@@ -42,14 +42,17 @@ SWEEP_KIND = "sweep"
 
 
 def load_document(path: str | Path) -> dict[str, Any]:
-    """Read and check one results or sweep document, or raise :class:`ConfigError` naming the file."""
+    """Read and check one results or sweep document, or raise :class:`ConfigError` naming the file.
+    A directory stands for the ``results.json`` inside it (what ``simulate --out DIR`` writes)."""
     p = Path(path)
+    if p.is_dir() and (p / "results.json").is_file():
+        p = p / "results.json"
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such file (expected a results JSON written by simulate, check, load or sweep)") from None
     except IsADirectoryError:
-        raise ConfigError(f"{p}: is a directory; expected a results JSON file") from None
+        raise ConfigError(f"{p}: is a directory without a results.json; expected a results JSON file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot be read: {exc}") from None
     try:

@@ -198,6 +198,7 @@ def test_cli_writes_the_report_and_prints_paths(tmp_path: Path, capsys: pytest.C
 
 @pytest.mark.parametrize("content, message", [
     (None, "no such file"),
+    ("dir", "is a directory without a results.json"),
     ("{not json", "not JSON (line 1"),
     ('{"schema_version": 2, "kind": "simulation", "anomalies": {}}', "expected schema_version 1"),
     ('{"kind": "simulation", "anomalies": {}}', "found no schema_version"),
@@ -205,12 +206,15 @@ def test_cli_writes_the_report_and_prints_paths(tmp_path: Path, capsys: pytest.C
     ('{"schema_version": 1, "kind": "simulation", "anomalies": {"paid_but_closed": {"rate": "x"}}}',
      "anomalies.paid_but_closed.rate: expected a number"),
     ('[1, 2]', "expected a JSON object"),
-], ids=["missing", "not-json", "wrong-version", "no-version", "bad-kind", "bad-rate", "list"])
+], ids=["missing", "directory", "not-json", "wrong-version", "no-version", "bad-kind", "bad-rate", "list"])
 def test_cli_bad_file_exits_2_with_a_clear_message(content, message, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
     """A missing, malformed or wrong-version file: exit 2, one message naming the file, no traceback."""
     path = tmp_path / "results.json"
-    if content is not None:
+    if content == "dir":
+        path = tmp_path / "empty"
+        path.mkdir()
+    elif content is not None:
         path.write_text(content, encoding="utf-8")
     rc = main(["report", str(path), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
