@@ -1,0 +1,231 @@
+"""Target adapters: how the buyers' app talks to a checkout, as data.
+
+A checkout is driven through four calls — create an order, start its payment, read its status,
+cancel it — and an adapter file (TOML) says, for each, the method, the path, the JSON body and where
+in the answer the app finds what it needs. ``loadtests/adapters/reference.toml`` describes the
+reference checkout; a team copies it for its staging checkout (``load --target URL --target-config
+FILE``). The payment itself is always confirmed at the mock provider (the buyer's wallet or bank app),
+whose API the harness knows.
+
+An adapter is validated once on load; a mistake raises :class:`~sim.errors.ConfigError` naming the
+file, the key, what was expected and what was found. It is plain data (``to_dict``), so it travels in
+the plan file to every Locust process.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sim.errors import ConfigError
+
+REFERENCE = Path(__file__).parent / "adapters" / "reference.toml"
+
+OPERATIONS = ("create_order", "start_payment", "order_status", "cancel")
+PLACEHOLDERS = ("order", "user", "amount", "amount_yuan", "method", "trade", "buyer_name", "buyer_phone",
+                "buyer_address")
+STATE_CLASSES = ("awaiting_payment", "paid", "closed", "refunded")
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+_RESPONSE_FIELDS = {
+    "create_order": ("order",),
+    "start_payment": ("trade", "pay_url", "bnpl_state"),
+    "order_status": ("state",),
+    "cancel": (),
+}
+_TOP = ("name", "order_id", "errors", *OPERATIONS)
+_OP_KEYS = ("method", "path", "body", "response", "bnpl_paid", "states")
+_PLACEHOLDER_RE = re.compile(r"\{([a-z_]+)\}")
+
+
+def _hint(word: str, choices: Any) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    body: Any  # JSON template, or None for no body
+    response: dict[str, str]  # name -> dotted path in the answer
+
+
+class Adapter:
+    """A validated adapter: builds requests from values and reads fields from answers."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.name: str = data.get("name", "adapter")
+        self.order_id: str = data.get("order_id", "client")
+        self.endpoints = {op: Endpoint(spec["method"], spec["path"], spec.get("body"), dict(spec.get("response", {})))
+                          for op, spec in data.items() if op in OPERATIONS}
+        self.bnpl_paid = frozenset(data["start_payment"].get("bnpl_paid", ("authorized",)))
+        states = data["order_status"].get("states", {})
+        self.states = {raw: cls for cls, raws in states.items() for raw in raws}
+        errors = data.get("errors", {})
+        self.error_code: str | None = errors.get("code")
+        self.not_payable = frozenset(errors.get("not_payable", ()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+    def has(self, op: str) -> bool:
+        return op in self.endpoints
+
+    def request(self, op: str, values: dict[str, Any]) -> tuple[str, str, Any]:
+        """``(method, path, body)`` of ``op`` with the placeholders filled from ``values``."""
+        ep = self.endpoints[op]
+        return ep.method, _fill(ep.path, values, quote=True), None if ep.body is None else _fill(ep.body, values)
+
+    def field(self, op: str, name: str, answer: Any) -> Any:
+        """The value at the response path named ``name`` of ``op`` (None when absent)."""
+        path = self.endpoints[op].response.get(name)
+        if path is None:
+            return None
+        node = answer
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def state_class(self, raw: Any) -> str | None:
+        """``awaiting_payment`` / ``paid`` / ``closed`` / ``refunded`` for a status value, None if unmapped."""
+        return self.states.get(raw) if isinstance(raw, str) else None
+
+    def code(self, answer: Any) -> str | None:
+        if self.error_code and isinstance(answer, dict):
+            value = answer.get(self.error_code)
+            return value if isinstance(value, str) else None
+        return None
+
+
+def _fill(template: Any, values: dict[str, Any], quote: bool = False) -> Any:
+    if isinstance(template, str):
+        m = _PLACEHOLDER_RE.fullmatch(template)
+        if m and not quote:
+            return values[m.group(1)]
+        if quote:
+            from urllib.parse import quote as q
+
+            return _PLACEHOLDER_RE.sub(lambda mm: q(str(values[mm.group(1)]), safe=""), template)
+        return _PLACEHOLDER_RE.sub(lambda mm: str(values[mm.group(1)]), template)
+    if isinstance(template, dict):
+        return {k: _fill(v, values) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_fill(v, values) for v in template]
+    return template
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def load_adapter(path: str | Path | None = None) -> Adapter:
+    """Read and validate an adapter file (default: the reference checkout's)."""
+    p = Path(path) if path is not None else REFERENCE
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"--target-config {p}: no such adapter file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--target-config {p}: cannot read adapter file ({exc.__class__.__name__})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    problems = validate(data)
+    if problems:
+        raise ConfigError("\n".join(f"{p}: {msg}" for msg in problems))
+    return Adapter(data)
+
+
+def validate(data: dict[str, Any]) -> list[str]:
+    """Every problem of an adapter's data, one message each (empty when it is fine)."""
+    out: list[str] = []
+    for key in data:
+        if key not in _TOP:
+            out.append(f"{key}: unknown key{_hint(key, _TOP)}; expected one of: {', '.join(_TOP)}")
+    if data.get("order_id", "client") not in ("client", "server"):
+        out.append(f"order_id: expected \"client\" or \"server\", found {data['order_id']!r}")
+    for op in OPERATIONS:
+        spec = data.get(op)
+        if spec is None:
+            if op != "cancel":
+                out.append(f"{op}: missing table (expected [{op}] with method and path)")
+            continue
+        if not isinstance(spec, dict):
+            out.append(f"{op}: expected a table, found {spec!r}")
+            continue
+        for key in spec:
+            if key not in _OP_KEYS:
+                out.append(f"{op}.{key}: unknown key{_hint(key, _OP_KEYS)}; expected one of: {', '.join(_OP_KEYS)}")
+        method = spec.get("method")
+        if method not in METHODS:
+            out.append(f"{op}.method: expected one of {', '.join(METHODS)}, found {method!r}")
+        path = spec.get("path")
+        if not isinstance(path, str) or not path.startswith("/"):
+            out.append(f"{op}.path: expected a path starting with '/', found {path!r}")
+        else:
+            out += _check_placeholders(f"{op}.path", path)
+        if "body" in spec:
+            out += _check_placeholders(f"{op}.body", spec["body"])
+        response = spec.get("response", {})
+        if not isinstance(response, dict):
+            out.append(f"{op}.response: expected a table of field = \"dotted.path\", found {response!r}")
+        else:
+            for name, where in response.items():
+                if name not in _RESPONSE_FIELDS[op]:
+                    allowed = ", ".join(_RESPONSE_FIELDS[op]) or "none"
+                    out.append(f"{op}.response.{name}: unknown field{_hint(name, _RESPONSE_FIELDS[op])}; expected: {allowed}")
+                elif not isinstance(where, str) or not where:
+                    out.append(f"{op}.response.{name}: expected a dotted path like \"data.id\", found {where!r}")
+        if "states" in spec:
+            out += _check_states(op, spec["states"])
+    if data.get("order_id") == "server" and "order" not in (data.get("create_order") or {}).get("response", {}):
+        out.append('create_order.response.order: required when order_id = "server" (where the answer keeps the order id)')
+    if isinstance(data.get("order_status"), dict) and "state" not in data["order_status"].get("response", {}):
+        out.append("order_status.response.state: missing (where the answer keeps the order's state)")
+    if isinstance(data.get("order_status"), dict) and "states" not in data["order_status"]:
+        out.append("order_status.states: missing table (the checkout's states for "
+                   + ", ".join(STATE_CLASSES) + ")")
+    errors = data.get("errors", {})
+    if not isinstance(errors, dict):
+        out.append(f"errors: expected a table, found {errors!r}")
+    else:
+        for key in errors:
+            if key not in ("code", "not_payable"):
+                out.append(f"errors.{key}: unknown key{_hint(key, ('code', 'not_payable'))}; expected code, not_payable")
+    return out
+
+
+def _check_placeholders(where: str, template: Any) -> list[str]:
+    out: list[str] = []
+    if isinstance(template, str):
+        for name in _PLACEHOLDER_RE.findall(template):
+            if name not in PLACEHOLDERS:
+                out.append(f"{where}: unknown placeholder {{{name}}}{_hint(name, PLACEHOLDERS)}; "
+                           f"expected one of: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}")
+    elif isinstance(template, dict):
+        for k, v in template.items():
+            out += _check_placeholders(f"{where}.{k}", v)
+    elif isinstance(template, list):
+        for i, v in enumerate(template):
+            out += _check_placeholders(f"{where}[{i}]", v)
+    return out
+
+
+def _check_states(op: str, states: Any) -> list[str]:
+    if not isinstance(states, dict):
+        return [f"{op}.states: expected a table of {', '.join(STATE_CLASSES)} = [values], found {states!r}"]
+    out = []
+    for cls, raws in states.items():
+        if cls not in STATE_CLASSES:
+            out.append(f"{op}.states.{cls}: unknown state{_hint(cls, STATE_CLASSES)}; expected one of: {', '.join(STATE_CLASSES)}")
+        elif not isinstance(raws, list) or not all(isinstance(r, str) for r in raws):
+            out.append(f"{op}.states.{cls}: expected a list of strings, found {raws!r}")
+    return out

@@ -1,0 +1,336 @@
+"""One buyer and the app in their hand, as the scenario's ``user`` and ``app`` sections say.
+
+The same story as the simulation's buyer (``sim/model/user.py``), told over HTTP: the buyer's
+decisions (payment method, amount, pay delay, walking away, cancelling, retrying) are drawn up front
+from the buyer's own stream; the order is created when the arrival is due; the buyer pays after the
+pay delay, at most ``max_retries`` more times after a failure or a timeout (with the trade number
+reused or new, ``app.retry_trade_no``), polls the order page after "unknown", and every screen the
+app showed is recorded. Time-valued parameters are scenario seconds, slept as wall seconds
+``/ time_scale``.
+
+Every call is recorded as ``client.invoke`` then ``client.ok`` (2xx), ``client.fail`` (a definite
+refusal: 4xx, or the connection was refused so nothing was sent) or ``client.unknown`` (timeout, 5xx,
+connection broken after sending: the outcome is not known). ``latency`` is measured from when the call
+was *due* — the scheduled arrival for the first call, the end of the previous step plus the buyer's
+think time for the others — not from when the generator got round to sending it, so a saturated
+generator or a slow checkout cannot hide latency (coordinated omission); ``lag`` is the part of it the
+generator itself added.
+
+Nothing here imports gevent or Locust: the flow talks to a :class:`Transport` (``send``, ``sleep``,
+``time``). ``loadtests/locustfile.py`` gives it Locust's fast HTTP client and gevent; the tests give it
+a fake one.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from sim.domain import policies
+from sim.scenario import Scenario
+
+from loadtests.adapter import Adapter
+from loadtests.plan import MIN_CLIENT_TIMEOUT
+
+# Reply kinds, and the history event each one becomes.
+OK, REFUSED, SERVER_ERROR, TIMEOUT, UNREACHABLE, BROKEN = "ok", "refused", "server_error", "timeout", "unreachable", "broken"
+NOT_SENT = "not_sent"  # the generator got round to the call only after the app's timeout: never sent
+_EVENT = {OK: "client.ok", REFUSED: "client.fail", UNREACHABLE: "client.fail", NOT_SENT: "client.fail",
+          SERVER_ERROR: "client.unknown", TIMEOUT: "client.unknown", BROKEN: "client.unknown"}
+ERROR_KINDS = frozenset({SERVER_ERROR, TIMEOUT, UNREACHABLE, BROKEN, NOT_SENT})  # counted in error_rate
+
+# What the app shows for a payment outcome (as the simulation's app does).
+SCREEN = {"succeeded": "payment_succeeded", "failed": "payment_failed", "closed": "payment_failed",
+          "unknown": "payment_unknown", "in_progress": "payment_unknown", "timeout": "payment_unknown"}
+_POLL_SCREEN = {"paid": "order_paid", "closed": "order_closed", "refunded": "refunded"}
+# The provider's trade states (and refusal codes) as payment outcomes.
+_TRADE_OUTCOME = {"succeeded": "succeeded", "failed": "failed", "unknown": "unknown", "processing": "in_progress",
+                  "created": "in_progress", "closed": "closed", "refunded": "failed"}
+_REFUSAL_OUTCOME = {"ACQ.TRADE_HAS_SUCCESS": "succeeded", "ACQ.TRADE_HAS_CLOSE": "closed",
+                    "TRADE_IN_PROGRESS": "in_progress"}
+
+
+@dataclass(slots=True)
+class Reply:
+    """What one HTTP call came back with."""
+
+    kind: str  # OK, REFUSED, SERVER_ERROR, TIMEOUT, UNREACHABLE, BROKEN
+    status: int = 0  # 0 without an answer
+    body: Any = None  # the JSON answer, or None
+    error: str | None = None
+
+
+class Transport(Protocol):
+    def send(self, method: str, url: str, body: Any, timeout: float, name: str) -> Reply: ...
+    def sleep(self, seconds: float) -> None: ...
+    def time(self) -> float: ...
+
+
+@dataclass
+class Counters:
+    """What one Locust process did (written to its ``done`` file, summed by the orchestrator)."""
+
+    planned: int = 0  # arrivals assigned to this process
+    started: int = 0  # flows that began
+    late: int = 0  # began more than late_tolerance after they were due
+    dropped: int = 0  # could not begin at all (too many flows in flight)
+    completed: int = 0  # flows that ran to their end before the run ended
+    flow_errors: int = 0  # a flow raised: a bug of the harness
+    calls: int = 0
+    call_kinds: dict[str, int] = field(default_factory=dict)
+    lag_max: float = 0.0  # wall seconds, largest start lag
+    lag_sum: float = 0.0
+    lags: list[float] = field(default_factory=list)  # sample of start lags (wall seconds)
+
+    def add_lag(self, lag: float) -> None:
+        self.lag_sum += lag
+        if lag > self.lag_max:
+            self.lag_max = lag
+        if len(self.lags) < 20_000:
+            self.lags.append(round(lag, 6))
+
+
+class Context:
+    """What every buyer of one Locust process shares: the plan, the clock, the history sink."""
+
+    def __init__(self, scenario: Scenario, adapter: Adapter, transport: Transport, emit: Callable[[dict], None], *,
+                 checkout_url: str, provider_url: str, time_scale: float, load_epoch: float, run_id: str,
+                 seed: int, profiles: list[tuple[str, str, str]], synthesize_orders: bool = False) -> None:
+        self.scenario = scenario
+        self.adapter = adapter
+        self.transport = transport
+        self.emit = emit
+        self.checkout_url = checkout_url.rstrip("/")
+        self.provider_url = provider_url.rstrip("/")
+        self.k = float(time_scale)
+        self.epoch = load_epoch
+        self.run_id = run_id
+        self.seed = seed
+        self.profiles = profiles or [("买家", "13800000000", "北京市")]
+        self.synthesize_orders = synthesize_orders  # a --target writes no history: the client says what it created
+        self.counters = Counters()
+        self._windows = tuple(scenario.faults)
+        self._faulted: dict[tuple[int, ...], Scenario] = {}
+
+    def now(self) -> float:
+        """Scenario seconds since the load epoch."""
+        return (self.transport.time() - self.epoch) * self.k
+
+    def current(self, t: float) -> Scenario:
+        """The scenario in force at scenario time ``t`` (fault windows on ``user``/``app`` apply here)."""
+        if not self._windows:
+            return self.scenario
+        active = tuple(i for i, w in enumerate(self._windows) if w.start <= t < w.end)
+        if not active:
+            return self.scenario
+        s = self._faulted.get(active)
+        if s is None:
+            merged: dict[str, Any] = {}
+            for i in active:
+                merged.update(self._windows[i].set)
+            s = self._faulted[active] = self.scenario.with_overrides(merged, source="faults")
+        return s
+
+
+class Buyer:
+    """Arrival ``index``, due at wall time ``due``: one order's story from the buyer's side."""
+
+    def __init__(self, ctx: Context, index: int, due: float) -> None:
+        self.ctx = ctx
+        self.index = index
+        self.due = due  # wall time the next step is due
+        self.rng = random.Random(f"{ctx.seed}:live:buyer:{index}")
+        self.order = f"{ctx.run_id}-{index}"
+        self.user = f"{ctx.run_id}-u{index}"
+        self.calls = 0
+        self.expires_at = float("inf")  # scenario time the cashier's countdown ends (client's estimate)
+        self.values: dict[str, Any] = {}
+
+    # -- recording ----------------------------------------------------------------------------------
+
+    def event(self, type_: str, actor: str, t: float | None = None, **fields: Any) -> None:
+        ev = {"t": round(self.ctx.now() if t is None else t, 6), "type": type_, "actor": actor, "order": self.order}
+        ev.update(fields)
+        self.ctx.emit(ev)
+
+    def show(self, screen: str) -> None:
+        self.event("app.shown", "app", screen=screen)
+
+    # -- time ---------------------------------------------------------------------------------------
+
+    def sleep(self, scenario_seconds: float) -> None:
+        """Think, wait, poll: the next step is due ``scenario_seconds`` after this one ended."""
+        tr = self.ctx.transport
+        self.due += max(0.0, scenario_seconds) / self.ctx.k
+        left = self.due - tr.time()
+        if left > 0:
+            tr.sleep(left)
+
+    def draw(self, path: str) -> float:
+        section, name = path.split(".", 1)
+        dist = getattr(getattr(self.ctx.current(self.ctx.now()), section), name)
+        return dist.sampler(self.rng)()
+
+    # -- one call -----------------------------------------------------------------------------------
+
+    def call(self, op: str, method: str, url: str, body: Any, name: str, **extra: Any) -> Reply:
+        """One request through the app: network both ways, at most ``app.request_timeout`` in all."""
+        ctx, tr, k = self.ctx, self.ctx.transport, self.ctx.k
+        app = ctx.current(ctx.now()).app
+        due = self.due
+        deadline = due + max(app.request_timeout / k, MIN_CLIENT_TIMEOUT)
+        out_net, back_net = app.network_latency.sampler(self.rng)() / k, app.network_latency.sampler(self.rng)() / k
+        left = due + out_net - tr.time()
+        if left > 0:
+            tr.sleep(left)
+        sent = tr.time()
+        self.calls += 1
+        call_id = f"{self.order}:{self.calls}"
+        invoke = {"t": round((sent - ctx.epoch) * k, 6), "type": "client.invoke", "actor": "client",
+                  "order": self.order, "op": op, "call": call_id, **extra}
+        if op != "create_order" or ctx.adapter.order_id == "client":
+            ctx.emit(invoke)
+        remaining = deadline - sent
+        if remaining > 0:
+            reply = tr.send(method, url, body, remaining, name)
+        else:
+            reply = Reply(NOT_SENT, error="not sent: the generator was late past the app's timeout")
+        if reply.kind not in (TIMEOUT, NOT_SENT) and back_net > 0:
+            if tr.time() + back_net >= deadline:
+                tr.sleep(max(0.0, deadline - tr.time()))
+                reply = Reply(TIMEOUT, error="response arrived after the app's timeout")
+            else:
+                tr.sleep(back_net)
+        end = tr.time()
+        if op == "create_order" and ctx.adapter.order_id == "server":
+            given = ctx.adapter.field("create_order", "order", reply.body) if reply.kind == OK else None
+            if given is not None:
+                self.order = str(given)
+            invoke["order"] = self.order
+            ctx.emit(invoke)
+        c = ctx.counters
+        c.calls += 1
+        c.call_kinds[reply.kind] = c.call_kinds.get(reply.kind, 0) + 1
+        outcome: dict[str, Any] = {"op": op, "call": call_id, "latency": round((end - due) * k, 6),
+                                   "lag": round(max(0.0, sent - due - out_net) * k, 6)}
+        if reply.status:
+            outcome["status"] = reply.status
+        if reply.kind != OK:
+            outcome["error"] = reply.error or reply.kind
+        self.event(_EVENT[reply.kind], "client", t=(end - ctx.epoch) * k, **outcome)
+        self.due = end
+        return reply
+
+    def api(self, op: str, values: dict[str, Any], name: str, **extra: Any) -> Reply:
+        method, path, body = self.ctx.adapter.request(op, values)
+        return self.call(op, method, self.ctx.checkout_url + path, body, name, **extra)
+
+    # -- the story ----------------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Play the buyer; returns how the story ended (for counting)."""
+        ctx = self.ctx
+        s = ctx.current(ctx.now())
+        u, r = s.user, self.rng
+        pm = u.payment_methods
+        m = r.random()
+        method = "wallet" if m < pm.wallet else ("card" if m < pm.wallet + pm.card else "bnpl")
+        amount = max(1, int(round(u.order_amount.sampler(r)() * 100)))
+        pay_delay = u.pay_delay.sampler(r)()
+        walks_away = r.random() < u.abandon_probability
+        cancels = r.random() < u.cancel_probability
+        retry_draws = [r.random() for _ in range(u.max_retries)]
+        name, phone, address = ctx.profiles[self.index % len(ctx.profiles)]
+        values = {"order": self.order, "user": self.user, "amount": amount, "amount_yuan": f"{amount / 100:.2f}",
+                  "method": method, "trade": "", "buyer_name": name, "buyer_phone": phone, "buyer_address": address}
+
+        lag = max(0.0, ctx.transport.time() - self.due)
+        created = self.api("create_order", values, "create order", scheduled=round((self.due - ctx.epoch) * ctx.k, 6),
+                           start_lag=round(lag * ctx.k, 6))
+        if created.kind != OK:
+            return "create_failed"
+        values["order"] = self.order
+        self.values = values
+        created_t = ctx.now()
+        self.expires_at = created_t + s.order_service.order_ttl
+        if ctx.synthesize_orders:
+            self.event("order.created", "order_service", t=created_t, user=self.user, amount=amount, method=method,
+                       expires_at=round(self.expires_at, 6), observed_by="client")
+
+        self.sleep(pay_delay)
+        if walks_away:
+            if cancels and ctx.adapter.has("cancel"):
+                self.event("user.cancel", "user")
+                self.api("cancel", values, "cancel order")
+                return "cancelled"
+            self.event("user.abandon", "user")
+            return "abandoned"
+        trade: str | None = None
+        for attempt in range(u.max_retries + 1):
+            if attempt:
+                if retry_draws[attempt - 1] >= ctx.current(ctx.now()).user.retry_probability:
+                    return "gave_up"
+                self.sleep(self.draw("user.retry_delay"))
+            app = ctx.current(ctx.now()).app
+            if app.cashier_closes_at_expiry and ctx.now() >= self.expires_at:
+                self.show("order_closed")  # the cashier's countdown ran out
+                return "expired"
+            outcome, trade = self.pay(method, values, attempt, trade, app.retry_trade_no)
+            if outcome is None:
+                return "not_payable"
+            self.show(SCREEN[outcome])
+            if outcome == "succeeded":
+                return "paid"
+            if outcome in ("unknown", "in_progress", "timeout") and self.poll():
+                return "settled_by_poll"
+        return "gave_up"
+
+    def pay(self, method: str, values: dict[str, Any], attempt: int, previous: str | None,
+            retry_trade_no: str) -> tuple[str | None, str | None]:
+        """One payment attempt: ``(outcome, trade)``; outcome None when the order can no longer be paid."""
+        ad = self.ctx.adapter
+        trade = policies.retry_trade_no(retry_trade_no, self.order, attempt, previous)
+        values = {**values, "trade": trade}
+        if method != "bnpl":
+            if attempt:
+                self.event("user.retry", "user", trade=trade, attempt=attempt)
+            self.event("user.pay", "user", trade=trade, attempt=attempt)
+        started = self.api("start_payment", values, "start payment", attempt=attempt)
+        if started.kind == REFUSED and ad.code(started.body) in ad.not_payable:
+            return None, trade
+        if started.kind in (TIMEOUT, NOT_SENT):
+            return "timeout", trade
+        if started.kind != OK:
+            return "failed", trade
+        if method == "bnpl":
+            state = ad.field("start_payment", "bnpl_state", started.body)
+            return ("succeeded" if state in ad.bnpl_paid else "failed"), trade
+        trade = str(ad.field("start_payment", "trade", started.body) or trade)
+        pay_url = ad.field("start_payment", "pay_url", started.body) or f"{self.ctx.provider_url}/trades/{trade}/pay"
+        paid = self.call("confirm_payment", "POST", pay_url, None, "confirm payment (provider)", trade=trade)
+        if paid.kind == OK and isinstance(paid.body, dict):
+            return _TRADE_OUTCOME.get(paid.body.get("state"), "failed"), trade
+        if paid.kind == REFUSED and isinstance(paid.body, dict):
+            code = paid.body.get("code")
+            if code == "ACQ.TRADE_HAS_SUCCESS" and paid.body.get("trade_state") == "refunded":
+                return "failed", trade
+            return _REFUSAL_OUTCOME.get(code, "failed"), trade
+        return ("timeout" if paid.kind in (TIMEOUT, NOT_SENT) else "failed"), trade
+
+    def poll(self) -> bool:
+        """After 'unknown', the app polls the order page; True once it shows paid, closed or refunded."""
+        u = self.ctx.current(self.ctx.now()).user
+        values = self.values
+        waited = 0.0
+        while waited < u.poll_duration:
+            self.sleep(u.poll_interval)
+            waited += u.poll_interval
+            reply = self.api("order_status", values, "order page")
+            if reply.kind != OK:
+                continue
+            cls = self.ctx.adapter.state_class(self.ctx.adapter.field("order_status", "state", reply.body))
+            if cls in _POLL_SCREEN:
+                self.show(_POLL_SCREEN[cls])
+                return True
+        return False

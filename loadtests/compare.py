@@ -1,0 +1,132 @@
+"""``checkout-chaos compare SCENARIO``: predicted (simulation) against measured (live), side by side.
+
+Both runs see the same conditions: the simulation runs the scenario over the live run's window (its
+``run.horizon`` and ``run.drain`` set to what the live run covers at the chosen time scale), the live
+run replays it against the services. ``DIR/compare.json`` holds both documents and, per anomaly class,
+both 95% intervals and whether they overlap; ``DIR/simulation/results.json`` and
+``DIR/live/results.json`` hold each document on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+EPILOG = """\
+examples:
+  checkout-chaos compare scenarios/mall_pattern.toml --time-scale 30 --run-time 1m --out results/mall-compare
+  checkout-chaos compare scenarios/baseline.toml -n 10 --jobs 2 --report
+"""
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from sim.commands.common import add_scenario_args
+
+    from loadtests.cli import add_live_args
+
+    p.description = (
+        "Simulate a scenario and run it live at the same (time-scaled) conditions, then put the rates side by "
+        "side: each anomaly class's rate and 95%% interval, predicted and measured, and whether they agree "
+        "(the intervals overlap). Writes DIR/compare.json, DIR/simulation/results.json and DIR/live/results.json."
+    )
+    p.epilog = EPILOG
+    add_scenario_args(p)
+    add_live_args(p)
+    p.add_argument("--jobs", "-j", type=int, default=1, help="worker processes for the simulation's replications")
+    p.add_argument("--json", action="store_true", help="print compare.json instead of the table")
+
+
+def simulation_scenario(scenario: Any, window: Any) -> Any:
+    """The scenario the simulation runs: the live window's horizon and drain, everything else unchanged."""
+    from sim.scenario import format_duration
+
+    return scenario.with_overrides({"run.horizon": format_duration(window.horizon),
+                                    "run.drain": format_duration(window.drain)}, source="compare")
+
+
+def agreement(sim: dict[str, Any], live: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per class: both 95% intervals (the rate itself when a document has none) and whether they overlap."""
+    from sim.scenario import ANOMALY_CLASSES
+
+    out = {}
+    for cls in ANOMALY_CLASSES:
+        s, m = (d.get("anomalies") or {}).get(cls) or {}, (live.get("anomalies") or {}).get(cls) or {}
+        si, li = _interval(s), _interval(m)
+        out[cls] = {"sim": si, "live": li, "sim_rate": s.get("rate", 0.0), "live_rate": m.get("rate", 0.0),
+                    "agree": si[0] <= li[1] and li[0] <= si[1],
+                    "live_in_sim": si[0] <= m.get("rate", 0.0) <= si[1],
+                    "sim_in_live": li[0] <= s.get("rate", 0.0) <= li[1]}
+    return out
+
+
+def _interval(a: dict[str, Any]) -> list[float]:
+    ci = a.get("ci95")
+    r = float(a.get("rate") or 0.0)
+    return [float(ci[0]), float(ci[1])] if ci else [r, r]
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from sim.commands.common import positive_int, scenario_from_args
+    from sim.results import SCHEMA_VERSION, canonical_json, write_results
+    from sim.runner import simulate
+
+    from loadtests.cli import live_options, print_live
+    from loadtests.live import run_live
+    from loadtests.plan import live_window
+
+    scenario = scenario_from_args(args)
+    jobs = positive_int("--jobs", args.jobs)
+    out = Path(args.out) if args.out else Path("results") / f"{scenario.name or 'scenario'}-compare"
+    opts = live_options(args, out / "live")
+    window = live_window(scenario, opts.time_scale, opts.run_time, opts.drain)
+    err = Console(stderr=True)
+    err.print(f"simulating {scenario.name or 'the scenario'} over the live window "
+              f"(horizon {window.horizon:g}s, drain {window.drain:g}s of scenario time) ...")
+    sim_doc = simulate(simulation_scenario(scenario, window), jobs=jobs, progress=not args.quiet,
+                       command=["checkout-chaos", *sys.argv[1:]])
+    live_doc = run_live(scenario, opts)
+    write_results(sim_doc, out / "simulation")
+    write_results(live_doc, out / "live")
+    agree = agreement(sim_doc, live_doc)
+    doc = {"schema_version": SCHEMA_VERSION, "kind": "compare", "scenario_name": scenario.name,
+           "simulation": sim_doc, "live": live_doc, "agreement": agree}
+    path = out / "compare.json"
+    path.write_text(canonical_json(doc), encoding="utf-8")
+    if args.json:
+        print(canonical_json(doc))
+    else:
+        print_live(live_doc)
+        print_comparison(sim_doc, live_doc, agree)
+    err.print(f"comparison: {path}")
+    if args.report:
+        from reports.cli import render_report
+
+        err.print(f"report: {render_report([sim_doc, live_doc], out / 'report')}")
+    return 0
+
+
+def print_comparison(sim: dict[str, Any], live: dict[str, Any], agree: dict[str, dict[str, Any]],
+                     console: Any = None) -> None:
+    """Predicted and measured rates per class with their intervals, and whether they agree."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from sim.results import _rate
+
+    if console is None:
+        console = Console() if sys.stdout.isatty() else Console(width=120)
+    table = Table(title=f"predicted ({sim.get('orders', 0):,} orders, {sim.get('replications')} replications) vs "
+                        f"measured ({live.get('orders', 0):,} orders)", title_justify="left", box=box.SIMPLE_HEAD)
+    for c in ("anomaly", "simulation", "95% CI", "live", "95% CI ", "agree"):
+        table.add_column(c, justify="left" if c == "anomaly" else "right", no_wrap=True)
+    for cls, a in agree.items():
+        quiet = not a["sim_rate"] and not a["live_rate"]
+        table.add_row(cls, _rate(a["sim_rate"]), f"[{_rate(a['sim'][0])}, {_rate(a['sim'][1])}]", _rate(a["live_rate"]),
+                      f"[{_rate(a['live'][0])}, {_rate(a['live'][1])}]",
+                      "yes" if a["agree"] else "[red]no[/]", style="dim" if quiet else None)
+    console.print(table)
