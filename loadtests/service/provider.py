@@ -96,7 +96,8 @@ class TradeCreate(BaseModel):
     merchant: Id = "m1"
     amount: Amount
     notify_url: Annotated[str, Field(pattern=r"^https?://\S+$", max_length=2048)] | None = None
-    timeout_express: Annotated[str, Field(max_length=32, description='trade lifetime, e.g. "15m"; default gateway.trade_ttl')] | None = None
+    timeout_express: Annotated[str, Field(pattern=r"^[0-9]{1,9}(\.[0-9]{1,6})?(ms|s|min|m|h|d)$",
+                                          description='trade lifetime, e.g. "15m"; default gateway.trade_ttl')] | None = None
 
 
 class RefundBody(BaseModel):
