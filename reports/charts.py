@@ -285,10 +285,10 @@ def sweep_rates(sweep: Mapping[str, Any], classes: Sequence[str] | None = None) 
             ax.fill_between(xs, lo, hi, color=look.color, alpha=0.15, lw=0, zorder=2)
             ax.vlines(xs, lo, hi, color=look.color, lw=1.0, alpha=0.8, zorder=2)  # whiskers: readable alone
             ax.plot(xs, ys, color=look.color, ls=look.linestyle, marker=look.marker, ms=6, lw=1.8,
-                    label=label, zorder=3)
+                    label=label, zorder=3, clip_on=False)  # zeros sit on the axis: keep their markers whole
             if zero.any():
                 ax.plot(xs[zero], ys[zero], ls="none", marker=look.marker, ms=6, mfc="white",
-                        mec=look.color, mew=1.5, zorder=4)
+                        mec=look.color, mew=1.5, zorder=4, clip_on=False)
         if floor is not None:
             ax.set_yscale("log")
             _mark_floor(ax, floor)
@@ -882,7 +882,7 @@ def predicted_vs_measured(simulation: Mapping[str, Any], live: Mapping[str, Any]
             ax.plot([lo, hi], [row + off] * 2, ls="none", marker="|", ms=8, color=look.color)
             hollow = not occurred(anomaly(doc, cls))
             ax.plot([r], [row + off], marker=look.marker, ms=7, color=look.color,
-                    mfc="white" if hollow else look.color, mec=look.color, mew=1.5, zorder=4)
+                    mfc="white" if hollow else look.color, mec=look.color, mew=1.5, zorder=4, clip_on=False)
         agree = intervals_overlap(*ivs)
         ax.text(1.01, row, "✓ agree" if agree else "✗ differ", transform=trans, va="center", fontsize=9,
                 color="#117733" if agree else "#B00000", fontweight="bold")

@@ -24,9 +24,14 @@ from reports.documents import doc_name
 from reports.style import ordered_classes
 
 
+UNCLEAR = "the intervals overlap: not a clear difference"
+
+
 def _rate_ci(a: Mapping[str, Any]) -> str:
     ci = a.get("ci95")
-    return f"{fmt.rate(a.get('rate'))} {fmt.interval(ci)}" if ci else fmt.rate(a.get("rate"))
+    if not ci or (not a.get("rate") and not ci[1]):  # "0", not "0 [0, 0]"
+        return fmt.rate(a.get("rate"))
+    return f"{fmt.rate(a.get('rate'))} {fmt.interval(ci)}"
 
 
 def headline(doc: Mapping[str, Any]) -> str:
@@ -119,9 +124,11 @@ def sweep_summary(sweep: Mapping[str, Any]) -> list[str]:
                      for x in common]
             if all(not occurred(anomaly(o[value_key(x)], cls)) for x in common):
                 worst = max(common, key=lambda x: anomaly(b[value_key(x)], cls).get("rate") or 0)
-                if occurred(anomaly(b[value_key(worst)], cls)):
-                    out.append(f"{other} has no {cls} at any {xname} ({base}: up to "
-                               f"{_rate_ci(anomaly(b[value_key(worst)], cls))} at {xname}={worst}).")
+                wa = anomaly(b[value_key(worst)], cls)
+                if occurred(wa):
+                    unclear = rate_interval(wa)[1] <= 0
+                    out.append(f"{other} has no {cls} at any {xname} ({base}: up to {_rate_ci(wa)} at "
+                               f"{xname}={worst}" + (f"; {UNCLEAR})." if unclear else ")."))
                 continue
             gain, x = max(diffs, key=lambda d: abs(d[0]))
             ba, oa = anomaly(b[value_key(x)], cls), anomaly(o[value_key(x)], cls)
@@ -130,7 +137,7 @@ def sweep_summary(sweep: Mapping[str, Any]) -> list[str]:
             verb = "cuts" if gain > 0 else "raises"
             overlap = intervals_overlap(rate_interval(ba), rate_interval(oa))
             out.append(f"{other} {verb} {cls} from {_rate_ci(ba)} to {_rate_ci(oa)} at {xname}={x}"
-                       + (" (the intervals overlap: not a clear difference)." if overlap else "."))
+                       + (f" ({UNCLEAR})." if overlap else "."))
     return out
 
 
