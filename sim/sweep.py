@@ -298,7 +298,8 @@ def run_sweep(plan: SweepPlan, out_dir: str | Path, *, jobs: int = 1, dask: str 
 
     Without ``resume`` any stored runs under ``out_dir`` are discarded first. Each finished run is
     stored before the next result is taken, so a ``KeyboardInterrupt`` (raised out of this function)
-    keeps them all. The stored runs are removed once the document has been built.
+    keeps them all. The caller removes them (:meth:`PartialStore.clear`) once the documents are
+    written.
     """
     from sim.model.model import run_replication
     from sim.results import run_info
