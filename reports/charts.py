@@ -676,23 +676,31 @@ def story_events(example: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _collapse(events: list[dict[str, Any]], keep: int = 3) -> list[dict[str, Any]]:
-    """Runs of more than ``keep`` alike events (polling, retries) become first, ``… ×n``, last."""
+    """Repetition (polling, retries) shortened: a block of one or two alike events repeated more than
+    ``keep`` times becomes its first block, one ``… ×n`` mark, and its last block."""
     def sig(e: Mapping[str, Any]) -> tuple:
         return e.get("actor"), e.get("type"), e.get("screen"), e.get("op")
 
+    sigs = [sig(e) for e in events]
     out: list[dict[str, Any]] = []
     i = 0
     while i < len(events):
-        j = i
-        while j + 1 < len(events) and sig(events[j + 1]) == sig(events[i]):
-            j += 1
-        run = events[i:j + 1]
-        if len(run) > keep:
-            out += [run[0], {"t": run[1]["t"], "actor": run[0].get("actor"), "_collapsed": len(run) - 2,
-                             "type": run[0].get("type")}, run[-1]]
+        best_period, best_reps = 1, 1
+        for period in (1, 2):
+            reps = 1
+            while sigs[i + reps * period:i + (reps + 1) * period] == sigs[i:i + period]:
+                reps += 1
+            if reps * period > best_reps * best_period and reps > keep:
+                best_period, best_reps = period, reps
+        run = events[i:i + best_reps * best_period]
+        if best_reps > keep:
+            first, last = run[:best_period], run[-best_period:]
+            out += [*first, {"t": run[best_period]["t"], "actor": run[0].get("actor"), "type": run[0].get("type"),
+                             "_collapsed": len(run) - 2 * best_period}, *last]
         else:
-            out += run
-        i = j + 1
+            out.append(events[i])
+            run = run[:1]
+        i += len(run)
     return out
 
 

@@ -252,3 +252,16 @@ def test_render_report_for_other_commands(tmp_path: Path) -> None:
     assert index == tmp_path / "report" / "index.html" and index.exists()
     with pytest.raises(ConfigError, match="expected schema_version 1"):
         from_cli([{"kind": "simulation"}], tmp_path / "bad")
+
+
+def test_story_shortens_polling() -> None:
+    """A poll repeated many times (one event, or an invoke/answer pair) keeps its first and last rounds."""
+    def ev(t: float, typ: str) -> dict:
+        return {"t": t, "actor": "client", "type": typ, "op": "order_status"}
+
+    pairs = [ev(i, "client.invoke" if i % 2 == 0 else "client.unknown") for i in range(12)]
+    short = charts._collapse(pairs)
+    assert [e.get("_collapsed") for e in short] == [None, None, 8, None, None]
+    assert short[0]["t"] == 0 and short[-1]["t"] == 11
+    same = [{"t": i, "actor": "app", "type": "app.shown", "screen": "payment_unknown"} for i in range(3)]
+    assert charts._collapse(same) == same  # three rounds are left as they are
