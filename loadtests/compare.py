@@ -52,7 +52,7 @@ def agreement(sim: dict[str, Any], live: dict[str, Any]) -> dict[str, dict[str, 
 
     out = {}
     for cls in ANOMALY_CLASSES:
-        s, m = (d.get("anomalies") or {}).get(cls) or {}, (live.get("anomalies") or {}).get(cls) or {}
+        s, m = (sim.get("anomalies") or {}).get(cls) or {}, (live.get("anomalies") or {}).get(cls) or {}
         si, li = _interval(s), _interval(m)
         out[cls] = {"sim": si, "live": li, "sim_rate": s.get("rate", 0.0), "live_rate": m.get("rate", 0.0),
                     "agree": si[0] <= li[1] and li[0] <= si[1],

@@ -25,6 +25,7 @@ Everything started here is stopped here, whatever happens (``finally``). The run
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import secrets
@@ -142,7 +143,10 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
         _wait_files(client_dir, "done-", plan.slots, 30.0, procs, "Locust processes done", suffix=".json")
         stop_locust(procs)
         faults.stop()
-        extra = final_order_states(adapter, opts.target, client_dir, window) if opts.target else []
+        extra: list[dict[str, Any]] = []
+        if opts.target:  # observation ends when the target's order states have been read
+            extra = final_order_states(adapter, opts.target, client_dir, epoch, window.time_scale)
+            window = dataclasses.replace(window, end=max(window.end, (time.time() - epoch) * window.time_scale))
         service_events = services.history()
     finally:
         if faults is not None:
@@ -314,9 +318,10 @@ class FaultSchedule(threading.Thread):
 # A target: the orders' end states, read through the adapter
 
 
-def final_order_states(adapter: Adapter, target: str, client_dir: Path, window: LiveWindow) -> list[dict[str, Any]]:
-    """``order.paid`` / ``order.closed`` at the end of observation for every order the buyers created on a
-    target (whose own history the harness cannot read), as its status page shows it now."""
+def final_order_states(adapter: Adapter, target: str, client_dir: Path, epoch: float,
+                       time_scale: float) -> list[dict[str, Any]]:
+    """``order.paid`` / ``order.closed`` for every order the buyers created on a target (whose own history
+    the harness cannot read), as its status page shows it after the drain, at the time it was read."""
     import json
     from concurrent.futures import ThreadPoolExecutor
 
@@ -341,7 +346,8 @@ def final_order_states(adapter: Adapter, target: str, client_dir: Path, window: 
         typ = {"paid": "order.paid", "closed": "order.closed"}.get(cls or "")
         if typ is None:
             return None
-        return {"t": window.end, "type": typ, "actor": "order_service", "order": order, "observed_by": "adapter",
+        return {"t": round((time.time() - epoch) * time_scale, 6), "type": typ, "actor": "order_service",
+                "order": order, "observed_by": "adapter",
                 **({"reason": "observed"} if typ == "order.closed" else {})}
 
     with httpx.Client(timeout=10.0, limits=httpx.Limits(max_connections=16)) as client, ThreadPoolExecutor(16) as pool:

@@ -1,0 +1,176 @@
+"""Live runs end to end on loopback: services, Locust, the checker, thresholds, workers, a target.
+
+Each test is one bounded run of ``checkout-chaos load`` (about 15 s of wall time) of the compressed
+mall scenario in ``tests/fixtures/live_mall.toml``: naive close at a 2-minute order TTL, late
+notifications acknowledged and ignored, at time scale 60. The command runs in this process (it never
+imports Locust: Locust and the services run in their own processes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sim.cli import main
+from sim.scenario import load_scenario
+
+FIXTURE = Path(__file__).parent / "fixtures" / "live_mall.toml"
+REFERENCE_ADAPTER = Path(__file__).parents[1] / "loadtests" / "adapters" / "reference.toml"
+
+pytestmark = pytest.mark.slow
+
+
+def _load(tmp_path: Path, *extra: str) -> tuple[int, dict, Path]:
+    out = tmp_path / "run"
+    rc = main(["load", str(FIXTURE), "--out", str(out), "-q", *extra])
+    return rc, json.loads((out / "results.json").read_text()), out
+
+
+def _events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def test_mall_pattern_live_finds_paid_but_closed_and_fails_its_threshold(tmp_path, capsys):
+    """Naive close + late notify ignored: the checker finds paid-but-closed orders in the live history,
+    the story of each is the mall story (paid, shown success, closed, notification after the close), and
+    the scenario's threshold ``paid_but_closed.count <= 0`` makes the command exit 1."""
+    rc, doc, out = _load(tmp_path)
+    assert rc == 1
+    assert "FAIL paid_but_closed.count <= 0" in capsys.readouterr().err
+    assert doc["kind"] == "live" and doc["replications"] == 1
+    pbc = doc["anomalies"]["paid_but_closed"]
+    assert pbc["count"] >= 3, pbc
+    assert doc["anomalies"]["success_shown_then_closed"]["count"] >= 1
+    assert doc["end_states"]["paid_closed_unrefunded"] == pbc["count"]
+    example = doc["examples"]["paid_but_closed"][0]["events"]
+    types = [e["type"] for e in example]
+    assert "client.invoke" in types and "app.shown" in types  # what the buyer did and saw
+    assert types.index("ledger.txn") < types.index("order.closed") < types.index("notify.received")
+    live = doc["live"]
+    assert live["planned_arrivals"] == live["started"] > 0
+    assert live["harness_errors"] == 0
+    assert live["locust"]["requests"], "Locust's request statistics are in the results"
+    assert {r["name"] for r in live["locust"]["requests"]} >= {"create order", "start payment"}
+    assert live["thresholds"] == [{"rule": "paid_but_closed.count <= 0", "observed": pbc["count"], "holds": False}]
+    history = _events(out / "history.jsonl")
+    assert history[0]["type"] == "run.start" and history[-1]["type"] == "run.end"
+    assert all(0 <= e["t"] <= doc["end_s"] for e in history)
+
+
+def _paid_but_closed(history: list[dict]) -> dict[str, dict]:
+    """Orders that ended closed with the buyer's money held (the checker's paid_but_closed rule), each with
+    the trades charged and the provider's answers to closing them."""
+    orders: dict[str, dict] = {}
+    for e in history:
+        o = orders.setdefault(e.get("order"), {"closed": False, "net": Counter(), "close_answers": set()})
+        if e["type"] == "order.closed":
+            o["closed"] = True
+        elif e["type"] in ("order.paid", "order.reopened"):
+            o["closed"] = False
+        elif e["type"] == "ledger.txn" and e.get("kind") in ("charge", "refund"):
+            o["net"][e["trade"]] -= sum(p["amount"] for p in e["postings"] if p["account"].startswith("user:"))
+        elif e["type"] in ("trade.closed", "trade.close_refused"):
+            o["close_answers"].add(e["trade"])
+    return {k: o for k, o in orders.items() if o["closed"] and sum(v for v in o["net"].values() if v > 0) > 0}
+
+
+def test_close_trade_then_order_removes_them_with_two_workers(tmp_path):
+    """The same buyers with close_trade_then_order: the close job closes the gateway trade first and keeps
+    the order when the trade is paid, so no order the mall way ends paid and closed. Played by a Locust
+    master and two local workers, the merged history holds every buyer's events, each exactly once.
+
+    What remains (rarely, under load) is a different race the live run exposes and the simulation cannot:
+    the buyer's start-payment call is still creating the trade at the provider when the close job asks to
+    close it; the provider does not know the trade yet (404), the order closes, the trade is created and
+    paid. Those orders are the only paid-but-closed ones allowed here: the close never reached their trade.
+    """
+    rc, doc, out = _load(tmp_path, "--workers", "2", "--set", "order_service.close_policy=close_trade_then_order")
+    history = _events(out / "history.jsonl")
+    pbc = _paid_but_closed(history)
+    assert doc["anomalies"]["paid_but_closed"]["count"] == len(pbc)
+    for order, o in pbc.items():
+        charged = {t for t, v in o["net"].items() if v > 0}
+        assert not charged & o["close_answers"], f"{order}: the close job saw the charged trade and still closed"
+    assert len(pbc) <= 0.1 * doc["orders"]
+    assert rc == (1 if pbc else 0)
+    live = doc["live"]
+    assert live["workers"] == 2 and live["harness_errors"] == 0
+    planned = live["planned_arrivals"]
+    files = sorted((out / "client").glob("client-*.jsonl"))
+    assert [f.name for f in files] == ["client-0.jsonl", "client-1.jsonl"]
+    per_file = [_events(f) for f in files]
+    orders = [{e["order"] for e in evs} for evs in per_file]
+    assert all(orders) and not orders[0] & orders[1], "each buyer is played by one worker"
+    run_id = next(iter(orders[0])).rsplit("-", 1)[0]
+    assert orders[0] | orders[1] == {f"{run_id}-{i}" for i in range(planned)}, "no buyer is missing"
+    merged = [e for e in history if e["actor"] in ("client", "app", "user")]
+    client_lines = [json.dumps(e, sort_keys=True) for evs in per_file for e in evs]
+    merged_lines = [json.dumps(e, sort_keys=True) for e in merged]
+    assert Counter(merged_lines) == Counter(client_lines), "every client event once in the merged history"
+    assert max(Counter(merged_lines).values()) == 1
+    calls = Counter((e["call"], e["type"]) for e in merged if e["type"].startswith("client."))
+    assert max(calls.values()) == 1
+    assert live["history"]["duplicate_client_events"] == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_target_checkout_through_the_reference_adapter(tmp_path, capsys):
+    """A checkout started on its own, pointed at the harness's mock provider, driven through an adapter
+    file: the anomaly is found from the client histories, the provider's ledger and the order states
+    read through the adapter."""
+    scenario = load_scenario(FIXTURE)
+    provider_port = _free_port()
+    secret = secrets.token_hex(16)
+    data = tmp_path / "staging"
+    data.mkdir()
+    (data / "scenario.json").write_text(json.dumps(scenario.resolved()))
+    env = {**os.environ, "CHECKOUT_CHAOS_NOTIFY_SECRET": secret, "CHECKOUT_CHAOS_ADMIN_TOKEN": "staging"}
+    argv = [sys.executable, "-m", "loadtests.service.checkout", "--scenario-json", str(data / "scenario.json"),
+            "--data", str(data), "--host", "127.0.0.1", "--port", "0", "--port-file", str(data / "port"),
+            "--start-epoch", repr(time.time()), "--time-scale", "60",
+            "--provider-url", f"http://127.0.0.1:{provider_port}"]
+    with open(data / "checkout.log", "wb") as log:
+        staging = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not (data / "port").exists():
+            assert staging.poll() is None and time.monotonic() < deadline, (data / "checkout.log").read_text()
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{int((data / 'port').read_text())}"
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        rc, doc, out = _load(tmp_path, "--target", url, "--target-config", str(REFERENCE_ADAPTER),
+                             "--provider-port", str(provider_port), "--notify-secret", secret)
+    finally:
+        staging.terminate()
+        staging.wait(timeout=10)
+    assert rc == 1  # the staging checkout has the mall close pattern: the threshold fails
+    live = doc["live"]
+    assert live["target"] == url and live["adapter"] == "reference"
+    assert doc["anomalies"]["paid_but_closed"]["count"] >= 1
+    history = _events(out / "history.jsonl")
+    created = [e for e in history if e["type"] == "order.created"]
+    assert created and all(e.get("observed_by") == "client" for e in created)  # the target's own history is not read
+    assert any(e["type"] == "ledger.txn" for e in history)  # the provider's ledger is
+    assert any(e.get("observed_by") == "adapter" and e["type"] == "order.closed" for e in history)
