@@ -39,6 +39,7 @@ from sim.domain.policies import NotifyAction, Step
 from sim.domain.states import OrderState, TradeState
 
 from loadtests.service import base, signing
+from loadtests.service.http11 import HttpClient
 from loadtests.service.runtime import Limiter
 from loadtests.service.store import Job
 from loadtests.service.web import (ID_PATTERN, MAX_AMOUNT, ApiError, InFlightLimit, admin_router,
@@ -114,7 +115,8 @@ class Checkout(base.ServiceBase):
         self.provider_url = config.provider_url.rstrip("/")
         self.notify_url = config.public_url.rstrip("/") + "/notify"
         self.workers = Limiter(lambda: self.conditions.current().order_service.workers)
-        self.client: Any = None
+        self.http = HttpClient(max_idle_per_origin=256)
+        self.client: Any = None  # httpx, only for an https:// provider
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -126,20 +128,30 @@ class Checkout(base.ServiceBase):
         return [self._sweep_loop]
 
     async def aclose(self) -> None:
+        await self.http.aclose()
         if self.client is not None:
             await self.client.aclose()
 
     async def _call(self, method: str, path: str, body: dict | None = None) -> Any:
-        """One call to the provider; ``ProviderUnavailable`` on a transport error, a timeout or a 5xx."""
-        import httpx
+        """One call to the provider; ``ProviderUnavailable`` on a transport error, a timeout or a 5xx.
 
-        if self.client is None:
-            self.client = httpx.AsyncClient(base_url=self.provider_url,
-                                            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        Plain ``http://`` providers (the mock) go through the lean keep-alive client; ``https://`` ones
+        through httpx. Both answers have ``status_code``, ``json()`` and ``text``.
+        """
         timeout = self.wall_timeout(self.conditions.current().app.request_timeout)
+        url = self.provider_url + path
+        payload = json.dumps(body).encode() if body is not None else b""
+        headers = {"Content-Type": "application/json"} if body is not None else None
         try:
-            resp = await self.client.request(method, path, json=body, timeout=timeout)
-        except httpx.HTTPError as exc:
+            if url.startswith("http://"):
+                resp = await self.http.request(method, url, payload, headers, timeout)
+            else:
+                import httpx
+
+                if self.client is None:
+                    self.client = httpx.AsyncClient()
+                resp = await self.client.request(method, url, content=payload, headers=headers, timeout=timeout)
+        except Exception as exc:  # HttpError, httpx.HTTPError: the provider did not answer
             raise ProviderUnavailable(f"{exc.__class__.__name__}: {exc}") from None
         if resp.status_code >= 500:
             raise ProviderUnavailable(f"provider answered {resp.status_code}")
@@ -440,17 +452,16 @@ class Checkout(base.ServiceBase):
     async def _sweep_loop(self) -> None:
         """``close_mode = "sweep"``: every ``sweep_interval`` (at multiples of it in scenario time), close
         every expired order still awaiting payment."""
-        last: int | None = None
+        looked = self.clock.now()
         while True:
             interval = max(self.conditions.current().order_service.sweep_interval, 1e-3)
             now = self.clock.now()
-            boundary = int(now // interval)
-            if last is None or boundary == last:
-                last = boundary
+            if now // interval == looked // interval:  # no multiple of the interval passed since the last look
+                looked = now
                 # At most half a second asleep, to notice a changed interval or close mode (faults).
-                await asyncio.sleep(min(self.clock.wall((boundary + 1) * interval - now), 0.5))
+                await asyncio.sleep(min(self.clock.wall((now // interval + 1) * interval - now), 0.5))
                 continue
-            last = boundary
+            looked = now
             cond = self.conditions.current().order_service
             if cond.close_mode != "sweep":
                 continue

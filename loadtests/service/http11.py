@@ -11,6 +11,8 @@ connection when a pooled one turns out to have been closed by the server.
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -23,6 +25,17 @@ class Response:
 
     def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
         self.status, self.headers, self.body = status, headers, body
+
+    @property
+    def status_code(self) -> int:  # the httpx spelling, so callers can take either
+        return self.status
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
 class HttpClient:
