@@ -111,6 +111,7 @@ class Context:
         self.synthesize_orders = synthesize_orders  # a --target writes no history: the client says what it created
         self.counters = Counters()
         self._windows = tuple(scenario.faults)
+        self._unfaulted = scenario.model_copy(update={"faults": ()})  # what a window's overrides apply to
         self._faulted: dict[tuple[int, ...], Scenario] = {}
 
     def now(self) -> float:
@@ -129,7 +130,7 @@ class Context:
             merged: dict[str, Any] = {}
             for i in active:
                 merged.update(self._windows[i].set)
-            s = self._faulted[active] = self.scenario.with_overrides(merged, source="faults")
+            s = self._faulted[active] = self._unfaulted.with_overrides(merged, source="faults")
         return s
 
 

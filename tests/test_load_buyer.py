@@ -1,0 +1,236 @@
+"""The buyer's story over HTTP, played against a scripted checkout on a fake clock (no gevent, no Locust)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+
+from sim.scenario import FaultWindow, scenario_from_dict
+
+from loadtests.adapter import Adapter, load_adapter
+from loadtests.buyer import OK, REFUSED, TIMEOUT, Buyer, Context, Reply
+
+K = 60.0
+EPOCH = 1000.0  # wall time of scenario t = 0
+CHECKOUT, PROVIDER = "http://checkout", "http://provider"
+
+
+class FakeTransport:
+    """A clock that only moves when the buyer sleeps or a call takes time; answers from ``handler``."""
+
+    def __init__(self, handler: Callable[[str, str, Any], tuple[Reply, float]], now: float = EPOCH) -> None:
+        self.now = now
+        self.handler = handler
+        self.sent: list[tuple[str, str, Any]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+
+    def send(self, method: str, url: str, body: Any, timeout: float, name: str) -> Reply:
+        self.sent.append((method, url, body))
+        reply, took = self.handler(method, url, body)
+        if took >= timeout:
+            self.now += timeout
+            return Reply(TIMEOUT, error="timeout")
+        self.now += took
+        return reply
+
+
+def reference_checkout(pay_state: str | list[str] = "succeeded", order_states: list[str] | None = None,
+                       start: Reply | None = None, pay_took: float = 0.001):
+    """A scripted reference checkout: orders are created, payment starts, the provider answers
+    ``pay_state`` (one per attempt), the order page walks through ``order_states``."""
+    pays = [pay_state] if isinstance(pay_state, str) else list(pay_state)
+    pages = list(order_states or ["awaiting_payment"])
+
+    def handler(method: str, url: str, body: Any) -> tuple[Reply, float]:
+        if url == f"{CHECKOUT}/orders":
+            return Reply(OK, 201, {"order": body["order"], "state": "awaiting_payment"}), 0.001
+        if url.endswith("/pay") and url.startswith(CHECKOUT):
+            if start is not None:
+                return start, 0.001
+            return Reply(OK, 200, {"trade": body["trade"], "pay_url": f"{PROVIDER}/trades/{body['trade']}/pay",
+                                   "state": "authorized"}), 0.001
+        if url.startswith(PROVIDER):
+            state = pays.pop(0) if len(pays) > 1 else pays[0]
+            return Reply(OK, 200, {"state": state}), pay_took
+        if url.startswith(f"{CHECKOUT}/orders/") and method == "GET":
+            state = pages.pop(0) if len(pages) > 1 else pages[0]
+            return Reply(OK, 200, {"state": state}), 0.001
+        if url.endswith("/cancel"):
+            return Reply(OK, 200, {"state": "closed"}), 0.001
+        raise AssertionError(f"unexpected call {method} {url}")
+
+    return handler
+
+
+def play(handler, *, scenario: dict | None = None, adapter: Adapter | None = None, lateness: float = 0.0,
+         synthesize: bool = False, index: int = 7, faults: tuple[FaultWindow, ...] = ()) -> tuple[list[dict], FakeTransport, str]:
+    """Buyer ``index`` due at scenario t = 60, started ``lateness`` wall seconds late."""
+    base = {"user": {"abandon_probability": 0.0, "pay_delay": "30s", "payment_methods": {"wallet": 1.0, "card": 0.0,
+                                                                                          "bnpl": 0.0}},
+            "app": {"network_latency": "0s"}}
+    for key, value in (scenario or {}).items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    s = scenario_from_dict(base).model_copy(update={"faults": faults})
+    events: list[dict] = []
+    due = EPOCH + 60.0 / K
+    tr = FakeTransport(handler, now=due + lateness)
+    ctx = Context(s, adapter or load_adapter(), tr, events.append, checkout_url=CHECKOUT, provider_url=PROVIDER,
+                  time_scale=K, load_epoch=EPOCH, run_id="r1", seed=5, profiles=[("张伟", "13812345678", "上海市")],
+                  synthesize_orders=synthesize)
+    ending = Buyer(ctx, index, due).run()
+    return events, tr, ending
+
+
+def kinds(events: list[dict]) -> list[str]:
+    return [e["type"] if e["type"] != "app.shown" else f"shown:{e['screen']}" for e in events]
+
+
+def test_a_wallet_buyer_orders_pays_and_sees_success():
+    """create -> (pay delay) -> start payment -> confirm at the provider -> "payment succeeded"."""
+    events, tr, ending = play(reference_checkout())
+    assert ending == "paid"
+    assert kinds(events) == ["client.invoke", "client.ok", "user.pay", "client.invoke", "client.ok",
+                             "client.invoke", "client.ok", "shown:payment_succeeded"]
+    assert {e["order"] for e in events} == {"r1-7"}
+    create = tr.sent[0]
+    assert create[2]["user"] == "r1-u7" and create[2]["buyer"]["name"] == "张伟" and create[2]["method"] == "wallet"
+    assert isinstance(create[2]["amount"], int)
+    assert events[2]["trade"] == "r1-7-t0"
+    assert tr.sent[2][1] == f"{PROVIDER}/trades/r1-7-t0/pay"
+    assert events[3]["t"] == pytest.approx(60.0 + 0.001 * K + 30.0)  # the pay delay, in scenario seconds
+    ops = [e["op"] for e in events if e["type"] == "client.ok"]
+    assert ops == ["create_order", "start_payment", "confirm_payment"]
+    assert len({e["call"] for e in events if e["type"] == "client.invoke"}) == 3
+
+
+def test_latency_counts_from_when_the_call_was_due():
+    """A generator 0.1 wall seconds late: the first call's latency includes those 6 scenario seconds, and
+    the lag says how much of it was the generator's."""
+    events, _, _ = play(reference_checkout(), lateness=0.1)
+    invoke, ok = events[0], events[1]
+    assert invoke["start_lag"] == pytest.approx(0.1 * K)
+    assert invoke["scheduled"] == pytest.approx(60.0)
+    assert ok["latency"] == pytest.approx((0.1 + 0.001) * K)
+    assert ok["lag"] == pytest.approx(0.1 * K)
+    later = events[4]  # start payment: due after the pay delay, on time
+    assert later["type"] == "client.ok" and later["lag"] == pytest.approx(0.0)
+
+
+def test_a_call_the_generator_reaches_after_the_apps_timeout_is_not_sent():
+    """Later than the app's timeout: nothing is sent, the call fails (the buyer's app gave up)."""
+    events, tr, ending = play(reference_checkout(), lateness=2.0)
+    assert ending == "create_failed" and not tr.sent
+    assert kinds(events) == ["client.invoke", "client.fail"]
+    assert events[1]["error"].startswith("not sent") and "status" not in events[1]
+
+
+def test_a_timeout_shows_unknown_and_the_app_polls_until_paid():
+    """The provider does not answer within the app's timeout: "payment unknown", then the order page is
+    polled every poll_interval until it shows paid."""
+    handler = reference_checkout(order_states=["awaiting_payment", "awaiting_payment", "shipped"], pay_took=10.0)
+    events, tr, ending = play(handler, scenario={"user": {"poll_interval": "3s", "poll_duration": "60s"}})
+    assert ending == "settled_by_poll"
+    assert kinds(events)[-10:] == ["client.invoke", "client.unknown", "shown:payment_unknown", "client.invoke",
+                                   "client.ok", "client.invoke", "client.ok", "client.invoke", "client.ok",
+                                   "shown:order_paid"]
+    assert [e["screen"] for e in events if e["type"] == "app.shown"] == ["payment_unknown", "order_paid"]
+    unknown = next(e for e in events if e["type"] == "client.unknown")
+    assert unknown["op"] == "confirm_payment" and unknown["latency"] == pytest.approx(15.0)  # app.request_timeout
+    polls = [e for e in events if e["type"] == "client.ok" and e["op"] == "order_status"]
+    assert len(polls) == 3
+    assert polls[1]["t"] - polls[0]["t"] == pytest.approx(3.0 + 0.001 * K)
+
+
+@pytest.mark.parametrize("policy, trades", [("reuse", ["r1-7-t0", "r1-7-t0"]), ("new", ["r1-7-t0", "r1-7-t1"])])
+def test_a_retry_reuses_or_renews_the_trade_number(policy, trades):
+    """A declined payment, a retry: the same out_trade_no (idempotent) or a new one, per app.retry_trade_no."""
+    events, _, ending = play(reference_checkout(pay_state=["failed", "succeeded"]),
+                             scenario={"user": {"retry_probability": 1.0, "max_retries": 1},
+                                       "app": {"retry_trade_no": policy}})
+    assert ending == "paid"
+    assert [e["trade"] for e in events if e["type"] == "user.pay"] == trades
+    assert [e["trade"] for e in events if e["type"] == "user.retry"] == trades[1:]
+    assert [e["screen"] for e in events if e["type"] == "app.shown"] == ["payment_failed", "payment_succeeded"]
+
+
+def test_an_order_that_can_no_longer_be_paid_ends_the_story():
+    """The checkout refuses to start payment (the order closed meanwhile): no payment, no screen."""
+    refused = Reply(REFUSED, 409, {"code": "ORDER_NOT_PAYABLE", "order_state": "closed"})
+    events, tr, ending = play(reference_checkout(start=refused))
+    assert ending == "not_payable"
+    assert not [e for e in events if e["type"] == "app.shown"]
+    assert events[-1]["type"] == "client.fail" and events[-1]["status"] == 409
+    assert not [s for s in tr.sent if s[1].startswith(PROVIDER)]
+
+
+def test_bnpl_is_paid_by_its_authorization():
+    events, tr, ending = play(reference_checkout(),
+                              scenario={"user": {"payment_methods": {"wallet": 0.0, "card": 0.0, "bnpl": 1.0}}})
+    assert ending == "paid"
+    assert [e["screen"] for e in events if e["type"] == "app.shown"] == ["payment_succeeded"]
+    assert not [e for e in events if e["type"] == "user.pay"]
+    assert tr.sent[0][2]["method"] == "bnpl" and len(tr.sent) == 2
+
+
+def test_a_buyer_who_walks_away_may_cancel():
+    events, tr, ending = play(reference_checkout(), scenario={"user": {"abandon_probability": 1.0,
+                                                                      "cancel_probability": 1.0}})
+    assert ending == "cancelled"
+    assert "user.cancel" in kinds(events) and tr.sent[-1][1] == f"{CHECKOUT}/orders/r1-7/cancel"
+    events, _, ending = play(reference_checkout(), scenario={"user": {"abandon_probability": 1.0}})
+    assert ending == "abandoned" and kinds(events)[-1] == "user.abandon"
+
+
+def test_the_cashier_closes_at_the_order_ttl():
+    """Back after the order's TTL with the cashier's countdown on: "order closed", no payment call."""
+    events, tr, ending = play(reference_checkout(), scenario={"user": {"pay_delay": "31m"},
+                                                              "app": {"cashier_closes_at_expiry": True}})
+    assert ending == "expired" and kinds(events)[-1] == "shown:order_closed" and len(tr.sent) == 1
+
+
+def test_a_server_assigned_order_id_is_read_from_the_answer():
+    """With order_id = "server" the create call's events carry the id the checkout gave; with a target,
+    the client records the order it created (the target's own history is not read)."""
+    data = dict(load_adapter().to_dict())
+    data["order_id"] = "server"
+    adapter = Adapter(data)
+
+    def handler(method: str, url: str, body: Any):
+        if url == f"{CHECKOUT}/orders":
+            return Reply(OK, 201, {"order": "SRV-1"}), 0.001
+        return reference_checkout()(method, url, body)
+
+    events, tr, _ = play(handler, adapter=adapter, synthesize=True)
+    assert {e["order"] for e in events} == {"SRV-1"}
+    assert kinds(events)[:3] == ["client.invoke", "client.ok", "order.created"]
+    created = events[2]
+    assert created["observed_by"] == "client" and created["expires_at"] == pytest.approx(created["t"] + 1800.0)
+    assert tr.sent[1][1] == f"{CHECKOUT}/orders/SRV-1/pay"
+
+
+def test_decisions_do_not_depend_on_who_plays_the_buyer():
+    """Buyer i's method, amount and delays come from its own stream: the same in any process."""
+    a, _, _ = play(reference_checkout(), scenario={"user": {"pay_delay": {"dist": "exponential", "mean": "60s"}}})
+    b, _, _ = play(reference_checkout(), scenario={"user": {"pay_delay": {"dist": "exponential", "mean": "60s"}}})
+    assert a == b
+    c, _, _ = play(reference_checkout(), scenario={"user": {"pay_delay": {"dist": "exponential", "mean": "60s"}}},
+                   index=8)
+    assert [e["t"] for e in c] != [e["t"] for e in a]
+
+
+def test_fault_windows_change_what_the_buyer_does():
+    """A window over an app key applies on the client while it is active: a 0.3 s (18 scenario s)
+    payment call times out at the default 15 s, not inside a window that allows 30 s."""
+    def outcome(start: str, end: str) -> str:
+        window = FaultWindow(start=start, end=end, set={"app.request_timeout": "30s"})
+        events, _, _ = play(reference_checkout(pay_took=0.3), faults=(window,))
+        return next(e["type"] for e in events if e.get("op") == "confirm_payment" and e["type"] != "client.invoke")
+
+    assert outcome("0s", "10m") == "client.ok"
+    assert outcome("1h", "2h") == "client.unknown"

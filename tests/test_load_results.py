@@ -1,0 +1,136 @@
+"""After a live run: merging histories, the live section, Locust's statistics, thresholds, comparison,
+and the command's errors (exit 2, nothing started)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sim.cli import main
+from sim.scenario import scenario_from_dict
+
+from loadtests.compare import agreement
+from loadtests.history import HistoryWriter, merge, read_client_file
+from loadtests.live import evaluate_thresholds, live_section, read_locust_stats
+from loadtests.plan import LiveWindow
+
+ROOT = Path(__file__).parents[1]
+WINDOW = LiveWindow(time_scale=60.0, warmup=10.0, horizon=100.0, end=200.0)
+
+
+def test_services_are_rebased_onto_the_load_clock_and_clients_merged_once(tmp_path):
+    """Service times (t, expires_at) move by the epochs' offset; every client event appears once; events
+    after the end of observation are dropped; run.start/run.end frame the history."""
+    w = HistoryWriter(tmp_path / "client-0.jsonl")
+    w.emit({"t": 20.0, "type": "client.invoke", "actor": "client", "order": "a", "op": "create_order", "call": "a:1"})
+    w.emit({"t": 20.5, "type": "client.ok", "actor": "client", "order": "a", "op": "create_order", "call": "a:1"})
+    w.emit({"t": 250.0, "type": "app.shown", "actor": "app", "order": "a", "screen": "order_paid"})
+    w.close()
+    (tmp_path / "client-1.jsonl").write_text(
+        json.dumps({"t": 30.0, "type": "user.abandon", "actor": "user", "order": "b"}) + "\n" + '{"t": 31, "ty')
+    services = [{"t": 520.2, "type": "order.created", "actor": "order_service", "order": "a", "expires_at": 2320.2},
+                {"t": 900.0, "type": "order.closed", "actor": "order_service", "order": "a"}]
+    events, info = merge(services, sorted(tmp_path.glob("client-*.jsonl")), 500.0, WINDOW, seed=7)
+    assert [e["type"] for e in events] == ["run.start", "client.invoke", "order.created", "client.ok", "user.abandon",
+                                          "run.end"]
+    created = events[2]
+    assert created["t"] == pytest.approx(20.2) and created["expires_at"] == pytest.approx(1820.2)
+    assert events[0] | {} == {"t": 0.0, "type": "run.start", "actor": "run", "warmup": 10.0, "horizon": 100.0,
+                              "end": 200.0, "seed": 7, "time_scale": 60.0}
+    assert info.after_end == 2 and info.duplicate_client_events == 0 and info.client_events == 3
+    assert info.orders_seen_by_clients == 2
+
+
+def test_a_torn_last_line_is_skipped(tmp_path):
+    p = tmp_path / "client-0.jsonl"
+    p.write_text('{"t": 1, "type": "x"}\n{"t": 2, "ty')
+    assert list(read_client_file(p)) == [{"t": 1, "type": "x"}]
+
+
+def test_duplicates_are_counted(tmp_path):
+    line = json.dumps({"t": 1.0, "type": "client.ok", "order": "a", "call": "a:1"}) + "\n"
+    (tmp_path / "client-0.jsonl").write_text(line)
+    (tmp_path / "client-1.jsonl").write_text(line)
+    _, info = merge([], sorted(tmp_path.glob("*.jsonl")), 0.0, WINDOW, seed=None)
+    assert info.duplicate_client_events == 1
+
+
+def _call(typ: str, latency: float, op: str = "create_order", **extra) -> dict:
+    return {"t": 1.0, "type": typ, "actor": "client", "order": "o", "op": op, "call": "c", "latency": latency, **extra}
+
+
+def test_the_live_section_counts_arrivals_errors_and_latency_from_schedule():
+    events = ([_call("client.ok", 0.6, status=201)] * 97 + [_call("client.unknown", 15.0, error="timeout")]
+              + [_call("client.fail", 0.3, status=409)] + [_call("client.fail", 0.0, error="ConnectionRefusedError")])
+    done = [{"planned": 60, "started": 60, "late": 3, "dropped": 0, "completed": 60, "flow_errors": 0, "lags": [0.001] * 60,
+             "lag_max": 0.2, "in_flight_at_end": 0},
+            {"planned": 40, "started": 38, "late": 0, "dropped": 2, "completed": 38, "flow_errors": 1, "lags": [0.002] * 38,
+             "lag_max": 0.01, "in_flight_at_end": 1}]
+    live = live_section(events, done, 100, 98.5, WINDOW, 2, None, "reference", {}, {}, [], 0.05)
+    assert (live["planned_arrivals"], live["started"], live["late_starts"], live["dropped_arrivals"]) == (100, 98, 3, 2)
+    assert live["achieved_arrivals"] == 95 and live["achieved_arrival_ratio"] == pytest.approx(0.95)
+    assert live["harness_errors"] == 3  # one flow raised, two arrivals dropped
+    assert live["requests"] == 100 and live["failures"] == 2 and live["error_rate"] == pytest.approx(0.02)
+    assert live["p50_latency_s"] == 0.6 and live["p99_latency_s"] == 0.6
+    assert live["p99_latency_wall_s"] == pytest.approx(0.01)
+    assert live["start_lag_wall_s"]["max"] == 0.2
+    assert live["latency_by_op"]["create_order"]["count"] == 100
+
+
+def test_locust_statistics_are_read_from_its_csv(tmp_path):
+    header = ('"Type","Name","Request Count","Failure Count","Median Response Time","Average Response Time",'
+              '"Min Response Time","Max Response Time","Average Content Size","Requests/s","Failures/s","50%","66%",'
+              '"75%","80%","90%","95%","98%","99%","99.9%","99.99%","100%"\n')
+    rows = ('"POST","create order",120,2,12,15.5,2,300,250,40.0,0.6,12,14,16,18,25,40,80,120,290,300,300\n'
+            '"","Aggregated",120,2,12,15.5,2,300,250,40.0,0.6,12,14,16,18,25,40,80,120,290,300,300\n')
+    (tmp_path / "s.csv").write_text(header + rows)
+    stats = read_locust_stats(tmp_path / "s.csv")
+    assert stats["requests"] == [{"type": "POST", "name": "create order", "count": 120, "failures": 2, "median_ms": 12.0,
+                                  "mean_ms": 15.5, "p95_ms": 40.0, "p99_ms": 120.0, "max_ms": 300.0, "rps": 40.0}]
+    assert stats["aggregated"]["count"] == 120
+    assert read_locust_stats(tmp_path / "missing.csv") == {"requests": [], "aggregated": None}
+
+
+def test_thresholds_read_rates_counts_and_live_metrics():
+    s = scenario_from_dict({"thresholds": ["paid_but_closed.rate < 1e-4", "paid_but_closed.count <= 0",
+                                           "p99_latency < 800ms", "achieved_ratio >= 0.95", "error_rate < 0.01"]})
+    doc = {"anomalies": {"paid_but_closed": {"rate": 0.002, "count": 3}},
+           "live": {"p99_latency_s": 0.5, "achieved_arrival_ratio": 0.97, "error_rate": None}}
+    results = evaluate_thresholds(s.thresholds, doc)
+    assert [(r["rule"], r["holds"]) for r in results] == [
+        ("paid_but_closed.rate < 1e-4", False), ("paid_but_closed.count <= 0", False), ("p99_latency < 800ms", True),
+        ("achieved_ratio >= 0.95", True), ("error_rate < 0.01", False)]  # nothing observed: the rule fails
+    assert results[0]["observed"] == 0.002
+
+
+def test_agreement_is_overlap_of_the_intervals():
+    sim = {"anomalies": {"paid_but_closed": {"rate": 0.2, "ci95": [0.16, 0.26]},
+                         "double_charge": {"rate": 0.0, "ci95": [0.0, 0.0]}}}
+    live = {"anomalies": {"paid_but_closed": {"rate": 0.3, "ci95": [0.25, 0.35]},
+                          "double_charge": {"rate": 0.01, "ci95": [0.002, 0.03]}}}
+    a = agreement(sim, live)
+    assert a["paid_but_closed"] == {"sim": [0.16, 0.26], "live": [0.25, 0.35], "sim_rate": 0.2, "live_rate": 0.3,
+                                    "agree": True, "live_in_sim": False, "sim_in_live": False}
+    assert a["double_charge"]["agree"] is False
+    assert a["stuck_pending"]["agree"] is True  # absent from both: 0 and 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--target", "http://10.1.2.3:8000", "--target-config", str(ROOT / "loadtests/adapters/reference.toml")],
+     "not a loopback address"),
+    (["--target", "http://127.0.0.1:9"], "--target needs --target-config"),
+    (["--target", "ftp://127.0.0.1:9", "--target-config", "x.toml"], "expected an http(s) URL"),
+    (["--run-time", "soon"], "--run-time: expected a duration"),
+    (["--time-scale", "0"], "--time-scale: expected a positive number"),
+    (["--run-time", "1s", "--time-scale", "60"], "nothing would be counted"),
+    (["--max-orders", "10"], "more than --max-orders 10"),
+    (["--provider-host", "0.0.0.0"], "--provider-host 0.0.0.0: not a loopback address"),
+    (["--target", "http://127.0.0.1:9", "--target-config", "nope.toml"], "no such adapter file"),
+])
+def test_mistakes_exit_2_before_anything_starts(argv, message, tmp_path, capsys):
+    rc = main(["load", str(ROOT / "scenarios/baseline.toml"), "--out", str(tmp_path / "o"), "-q", *argv])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "services").exists()
