@@ -1,0 +1,290 @@
+"""The scenario library: every file validates and runs, and every story holds, statistically.
+
+Each story test runs the scenario scaled down (a shorter horizon, and for the slow clocks a
+time-compressed deadline, as noted per scenario) twice on common random numbers — as written and
+with the mitigation its comment block names — and checks that
+
+* the anomaly the story is about appears: its 95% CI lower bound is above zero;
+* the named mitigation removes it (or cuts it, where the story says so);
+* anomalies the story is not about do not appear.
+
+The figures of the full-size runs are in docs/scenarios.md.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from sim.errors import ConfigError
+from sim.runner import simulate
+from sim.scenario import ANOMALY_CLASSES, load_scenario, scenario_from_dict
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+FILES = sorted(SCENARIOS.glob("*.toml"))
+NAMES = [f.stem for f in FILES]
+
+# Every story test: three replications, a short horizon and warmup (per story below).
+FAST = {"run.replications": 3, "run.warmup": "1m"}
+
+MONEY = ("paid_but_closed", "double_charge", "charge_without_order", "order_paid_without_charge",
+         "ledger_imbalance")
+
+
+def _faults_load() -> bool:
+    """Whether a scenario with a fault window loads (sim/scenario.py's faulted() recursed once)."""
+    try:
+        scenario_from_dict({"faults": [{"start": "1m", "end": "2m", "set": {"bank.response_loss": 0.5}}]})
+    except ConfigError:
+        raise
+    except Exception:  # RecursionError, or pydantic wrapping it
+        return False
+    return True
+
+
+FAULTS_LOAD = _faults_load()
+FAULTS_BUG = ("sim/scenario.py: Scenario.faulted() re-validates the fault windows of the scenario it "
+              "builds, which calls faulted() again: any [[faults]] scenario recurses without end")
+
+
+def uses_faults(path: Path) -> bool:
+    return bool(tomllib.loads(path.read_text()).get("faults"))
+
+
+def marks_for(path: Path) -> list[Any]:
+    if uses_faults(path) and not FAULTS_LOAD:
+        return [pytest.mark.xfail(reason=FAULTS_BUG, strict=True)]
+    return []
+
+
+@dataclass
+class Story:
+    scale: dict[str, Any]                     # on top of FAST: what makes the test small
+    mitigation: dict[str, Any]                # the --set lines the file's comment block names
+    anomaly: str | None = None                # the class the story is about
+    end_state: str | None = None              # ... or the end state it is about
+    removes: bool = True                      # the mitigation removes it (else: cuts it at least in half)
+    absent: tuple[str, ...] = ()              # classes the story must not show
+    check: Callable[[dict, dict], None] | None = None  # a story-specific check (base doc, mitigated doc)
+
+
+def _windows(daily: dict, hourly: dict) -> None:
+    """Reconciliation repairs every paid-but-closed order; daily after ~a day, hourly within ~an hour."""
+    d, h = daily["anomalies"]["paid_but_closed"], hourly["anomalies"]["paid_but_closed"]
+    assert d["count"] == 0 and h["count"] == 0, (d["count"], h["count"])
+    assert d["repaired"] > 0 and h["repaired"] > 0
+    assert d["window_s"]["median"] > 12 * 3600, d["window_s"]
+    assert h["window_s"]["p99"] < 2 * 3600, h["window_s"]
+
+
+def _hourly_windows(hourly: dict, daily: dict) -> None:
+    _windows(daily, hourly)
+
+
+STORIES: dict[str, Story] = {
+    "baseline": Story(
+        scale={"run.horizon": "8m", "run.drain": "26h"},
+        mitigation={},
+        absent=MONEY + ("success_shown_then_closed", "stuck_pending", "bnpl_false_overdue"),
+    ),
+    "double11_midnight": Story(
+        # Half the arrivals and half the bank channels; time-compressed: the spike at 2 min, x24 for
+        # 2 min (the file: 4 min), a 5-minute close (the file: 15 min).
+        scale={"run.horizon": "8m", "run.drain": "26h", "load.arrival_rate": 0.5, "bank.channels": 2,
+               "order_service.order_ttl": "5m",
+               "load.profile": [{"at": "2m", "multiplier": 30.0}, {"at": "3m", "multiplier": 24.0},
+                                {"at": "5m", "multiplier": 8.0}]},
+        mitigation={"order_service.close_policy": "close_trade_then_order", "order_service.late_payment": "auto_refund"},
+        anomaly="paid_but_closed",
+        # Cut, not removed, at this compression: a debit still queued at the bank when the trade is
+        # closed moves money the gateway then ignores (see docs/scenarios.md, model gaps).
+        removes=False,
+        absent=("charge_without_order", "ledger_imbalance", "bnpl_false_overdue"),
+    ),
+    "mall_pattern": Story(
+        # Time-compressed: 10-minute flash orders on a 2-minute sweep (the file: 60 min, 10 min).
+        scale={"run.horizon": "10m", "run.drain": "26h", "order_service.order_ttl": "10m",
+               "order_service.sweep_interval": "2m"},
+        mitigation={"order_service.close_policy": "close_trade_then_order"},
+        anomaly="paid_but_closed",
+        absent=("double_charge", "charge_without_order", "ledger_imbalance"),
+    ),
+    "litemall_pattern": Story(
+        scale={"run.horizon": "10m", "run.drain": "25h", "order_service.order_ttl": "10m"},
+        mitigation={"order_service.close_policy": "close_trade_then_order", "order_service.late_payment": "auto_refund"},
+        end_state="resurrected_stock_released",
+        absent=("paid_but_closed", "double_charge", "charge_without_order", "ledger_imbalance"),
+    ),
+    "bnpl_forgotten_finish": Story(
+        scale={"run.horizon": "8m", "run.drain": "3d"},
+        mitigation={"merchant.bnpl_finish_forget": 0.0, "merchant.bnpl_finish_retries": 10},
+        anomaly="bnpl_stuck_unfinished",
+        absent=MONEY + ("bnpl_false_overdue",),
+    ),
+    "gateway_brownout": Story(
+        scale={"run.horizon": "15m", "run.drain": "26h", "load.arrival_rate": 2.0,
+               "faults": [{"label": "gateway brownout", "start": "5m", "end": "11m",
+                           "set": {"gateway.workers": 3,
+                                   "gateway.service_time": {"dist": "lognormal", "median": "2s", "p99": "20s"}}}]},
+        mitigation={"user.poll_duration": "10m"},
+        anomaly="failure_shown_but_charged",
+        absent=("paid_but_closed", "double_charge", "charge_without_order", "ledger_imbalance"),
+    ),
+    "bank_timeout_storm": Story(
+        scale={"run.horizon": "12m", "run.drain": "26h",
+               "faults": [{"label": "bank responses lost", "start": "4m", "end": "10m",
+                           "set": {"bank.response_loss": 0.5}}]},
+        mitigation={"gateway.bank_query_schedule": ["5s", "5s", "10s", "30s", "1m", "5m", "5m"]},
+        anomaly="failure_shown_but_charged",
+        absent=("paid_but_closed", "double_charge", "charge_without_order", "ledger_imbalance"),
+    ),
+    "notification_backlog": Story(
+        # Half the arrivals and half the handler workers; time-compressed: a 5-minute close, a x4 push
+        # from 2 to 8 min (the file: 15 min, x3 from 15 to 30 min).
+        scale={"run.horizon": "10m", "run.drain": "26h", "load.arrival_rate": 2.0, "order_service.workers": 2,
+               "order_service.order_ttl": "5m",
+               "load.profile": [{"at": "2m", "multiplier": 4.0}, {"at": "8m", "multiplier": 1.0}]},
+        mitigation={"order_service.close_policy": "close_trade_then_order"},
+        anomaly="paid_but_closed",
+        absent=("double_charge", "charge_without_order", "ledger_imbalance"),
+    ),
+    "notifications_lost": Story(
+        scale={"run.horizon": "8m", "run.drain": "26h"},
+        mitigation={"order_service.close_policy": "query_then_close"},
+        anomaly="paid_but_closed",
+        absent=("double_charge", "charge_without_order", "ledger_imbalance"),
+    ),
+    "impatient_retry": Story(
+        scale={"run.horizon": "8m", "run.drain": "26h"},
+        mitigation={"app.retry_trade_no": "reuse"},
+        anomaly="double_charge",
+        absent=("charge_without_order", "ledger_imbalance"),
+    ),
+    "risk_control_hold": Story(
+        scale={"run.horizon": "10m", "run.drain": "26h"},
+        mitigation={"order_service.late_payment": "auto_refund"},
+        anomaly="paid_but_closed",
+        absent=("double_charge", "charge_without_order", "ledger_imbalance"),
+    ),
+    "bnpl_sync_lag": Story(
+        # Only pay-after-use buyers (the file: 6 in 10): the same mechanism, more instances per run.
+        scale={"run.horizon": "15m", "run.drain": "3d", "run.replications": 5,
+               "user.payment_methods": {"wallet": 0.0, "card": 0.0, "bnpl": 1.0}},
+        mitigation={"bnpl.sync_lag": {"dist": "lognormal", "median": "2s", "p99": "1m"}},
+        anomaly="bnpl_false_overdue",
+        absent=MONEY,
+    ),
+    "bnpl_low_balance": Story(
+        # Only pay-after-use buyers, five replications: the unresolved failures are a few per thousand.
+        scale={"run.horizon": "20m", "run.drain": "4d", "run.replications": 5,
+               "user.payment_methods": {"wallet": 0.0, "card": 0.0, "bnpl": 1.0}},
+        mitigation={"bnpl.deduction_retry_schedule": ["1h", "6h", "1d", "1d", "1d"]},
+        anomaly="bnpl_deduction_failed",
+        removes=False,
+        absent=MONEY + ("bnpl_false_overdue",),
+    ),
+    "reconciliation_daily": Story(
+        scale={"run.horizon": "8m", "run.drain": "26h"},
+        mitigation={"reconciliation.interval": "1h", "reconciliation.statement_delay": "30m"},
+        check=_windows,
+        absent=("double_charge", "charge_without_order", "ledger_imbalance"),
+    ),
+    "reconciliation_hourly": Story(
+        scale={"run.horizon": "8m", "run.drain": "26h"},
+        # the other way round: what the hourly file buys over a T+1 daily run
+        mitigation={"reconciliation.interval": "1d", "reconciliation.statement_delay": "10h"},
+        check=_hourly_windows,
+        absent=("double_charge", "charge_without_order", "ledger_imbalance"),
+    ),
+}
+
+
+# -- the library ------------------------------------------------------------------------------------
+
+
+def test_library_is_complete():
+    required = {"baseline", "double11_midnight", "mall_pattern", "bnpl_forgotten_finish"}
+    assert required <= set(NAMES)
+    assert len(NAMES) >= 14
+    assert set(STORIES) == set(NAMES), "every scenario file needs a story test (and every story a file)"
+
+
+@pytest.mark.parametrize("path", [pytest.param(f, id=f.stem) for f in FILES])
+def test_file_opens_with_its_story(path: Path):
+    """A comment block first: the story, its source, what to expect, the mitigation (a --set line)."""
+    text = path.read_text(encoding="utf-8")
+    head = text.split("\n\n", 1)[0] + "\n" + text[: text.find("description")]
+    assert text.startswith(f"# {path.stem} — "), "first line: '# <name> — <one line>'"
+    for label in ("Story:", "Source:", "Expect:", "Mitigation:"):
+        assert f"# {label}" in head or f"#{label}" in head, f"missing '{label}' in the comment block"
+    assert "--set" in head[head.find("Mitigation:"):], "the mitigation is given as a --set line"
+    assert "domain.md" in head or "seeds" in head, "the source cites ../shared/domain.md or the seeds"
+    data = tomllib.loads(text)
+    assert data.get("description") and "\n" not in data["description"] and len(data["description"]) <= 140
+
+
+@pytest.mark.parametrize("path", [pytest.param(f, id=f.stem, marks=marks_for(f)) for f in FILES])
+def test_file_validates_and_runs(path: Path):
+    scenario = load_scenario(path)
+    assert scenario.name == path.stem and scenario.description
+    # Modest by default: the whole library simulates in well under a minute per file on one core.
+    run = scenario.run
+    assert run.replications <= 5 and run.horizon <= 3600 and scenario.load.arrival_rate <= 5
+    small = load_scenario(path, {"run.replications": 1, "run.horizon": "3m", "run.warmup": "30s",
+                                 "run.drain": "1h", "load.arrival_rate": 1.0})
+    doc = simulate(small, progress=False)
+    assert doc["orders"] > 0 and set(doc["anomalies"]) == set(ANOMALY_CLASSES)
+    assert doc["ledger_total_fen"] == 0, "money is neither created nor destroyed"
+
+
+# -- the stories ----------------------------------------------------------------------------------------
+
+
+def _run(name: str, extra: dict[str, Any]) -> dict:
+    story = STORIES[name]
+    scenario = load_scenario(SCENARIOS / f"{name}.toml", {**FAST, **story.scale, **extra})
+    return simulate(scenario, progress=False)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=marks_for(SCENARIOS / f"{n}.toml")) for n in NAMES])
+def test_story_holds(name: str):
+    story = STORIES[name]
+    base = _run(name, {})
+    mitigated = _run(name, story.mitigation) if story.mitigation else None
+    if mitigated is not None:  # common random numbers: the same buyers arrive in both
+        assert base["orders_per_replication"] == mitigated["orders_per_replication"]
+    if story.anomaly:
+        a = base["anomalies"][story.anomaly]
+        assert a["ci95"][0] > 0, f"{story.anomaly}: {a['count']} in {base['orders']} orders, CI {a['ci95']}"
+        m = mitigated["anomalies"][story.anomaly]
+        if story.removes:
+            assert m["count"] == 0, f"the mitigation leaves {m['count']} {story.anomaly}"
+        else:
+            assert m["rate"] <= a["rate"] / 2, (m["rate"], a["rate"])
+    if story.end_state:
+        seen = base["end_states"].get(story.end_state, 0)
+        assert seen >= base["replications"], f"{story.end_state}: {seen} in {base['orders']} orders"
+        assert mitigated["end_states"].get(story.end_state, 0) == 0
+    if story.check:
+        story.check(base, mitigated)
+    for cls in story.absent:
+        assert base["anomalies"][cls]["count"] == 0, f"{cls} appears in a story not about it"
+        if mitigated is not None:
+            assert mitigated["anomalies"][cls]["count"] == 0, f"{cls} appears under the mitigation"
+    assert base["ledger_total_fen"] == 0
+
+
+def test_mitigations_are_the_ones_the_files_name():
+    """The test applies exactly the --set lines each file's comment block gives."""
+    for name, story in STORIES.items():
+        text = (SCENARIOS / f"{name}.toml").read_text(encoding="utf-8")
+        block = text[text.find("# Mitigation:"): text.find("description")]
+        for key in story.mitigation:
+            if name == "reconciliation_hourly":
+                continue  # its "mitigation" runs the other way (hourly is the mitigation of daily)
+            assert re.search(rf"--set '?{re.escape(key)}=", block), f"{name}: {key} not named in its Mitigation"
