@@ -606,8 +606,13 @@ class Scenario(_Section):
         return scenario_from_dict(raw, source)
 
     def faulted(self, window: FaultWindow) -> "Scenario":
-        """This scenario as it is inside a fault window."""
-        return self.with_overrides(window.set, source=f"faults[{window.label or format_duration(window.start)}]")
+        """This scenario as it is inside a fault window (without fault windows of its own)."""
+        source = f"faults[{window.label or format_duration(window.start)}]"
+        raw = self.resolved()
+        raw["faults"] = []
+        for key, value in window.set.items():
+            _set_path(raw, key, value, source)
+        return scenario_from_dict(raw, source)
 
 
 # Sections a fault window may change (run, load, live and reconciliation are fixed for a run).

@@ -122,3 +122,17 @@ def test_money_is_conserved_in_a_busy_run():
     assert r.ledger_total == 0
     assert r.summary.per_class["ledger_imbalance"].count == 0
     assert r.summary.orders > 5000
+
+
+def test_fault_window_applies_only_inside_it():
+    """A bank storm window makes 'unknown' trades inside [start, end) and none outside it."""
+    s = Scenario().with_overrides({
+        "load.arrival_rate": 5.0, "run.horizon": "20m", "run.drain": "2h", "user.pay_delay": "1s",
+        "app.network_latency": "0s", "gateway.service_time": "0s", "bank.latency": "100ms",
+        "faults": [{"start": "5m", "end": "10m", "label": "storm", "set": {"bank.response_loss": 1.0}}]})
+    unknown_at: list[float] = []
+    run_replication(s, 0, examples=False,
+                    tap=lambda ev: unknown_at.append(ev["t"]) if ev["type"] == "trade.unknown" else None)
+    assert len(unknown_at) > 500
+    # The gateway marks 'unknown' one timeout (8s) after the debit was sent inside the window.
+    assert all(300 <= t < 600 + 8 + 1 for t in unknown_at), (min(unknown_at), max(unknown_at))

@@ -130,3 +130,17 @@ def test_schema_doc_is_current():
     doc = Path(__file__).resolve().parents[1] / "docs" / "scenario.md"
     assert doc.read_text(encoding="utf-8").strip() == schema_markdown().strip(), \
         "regenerate with: python -m sim.scenario > docs/scenario.md"
+
+
+def test_fault_windows_validate_and_apply():
+    """A fault window's keys are validated like the file's; inside it the values change."""
+    s = scenario_from_dict({"faults": [{"start": "1m", "end": "2m", "label": "storm",
+                                        "set": {"bank.response_loss": 0.5}}]})
+    inside = s.faulted(s.faults[0])
+    assert inside.bank.response_loss == 0.5 and s.bank.response_loss == 0.0
+    with pytest.raises(ConfigError, match="did you mean 'response_loss'"):
+        scenario_from_dict({"faults": [{"start": "1m", "end": "2m", "set": {"bank.response_los": 0.5}}]}, "f.toml")
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        scenario_from_dict({"faults": [{"start": "1m", "end": "2m", "set": {"bank.response_loss": 1.5}}]}, "f.toml")
+    with pytest.raises(ConfigError, match="end must be after start"):
+        scenario_from_dict({"faults": [{"start": "2m", "end": "1m", "set": {"bank.response_loss": 0.5}}]}, "f.toml")
