@@ -61,7 +61,7 @@ def _percentile(values: list[float], q: float) -> float:
 async def _closed_loop(requests: list[tuple[str, str, bytes]], connections: int) -> dict:
     from loadtests.service.http11 import HttpClient
 
-    client = HttpClient(max_idle_per_origin=connections)
+    client = HttpClient(max_per_origin=connections)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     bodies: list[bytes | None] = [None] * len(requests)
@@ -94,7 +94,7 @@ async def _open_loop(requests: list[tuple[str, str, bytes]], rate: float, max_ou
     """Requests at a fixed rate; latency from each request's *scheduled* start (no coordinated omission)."""
     from loadtests.service.http11 import HttpClient
 
-    client = HttpClient(max_idle_per_origin=max_outstanding)
+    client = HttpClient(max_per_origin=max_outstanding)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     limit = asyncio.Semaphore(max_outstanding)

@@ -115,7 +115,7 @@ class Checkout(base.ServiceBase):
         self.provider_url = config.provider_url.rstrip("/")
         self.notify_url = config.public_url.rstrip("/") + "/notify"
         self.workers = Limiter(lambda: self.conditions.current().order_service.workers)
-        self.http = HttpClient(max_idle_per_origin=256)
+        self.http = HttpClient(max_per_origin=64)
         self.client: Any = None  # httpx, only for an https:// provider
 
     # -- plumbing -----------------------------------------------------------------------------------

@@ -39,9 +39,13 @@ class Response:
 
 
 class HttpClient:
-    def __init__(self, max_idle_per_origin: int = 64) -> None:
-        self.max_idle = max_idle_per_origin
+    """At most ``max_per_origin`` connections per origin: further requests wait for one to come free
+    (opening and closing connections under load would cost both ends far more than the wait)."""
+
+    def __init__(self, max_per_origin: int = 64) -> None:
+        self.max_per_origin = max_per_origin
         self._idle: dict[tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        self._slots: dict[tuple[str, int], asyncio.Semaphore] = {}
         self._origins: dict[str, tuple[str, int, str]] = {}
 
     def _split(self, url: str) -> tuple[str, int, str]:
@@ -63,13 +67,19 @@ class HttpClient:
         if headers:
             head.extend(f"{k}: {v}" for k, v in headers.items())
         payload = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        key = (host, port)
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = self._slots[key] = asyncio.Semaphore(self.max_per_origin)
         try:
-            return await asyncio.wait_for(self._send(host, port, payload), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                async with slots:
+                    return await self._send(key, payload)
+        except TimeoutError:
             raise HttpError(f"timed out after {timeout:.3g}s") from None
 
-    async def _send(self, host: str, port: int, payload: bytes) -> Response:
-        key = (host, port)
+    async def _send(self, key: tuple[str, int], payload: bytes) -> Response:
+        host, port = key
         idle = self._idle.get(key)
         while idle:
             reader, writer = idle.pop()
@@ -122,11 +132,7 @@ class HttpClient:
             if not ok:
                 writer.close()
         if keep:
-            pool = self._idle.setdefault(key, [])
-            if len(pool) < self.max_idle:
-                pool.append((reader, writer))
-            else:
-                writer.close()
+            self._idle.setdefault(key, []).append((reader, writer))  # bounded by the origin's slots
         else:
             writer.close()
         return Response(status, headers, body)

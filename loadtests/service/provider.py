@@ -140,6 +140,11 @@ def _agreement_view(row: Any) -> dict[str, Any]:
             "credit_side_paid": bool(row["credit_paid"])}
 
 
+def _resolve(future: asyncio.Future, value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
 class Provider(base.ServiceBase):
     name = "provider"
     schema = SCHEMA
@@ -155,6 +160,7 @@ class Provider(base.ServiceBase):
         self.bank_declined: dict[str, str] = {}  # declines whose answer the gateway never got
         self.http = HttpClient()
         self._httpx: Any = None
+        self._timed_out = object()  # what a gateway's wait resolves to when gateway.timeout fires
         self._tasks: set[asyncio.Task] = set()
 
     # -- plumbing -----------------------------------------------------------------------------------
@@ -283,15 +289,18 @@ class Provider(base.ServiceBase):
                 self.store.emit(now, "trade.processing", "gateway", row["ord"], trade=trade_id)
             sent = True
             self._spawn(self._bank_debit(row))
-            timeout = self.clock.wall(self.conditions.current().gateway.timeout)
+            # The gateway waits at most gateway.timeout; the bank task goes on regardless (a timer that
+            # completes a future is much cheaper than wait_for + shield on this hot path).
+            timer = loop.call_later(self.clock.wall(self.conditions.current().gateway.timeout),
+                                    _resolve, answer, self._timed_out)
             try:
-                await asyncio.wait_for(asyncio.shield(answer), timeout)
-            except asyncio.TimeoutError:
-                pass
+                await answer
+            finally:
+                timer.cancel()
         finally:
             self.waiting.pop(trade_id, None)
-            if sent and not answer.done():  # timed out (or the request was cancelled): outcome unknown
-                self._mark_unknown(trade_id)
+            if sent and (not answer.done() or answer.cancelled() or answer.result() is self._timed_out):
+                self._mark_unknown(trade_id)  # timed out, or the request was cancelled: outcome unknown
         return json_response(_trade_view(self._trade(trade_id)))
 
     def _mark_unknown(self, trade_id: str) -> None:
@@ -342,6 +351,7 @@ class Provider(base.ServiceBase):
         trade = self._entity(row)
         now = self.clock.now()
         informed = waiting is not None and not waiting.done() and trade.state is T.PROCESSING
+        # (a timed-out gateway has resolved its future with _timed_out already: not informed)
         with self.store.tx():
             if outcome == "ok":
                 ledger = SqlLedger(self.store, now, row["ord"], "bank", trade=trade_id)
