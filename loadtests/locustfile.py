@@ -35,19 +35,18 @@ import gevent
 import gevent.pool
 from locust import FastHttpUser, constant, task
 
-from sim.scenario import scenario_from_dict
-
 from loadtests.adapter import Adapter
 from loadtests.buyer import (BROKEN, ERROR_KINDS, OK, REFUSED, SERVER_ERROR, TIMEOUT, UNREACHABLE, Buyer, Context,
                              Reply)
 from loadtests.history import HistoryWriter
-from loadtests.plan import PLAN_ENV, Plan, arrival_times, read_plan, write_json_atomic
+from loadtests.plan import PLAN_ENV, Plan, arrival_times, plan_scenario, read_plan, write_json_atomic
 
 log = logging.getLogger("checkout_chaos.locust")
 
 if PLAN_ENV not in os.environ:
     raise SystemExit(f"{__file__}: run it through 'checkout-chaos load' (it needs ${PLAN_ENV}, the run's plan file)")
 PLAN: Plan = read_plan(os.environ[PLAN_ENV])
+PROFILE_ENV = "CHECKOUT_CHAOS_PROFILE"  # a path prefix: profile the scheduler's process into PREFIX.<pid>
 _HARNESS_STATUS = frozenset({400, 401, 405, 413, 422})  # the harness sent a malformed request
 
 
@@ -136,6 +135,13 @@ class Buyers(FastHttpUser):
             gevent.sleep(3600)
             return
         self.idle = True  # the task runs once; afterwards the user idles until Locust quits
+        profile = os.environ.get(PROFILE_ENV)
+        profiler = None
+        if profile:  # where this process's time goes: cProfile over every greenlet of the run
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         try:
             self._replay()
         except gevent.GreenletExit:
@@ -144,13 +150,17 @@ class Buyers(FastHttpUser):
             log.exception("the arrival scheduler failed")
             Path(PLAN.client_dir, f"failed-{os.getpid()}.txt").write_text(traceback.format_exc())
             raise
+        finally:
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(f"{profile}.{os.getpid()}")
 
     def _replay(self) -> None:
         plan = PLAN
         runner = self.environment.runner
         slot = max(0, getattr(runner, "worker_index", 0))
         client_dir = Path(plan.client_dir)
-        scenario = scenario_from_dict(plan.scenario, "plan")
+        scenario = plan_scenario(plan)
         writer = HistoryWriter(client_dir / f"client-{slot}.jsonl")
         profiles = _profiles(plan.profiles, scenario.run.seed + slot)
         write_json_atomic(client_dir / f"ready-{slot}", {"pid": os.getpid(), "slot": slot})

@@ -134,3 +134,47 @@ def test_mistakes_exit_2_before_anything_starts(argv, message, tmp_path, capsys)
     assert rc == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o" / "services").exists()
+
+
+def test_fault_windows_are_applied_at_their_scaled_boundaries():
+    """Two overlapping windows at time scale 1000: each boundary replaces the services' overrides with the
+    merge of the windows then active (the later window wins a shared key), and clears them at the end."""
+    import time
+
+    from sim.scenario import FaultWindow, Scenario
+
+    from loadtests.live import FaultSchedule
+
+    class FakeServices:
+        calls: list[tuple[dict, tuple, float]] = []
+
+        def set_faults(self, overrides: dict, which: tuple) -> None:
+            self.calls.append((overrides, which, time.time()))
+
+    windows = (FaultWindow(start="10s", end="40s", set={"gateway.service_time": "2s", "bank.channels": 4}),
+               FaultWindow(start="20s", end="30s", set={"bank.channels": 1}))
+    scenario = Scenario().model_copy(update={"faults": windows})
+    services = FakeServices()
+    epoch = time.time() + 0.05
+    schedule = FaultSchedule(services, scenario, epoch, 1000.0, ("provider",))
+    schedule.start()
+    schedule.join(timeout=5)
+    assert [c[0] for c in services.calls] == [
+        {"gateway.service_time": "2s", "bank.channels": 4}, {"gateway.service_time": "2s", "bank.channels": 1},
+        {"gateway.service_time": "2s", "bank.channels": 4}, {}]
+    assert all(c[1] == ("provider",) for c in services.calls)
+    assert [c[2] >= epoch + t / 1000 for c, t in zip(services.calls, (10, 20, 30, 40))] == [True] * 4
+    assert [r["t"] for r in schedule.applied] == [10.0, 20.0, 30.0, 40.0]
+
+
+def test_the_plan_carries_fault_windows_to_the_locust_processes(tmp_path):
+    from sim.scenario import FaultWindow, Scenario
+
+    from loadtests.plan import Plan, plan_scenario
+
+    windows = (FaultWindow(start="1m", end="2m", label="brownout", set={"app.request_timeout": "2s"}),)
+    scenario = Scenario(name="x").model_copy(update={"faults": windows})
+    plan = Plan(scenario=scenario.resolved(), checkout_url="", provider_url="", adapter={}, time_scale=1.0,
+                horizon=1.0, end=2.0, slots=1, run_id="r", client_dir=str(tmp_path))
+    again = plan_scenario(Plan.from_json(plan.to_json()))
+    assert again.faults == windows and again.resolved() == scenario.resolved()
