@@ -161,12 +161,16 @@ class Buyer:
     # -- time ---------------------------------------------------------------------------------------
 
     def sleep(self, scenario_seconds: float) -> None:
-        """Think, wait, poll: the next step is due ``scenario_seconds`` after this one ended."""
-        tr = self.ctx.transport
-        self.due += max(0.0, scenario_seconds) / self.ctx.k
-        left = self.due - tr.time()
+        """Think, wait: the next step is due ``scenario_seconds`` after this one ended."""
+        self.wait_until(self.due + max(0.0, scenario_seconds) / self.ctx.k)
+
+    def wait_until(self, due: float) -> None:
+        """The next step is due at wall time ``due`` (at once if that has passed: it is late, and its
+        latency will say so)."""
+        self.due = due
+        left = due - self.ctx.transport.time()
         if left > 0:
-            tr.sleep(left)
+            self.ctx.transport.sleep(left)
 
     def draw(self, path: str) -> float:
         section, name = path.split(".", 1)
@@ -323,10 +327,13 @@ class Buyer:
         """After 'unknown', the app polls the order page; True once it shows paid, closed or refunded."""
         u = self.ctx.current(self.ctx.now()).user
         values = self.values
+        started = self.due
         waited = 0.0
         while waited < u.poll_duration:
-            self.sleep(u.poll_interval)
+            # a timer, not a loop of sleeps: poll k is due poll_interval × k after polling began, however
+            # long the previous page took (a slow page must not stretch the app's 60 s of polling)
             waited += u.poll_interval
+            self.wait_until(started + waited / self.ctx.k)
             reply = self.api("order_status", values, "order page")
             if reply.kind != OK:
                 continue

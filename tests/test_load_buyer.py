@@ -144,7 +144,23 @@ def test_a_timeout_shows_unknown_and_the_app_polls_until_paid():
     assert unknown["op"] == "confirm_payment" and unknown["latency"] == pytest.approx(15.0)  # app.request_timeout
     polls = [e for e in events if e["type"] == "client.ok" and e["op"] == "order_status"]
     assert len(polls) == 3
-    assert polls[1]["t"] - polls[0]["t"] == pytest.approx(3.0 + 0.001 * K)
+    assert polls[1]["t"] - polls[0]["t"] == pytest.approx(3.0)  # a timer: every 3 s, whatever the page took
+
+
+def test_slow_pages_do_not_stretch_the_polling():
+    """The app polls for poll_duration, not poll_duration plus every page's latency: 20 polls in 60 s
+    even when each page takes 2 scenario seconds, the last one due 60 s after polling began."""
+    def handler(method: str, url: str, body: Any):
+        reply, took = reference_checkout(pay_took=10.0)(method, url, body)
+        return reply, (2.0 / K if method == "GET" else took)
+
+    events, _, ending = play(handler, scenario={"user": {"poll_interval": "3s", "poll_duration": "60s",
+                                                         "retry_probability": 0.0}})
+    assert ending == "gave_up"
+    shown = next(e for e in events if e["type"] == "app.shown")
+    polls = [e for e in events if e["type"] == "client.invoke" and e["op"] == "order_status"]
+    assert len(polls) == 20
+    assert polls[-1]["t"] - shown["t"] == pytest.approx(60.0, abs=0.01)
 
 
 @pytest.mark.parametrize("policy, trades", [("reuse", ["r1-7-t0", "r1-7-t0"]), ("new", ["r1-7-t0", "r1-7-t1"])])
