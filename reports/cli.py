@@ -11,12 +11,13 @@ from pathlib import Path
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Draw every chart the given results allow (PNG and SVG) and write one self-contained index.html "
+        "Draw every chart the given results allow (PNG and SVG) and write one self-contained index.html\n"
         "(images embedded, no network needed) with a written summary, the anomaly table and the scenario."
     )
     parser.epilog = (
-        "inputs: results JSON from simulate, check or load (docs/results.md), or a sweep document "
-        "(reports/documents.py).\nA simulation and a live result of the same scenario are also drawn side by side.\n\n"
+        "inputs: results JSON from simulate, check or load (docs/results.md), or a sweep document\n"
+        "(reports/documents.py). A simulation and a live result of the same scenario are also drawn\n"
+        "side by side.\n\n"
         "examples:\n"
         "  checkout-chaos report results/baseline/results.json --out results/baseline/report\n"
         "  checkout-chaos report sim.json live.json --out report --example-class success_shown_then_closed"
