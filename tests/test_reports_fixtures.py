@@ -78,14 +78,9 @@ def _anomaly(counts: list[int], orders: list[int], windows: list[float], amounts
 def _scenario(name: str, description: str, **overrides: Any) -> dict[str, Any]:
     from sim.scenario import scenario_from_dict
 
-    # Fault windows are echoed by hand: validating a scenario with faults recursed without end in
-    # sim/scenario.py when these fixtures were written (faulted() re-validates the faults).
-    faults = overrides.pop("faults", [])
     data = {"name": name, "description": description}
     data.update(overrides)
-    resolved = scenario_from_dict(data, name).resolved()
-    resolved["faults"] = faults
-    return resolved
+    return scenario_from_dict(data, name).resolved()
 
 
 def _ev(t: float, type_: str, actor: str, order: str, **fields: Any) -> dict[str, Any]:
