@@ -78,6 +78,7 @@ def run_replication(scenario: Scenario, replication: int = 0, examples: bool = T
     provider.order_service = order_service
     Reconciler(w, order_service, gateway, bank)
     buyers = Buyers(w, order_service, gateway, provider)
+    order_service.app = buyers
     stations = {"gateway": gateway.station, "bank": bank.station, "order_service": order_service.station}
     for window in scenario.faults:
         w.env.process(_fault_window(w, window, stations))

@@ -30,6 +30,7 @@ class OrderService:
         self.station = Station(w.env, "order_service", w.p.order_service.workers, w.warmup, w.horizon)
         self.gateway = None
         self.merchant = None
+        self.app = None  # pushes to the buyer's app
         # (expires_at, order id) of every order whose close job has not run yet, in creation order.
         # Orders paid meanwhile are skipped when they come up (a deque: popping the front is O(1)).
         self.due: deque[tuple[float, str]] = deque()
@@ -179,6 +180,7 @@ class OrderService:
         else:
             w.emit("order.paid", "order_service", order.id, trade=trade)
         self._leave_awaiting(order)
+        self.app.push(order, "order_paid")
         if agreement:
             self.merchant.fulfil(order)
 
@@ -200,6 +202,7 @@ class OrderService:
                 order.mark_paid(trade.id)  # closed -> paid: the order is revived
                 w.emit("order.reopened", "order_service", order.id, trade=trade.id,
                        stock_released=order.stock_released)
+                self.app.push(order, "order_paid")
             elif action in (NotifyAction.REFUND_LATE, NotifyAction.REFUND_EXTRA):
                 self.refund(order, trade)
         handled(w.env.now)

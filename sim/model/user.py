@@ -15,6 +15,7 @@ from sim.domain.states import OrderState
 from sim.model.world import World
 
 O = OrderState
+_UNSETTLED = frozenset({"payment_failed", "payment_unknown"})
 _SCREEN = {"succeeded": "payment_succeeded", "failed": "payment_failed", "closed": "payment_failed",
            "unknown": "payment_unknown", "in_progress": "payment_unknown", "timeout": "payment_unknown"}
 
@@ -50,6 +51,7 @@ class Buyers:
         self.gw = gateway
         self.bnpl = bnpl
         self.seq = 0
+        self.unsettled: set[str] = set()  # orders whose last payment screen said failed or unknown
         pm = w.p.user.payment_methods
         self.cum = (pm.wallet, pm.wallet + pm.card)
 
@@ -71,6 +73,21 @@ class Buyers:
 
     def show(self, order, screen: str) -> None:
         self.w.emit("app.shown", "app", order.id, screen=screen)
+        if screen in _UNSETTLED:
+            self.unsettled.add(order.id)
+        else:
+            self.unsettled.discard(order.id)
+
+    def push(self, order, screen: str) -> None:
+        """The order changed after the buyer was told 'failed' or 'unknown': the app's push message.
+
+        Real apps send "支付成功" / "订单已关闭" pushes; without this a buyer who stopped polling would
+        be told nothing more, whatever happened to their money.
+        """
+        if order.id in self.unsettled:
+            w = self.w
+            w.hold(order.id)
+            w.at(w.s_net(), lambda: (self.show(order, screen), w.release(order.id)))
 
     def buyer(self, order, method, pay_delay, walks_away, cancels, retry_draws):
         w = self.w
@@ -114,6 +131,8 @@ class Buyers:
                         return
         finally:
             w.release(order.id)
+            if order.state is not O.AWAITING_PAYMENT:
+                self.unsettled.discard(order.id)  # already paid or closed: nothing more to push
 
     def call(self, send):
         """One request through the app: network both ways, at most ``app.request_timeout``."""
