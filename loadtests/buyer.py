@@ -5,7 +5,8 @@ decisions (payment method, amount, pay delay, walking away, cancelling, retrying
 from the buyer's own stream; the order is created when the arrival is due; the buyer pays after the
 pay delay, at most ``max_retries`` more times after a failure or a timeout (with the trade number
 reused or new, ``app.retry_trade_no``), polls the order page after "unknown", and every screen the
-app showed is recorded. Time-valued parameters are scenario seconds, slept as wall seconds
+app showed is recorded. A buyer left with "failed" or "unknown" is told later when the order is paid
+(:meth:`Buyer.watch`; the simulation's app gets a push). Time-valued parameters are scenario seconds, slept as wall seconds
 ``/ time_scale``.
 
 Every call is recorded as ``client.invoke`` then ``client.ok`` (2xx), ``client.fail`` (a definite
@@ -44,6 +45,8 @@ ERROR_KINDS = frozenset({SERVER_ERROR, TIMEOUT, UNREACHABLE, BROKEN, NOT_SENT}) 
 SCREEN = {"succeeded": "payment_succeeded", "failed": "payment_failed", "closed": "payment_failed",
           "unknown": "payment_unknown", "in_progress": "payment_unknown", "timeout": "payment_unknown"}
 _POLL_SCREEN = {"paid": "order_paid", "closed": "order_closed", "refunded": "refunded"}
+_UNSETTLED = frozenset({"payment_failed", "payment_unknown"})
+WATCH_CAP = 600.0  # scenario seconds: the longest gap between two background refreshes of the order page
 # The provider's trade states (and refusal codes) as payment outcomes.
 _TRADE_OUTCOME = {"succeeded": "succeeded", "failed": "failed", "unknown": "unknown", "processing": "in_progress",
                   "created": "in_progress", "closed": "closed", "refunded": "failed"}
@@ -147,6 +150,7 @@ class Buyer:
         self.calls = 0
         self.expires_at = float("inf")  # scenario time the cashier's countdown ends (client's estimate)
         self.values: dict[str, Any] = {}
+        self.last_screen: str | None = None
 
     # -- recording ----------------------------------------------------------------------------------
 
@@ -156,6 +160,7 @@ class Buyer:
         self.ctx.emit(ev)
 
     def show(self, screen: str) -> None:
+        self.last_screen = screen
         self.event("app.shown", "app", screen=screen)
 
     # -- time ---------------------------------------------------------------------------------------
@@ -322,6 +327,29 @@ class Buyer:
                 return "failed", trade
             return _REFUSAL_OUTCOME.get(code, "failed"), trade
         return ("timeout" if paid.kind in (TIMEOUT, NOT_SENT) else "failed"), trade
+
+    def watch(self) -> None:
+        """After the story, a buyer last told "failed" or "unknown" still hears when the order is paid.
+
+        The simulation's app receives a push ("order paid") when that happens. The reference checkout
+        has no push channel, so the app refreshes the order page in the background instead — after
+        ``poll_interval``, then twice as long each time, at most every :data:`WATCH_CAP` — until it shows
+        paid (the app shows ``order_paid``), closed or refunded, or the run ends.
+        """
+        if self.last_screen not in _UNSETTLED or not self.values:
+            return
+        gap = self.ctx.current(self.ctx.now()).user.poll_interval
+        while True:
+            self.sleep(gap)
+            gap = min(2 * gap, WATCH_CAP)
+            reply = self.api("order_status", self.values, "order page (watch)")
+            if reply.kind != OK:
+                continue
+            cls = self.ctx.adapter.state_class(self.ctx.adapter.field("order_status", "state", reply.body))
+            if cls == "paid":
+                self.show("order_paid")
+            if cls in _POLL_SCREEN:
+                return
 
     def poll(self) -> bool:
         """After 'unknown', the app polls the order page; True once it shows paid, closed or refunded."""

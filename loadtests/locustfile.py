@@ -185,8 +185,10 @@ class Buyers(FastHttpUser):
             fire(request_type="ARRIVAL", name="start lag", response_time=lag * 1000.0, response_length=0,
                  exception=None, context={})
             try:
-                Buyer(ctx, index, due).run()
+                buyer = Buyer(ctx, index, due)
+                buyer.run()
                 c.completed += 1
+                buyer.watch()
             except gevent.GreenletExit:
                 raise
             except Exception:

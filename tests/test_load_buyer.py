@@ -250,3 +250,37 @@ def test_fault_windows_change_what_the_buyer_does():
 
     assert outcome("0s", "10m") == "client.ok"
     assert outcome("1h", "2h") == "client.unknown"
+
+
+def _watched(order_states: list[str]) -> tuple[list[dict], str]:
+    """A buyer told "unknown" whose 60 s of polling see nothing, then left to the background refresh."""
+    ctx_events: list[dict] = []
+    pages = ["awaiting_payment"] * 20 + order_states
+    handler = reference_checkout(order_states=pages, pay_took=10.0)
+    s = scenario_from_dict({"user": {"abandon_probability": 0.0, "pay_delay": "30s", "retry_probability": 0.0,
+                                     "payment_methods": {"wallet": 1.0, "card": 0.0, "bnpl": 0.0}},
+                            "app": {"network_latency": "0s"}})
+    due = EPOCH + 60.0 / K
+    ctx = Context(s, load_adapter(), FakeTransport(handler, now=due), ctx_events.append, checkout_url=CHECKOUT,
+                  provider_url=PROVIDER, time_scale=K, load_epoch=EPOCH, run_id="r1", seed=5, profiles=[])
+    buyer = Buyer(ctx, 7, due)
+    ending = buyer.run()
+    buyer.watch()
+    return ctx_events, ending
+
+
+def test_a_buyer_left_unsettled_hears_when_the_order_is_paid():
+    """Told "unknown", polled 60 s in vain: the app keeps refreshing the order in the background (3 s, 6 s,
+    12 s ... apart) and shows "order paid" when it is — the simulation's app gets a push."""
+    events, ending = _watched(["awaiting_payment", "awaiting_payment", "awaiting_payment", "shipped"])
+    assert ending == "gave_up"
+    assert [e["screen"] for e in events if e["type"] == "app.shown"] == ["payment_unknown", "order_paid"]
+    watch = [e["t"] for e in events if e["type"] == "client.invoke" and e["op"] == "order_status"][20:]
+    gaps = [round(b - a, 1) for a, b in zip(watch, watch[1:])]
+    assert len(watch) == 4 and gaps[1:] == [pytest.approx(12.06, abs=0.1), pytest.approx(24.06, abs=0.1)]
+
+
+def test_the_background_refresh_stops_at_a_closed_order():
+    events, _ = _watched(["awaiting_payment", "closed", "shipped"])
+    assert [e["screen"] for e in events if e["type"] == "app.shown"] == ["payment_unknown"]
+    assert len([e for e in events if e["type"] == "client.invoke" and e["op"] == "order_status"]) == 22
