@@ -31,8 +31,10 @@ ADMIN_TOKEN_ENV = "CHECKOUT_CHAOS_ADMIN_TOKEN"
 NOTIFY_SECRET_ENV = "CHECKOUT_CHAOS_NOTIFY_SECRET"
 
 # At high time scales a scaled timeout can drop below what one loopback round trip through a busy
-# Python server costs; HTTP timeouts between the services never go below this many wall seconds.
-MIN_HTTP_TIMEOUT = 0.25
+# Python server costs (or one turn of a busy event loop); the services' timeouts (the gateway's wait for
+# the bank, notification acknowledgements, the checkout's calls to the provider) never go below this
+# many wall seconds.
+MIN_TIMEOUT = 0.25
 
 
 @dataclass
@@ -77,7 +79,7 @@ class ServiceBase:
         """Close clients (called at shutdown)."""
 
     def wall_timeout(self, scenario_seconds: float) -> float:
-        return max(MIN_HTTP_TIMEOUT, self.clock.wall(scenario_seconds))
+        return max(MIN_TIMEOUT, self.clock.wall(scenario_seconds))
 
     @asynccontextmanager
     async def lifespan(self, app: Any) -> AsyncIterator[None]:

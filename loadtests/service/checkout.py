@@ -236,6 +236,7 @@ class Checkout(base.ServiceBase):
             with self.store.tx() as conn:  # recorded before the provider hears of it: a crash leaves no orphan
                 conn.execute("INSERT INTO order_trades (trade, ord, attempt, kind, created_t) VALUES (?, ?, ?, ?, ?)",
                              (trade, order_id, len(trades), kind, self.clock.now()))
+            await self.store.durable()
         if kind == "agreement":
             return await self._authorize(row, trade)
         payload = {"trade": trade, "order": order_id, "user": row["usr"], "merchant": row["merchant"],
@@ -605,7 +606,8 @@ def create_app(config: base.ServiceConfig) -> FastAPI:
                               "Amounts are integer fen. Errors: {error, field, code?}.")
     app.state.service = svc
     install_error_handlers(app)
-    app.add_middleware(InFlightLimit, limit=config.scenario.live.max_in_flight)
+    app.add_middleware(InFlightLimit, limit=config.scenario.live.max_in_flight,
+                       before_response=lambda: svc.store.durable())
 
     @app.get("/healthz", tags=["health"], summary="liveness")
     async def healthz() -> Response:

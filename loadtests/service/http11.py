@@ -71,12 +71,12 @@ class HttpClient:
         slots = self._slots.get(key)
         if slots is None:
             slots = self._slots[key] = asyncio.Semaphore(self.max_per_origin)
-        try:
-            async with asyncio.timeout(timeout):
-                async with slots:
+        async with slots:  # waiting for a free connection is not part of the request's timeout
+            try:
+                async with asyncio.timeout(timeout):
                     return await self._send(key, payload)
-        except TimeoutError:
-            raise HttpError(f"timed out after {timeout:.3g}s") from None
+            except TimeoutError:
+                raise HttpError(f"timed out after {timeout:.3g}s") from None
 
     async def _send(self, key: tuple[str, int], payload: bytes) -> Response:
         host, port = key

@@ -291,7 +291,7 @@ class Provider(base.ServiceBase):
             self._spawn(self._bank_debit(row))
             # The gateway waits at most gateway.timeout; the bank task goes on regardless (a timer that
             # completes a future is much cheaper than wait_for + shield on this hot path).
-            timer = loop.call_later(self.clock.wall(self.conditions.current().gateway.timeout),
+            timer = loop.call_later(self.wall_timeout(self.conditions.current().gateway.timeout),
                                     _resolve, answer, self._timed_out)
             try:
                 await answer
@@ -301,6 +301,9 @@ class Provider(base.ServiceBase):
             self.waiting.pop(trade_id, None)
             if sent and (not answer.done() or answer.cancelled() or answer.result() is self._timed_out):
                 self._mark_unknown(trade_id)  # timed out, or the request was cancelled: outcome unknown
+                answer = None
+        if answer is not None and answer.result() == "ok":  # the common case: no need to read it back
+            return json_response(_trade_view(row, T.SUCCEEDED.value))
         return json_response(_trade_view(self._trade(trade_id)))
 
     def _mark_unknown(self, trade_id: str) -> None:
@@ -749,7 +752,7 @@ def create_app(config: base.ServiceConfig) -> FastAPI:
     app.state.service = svc
     install_error_handlers(app)
     max_in_flight = config.scenario.live.max_in_flight
-    app.add_middleware(InFlightLimit, limit=max_in_flight)
+    app.add_middleware(InFlightLimit, limit=max_in_flight, before_response=lambda: svc.store.durable())
 
     @app.get("/healthz", tags=["health"], summary="liveness (also the benchmark's trivial route)")
     async def healthz() -> Response:

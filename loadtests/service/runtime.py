@@ -22,6 +22,12 @@ from sim.errors import ConfigError
 from sim.scenario import FAULTABLE_SECTIONS, Scenario
 
 
+# The event loop's timers have a resolution of about a millisecond: a shorter sleep would really last
+# about a millisecond, overstating every sub-millisecond delay. Such a delay d is slept as one full
+# TIMER_RESOLUTION with probability d / TIMER_RESOLUTION and skipped otherwise: right on average.
+TIMER_RESOLUTION = 0.001
+
+
 class Clock:
     """Scenario seconds since the run's start epoch (a Unix time shared by both services)."""
 
@@ -30,6 +36,7 @@ class Clock:
             raise ConfigError(f"--time-scale: expected a positive number, found {time_scale!r}")
         self.start_epoch = start_epoch
         self.scale = time_scale
+        self._dither = random.Random(0).random  # timer dithering only, never a domain outcome
 
     def now(self) -> float:
         return (time.time() - self.start_epoch) * self.scale
@@ -39,8 +46,11 @@ class Clock:
         return scenario_seconds / self.scale
 
     async def sleep(self, scenario_seconds: float) -> None:
-        if scenario_seconds > 0:
-            await asyncio.sleep(scenario_seconds / self.scale)
+        wall = scenario_seconds / self.scale
+        if wall >= TIMER_RESOLUTION:
+            await asyncio.sleep(wall)
+        elif wall > 0 and self._dither() * TIMER_RESOLUTION < wall:
+            await asyncio.sleep(TIMER_RESOLUTION)
 
 
 def validate_fault_overrides(base: Scenario, overrides: dict[str, Any]) -> Scenario:

@@ -5,6 +5,9 @@ store.tx():`` block with **no await inside**, so a state change, its ledger post
 events and the jobs it schedules (notifications to send, timers to fire) commit together or not at all,
 and no other request can interleave with it.
 
+Group commit: the logical transactions of one turn of the event loop share one SQLite commit, and
+no response leaves before its transaction is committed (``durable()``, awaited by the HTTP layer).
+
 Durability: WAL mode. With ``synchronous=NORMAL`` (the default) a commit is in the WAL file before the
 response is sent, so it survives a ``kill -9`` of the process (the crash the tests make); only an
 operating-system crash or power loss can lose the last commits. ``synchronous=FULL`` (``--synchronous
@@ -89,32 +92,89 @@ class Store:
         self.scheduler: Scheduler | None = None
         self._in_tx = False
         self._events: list[tuple[float, str]] = []
-        self._after: list[Callable[[], None]] = []
+        self._after_tx: list[Callable[[], None]] = []  # of the logical transaction under way
+        self._after_commit: list[Callable[[], None]] = []  # of the batch awaiting its commit
+        self._batch_open = False
+        self._committed: asyncio.Future | None = None
+        self.commits = 0
 
     # -- transactions -------------------------------------------------------------------------------
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction. Never ``await`` inside it: it must not interleave with other requests."""
+        """One logical transaction. Never ``await`` inside it: it must not interleave with other requests.
+
+        Group commit: logical transactions are savepoints inside one SQLite transaction per turn of
+        the event loop, committed by a callback at the end of that turn. A logical transaction that
+        raises is rolled back alone. Its after-commit work (jobs reaching the scheduler) runs only once
+        the batch is committed, and no response leaves before the commit (:meth:`durable`, awaited by
+        the HTTP layer), so "acknowledged" still means "on disk".
+        """
         if self._in_tx:
             raise RuntimeError("nested transaction")
         self._in_tx = True
-        self.conn.execute("BEGIN IMMEDIATE")
         try:
-            yield self.conn
-            if self._events:
-                self.conn.executemany("INSERT INTO events (t, body) VALUES (?, ?)", self._events)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            self._after.clear()
-            raise
+            if not self._batch_open:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self._batch_open = True
+                self._schedule_commit()
+            self.conn.execute("SAVEPOINT tx")
+            try:
+                yield self.conn
+                if self._events:
+                    self.conn.executemany("INSERT INTO events (t, body) VALUES (?, ?)", self._events)
+                self.conn.execute("RELEASE tx")
+            except BaseException:
+                self.conn.execute("ROLLBACK TO tx")
+                self.conn.execute("RELEASE tx")
+                self._after_tx.clear()
+                raise
         finally:
             self._in_tx = False
             self._events = []
-        after, self._after = self._after, []
+        self._after_commit += self._after_tx
+        self._after_tx = []
+        if not self._deferred:
+            self.commit()
+
+    def _schedule_commit(self) -> None:
+        try:
+            asyncio.get_running_loop().call_soon(self.commit)
+            self._deferred = True
+        except RuntimeError:  # no event loop (start-up, tools): commit at the end of the transaction
+            self._deferred = False
+
+    _deferred = False
+
+    def commit(self) -> None:
+        """Commit the open batch (if any), then run its after-commit work and wake :meth:`durable`."""
+        if not self._batch_open:
+            return
+        waiter, self._committed = self._committed, None
+        try:
+            self.conn.execute("COMMIT")
+        except BaseException as exc:
+            self.conn.execute("ROLLBACK")
+            self._batch_open = False
+            self._after_commit.clear()
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+            raise
+        self._batch_open = False
+        self.commits += 1
+        after, self._after_commit = self._after_commit, []
         for fn in after:
             fn()
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def durable(self) -> None:
+        """Return once everything written so far is committed."""
+        if not self._batch_open:
+            return
+        if self._committed is None:
+            self._committed = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._committed)
 
     def emit(self, t: float, type: str, actor: str, order: str, **fields: Any) -> None:
         """Record one history event (``docs/events.md``) in the current transaction."""
@@ -147,7 +207,7 @@ class Store:
         )
         job = Job(cur.lastrowid, kind, key, due, attempt, data)
         if self.scheduler is not None:
-            self._after.append(lambda: self.scheduler.push(job))
+            self._after_tx.append(lambda: self.scheduler.push(job))
 
     def done(self, job: Job) -> None:
         """Remove ``job`` in the current transaction (its effects and its removal commit together)."""
@@ -195,6 +255,7 @@ class Store:
             conn.close()
 
     def close(self) -> None:
+        self.commit()
         self._closing.set()
         self._checkpointer.join(timeout=5)
         self.conn.close()

@@ -6,7 +6,8 @@
   exception is logged and answered 500 in the same shape (the tests fuzz for it never happening).
 * :class:`InFlightLimit` — a bounded number of requests in flight; beyond it ``503`` with
   ``Retry-After`` at once, so overload never queues without bound or hangs the server. Bodies larger
-  than :data:`MAX_BODY` are refused with ``413`` before they are read.
+  than :data:`MAX_BODY` are refused with ``413`` before they are read. It also holds every response
+  until the store's group commit has made the request's writes durable.
 * The admin token (``Authorization: Bearer <token>``) and the admin routes both services expose:
   ``GET/PUT /admin/faults`` and ``GET /admin/history``.
 """
@@ -95,8 +96,10 @@ class InFlightLimit:
     "dead". A count, not a queue: nothing waits in memory beyond the limit.
     """
 
-    def __init__(self, app: Any, limit: int, exempt: tuple[str, ...] = ("/healthz",), retry_after: int = 1) -> None:
+    def __init__(self, app: Any, limit: int, exempt: tuple[str, ...] = ("/healthz",), retry_after: int = 1,
+                 before_response: Callable[[], Any] | None = None) -> None:
         self.app, self.limit, self.exempt = app, limit, exempt
+        self.before_response = before_response
         self.retry_after = str(retry_after).encode()
         self.in_flight = 0
         self.rejected = 0
@@ -120,6 +123,13 @@ class InFlightLimit:
                                            "field": None}, retry=True)
             return
         self.in_flight += 1
+        if self.before_response is not None:
+            durable, inner_send = self.before_response, send
+
+            async def send(message: dict) -> None:  # noqa: F811 - nothing is acknowledged before its commit
+                if message["type"] == "http.response.start":
+                    await durable()
+                await inner_send(message)
         try:
             await self.app(scope, receive, send)
         finally:
