@@ -453,10 +453,12 @@ class Checkout(base.ServiceBase):
     async def _sweep_loop(self) -> None:
         """``close_mode = "sweep"``: every ``sweep_interval`` (at multiples of it in scenario time), close
         every expired order still awaiting payment."""
-        looked = self.clock.now()
+        looked, previous = self.clock.now(), None
         while True:
             interval = max(self.conditions.current().order_service.sweep_interval, 1e-3)
             now = self.clock.now()
+            if interval != previous:  # a new interval (faults) counts its multiples from now on
+                looked, previous = now, interval
             if now // interval == looked // interval:  # no multiple of the interval passed since the last look
                 looked = now
                 # At most half a second asleep, to notice a changed interval or close mode (faults).
