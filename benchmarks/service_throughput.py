@@ -13,7 +13,10 @@ generator process** (this file with ``--generate``: asyncio + uvloop + the raw k
 4. ``confirm``  — ``POST /trades/{trade}/pay`` on the provider, closed loop at full speed: a bank debit,
    a ledger commit, and a notification to send (delivered to the checkout meanwhile);
 5. ``confirm_half`` — the same, open loop at half the measured confirm rate: the p99 a user sees when
-   the service is not saturated (latency counted from each request's scheduled start).
+   the service is not saturated (latency counted from each request's scheduled start);
+6. ``confirm_bare`` — confirm on trades created without a ``notify_url``: the provider's debit and
+   ledger commit alone, without the notification each success sends (and the checkout's work on it);
+7. ``trivial_again`` — the trivial route once more; the better of the two runs is the reference.
 
 For every phase it reports requests/s, p50/p99 latency and the CPU each process used (cores), which
 shows where the bottleneck is: the provider is one Python process, so it saturates at 1.0 core; the
@@ -213,6 +216,12 @@ def main() -> int:
         print(f"notifications of the confirm phase drained {drain_s:.1f} s after it ended", flush=True)
         at_half = b.phase("confirm_half", [("POST", f"{p}/trades/{t}/pay", "") for t in trades[half:]],
                           rate=confirm["rps"] / 2)
+        # The provider's own debit path, without the notification each success sends (and the checkout
+        # work each notification causes): trades created directly, with no notify_url.
+        bare = [f"bt{i}" for i in range(half)]
+        b.phase("create_bare", [("POST", p + "/trades", json.dumps({"trade": t, "order": "b" + t, "user": "u1",
+                                                                     "amount": 100})) for t in bare])
+        confirm_bare = b.phase("confirm_bare", [("POST", f"{p}/trades/{t}/pay", "") for t in bare])
         # The trivial route once more, so a machine whose load changed meanwhile shows in both figures.
         trivial_after = b.phase("trivial_again", [("GET", p + "/healthz", "")] * args.trivial)
         trivial = trivial_before if trivial_before["rps"] >= trivial_after["rps"] else trivial_after
@@ -224,6 +233,8 @@ def main() -> int:
         "confirm_rps": round(confirm["rps"], 1),
         "trivial_rps": round(trivial["rps"], 1),  # the better of the two trivial runs: the stricter ratio
         "ratio": round(confirm["rps"] / trivial["rps"], 3),
+        "confirm_without_notify_rps": round(confirm_bare["rps"], 1),
+        "ratio_without_notify": round(confirm_bare["rps"] / trivial["rps"], 3),
         "confirm_p50_ms": round(confirm["p50_ms"], 2),
         "confirm_p99_ms": round(confirm["p99_ms"], 2),
         "confirm_p99_ms_at_half": round(at_half["p99_ms"], 2),

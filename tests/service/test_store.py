@@ -1,0 +1,142 @@
+"""The persistence and transport pieces on their own: group commit, jobs, the ledger, the lean client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from loadtests.service.http11 import HttpClient, HttpError
+from loadtests.service.store import LEDGER_SCHEMA, SqlLedger, Store, ledger_summary
+from sim.domain.ledger import CHARGE, REFUND, Txn, UnbalancedTransaction, transfer
+
+SCHEMA = LEDGER_SCHEMA + "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT);"
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "t.db", SCHEMA)
+    yield s
+    s.close()
+
+
+def test_group_commit_isolates_a_failing_transaction(store):
+    """Transactions of one event-loop turn share a commit; one that raises is rolled back alone, and
+    durable() returns only once the rest is committed."""
+
+    async def scenario() -> list:
+        with store.tx() as c:
+            c.execute("INSERT INTO kv VALUES ('a', '1')")
+            store.emit(1.0, "x.one", "test", "o1")
+        with pytest.raises(RuntimeError):
+            with store.tx() as c:
+                c.execute("INSERT INTO kv VALUES ('b', '2')")
+                store.emit(2.0, "x.two", "test", "o2")
+                raise RuntimeError("boom")
+        assert store._batch_open  # not committed yet: the same turn of the loop
+        await store.durable()
+        assert not store._batch_open
+        return [r[0] for r in store.all("SELECT k FROM kv")]
+
+    assert asyncio.run(scenario()) == ["a"]
+    events = [json.loads(line) for chunk in store.history_chunks() for line in chunk.splitlines()]
+    assert [e["type"] for e in events] == ["x.one"]
+
+
+def test_jobs_reach_the_scheduler_only_after_commit(store):
+    """A scheduled job is pushed to the scheduler by the commit, never before (nor after a rollback)."""
+    pushed: list = []
+
+    class Recorder:
+        def push(self, job):
+            pushed.append(job.key)
+
+    store.scheduler = Recorder()
+
+    async def scenario() -> None:
+        with store.tx():
+            store.schedule("notify", "n1", 0.0)
+        assert pushed == []
+        with pytest.raises(ValueError):
+            with store.tx():
+                store.schedule("notify", "n2", 0.0)
+                raise ValueError
+        await store.durable()
+
+    asyncio.run(scenario())
+    assert pushed == ["n1"]
+    assert [j.key for j in store.load_jobs()] == ["n1"]
+
+
+def test_ledger_posts_once_and_refuses_unbalanced(store):
+    """A txn id posts once (a replay is a no-op); postings that do not sum to zero are refused."""
+    with store.tx():
+        ledger = SqlLedger(store, 1.0, "o1", "bank", trade="t1")
+        assert ledger.post(transfer("t1-charge", CHARGE, "user:u", "clearing", 500))
+        assert not ledger.post(transfer("t1-charge", CHARGE, "user:u", "clearing", 500))
+        with pytest.raises(UnbalancedTransaction):
+            ledger.post(Txn("bad", REFUND, (("clearing", -5), ("user:u", 4))))
+    summary = ledger_summary(store)
+    assert summary["balanced"] and summary["balances"] == {"user:u": -500, "clearing": 500}
+
+
+def test_history_is_exported_in_time_order(store):
+    """Events written out of order (an attempt's start recorded with its result) come out sorted by t."""
+    with store.tx():
+        store.emit(5.0, "late", "test", "o")
+        store.emit(1.0, "early", "test", "o")
+    with store.tx():
+        store.emit(3.0, "middle", "test", "o")
+    types = [json.loads(l)["type"] for chunk in store.history_chunks(chunk=2) for l in chunk.splitlines()]
+    assert types == ["early", "middle", "late"]
+
+
+async def _serve(responses: list[bytes]):
+    """A raw HTTP server answering each request with the next canned response."""
+    answers = iter(responses)
+    connections = []
+
+    async def handle(reader, writer):
+        connections.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = [int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")]
+                await reader.readexactly(length[0] if length else 0)
+                writer.write(next(answers))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, StopIteration):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], connections
+
+
+def test_lean_client_keep_alive_chunked_and_close():
+    """Content-Length and chunked bodies, connection reuse, Connection: close, refused connections."""
+
+    async def scenario() -> None:
+        server, port, connections = await _serve([
+            b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsuccess",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nsuc\r\n4\r\ncess\r\n0\r\n\r\n",
+            b"HTTP/1.1 500 Oops\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno",
+            b'HTTP/1.1 201 Created\r\nContent-Length: 8\r\n\r\n{"a": 1}',
+        ])
+        client = HttpClient()
+        url = f"http://127.0.0.1:{port}/notify"
+        first = await client.request("POST", url, b"{}")
+        second = await client.request("POST", url, b"{}")
+        assert (first.status, first.body, second.body) == (200, b"success", b"success")
+        assert len(connections) == 1  # kept alive
+        third = await client.request("POST", url, b"{}")
+        assert (third.status_code, third.text) == (500, "no")
+        fourth = await client.request("GET", url)
+        assert fourth.json() == {"a": 1} and len(connections) == 2  # a new connection after close
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+        with pytest.raises(HttpError):
+            await HttpClient().request("GET", url, timeout=2)
+
+    asyncio.run(scenario())
