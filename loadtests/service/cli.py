@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"notify secret  {services.notify_secret}")
         print(f"data       {services.data_dir}")
         print(f"time scale {services.time_scale:g} scenario seconds per wall second; Ctrl-C stops both", flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops both services as Ctrl-C does
         try:
             while all(services.alive(n) for n in ("provider", "checkout")):
                 time.sleep(0.5)
@@ -76,3 +76,7 @@ def run(args: argparse.Namespace) -> int:
         dead = [n for n in ("provider", "checkout") if not services.alive(n)]
         print(f"error: {', '.join(dead)} exited; see {services.data_dir}/*.log", file=sys.stderr)
         return 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
