@@ -143,3 +143,12 @@ def test_order_entity_close_then_reopen():
     assert o.state is O.CLOSED and o.stock_released and o.close_reason == "ttl"
     o.mark_paid("o1-t0")
     assert o.state is O.PAID
+
+
+def test_ledger_by_kind_keeps_the_double_entry_check_in_constant_memory():
+    """by_kind aggregates accounts by kind: balances per kind, total zero, no txn ids remembered."""
+    ledger = Ledger(by_kind=True)
+    for i in range(1000):
+        ledger.post(transfer(f"c{i}", "charge", f"user:u{i}", "clearing", 100))
+    assert ledger.balances == {"user": -100_000, "clearing": 100_000}
+    assert ledger.total() == 0 and not ledger.seen

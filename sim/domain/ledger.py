@@ -45,19 +45,31 @@ def transfer(txn_id: str, kind: str, source: str, dest: str, amount: int) -> Txn
 
 @dataclass
 class Ledger:
-    """Balances per account; :meth:`post` applies a balanced transaction, exactly once per txn id."""
+    """Balances per account; :meth:`post` applies a balanced transaction, exactly once per txn id.
+
+    With ``by_kind=True`` balances are kept per account *kind* (``user``, ``merchant``, ``clearing``,
+    ``bnpl``) and txn ids are not remembered: the same double-entry check in constant memory, for a
+    simulation of millions of buyers that never posts a txn twice. (Each buyer's own balance is in
+    the history's ``ledger.txn`` events.)
+    """
 
     balances: dict[str, int] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
+    by_kind: bool = False
 
     def post(self, txn: Txn) -> bool:
         """Apply ``txn``; False (and no change) if this txn id was already posted (idempotent)."""
         if sum(v for _, v in txn.postings) != 0:
             raise UnbalancedTransaction(f"{txn.txn}: postings sum to {sum(v for _, v in txn.postings)}")
+        b = self.balances
+        if self.by_kind:
+            for account, amount in txn.postings:
+                kind = account.split(":", 1)[0]
+                b[kind] = b.get(kind, 0) + amount
+            return True
         if txn.txn in self.seen:
             return False
         self.seen.add(txn.txn)
-        b = self.balances
         for account, amount in txn.postings:
             b[account] = b.get(account, 0) + amount
         return True

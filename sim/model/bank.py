@@ -23,7 +23,7 @@ class Bank:
     def __init__(self, w: World) -> None:
         self.w = w
         self.station = Station(w.env, "bank", w.p.bank.channels, w.warmup, w.horizon)
-        self.record: dict[str, str] = {}  # trade -> the bank's own outcome (what a query returns)
+        self.record = w.bank_record  # trade -> the bank's own outcome (what a query returns)
         self.on_debit: Callable[[str, str, float], None] | None = None  # reconciliation statement hook
 
     def debit(self, trade, respond: Callable[[str], None]) -> float | None:

@@ -23,7 +23,7 @@ class BnplProvider:
     def __init__(self, w: World) -> None:
         self.w = w
         self.order_service = None
-        self.credit_synced: dict[str, bool] = {}  # agreement -> the credit side believes it is paid
+        self.credit_synced = w.credit_synced  # agreements the credit side believes paid
 
     def agreement_of(self, order_id: str) -> Agreement | None:
         return self.w.agreements.get(order_id)
@@ -97,7 +97,7 @@ class BnplProvider:
 
     def _synced(self, ag: Agreement) -> None:
         w = self.w
-        self.credit_synced[ag.id] = True
+        self.credit_synced.add(ag.id)
         w.emit("bnpl.synced", "bnpl", ag.order, agreement=ag.id, paid=True)
         if ag.state is A.OVERDUE:
             w.emit("bnpl.overdue_cleared", "bnpl", ag.order, agreement=ag.id)
@@ -108,7 +108,7 @@ class BnplProvider:
 
     def _compensation_check(self, ag: Agreement) -> None:
         w = self.w
-        decision = policies.bnpl_overdue_decision(self.credit_synced.get(ag.id, False))
+        decision = policies.bnpl_overdue_decision(ag.id in self.credit_synced)
         if decision == "overdue" and ag.state is A.DEDUCTING:
             txn = ag.compensate(w.ledger, w.next_txn("k"))
             if txn is not None:

@@ -50,7 +50,7 @@ class World:
         self.replication = replication
         self.rng = make_streams(scenario.run.seed, replication)
         self.sink = sink
-        self.ledger = Ledger()
+        self.ledger = Ledger(by_kind=True)  # constant memory; per-buyer money is in the history
         self.horizon = scenario.run.horizon
         self.end = scenario.run.horizon + scenario.run.drain
         self.warmup = scenario.run.warmup
@@ -58,6 +58,10 @@ class World:
         self.orders: dict[str, Any] = {}
         self.trades: dict[str, Any] = {}
         self.agreements: dict[str, Any] = {}
+        # What the bank knows of each trade's debit, and which agreements the BNPL credit side has
+        # seen paid: per-order notes, dropped with the order.
+        self.bank_record: dict[str, str] = {}
+        self.credit_synced: set[str] = set()
         self.txn_seq = 0
         self.orders_created = 0
         self.apply(scenario)
@@ -122,5 +126,8 @@ class World:
         if o is not None:
             for trade in o.trades:
                 self.trades.pop(trade, None)
-            self.agreements.pop(order, None)
+                self.bank_record.pop(trade, None)
+            ag = self.agreements.pop(order, None)
+            if ag is not None:
+                self.credit_synced.discard(ag.id)
         self.emit("order.end", "order_service", order)
