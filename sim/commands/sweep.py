@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     json_path, csv_path = write_sweep(doc, out)
     PartialStore(out).clear()
-    _print_table(doc, Console())
+    _print_table(doc, Console() if sys.stdout.isatty() else Console(width=160))
     err.print(f"results: {json_path}\ncsv: {csv_path}")
     if args.report:
         try:
