@@ -40,6 +40,7 @@ NOT_SENT = "not_sent"  # the generator got round to the call only after the app'
 _EVENT = {OK: "client.ok", REFUSED: "client.fail", UNREACHABLE: "client.fail", NOT_SENT: "client.fail",
           SERVER_ERROR: "client.unknown", TIMEOUT: "client.unknown", BROKEN: "client.unknown"}
 ERROR_KINDS = frozenset({SERVER_ERROR, TIMEOUT, UNREACHABLE, BROKEN, NOT_SENT})  # counted in error_rate
+MALFORMED_STATUS = frozenset({400, 401, 405, 413, 422})  # the checkout could not read the request: a harness error
 
 # What the app shows for a payment outcome (as the simulation's app does).
 SCREEN = {"succeeded": "payment_succeeded", "failed": "payment_failed", "closed": "payment_failed",
@@ -80,14 +81,10 @@ class Counters:
     dropped: int = 0  # could not begin at all (too many flows in flight)
     completed: int = 0  # flows that ran to their end before the run ended
     flow_errors: int = 0  # a flow raised: a bug of the harness
-    calls: int = 0
-    call_kinds: dict[str, int] = field(default_factory=dict)
     lag_max: float = 0.0  # wall seconds, largest start lag
-    lag_sum: float = 0.0
     lags: list[float] = field(default_factory=list)  # sample of start lags (wall seconds)
 
     def add_lag(self, lag: float) -> None:
-        self.lag_sum += lag
         if lag > self.lag_max:
             self.lag_max = lag
         if len(self.lags) < 20_000:
@@ -177,11 +174,6 @@ class Buyer:
         if left > 0:
             self.ctx.transport.sleep(left)
 
-    def draw(self, path: str) -> float:
-        section, name = path.split(".", 1)
-        dist = getattr(getattr(self.ctx.current(self.ctx.now()), section), name)
-        return dist.sampler(self.rng)()
-
     # -- one call -----------------------------------------------------------------------------------
 
     def call(self, op: str, method: str, url: str, body: Any, name: str, **extra: Any) -> Reply:
@@ -219,9 +211,6 @@ class Buyer:
                 self.order = str(given)
             invoke["order"] = self.order
             ctx.emit(invoke)
-        c = ctx.counters
-        c.calls += 1
-        c.call_kinds[reply.kind] = c.call_kinds.get(reply.kind, 0) + 1
         outcome: dict[str, Any] = {"op": op, "call": call_id, "latency": round((end - due) * k, 6),
                                    "lag": round(max(0.0, sent - due - out_net) * k, 6)}
         if reply.status:
@@ -281,7 +270,7 @@ class Buyer:
             if attempt:
                 if retry_draws[attempt - 1] >= ctx.current(ctx.now()).user.retry_probability:
                     return "gave_up"
-                self.sleep(self.draw("user.retry_delay"))
+                self.sleep(ctx.current(ctx.now()).user.retry_delay.sampler(r)())
             app = ctx.current(ctx.now()).app
             if app.cashier_closes_at_expiry and ctx.now() >= self.expires_at:
                 self.show("order_closed")  # the cashier's countdown ran out

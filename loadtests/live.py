@@ -397,10 +397,12 @@ def live_section(events: list[dict[str, Any]], done: list[dict[str, Any]], plann
                  window: LiveWindow, workers: int, target: str | None, adapter: str, locust: dict[str, Any],
                  merge_info: dict[str, Any], faults_applied: list[dict[str, Any]], late_tolerance: float) -> dict[str, Any]:
     """The ``live`` section of a live results document (what the generator did and what it measured)."""
+    from loadtests.buyer import MALFORMED_STATUS
+
     k = window.time_scale
     latencies: list[float] = []
     by_op: dict[str, list[float]] = {}
-    errors = calls = 0
+    errors = calls = malformed = 0
     for e in events:
         typ = e["type"]
         if typ not in ("client.ok", "client.fail", "client.unknown"):
@@ -410,17 +412,19 @@ def live_section(events: list[dict[str, Any]], done: list[dict[str, Any]], plann
         # a 4xx is the checkout's answer, not an error
         if typ == "client.unknown" or (typ == "client.fail" and "status" not in e):
             errors += 1
+        elif e.get("status") in MALFORMED_STATUS:
+            malformed += 1
         lat = e.get("latency")
         if isinstance(lat, (int, float)):
             latencies.append(lat)
             by_op.setdefault(e.get("op", "?"), []).append(lat)
     latencies.sort()
     sums = {key: sum(d.get(key, 0) for d in done) for key in ("planned", "started", "late", "dropped", "completed",
-                                                               "flow_errors", "calls", "in_flight_at_end")}
+                                                               "flow_errors", "in_flight_at_end")}
     lags = sorted(x for d in done for x in d.get("lags", ()))
     lag_max = max((d.get("lag_max", 0.0) for d in done), default=0.0)
     achieved = sums["started"] - sums["late"]
-    harness_errors = sums["flow_errors"] + sums["dropped"] + (max(1, workers) - len(done))
+    harness_errors = sums["flow_errors"] + sums["dropped"] + malformed + (max(1, workers) - len(done))
     p50, p99 = _quantile(latencies, 0.5), _quantile(latencies, 0.99)
     ops = {}
     for op, xs in sorted(by_op.items()):
@@ -446,6 +450,7 @@ def live_section(events: list[dict[str, Any]], done: list[dict[str, Any]], plann
         "flows_completed": sums["completed"],
         "flows_in_flight_at_end": sums["in_flight_at_end"],
         "flow_errors": sums["flow_errors"],
+        "malformed_requests": malformed,
         "harness_errors": harness_errors,
         "requests": calls,
         "failures": errors,

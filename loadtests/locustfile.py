@@ -36,8 +36,8 @@ import gevent.pool
 from locust import FastHttpUser, constant, task
 
 from loadtests.adapter import Adapter
-from loadtests.buyer import (BROKEN, ERROR_KINDS, OK, REFUSED, SERVER_ERROR, TIMEOUT, UNREACHABLE, Buyer, Context,
-                             Reply)
+from loadtests.buyer import (BROKEN, ERROR_KINDS, MALFORMED_STATUS, OK, REFUSED, SERVER_ERROR, TIMEOUT, UNREACHABLE,
+                             Buyer, Context, Reply)
 from loadtests.history import HistoryWriter
 from loadtests.plan import PLAN_ENV, Plan, arrival_times, plan_scenario, read_plan, write_json_atomic
 
@@ -47,7 +47,6 @@ if PLAN_ENV not in os.environ:
     raise SystemExit(f"{__file__}: run it through 'checkout-chaos load' (it needs ${PLAN_ENV}, the run's plan file)")
 PLAN: Plan = read_plan(os.environ[PLAN_ENV])
 PROFILE_ENV = "CHECKOUT_CHAOS_PROFILE"  # a path prefix: profile the scheduler's process into PREFIX.<pid>
-_HARNESS_STATUS = frozenset({400, 401, 405, 413, 422})  # the harness sent a malformed request
 
 
 class GeventTransport:
@@ -68,7 +67,7 @@ class GeventTransport:
         try:
             with self.session.request(method, url, name=name, json=body, catch_response=True) as resp:
                 reply = _classify(resp, timer)
-                if reply.kind in ERROR_KINDS or reply.status in _HARNESS_STATUS:
+                if reply.kind in ERROR_KINDS or reply.status in MALFORMED_STATUS:
                     resp.failure(reply.error or f"HTTP {reply.status}")
                 else:
                     resp.success()

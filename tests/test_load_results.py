@@ -63,7 +63,8 @@ def _call(typ: str, latency: float, op: str = "create_order", **extra) -> dict:
 
 def test_the_live_section_counts_arrivals_errors_and_latency_from_schedule():
     events = ([_call("client.ok", 0.6, status=201)] * 97 + [_call("client.unknown", 15.0, error="timeout")]
-              + [_call("client.fail", 0.3, status=409)] + [_call("client.fail", 0.0, error="ConnectionRefusedError")])
+              + [_call("client.fail", 0.3, status=409)] + [_call("client.fail", 0.0, error="ConnectionRefusedError")]
+              + [_call("client.fail", 0.1, status=422)])
     done = [{"planned": 60, "started": 60, "late": 3, "dropped": 0, "completed": 60, "flow_errors": 0, "lags": [0.001] * 60,
              "lag_max": 0.2, "in_flight_at_end": 0},
             {"planned": 40, "started": 38, "late": 0, "dropped": 2, "completed": 38, "flow_errors": 1, "lags": [0.002] * 38,
@@ -71,12 +72,13 @@ def test_the_live_section_counts_arrivals_errors_and_latency_from_schedule():
     live = live_section(events, done, 100, 98.5, WINDOW, 2, None, "reference", {}, {}, [], 0.05)
     assert (live["planned_arrivals"], live["started"], live["late_starts"], live["dropped_arrivals"]) == (100, 98, 3, 2)
     assert live["achieved_arrivals"] == 95 and live["achieved_arrival_ratio"] == pytest.approx(0.95)
-    assert live["harness_errors"] == 3  # one flow raised, two arrivals dropped
-    assert live["requests"] == 100 and live["failures"] == 2 and live["error_rate"] == pytest.approx(0.02)
+    assert live["harness_errors"] == 4  # one flow raised, two arrivals dropped, one request malformed
+    assert live["malformed_requests"] == 1
+    assert live["requests"] == 101 and live["failures"] == 2 and live["error_rate"] == pytest.approx(2 / 101)
     assert live["p50_latency_s"] == 0.6 and live["p99_latency_s"] == 0.6
     assert live["p99_latency_wall_s"] == pytest.approx(0.01)
     assert live["start_lag_wall_s"]["max"] == 0.2
-    assert live["latency_by_op"]["create_order"]["count"] == 100
+    assert live["latency_by_op"]["create_order"]["count"] == 101
 
 
 def test_locust_statistics_are_read_from_its_csv(tmp_path):
