@@ -58,7 +58,6 @@ CREATE TABLE IF NOT EXISTS trades (
     amount INTEGER NOT NULL, notify_url TEXT, state TEXT NOT NULL, expires_at REAL NOT NULL,
     created_t REAL NOT NULL, reason TEXT, refunded INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS trades_state ON trades (state);
 CREATE TABLE IF NOT EXISTS notifications (
     notify_id TEXT PRIMARY KEY, trade TEXT NOT NULL, ord TEXT NOT NULL, url TEXT NOT NULL,
     amount INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
@@ -158,6 +157,7 @@ class Provider(base.ServiceBase):
         self.waiting: dict[str, asyncio.Future] = {}  # trade -> the gateway awaiting the bank's answer
         self.bank_inflight: set[str] = set()  # debits the bank is working on (lost on a crash)
         self.bank_declined: dict[str, str] = {}  # declines whose answer the gateway never got
+        self.bank_held: set[str] = set()  # debits risk control holds (a durable bank_release job each)
         self.http = HttpClient()
         self._httpx: Any = None
         self._timed_out = object()  # what a gateway's wait resolves to when gateway.timeout fires
@@ -174,6 +174,7 @@ class Provider(base.ServiceBase):
     def recover(self) -> None:
         """Debits in flight when the process died never reached the bank: their trades become
         ``unknown`` and the gateway's query schedule settles them (the bank has no record: failed)."""
+        self.bank_held = {job.key for job in self.store.load_jobs() if job.kind == "bank_release"}
         now = self.clock.now()
         rows = self.store.all("SELECT * FROM trades WHERE state = ?", (T.PROCESSING.value,))
         if not rows:
@@ -339,6 +340,7 @@ class Provider(base.ServiceBase):
                 release = self.clock.now() + c.sample("bank.risk_hold_duration")
                 with self.store.tx():
                     self.store.schedule("bank_release", trade_id, release)
+                self.bank_held.add(trade_id)
                 return
             else:
                 outcome, reason = "ok", None
@@ -389,6 +391,7 @@ class Provider(base.ServiceBase):
     async def _bank_release(self, job: Job) -> None:
         """Risk control releases a held debit: it completes now."""
         self.bank_inflight.add(job.key)
+        self.bank_held.discard(job.key)
         try:
             with self.store.tx():
                 self.store.done(job)
@@ -407,7 +410,7 @@ class Provider(base.ServiceBase):
             return
         now = self.clock.now()
         charged = self.store.one("SELECT 1 FROM txns WHERE txn = ?", (f"{job.key}-charge",)) is not None
-        pending = job.key in self.bank_inflight or self.store.has_job("bank_release", job.key)
+        pending = job.key in self.bank_inflight or job.key in self.bank_held
         with self.store.tx():
             self.store.done(job)
             if charged:

@@ -127,3 +127,15 @@ def test_bnpl_credit_limit_and_compensation(services):
     kinds = [e["kind"] for e in events_of(s, order) if e["type"] == "ledger.txn"]
     assert kinds == ["bnpl_compensation", "bnpl_repayment"]  # the merchant was paid once, by compensation
     assert balance(s, f"merchant:{merchant}") == 5000 and balance(s, f"user:{buyer}") == -5000
+
+
+def test_risk_control_hold_releases_the_debit_later(services):
+    """A held debit outlives the gateway's timeout: 'unknown', then released, found by a query, paid."""
+    s = services
+    s.set_faults({"bank.risk_hold_probability": 1.0, "bank.risk_hold_duration": "40s", "gateway.timeout": "6s",
+                  "gateway.bank_query_schedule": ["30s", "30s", "30s"]})
+    order = new_order(s)["order"]
+    assert http.post(start_payment(s, order)["pay_url"]).json()["state"] == "unknown"
+    wait_for(lambda: order_state(s, order) in ("paid", "shipped"), timeout=10, what="order paid after the hold")
+    types = [e["type"] for e in events_of(s, order)]
+    assert types.index("trade.unknown") < types.index("ledger.txn") < types.index("trade.succeeded")
