@@ -158,6 +158,7 @@ class Provider(base.ServiceBase):
         self.bank_inflight: set[str] = set()  # debits the bank is working on (lost on a crash)
         self.bank_declined: dict[str, str] = {}  # declines whose answer the gateway never got
         self.bank_held: set[str] = set()  # debits risk control holds (a durable bank_release job each)
+        self.sent_at: dict[str, float] = {}  # trade -> when its debit left for the bank (scenario s)
         self.http = HttpClient()
         self._httpx: Any = None
         self._timed_out = object()  # what a gateway's wait resolves to when gateway.timeout fires
@@ -172,16 +173,23 @@ class Provider(base.ServiceBase):
                 "bnpl_expire": self._bnpl_expire, "bnpl_repay": self._bnpl_repay}
 
     def recover(self) -> None:
-        """Debits in flight when the process died never reached the bank: their trades become
-        ``unknown`` and the gateway's query schedule settles them (the bank has no record: failed)."""
+        """After a crash: a debit that was in flight either never reached the bank (its trade is still
+        payable, nothing to do) or was made while the gateway had not heard yet (the charge is in the
+        ledger, the trade still payable): those trades become ``unknown`` and the gateway's query
+        schedule finds the debit. (``processing`` rows, from databases of earlier versions, likewise.)"""
         self.bank_held = {job.key for job in self.store.load_jobs() if job.kind == "bank_release"}
         now = self.clock.now()
-        rows = self.store.all("SELECT * FROM trades WHERE state = ?", (T.PROCESSING.value,))
+        rows = self.store.all(
+            "SELECT * FROM trades WHERE state = ? OR (state IN (?, ?) AND EXISTS "
+            "(SELECT 1 FROM txns WHERE txns.txn = trades.trade || '-charge'))",
+            (T.PROCESSING.value, T.CREATED.value, T.FAILED.value))
         if not rows:
             return
         gaps = self.conditions.current().gateway.bank_query_schedule.gaps
         with self.store.tx():
             for row in rows:
+                trade = self._sent_to_bank(row) if T(row["state"]) in TRADE_PAYABLE else self._entity(row)
+                trade.to(T.UNKNOWN)
                 self._save_state(row["trade"], T.UNKNOWN)
                 self.store.emit(now, "trade.unknown", "gateway", row["ord"], trade=row["trade"], recovered=True)
                 self.store.schedule("bank_query", row["trade"], now + (gaps[0] if gaps else 0.0), 1)
@@ -282,12 +290,7 @@ class Provider(base.ServiceBase):
             state = T(row["state"])
             if state not in TRADE_PAYABLE:
                 raise self._refuse_pay(trade_id, state)
-            now = self.clock.now()
-            with self.store.tx():
-                trade = self._entity(row)
-                trade.to(T.PROCESSING)
-                self._save_state(trade_id, T.PROCESSING)
-                self.store.emit(now, "trade.processing", "gateway", row["ord"], trade=trade_id)
+            self.sent_at[trade_id] = self.clock.now()
             sent = True
             self._spawn(self._bank_debit(row))
             # The gateway waits at most gateway.timeout; the bank task goes on regardless (a timer that
@@ -303,18 +306,32 @@ class Provider(base.ServiceBase):
             if sent and (not answer.done() or answer.cancelled() or answer.result() is self._timed_out):
                 self._mark_unknown(trade_id)  # timed out, or the request was cancelled: outcome unknown
                 answer = None
+            self.sent_at.pop(trade_id, None)
         if answer is not None and answer.result() == "ok":  # the common case: no need to read it back
             return json_response(_trade_view(row, T.SUCCEEDED.value))
         return json_response(_trade_view(self._trade(trade_id)))
 
+    def _sent_to_bank(self, row: Any) -> Trade:
+        """In a tx: the trade entity moved to ``processing``, with the event of when the debit left.
+
+        ``processing`` is never stored on its own: while the bank works, the gateway knows it from
+        ``waiting`` (queries and closes answer accordingly); the state that reaches the database is the
+        outcome, in one commit with the ``trade.processing`` event. A debit in flight at a crash
+        therefore leaves its trade payable, as it was, unless the money moved (see ``recover``)."""
+        trade = self._entity(row)
+        trade.to(T.PROCESSING)
+        self.store.emit(self.sent_at.get(row["trade"], self.clock.now()), "trade.processing", "gateway",
+                        row["ord"], trade=row["trade"])
+        return trade
+
     def _mark_unknown(self, trade_id: str) -> None:
         row = self._trade(trade_id)
-        if T(row["state"]) is not T.PROCESSING:
+        if T(row["state"]) not in TRADE_PAYABLE:
             return
         now = self.clock.now()
         gaps = self.conditions.current().gateway.bank_query_schedule.gaps
         with self.store.tx():
-            trade = self._entity(row)
+            trade = self._sent_to_bank(row)
             trade.to(T.UNKNOWN)
             self._save_state(trade_id, T.UNKNOWN)
             self.store.emit(now, "trade.unknown", "gateway", row["ord"], trade=trade_id)
@@ -353,19 +370,19 @@ class Provider(base.ServiceBase):
         only the money moves (the gateway learns it from a later query)."""
         waiting = None if lost else self.waiting.get(trade_id)
         row = self._trade(trade_id)
-        trade = self._entity(row)
         now = self.clock.now()
-        informed = waiting is not None and not waiting.done() and trade.state is T.PROCESSING
         # (a timed-out gateway has resolved its future with _timed_out already: not informed)
+        informed = waiting is not None and not waiting.done() and T(row["state"]) in TRADE_PAYABLE
         with self.store.tx():
+            trade = self._sent_to_bank(row) if informed else None
             if outcome == "ok":
                 ledger = SqlLedger(self.store, now, row["ord"], "bank", trade=trade_id)
-                if informed:
+                if trade is not None:
                     trade.debit(ledger, f"{trade_id}-charge")
                     self._succeeded(row, now)
                 else:
                     ledger.post(transfer(f"{trade_id}-charge", CHARGE, f"user:{row['usr']}", "clearing", row["amount"]))
-            elif informed:
+            elif trade is not None:
                 trade.to(T.FAILED)
                 self._save_state(trade_id, T.FAILED, reason)
                 self.store.emit(now, "trade.failed", "gateway", row["ord"], trade=trade_id, reason=reason)

@@ -133,3 +133,30 @@ def test_kill_9_and_restart_loses_nothing_acknowledged(start):
     paid = Counter(e["order"] for e in s.history() if e["type"] == "order.paid")
     assert all(paid[o] == 1 for o in pending)
     assert s.alive("provider") and s.alive("checkout")
+
+
+def test_debit_made_before_a_crash_is_found_after_restart(start):
+    """The bank debited, the gateway had not heard yet, the provider died: after the restart the trade
+    is 'unknown', the query finds the debit, the trade succeeds and the order is notified — once."""
+    s = start({"bank.response_loss": 1.0, "gateway.timeout": "10m", "gateway.bank_query_schedule": ["20s"]},
+              name="lost")
+    order = new_order(s)["order"]
+    trade = start_payment(s, order)["trade"]
+    def confirm() -> None:  # blocks: the gateway waits 10 scenario minutes for an answer that was lost
+        try:
+            httpx.post(f"{s.provider_url}/trades/{trade}/pay", timeout=30)
+        except httpx.HTTPError:
+            pass  # the provider is killed under it
+
+    pay = threading.Thread(target=confirm)
+    pay.start()
+    wait_for(lambda: s.admin("provider", "GET", "/admin/ledger").json()["txns"].get("charge") == 1,
+             what="the bank's debit")
+    s.kill("provider")
+    pay.join(timeout=10)
+    s.restart("provider")
+    wait_for(lambda: order_state(s, order) in ("paid", "shipped"), timeout=15, what="order paid after recovery")
+    events = [e for e in s.history() if e.get("trade") == trade]
+    types = [e["type"] for e in events]
+    assert types.count("ledger.txn") == 1 and types.count("trade.succeeded") == 1
+    assert [e for e in events if e["type"] == "trade.unknown"][0]["recovered"] is True
