@@ -35,11 +35,13 @@ import gevent
 import gevent.pool
 from locust import FastHttpUser, constant, task
 
+from sim.scenario import scenario_from_dict
+
 from loadtests.adapter import Adapter
 from loadtests.buyer import (BROKEN, ERROR_KINDS, MALFORMED_STATUS, OK, REFUSED, SERVER_ERROR, TIMEOUT, UNREACHABLE,
                              Buyer, Context, Reply)
 from loadtests.history import HistoryWriter
-from loadtests.plan import PLAN_ENV, Plan, arrival_times, plan_scenario, read_plan, write_json_atomic
+from loadtests.plan import PLAN_ENV, Plan, arrival_times, read_plan, write_json_atomic
 
 log = logging.getLogger("checkout_chaos.locust")
 
@@ -159,7 +161,7 @@ class Buyers(FastHttpUser):
         runner = self.environment.runner
         slot = max(0, getattr(runner, "worker_index", 0))
         client_dir = Path(plan.client_dir)
-        scenario = plan_scenario(plan)
+        scenario = scenario_from_dict(plan.scenario, "plan")
         writer = HistoryWriter(client_dir / f"client-{slot}.jsonl")
         profiles = _profiles(plan.profiles, scenario.run.seed + slot)
         write_json_atomic(client_dir / f"ready-{slot}", {"pid": os.getpid(), "slot": slot})

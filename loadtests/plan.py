@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sim.errors import ConfigError
-from sim.scenario import FaultWindow, LoadSection, Scenario, format_duration, scenario_from_dict
+from sim.scenario import LoadSection, Scenario, format_duration
 
 PLAN_ENV = "CHECKOUT_CHAOS_PLAN"  # path of the plan file, read by loadtests/locustfile.py
 DEFAULT_MAX_ORDERS = 100_000
@@ -170,9 +170,3 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 def read_plan(path: str | Path) -> Plan:
     return Plan.from_json(Path(path).read_text(encoding="utf-8"))
 
-
-def plan_scenario(plan: Plan) -> Scenario:
-    """The plan's scenario as objects. The orchestrator validated it already; its fault windows are
-    attached as they are rather than each applied to the base again."""
-    windows = tuple(FaultWindow.model_validate(w) for w in plan.scenario.get("faults", ()))
-    return scenario_from_dict({**plan.scenario, "faults": []}, "plan").model_copy(update={"faults": windows})

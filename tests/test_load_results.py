@@ -170,13 +170,13 @@ def test_fault_windows_are_applied_at_their_scaled_boundaries():
 
 
 def test_the_plan_carries_fault_windows_to_the_locust_processes(tmp_path):
-    from sim.scenario import FaultWindow, Scenario
+    from sim.scenario import FaultWindow, Scenario, scenario_from_dict
 
-    from loadtests.plan import Plan, plan_scenario
+    from loadtests.plan import Plan
 
     windows = (FaultWindow(start="1m", end="2m", label="brownout", set={"app.request_timeout": "2s"}),)
     scenario = Scenario(name="x").model_copy(update={"faults": windows})
     plan = Plan(scenario=scenario.resolved(), checkout_url="", provider_url="", adapter={}, time_scale=1.0,
                 horizon=1.0, end=2.0, slots=1, run_id="r", client_dir=str(tmp_path))
-    again = plan_scenario(Plan.from_json(plan.to_json()))
+    again = scenario_from_dict(Plan.from_json(plan.to_json()).scenario)
     assert again.faults == windows and again.resolved() == scenario.resolved()
