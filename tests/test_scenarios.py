@@ -156,9 +156,9 @@ STORIES: dict[str, Story] = {
         absent=MONEY,
     ),
     "notification_backlog": Story(
-        # Half the arrivals and half the handler workers; time-compressed: a 5-minute close, a x4 push
-        # from 2 to 8 min (the file: 15 min, x3 from 15 to 30 min).
-        scale={"run.horizon": "10m", "run.drain": "26h", "load.arrival_rate": 2.0, "order_service.workers": 2,
+        # A quarter of the arrivals and of the handler workers; time-compressed: a 5-minute close, a x4
+        # push from 2 to 8 min (the file: 15 min, x3 from 15 to 30 min).
+        scale={"run.horizon": "10m", "run.drain": "26h", "load.arrival_rate": 1.0, "order_service.workers": 1,
                "order_service.order_ttl": "5m",
                "load.profile": [{"at": "2m", "multiplier": 4.0}, {"at": "8m", "multiplier": 1.0}]},
         mitigation={"order_service.close_policy": "close_trade_then_order"},
@@ -185,7 +185,7 @@ STORIES: dict[str, Story] = {
     ),
     "bnpl_sync_lag": Story(
         # Only pay-after-use buyers (the file: 6 in 10): the same mechanism, more instances per run.
-        scale={"run.horizon": "15m", "run.drain": "3d", "run.replications": 5,
+        scale={"run.horizon": "12m", "run.drain": "3d", "run.replications": 5,
                "user.payment_methods": {"wallet": 0.0, "card": 0.0, "bnpl": 1.0}},
         mitigation={"bnpl.sync_lag": {"dist": "lognormal", "median": "2s", "p99": "1m"}},
         anomaly="bnpl_false_overdue",
@@ -193,7 +193,7 @@ STORIES: dict[str, Story] = {
     ),
     "bnpl_low_balance": Story(
         # Only pay-after-use buyers, five replications: the unresolved failures are a few per thousand.
-        scale={"run.horizon": "20m", "run.drain": "4d", "run.replications": 5,
+        scale={"run.horizon": "16m", "run.drain": "4d", "run.replications": 5,
                "user.payment_methods": {"wallet": 0.0, "card": 0.0, "bnpl": 1.0}},
         mitigation={"bnpl.deduction_retry_schedule": ["1h", "6h", "1d", "1d", "1d"]},
         anomaly="bnpl_deduction_failed",
