@@ -1,22 +1,21 @@
 """Throughput and latency of the live services on loopback (a benchmark, run on purpose).
 
-    /work/venv/bin/python benchmarks/service_throughput.py [--orders 6000] [--connections 32] [--time-scale 1000]
+    /work/venv/bin/python benchmarks/service_throughput.py [--orders 8000] [--rounds 3] [--connections 32] [--time-scale 60]
 
 Starts the mock provider and the reference checkout (no injected faults: no declines, blocks, holds,
 losses; the scenario's latencies scaled by ``--time-scale``), then drives them from a **separate load
 generator process** (this file with ``--generate``: asyncio + uvloop + the raw keep-alive client of
 ``loadtests.service.http11``, several hundred thousand requests per second of its own capacity):
 
-1. ``trivial``  — ``GET /healthz`` on the provider: the framework's own ceiling on that server;
-2. ``create``   — ``POST /orders`` on the checkout;
-3. ``start``    — ``POST /orders/{id}/pay`` on the checkout (creates the provider trade);
-4. ``confirm``  — ``POST /trades/{trade}/pay`` on the provider, closed loop at full speed: a bank debit,
-   a ledger commit, and a notification to send (delivered to the checkout meanwhile);
-5. ``confirm_half`` — the same, open loop at half the measured confirm rate: the p99 a user sees when
-   the service is not saturated (latency counted from each request's scheduled start);
-6. ``confirm_bare`` — confirm on trades created without a ``notify_url``: the provider's debit and
-   ledger commit alone, without the notification each success sends (and the checkout's work on it);
-7. ``trivial_again`` — the trivial route once more; the better of the two runs is the reference.
+1. ``create``   — ``POST /orders`` on the checkout;
+2. ``start``    — ``POST /orders/{id}/pay`` on the checkout (creates the provider trade);
+3. rounds of, back to back (a machine whose load changes shows in all three; medians are reported):
+   ``trivial`` — ``GET /healthz`` on the provider, the framework's own ceiling on that server;
+   ``confirm`` — ``POST /trades/{trade}/pay`` on the provider, closed loop at full speed: a bank debit,
+   a ledger commit, and a notification sent to the checkout (which marks the order paid and ships);
+   ``bare`` — the same on trades created without a ``notify_url``: the debit and ledger commit alone;
+4. ``confirm_half`` — confirm, open loop at half the measured confirm rate: the p99 a user sees when
+   the service is not saturated (latency counted from each request's scheduled start).
 
 For every phase it reports requests/s, p50/p99 latency and the CPU each process used (cores), which
 shows where the bottleneck is: the provider is one Python process, so it saturates at 1.0 core; the
@@ -31,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -175,10 +175,22 @@ class Bench:
         return result
 
 
+def _drain(s, acked: int, timeout: float = 60.0) -> None:
+    """Wait until ``acked`` notifications are acknowledged, so a round starts with an empty outbox."""
+    t0 = time.monotonic()
+    while s.admin("provider", "GET", "/admin/stats").json()["notifications"].get("acked", 0) < acked:
+        if time.monotonic() - t0 > timeout:
+            print(f"  (notifications not drained after {timeout:g} s)", flush=True)
+            return
+        time.sleep(0.1)
+    print(f"  notifications drained {time.monotonic() - t0:.1f} s after the round", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--orders", type=int, default=6000, help="orders created, started and confirmed")
-    parser.add_argument("--trivial", type=int, default=30000, help="requests in the trivial-route phase")
+    parser.add_argument("--orders", type=int, default=8000, help="orders created, started and confirmed")
+    parser.add_argument("--trivial", type=int, default=15000, help="requests per trivial-route run")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of trivial / confirm / confirm without notify")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections (closed loop)")
     parser.add_argument("--time-scale", type=float, default=60.0, help="default: the scenario default (live.time_scale)")
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
@@ -197,62 +209,63 @@ def main() -> int:
         b = Bench(s, args.connections)
         p, c = s.provider_url, s.checkout_url
         b.phase("warmup", [("GET", p + "/healthz", "")] * 2000)
-        trivial_before = b.phase("trivial", [("GET", p + "/healthz", "")] * args.trivial)
-        n = args.orders
+        rounds, per_round = args.rounds, args.orders // (args.rounds + 1)
+        n = per_round * (rounds + 1)  # the last share is for the latency run at half rate
         orders = [f"bo{i}" for i in range(n)]
-        b.phase("create", [("POST", c + "/orders", json.dumps({"order": o, "user": f"u{i % 500}", "amount": 100 + i % 9000}))
-                           for i, o in enumerate(orders)])
+        create = b.phase("create", [("POST", c + "/orders", json.dumps(
+            {"order": o, "user": f"u{i % 500}", "amount": 100 + i % 9000})) for i, o in enumerate(orders)])
         started = b.phase("start", [("POST", f"{c}/orders/{o}/pay", "") for o in orders])
         trades = [json.loads(body)["trade"] for body in started["bodies"] if body and '"trade"' in body]
-        half = len(trades) // 2
-        confirm = b.phase("confirm", [("POST", f"{p}/trades/{t}/pay", "") for t in trades[:half]])
-        # let the notifications of the first half drain before the latency run
-        t0 = time.monotonic()
-        while s.admin("provider", "GET", "/admin/stats").json()["notifications"].get("acked", 0) < half:
-            if time.monotonic() - t0 > 120:
-                break
-            time.sleep(0.2)
-        drain_s = time.monotonic() - t0
-        print(f"notifications of the confirm phase drained {drain_s:.1f} s after it ended", flush=True)
-        at_half = b.phase("confirm_half", [("POST", f"{p}/trades/{t}/pay", "") for t in trades[half:]],
-                          rate=confirm["rps"] / 2)
-        # The provider's own debit path, without the notification each success sends (and the checkout
-        # work each notification causes): trades created directly, with no notify_url.
-        bare = [f"bt{i}" for i in range(half)]
+        bare = [f"bt{i}" for i in range(per_round * rounds)]
         b.phase("create_bare", [("POST", p + "/trades", json.dumps({"trade": t, "order": "b" + t, "user": "u1",
                                                                      "amount": 100})) for t in bare])
-        confirm_bare = b.phase("confirm_bare", [("POST", f"{p}/trades/{t}/pay", "") for t in bare])
-        # The trivial route once more, so a machine whose load changed meanwhile shows in both figures.
-        trivial_after = b.phase("trivial_again", [("GET", p + "/healthz", "")] * args.trivial)
-        trivial = trivial_before if trivial_before["rps"] >= trivial_after["rps"] else trivial_after
+        # Rounds of trivial / confirm / confirm without notification, back to back, so that a change in
+        # the machine's load shows in all three; the figures are the medians over the rounds.
+        runs: dict[str, list[dict]] = {"trivial": [], "confirm": [], "bare": []}
+        for r in range(rounds):
+            runs["trivial"].append(b.phase(f"trivial {r + 1}", [("GET", p + "/healthz", "")] * args.trivial))
+            chunk = slice(r * per_round, (r + 1) * per_round)
+            runs["confirm"].append(b.phase(f"confirm {r + 1}", [("POST", f"{p}/trades/{t}/pay", "")
+                                                               for t in trades[chunk]]))
+            runs["bare"].append(b.phase(f"bare {r + 1}", [("POST", f"{p}/trades/{t}/pay", "") for t in bare[chunk]]))
+            _drain(s, (r + 1) * per_round)
+        trivial_rps = statistics.median(x["rps"] for x in runs["trivial"])
+        confirm_rps = statistics.median(x["rps"] for x in runs["confirm"])
+        bare_rps = statistics.median(x["rps"] for x in runs["bare"])
+        ratios = [cf["rps"] / tr["rps"] for cf, tr in zip(runs["confirm"], runs["trivial"])]
+        bare_ratios = [br["rps"] / tr["rps"] for br, tr in zip(runs["bare"], runs["trivial"])]
+        at_half = b.phase("confirm_half", [("POST", f"{p}/trades/{t}/pay", "") for t in trades[rounds * per_round:]],
+                          rate=confirm_rps / 2)
         ledger = s.admin("provider", "GET", "/admin/ledger").json()
         stats = s.admin("provider", "GET", "/admin/stats").json()
         print(f"ledger balanced: {ledger['balanced']}  charges: {ledger['txns'].get('charge', 0)}  "
-              f"trades: {stats['trades']}")
+              f"trades: {stats['trades']}  notifications: {stats['notifications']}")
+    med = lambda key, name: round(statistics.median(x[key] for x in runs[name]), 2)  # noqa: E731
     summary = {
-        "confirm_rps": round(confirm["rps"], 1),
-        "trivial_rps": round(trivial["rps"], 1),  # the better of the two trivial runs: the stricter ratio
-        "ratio": round(confirm["rps"] / trivial["rps"], 3),
-        "confirm_without_notify_rps": round(confirm_bare["rps"], 1),
-        "ratio_without_notify": round(confirm_bare["rps"] / trivial["rps"], 3),
-        "confirm_p50_ms": round(confirm["p50_ms"], 2),
-        "confirm_p99_ms": round(confirm["p99_ms"], 2),
+        "confirm_rps": round(confirm_rps, 1),
+        "trivial_rps": round(trivial_rps, 1),
+        "ratio": round(statistics.median(ratios), 3),
         "confirm_p99_ms_at_half": round(at_half["p99_ms"], 2),
+        "confirm_without_notify_rps": round(bare_rps, 1),
+        "ratio_without_notify": round(statistics.median(bare_ratios), 3),
+        "ratio_rounds": [round(x, 3) for x in ratios],
+        "ratio_without_notify_rounds": [round(x, 3) for x in bare_ratios],
+        "confirm_p50_ms": med("p50_ms", "confirm"),
+        "confirm_p99_ms": med("p99_ms", "confirm"),
         "confirm_half_rps": round(at_half["rps"], 1),
-        "create_rps": round(b.results["create"]["rps"], 1),
-        "create_p50_ms": round(b.results["create"]["p50_ms"], 2),
-        "create_p99_ms": round(b.results["create"]["p99_ms"], 2),
+        "confirm_p50_ms_at_half": round(at_half["p50_ms"], 2),
+        "create_rps": round(create["rps"], 1),
+        "create_p50_ms": round(create["p50_ms"], 2),
+        "create_p99_ms": round(create["p99_ms"], 2),
         "start_rps": round(started["rps"], 1),
         "start_p50_ms": round(started["p50_ms"], 2),
         "start_p99_ms": round(started["p99_ms"], 2),
-        "trivial_p50_ms": round(trivial["p50_ms"], 2),
-        "trivial_p99_ms": round(trivial["p99_ms"], 2),
-        "generator_cores_trivial": round(trivial["generator_cores"], 2),
-        "provider_cores_trivial": round(trivial["provider_cores"], 2),
-        "generator_cores_confirm": round(confirm["generator_cores"], 2),
-        "provider_cores_confirm": round(confirm["provider_cores"], 2),
+        "trivial_p50_ms": med("p50_ms", "trivial"),
+        "trivial_p99_ms": med("p99_ms", "trivial"),
+        "cores_trivial": {"provider": med("provider_cores", "trivial"), "generator": med("generator_cores", "trivial")},
+        "cores_confirm": {"provider": med("provider_cores", "confirm"), "checkout": med("checkout_cores", "confirm"),
+                          "generator": med("generator_cores", "confirm")},
         "ledger_balanced": ledger["balanced"],
-        "trivial_rps_runs": [round(trivial_before["rps"], 1), round(trivial_after["rps"], 1)],
         "load_average_at_start": round(load, 2),
         "time_scale": args.time_scale,
         "connections": args.connections,
