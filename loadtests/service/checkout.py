@@ -12,9 +12,9 @@
 * **The close job**: a durable per-order timer, or a sweep every ``order_service.sweep_interval``
   (``close_mode``), applying ``policies.on_order_expiry`` and, against the provider's real HTTP API,
   ``after_trade_query`` / ``after_trade_close`` (``close_policy``).
-* **The merchant**: ships when paid, delivers after ``merchant.delivery_time``, and for BNPL orders calls
-  *finish* after ``bnpl_finish_delay`` — or forgets to (``bnpl_finish_forget``), or fails
-  (``bnpl_finish_failure``) and retries ``bnpl_finish_retries`` times.
+* **The merchant** (as in the simulation, for pay-after-use orders only): delivers after
+  ``merchant.delivery_time``, then calls *finish* after ``bnpl_finish_delay`` — or forgets to
+  (``bnpl_finish_forget``), or fails (``bnpl_finish_failure``) and retries ``bnpl_finish_retries`` times.
 
 No decision here is re-implemented: every branch that matters comes from ``sim/domain/policies.py`` and
 every state change goes through the domain's ``Order`` entity, so an illegal step raises.
@@ -121,7 +121,7 @@ class Checkout(base.ServiceBase):
     # -- plumbing -----------------------------------------------------------------------------------
 
     def job_handlers(self) -> dict:
-        return {"expire": self._expire, "ship": self._ship, "deliver": self._deliver,
+        return {"expire": self._expire, "deliver": self._deliver,
                 "bnpl_finish": self._bnpl_finish, "refund": self._refund}
 
     def background(self) -> list:
@@ -282,7 +282,7 @@ class Checkout(base.ServiceBase):
             o.mark_paid(trade)
             self._save(o)
             self.store.emit(now, "order.paid", "order_service", order_id, **self._ref(row, trade))
-            self.store.schedule("ship", order_id, now)
+            self._fulfil(row, now)
         return True
 
     async def cancel(self, order_id: str) -> Response:
@@ -365,7 +365,7 @@ class Checkout(base.ServiceBase):
                                     stock_released=o.stock_released)
                 else:
                     self.store.emit(now, "order.paid", "order_service", order_id, trade=trade)
-                self.store.schedule("ship", order_id, now)
+                self._fulfil(row, now)
             elif action is NotifyAction.REFUND_LATE:
                 refund = (trade, False)
             elif action is NotifyAction.REFUND_EXTRA:
@@ -485,37 +485,30 @@ class Checkout(base.ServiceBase):
 
     # -- the merchant -------------------------------------------------------------------------------
 
-    async def _ship(self, job: Job) -> None:
-        row = self._order_row(job.key)
-        o = self._entity(row)
-        if o.state is not O.PAID:
-            return
-        now = self.clock.now()
-        with self.store.tx():
-            self.store.done(job)
-            o.to(O.SHIPPED)
-            self._save(o)
-            self.store.emit(now, "order.shipped", "merchant", job.key)
-            self.store.schedule("deliver", job.key, now + self.conditions.sample("merchant.delivery_time"))
+    def _fulfil(self, row: Any, now: float) -> None:
+        """In a tx: a newly paid order goes to the merchant. As in the simulation (``sim/model/merchant``),
+        only pay-after-use orders are followed further — delivered after ``merchant.delivery_time``,
+        then *finish* — since what happens to a paid wallet or card order cannot change an anomaly."""
+        if row["method"] == "bnpl":
+            self.store.schedule("deliver", row["ord"], now + self.conditions.sample("merchant.delivery_time"))
 
     async def _deliver(self, job: Job) -> None:
         row = self._order_row(job.key)
         o = self._entity(row)
-        if o.state is not O.SHIPPED:
+        if o.state is not O.PAID:
             return
         c = self.conditions
         now = self.clock.now()
         with self.store.tx():
             self.store.done(job)
+            o.to(O.SHIPPED)
             o.to(O.DELIVERED)
+            self._save(o)
+            self.store.emit(now, "order.shipped", "merchant", job.key)
             self.store.emit(now, "order.delivered", "merchant", job.key)
-            if o.method != "bnpl":
-                o.to(O.COMPLETED)
-                self.store.emit(now, "order.completed", "order_service", job.key)
-            elif not c.chance("merchant.bnpl_finish_forget", c.current().merchant.bnpl_finish_forget):
+            if not c.chance("merchant.bnpl_finish_forget", c.current().merchant.bnpl_finish_forget):
                 self.store.schedule("bnpl_finish", job.key, now + c.sample("merchant.bnpl_finish_delay"), 1,
                                     {"agreement": o.paid_trade})
-            self._save(o)
 
     async def _bnpl_finish(self, job: Job) -> None:
         """The merchant calls the BNPL provider's *finish* (may fail; retried a few times)."""
@@ -544,7 +537,7 @@ class Checkout(base.ServiceBase):
                 if o.state is O.DELIVERED:
                     o.to(O.COMPLETED)
                     self._save(o)
-                    self.store.emit(now, "order.completed", "order_service", job.key)
+                    self.store.emit(now, "order.completed", "merchant", job.key)
             else:
                 self.store.emit(now, "bnpl.finish_failed", "merchant", job.key, **ev)
                 if job.attempt <= merchant.bnpl_finish_retries:
