@@ -165,6 +165,10 @@ class Dist:
         choice = rng.choice
         return lambda: choice(values)
 
+    def draw(self, rng: Any) -> float:
+        """One value drawn with ``rng`` (for one-off draws; hot paths keep a :meth:`sampler`)."""
+        return self.sampler(rng)()
+
     def scaled(self, factor: float) -> "Dist":
         """The same shape with every value multiplied by ``factor`` (used by fault windows and time scaling)."""
         params = tuple(

@@ -62,7 +62,8 @@ class BnplProvider:
         if ag.paid_by_user:
             w.release(ag.order)
             return
-        failed = w.rng["bnpl"].random() < b.deduction_failure
+        r = w.order_rng(ag.order)
+        failed = r.random() < b.deduction_failure
         w.emit("bnpl.deduction", "bnpl", ag.order, agreement=ag.id, ok=not failed, attempt=attempt)
         if not failed:
             self._paid(ag, by_hand=False)
@@ -71,7 +72,7 @@ class BnplProvider:
         if attempt == 1:
             # The buyer is told and may repay by hand; the compensation clock starts.
             w.hold(ag.order)
-            w.at(w.s_repay_delay(), lambda: self._repay(ag))
+            w.at(b.user_repay_delay.draw(r), lambda: self._repay(ag))
             w.hold(ag.order)
             w.at(b.compensation_after, lambda: self._compensation_check(ag))
         gaps = b.deduction_retry_schedule.gaps
@@ -93,7 +94,7 @@ class BnplProvider:
         for txn in ag.deducted(w.ledger, w.next_txn("b"), by_hand=by_hand):
             w.post(txn, ag.order, "bnpl", agreement=ag.id)
         w.hold(ag.order)
-        w.at(w.s_sync_lag(), lambda: self._synced(ag))
+        w.at(w.p.bnpl.sync_lag.draw(w.order_rng(ag.order)), lambda: self._synced(ag))
 
     def _synced(self, ag: Agreement) -> None:
         w = self.w

@@ -24,8 +24,9 @@ class Merchant:
     def fulfil(self, order) -> None:
         """Deliver a paid BNPL order, then call finish."""
         w = self.w
-        r = w.rng["merchant"]
-        delivery = w.s_delivery()
+        r = w.order_rng(order.id)
+        m = w.p.merchant
+        delivery = m.delivery_time.draw(r)
         forgets = r.random() < w.p.merchant.bnpl_finish_forget
         w.hold(order.id)
 
@@ -37,7 +38,7 @@ class Merchant:
                 w.emit("order.delivered", "merchant", order.id)
                 if not forgets:
                     w.hold(order.id)
-                    w.at(w.s_finish_delay(), lambda: self._finish(order, 1))
+                    w.at(m.bnpl_finish_delay.draw(r), lambda: self._finish(order, 1))
             w.release(order.id)
 
         w.at(delivery, delivered)
@@ -51,13 +52,14 @@ class Merchant:
             w.release(order.id)
             return
         w.emit("bnpl.finish_sent", "merchant", order.id, agreement=agreement.id, attempt=attempt)
-        failed = w.rng["merchant"].random() < m.bnpl_finish_failure
+        r = w.order_rng(order.id)
+        failed = r.random() < m.bnpl_finish_failure
 
         def arrive() -> None:
             if failed:
                 w.emit("bnpl.finish_failed", "merchant", order.id, agreement=agreement.id, attempt=attempt)
                 if attempt <= m.bnpl_finish_retries:
-                    w.at(w.s_finish_retry(), lambda: self._finish(order, attempt + 1))
+                    w.at(m.bnpl_finish_retry_delay.draw(r), lambda: self._finish(order, attempt + 1))
                     return
                 w.release(order.id)
                 return
@@ -67,4 +69,4 @@ class Merchant:
                 w.emit("order.completed", "merchant", order.id)
             w.release(order.id)
 
-        w.at(w.s_net(), arrive)
+        w.at(w.p.app.network_latency.draw(r), arrive)

@@ -124,9 +124,9 @@ class OrderService:
         w.hold(order.id)
 
         def back(answer) -> None:
-            w.at(w.s_net(), lambda: (then(answer), w.release(order.id)))
+            w.at(w.s_os_net(), lambda: (then(answer), w.release(order.id)))
 
-        w.at(w.s_net(), lambda: call(list(order.trades), back))
+        w.at(w.s_os_net(), lambda: call(list(order.trades), back))
 
     def _after_query(self, order: Order, states: list[TradeState]) -> None:
         if order.state is not O.AWAITING_PAYMENT:
