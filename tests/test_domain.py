@@ -152,3 +152,9 @@ def test_ledger_by_kind_keeps_the_double_entry_check_in_constant_memory():
         ledger.post(transfer(f"c{i}", "charge", f"user:u{i}", "clearing", 100))
     assert ledger.balances == {"user": -100_000, "clearing": 100_000}
     assert ledger.total() == 0 and not ledger.seen
+
+
+def test_reconcile_fills_in_an_open_order_instead_of_refunding():
+    """Money for an order still awaiting payment (lost notification): fill the order in, do not refund."""
+    assert policies.reconcile(O.AWAITING_PAYMENT, T.SUCCEEDED, "refund") == (policies.ReconKind.LONG, "fill_order")
+    assert policies.reconcile(O.AWAITING_PAYMENT, T.SUCCEEDED, "report") == (policies.ReconKind.LONG, "report")

@@ -147,6 +147,10 @@ def reconcile(order_state: OrderState | None, trade_state: TradeState | None, re
     or ``(None, None)`` when they agree.
     """
     order_paid = order_state in ORDER_PAID_STATES
+    if trade_state is T.SUCCEEDED and order_state is O.AWAITING_PAYMENT:
+        # The money arrived but the order never heard (a lost notification): fill the order in
+        # (补单) rather than refund a buyer whose order is still open.
+        return ReconKind.LONG, ("report" if repair == "report" else "fill_order")
     if trade_state is T.SUCCEEDED and not order_paid and order_state not in (O.REFUND_PENDING, O.REFUNDED):
         if repair == "report":
             return ReconKind.LONG, "report"

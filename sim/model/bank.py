@@ -17,6 +17,8 @@ from sim.model.station import Station
 from sim.model.world import World
 
 APPROVED, DECLINED, RISK_BLOCKED, LIMIT, HELD = "approved", "declined", "risk_blocked", "limit", "held"
+PENDING = "pending"  # a debit request is queued or in progress at the bank
+_FINAL_REFUSALS = (DECLINED, RISK_BLOCKED, LIMIT)
 
 
 class Bank:
@@ -30,25 +32,14 @@ class Bank:
         """Try to debit ``trade.amount`` from the buyer; ``respond(outcome)`` unless the response is lost.
 
         Returns the exact delay until ``respond`` is called when that is already certain (a free
-        channel, a response that will not be lost or held), else None — so the gateway need only arm
-        its timeout when the timeout can actually fire.
+        channel, no earlier attempt on this trade, a response that will not be lost or held), else
+        None — so the gateway need only arm its timeout when the timeout can actually fire.
         """
         w = self.w
         p = w.p.bank
         r = w.rng["bank"]
         u = r.random()
         lost = r.random() < p.response_loss
-        previous = self.record.get(trade.id)
-        if previous == APPROVED or previous == HELD:
-            # The trade number is the idempotency key: a debit already made (or held for review) is
-            # not made again; the bank answers with what it knows.
-            def replay(_wait: float) -> None:
-                if previous == APPROVED and not lost:
-                    respond(APPROVED)
-
-            latency = w.s_bank_latency()
-            started = self.station.submit(latency, replay)
-            return latency if started and previous == APPROVED and not lost else None
         if trade.amount > p.single_payment_limit * 100:
             outcome = LIMIT
         elif u < p.decline_probability:
@@ -59,8 +50,18 @@ class Bank:
             outcome = HELD
         else:
             outcome = APPROVED
+        earlier = self.record.get(trade.id)
+        if earlier is None or earlier in _FINAL_REFUSALS:
+            self.record[trade.id] = PENDING  # a query now learns this attempt is still in flight
 
         def done(_wait: float) -> None:
+            previous = self.record.get(trade.id)
+            if previous == APPROVED or previous == HELD:
+                # The trade number is the idempotency key: a debit already made (or held for
+                # review) is not made again; the bank answers with what it knows.
+                if previous == APPROVED and not lost:
+                    respond(APPROVED)
+                return
             if outcome == HELD:
                 # Risk control holds the debit for review, then releases it: the money moves late,
                 # and the gateway hears nothing until then (its own timeout will have fired).
@@ -76,7 +77,7 @@ class Bank:
 
         latency = w.s_bank_latency()
         started = self.station.submit(latency, done)
-        return latency if started and not lost and outcome != HELD else None
+        return latency if started and earlier is None and not lost and outcome != HELD else None
 
     def _release_hold(self, trade, respond: Callable[[str], None], lost: bool) -> None:
         self.record[trade.id] = APPROVED
@@ -94,5 +95,5 @@ class Bank:
             self.on_debit(trade.order, trade.id, w.env.now)
 
     def query(self, trade_id: str, respond: Callable[[str | None], None]) -> None:
-        """What the bank knows of a debit (``None``: no record yet, the request is still queued)."""
+        """What the bank knows of a trade's latest debit (``None`` or ``pending``: nothing final yet)."""
         self.station.submit(self.w.s_bank_latency(), lambda _w: respond(self.record.get(trade_id)))

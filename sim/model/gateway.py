@@ -48,7 +48,13 @@ class Gateway:
     def pay(self, trade: Trade, reply: Callable[[str], None]) -> None:
         """A buyer's pay request reached the gateway; ``reply`` gets the synchronous answer."""
         w = self.w
-        self.station.submit(w.s_gw_service(), lambda _wait: self._pay(trade, reply))
+        w.hold(trade.order)  # a queued pay request can still debit the buyer, whatever the app does meanwhile
+
+        def serve(_wait: float) -> None:
+            self._pay(trade, reply)
+            w.release(trade.order)
+
+        self.station.submit(w.s_gw_service(), serve)
 
     def _pay(self, trade: Trade, reply: Callable[[str], None]) -> None:
         w = self.w
@@ -127,7 +133,7 @@ class Gateway:
         def ask() -> None:
             def answered(record: str | None) -> None:
                 if trade.state is T.UNKNOWN:
-                    if record is not None and record != B.HELD:
+                    if record is not None and record != B.HELD and record != B.PENDING:
                         self._resolve(trade, record)
                     else:
                         self._query_bank(trade, k + 1)

@@ -61,6 +61,9 @@ class Reconciler:
         if action == "refund":
             w.emit("recon.repaired", "reconciler", order_id, action="refund", trade=trade_id)
             self.os.refund(order, trade)
+        elif action == "fill_order" and order is not None and order.state is O.AWAITING_PAYMENT:
+            w.emit("recon.repaired", "reconciler", order_id, action="fill_order", trade=trade_id)
+            self.os.mark_paid(order, trade_id)
         elif action == "fill_order" and order is not None and order.state is O.CLOSED:
             order.mark_paid(trade_id)
             w.emit("order.reopened", "reconciler", order_id, trade=trade_id, stock_released=order.stock_released)

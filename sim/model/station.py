@@ -35,7 +35,7 @@ def _bin_upper(i: int) -> float:
 class Station:
     """``capacity`` servers in front of one FIFO queue; :meth:`submit` a job, get a callback when done."""
 
-    __slots__ = ("env", "name", "capacity", "busy", "queue", "t0", "t1", "_last", "_q_area", "_busy_area",
+    __slots__ = ("env", "name", "capacity", "busy", "queue", "t0", "t1", "_last", "_q_area", "_busy_area", "_cap_area",
                  "waits_n", "waits_sum", "hist", "timeouts", "served")
 
     def __init__(self, env: simpy.Environment, name: str, capacity: int, t0: float, t1: float) -> None:
@@ -46,6 +46,7 @@ class Station:
         self._last = t0
         self._q_area = 0.0
         self._busy_area = 0.0
+        self._cap_area = 0.0  # capacity x time: a fault window may change the capacity
         self.waits_n = 0
         self.waits_sum = 0.0
         self.hist = [0] * _NBINS
@@ -62,6 +63,7 @@ class Station:
         if end > start:
             self._q_area += len(self.queue) * (end - start)
             self._busy_area += self.busy * (end - start)
+            self._cap_area += self.capacity * (end - start)
         self._last = now
 
     def submit(self, service_time: float, done: Callable[[float], None]) -> bool:
@@ -113,7 +115,7 @@ class Station:
                     p99 = _bin_upper(i)
                     break
         return {
-            "utilization": self._busy_area / (self.capacity * span),
+            "utilization": self._busy_area / self._cap_area if self._cap_area > 0 else 0.0,
             "wait_mean_s": self.waits_sum / self.waits_n if self.waits_n else 0.0,
             "wait_p99_s": p99,
             "queue_mean": self._q_area / span,

@@ -69,7 +69,13 @@ class Buyers:
         retry_draws = [r.random() for _ in range(u.max_retries)]
         order = self.os.create(f"u{self.seq}", amount, method)
         w.hold(order.id)
-        w.env.process(self.buyer(order, method, pay_delay, walks_away, cancels, retry_draws))
+        trade_id = None
+        if method != "bnpl":
+            # The cashier opens with the order: the gateway trade (prepay) exists from now on and
+            # lives gateway.trade_ttl, however long the order lives.
+            trade_id = policies.retry_trade_no(w.p.app.retry_trade_no, order.id, 0, None)
+            self.gw.create_trade(trade_id, order, order.user)
+        w.env.process(self.buyer(order, method, trade_id, pay_delay, walks_away, cancels, retry_draws))
 
     def show(self, order, screen: str) -> None:
         self.w.emit("app.shown", "app", order.id, screen=screen)
@@ -89,7 +95,7 @@ class Buyers:
             w.hold(order.id)
             w.at(w.s_net(), lambda: (self.show(order, screen), w.release(order.id)))
 
-    def buyer(self, order, method, pay_delay, walks_away, cancels, retry_draws):
+    def buyer(self, order, method, trade_id, pay_delay, walks_away, cancels, retry_draws):
         w = self.w
         env = w.env
         u, app = w.p.user, w.p.app
@@ -102,21 +108,30 @@ class Buyers:
                 else:
                     w.emit("user.abandon", "user", order.id)
                 return
-            trade_id = None
             for attempt in range(u.max_retries + 1):
                 if attempt:
                     if retry_draws[attempt - 1] >= u.retry_probability:
                         return
                     yield env.timeout(w.s_retry_delay())
-                if app.cashier_closes_at_expiry and env.now >= order.expires_at:
+                state = order.state
+                if app.cashier_closes_at_expiry and (env.now >= order.expires_at or state is O.CLOSED):
                     self.show(order, "order_closed")  # the cashier's countdown ran out
                     return
-                if order.state is not O.AWAITING_PAYMENT:
-                    return
+                if state is not O.AWAITING_PAYMENT and state is not O.CLOSED:
+                    return  # paid meanwhile
                 if method == "bnpl":
+                    if state is O.CLOSED:
+                        self.show(order, "order_closed")
+                        return
                     outcome = yield from self.call(lambda reply: self.bnpl.authorize(order, reply))
                 else:
+                    previous = trade_id
                     trade_id = policies.retry_trade_no(app.retry_trade_no, order.id, attempt, trade_id)
+                    if state is O.CLOSED and trade_id != previous:
+                        # A new trade needs the order service, which refuses a closed order; an open
+                        # cashier page (or QR code) still pays the trade it was opened with.
+                        self.show(order, "order_closed")
+                        return
                     trade = self.gw.create_trade(trade_id, order, order.user)
                     if attempt:
                         w.emit("user.retry", "user", order.id, trade=trade_id, attempt=attempt)
