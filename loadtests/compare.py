@@ -28,7 +28,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
     p.description = (
         "Simulate a scenario and run it live at the same (time-scaled) conditions, then put the rates side by "
-        "side: each anomaly class's rate and 95%% interval, predicted and measured, and whether they agree "
+        "side: each anomaly class's rate and 95% interval, predicted and measured, and whether they agree "
         "(the intervals overlap). Writes DIR/compare.json, DIR/simulation/results.json and DIR/live/results.json."
     )
     p.epilog = EPILOG

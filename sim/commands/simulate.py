@@ -13,7 +13,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Simulate a scenario: buyers, app, order service, gateway, bank, merchant and BNPL provider on a "
         "virtual clock. Runs independent replications (in parallel with --jobs), checks every order's "
-        "history for anomalies and reports each class's rate with a 95%% confidence interval, how long it "
+        "history for anomalies and reports each class's rate with a 95% confidence interval, how long it "
         "lasted and how much money it held, plus queueing metrics per actor. Writes DIR/results.json."
     )
     p.epilog = (

@@ -16,7 +16,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         "meet the same buyers, arrivals and latencies). One task per (point, replication) runs in a local "
         "process pool (--jobs) or on a Dask scheduler (--dask); results do not depend on which. Writes "
         "DIR/sweep.json (one results document per point, docs/results.md) and DIR/sweep.csv (one row per "
-        "point and anomaly class: rate, 95%% CI, window p99, money at stake). Ctrl-C keeps the finished runs "
+        "point and anomaly class: rate, 95% CI, window p99, money at stake). Ctrl-C keeps the finished runs "
         "in DIR/.partial; --resume runs only the rest. Every --vary/--compare key and value is checked "
         "before anything runs."
     )
