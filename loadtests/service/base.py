@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -162,4 +163,8 @@ def serve(app: Any, args: argparse.Namespace, max_in_flight: int,
         timeout_graceful_shutdown=2,
         timeout_keep_alive=30,
     )
+    # Everything imported and built so far lives as long as the process: keep it out of the cyclic
+    # garbage collector's generations, whose full passes over it paused the event loop for 30-40 ms.
+    gc.collect()
+    gc.freeze()
     uvicorn.Server(config).run(sockets=[sock])
