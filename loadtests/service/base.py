@@ -79,6 +79,14 @@ class ServiceBase:
     async def aclose(self) -> None:
         """Close clients (called at shutdown)."""
 
+    @property
+    def observation_end(self) -> float:
+        """Scenario seconds after which nobody looks: a simulated run's horizon + drain, or a live run's
+        (run_time + drain) scaled. Far-off timers (a 15-day trade lifetime) are not kept as jobs; the
+        expiry is applied when the trade is next used instead."""
+        s = self.config.scenario
+        return max(s.run.horizon + s.run.drain, (s.live.run_time + s.live.drain) * self.clock.scale)
+
     def wall_timeout(self, scenario_seconds: float) -> float:
         return max(MIN_TIMEOUT, self.clock.wall(scenario_seconds))
 

@@ -224,10 +224,6 @@ class Provider(base.ServiceBase):
     def _save_state(self, trade: str, state: TradeState, reason: str | None = None) -> None:
         self.store.conn.execute("UPDATE trades SET state = ?, reason = ? WHERE trade = ?", (state.value, reason, trade))
 
-    def _state(self, row: Any) -> TradeState:
-        """The gateway's view: a payable trade whose debit is under way reads ``processing``."""
-        return T(row["state"])
-
     # -- trades -------------------------------------------------------------------------------------
 
     async def create_trade(self, body: TradeCreate) -> Response:
@@ -261,7 +257,8 @@ class Provider(base.ServiceBase):
             )
             self.store.emit(now, "trade.created", "gateway", body.order, trade=body.trade, amount=body.amount,
                             expires_at=round(expires_at, 6), user=body.user)
-            self.store.schedule("trade_expire", body.trade, expires_at)
+            if expires_at <= self.observation_end:  # otherwise expired lazily, when someone tries to pay
+                self.store.schedule("trade_expire", body.trade, expires_at)
         return json_response(_trade_view(self._trade(body.trade)), 201)
 
     def _refuse_pay(self, trade: str, state: TradeState) -> ApiError:
@@ -615,7 +612,8 @@ class Provider(base.ServiceBase):
                 (body.agreement, body.order, body.user, body.merchant, body.amount, A.AUTHORIZED.value, expires_at, now))
             self.store.emit(now, "bnpl.authorized", "bnpl", body.order, agreement=body.agreement, amount=body.amount,
                             expires_at=round(expires_at, 6))
-            self.store.schedule("bnpl_expire", body.agreement, expires_at)
+            if expires_at <= self.observation_end:  # otherwise expired lazily, at finish
+                self.store.schedule("bnpl_expire", body.agreement, expires_at)
         return json_response(_agreement_view(self._agreement_row(body.agreement)), 201)
 
     async def finish(self, agreement: str) -> Response:
@@ -624,6 +622,9 @@ class Provider(base.ServiceBase):
         await self.gateway_work()
         row = self._agreement_row(agreement)
         a = self._agreement(row)
+        if a.state is A.AUTHORIZED and self.clock.now() >= row["expires_at"]:
+            self._expire_agreement(row)
+            a.state = A.EXPIRED
         if a.state in (A.CANCELLED, A.EXPIRED):
             raise ApiError(409, f"agreement is {a.state.value}: cannot finish", "agreement", "AGREEMENT_CLOSED",
                            agreement_state=a.state.value)
@@ -741,11 +742,12 @@ class Provider(base.ServiceBase):
 
     async def _bnpl_expire(self, job: Job) -> None:
         row = self.store.one("SELECT * FROM agreements WHERE agreement = ?", (job.key,))
-        if row is None or A(row["state"]) is not A.AUTHORIZED:
-            return
+        if row is not None and A(row["state"]) is A.AUTHORIZED:
+            self._expire_agreement(row)
+
+    def _expire_agreement(self, row: Any) -> None:
         a = self._agreement(row)
         with self.store.tx():
-            self.store.done(job)
             a.to(A.EXPIRED)
             self._save_agreement(a)
             self._emit_bnpl(self.clock.now(), "bnpl.expired", row)

@@ -155,3 +155,14 @@ def test_order_flow_and_trade_number_policy(services):
     assert cancel.status_code == 200 and cancel.json()["state"] == "refund_pending"
     wait_for(lambda: order_state(services, order) == "refunded", what="refund of a cancelled paid order")
     assert http.get(first["pay_url"].removesuffix("/pay")).json()["state"] == "refunded"
+
+
+def test_trade_lifetime_closes_an_unpaid_trade(services):
+    """timeout_express (Alipay's trade lifetime): the unpaid trade closes when it runs out; paying then
+    is refused with ACQ.TRADE_HAS_CLOSE."""
+    trade = new_trade(services, timeout_express="30s")["trade"]  # half a second at x60
+    get = lambda: http.get(f"{services.provider_url}/trades/{trade}").json()  # noqa: E731
+    wait_for(lambda: get()["state"] == "closed", what="the trade's lifetime to run out")
+    assert get()["reason"] == "expired"
+    late = http.post(f"{services.provider_url}/trades/{trade}/pay")
+    assert late.status_code == 409 and late.json()["code"] == "ACQ.TRADE_HAS_CLOSE"
