@@ -38,6 +38,12 @@ NOTIFY_SECRET_ENV = "CHECKOUT_CHAOS_NOTIFY_SECRET"
 MIN_TIMEOUT = 0.25
 
 
+def url_for(host: str, port: int) -> str:
+    """The base URL a client on this machine uses for a service bound to ``host``:``port``."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "localhost") else host
+    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+
+
 @dataclass
 class ServiceConfig:
     scenario: Scenario

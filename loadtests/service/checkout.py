@@ -656,9 +656,7 @@ def _provider_from_port_file(path: str, host: str, timeout: float = 30.0) -> str
         if time.monotonic() > deadline:
             raise SystemExit(f"checkout: no provider port in {path} after {timeout:g}s")
         time.sleep(0.01)
-    port = int(_Path(path).read_text())
-    shown = "127.0.0.1" if host in ("0.0.0.0", "localhost") else host
-    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+    return base.url_for(host, int(_Path(path).read_text()))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -671,11 +669,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = base.config_from_args(args)
     config.provider_url = args.provider_url or _provider_from_port_file(args.provider_port_file, args.host)
-    host = f"[{args.host}]" if ":" in args.host else args.host
     app = create_app(config)
 
     def bound(port: int) -> None:  # the notify_url needs the real port when it was picked at bind time
-        app.state.service.notify_url = (args.public_url or f"http://{host}:{port}").rstrip("/") + "/notify"
+        app.state.service.notify_url = (args.public_url or base.url_for(args.host, port)).rstrip("/") + "/notify"
 
     base.serve(app, args, config.scenario.live.max_in_flight, on_bound=bound)
 

@@ -26,15 +26,10 @@ from typing import Any
 from sim.errors import ConfigError, TargetError
 from sim.scenario import Scenario, default_scenario, load_scenario, parse_override
 
-from loadtests.service.base import ADMIN_TOKEN_ENV, NOTIFY_SECRET_ENV
+from loadtests.service.base import ADMIN_TOKEN_ENV, NOTIFY_SECRET_ENV, url_for
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 SERVICES = ("provider", "checkout")
-
-
-def _url(host: str, port: int) -> str:
-    shown = "127.0.0.1" if host in ("0.0.0.0", "localhost") else host
-    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
 
 
 @dataclass
@@ -278,9 +273,9 @@ def start_services(
         _launch(provider, env)  # both start at once; the checkout waits for the provider's port file
         _launch(checkout, env)
         _await_port(provider)
-        services.provider_url = _url(host, provider.port)
+        services.provider_url = url_for(host, provider.port)
         _await_port(checkout)
-        services.checkout_url = _url(host, checkout.port)
+        services.checkout_url = url_for(host, checkout.port)
         _wait_healthy(provider, services.provider_url, ready_timeout)
         _wait_healthy(checkout, services.checkout_url, ready_timeout)
     except BaseException:

@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable
 
 from sim.errors import ConfigError
-from sim.scenario import FAULTABLE_SECTIONS, Scenario
+from sim.scenario import FAULTABLE_SECTIONS, Scenario, scenario_from_dict
 
 
 # The event loop's timers have a resolution of about a millisecond: a shorter sleep would really last
@@ -53,16 +53,15 @@ class Clock:
             await asyncio.sleep(TIMER_RESOLUTION)
 
 
-def validate_fault_overrides(base: Scenario, overrides: dict[str, Any]) -> Scenario:
-    """``base`` with ``overrides`` applied, validated like a scenario's fault window (``ConfigError``)."""
-    for key in overrides:
-        section = key.split(".", 1)[0] if isinstance(key, str) else ""
-        if not isinstance(key, str) or "." not in key or section not in FAULTABLE_SECTIONS:
-            raise ConfigError(
-                f"faults {key}: expected a key in one of the sections {', '.join(FAULTABLE_SECTIONS)} "
-                f'(like "gateway.service_time"), found {key!r}'
-            )
-    return base.with_overrides(overrides, source="faults")
+def validate_fault_overrides(base: Scenario, overrides: dict[str, Any]) -> None:
+    """Raise ``ConfigError`` unless ``overrides`` would be a valid ``[[faults]] set`` of ``base``: the
+    scenario loader itself validates them, as one fault window."""
+    data = base.resolved()
+    data["faults"] = [{"start": "0s", "end": "1s", "set": dict(overrides)}]
+    try:
+        scenario_from_dict(data, "faults")
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("faults: faults[0].set", "faults set", 1)) from None
 
 
 class Conditions:
