@@ -477,15 +477,19 @@ def summary_table(doc: dict[str, Any], compact: bool = False) -> "Table":
     return table
 
 
+_METRIC_HEADERS = {"utilization": "util", "wait_mean_s": "wait mean", "wait_p99_s": "wait p99",
+                   "queue_mean": "queue", "timeouts": "timeouts", "served": "served"}
+
+
 def _metrics_table(metrics: dict[str, Any]) -> "Table":
     from rich import box
     from rich.table import Table
 
     columns = list(dict.fromkeys(k for m in metrics.values() if isinstance(m, dict) for k in m))
     table = Table(title="capacity-limited actors", title_justify="left", box=box.SIMPLE_HEAD)
-    table.add_column("actor")
+    table.add_column("actor", no_wrap=True)
     for c in columns:
-        table.add_column(c, justify="right")
+        table.add_column(_METRIC_HEADERS.get(c, c), justify="right", no_wrap=True)
     for actor, m in metrics.items():
         if not isinstance(m, dict):
             continue

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(canonical_json(doc))
     else:
-        print_summary(doc, Console())
+        print_summary(doc)
     err = Console(stderr=True)
     err.print(f"results: {path}")
     if args.report:
