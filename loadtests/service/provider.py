@@ -195,6 +195,9 @@ class Provider(base.ServiceBase):
                 self.store.schedule("bank_query", row["trade"], now + (gaps[0] if gaps else 0.0), 1)
 
     async def aclose(self) -> None:
+        for task in list(self._tasks):  # bank debits in flight: lost, as in a crash (see recover)
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.http.aclose()
         if self._httpx is not None:
             await self._httpx.aclose()
