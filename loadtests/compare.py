@@ -116,7 +116,7 @@ def print_comparison(sim: dict[str, Any], live: dict[str, Any], agree: dict[str,
     from rich.console import Console
     from rich.table import Table
 
-    from sim.results import _rate
+    from sim.results import format_rate as _rate
 
     if console is None:
         console = Console() if sys.stdout.isatty() else Console(width=120)

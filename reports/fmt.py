@@ -5,17 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from sim.results import format_rate
 
-def rate(value: float | None) -> str:
-    """``0.0031`` -> ``"3.1e-3"``, ``0.25`` -> ``"0.25"``, ``0`` -> ``"0"``, ``None`` -> ``"—"``."""
-    if value is None:
-        return "—"
-    if value == 0:
-        return "0"
-    if abs(value) >= 0.01:
-        return f"{value:.3g}"
-    mantissa, exponent = f"{value:.1e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
+
+# One rate format for tables, charts and summaries (sim.results is the lower layer).
+rate = format_rate
 
 
 def interval(ci: Sequence[float] | None) -> str:

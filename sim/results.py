@@ -334,13 +334,22 @@ def write_results(doc: dict[str, Any], out_dir: str | Path) -> Path:
         out.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise ConfigError(f"{out}: cannot create the output directory (a file is in the way)") from None
-    text = canonical_json(doc)
     target = out / RESULTS_FILE
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".results.", suffix=".tmp")
+    atomic_write(target, canonical_json(doc))
+    return target
+
+
+def atomic_write(target: Path, data: str | bytes) -> None:
+    """Write ``target`` all at once: a temporary file in the same directory, then a rename.
+
+    A reader (or a crash) never sees half a file.
+    """
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a results file is meant to be shared
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -350,7 +359,6 @@ def write_results(doc: dict[str, Any], out_dir: str | Path) -> Path:
         except FileNotFoundError:
             pass
         raise
-    return target
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
@@ -422,7 +430,7 @@ def human_duration(seconds: float | None) -> str:
     return f"{d}d{h:02d}h"
 
 
-def _rate(value: float | None) -> str:
+def format_rate(value: float | None) -> str:
     """``0.0031`` -> ``3.1e-3``, ``0.125`` -> ``0.125``, ``0`` -> ``0``."""
     if value is None:
         return "—"
@@ -466,8 +474,8 @@ def summary_table(doc: dict[str, Any], compact: bool = False) -> "Table":
         cells = {
             "count": f"{a.get('count', 0):,}",
             "repaired": f"{a.get('repaired', 0):,}",
-            "rate": _rate(a.get("rate")),
-            "95% CI": f"[{_rate(ci[0])}, {_rate(ci[1])}]" if ci else "—",
+            "rate": format_rate(a.get("rate")),
+            "95% CI": f"[{format_rate(ci[0])}, {format_rate(ci[1])}]" if ci else "—",
             "window p50": human_duration(win.get("median")),
             "window p99": human_duration(win.get("p99")),
             "at stake": _money(a.get("amount") or 0.0),

@@ -27,17 +27,16 @@ import hashlib
 import io
 import itertools
 import json
-import os
 import pickle
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from sim.errors import ConfigError
+from sim.results import atomic_write
 from sim.runner import execute
 from sim.scenario import ANOMALY_CLASSES, Scenario, parse_value
 
@@ -233,7 +232,7 @@ class PartialStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         data = pickle.dumps({"format": _PARTIAL_FORMAT, "key": key, "result": result},
                             protocol=pickle.HIGHEST_PROTOCOL)
-        _atomic_write_bytes(self.path(key), data)
+        atomic_write(self.path(key), data)
 
     def count(self) -> int:
         return len(list(self.dir.glob("*.pkl"))) if self.dir.is_dir() else 0
@@ -416,23 +415,8 @@ def write_sweep(doc: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     except (FileExistsError, NotADirectoryError):
         raise ConfigError(f"{out}: cannot create the output directory (a file is in the way)") from None
     json_path, csv_path = out / SWEEP_FILE, out / CSV_FILE
-    _atomic_write_bytes(json_path, canonical_json(doc).encode("utf-8"))
-    _atomic_write_bytes(csv_path, sweep_csv(doc).encode("utf-8"))
+    atomic_write(json_path, canonical_json(doc).encode("utf-8"))
+    atomic_write(csv_path, sweep_csv(doc).encode("utf-8"))
     return json_path, csv_path
 
 
-def _atomic_write_bytes(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

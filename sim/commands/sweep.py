@@ -93,7 +93,7 @@ def _print_table(doc: dict, console) -> None:
     from rich import box
     from rich.table import Table
 
-    from sim.results import _rate
+    from sim.results import format_rate as _rate
     from sim.sweep import _cell
 
     keys = list(doc["vary"]) + list(doc["compare"])

@@ -60,12 +60,13 @@ def run_replication(scenario: Scenario, replication: int = 0, examples: bool = T
                     tap: Callable[[dict], None] | None = None) -> ReplicationResult:
     """Simulate one replication; ``tap`` (optional) also receives every history event (for export)."""
     checker = Checker(checker_config(scenario, examples), respect_run_start=False)
-    sink = checker.feed
-    if tap is not None:
-        def sink(ev: dict, _feed=checker.feed) -> None:
-            tap(ev)
-            _feed(ev)
-    w = World(scenario, replication, sink)
+    feed = checker.feed
+
+    def tapped(ev: dict) -> None:
+        tap(ev)
+        feed(ev)
+
+    w = World(scenario, replication, feed if tap is None else tapped)
     bank = Bank(w)
     gateway = Gateway(w, bank)
     order_service = OrderService(w)

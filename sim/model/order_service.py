@@ -209,7 +209,6 @@ class OrderService:
 
     def refund(self, order: Order, trade: Trade) -> None:
         """Refund one trade of ``order`` through the gateway (the order's own state does not change)."""
-        w = self.w
         if trade.state is not T.SUCCEEDED:
             return
         self._via_gateway(order, lambda _ids, back: self.gateway.refund(trade, back), lambda _ok: None)
