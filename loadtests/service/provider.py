@@ -43,7 +43,7 @@ from sim.domain.states import TRADE_PAYABLE, AgreementState, TradeState
 from sim.scenario import parse_duration
 
 from loadtests.service import base, signing
-from loadtests.service.http11 import HttpClient, HttpError
+from loadtests.service.http11 import HttpClient
 from loadtests.service.runtime import Limiter
 from loadtests.service.store import LEDGER_SCHEMA, Job, SqlLedger, ledger_summary
 from loadtests.service.web import (ID_PATTERN, MAX_AMOUNT, ApiError, InFlightLimit, admin_router,

@@ -108,9 +108,8 @@ def receiver_factory():
         r.close()
 
 
-def _outbox_state(s, trade: str) -> str | None:
-    events = [e for e in s.history() if e.get("trade") == trade and e["type"].startswith("notify.")]
-    return events
+def _notify_events(s, trade: str) -> list[dict]:
+    return [e for e in s.history() if e.get("trade") == trade and e["type"].startswith("notify.")]
 
 
 def test_notification_retried_until_acknowledged(services, receiver_factory):
@@ -123,8 +122,8 @@ def test_notification_retried_until_acknowledged(services, receiver_factory):
     assert [m["attempt"] for m in rx.received] == [1, 2, 3]
     assert {m["notify_id"] for m in rx.received} == {f"{trade}-n"}  # stable across retries
     assert rx.bad_signatures == 0
-    sent = wait_for(lambda: [e for e in _outbox_state(services, trade) if e["type"] == "notify.sent"][2:] and
-                    [e for e in _outbox_state(services, trade) if e["type"] == "notify.sent"], what="3 sends")
+    sent = wait_for(lambda: [e for e in _notify_events(services, trade) if e["type"] == "notify.sent"][2:] and
+                    [e for e in _notify_events(services, trade) if e["type"] == "notify.sent"], what="3 sends")
     assert [e["attempt"] for e in sent] == [1, 2, 3]
     gaps = [b["t"] - a["t"] for a, b in zip(sent, sent[1:])]
     assert all(5.9 <= g <= 12.0 for g in gaps), gaps  # scenario seconds, on the 6s schedule
@@ -137,7 +136,7 @@ def test_notification_given_up_when_schedule_spent(services, receiver_factory):
     trade = new_trade(services, amount=100, notify_url=rx.url)["trade"]
     http.post(f"{services.provider_url}/trades/{trade}/pay")
     wait_for(lambda: len(rx.received) >= 3, timeout=10, what="three attempts")
-    sent = wait_for(lambda: len([e for e in _outbox_state(services, trade) if e["type"] == "notify.sent"]) == 3,
+    sent = wait_for(lambda: len([e for e in _notify_events(services, trade) if e["type"] == "notify.sent"]) == 3,
                     what="three notify.sent")
     assert sent and len(rx.received) == 3
 
@@ -153,7 +152,6 @@ def test_lost_and_duplicated_notifications_are_recorded(services):
              what="every order paid despite losses")
     history = [e for e in services.history() if e.get("order") in orders]
     lost = [e for e in history if e["type"] == "notify.lost"]
-    received = [e for e in history if e["type"] == "notify.received"]
     paid = [e for e in history if e["type"] == "order.paid"]
     assert len(paid) == 6  # duplicates never mark an order paid twice
     wait_for(lambda: len([e for e in services.history() if e.get("order") in orders and e["type"] == "notify.received"])
