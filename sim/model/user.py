@@ -11,11 +11,11 @@ numbers). The app is the buyer's window on the servers: every request crosses th
 from __future__ import annotations
 
 from sim.domain import policies
-from sim.domain.states import OrderState
+from sim.domain.states import ORDER_PAID_STATES, OrderState
 from sim.model.world import World
 
 O = OrderState
-_UNSETTLED = frozenset({"payment_failed", "payment_unknown"})
+_UNSETTLED = frozenset({"payment_failed", "payment_unknown", "order_closed"})
 _SCREEN = {"succeeded": "payment_succeeded", "failed": "payment_failed", "closed": "payment_failed",
            "unknown": "payment_unknown", "in_progress": "payment_unknown", "timeout": "payment_unknown"}
 
@@ -85,7 +85,7 @@ class Buyers:
             self.unsettled.discard(order.id)
 
     def push(self, order, screen: str) -> None:
-        """The order changed after the buyer was told 'failed' or 'unknown': the app's push message.
+        """The order changed after the buyer was told 'failed', 'unknown' or 'closed': the app's push.
 
         Real apps send "支付成功" / "订单已关闭" pushes; without this a buyer who stopped polling would
         be told nothing more, whatever happened to their money.
@@ -146,8 +146,8 @@ class Buyers:
                         return
         finally:
             w.release(order.id)
-            if order.state is not O.AWAITING_PAYMENT:
-                self.unsettled.discard(order.id)  # already paid or closed: nothing more to push
+            if order.state in ORDER_PAID_STATES:
+                self.unsettled.discard(order.id)  # already paid: nothing more to push
 
     def call(self, send):
         """One request through the app: network both ways, at most ``app.request_timeout``."""
