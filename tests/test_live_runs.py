@@ -89,20 +89,15 @@ def test_close_trade_then_order_removes_them_with_two_workers(tmp_path):
     the order when the trade is paid, so no order the mall way ends paid and closed. Played by a Locust
     master and two local workers, the merged history holds every buyer's events, each exactly once.
 
-    What remains (rarely, under load) is a different race the live run exposes and the simulation cannot:
-    the buyer's start-payment call is still creating the trade at the provider when the close job asks to
-    close it; the provider does not know the trade yet (404), the order closes, the trade is created and
-    paid. Those orders are the only paid-but-closed ones allowed here: the close never reached their trade.
+    (A race the live run once exposed — the close job asking the provider to close a trade that
+    start-payment had recorded but not yet created there — is closed by a per-order lock in the
+    reference checkout; this test would find it again.)
     """
     rc, doc, out = _load(tmp_path, "--workers", "2", "--set", "order_service.close_policy=close_trade_then_order")
     history = _events(out / "history.jsonl")
     pbc = _paid_but_closed(history)
-    assert doc["anomalies"]["paid_but_closed"]["count"] == len(pbc)
-    for order, o in pbc.items():
-        charged = {t for t, v in o["net"].items() if v > 0}
-        assert not charged & o["close_answers"], f"{order}: the close job saw the charged trade and still closed"
-    assert len(pbc) <= 0.1 * doc["orders"]
-    assert rc == (1 if pbc else 0)
+    assert doc["anomalies"]["paid_but_closed"]["count"] == len(pbc) == 0, sorted(pbc)
+    assert rc == 0
     live = doc["live"]
     assert live["workers"] == 2 and live["harness_errors"] == 0
     planned = live["planned_arrivals"]

@@ -15,7 +15,7 @@ from sim.errors import ConfigError
 from sim.results import canonical_json
 from sim.scenario import ANOMALY_CLASSES, Scenario
 from sim.sweep import (CSV_COLUMNS, CSV_FILE, PARTIAL_DIR, SWEEP_FILE, expand_grid, parse_axis, plan_sweep,
-                       point_document, run_sweep, split_values, sweep_csv, write_sweep)
+                       run_sweep, split_values, sweep_csv, write_sweep)
 
 # A world small enough to run many times: ~2 minutes of arrivals, every mechanism switched on.
 TINY = {

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -117,6 +118,7 @@ class Checkout(base.ServiceBase):
         self.workers = Limiter(lambda: self.conditions.current().order_service.workers)
         self.http = HttpClient(max_per_origin=64)
         self.client: Any = None  # httpx, only for an https:// provider
+        self._locks: dict[str, list] = {}  # order id -> [asyncio.Lock, users]: see _order_lock
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -216,7 +218,32 @@ class Checkout(base.ServiceBase):
                 self.store.schedule("expire", order_id, expires_at)
         return json_response(self._view(order_id), 201)
 
+    @contextlib.asynccontextmanager
+    async def _order_lock(self, order_id: str):
+        """Serialise starting a payment and closing the order, per order.
+
+        Without it the close job could ask the provider to close a trade that start-payment has
+        recorded but not yet created there (404, read as 'no trade'), close the order, and let the
+        trade be created and paid a moment later: a paid-but-closed order of the harness's own
+        making, which the simulation (whose trade creation is atomic) cannot produce.
+        """
+        entry = self._locks.get(order_id)
+        if entry is None:
+            entry = self._locks[order_id] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._locks[order_id]
+
     async def start_payment(self, order_id: str, body: PayBody | None) -> Response:
+        async with self._order_lock(order_id):
+            return await self._start_payment(order_id, body)
+
+    async def _start_payment(self, order_id: str, body: PayBody | None) -> Response:
         row = self._order_row(order_id)
         state = O(row["state"])
         if state is not O.AWAITING_PAYMENT:
@@ -402,6 +429,10 @@ class Checkout(base.ServiceBase):
     async def close_unpaid(self, order_id: str, reason: str) -> str:
         """Close an unpaid order the way ``order_service.close_policy`` says: ``closed``, ``paid`` (the
         gateway had it paid), ``retry`` (undecidable now) or ``nothing`` (no longer awaiting payment)."""
+        async with self._order_lock(order_id):
+            return await self._close_unpaid(order_id, reason)
+
+    async def _close_unpaid(self, order_id: str, reason: str) -> str:
         row = self._order_row(order_id)
         cond = self.conditions.current().order_service
         step = policies.on_order_expiry(cond.close_policy, O(row["state"]))

@@ -3,6 +3,8 @@ unknown debits settled by the gateway's queries, and the BNPL life cycle."""
 
 from __future__ import annotations
 
+import math
+
 
 from .helpers import http, balance, events_of, new_order, order_state, start_payment, uid, wait_for
 
@@ -80,8 +82,10 @@ def test_sweep_close_mode(services):
     order = new_order(s)["order"]
     wait_for(lambda: order_state(s, order) == "closed", timeout=10, what="sweep closed the order")
     created, closed = [e for e in events_of(s, order) if e["type"] in ("order.created", "order.closed")]
-    assert created["expires_at"] <= closed["t"] <= created["expires_at"] + 30 + 10
-    assert closed["t"] % 30 < 10  # at a sweep boundary (multiples of 30 s), give or take a loaded machine
+    # Not at its own expiry but at the sweep after it (multiples of 30 s); a loaded machine may make
+    # that sweep late, never early.
+    boundary = math.ceil(created["expires_at"] / 30) * 30
+    assert boundary - 1 <= closed["t"] <= boundary + 30 + 10, (created["expires_at"], closed["t"])
 
 
 BNPL = {"merchant.delivery_time": "20s", "merchant.bnpl_finish_delay": "20s", "merchant.bnpl_finish_failure": 0.0,
