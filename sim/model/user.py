@@ -51,7 +51,8 @@ class Buyers:
         self.gw = gateway
         self.bnpl = bnpl
         self.seq = 0
-        self.unsettled: set[str] = set()  # orders whose last payment screen said failed or unknown
+        self.unsettled: set[str] = set()  # orders whose last payment screen said failed, unknown or closed
+        w.on_forget.append(self.unsettled.discard)
         pm = w.p.user.payment_methods
         self.cum = (pm.wallet, pm.wallet + pm.card)
 

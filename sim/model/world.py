@@ -63,6 +63,7 @@ class World:
         self.bank_record: dict[str, str] = {}
         self.credit_synced: set[str] = set()
         self.order_rngs: dict[str, random.Random] = {}
+        self.on_forget: list[Callable[[str], None]] = []  # actors' own per-order notes to drop
         self.txn_seq = 0
         self.orders_created = 0
         self.apply(scenario)
@@ -145,4 +146,6 @@ class World:
             ag = self.agreements.pop(order, None)
             if ag is not None:
                 self.credit_synced.discard(ag.id)
+        for drop in self.on_forget:
+            drop(order)
         self.emit("order.end", "order_service", order)
