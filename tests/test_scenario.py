@@ -144,3 +144,14 @@ def test_fault_windows_validate_and_apply():
         scenario_from_dict({"faults": [{"start": "1m", "end": "2m", "set": {"bank.response_loss": 1.5}}]}, "f.toml")
     with pytest.raises(ConfigError, match="end must be after start"):
         scenario_from_dict({"faults": [{"start": "2m", "end": "1m", "set": {"bank.response_loss": 0.5}}]}, "f.toml")
+
+
+@pytest.mark.parametrize("argv", [["--help"]] + [[c, "--help"] for c in
+                                  ("simulate", "sweep", "scenarios", "validate", "check", "report", "serve",
+                                   "load", "compare")])
+def test_every_help_prints(argv, capsys):
+    """`checkout-chaos --help` and every command's --help print and exit 0."""
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 0
+    assert "usage:" in capsys.readouterr().out
