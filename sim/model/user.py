@@ -119,7 +119,9 @@ class Buyers:
                     self.show(order, "order_closed")  # the cashier's countdown ran out
                     return
                 if state is not O.AWAITING_PAYMENT and state is not O.CLOSED:
-                    return  # paid meanwhile
+                    if order.id in self.unsettled:
+                        self.show(order, "order_paid")  # paid meanwhile: the app shows it
+                    return
                 if method == "bnpl":
                     if state is O.CLOSED:
                         self.show(order, "order_closed")
