@@ -81,10 +81,16 @@ def replicate(scenario: Scenario, replications: int | None = None, jobs: int = 1
     from sim.model.model import run_replication
 
     n = replications or scenario.run.replications
-    tasks: list[Task] = [(run_replication, (scenario, i)) for i in range(n)]
     out: list[Any] = [None] * n
     with progress_bar(n, label or "replications", progress) as bar:
         task = bar.add_task(label or (scenario.name or "simulate"), total=n)
+        if (jobs <= 1 or n == 1) and not dask:
+            # In this process: advance the bar within each replication too (a long single run
+            # would otherwise sit at 0 until it ends).
+            for i in range(n):
+                out[i] = run_replication(scenario, i, progress=lambda f, i=i: bar.update(task, completed=i + f))
+            return out
+        tasks: list[Task] = [(run_replication, (scenario, i)) for i in range(n)]
         for i, result in execute(tasks, jobs, dask):
             out[i] = result
             bar.advance(task)

@@ -136,3 +136,13 @@ def test_fault_window_applies_only_inside_it():
     assert len(unknown_at) > 500
     # The gateway marks 'unknown' one timeout (8s) after the debit was sent inside the window.
     assert all(300 <= t < 600 + 8 + 1 for t in unknown_at), (min(unknown_at), max(unknown_at))
+
+
+def test_progress_steps_do_not_change_the_result():
+    """Running the clock in progress steps gives the same result as one run to the end."""
+    s = race(run__horizon="20m")
+    seen: list[float] = []
+    a = run_replication(s, 0, examples=True)
+    b = run_replication(s, 0, examples=True, progress=seen.append)
+    assert seen[-1] == 1.0 and len(seen) == 100
+    assert a.summary.to_dict() == b.summary.to_dict() and a.metrics == b.metrics

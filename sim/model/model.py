@@ -57,8 +57,13 @@ def timeline_end(scenario: Scenario) -> float:
 
 
 def run_replication(scenario: Scenario, replication: int = 0, examples: bool = True,
-                    tap: Callable[[dict], None] | None = None) -> ReplicationResult:
-    """Simulate one replication; ``tap`` (optional) also receives every history event (for export)."""
+                    tap: Callable[[dict], None] | None = None,
+                    progress: Callable[[float], None] | None = None) -> ReplicationResult:
+    """Simulate one replication; ``tap`` (optional) also receives every history event (for export).
+
+    ``progress`` (optional) is called with the fraction of the simulated time done, a hundred times
+    a run; running the clock in steps changes nothing in the result.
+    """
     checker = Checker(checker_config(scenario, examples), respect_run_start=False)
     feed = checker.feed
 
@@ -87,7 +92,12 @@ def run_replication(scenario: Scenario, replication: int = 0, examples: bool = T
     w.sink({"t": 0.0, "type": "run.start", "actor": "run", "warmup": w.warmup, "horizon": w.horizon,
             "end": w.end, "seed": scenario.run.seed, "replication": replication})
     with _few_collections():
-        w.env.run(until=w.end)
+        if progress is None:
+            w.env.run(until=w.end)
+        else:
+            for k in range(1, 101):
+                w.env.run(until=w.end * k / 100)
+                progress(k / 100)
     w.sink({"t": w.end, "type": "run.end", "actor": "run"})
     summary = checker.finish()
     metrics = {name: st.metrics() for name, st in stations.items()}
