@@ -106,16 +106,13 @@ def simulate(scenario: Scenario, replications: int | None = None, jobs: int = 1,
     started = time.time()
     reps = replicate(scenario, replications, jobs, dask, progress)
     run = scenario.run
-    metrics = [dict(r.metrics) for r in reps]
-    for r, m in zip(reps, metrics):
-        m["ledger"] = {"imbalance_fen": float(r.ledger_total)}
     doc = build_results(
         kind,
         [r.summary for r in reps],
         scenario=scenario.resolved(),
         scenario_name=scenario.name,
         seed=run.seed,
-        metrics=[{k: v for k, v in m.items() if k != "ledger"} for m in metrics],
+        metrics=[r.metrics for r in reps],
         faults=fault_spans(scenario),
         horizon_s=run.horizon,
         warmup_s=run.warmup,
