@@ -100,13 +100,26 @@ def replicate(scenario: Scenario, replications: int | None = None, jobs: int = 1
 def simulate(scenario: Scenario, replications: int | None = None, jobs: int = 1, dask: str | None = None,
              progress: bool = True, command: list[str] | None = None, kind: str = "simulation") -> dict:
     """Replications of ``scenario`` pooled into one results document (docs/results.md)."""
-    from sim.model.model import fault_spans
-    from sim.results import build_results, run_info
+    from sim.results import run_info
 
     started = time.time()
     reps = replicate(scenario, replications, jobs, dask, progress)
+    doc = pool(scenario, reps, kind)
+    doc["run_info"] = run_info(started, command if command is not None else sys.argv)
+    doc["run_info"]["jobs"] = jobs
+    return doc
+
+
+def pool(scenario: Scenario, reps: list[Any], kind: str = "simulation") -> dict:
+    """The results document (docs/results.md) of a scenario's replications, without ``run_info``.
+
+    Its bytes depend only on the scenario and its seed (replications in replication order).
+    """
+    from sim.model.model import fault_spans
+    from sim.results import build_results
+
     run = scenario.run
-    doc = build_results(
+    return build_results(
         kind,
         [r.summary for r in reps],
         scenario=scenario.resolved(),
@@ -120,9 +133,6 @@ def simulate(scenario: Scenario, replications: int | None = None, jobs: int = 1,
         extra={"orders_created": sum(r.orders_created for r in reps),
                "ledger_total_fen": sum(r.ledger_total for r in reps)},
     )
-    doc["run_info"] = run_info(started, command if command is not None else sys.argv)
-    doc["run_info"]["jobs"] = jobs
-    return doc
 
 
 def default_jobs() -> int:

@@ -37,7 +37,7 @@ from typing import Any, Iterable
 
 from sim.errors import ConfigError
 from sim.results import atomic_write
-from sim.runner import execute
+from sim.runner import execute, pool
 from sim.scenario import ANOMALY_CLASSES, Scenario, parse_value
 
 __all__ = [
@@ -251,24 +251,7 @@ def point_document(scenario: Scenario, reps: list[Any], kind: str = "sweep_point
     The same document :func:`sim.runner.simulate` builds, without ``run_info`` (a sweep has one for
     all its points), so a point's bytes depend only on its scenario and seed.
     """
-    from sim.model.model import fault_spans
-    from sim.results import build_results
-
-    run = scenario.run
-    return build_results(
-        kind,
-        [r.summary for r in reps],
-        scenario=scenario.resolved(),
-        scenario_name=scenario.name,
-        seed=run.seed,
-        metrics=[dict(r.metrics) for r in reps],
-        faults=fault_spans(scenario),
-        horizon_s=run.horizon,
-        warmup_s=run.warmup,
-        end_s=run.horizon + run.drain,
-        extra={"orders_created": sum(r.orders_created for r in reps),
-               "ledger_total_fen": sum(r.ledger_total for r in reps)},
-    )
+    return pool(scenario, reps, kind)
 
 
 def _progress(enabled: bool):
