@@ -48,7 +48,7 @@ def simulation_scenario(scenario: Any, window: Any) -> Any:
 
 def agreement(sim: dict[str, Any], live: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per class: both 95% intervals (the rate itself when a document has none) and whether they overlap."""
-    from sim.scenario import ANOMALY_CLASSES
+    from sim.vocabulary import ANOMALY_CLASSES
 
     out = {}
     for cls in ANOMALY_CLASSES:

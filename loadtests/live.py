@@ -473,7 +473,8 @@ def build_live_results(scenario: Scenario, window: LiveWindow, plan: Plan, out: 
     import json
 
     from sim.check import CheckConfig, check_events
-    from sim.model.model import TIMELINE_BUCKETS, fault_spans
+    from sim.scenario import fault_spans
+    from sim.vocabulary import TIMELINE_BUCKETS
     from sim.results import build_results, run_info
 
     client_dir = out / "client"

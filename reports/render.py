@@ -162,7 +162,7 @@ def build_report(docs: Sequence[Mapping[str, Any]], out_dir: str | Path, *, exam
     if example_class is not None:
         import difflib
 
-        from sim.scenario import ANOMALY_CLASSES
+        from sim.vocabulary import ANOMALY_CLASSES
 
         if example_class not in ANOMALY_CLASSES:
             close = difflib.get_close_matches(example_class, ANOMALY_CLASSES, n=1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from sim.scenario import ANOMALY_CLASSES
+from sim.vocabulary import ANOMALY_CLASSES
 
 
 @dataclass(frozen=True)

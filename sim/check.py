@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from sim.errors import HistoryError
-from sim.scenario import ANOMALY_CLASSES
+from sim.vocabulary import ANOMALY_CLASSES
 
 __all__ = [
     "ORDER_STATES",

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from sim.check import CheckSummary
 from sim.errors import ConfigError
-from sim.scenario import ANOMALY_CLASSES
+from sim.vocabulary import ANOMALY_CLASSES
 
 if TYPE_CHECKING:  # rich is imported only when a table is drawn
     from rich.console import Console

@@ -115,7 +115,7 @@ def pool(scenario: Scenario, reps: list[Any], kind: str = "simulation") -> dict:
 
     Its bytes depend only on the scenario and its seed (replications in replication order).
     """
-    from sim.model.model import fault_spans
+    from sim.scenario import fault_spans
     from sim.results import build_results
 
     run = scenario.run

@@ -42,6 +42,7 @@ from pydantic import (
 
 from sim.domain.schedules import NOTIFY_SCHEDULES
 from sim.errors import ConfigError
+from sim.vocabulary import ANOMALY_CLASSES  # noqa: F401  (re-exported for older imports)
 
 # --------------------------------------------------------------------------------------------------
 # Durations
@@ -521,19 +522,6 @@ class LiveSection(_Section):
     max_in_flight: int = Field(256, ge=1, description="requests a service accepts at once before answering 503")
 
 
-ANOMALY_CLASSES: tuple[str, ...] = (
-    "paid_but_closed",
-    "success_shown_then_closed",
-    "failure_shown_but_charged",
-    "double_charge",
-    "charge_without_order",
-    "order_paid_without_charge",
-    "stuck_pending",
-    "bnpl_stuck_unfinished",
-    "bnpl_false_overdue",
-    "bnpl_deduction_failed",
-    "ledger_imbalance",
-)
 
 _THRESHOLD_RE = re.compile(r"^\s*([a-z0-9_]+(?:\.[a-z0-9_]+)?)\s*(<=|<|>=|>)\s*(.+?)\s*$")
 _THRESHOLD_METRICS = ("p99_latency", "p50_latency", "error_rate", "achieved_ratio")
@@ -806,3 +794,8 @@ def schema_markdown() -> str:
 
 if __name__ == "__main__":  # python -m sim.scenario > docs/scenario.md
     print(schema_markdown())
+
+
+def fault_spans(scenario: Scenario) -> list[dict[str, Any]]:
+    """The scenario's fault windows as the timeline draws them (scenario seconds)."""
+    return [{"from": f.start, "to": f.end, "label": f.label or ", ".join(f.set)} for f in scenario.faults]

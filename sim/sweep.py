@@ -38,7 +38,8 @@ from typing import Any, Iterable
 from sim.errors import ConfigError
 from sim.results import atomic_write
 from sim.runner import execute, pool
-from sim.scenario import ANOMALY_CLASSES, Scenario, parse_value
+from sim.scenario import Scenario, parse_value
+from sim.vocabulary import ANOMALY_CLASSES
 
 __all__ = [
     "SWEEP_FILE",

@@ -22,9 +22,9 @@ from sim.model.order_service import OrderService
 from sim.model.reconciliation import Reconciler
 from sim.model.user import Buyers, arrivals
 from sim.model.world import World
-from sim.scenario import Scenario
+from sim.scenario import Scenario, fault_spans  # noqa: F401  (fault_spans re-exported)
+from sim.vocabulary import TIMELINE_BUCKETS
 
-TIMELINE_BUCKETS = 150
 
 
 @dataclass
@@ -146,5 +146,3 @@ def _resize(stations: dict, p: Scenario) -> None:
             st._start(arrived, service_time, done)
 
 
-def fault_spans(scenario: Scenario) -> list[dict[str, Any]]:
-    return [{"from": f.start, "to": f.end, "label": f.label or ", ".join(f.set)} for f in scenario.faults]
