@@ -16,6 +16,11 @@ examples:
   checkout-chaos serve
   checkout-chaos serve --scenario scenarios/mall_pattern.toml --time-scale 120 --data run1/
   checkout-chaos serve --set order_service.close_policy=query_then_close --provider-port 8801 --checkout-port 8802
+  checkout-chaos serve --psp alipay --data staging-psp/ --provider-port 8801      # a drop-in Alipay gateway
+  checkout-chaos serve --psp alipay --merchant-public-key app_public_key.pem     # your own app key pair
+
+--psp prints what a merchant puts into its configuration (gateway URL, ids, key files, the SDK's
+override line); the keys stay in the data directory (docs/psp.md).
 
 Faults can be changed while it runs:
   curl -X PUT -H "Authorization: Bearer $TOKEN" -d '{"set": {"gateway.service_time": "2s"}}' \\
@@ -38,6 +43,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="admin bearer token (default: $CHECKOUT_CHAOS_ADMIN_TOKEN, else generated and printed)")
     parser.add_argument("--notify-secret", metavar="S",
                         help="HMAC secret of notifications (default: $CHECKOUT_CHAOS_NOTIFY_SECRET, else generated)")
+    parser.add_argument("--psp", action="append", default=[], metavar="NAME",
+                        help="PSP protocol(s) the mock provider also speaks, beside its native API: "
+                             "alipay (repeatable or comma-separated; default: native only)")
+    parser.add_argument("--merchant-public-key", metavar="FILE",
+                        help="the merchant's public key (PEM) the PSP faces verify requests with (default: a key "
+                             "pair generated in the data directory, whose private half the merchant then uses)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback address")
     parser.add_argument("--synchronous", choices=("normal", "full"), default="normal",
@@ -54,17 +65,40 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')}: expected a port between 0 and 65535, found {port}")
     if args.time_scale is not None and args.time_scale <= 0:
         raise ConfigError(f"--time-scale: expected a positive number, found {args.time_scale:g}")
+    from loadtests.service.psp.faces import FACES
+
+    faces = [f.strip() for item in args.psp for f in item.split(",") if f.strip()]
+    for face in faces:
+        if face not in FACES:
+            raise ConfigError(f"--psp: expected one of {', '.join(FACES)}, found {face!r}")
+    options: dict = {}
+    if args.merchant_public_key:
+        from pathlib import Path
+
+        from loadtests.service.psp.keys import load_public_key
+
+        path = Path(args.merchant_public_key).resolve()
+        try:
+            load_public_key(path.read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"--merchant-public-key {args.merchant_public_key}: cannot read it ({exc.strerror})") from None
+        except ValueError as exc:
+            raise ConfigError(f"--merchant-public-key {args.merchant_public_key}: expected an RSA public key in PEM, "
+                              f"found something else ({exc})") from None
+        options = {face: {"merchant_public_key": str(path)} for face in faces}
     print("starting the mock provider and the reference checkout ...", file=sys.stderr, flush=True)
     services = start_services(args.scenario, args.data, args.time_scale, args.overrides, args.admin_token,
                               (args.provider_port, args.checkout_port), host=args.host,
                               allow_remote=args.allow_remote, notify_secret=args.notify_secret,
-                              synchronous=args.synchronous)
+                              synchronous=args.synchronous, faces=faces, face_options=options or None)
     with services:
         print(f"provider   {services.provider_url}   (OpenAPI: {services.provider_url}/docs)")
         print(f"checkout   {services.checkout_url}   (OpenAPI: {services.checkout_url}/docs)")
         print(f"admin token  {services.admin_token}")
         print(f"notify secret  {services.notify_secret}")
         print(f"data       {services.data_dir}")
+        for face in faces:
+            _print_merchant_config(face, services, options.get(face))
         print(f"time scale {services.time_scale:g} scenario seconds per wall second; Ctrl-C stops both", flush=True)
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops both services as Ctrl-C does
         try:
@@ -80,3 +114,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _print_merchant_config(face: str, services: object, options: dict | None) -> None:
+    """What a merchant puts into its configuration to use face ``face`` (keys' paths, never keys)."""
+    from loadtests.service.psp.faces import face_class
+
+    config = face_class(face)(None, services.data_dir, options).merchant_config(services.provider_url)
+    print(f"\n{face}: what your checkout's configuration changes to")
+    width = max((len(k) for k in config), default=0)
+    for key, value in config.items():
+        print(f"  {key.ljust(width)}  {value}")

@@ -213,14 +213,23 @@ def start_services(
     notify_secret: str | None = None,
     synchronous: str = "normal",
     ready_timeout: float = 30.0,
+    faces: tuple[str, ...] | list[str] = ("native",),
+    face_options: dict[str, dict[str, Any]] | None = None,
 ) -> Services:
     """Start the mock provider and the reference checkout; return once both answer ``/healthz``.
 
     ``scenario``: a path, a :class:`Scenario` or None (defaults); ``overrides`` as for ``--set``.
     ``time_scale`` defaults to ``scenario.live.time_scale``. ``data_dir`` defaults to a new temporary
     directory. ``admin_token`` defaults to ``$CHECKOUT_CHAOS_ADMIN_TOKEN`` or a fresh random token.
-    ``ports`` = ``(provider, checkout)``; None or 0 picks free ports.
+    ``ports`` = ``(provider, checkout)``; None or 0 picks free ports. ``faces``: the PSP protocols the
+    provider serves beside ``native`` (``loadtests.service.psp.faces.FACES``); ``face_options`` per face
+    (e.g. ``{"alipay": {"merchant_public_key": "path.pem"}}``).
     """
+    from loadtests.service.psp.faces import FACES
+
+    unknown = [f for f in faces if f not in FACES]
+    if unknown:
+        raise ConfigError(f"--psp: unknown PSP face {unknown[0]!r} (expected one of {', '.join(FACES)})")
     if host not in LOOPBACK and not allow_remote:
         raise ConfigError(f"--host {host}: binding beyond loopback exposes the admin endpoints; pass --allow-remote")
     if isinstance(overrides, list):
@@ -264,7 +273,12 @@ def start_services(
                 "--data", str(data), "--host", host, "--port", str(port), "--port-file", str(data / f"{name}.port"),
                 "--start-epoch", repr(epoch), "--time-scale", repr(scale), "--synchronous", synchronous]
 
-    provider = _Child("provider", argv("provider", pports[0]), pports[0], data / "provider.log")
+    provider_argv = argv("provider", pports[0]) + ["--faces", ",".join(dict.fromkeys(["native", *faces]))]
+    if face_options:
+        options_file = data / "face_options.json"
+        options_file.write_text(json.dumps(face_options))
+        provider_argv += ["--face-options", str(options_file)]
+    provider = _Child("provider", provider_argv, pports[0], data / "provider.log")
     services = Services("", "", token, secret, data, epoch, scale, resolved, {"provider": provider}, env)
     checkout = _Child("checkout", argv("checkout", pports[1]) + ["--provider-port-file", str(data / "provider.port")],
                       pports[1], data / "checkout.log")

@@ -1,0 +1,68 @@
+"""The mock provider's HTTP app: the core, the faces a run asks for, health and admin routes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends
+from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
+
+from loadtests.service import base
+from loadtests.service.psp.core import SCHEMA, ProviderCore
+from loadtests.service.psp.faces import FACES, load_faces
+from loadtests.service.store import ledger_summary
+from loadtests.service.web import InFlightLimit, admin_router, install_error_handlers, json_response, require_admin
+
+
+def create_app(config: base.ServiceConfig, faces: list[str] | tuple[str, ...] = ("native",),
+               face_options: dict[str, dict[str, Any]] | None = None) -> FastAPIOffline:
+    """``faces``: which protocols to serve beside ``native`` (``alipay``, ...)."""
+    svc = ProviderCore(config)
+    svc.faces = load_faces(svc, faces, config.data_dir, face_options)
+    svc.schema = SCHEMA + "".join(f.schema for f in svc.faces.values())
+    # FastAPIOffline serves Swagger UI's assets from an installed package: /docs works without internet.
+    app = FastAPIOffline(title="checkout-chaos mock payment provider", version="2", lifespan=svc.lifespan,
+                         description="Gateway, bank and BNPL provider with scenario-driven latency and failures, "
+                                     f"on the protocols of: {', '.join(svc.faces)}. Native API: amounts are "
+                                     "integer fen; errors {error, field, code?}.")
+    app.state.service = svc
+    install_error_handlers(app)
+    max_in_flight = config.scenario.live.max_in_flight
+    app.add_middleware(InFlightLimit, limit=max_in_flight, before_response=lambda: svc.store.durable())
+
+    @app.get("/healthz", tags=["health"], summary="liveness (also the benchmark's trivial route)")
+    async def healthz() -> Response:
+        return json_response({"ok": True, "service": "provider", "faces": list(svc.faces)})
+
+    for face in svc.faces.values():
+        app.include_router(face.router())
+    app.include_router(admin_router(svc))
+
+    @app.get("/admin/ledger", tags=["admin"], dependencies=[Depends(require_admin(config.admin_token))],
+             summary="balances per account and whether the ledger balances")
+    async def ledger() -> Response:
+        return json_response(ledger_summary(svc.store))
+
+    @app.get("/admin/stats", tags=["admin"], dependencies=[Depends(require_admin(config.admin_token))],
+             summary="counts by state, pending jobs")
+    async def stats() -> Response:
+        return json_response(svc.stats())
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.service.provider",
+                                     description="the mock payment provider (one core, protocol faces)")
+    base.common_arguments(parser)
+    parser.add_argument("--faces", default="native", help=f"comma-separated, of: {', '.join(FACES)}")
+    parser.add_argument("--face-options", help="JSON file: {face: {option: value}} (keys' paths, app ids)")
+    args = parser.parse_args(argv)
+    config = base.config_from_args(args)
+    faces = [f for f in args.faces.split(",") if f]
+    options = json.loads(Path(args.face_options).read_text(encoding="utf-8")) if args.face_options else None
+    base.serve(create_app(config, faces, options), args, config.scenario.live.max_in_flight)

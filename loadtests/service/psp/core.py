@@ -1,0 +1,903 @@
+"""The mock payment provider's core: gateway trades, the bank, the BNPL credit side, the ledger, the
+notification outbox and its retries, the fault conditions and the history. No HTTP and no wire format:
+the *faces* (``loadtests.service.psp.faces``) parse each PSP's protocol, check and make its signatures,
+and map the core's views and :class:`CoreError` refusals onto that protocol's answers. Whatever face a
+trade came through, the core writes the same history events and the same ledger.
+
+Behaves like the real providers described in ``docs/domain.md``, at the scenario's latencies and
+failure rates (scaled by the time scale):
+
+* **Trades** (``trade`` = the merchant's ``out_trade_no``): create (idempotent on the same parameters, a
+  conflict on others — ``policies.idempotent_create``), optionally *lazy* (a page-pay or QR trade exists
+  for the merchant only once the buyer opens it), pay (the buyer's wallet or bank app confirming: a
+  debit through the simulated bank), query, close (``policies.gateway_close_result``: refused once
+  paid), refund (full or partial, idempotent per request number).
+* **The bank**: ``bank.channels`` concurrent debits, ``bank.latency``, declines, risk-control blocks
+  and holds, the single-payment limit, and ``bank.response_loss`` — the debit happens but the gateway
+  never hears, times out after ``gateway.timeout`` and leaves the trade ``unknown`` until its
+  ``gateway.bank_query_schedule`` asks the bank again.
+* **Notifications**: a durable outbox; each attempt is a real HTTP POST whose body, headers and
+  acknowledgement rule come from the trade's face, with ``gateway.notify_latency``, ``notify_loss`` and
+  ``notify_duplicate``, within ``notify_ack_timeout``, retried on ``gateway.notify_schedule``
+  (``policies.notify_delay``).
+* **BNPL** (pay after use): authorize within ``bnpl.credit_limit``, finish, deductions with
+  ``deduction_failure`` and ``deduction_retry_schedule``, the buyer repaying by hand after
+  ``user_repay_delay``, ``sync_lag`` between the payment side and the credit side, compensation of the
+  merchant after ``compensation_after`` and the overdue mark (``policies.bnpl_overdue_decision``).
+
+Money moves only through the domain entities (``Trade.debit``/``refund``, ``Agreement.deducted``/
+``compensate``) or the ledger's balanced ``transfer`` (a partial refund), posting to the SQLite ledger
+in the same transaction as the state change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sim.domain import policies
+from sim.domain.entities import Agreement, Trade
+from sim.domain.ledger import CHARGE, REFUND, transfer
+from sim.domain.states import TRADE_PAYABLE, AgreementState, TradeState
+
+from loadtests.service import base
+from loadtests.service.http11 import HttpClient
+from loadtests.service.runtime import Limiter
+from loadtests.service.store import LEDGER_SCHEMA, Job, SqlLedger
+
+log = logging.getLogger("checkout_chaos.provider")
+T, A = TradeState, AgreementState
+
+SCHEMA = LEDGER_SCHEMA + """
+CREATE TABLE IF NOT EXISTS trades (
+    trade TEXT PRIMARY KEY, ord TEXT NOT NULL, usr TEXT NOT NULL, merchant TEXT NOT NULL,
+    amount INTEGER NOT NULL, notify_url TEXT, state TEXT NOT NULL, expires_at REAL NOT NULL,
+    created_t REAL NOT NULL, reason TEXT, refunded INTEGER NOT NULL DEFAULT 0,
+    face TEXT NOT NULL DEFAULT 'native', trade_no TEXT, meta TEXT NOT NULL DEFAULT '{}',
+    opened INTEGER NOT NULL DEFAULT 1, paid_t REAL
+);
+CREATE TABLE IF NOT EXISTS refunds (
+    trade TEXT NOT NULL, request_no TEXT NOT NULL, amount INTEGER NOT NULL, state TEXT NOT NULL,
+    created_t REAL NOT NULL, PRIMARY KEY (trade, request_no)
+);
+CREATE TABLE IF NOT EXISTS notifications (
+    notify_id TEXT PRIMARY KEY, trade TEXT NOT NULL, ord TEXT NOT NULL, url TEXT NOT NULL,
+    amount INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    created_t REAL NOT NULL, acked_t REAL, kind TEXT NOT NULL DEFAULT 'trade.succeeded', ref TEXT
+);
+CREATE TABLE IF NOT EXISTS agreements (
+    agreement TEXT PRIMARY KEY, ord TEXT NOT NULL, usr TEXT NOT NULL, merchant TEXT NOT NULL,
+    amount INTEGER NOT NULL, state TEXT NOT NULL, expires_at REAL NOT NULL, created_t REAL NOT NULL,
+    paid_by_user INTEGER NOT NULL DEFAULT 0, merchant_paid INTEGER NOT NULL DEFAULT 0,
+    credit_paid INTEGER NOT NULL DEFAULT 0, finish_t REAL
+);
+CREATE INDEX IF NOT EXISTS agreements_user ON agreements (usr);
+"""
+
+# The core's refusals. A face maps each onto its protocol's own code (the native face keeps the
+# Alipay-like names the reference checkout knows; the Alipay face answers ACQ.* sub-codes).
+TRADE_NOT_EXIST = "TRADE_NOT_EXIST"
+TRADE_HAS_SUCCESS = "TRADE_HAS_SUCCESS"  # paid (or paid and refunded)
+TRADE_HAS_CLOSE = "TRADE_HAS_CLOSE"
+TRADE_IN_PROGRESS = "TRADE_IN_PROGRESS"  # a debit in flight, or its outcome unknown
+TRADE_PARAMS_CONFLICT = "TRADE_PARAMS_CONFLICT"
+TRADE_NOT_PAID = "TRADE_NOT_PAID"
+REFUND_AMOUNT_EXCEEDED = "REFUND_AMOUNT_EXCEEDED"
+REFUND_PARAMS_CONFLICT = "REFUND_PARAMS_CONFLICT"
+INVALID = "INVALID"
+AGREEMENT_NOT_EXIST = "AGREEMENT_NOT_EXIST"
+AGREEMENT_PARAMS_CONFLICT = "AGREEMENT_PARAMS_CONFLICT"
+AGREEMENT_CLOSED = "AGREEMENT_CLOSED"
+AGREEMENT_NOT_CANCELLABLE = "AGREEMENT_NOT_CANCELLABLE"
+AGREEMENT_NOT_DUE = "AGREEMENT_NOT_DUE"
+
+_NOT_PAYABLE = {
+    T.SUCCEEDED: (TRADE_HAS_SUCCESS, "trade already paid"),
+    T.REFUNDED: (TRADE_HAS_SUCCESS, "trade already paid (and refunded)"),
+    T.CLOSED: (TRADE_HAS_CLOSE, "trade closed"),
+    T.PROCESSING: (TRADE_IN_PROGRESS, "a debit for this trade is in progress"),
+    T.UNKNOWN: (TRADE_IN_PROGRESS, "the outcome of this trade's debit is not known yet"),
+}
+
+# Columns added after the first release: a data directory of an earlier version gains them at start.
+_MIGRATIONS = {
+    "trades": (("face", "TEXT NOT NULL DEFAULT 'native'"), ("trade_no", "TEXT"), ("meta", "TEXT NOT NULL DEFAULT '{}'"),
+               ("opened", "INTEGER NOT NULL DEFAULT 1"), ("paid_t", "REAL")),
+    "notifications": (("kind", "TEXT NOT NULL DEFAULT 'trade.succeeded'"), ("ref", "TEXT")),
+}
+
+
+class CoreError(Exception):
+    """A refusal of the core: ``code`` (one of the names above), a message, the field at fault, an
+    HTTP status a JSON face may use, and extra facts (``trade_state``)."""
+
+    def __init__(self, status: int, error: str, field: str | None = None, code: str | None = None, **extra: Any):
+        super().__init__(error)
+        self.status, self.error, self.field, self.code, self.extra = status, error, field, code, extra
+
+
+@dataclass(frozen=True)
+class Note:
+    """One delivery attempt of a notification, as the core hands it to the trade's face."""
+
+    notify_id: str  # stable across retries (Alipay's notify_id)
+    kind: str  # trade.succeeded | refund.succeeded | ...
+    attempt: int
+    ref: str | None  # the refund's request number for refund notifications
+    trade: dict[str, Any]  # the core's view of the trade now
+    row: Any  # the stored row (face metadata in row["meta"])
+
+
+def trade_view(row: Any, state: str | None = None) -> dict[str, Any]:
+    """The core's view of a trade (what every face builds its answer from)."""
+    return {"trade": row["trade"], "order": row["ord"], "user": row["usr"], "merchant": row["merchant"],
+            "amount": row["amount"], "state": state or row["state"], "reason": row["reason"],
+            "expires_at": row["expires_at"], "refunded": row["refunded"], "face": row["face"],
+            "trade_no": row["trade_no"], "created_t": row["created_t"], "paid_t": row["paid_t"],
+            "opened": bool(row["opened"]), "meta": json.loads(row["meta"] or "{}")}
+
+
+def agreement_view(row: Any) -> dict[str, Any]:
+    return {"agreement": row["agreement"], "order": row["ord"], "user": row["usr"], "merchant": row["merchant"],
+            "amount": row["amount"], "state": row["state"], "expires_at": row["expires_at"],
+            "paid_by_user": bool(row["paid_by_user"]), "merchant_paid": bool(row["merchant_paid"]),
+            "credit_side_paid": bool(row["credit_paid"])}
+
+
+def _resolve(future: asyncio.Future, value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+class ProviderCore(base.ServiceBase):
+    """Trades, the bank, the BNPL credit side, the ledger, the notification outbox and its retries.
+
+    Methods take plain values and return plain dicts (the core's own *views*), or raise
+    :class:`CoreError`; a face maps both onto its protocol. Nothing here knows a wire format: a
+    notification's body, headers and what acknowledges it come from the face that created the trade.
+    """
+
+    name = "provider"
+    schema = SCHEMA
+
+    def __init__(self, config: base.ServiceConfig) -> None:
+        super().__init__(config)
+        self.secret = config.notify_secret.encode()
+        self.faces: dict[str, Any] = {}  # name -> Face (faces.load_faces), set up before the app starts
+        cur = self.conditions.current
+        self.gateway_workers = Limiter(lambda: cur().gateway.workers)
+        self.bank_channels = Limiter(lambda: cur().bank.channels)
+        self.waiting: dict[str, asyncio.Future] = {}  # trade -> the gateway awaiting the bank's answer
+        self.bank_inflight: set[str] = set()  # debits the bank is working on (lost on a crash)
+        self.bank_declined: dict[str, str] = {}  # declines whose answer the gateway never got
+        self.bank_held: set[str] = set()  # debits risk control holds (a durable bank_release job each)
+        self.sent_at: dict[str, float] = {}  # trade -> when its debit left for the bank (scenario s)
+        self.http = HttpClient()
+        self._httpx: Any = None
+        self._timed_out = object()  # what a gateway's wait resolves to when gateway.timeout fires
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- plumbing -----------------------------------------------------------------------------------
+
+    def job_handlers(self) -> dict:
+        return {"notify": self._deliver, "bank_query": self._bank_query, "bank_release": self._bank_release,
+                "trade_expire": self._trade_expire, "bnpl_deduct": self._bnpl_deduct,
+                "bnpl_sync": self._bnpl_sync, "bnpl_compensate": self._bnpl_compensate,
+                "bnpl_expire": self._bnpl_expire, "bnpl_repay": self._bnpl_repay}
+
+    def recover(self) -> None:
+        self.migrate()
+        self._recover_debits()
+
+    def _recover_debits(self) -> None:
+        """After a crash: a debit that was in flight either never reached the bank (its trade is still
+        payable, nothing to do) or was made while the gateway had not heard yet (the charge is in the
+        ledger, the trade still payable): those trades become ``unknown`` and the gateway's query
+        schedule finds the debit. (``processing`` rows, from databases of earlier versions, likewise.)"""
+        self.bank_held = {job.key for job in self.store.load_jobs() if job.kind == "bank_release"}
+        now = self.clock.now()
+        rows = self.store.all(
+            "SELECT * FROM trades WHERE state = ? OR (state IN (?, ?) AND EXISTS "
+            "(SELECT 1 FROM txns WHERE txns.txn = trades.trade || '-charge'))",
+            (T.PROCESSING.value, T.CREATED.value, T.FAILED.value))
+        if not rows:
+            return
+        gaps = self.conditions.current().gateway.bank_query_schedule.gaps
+        with self.store.tx():
+            for row in rows:
+                trade = self._sent_to_bank(row) if T(row["state"]) in TRADE_PAYABLE else self._entity(row)
+                trade.to(T.UNKNOWN)
+                self._save_state(row["trade"], T.UNKNOWN)
+                self.store.emit(now, "trade.unknown", "gateway", row["ord"], trade=row["trade"], recovered=True)
+                self.store.schedule("bank_query", row["trade"], now + (gaps[0] if gaps else 0.0), 1)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):  # bank debits in flight: lost, as in a crash (see recover)
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.http.aclose()
+        if self._httpx is not None:
+            await self._httpx.aclose()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def view(self, row: Any, state: str | None = None) -> dict[str, Any]:
+        return trade_view(row, state)
+
+    def migrate(self) -> None:
+        """Add the columns of later versions to an older data directory's tables."""
+        with self.store.tx() as conn:
+            for table, columns in _MIGRATIONS.items():
+                have = {r[1] for r in self.store.all(f"PRAGMA table_info({table})")}
+                for name, decl in columns:
+                    if name not in have:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+            conn.execute("CREATE INDEX IF NOT EXISTS trades_trade_no ON trades (trade_no)")
+
+    async def gateway_work(self) -> None:
+        """One unit of gateway work: a worker for ``gateway.service_time`` (queueing when all are busy)."""
+        async with self.gateway_workers:
+            await self.clock.sleep(self.conditions.sample("gateway.service_time"))
+
+    def _trade(self, trade: str, merchant_view: bool = True) -> Any:
+        """The trade's row; a trade the buyer has not opened yet does not exist for the merchant
+        (``merchant_view``), as at Alipay: its query and close answer "does not exist"."""
+        row = self.store.one("SELECT * FROM trades WHERE trade = ?", (trade,))
+        if row is None or (merchant_view and not row["opened"]):
+            raise CoreError(404, f"no such trade {trade!r}", "trade", TRADE_NOT_EXIST)
+        return row
+
+    def trade_row(self, trade: str, merchant_view: bool = True) -> Any:
+        """The stored row of a trade (for a face's own answer); raises :class:`CoreError` if none."""
+        return self._trade(trade, merchant_view)
+
+    def find_trade(self, **where: str) -> Any:
+        """A trade by one column (``trade_no=...`` or ``trade=...``), or None."""
+        (col, value), = where.items()
+        if col not in ("trade", "trade_no"):
+            raise ValueError(col)
+        return self.store.one(f"SELECT * FROM trades WHERE {col} = ?", (value,))
+
+    def _entity(self, row: Any) -> Trade:
+        trade = Trade(row["trade"], row["ord"], row["usr"], row["amount"], row["expires_at"])
+        trade.state = T(row["state"])
+        trade.refunded = row["refunded"]
+        return trade
+
+    def _save_state(self, trade: str, state: TradeState, reason: str | None = None) -> None:
+        self.store.conn.execute("UPDATE trades SET state = ?, reason = ? WHERE trade = ?", (state.value, reason, trade))
+
+    # -- trades -------------------------------------------------------------------------------------
+
+    async def create_trade(self, trade: str, order: str, user: str, amount: int, merchant: str = "m1",
+                           notify_url: str | None = None, ttl: float | None = None, face: str = "native",
+                           trade_no: str | None = None, meta: dict[str, Any] | None = None,
+                           lazy: bool = False) -> tuple[dict[str, Any], bool]:
+        """Create a trade (idempotent on the same parameters; other parameters: ``TRADE_PARAMS_CONFLICT``).
+
+        ``lazy``: the trade exists for the merchant only once the buyer opens it (:meth:`open_trade`) —
+        Alipay's page-pay and QR trades. ``trade_no`` is the provider's own id a face shows (Alipay's
+        ``trade_no``, WeChat's ``transaction_id``); ``meta`` is what the face needs to answer and notify
+        later (subject, app id, return URL), never money. Returns ``(view, created)``."""
+        if ttl is None:
+            ttl = self.conditions.current().gateway.trade_ttl
+        if ttl <= 0:
+            raise CoreError(422, "trade lifetime: expected a positive duration", "timeout_express", INVALID)
+        params = (order, user, merchant, amount, notify_url, face)
+        await self.gateway_work()
+        row = self.store.one("SELECT * FROM trades WHERE trade = ?", (trade,))
+        existing = (row["ord"], row["usr"], row["merchant"], row["amount"], row["notify_url"], row["face"]) if row else None
+        decision = policies.idempotent_create(existing, params)
+        if decision == "conflict":
+            raise CoreError(409, f"trade {trade!r} exists with other parameters", "trade",
+                            TRADE_PARAMS_CONFLICT, trade_state=row["state"])
+        if decision == "replay":
+            return self.view(row), False
+        now = self.clock.now()
+        expires_at = now + ttl
+        with self.store.tx() as conn:
+            conn.execute(
+                "INSERT INTO trades (trade, ord, usr, merchant, amount, notify_url, state, expires_at, created_t,"
+                " face, trade_no, meta, opened) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (trade, order, user, merchant, amount, notify_url, T.CREATED.value, expires_at, now, face, trade_no,
+                 json.dumps(meta or {}, separators=(",", ":")), 0 if lazy else 1),
+            )
+            if not lazy:
+                self.store.emit(now, "trade.created", "gateway", order, trade=trade, amount=amount,
+                                expires_at=round(expires_at, 6), user=user)
+            if expires_at <= self.observation_end:  # otherwise expired lazily, when someone tries to pay
+                self.store.schedule("trade_expire", trade, expires_at)
+        return self.view(self._trade(trade, merchant_view=False)), True
+
+    def open_trade(self, trade: str) -> dict[str, Any]:
+        """The buyer opens the cashier page or scans the QR code of a lazy trade: from now on it exists
+        for the merchant too (query, close). Opening an expired one closes it."""
+        row = self._trade(trade, merchant_view=False)
+        if not row["opened"]:
+            now = self.clock.now()
+            with self.store.tx() as conn:
+                conn.execute("UPDATE trades SET opened = 1 WHERE trade = ?", (trade,))
+                self.store.emit(now, "trade.created", "gateway", row["ord"], trade=trade, amount=row["amount"],
+                                expires_at=round(row["expires_at"], 6), user=row["usr"])
+            row = self._trade(trade)
+        if T(row["state"]) in TRADE_PAYABLE and self.clock.now() >= row["expires_at"] and trade not in self.waiting:
+            self._close_expired(row)
+            row = self._trade(trade)
+        return self.view(row)
+
+    def _refuse_pay(self, trade: str, state: TradeState) -> CoreError:
+        code, message = _NOT_PAYABLE.get(state, (TRADE_IN_PROGRESS, "a debit for this trade is in progress"))
+        return CoreError(409, message, "trade", code, trade_state=state.value)
+
+    async def pay(self, trade_id: str) -> dict[str, Any]:
+        """The buyer confirms payment in the wallet/bank app: debit through the bank, wait at most
+        ``gateway.timeout`` for its answer, answer ``succeeded``, ``failed`` or ``unknown``.
+        (A lazy trade is opened by paying it: the buyer had the cashier in front of them.)"""
+        row = self._trade(trade_id, merchant_view=False)
+        if not row["opened"]:
+            self.open_trade(trade_id)
+            row = self._trade(trade_id)
+        state = T(row["state"])
+        if trade_id in self.waiting:
+            raise self._refuse_pay(trade_id, T.PROCESSING)
+        if state in TRADE_PAYABLE and self.clock.now() >= row["expires_at"]:
+            self._close_expired(row)
+            state = T.CLOSED
+        if state not in TRADE_PAYABLE:
+            raise self._refuse_pay(trade_id, state)
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+        self.waiting[trade_id] = answer
+        sent = False
+        try:
+            await self.gateway_work()
+            row = self._trade(trade_id)  # it may have been closed while queued
+            state = T(row["state"])
+            if state not in TRADE_PAYABLE:
+                raise self._refuse_pay(trade_id, state)
+            self.sent_at[trade_id] = self.clock.now()
+            sent = True
+            self._spawn(self._bank_debit(row))
+            # The gateway waits at most gateway.timeout; the bank task goes on regardless (a timer that
+            # completes a future is much cheaper than wait_for + shield on this hot path).
+            timer = loop.call_later(self.wall_timeout(self.conditions.current().gateway.timeout),
+                                    _resolve, answer, self._timed_out)
+            try:
+                await answer
+            finally:
+                timer.cancel()
+        finally:
+            self.waiting.pop(trade_id, None)
+            if sent and (not answer.done() or answer.cancelled() or answer.result() is self._timed_out):
+                self._mark_unknown(trade_id)  # timed out, or the request was cancelled: outcome unknown
+                answer = None
+            self.sent_at.pop(trade_id, None)
+        if answer is not None and answer.result() == "ok":  # the common case: no need to read it back
+            return self.view(row, T.SUCCEEDED.value)
+        return self.view(self._trade(trade_id))
+
+    def _sent_to_bank(self, row: Any) -> Trade:
+        """In a tx: the trade entity moved to ``processing``, with the event of when the debit left.
+
+        ``processing`` is never stored on its own: while the bank works, the gateway knows it from
+        ``waiting`` (queries and closes answer accordingly); the state that reaches the database is the
+        outcome, in one commit with the ``trade.processing`` event. A debit in flight at a crash
+        therefore leaves its trade payable, as it was, unless the money moved (see ``recover``)."""
+        trade = self._entity(row)
+        trade.to(T.PROCESSING)
+        self.store.emit(self.sent_at.get(row["trade"], self.clock.now()), "trade.processing", "gateway",
+                        row["ord"], trade=row["trade"])
+        return trade
+
+    def _mark_unknown(self, trade_id: str) -> None:
+        row = self._trade(trade_id)
+        if T(row["state"]) not in TRADE_PAYABLE:
+            return
+        now = self.clock.now()
+        gaps = self.conditions.current().gateway.bank_query_schedule.gaps
+        with self.store.tx():
+            trade = self._sent_to_bank(row)
+            trade.to(T.UNKNOWN)
+            self._save_state(trade_id, T.UNKNOWN)
+            self.store.emit(now, "trade.unknown", "gateway", row["ord"], trade=trade_id)
+            if gaps:
+                self.store.schedule("bank_query", trade_id, now + gaps[0], 1)
+
+    async def _bank_debit(self, row: Any) -> None:
+        """The simulated bank: a channel for ``bank.latency``, then approve, decline, block or hold."""
+        trade_id = row["trade"]
+        self.bank_inflight.add(trade_id)
+        try:
+            c = self.conditions
+            async with self.bank_channels:
+                await self.clock.sleep(c.sample("bank.latency"))
+            bank = c.current().bank
+            if row["amount"] > round(bank.single_payment_limit * 100):
+                outcome, reason = "failed", "limit"
+            elif c.chance("bank.risk_block", bank.risk_block_probability):
+                outcome, reason = "failed", "risk_blocked"
+            elif c.chance("bank.decline", bank.decline_probability):
+                outcome, reason = "failed", "declined"
+            elif c.chance("bank.risk_hold", bank.risk_hold_probability):
+                release = self.clock.now() + c.sample("bank.risk_hold_duration")
+                with self.store.tx():
+                    self.store.schedule("bank_release", trade_id, release)
+                self.bank_held.add(trade_id)
+                return
+            else:
+                outcome, reason = "ok", None
+            self._bank_answer(trade_id, outcome, reason, lost=c.chance("bank.response_loss", bank.response_loss))
+        finally:
+            self.bank_inflight.discard(trade_id)
+
+    def _bank_answer(self, trade_id: str, outcome: str, reason: str | None, lost: bool) -> None:
+        """The bank's result: applied to the trade if the gateway is still waiting for it, otherwise
+        only the money moves (the gateway learns it from a later query)."""
+        waiting = None if lost else self.waiting.get(trade_id)
+        row = self._trade(trade_id)
+        now = self.clock.now()
+        # (a timed-out gateway has resolved its future with _timed_out already: not informed)
+        informed = waiting is not None and not waiting.done() and T(row["state"]) in TRADE_PAYABLE
+        with self.store.tx():
+            trade = self._sent_to_bank(row) if informed else None
+            if outcome == "ok":
+                ledger = SqlLedger(self.store, now, row["ord"], "bank", trade=trade_id)
+                if trade is not None:
+                    trade.debit(ledger, f"{trade_id}-charge")
+                    self._succeeded(row, now)
+                else:
+                    ledger.post(transfer(f"{trade_id}-charge", CHARGE, f"user:{row['usr']}", "clearing", row["amount"]))
+            elif trade is not None:
+                trade.to(T.FAILED)
+                self._save_state(trade_id, T.FAILED, reason)
+                self.store.emit(now, "trade.failed", "gateway", row["ord"], trade=trade_id, reason=reason)
+                self.enqueue_notifications(row, "trade.failed", f"{trade_id}-f{now:.3f}", now, ref=reason)
+            else:
+                self.bank_declined[trade_id] = reason or "declined"
+        if informed:
+            waiting.set_result(outcome)
+
+    def _succeeded(self, row: Any, now: float) -> None:
+        """The gateway knows the trade is paid: state, event and the notification to send (in a tx)."""
+        trade_id = row["trade"]
+        self._save_state(trade_id, T.SUCCEEDED)
+        self.store.conn.execute("UPDATE trades SET paid_t = ? WHERE trade = ?", (now, trade_id))
+        self.store.emit(now, "trade.succeeded", "gateway", row["ord"], trade=trade_id, amount=row["amount"])
+        self.enqueue_notifications(row, "trade.succeeded", f"{trade_id}-n", now)
+
+    def enqueue_notifications(self, row: Any, kind: str, notify_id: str, now: float, ref: str | None = None) -> None:
+        """In a tx: queue the notification(s) of ``kind`` about trade ``row`` to where its face says
+        (``Face.notify_urls``: by default the trade's ``notify_url``, for ``trade.succeeded`` only).
+        Kinds: ``trade.succeeded``, ``trade.failed``, ``trade.closed`` (``ref``: why), ``refund.succeeded``
+        (``ref``: the refund's request number). ``notify_id`` is stable across retries."""
+        face = self.faces.get(row["face"])
+        urls = face.notify_urls(row, kind) if face is not None else ([row["notify_url"]] if row["notify_url"] else [])
+        for i, url in enumerate(urls):
+            nid = notify_id if i == 0 else f"{notify_id}{i}"
+            cur = self.store.conn.execute(
+                "INSERT OR IGNORE INTO notifications (notify_id, trade, ord, url, amount, state, created_t, kind, ref)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                (nid, row["trade"], row["ord"], url, row["amount"], now, kind, ref),
+            )
+            if cur.rowcount:
+                self.store.schedule("notify", nid, now, 1)
+
+    async def _bank_release(self, job: Job) -> None:
+        """Risk control releases a held debit: it completes now."""
+        self.bank_inflight.add(job.key)
+        self.bank_held.discard(job.key)
+        try:
+            with self.store.tx():
+                self.store.done(job)
+            self._bank_answer(job.key, "ok", None, lost=False)
+        finally:
+            self.bank_inflight.discard(job.key)
+
+    async def _bank_query(self, job: Job) -> None:
+        """The gateway asks the bank about an ``unknown`` debit (``gateway.bank_query_schedule``)."""
+        row = self._trade(job.key)
+        if T(row["state"]) is not T.UNKNOWN:
+            return
+        await self.gateway_work()
+        row = self._trade(job.key)
+        if T(row["state"]) is not T.UNKNOWN:
+            return
+        now = self.clock.now()
+        charged = self.store.one("SELECT 1 FROM txns WHERE txn = ?", (f"{job.key}-charge",)) is not None
+        pending = job.key in self.bank_inflight or job.key in self.bank_held
+        with self.store.tx():
+            self.store.done(job)
+            if charged:
+                self._entity(row).to(T.SUCCEEDED)
+                self._succeeded(row, now)
+            elif pending:
+                gap = policies.notify_delay(self.conditions.current().gateway.bank_query_schedule.gaps, job.attempt + 1)
+                if gap is not None:  # a spent schedule leaves the trade unknown: stuck
+                    self.store.schedule("bank_query", job.key, now + gap, job.attempt + 1)
+            else:  # the bank has no debit in flight: declined, or never reached it
+                reason = self.bank_declined.pop(job.key, "error")
+                self._entity(row).to(T.FAILED)
+                self._save_state(job.key, T.FAILED, reason)
+                self.store.emit(now, "trade.failed", "gateway", row["ord"], trade=job.key, reason=reason)
+                self.enqueue_notifications(row, "trade.failed", f"{job.key}-f{now:.3f}", now, ref=reason)
+
+    def _close_expired(self, row: Any) -> None:
+        now = self.clock.now()
+        with self.store.tx():
+            self._entity(row).to(T.CLOSED)
+            self._save_state(row["trade"], T.CLOSED, "expired")
+            self.store.emit(now, "trade.closed", "gateway", row["ord"], trade=row["trade"], reason="expired")
+            self.enqueue_notifications(row, "trade.closed", f"{row['trade']}-c", now, ref="expired")
+
+    async def _trade_expire(self, job: Job) -> None:
+        row = self.store.one("SELECT * FROM trades WHERE trade = ?", (job.key,))
+        if row is not None and T(row["state"]) in TRADE_PAYABLE and job.key not in self.waiting:
+            self._close_expired(row)
+
+    async def query(self, trade_id: str) -> dict[str, Any]:
+        self._trade(trade_id)
+        await self.gateway_work()
+        row = self._trade(trade_id)
+        if T(row["state"]) in TRADE_PAYABLE and trade_id not in self.waiting and self.clock.now() >= row["expires_at"]:
+            self._close_expired(row)  # a lifetime applied lazily (no timer beyond the observation window)
+            row = self._trade(trade_id)
+        state = T.PROCESSING.value if trade_id in self.waiting and T(row["state"]) in TRADE_PAYABLE else None
+        return self.view(row, state)
+
+    async def close(self, trade_id: str) -> dict[str, Any]:
+        """``alipay.trade.close``: closes an unpaid trade; refused once paid or while a debit is in flight."""
+        self._trade(trade_id)
+        await self.gateway_work()
+        row = self._trade(trade_id)
+        state = T.PROCESSING if trade_id in self.waiting else T(row["state"])
+        result = policies.gateway_close_result(state)
+        now = self.clock.now()
+        if result == "closed":
+            if state is not T.CLOSED:
+                with self.store.tx():
+                    self._entity(row).to(T.CLOSED)
+                    self._save_state(trade_id, T.CLOSED, "closed")
+                    self.store.emit(now, "trade.closed", "gateway", row["ord"], trade=trade_id)
+                    self.enqueue_notifications(row, "trade.closed", f"{trade_id}-c", now, ref="closed")
+            return {"result": "closed", **self.view(self._trade(trade_id))}
+        if result == "already_paid":
+            with self.store.tx():
+                self.store.emit(now, "trade.close_refused", "gateway", row["ord"], trade=trade_id)
+            raise CoreError(409, "trade already paid: cannot close", "trade", TRADE_HAS_SUCCESS,
+                            result=result, trade_state=state.value)
+        raise CoreError(409, "a debit for this trade is in progress or unknown: cannot close yet", "trade",
+                        TRADE_IN_PROGRESS, result=result, trade_state=state.value)
+
+    async def refund(self, trade_id: str, amount: int | None = None, request_no: str | None = None,
+                     notify: bool = False) -> dict[str, Any]:
+        """Refund ``amount`` fen (default: what is left) of a paid trade; ``request_no`` makes a partial
+        refund idempotent (Alipay's ``out_request_no``, WeChat's ``out_refund_no``): the same number
+        answers the first refund again, with other parameters it is refused. Money moves clearing ->
+        buyer at once; ``notify`` queues a ``refund.succeeded`` notification (WeChat, Stripe)."""
+        row = self._trade(trade_id)
+        key = request_no or "full"
+        prior = self.store.one("SELECT * FROM refunds WHERE trade = ? AND request_no = ?", (trade_id, key))
+        if prior is not None:
+            if amount is not None and amount != prior["amount"]:
+                raise CoreError(409, f"refund {key!r} of trade {trade_id!r} exists with another amount", "request_no",
+                                REFUND_PARAMS_CONFLICT)
+            return {**self.view(row), "refund": self._refund_view(prior), "replayed": True}
+        await self.gateway_work()
+        row = self._trade(trade_id)
+        state = T(row["state"])
+        if state is T.REFUNDED and request_no is None:
+            return {**self.view(row), "refund": None, "replayed": True}
+        if state not in (T.SUCCEEDED, T.REFUNDED):
+            raise CoreError(409, f"trade is {state.value}: only a paid trade can be refunded", "trade",
+                            TRADE_NOT_PAID, trade_state=state.value)
+        left = row["amount"] - row["refunded"]
+        amount = left if amount is None else amount
+        if amount <= 0 or amount > left:
+            raise CoreError(409, f"refund of {amount} fen exceeds what is left to refund ({left} fen)", "amount",
+                            REFUND_AMOUNT_EXCEEDED, refundable=left)
+        now = self.clock.now()
+        txn_id = f"{trade_id}-refund" if key == "full" else f"{trade_id}-refund-{key}"
+        with self.store.tx() as conn:
+            trade = self._entity(row)
+            ledger = SqlLedger(self.store, now, row["ord"], "gateway", trade=trade_id)
+            if amount == row["amount"]:
+                trade.refund(ledger, txn_id)  # the whole trade at once: the domain's full refund
+            else:
+                ledger.post(transfer(txn_id, REFUND, "clearing", f"user:{row['usr']}", amount))
+                trade.refunded += amount
+                if trade.refunded == trade.amount:
+                    trade.to(T.REFUNDED)
+            conn.execute("UPDATE trades SET state = ?, refunded = ? WHERE trade = ?",
+                         (trade.state.value, trade.refunded, trade_id))
+            conn.execute("INSERT INTO refunds (trade, request_no, amount, state, created_t) VALUES (?, ?, ?, ?, ?)",
+                         (trade_id, key, amount, "succeeded", now))
+            self.store.emit(now, "trade.refunded", "gateway", row["ord"], trade=trade_id, amount=amount,
+                            refunded_total=trade.refunded)
+            if notify:
+                self.enqueue_notifications(row, "refund.succeeded", f"{trade_id}-r-{key}", now, ref=key)
+        refund = self.store.one("SELECT * FROM refunds WHERE trade = ? AND request_no = ?", (trade_id, key))
+        return {**self.view(self._trade(trade_id)), "refund": self._refund_view(refund), "replayed": False}
+
+    def refunds_of(self, trade_id: str) -> list[dict[str, Any]]:
+        return [self._refund_view(r) for r in
+                self.store.all("SELECT * FROM refunds WHERE trade = ? ORDER BY created_t, request_no", (trade_id,))]
+
+    @staticmethod
+    def _refund_view(r: Any) -> dict[str, Any]:
+        return {"trade": r["trade"], "request_no": r["request_no"], "amount": r["amount"], "state": r["state"],
+                "created_t": r["created_t"]}
+
+    # -- notifications ------------------------------------------------------------------------------
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str], timeout: float,
+                    acknowledged: Callable[[int, bytes], bool]) -> bool:
+        try:
+            if url.startswith("http://"):
+                resp = await self.http.request("POST", url, body, headers, timeout)
+                status, text = resp.status, resp.body
+            else:
+                if self._httpx is None:
+                    import httpx
+
+                    self._httpx = httpx.AsyncClient()
+                r = await self._httpx.post(url, content=body, headers=headers, timeout=timeout)
+                status, text = r.status_code, r.content
+        except Exception:  # refused, reset, timed out: not acknowledged
+            return False
+        return acknowledged(status, text)
+
+    async def _deliver(self, job: Job) -> None:
+        """One delivery attempt of a notification (the outbox row ``job.key``): the face of the trade
+        writes its body and headers and says what acknowledges it."""
+        n = self.store.one("SELECT * FROM notifications WHERE notify_id = ?", (job.key,))
+        if n is None or n["state"] != "pending":
+            return
+        c = self.conditions
+        gw = c.current().gateway
+        attempt = job.attempt
+        sent_at = self.clock.now()
+        lost = c.chance("gateway.notify_loss", gw.notify_loss)
+        acked = False
+        if not lost:
+            await self.clock.sleep(c.sample("gateway.notify_latency"))
+            row = self.store.one("SELECT * FROM trades WHERE trade = ?", (n["trade"],))
+            face = self.faces[row["face"]]
+            note = Note(n["notify_id"], n["kind"] or "trade.succeeded", attempt, n["ref"], self.view(row), row)
+            body, headers = face.notification(note)
+            timeout = self.wall_timeout(gw.notify_ack_timeout)
+            if c.chance("gateway.notify_duplicate", gw.notify_duplicate):
+                self._spawn(self._post(n["url"], body, headers, timeout, face.acknowledged))
+            acked = await self._post(n["url"], body, headers, timeout, face.acknowledged)
+        now = self.clock.now()
+        gap = policies.notify_delay(gw.notify_schedule.gaps, attempt)
+        with self.store.tx() as conn:
+            self.store.done(job)
+            ev = {"trade": n["trade"], "notify_id": job.key, "attempt": attempt}
+            self.store.emit(sent_at, "notify.sent", "gateway", n["ord"], **ev)
+            if lost:
+                self.store.emit(sent_at, "notify.lost", "gateway", n["ord"], **ev)
+            if acked:
+                conn.execute("UPDATE notifications SET state = 'acked', attempts = ?, acked_t = ? WHERE notify_id = ?",
+                             (attempt, now, job.key))
+            elif gap is None:
+                conn.execute("UPDATE notifications SET state = 'given_up', attempts = ? WHERE notify_id = ?",
+                             (attempt, job.key))
+            else:
+                conn.execute("UPDATE notifications SET attempts = ? WHERE notify_id = ?", (attempt, job.key))
+                self.store.schedule("notify", job.key, sent_at + gap, attempt + 1)
+
+    # -- BNPL ---------------------------------------------------------------------------------------
+
+    def _agreement_row(self, agreement: str) -> Any:
+        row = self.store.one("SELECT * FROM agreements WHERE agreement = ?", (agreement,))
+        if row is None:
+            raise CoreError(404, f"no such agreement {agreement!r}", "agreement", AGREEMENT_NOT_EXIST)
+        return row
+
+    def _agreement(self, row: Any) -> Agreement:
+        a = Agreement(row["agreement"], row["ord"], row["usr"], row["merchant"], row["amount"], row["expires_at"])
+        a.state = A(row["state"])
+        a.paid_by_user, a.merchant_paid = bool(row["paid_by_user"]), bool(row["merchant_paid"])
+        return a
+
+    def _save_agreement(self, a: Agreement, **extra: Any) -> None:
+        sets = "state = ?, paid_by_user = ?, merchant_paid = ?" + "".join(f", {k} = ?" for k in extra)
+        self.store.conn.execute(f"UPDATE agreements SET {sets} WHERE agreement = ?",
+                                (a.state.value, int(a.paid_by_user), int(a.merchant_paid), *extra.values(), a.id))
+
+    def _emit_bnpl(self, t: float, type: str, row: Any, **fields: Any) -> None:
+        self.store.emit(t, type, "bnpl", row["ord"], agreement=row["agreement"], **fields)
+
+    def agreement_row(self, agreement: str) -> Any:
+        return self._agreement_row(agreement)
+
+    async def authorize(self, body: Any) -> dict[str, Any]:
+        """Sign + credit order (pay after use): authorized within the buyer's credit limit, else declined.
+        ``body`` has ``agreement, order, user, merchant, amount`` (any object with those attributes)."""
+        await self.gateway_work()
+        row = self.store.one("SELECT * FROM agreements WHERE agreement = ?", (body.agreement,))
+        params = (body.order, body.user, body.merchant, body.amount)
+        existing = (row["ord"], row["usr"], row["merchant"], row["amount"]) if row else None
+        decision = policies.idempotent_create(existing, params)
+        if decision == "conflict":
+            raise CoreError(409, f"agreement {body.agreement!r} exists with other parameters", "agreement",
+                            AGREEMENT_PARAMS_CONFLICT)
+        if decision == "replay":
+            return {**agreement_view(row), "created": False}
+        cond = self.conditions.current().bnpl
+        outstanding = self.store.one(
+            "SELECT COALESCE(SUM(amount), 0) FROM agreements WHERE usr = ? AND credit_paid = 0 AND state NOT IN (?, ?)",
+            (body.user, A.CANCELLED.value, A.EXPIRED.value))[0]
+        now = self.clock.now()
+        if outstanding + body.amount > round(cond.credit_limit * 100):
+            with self.store.tx():
+                self.store.emit(now, "bnpl.declined", "bnpl", body.order, agreement=body.agreement, reason="credit_limit")
+            return {"agreement": body.agreement, "order": body.order, "state": "declined", "reason": "credit_limit"}
+        expires_at = now + cond.authorization_ttl
+        with self.store.tx() as conn:
+            conn.execute(
+                "INSERT INTO agreements (agreement, ord, usr, merchant, amount, state, expires_at, created_t)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (body.agreement, body.order, body.user, body.merchant, body.amount, A.AUTHORIZED.value, expires_at, now))
+            self.store.emit(now, "bnpl.authorized", "bnpl", body.order, agreement=body.agreement, amount=body.amount,
+                            expires_at=round(expires_at, 6))
+            if expires_at <= self.observation_end:  # otherwise expired lazily, at finish
+                self.store.schedule("bnpl_expire", body.agreement, expires_at)
+        return {**agreement_view(self._agreement_row(body.agreement)), "created": True}
+
+    async def finish(self, agreement: str) -> dict[str, Any]:
+        """The merchant's *finish*: deduction starts now; the merchant is compensated if it keeps failing."""
+        self._agreement_row(agreement)
+        await self.gateway_work()
+        row = self._agreement_row(agreement)
+        a = self._agreement(row)
+        if a.state is A.AUTHORIZED and self.clock.now() >= row["expires_at"]:
+            self._expire_agreement(row)
+            a.state = A.EXPIRED
+        if a.state in (A.CANCELLED, A.EXPIRED):
+            raise CoreError(409, f"agreement is {a.state.value}: cannot finish", "agreement", AGREEMENT_CLOSED,
+                            agreement_state=a.state.value)
+        if a.state is not A.AUTHORIZED:
+            return agreement_view(row)  # already finished: idempotent
+        now = self.clock.now()
+        cond = self.conditions.current().bnpl
+        with self.store.tx():
+            a.finish()
+            self._save_agreement(a, finish_t=now)
+            self._emit_bnpl(now, "bnpl.finish_requested", row, amount=row["amount"])
+            self.store.schedule("bnpl_deduct", agreement, now, 1)
+            self.store.schedule("bnpl_compensate", agreement, now + cond.compensation_after)
+        return agreement_view(self._agreement_row(agreement))
+
+    async def cancel_agreement(self, agreement: str) -> dict[str, Any]:
+        row = self._agreement_row(agreement)
+        a = self._agreement(row)
+        if a.state is A.CANCELLED:
+            return agreement_view(row)
+        if a.state is not A.AUTHORIZED:
+            raise CoreError(409, f"agreement is {a.state.value}: only an authorized agreement can be cancelled",
+                            "agreement", AGREEMENT_NOT_CANCELLABLE, agreement_state=a.state.value)
+        now = self.clock.now()
+        with self.store.tx():
+            a.to(A.CANCELLED)
+            self._save_agreement(a)
+            self._emit_bnpl(now, "bnpl.cancelled", row)
+        return agreement_view(self._agreement_row(agreement))
+
+    def _user_paid(self, row: Any, by_hand: bool, attempt: int = 0) -> None:
+        """The buyer's money reached the provider's payment side (in a tx); the credit side learns it
+        after ``bnpl.sync_lag``."""
+        now = self.clock.now()
+        a = self._agreement(row)
+        ledger = SqlLedger(self.store, now, row["ord"], "bnpl", agreement=row["agreement"])
+        a.deducted(ledger, f"{row['agreement']}-{'repayment' if by_hand else 'deduction'}", by_hand=by_hand)
+        self._save_agreement(a)
+        if by_hand:
+            self._emit_bnpl(now, "bnpl.repaid", row)
+        else:
+            self._emit_bnpl(now, "bnpl.deduction", row, ok=True, attempt=attempt)
+        self.store.schedule("bnpl_sync", row["agreement"], now + self.conditions.sample("bnpl.sync_lag"))
+
+    async def repay(self, agreement: str) -> dict[str, Any]:
+        """The buyer repays by hand (also done automatically ``bnpl.user_repay_delay`` after a failed deduction)."""
+        row = self._agreement_row(agreement)
+        a = self._agreement(row)
+        if a.paid_by_user:
+            return agreement_view(row)
+        if a.state not in (A.DEDUCTING, A.COMPENSATED, A.OVERDUE):
+            raise CoreError(409, f"agreement is {a.state.value}: nothing to repay yet", "agreement",
+                            AGREEMENT_NOT_DUE, agreement_state=a.state.value)
+        with self.store.tx():
+            self._user_paid(row, by_hand=True)
+        return agreement_view(self._agreement_row(agreement))
+
+    async def _bnpl_deduct(self, job: Job) -> None:
+        row = self._agreement_row(job.key)
+        if row["paid_by_user"] or A(row["state"]) not in (A.DEDUCTING, A.COMPENSATED, A.OVERDUE):
+            return
+        c = self.conditions
+        cond = c.current().bnpl
+        now = self.clock.now()
+        with self.store.tx():
+            self.store.done(job)
+            if not c.chance("bnpl.deduction_failure", cond.deduction_failure):
+                self._user_paid(row, by_hand=False, attempt=job.attempt)
+                return
+            self._emit_bnpl(now, "bnpl.deduction", row, ok=False, attempt=job.attempt)
+            gap = policies.notify_delay(cond.deduction_retry_schedule.gaps, job.attempt)
+            if gap is not None:
+                self.store.schedule("bnpl_deduct", job.key, now + gap, job.attempt + 1)
+            if job.attempt == 1:
+                self.store.schedule("bnpl_repay", job.key, now + c.sample("bnpl.user_repay_delay"))
+
+    async def _bnpl_repay(self, job: Job) -> None:
+        row = self._agreement_row(job.key)
+        if not row["paid_by_user"] and A(row["state"]) in (A.DEDUCTING, A.COMPENSATED, A.OVERDUE):
+            with self.store.tx():
+                self.store.done(job)
+                self._user_paid(row, by_hand=True)
+
+    async def _bnpl_sync(self, job: Job) -> None:
+        """The credit side learns the buyer paid: settled (and any overdue mark cleared)."""
+        row = self._agreement_row(job.key)
+        a = self._agreement(row)
+        now = self.clock.now()
+        with self.store.tx():
+            self.store.done(job)
+            self._emit_bnpl(now, "bnpl.synced", row, paid=True)
+            if a.state is A.OVERDUE:
+                self._emit_bnpl(now, "bnpl.overdue_cleared", row)
+            if a.state in (A.DEDUCTING, A.COMPENSATED, A.OVERDUE):
+                a.to(A.SETTLED)
+                self._emit_bnpl(now, "bnpl.settled", row)
+            self._save_agreement(a, credit_paid=1)
+
+    async def _bnpl_compensate(self, job: Job) -> None:
+        """At the compensation deadline the provider reads its credit side (``bnpl_overdue_decision``)."""
+        row = self._agreement_row(job.key)
+        a = self._agreement(row)
+        if a.state is not A.DEDUCTING:
+            return
+        if policies.bnpl_overdue_decision(bool(row["credit_paid"])) != "overdue":
+            return
+        now = self.clock.now()
+        with self.store.tx():
+            self.store.done(job)
+            a.compensate(SqlLedger(self.store, now, row["ord"], "bnpl", agreement=job.key), f"{job.key}-compensation")
+            self._emit_bnpl(now, "bnpl.compensated", row)
+            a.to(A.OVERDUE)
+            self._emit_bnpl(now, "bnpl.overdue", row)
+            self._save_agreement(a)
+
+    async def _bnpl_expire(self, job: Job) -> None:
+        row = self.store.one("SELECT * FROM agreements WHERE agreement = ?", (job.key,))
+        if row is not None and A(row["state"]) is A.AUTHORIZED:
+            self._expire_agreement(row)
+
+    def _expire_agreement(self, row: Any) -> None:
+        a = self._agreement(row)
+        with self.store.tx():
+            a.to(A.EXPIRED)
+            self._save_agreement(a)
+            self._emit_bnpl(self.clock.now(), "bnpl.expired", row)
+
+    # -- admin --------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        count = lambda sql: {r[0]: r[1] for r in self.store.all(sql)}  # noqa: E731
+        return {
+            "trades": count("SELECT state, COUNT(*) FROM trades GROUP BY state"),
+            "notifications": count("SELECT state, COUNT(*) FROM notifications GROUP BY state"),
+            "agreements": count("SELECT state, COUNT(*) FROM agreements GROUP BY state"),
+            "jobs": count("SELECT kind, COUNT(*) FROM jobs GROUP BY kind"),
+            "in_flight_debits": len(self.bank_inflight),
+            "now": self.clock.now(),
+        }
+
+
