@@ -129,6 +129,7 @@ class Note:
     ref: str | None  # the refund's request number for refund notifications
     trade: dict[str, Any]  # the core's view of the trade now
     row: Any  # the stored row (face metadata in row["meta"])
+    url: str = ""  # where this attempt goes
 
 
 def trade_view(row: Any, state: str | None = None) -> dict[str, Any]:
@@ -175,6 +176,7 @@ class ProviderCore(base.ServiceBase):
         self.bank_declined: dict[str, str] = {}  # declines whose answer the gateway never got
         self.bank_held: set[str] = set()  # debits risk control holds (a durable bank_release job each)
         self.sent_at: dict[str, float] = {}  # trade -> when its debit left for the bank (scenario s)
+        self.card_outcome: dict[str, str] = {}  # trade -> the decline its test card asks for (see pay)
         self.http = HttpClient()
         self._httpx: Any = None
         self._timed_out = object()  # what a gateway's wait resolves to when gateway.timeout fires
@@ -335,10 +337,12 @@ class ProviderCore(base.ServiceBase):
         code, message = _NOT_PAYABLE.get(state, (TRADE_IN_PROGRESS, "a debit for this trade is in progress"))
         return CoreError(409, message, "trade", code, trade_state=state.value)
 
-    async def pay(self, trade_id: str) -> dict[str, Any]:
+    async def pay(self, trade_id: str, decline: str | None = None) -> dict[str, Any]:
         """The buyer confirms payment in the wallet/bank app: debit through the bank, wait at most
         ``gateway.timeout`` for its answer, answer ``succeeded``, ``failed`` or ``unknown``.
-        (A lazy trade is opened by paying it: the buyer had the cashier in front of them.)"""
+        (A lazy trade is opened by paying it: the buyer had the cashier in front of them.)
+        ``decline``: the card is one the bank declines with this reason (a PSP's test card); it still
+        goes through the bank's queue, latency and response loss."""
         row = self._trade(trade_id, merchant_view=False)
         if not row["opened"]:
             self.open_trade(trade_id)
@@ -362,6 +366,8 @@ class ProviderCore(base.ServiceBase):
             if state not in TRADE_PAYABLE:
                 raise self._refuse_pay(trade_id, state)
             self.sent_at[trade_id] = self.clock.now()
+            if decline is not None:
+                self.card_outcome[trade_id] = decline
             sent = True
             self._spawn(self._bank_debit(row))
             # The gateway waits at most gateway.timeout; the bank task goes on regardless (a timer that
@@ -418,7 +424,10 @@ class ProviderCore(base.ServiceBase):
             async with self.bank_channels:
                 await self.clock.sleep(c.sample("bank.latency"))
             bank = c.current().bank
-            if row["amount"] > round(bank.single_payment_limit * 100):
+            forced = self.card_outcome.pop(trade_id, None)
+            if forced is not None:  # a test card that the bank declines (Stripe's pm_card_chargeDeclined...)
+                outcome, reason = "failed", forced
+            elif row["amount"] > round(bank.single_payment_limit * 100):
                 outcome, reason = "failed", "limit"
             elif c.chance("bank.risk_block", bank.risk_block_probability):
                 outcome, reason = "failed", "risk_blocked"
@@ -478,12 +487,14 @@ class ProviderCore(base.ServiceBase):
         (``ref``: the refund's request number). ``notify_id`` is stable across retries."""
         face = self.faces.get(row["face"])
         urls = face.notify_urls(row, kind) if face is not None else ([row["notify_url"]] if row["notify_url"] else [])
-        for i, url in enumerate(urls):
+        for i, target in enumerate(urls):
+            # a face may name a target as (url, ref): its own reference per delivery (Stripe's event id)
+            url, own_ref = target if isinstance(target, tuple) else (target, ref)
             nid = notify_id if i == 0 else f"{notify_id}{i}"
             cur = self.store.conn.execute(
                 "INSERT OR IGNORE INTO notifications (notify_id, trade, ord, url, amount, state, created_t, kind, ref)"
                 " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                (nid, row["trade"], row["ord"], url, row["amount"], now, kind, ref),
+                (nid, row["trade"], row["ord"], url, row["amount"], now, kind, own_ref),
             )
             if cur.rowcount:
                 self.store.schedule("notify", nid, now, 1)
@@ -652,6 +663,10 @@ class ProviderCore(base.ServiceBase):
             return False
         return acknowledged(status, text)
 
+    def _face_of(self, trade_id: str) -> str:
+        row = self.store.one("SELECT face FROM trades WHERE trade = ?", (trade_id,))
+        return row["face"] if row is not None else "native"
+
     async def _deliver(self, job: Job) -> None:
         """One delivery attempt of a notification (the outbox row ``job.key``): the face of the trade
         writes its body and headers and says what acknowledges it."""
@@ -668,14 +683,16 @@ class ProviderCore(base.ServiceBase):
             await self.clock.sleep(c.sample("gateway.notify_latency"))
             row = self.store.one("SELECT * FROM trades WHERE trade = ?", (n["trade"],))
             face = self.faces[row["face"]]
-            note = Note(n["notify_id"], n["kind"] or "trade.succeeded", attempt, n["ref"], self.view(row), row)
+            note = Note(n["notify_id"], n["kind"] or "trade.succeeded", attempt, n["ref"], self.view(row), row, n["url"])
             body, headers = face.notification(note)
             timeout = self.wall_timeout(gw.notify_ack_timeout)
             if c.chance("gateway.notify_duplicate", gw.notify_duplicate):
                 self._spawn(self._post(n["url"], body, headers, timeout, face.acknowledged))
             acked = await self._post(n["url"], body, headers, timeout, face.acknowledged)
         now = self.clock.now()
-        gap = policies.notify_delay(gw.notify_schedule.gaps, attempt)
+        trade_face = self.faces.get(self._face_of(n["trade"]))
+        gaps = trade_face.notify_gaps(gw.notify_schedule.gaps) if trade_face is not None else gw.notify_schedule.gaps
+        gap = policies.notify_delay(gaps, attempt)
         with self.store.tx() as conn:
             self.store.done(job)
             ev = {"trade": n["trade"], "notify_id": job.key, "attempt": attempt}

@@ -27,6 +27,7 @@ from fastapi import APIRouter
 # name -> "module:Class". One line per face.
 FACES: dict[str, str] = {
     "native": "loadtests.service.psp.faces.native:NativeFace",
+    "stripe": "loadtests.service.psp.faces.stripe:StripeFace",
 }
 
 
@@ -53,7 +54,11 @@ class Face:
     def acknowledged(self, status: int, body: bytes) -> bool:
         return 200 <= status < 300
 
-    def notify_urls(self, row: Any, kind: str) -> list[str]:
+    def notify_gaps(self, scenario_gaps: tuple[float, ...]) -> tuple[float, ...]:
+        """The retry gaps of this face's notifications (default: the scenario's ``notify_schedule``)."""
+        return scenario_gaps
+
+    def notify_urls(self, row: Any, kind: str) -> list[Any]:
         return [row["notify_url"]] if row["notify_url"] and kind == "trade.succeeded" else []
 
     def merchant_config(self, base_url: str) -> dict[str, Any]:
