@@ -456,6 +456,28 @@ class StripeFace(Face):
                 f'<form method="post" action="/stripe/checkout/{html.escape(cs)}/pay">'
                 f'<select name="payment_method">{cards}</select><button>Pay</button></form>')
 
+        @r.post("/stripe/checkout/{cs}", summary="the buyer pays a Checkout Session, as a load generator does: "
+                "form payment_method (default pm_card_visa); answers the payment's state as JSON")
+        async def checkout_pay_json(cs: str, request: Request) -> Response:
+            try:
+                params = parse_form(await request.body())
+                session = self._session(cs)
+                if session["status"] != "open":
+                    raise _invalid(f"This Checkout Session is {session['status']}.", "session",
+                                   "checkout_session_" + session["status"])
+                pi = session["payment_intent"]
+                self.core.open_trade(pi)
+                try:
+                    await self._confirm(pi, _str(params, "payment_method") or "pm_card_visa")
+                except StripeError as exc:
+                    if exc.status != 402:
+                        raise
+                state = self.core.trade_row(pi)["state"]
+                return json_response({"state": state, "trade": pi, "session": cs,
+                                      "status": self._intent(pi)["status"]})
+            except StripeError as exc:
+                return json_response(exc.body, exc.status)
+
         @r.post("/stripe/checkout/{cs}/pay", summary="the buyer pays a Checkout Session (form: payment_method)")
         async def checkout_pay(cs: str, request: Request) -> Response:
             self._base = str(request.base_url).rstrip("/")
