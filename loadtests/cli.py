@@ -68,6 +68,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="port of the mock provider (default: a free one; fix it for a --target that calls it)")
     p.add_argument("--notify-secret", default=None, metavar="S",
                    help="HMAC secret of notifications (default $CHECKOUT_CHAOS_NOTIFY_SECRET, else generated)")
+    p.add_argument("--psp", default="native", metavar="NAME",
+                   help="the PSP protocol the target pays through: native (default) or stripe; the mock provider "
+                        "speaks it, its keys are in OUT/services/psp/NAME/, and the buyers pay at the pay_url the "
+                        "adapter names (docs/psp/)")
     p.add_argument("--json", action="store_true", help="print the results JSON instead of the tables")
 
 
@@ -111,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("results") / f"{scenario.name or 'scenario'}-live"
     opts = live_options(args, out, target=args.target, target_config=args.target_config,
                         allow_remote=args.allow_remote, provider_host=args.provider_host,
-                        provider_port=args.provider_port, notify_secret=args.notify_secret)
+                        provider_port=args.provider_port, notify_secret=args.notify_secret,
+                        psp=tuple(f for f in args.psp.split(",") if f and f != "native"))
     doc = run_live(scenario, opts)
     path = write_results(doc, out)
     err = Console(stderr=True)

@@ -66,6 +66,7 @@ class LiveOptions:
     allow_remote: bool = False
     provider_host: str = "127.0.0.1"
     provider_port: int = 0
+    psp: tuple[str, ...] = ()  # PSP faces the mock provider serves beside native (the target's SDK speaks one)
     notify_secret: str | None = None
     max_orders: int = DEFAULT_MAX_ORDERS
     late_tolerance: float = DEFAULT_LATE_TOLERANCE
@@ -117,7 +118,7 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
              f"(time scale {window.time_scale:g}) ...")
     services = start_services(scenario.model_copy(update={"faults": ()}), data_dir, window.time_scale,
                               host=opts.provider_host, allow_remote=opts.allow_remote,
-                              notify_secret=opts.notify_secret, ports=(opts.provider_port, 0))
+                              notify_secret=opts.notify_secret, ports=(opts.provider_port, 0), faces=opts.psp)
     procs: list[subprocess.Popen] = []
     faults: FaultSchedule | None = None
     try:

@@ -39,9 +39,15 @@ _lock = threading.Lock()  # one writer at a time (SQLite), and the shop's per-or
 _webhook_secret: list[str] = []
 
 
+_client: list[stripe.StripeClient] = []
+
+
 def client() -> stripe.StripeClient:
-    key = os.environ.get("STRIPE_SECRET_KEY") or "sk_test_" + Path(KEY_FILE).read_text().strip()
-    return stripe.StripeClient(key, base_addresses={"api": API_BASE}, max_network_retries=2)
+    """The SDK client, made at first use (the key file appears when the PSP first starts)."""
+    if not _client:
+        key = os.environ.get("STRIPE_SECRET_KEY") or "sk_test_" + Path(KEY_FILE).read_text().strip()
+        _client.append(stripe.StripeClient(key, base_addresses={"api": API_BASE}, max_network_retries=2))
+    return _client[0]
 
 
 def db() -> sqlite3.Connection:
