@@ -39,6 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 NO_FAULTS = {
     "bank.decline_probability": 0.0,
@@ -193,6 +194,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of trivial / confirm / confirm without notify")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections (closed loop)")
     parser.add_argument("--time-scale", type=float, default=60.0, help="default: the scenario default (live.time_scale)")
+    parser.add_argument("--faces", default="stripe", help="PSP faces whose own flow rate is measured too "
+                        "(comma-separated; '' for none): each one's create + pay + notification, see _faces.py")
+    parser.add_argument("--face-flows", type=int, default=1500, help="flows per face")
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.generate:
@@ -270,8 +274,25 @@ def main() -> int:
         "time_scale": args.time_scale,
         "connections": args.connections,
     }
+    summary.update(_face_rates(args, confirm_rps))
     print(json.dumps(summary))
     return 0
+
+
+def _face_rates(args: argparse.Namespace, native_confirm_rps: float) -> dict:
+    """Each PSP face's own flow, on a fresh pair of services with that face (``_faces.py``)."""
+    import _faces
+    from loadtests.service.runner import start_services
+
+    out: dict = {}
+    for face in [f for f in args.faces.split(",") if f]:
+        with start_services(None, Path(tempfile.mkdtemp(prefix=f"cc-bench-{face}-")), args.time_scale, NO_FAULTS,
+                            faces=(face,)) as s:
+            figures = getattr(_faces, f"{face}_face")(s, args.face_flows, args.connections)
+        figures["ratio_to_native_confirm"] = round(figures["flows_per_s_with_webhook"] / native_confirm_rps, 3)
+        print(f"{face} face: {figures}", flush=True)
+        out[f"{face}_face"] = figures
+    return out
 
 
 if __name__ == "__main__":
