@@ -54,9 +54,9 @@ def full_report(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_report_draws_every_kind_of_chart(full_report) -> None:
-    """Three documents give all five chart kinds, each as PNG and SVG, plus index.html."""
+    """Three documents give all six chart kinds, each as PNG and SVG, plus index.html."""
     kinds = {c.kind for c in full_report.charts}
-    assert kinds == {"sweep_rates", "timeline", "windows", "story", "predicted_vs_measured"}
+    assert kinds == {"rates", "sweep_rates", "timeline", "windows", "story", "predicted_vs_measured"}
     for c in full_report.charts:
         assert_png(c.png)
         text = c.svg.read_text(encoding="utf-8")
@@ -66,9 +66,9 @@ def test_report_draws_every_kind_of_chart(full_report) -> None:
 
 
 def test_all_zero_classes_give_a_timeline_and_no_empty_charts(tmp_path: Path) -> None:
-    """A run with no anomaly draws its timeline and skips the window CDF and the story."""
+    """A run with no anomaly draws its rates (upper bounds) and timeline and skips the window chart and the story."""
     report = build_report([fixture("zero")], tmp_path)
-    assert [c.kind for c in report.charts] == ["timeline"]
+    assert [c.kind for c in report.charts] == ["rates", "timeline"]
     assert "No anomaly of any class" in report.index.read_text(encoding="utf-8")
     fig = charts.stuck_windows(fixture("zero"))  # drawn directly it says so instead of failing
     assert_png(save_figure(fig, tmp_path, "empty")[0], min_bytes=3_000)
@@ -80,7 +80,7 @@ def test_single_replication_without_timeline_examples_or_faults(tmp_path: Path) 
     doc = fixture("single")
     assert doc["replications"] == 1 and doc["timeline"] is None and not doc["examples"] and not doc["faults"]
     report = build_report([doc], tmp_path)
-    assert [c.kind for c in report.charts] == ["windows"]
+    assert [c.kind for c in report.charts] == ["rates", "windows"]
     assert any("Wilson" in s for s in results_summary(doc))
 
 
@@ -191,7 +191,7 @@ def test_cli_writes_the_report_and_prints_paths(tmp_path: Path, capsys: pytest.C
     paths = [line for line in lines if not line.startswith("note:")]
     assert rc == 0
     assert paths[-1] == str(tmp_path / "r" / "index.html")
-    assert sorted(Path(p).suffix for p in paths) == [".html", ".png", ".svg"]
+    assert sorted(Path(p).suffix for p in paths) == [".html", ".png", ".png", ".svg", ".svg"]
     assert all(Path(p).exists() for p in paths)
     assert "note: no example of paid_but_closed in these results; no story drawn" in lines
 
@@ -200,7 +200,7 @@ def test_cli_writes_the_report_and_prints_paths(tmp_path: Path, capsys: pytest.C
     (None, "no such file"),
     ("dir", "is a directory without a results.json"),
     ("{not json", "not JSON (line 1"),
-    ('{"schema_version": 2, "kind": "simulation", "anomalies": {}}', "expected schema_version 1"),
+    ('{"schema_version": 3, "kind": "simulation", "anomalies": {}}', "expected schema_version 2"),
     ('{"kind": "simulation", "anomalies": {}}', "found no schema_version"),
     ('{"schema_version": 1, "kind": "nonsense", "anomalies": {}}', "kind: expected one of"),
     ('{"schema_version": 1, "kind": "simulation", "anomalies": {"paid_but_closed": {"rate": "x"}}}',
@@ -250,7 +250,7 @@ def test_render_report_for_other_commands(tmp_path: Path) -> None:
 
     index = from_cli([fixture("single")], tmp_path / "report")
     assert index == tmp_path / "report" / "index.html" and index.exists()
-    with pytest.raises(ConfigError, match="expected schema_version 1"):
+    with pytest.raises(ConfigError, match="expected schema_version 2"):
         from_cli([{"kind": "simulation"}], tmp_path / "bad")
 
 
