@@ -417,8 +417,8 @@ def anomaly_rates(doc: Mapping[str, Any], classes: Sequence[str] | None = None) 
                title=f"95% intervals: {', '.join(methods) or 'none'}", title_fontsize=8.5)
     reps = doc.get("replications")
     over = f" over {reps} replications" if reps and reps > 1 else ""
-    fig.suptitle(f"{_title(doc)}: how often each anomaly occurred and how often it was left unresolved "
-                 f"({fmt.count(doc.get('orders'))} orders{over})", fontweight="bold", fontsize=11.5)
+    fig.suptitle(f"{_title(doc)}: occurred and unresolved rates per class\n"
+                 f"({fmt.count(doc.get('orders'))} orders counted{over})", fontweight="bold", fontsize=11.5)
     return fig
 
 
@@ -644,7 +644,7 @@ def stuck_windows(doc: Mapping[str, Any], classes: Sequence[str] | None = None) 
                 ax.plot([max(v, 0.1)], [q], marker=look.marker, color=look.color, mec="black", mew=0.5, ms=7, zorder=5)
     if any_censored:
         handles.append(Line2D([], [], ls="none", marker="|", ms=9, mew=1.4, color="#444444",
-                              label="| open at the end (censored)"))
+                              label="open at the end (censored there)"))
     if all_samples:
         ax.set_xscale("log")
         lo, hi = min(all_samples), max(all_samples)
@@ -658,8 +658,8 @@ def stuck_windows(doc: Mapping[str, Any], classes: Sequence[str] | None = None) 
         ax.yaxis.set_major_formatter(ticker.PercentFormatter(1.0))
         if km:
             ax.set_ylabel("share repaired within x\n(Kaplan–Meier)")
-            ax.set_xlabel("time to repair: from when the parties disagreed until they agreed again; an instance "
-                          "still open is censored at the end (log scale)" + ("; zero drawn at 100ms" if floor_note else ""))
+            ax.set_xlabel("time to repair, log scale (disagreement until agreement; still open: censored at the end)"
+                          + ("; zero drawn at 100ms" if floor_note else ""))
         else:
             ax.set_ylabel("share of instances with window ≤ x")
             ax.set_xlabel("window: from when the parties disagreed until they agreed or observation ended (log scale)"
