@@ -265,3 +265,64 @@ def test_story_shortens_polling() -> None:
     assert short[0]["t"] == 0 and short[-1]["t"] == 11
     same = [{"t": i, "actor": "app", "type": "app.shown", "screen": "payment_unknown"} for i in range(3)]
     assert charts._collapse(same) == same  # three rounds are left as they are
+
+
+def _checked_example() -> dict:
+    """A schema 2 document from a real check of the example history that ships with the package."""
+    from sim.check import check_events, read_history
+    from sim.examples import EXAMPLE_HISTORY
+    from sim.results import build_results, canonical_json
+
+    s = check_events(read_history(EXAMPLE_HISTORY))
+    doc = build_results("check", [s], scenario=None, scenario_name="example", seed=None,
+                        horizon_s=s.horizon, warmup_s=s.warmup, end_s=s.end)
+    return json.loads(canonical_json(doc))
+
+
+def test_a_single_result_opens_with_its_rate_chart(tmp_path: Path) -> None:
+    """One check's report: the rate chart (occurred and unresolved, with intervals) comes before the anomaly
+    table and every other chart; the table has occurred, repaired and unresolved orders and repair times."""
+    doc = _checked_example()
+    report = build_report([doc], tmp_path)
+    assert report.charts[0].kind == "rates"
+    assert_png(report.charts[0].png)
+    html = report.index.read_text(encoding="utf-8")
+    assert html.index("How often each anomaly occurred") < html.index("<h3>Anomalies</h3>")
+    for head in ("occurred<br>(orders", "unresolved at end<br>(orders)", "repaired<br>(orders)",
+                 "time to repair<br>p50 (Kaplan–Meier)", "money held at end<br>(CNY"):
+        assert head in html
+    assert "not reached" in html  # an instance still open at the end: its repair time is censored
+    summary = results_summary(doc)
+    assert any(s.startswith("25% of buyers (2) paid for an order that was then closed") for s in summary)
+
+
+def test_rate_chart_marks_zero_classes_with_an_upper_bound(tmp_path: Path) -> None:
+    """Every class is a row; a class that never occurred still has its upper bound (an interval, not a point)."""
+    doc = _checked_example()
+    fig = charts.anomaly_rates(doc)
+    ax = fig.axes[0]
+    assert sorted(t.get_text() for t in ax.get_yticklabels()) == sorted(doc["anomalies"])
+    a = doc["anomalies"]["ledger_imbalance"]
+    assert a["occurred_orders"] == 0 and a["occurred_ci95"][1] > 0
+    assert_png(save_figure(fig, tmp_path, "rates")[0])
+
+
+def test_window_chart_shows_censoring(tmp_path: Path) -> None:
+    """The time-to-repair chart draws a Kaplan–Meier curve per class and marks the open (censored) instances."""
+    doc = _checked_example()
+    a = doc["anomalies"]["paid_but_closed"]
+    times, share, censored = charts.repair_curve(a)
+    assert len(censored) == a["unresolved_count"] == 1 and share[-1] == pytest.approx(a["repair_s"]["repaired_share"])
+    fig = charts.stuck_windows(doc)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any("1 open at end" in t for t in labels) and "open at the end (censored there)" in labels
+    assert_png(save_figure(fig, tmp_path, "windows")[0])
+
+
+def test_actor_table_labels_units_and_totals() -> None:
+    """Per-replication means and totals are labelled; counts are written out, never in scientific notation."""
+    from reports.html import _metrics_table
+
+    html = _metrics_table({"gateway": {"served": 141420.4, "timeouts": 12345, "utilization": 0.71}}, 5)
+    assert "served<br>(requests, mean per replication)" in html and "timeouts<br>(requests, total)" in html
+    assert "141,420" in html and "12,345" in html and "71%" in html and "e+" not in html

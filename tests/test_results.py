@@ -336,3 +336,21 @@ def test_check_config_round_trip_through_results():
     doc = R.build_results("check", [s], scenario=None, scenario_name=None, seed=None,
                           horizon_s=s.horizon, warmup_s=s.warmup, end_s=s.end)
     assert (doc["warmup_s"], doc["horizon_s"], doc["end_s"], doc["orders"]) == (100.0, 3600.0, 97200.0, 6)
+
+
+def test_thresholds_name_occurred_or_unresolved():
+    """A threshold names which figure it bounds: .occurred_rate (arose at all) beside .rate (unresolved at
+    the end, the old syntax, unchanged); a misspelt field is refused with a suggestion."""
+    from loadtests.live import evaluate_thresholds
+    from sim.scenario import scenario_from_dict
+
+    doc = build([summary(1000, {"paid_but_closed": 1}, repaired={"paid_but_closed": 9})])
+    rules = ["paid_but_closed.occurred_rate < 1e-3", "paid_but_closed.rate < 1e-2",
+             "paid_but_closed.occurred_orders <= 10", "paid_but_closed.unresolved_count < 1", "paid_but_closed.count < 2"]
+    sc = scenario_from_dict({"thresholds": rules}, "t.toml")
+    got = {r["rule"]: (r["observed"], r["holds"]) for r in evaluate_thresholds(sc.thresholds, doc)}
+    assert got == {"paid_but_closed.occurred_rate < 1e-3": (0.01, False), "paid_but_closed.rate < 1e-2": (0.001, True),
+                   "paid_but_closed.occurred_orders <= 10": (10, True), "paid_but_closed.unresolved_count < 1": (1, False),
+                   "paid_but_closed.count < 2": (1, True)}
+    with pytest.raises(ConfigError, match="did you mean 'occurred_rate'"):
+        scenario_from_dict({"thresholds": ["paid_but_closed.occured_rate < 1"]}, "t.toml")

@@ -107,3 +107,31 @@ def test_censored_windows_in_a_checked_history() -> None:
     assert a["repair_s"] == {"median": None, "p99": None, "repaired_share": pytest.approx(1 / 3), "censored": 2,
                              "method": "kaplan-meier"}
     assert a["window_s"]["median"] == 100.0  # the truncated view, kept for schema 1 readers
+
+
+def test_double11_incidence_is_reported_beside_its_unresolved_rate(tmp_path, capsys) -> None:
+    """Double 11 midnight, shrunk with --set to its first minute of spike: most buyers who are told 'failed'
+    while charged are repaired within seconds, so the unresolved rate is 0 — and the results, the table
+    and the sentence report the incidence (the share of affected buyers) beside it."""
+    import json
+
+    from sim.cli import main
+
+    out = tmp_path / "d11"
+    rc = main(["simulate", "scenarios/double11_midnight.toml", "--set", "run.horizon=6m", "--set", "run.drain=30m",
+               "--replications", "1", "--quiet", "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    doc = json.loads((out / "results.json").read_text())
+    a = doc["anomalies"]["failure_shown_but_charged"]
+    assert doc["schema_version"] == 2
+    assert a["occurred_orders"] > 0.15 * doc["orders"]  # a large share of buyers lived through it
+    assert a["occurred_rate"] == pytest.approx(a["occurred_orders"] / doc["orders"])
+    assert a["occurred_orders"] <= a["occurred_count"]  # instances: a buyer may be told twice
+    lo, hi = a["occurred_ci95"]
+    assert 0 < lo <= a["occurred_rate"] <= hi < 1
+    assert a["unresolved_rate"] < a["occurred_rate"] / 10 and a["unresolved_ci95"][1] > 0
+    assert a["repair_s"]["repaired_share"] > 0.9 and a["repair_s"]["median"] is not None
+    share = R.share_text(a["occurred_rate"])
+    assert f"{share} of buyers ({a['occurred_orders']:,}) were told 'failed' while charged" in printed
+    assert "occurred" in printed and "unresolved" in printed
