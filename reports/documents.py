@@ -1,14 +1,15 @@
 """Reading the documents a report is drawn from: results (``docs/results.md``) and sweeps.
 
 A *results document* is the JSON that ``simulate``, ``check``, ``load`` and every sweep point write
-(``schema_version = 2``, or 1 without the occurred/repaired figures; ``kind`` one of ``simulation``, ``check``, ``live``, ``sweep_point``). This
+(``schema_version = 2``, or 1 without the occurred/repaired figures; ``kind`` one of ``simulation``,
+``check``, ``live``, ``sweep_point``). This
 module parses it itself (it does not depend on ``sim.results``) and checks only what the charts read,
 so a report can be drawn from any producer that keeps the contract.
 
 A *sweep document* wraps the results of a grid of scenario variants. Its shape (``kind = "sweep"``)::
 
     {
-      "schema_version": 1,
+      "schema_version": 2,
       "kind": "sweep",
       "scenario_name": "mall_pattern",                 // optional: the base scenario
       "vary":    {"order_service.order_ttl": ["5m", "15m", "30m"]},       // the x axis (first key)

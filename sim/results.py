@@ -773,9 +773,9 @@ def summary_table(doc: dict[str, Any], compact: bool = False) -> "Table":
 
 
 # metric -> (header with unit, how replications are combined)
-_METRIC_HEADERS = {"utilization": ("util (share busy)", "mean"), "wait_mean_s": ("wait mean", "mean"),
-                   "wait_p99_s": ("wait p99", "mean"), "queue_mean": ("queue (requests)", "mean"),
-                   "timeouts": ("timeouts", "total"), "served": ("served (requests)", "mean")}
+_METRIC_HEADERS = {"utilization": ("util\n(share busy)", "mean"), "wait_mean_s": ("wait mean\n(time)", "mean"),
+                   "wait_p99_s": ("wait p99\n(time)", "mean"), "queue_mean": ("queue\n(requests)", "mean"),
+                   "timeouts": ("timeouts\n(requests)", "total"), "served": ("served\n(requests)", "mean")}
 
 
 def _metric_cell(name: str, v: Any) -> str:
@@ -798,14 +798,14 @@ def _metrics_table(metrics: dict[str, Any], replications: int = 1) -> "Table":
 
     columns = list(dict.fromkeys(k for m in metrics.values() if isinstance(m, dict) for k in m))
     several = replications > 1
-    title = "capacity-limited actors" + (f": per-replication means over {replications} replications, "
-                                         "except totals marked (total)" if several else "")
+    title = "capacity-limited actors" + (f" ({replications} replications: mean/rep = mean of the replications, "
+                                         "total = summed over them)" if several else "")
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("actor", no_wrap=True)
     for c in columns:
         header, how = _METRIC_HEADERS.get(c, (c, "mean"))
         if several:
-            header += " (total)" if how == "total" else " (mean/rep)"
+            header += "\ntotal" if how == "total" else "\nmean/rep"
         table.add_column(header, justify="right", no_wrap=True)
     for actor, m in metrics.items():
         if not isinstance(m, dict):
