@@ -159,6 +159,7 @@ class CheckSummary:
     events: int = 0  # events fed
     late_events: int = 0  # events for an order after its order.end (dropped)
     unattributed_events: int = 0  # events with no ``order`` (other than run.*), ignored
+    orders_uncreated: int = 0  # orders in the window with an anomaly but no order.created (not in ``orders``)
     seed: int | None = None  # from run.start, when it carries one
 
     def to_dict(self) -> dict[str, Any]:
@@ -527,6 +528,8 @@ class Checker:
         self._finished = False
         self._orders = 0
         self._judgements = 0  # orders judged so far: tells one order's instances from the next one's
+        self._last_recorded = 0  # the judgement that last recorded a counted instance
+        self._uncreated = 0
         self._end_states: dict[str, int] = {}
         self._acc = {cls: _ClassAcc(self.config.max_window_samples) for cls in ANOMALY_CLASSES}
         # timeline, as sparse difference series keyed by bucket index
@@ -630,6 +633,7 @@ class Checker:
             events=self._events,
             late_events=self._late,
             unattributed_events=self._unattributed,
+            orders_uncreated=self._uncreated,
             seed=self._seed,
         )
 
@@ -701,6 +705,8 @@ class Checker:
                 self._orders += 1
                 name = _end_state(st)
                 self._end_states[name] = self._end_states.get(name, 0) + 1
+        elif counted and self._last_recorded == self._judgements:
+            self._uncreated += 1  # a charge without an order: an order the buyer believes in, for rates
 
     def _set_ostate(self, st: _OrderState, state: str, t: float) -> None:
         old = st.ostate
@@ -721,6 +727,7 @@ class Checker:
         _add(self._starts[cls], math.floor(start / self._bs), 1)
         if not counted:
             return
+        self._last_recorded = self._judgements
         acc = self._acc[cls]
         if stop is None:
             acc.u_start.append(start)

@@ -104,6 +104,7 @@ def build_results(
         "replications": len(summaries),
         "orders": sum(orders),
         "orders_per_replication": orders,
+        "orders_without_creation": sum(getattr(s, "orders_uncreated", 0) for s in summaries),
         "horizon_s": horizon_s if horizon_s is not None or first is None else first.horizon,
         "warmup_s": warmup_s if warmup_s is not None or first is None else first.warmup,
         "end_s": end_s if end_s is not None or first is None else first.end,
@@ -123,11 +124,11 @@ def _pool_class(cls: str, summaries: Sequence[CheckSummary]) -> dict[str, Any]:
     """One class over the replications: occurred, repaired and unresolved (orders, instances, rates with
     intervals), time to repair (Kaplan–Meier, open instances censored) and money (total and per replication)."""
     stats = [s.per_class[cls] for s in summaries]
-    orders = [s.orders for s in summaries]
+    orders = [_rate_orders(s) for s in summaries]
     count = sum(st.count for st in stats)
     repaired = sum(st.repaired for st in stats)
-    occ_orders = [getattr(st, "orders_occurred", min(st.count + st.repaired, s.orders)) for st, s in zip(stats, summaries)]
-    unres_orders = [getattr(st, "orders_unresolved", min(st.count, s.orders)) for st, s in zip(stats, summaries)]
+    occ_orders = [getattr(st, "orders_occurred", min(st.count + st.repaired, n)) for st, n in zip(stats, orders)]
+    unres_orders = [getattr(st, "orders_unresolved", min(st.count, n)) for st, n in zip(stats, orders)]
     measures = {
         "occurred": (occ_orders, count + repaired),
         "repaired": ([o - u for o, u in zip(occ_orders, unres_orders)], repaired),
@@ -168,6 +169,12 @@ def _pool_class(cls: str, summaries: Sequence[CheckSummary]) -> dict[str, Any]:
     total = sum(st.amount_fen for st in stats) / 100.0
     out.update(amount=total, amount_total=total, amount_per_replication=_mean_interval(amounts))
     return out
+
+
+def _rate_orders(s: CheckSummary) -> int:
+    """The orders a rate is a share of: those counted, plus those in the window with an anomaly but no
+    ``order.created`` (a charge without an order is an order to the buyer who paid)."""
+    return s.orders + getattr(s, "orders_uncreated", 0)
 
 
 def incidence(affected: Sequence[int], orders: Sequence[int]) -> dict[str, Any]:
@@ -736,6 +743,10 @@ def summary_table(doc: dict[str, Any], compact: bool = False) -> "Table":
     n_rep = doc.get("replications") or 0
     over = f" over {n_rep} replications" if n_rep > 1 else ""
     title = f"anomalies in {doc.get('orders', 0):,} orders{over}"
+    extra = doc.get("orders_without_creation") or 0
+    if extra:
+        title += (f" and {extra:,} charged without an order (rates are shares of the "
+                  f"{doc.get('orders', 0) + extra:,} together)")
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("anomaly", no_wrap=True)
     columns = _COMPACT_COLUMNS if compact else _WIDE_COLUMNS

@@ -293,7 +293,7 @@ def test_a_single_result_opens_with_its_rate_chart(tmp_path: Path) -> None:
         assert head in html
     assert "not reached" in html  # an instance still open at the end: its repair time is censored
     summary = results_summary(doc)
-    assert any(s.startswith("25% of buyers (2) paid for an order that was then closed") for s in summary)
+    assert any(s.startswith("22% of buyers (2) paid for an order that was then closed") for s in summary)
 
 
 def test_rate_chart_marks_zero_classes_with_an_upper_bound(tmp_path: Path) -> None:

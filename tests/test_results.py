@@ -308,7 +308,7 @@ def test_summary_table_has_a_row_per_class():
     text = console.export_text()
     assert "paid_but_closed" in text and "¥299.00" in text and "capacity-limited" in text
     assert "occurred" in text and "unresolved" in text and "not reached" in text and "Kaplan–Meier" in text
-    assert "25% of buyers (2) paid for an order that was then closed; 1 was repaired" in text
+    assert "22% of buyers (2) paid for an order that was then closed; 1 was repaired" in text
 
 
 @pytest.mark.parametrize("seconds, text", [
@@ -354,3 +354,24 @@ def test_thresholds_name_occurred_or_unresolved():
                    "paid_but_closed.count < 2": (1, True)}
     with pytest.raises(ConfigError, match="did you mean 'occurred_rate'"):
         scenario_from_dict({"thresholds": ["paid_but_closed.occured_rate < 1"]}, "t.toml")
+
+
+def test_charges_without_an_order_are_a_share_of_the_orders_at_stake():
+    """A charge whose order was never created is an order to the buyer who paid: such orders join the
+    denominator (orders_without_creation), so two of them beside one created order give 2/3 — never 2.0,
+    and never "count 1, rate 0, no interval" when no order was created at all."""
+    def charge(t, order, trade):
+        return {"t": t, "type": "ledger.txn", "order": order, "kind": "charge", "trade": trade,
+                "postings": [{"account": "user:u", "amount": -100}, {"account": "clearing", "amount": 100}]}
+
+    created = [{"t": 0.0, "type": "order.created", "order": "ok", "amount": 100, "expires_at": 900.0}]
+    orphans = [charge(5.0, "x1", "t1"), charge(6.0, "x2", "t2")]
+    for events, orders, uncreated, rate in ((created + orphans, 1, 2, 2 / 3), (orphans[:1], 0, 1, 1.0)):
+        s = check_events(events + [{"t": 50.0, "type": "run.end"}])
+        doc = R.build_results("check", [s], scenario=None, scenario_name=None, seed=None,
+                              horizon_s=None, warmup_s=None, end_s=None)
+        a = doc["anomalies"]["charge_without_order"]
+        assert (doc["orders"], doc["orders_without_creation"]) == (orders, uncreated)
+        assert a["count"] == uncreated and a["rate"] == pytest.approx(rate)
+        lo, hi = a["ci95"]
+        assert 0 < lo <= a["rate"] <= hi <= 1
