@@ -5,6 +5,7 @@ renderer), in the look of :mod:`reports.style`. Every function reads only the re
 (``docs/results.md``) and tolerates what a run may lack: zero classes, a missing interval, an empty
 timeline. :mod:`reports.render` decides which charts the inputs allow and saves them as PNG and SVG.
 
+* :func:`anomaly_rates` — each class's occurred and unresolved rates with intervals (one result);
 * :func:`sweep_rates` — anomaly rate against a swept parameter, one line per compared policy;
 * :func:`run_timeline` — orders by state, arrivals, fault windows and anomaly starts over time;
 * :func:`stuck_windows` — how long money was stuck (CDF per class) and money at risk over time;
@@ -96,6 +97,38 @@ def window_quantiles(a: Mapping[str, Any]) -> tuple[float | None, float | None]:
     if samples and p99 is None:
         p99 = float(np.quantile(samples, 0.99))
     return p50, p99
+
+
+def measure_interval(a: Mapping[str, Any], measure: str) -> tuple[float, float, float] | None:
+    """``(rate, low, high)`` of ``occurred``/``repaired``/``unresolved`` (schema 2), or None when the
+    document does not have it (schema 1 has the unresolved rate only, as ``rate``/``ci95``)."""
+    if f"{measure}_rate" not in a:
+        return rate_interval(a) if measure == "unresolved" and "rate" in a else None
+    r = float(a.get(f"{measure}_rate") or 0.0)
+    ci = a.get(f"{measure}_ci95")
+    return (r, float(ci[0]), float(ci[1])) if ci else (r, r, r)
+
+
+def _reached(seconds: float | None) -> str:
+    return "not reached" if seconds is None else fmt.duration(seconds)
+
+
+def repair_curve(a: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The Kaplan–Meier share repaired by time x from the pooled sample: ``(times, share, censored)``
+    where ``censored`` are the windows still open at the end (None without open/closed flags)."""
+    samples = a.get("window_samples") or []
+    flags = a.get("window_samples_open")
+    if not samples or flags is None or len(flags) != len(samples):
+        return None
+    t = np.asarray(samples, dtype=float)
+    opened = np.asarray(flags, dtype=bool)
+    censored = t[opened]
+    if opened.all():
+        return np.array([]), np.array([]), censored
+    from scipy.stats import CensoredData, ecdf
+
+    res = ecdf(CensoredData(uncensored=t[~opened], right=censored))
+    return res.sf.quantiles, 1.0 - res.sf.probabilities, censored
 
 
 def time_unit(span_s: float) -> tuple[float, str]:
@@ -323,6 +356,73 @@ def sweep_rates(sweep: Mapping[str, Any], classes: Sequence[str] | None = None) 
 
 
 # --------------------------------------------------------------------------------------------------
+# 1b. Each class's occurred and unresolved rates in one result
+
+MEASURE_LOOKS = (("occurred", "o", "occurred (arose at all)"), ("unresolved", "s", "unresolved at the end"))
+
+
+@styled
+def anomaly_rates(doc: Mapping[str, Any], classes: Sequence[str] | None = None) -> Figure:
+    """One row per class: the share of orders where it occurred and where it was still unresolved at the
+    end, each a dot with its 95% interval; zeros hollow at the axis with their upper bound drawn."""
+    names = list(classes) if classes else ordered_classes(doc.get("anomalies") or {})
+    values = [v for c in names for m, _, _ in MEASURE_LOOKS for v in (measure_interval(anomaly(doc, c), m) or ())]
+    floor = log_floor(values)
+    fig = Figure(figsize=(10.5, 1.9 + 0.48 * max(len(names), 1)), layout="constrained")
+    ax = fig.add_subplot()
+    trans = blended_transform_factory(ax.transAxes, ax.transData)
+    for row, cls in enumerate(names):
+        a = anomaly(doc, cls)
+        look = class_look(cls)
+        notes = []
+        for k, (measure, marker, _) in enumerate(MEASURE_LOOKS):
+            iv = measure_interval(a, measure)
+            if iv is None:
+                continue
+            r, lo, hi = iv
+            y = row + (-0.16 if k == 0 else 0.16)
+            if floor is not None:
+                r, lo, hi = (max(v, floor) for v in (r, lo, hi))
+            ax.plot([lo, hi], [y, y], color=look.color, lw=2.0, alpha=0.9 if k == 0 else 0.6, solid_capstyle="butt")
+            ax.plot([lo, hi], [y, y], ls="none", marker="|", ms=8, color=look.color)
+            zero = iv[0] <= 0
+            ax.plot([r], [y], marker=marker, ms=7, color=look.color, mfc="white" if zero or k == 1 else look.color,
+                    mec=look.color, mew=1.6, zorder=4, clip_on=False)
+            orders = a.get(f"{measure}_orders")
+            if orders is not None:
+                notes.append(f"{fmt.count(orders)}")
+        if notes:
+            ax.text(1.01, row, " / ".join(notes), transform=trans, va="center", fontsize=8.5, color="#333333")
+    ax.set_yticks(range(len(names)), names)
+    for lab, cls in zip(ax.get_yticklabels(), names):
+        lab.set_color(class_look(cls).color)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.grid(axis="y", visible=False)
+    if floor is not None:
+        ax.set_xscale("log")
+        _mark_floor(ax, floor, axis="x")
+    else:
+        ax.set_xlim(left=0)
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: fmt.rate(v)))
+    ax.set_xlabel("share of counted orders" + (" — log scale" if floor is not None else ""))
+    ax.text(1.01, 1.0, "orders\noccurred / unresolved", transform=ax.transAxes, fontsize=8, color="#555555",
+            va="bottom")
+    methods = sorted({str(anomaly(doc, c).get(f"{m}_ci_method")) for c in names for m, _, _ in MEASURE_LOOKS
+                      if anomaly(doc, c).get(f"{m}_ci_method")}) or sorted(
+        {str(anomaly(doc, c).get("ci_method")) for c in names if anomaly(doc, c).get("ci_method")})
+    handles = [Line2D([], [], color="#444444", marker=marker, mfc="#444444" if k == 0 else "white", lw=2,
+                      alpha=0.9 if k == 0 else 0.6, label=label) for k, (_, marker, label) in enumerate(MEASURE_LOOKS)]
+    handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="#555555", label="zero: bar = 95% upper bound"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=3,
+               title=f"95% intervals: {', '.join(methods) or 'none'}", title_fontsize=8.5)
+    reps = doc.get("replications")
+    over = f" over {reps} replications" if reps and reps > 1 else ""
+    fig.suptitle(f"{_title(doc)}: occurred and unresolved rates per class\n"
+                 f"({fmt.count(doc.get('orders'))} orders counted{over})", fontweight="bold", fontsize=11.5)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
 # 2. A run over time
 
 _STATE_ORDER = ("awaiting_payment", "paid", "refund_pending", "shipped", "delivered", "completed", "refunded", "closed")
@@ -478,8 +578,10 @@ def _duration_log_axis(axis: Any, lo: float, hi: float) -> None:
 
 @styled
 def stuck_windows(doc: Mapping[str, Any], classes: Sequence[str] | None = None) -> Figure:
-    """How long the parties disagreed: the CDF of ``window_samples`` per class with p50 and p99
-    marked, and (when there is a timeline) the money held by open anomalies over time."""
+    """How long the parties disagreed: per class, the Kaplan–Meier share of instances repaired by time x
+    (instances still open at the end are censored there, marked with a tick, not counted as repaired),
+    with p50 and p99 marked; and (when there is a timeline) the money held by open anomalies over time.
+    A schema 1 document, without open/closed flags, gets the plain CDF of its windows."""
     names = list(classes) if classes else [c for c in ordered_classes(doc.get("anomalies") or {})
                                            if anomaly(doc, c).get("window_samples")]
     tl = doc.get("timeline") or {}
@@ -490,6 +592,8 @@ def stuck_windows(doc: Mapping[str, Any], classes: Sequence[str] | None = None) 
     axes = fig.subplots(len(ratios), 1, height_ratios=ratios, squeeze=False)[:, 0]
     ax = axes[0]
     floor_note = False
+    any_censored = False
+    km = False
     all_samples: list[float] = []
     handles: list[Any] = []
     for cls in names:
@@ -499,19 +603,48 @@ def stuck_windows(doc: Mapping[str, Any], classes: Sequence[str] | None = None) 
             continue
         if (samples <= 0).any():
             floor_note = True
-            samples = np.maximum(samples, 0.1)
-        all_samples.extend(samples.tolist())
+        all_samples.extend(np.maximum(samples, 0.1).tolist())
         look = class_look(cls)
-        p50, p99 = window_quantiles(a)
-        y = np.arange(1, len(samples) + 1) / len(samples)
-        label = f"{cls} (n={len(samples)})\np50 {fmt.duration(p50)} · p99 {fmt.duration(p99)}"
-        ax.step(np.concatenate([[samples[0]], samples]), np.concatenate([[0.0], y]), where="post",
-                color=look.color, ls=look.linestyle, lw=1.8)
+        curve = repair_curve(a)
+        repair = a.get("repair_s") or {}
+        if curve is not None:
+            km = True
+            times, share, censored = curve
+            p50, p99 = repair.get("median"), repair.get("p99")
+            if len(times):
+                xs = np.maximum(np.concatenate([[times[0]], times]), 0.1)
+                ax.step(xs, np.concatenate([[0.0], share]), where="post", color=look.color, ls=look.linestyle,
+                        lw=1.8)
+                last = share[-1]
+            else:
+                last = 0.0
+            if len(censored):
+                any_censored = True
+                cx = np.maximum(censored, 0.1)
+                level = np.zeros(len(cx))
+                if len(times):  # the step function's value at each censoring time
+                    idx = np.searchsorted(np.maximum(times, 0.1), cx, side="right") - 1
+                    level = np.where(idx >= 0, share[np.clip(idx, 0, None)], 0.0)
+                ax.plot(cx, level, ls="none", marker="|", ms=9, mew=1.4, color=look.color, zorder=5)
+                ax.hlines(last, np.maximum(times[-1], 0.1) if len(times) else cx.min(), cx.max(), color=look.color,
+                          ls=look.linestyle, lw=1.2, alpha=0.7)
+            share_txt = f"{repair['repaired_share']:.0%} repaired by the end" if repair.get("repaired_share") is not None else ""
+            label = (f"{cls} (n={len(samples)}, {int(len(censored))} open at end)\n"
+                     f"p50 {_reached(p50)} · p99 {_reached(p99)}" + (f" · {share_txt}" if share_txt else ""))
+        else:
+            p50, p99 = window_quantiles(a)
+            y = np.arange(1, len(samples) + 1) / len(samples)
+            ax.step(np.maximum(np.concatenate([[samples[0]], samples]), 0.1), np.concatenate([[0.0], y]),
+                    where="post", color=look.color, ls=look.linestyle, lw=1.8)
+            label = f"{cls} (n={len(samples)})\np50 {fmt.duration(p50)} · p99 {fmt.duration(p99)}"
         handles.append(Line2D([], [], color=look.color, ls=look.linestyle, lw=1.8, marker=look.marker, ms=7,
                               mec="black", mew=0.5, label=label))
         for q, v in ((0.5, p50), (0.99, p99)):
             if v is not None:
                 ax.plot([max(v, 0.1)], [q], marker=look.marker, color=look.color, mec="black", mew=0.5, ms=7, zorder=5)
+    if any_censored:
+        handles.append(Line2D([], [], ls="none", marker="|", ms=9, mew=1.4, color="#444444",
+                              label="open at the end (censored there)"))
     if all_samples:
         ax.set_xscale("log")
         lo, hi = min(all_samples), max(all_samples)
@@ -523,14 +656,20 @@ def stuck_windows(doc: Mapping[str, Any], classes: Sequence[str] | None = None) 
             ax.text(1.005, q, text, transform=trans, va="center", fontsize=8, color="#555555")
         ax.set_ylim(0, 1.02)
         ax.yaxis.set_major_formatter(ticker.PercentFormatter(1.0))
-        ax.set_ylabel("share of instances with window ≤ x")
-        ax.set_xlabel("window: from when the parties disagreed until they agreed or observation ended (log scale)"
-                      + ("; zero windows drawn at 100ms" if floor_note else ""))
+        if km:
+            ax.set_ylabel("share repaired within x\n(Kaplan–Meier)")
+            ax.set_xlabel("time to repair, log scale (disagreement until agreement; still open: censored at the end)"
+                          + ("; zero drawn at 100ms" if floor_note else ""))
+        else:
+            ax.set_ylabel("share of instances with window ≤ x")
+            ax.set_xlabel("window: from when the parties disagreed until they agreed or observation ended (log scale)"
+                          + ("; zero windows drawn at 100ms" if floor_note else ""))
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.04, 1.0), title="class (instances sampled)",
                   labelspacing=0.9)
     else:
         _empty(ax, "no anomaly windows in these results")
-    ax.set_title("CDF of anomaly windows per class (markers: p50 and p99)", loc="left")
+    ax.set_title("time to repair per class, open instances censored (markers: p50 and p99)" if km else
+                 "CDF of anomaly windows per class (markers: p50 and p99)", loc="left")
 
     if has_money:
         axm = axes[1]

@@ -1,14 +1,15 @@
 """Reading the documents a report is drawn from: results (``docs/results.md``) and sweeps.
 
 A *results document* is the JSON that ``simulate``, ``check``, ``load`` and every sweep point write
-(``schema_version = 1``, ``kind`` one of ``simulation``, ``check``, ``live``, ``sweep_point``). This
+(``schema_version = 2``, or 1 without the occurred/repaired figures; ``kind`` one of ``simulation``,
+``check``, ``live``, ``sweep_point``). This
 module parses it itself (it does not depend on ``sim.results``) and checks only what the charts read,
 so a report can be drawn from any producer that keeps the contract.
 
 A *sweep document* wraps the results of a grid of scenario variants. Its shape (``kind = "sweep"``)::
 
     {
-      "schema_version": 1,
+      "schema_version": 2,
       "kind": "sweep",
       "scenario_name": "mall_pattern",                 // optional: the base scenario
       "vary":    {"order_service.order_ttl": ["5m", "15m", "30m"]},       // the x axis (first key)
@@ -36,7 +37,8 @@ from typing import Any, Mapping
 
 from sim.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (1, 2)  # a report still draws version 1 (unresolved rates only)
 RESULT_KINDS = ("simulation", "check", "live", "sweep_point")
 SWEEP_KIND = "sweep"
 
@@ -67,9 +69,9 @@ def check_document(doc: Any, source: str = "<results>") -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: expected a JSON object (a results document), found {_kind_of(doc)}")
     version = doc.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in SCHEMA_VERSIONS or isinstance(version, bool):
         found = "no schema_version" if "schema_version" not in doc else f"schema_version {version!r}"
-        raise ConfigError(f"{source}: expected schema_version {SCHEMA_VERSION} (docs/results.md), found {found}")
+        raise ConfigError(f"{source}: expected schema_version {SCHEMA_VERSION} (or 1, docs/results.md), found {found}")
     kind = doc.get("kind")
     if kind == SWEEP_KIND:
         _check_sweep(doc, source)
@@ -112,13 +114,19 @@ def _check_results(doc: Mapping[str, Any], source: str) -> None:
     for cls, a in anomalies.items():
         key = f"anomalies.{cls}"
         _expect(isinstance(a, dict), source, key, "an object", a)
-        for field in ("count", "rate"):
+        for field in ("count", "rate", "occurred_rate", "unresolved_rate", "occurred_orders", "unresolved_orders"):
             if a.get(field) is not None:
                 _expect(_is_number(a[field]), source, f"{key}.{field}", "a number", a[field])
-        ci = a.get("ci95")
-        if ci is not None:
-            _expect(isinstance(ci, list) and len(ci) == 2 and all(_is_number(v) for v in ci),
-                    source, f"{key}.ci95", "null or [low, high]", ci)
+        for field in ("ci95", "occurred_ci95", "unresolved_ci95"):
+            ci = a.get(field)
+            if ci is not None:
+                _expect(isinstance(ci, list) and len(ci) == 2 and all(_is_number(v) for v in ci),
+                        source, f"{key}.{field}", "null or [low, high]", ci)
+        flags = a.get("window_samples_open")
+        if flags is not None:
+            _expect(isinstance(flags, list) and all(isinstance(v, bool) for v in flags)
+                    and len(flags) == len(a.get("window_samples") or []), source, f"{key}.window_samples_open",
+                    "a list of booleans, one per window sample", flags)
         samples = a.get("window_samples")
         if samples is not None:
             _expect(isinstance(samples, list) and all(_is_number(v) for v in samples),

@@ -17,6 +17,7 @@ from reports import fmt
 from reports.charts import (
     anomaly,
     intervals_overlap,
+    measure_interval,
     nonzero_classes,
     rate_interval,
     sweep_series,
@@ -91,32 +92,96 @@ def _class_cell(cls: str) -> str:
     return f'<span class="swatch" style="background:{class_look(cls).color}"></span>{esc(cls)}'
 
 
+def _rate_cell(a: Mapping[str, Any], measure: str) -> str:
+    iv = measure_interval(a, measure)
+    if iv is None:
+        return "—"
+    ci = a.get(f"{measure}_ci95", a.get("ci95") if measure == "unresolved" else None)
+    return f"{fmt.rate(iv[0])} {fmt.interval(ci)}" if ci else fmt.rate(iv[0])
+
+
+def _repair_cell(a: Mapping[str, Any], key: str) -> str:
+    repair = a.get("repair_s")
+    if not repair:
+        return "—"
+    value = repair.get(key)
+    return "not reached" if value is None else fmt.duration(value)
+
+
 def anomaly_table(doc: Mapping[str, Any]) -> str:
-    """Every anomaly class: unresolved count, repaired, rate, CI, window p50/p99 and money held."""
+    """Every anomaly class: orders where it occurred, was repaired and was left unresolved, the occurred and
+    unresolved rates with 95% intervals, Kaplan–Meier time to repair, and money held at the end (total and
+    per replication)."""
     rows = []
-    for cls in ordered_classes(doc.get("anomalies") or {}):
+    anomalies = doc.get("anomalies") or {}
+    reps = doc.get("replications") or 1
+    for cls in ordered_classes(anomalies):
         a = anomaly(doc, cls)
-        p50, p99 = window_quantiles(a)
-        zero = not (a.get("count") or a.get("rate") or a.get("repaired"))
-        cells = [_class_cell(cls), esc(fmt.count(a.get("count"))), esc(fmt.count(a.get("repaired"))),
-                 esc(fmt.rate(a.get("rate"))), esc(fmt.interval(a.get("ci95"))), esc(fmt.duration(p50)),
-                 esc(fmt.duration(p99)), esc(fmt.money(a.get("amount")))]
+        repair = a.get("repair_s") or {}
+        share = repair.get("repaired_share")
+        per = a.get("amount_per_replication") or {}
+        per_text = "—"
+        if per.get("mean") is not None:
+            per_text = fmt.money(per["mean"]) + (f" [{fmt.money(per['ci95'][0])}, {fmt.money(per['ci95'][1])}]"
+                                                 if per.get("ci95") else "")
+        zero = not (a.get("occurred_orders") or a.get("count") or a.get("rate") or a.get("repaired"))
+        cells = [_class_cell(cls), esc(fmt.count(a.get("occurred_orders"))), esc(_rate_cell(a, "occurred")),
+                 esc(fmt.count(a.get("repaired_orders"))), esc(fmt.count(a.get("unresolved_orders", a.get("count")))),
+                 esc(_rate_cell(a, "unresolved")), esc("—" if share is None else f"{share:.0%}"),
+                 esc(_repair_cell(a, "median")), esc(_repair_cell(a, "p99")), esc(fmt.money(a.get("amount")))]
+        if reps > 1:
+            cells.append(esc(per_text))
         rows.append(f'<tr class="{"zero" if zero else ""}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    methods = sorted({str(a.get("ci_method")) for a in (doc.get("anomalies") or {}).values() if a.get("ci_method")})
-    head = ("<tr><th>anomaly class</th><th>unresolved</th><th>repaired</th><th>rate per order</th>"
-            f"<th>95% CI{esc(' (' + ', '.join(methods) + ')') if methods else ''}</th><th>window p50</th>"
-            "<th>window p99</th><th>money held</th></tr>")
-    return f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
+    methods = sorted({str(a.get(k)) for a in anomalies.values() for k in ("occurred_ci_method", "unresolved_ci_method")
+                      if a.get(k)} or {str(a.get("ci_method")) for a in anomalies.values() if a.get("ci_method")})
+    total = f" (total over {reps} replications)" if reps > 1 else ""
+    head = ("<tr><th>anomaly class</th>"
+            f"<th>occurred<br>(orders{esc(total)})</th><th>occurred rate<br>per order [95% CI]</th>"
+            f"<th>repaired<br>(orders)</th><th>unresolved at end<br>(orders)</th><th>unresolved rate<br>per order [95% CI]</th>"
+            "<th>repaired by end<br>(share of instances)</th><th>time to repair<br>p50 (Kaplan–Meier)</th>"
+            "<th>time to repair<br>p99 (Kaplan–Meier)</th>"
+            f"<th>money held at end<br>(CNY{esc(', total' if reps > 1 else '')})</th>"
+            + ("<th>money held at end<br>(CNY per replication, mean [95% CI])</th>" if reps > 1 else "") + "</tr>")
+    note = (f'<p class="muted">95% intervals: {esc(", ".join(methods) or "none")} — exact (Clopper–Pearson) over all '
+            "counted orders; where replications vary more than binomially, at the effective number of orders their "
+            "spread implies (docs/results.md). Time to repair treats an instance still open at the end as censored "
+            "there; “not reached” means fewer than that share was repaired by the end.</p>")
+    return f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>{note}'
 
 
-def _kv_table(data: Mapping[str, Any], key_header: str) -> str:
-    """Rows of a mapping of mappings (metrics per actor), columns the union of their keys."""
+_METRIC_LABELS = {"utilization": ("utilisation", "share busy"), "wait_mean_s": ("wait mean", "time"),
+                  "wait_p99_s": ("wait p99", "time"), "queue_mean": ("queue", "requests"),
+                  "served": ("served", "requests"), "timeouts": ("timeouts", "requests")}
+_TOTALS = ("timeouts",)  # summed over replications by sim.results; every other metric is a per-replication mean
+
+
+def _metric_text(name: str, value: Any) -> str:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return fmt.number(value)
+    if name.endswith("_s"):
+        return fmt.duration(value)
+    if name == "utilization":
+        return f"{value:.0%}" if value >= 0.01 or value == 0 else f"{value:.2%}"
+    if float(value).is_integer() or abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.2f}" if abs(value) >= 1 else f"{value:.2g}"
+
+
+def _metrics_table(data: Mapping[str, Any], replications: int) -> str:
+    """Per actor, each metric with its unit and whether it is a per-replication mean or a total."""
     rows = {k: v for k, v in data.items() if isinstance(v, Mapping)}
     if not rows:
         return ""
     cols = list(dict.fromkeys(c for v in rows.values() for c in v))
-    head = f"<tr><th>{esc(key_header)}</th>" + "".join(f"<th>{esc(c)}</th>" for c in cols) + "</tr>"
-    body = "".join(f"<tr><td>{esc(k)}</td>" + "".join(f"<td>{esc(fmt.number(v.get(c)))}</td>" for c in cols) + "</tr>"
+
+    def header(c: str) -> str:
+        name, unit = _METRIC_LABELS.get(c, (c, ""))
+        how = ("total" if c in _TOTALS else "mean per replication") if replications > 1 else ""
+        detail = ", ".join(x for x in (unit, how) if x)
+        return f"<th>{esc(name)}" + (f"<br>({esc(detail)})" if detail else "") + "</th>"
+
+    head = "<tr><th>actor</th>" + "".join(header(c) for c in cols) + "</tr>"
+    body = "".join(f"<tr><td>{esc(k)}</td>" + "".join(f"<td>{esc(_metric_text(c, v.get(c)))}</td>" for c in cols) + "</tr>"
                    for k, v in rows.items())
     return f'<div class="scroll"><table>{head}{body}</table></div>'
 
@@ -154,10 +219,12 @@ def results_section(i: int, doc: Mapping[str, Any], charts: Sequence[Chart], sou
         parts.append(f"<p>{esc(scenario['description'])}</p>")
     parts.append(_facts(doc, source))
     parts.append('<div class="summary">' + _list(results_summary(doc)) + "</div>")
+    first = [c for c in charts if c.kind == "rates"]
+    parts.extend(figure(c) for c in first)  # the report of one result opens with its rates
     parts.append("<h3>Anomalies</h3>" + anomaly_table(doc))
-    parts.extend(figure(c) for c in charts)
+    parts.extend(figure(c) for c in charts if c.kind != "rates")
     if doc.get("metrics"):
-        parts.append("<h3>Queues and latency per actor</h3>" + _kv_table(doc["metrics"], "actor"))
+        parts.append("<h3>Queues and latency per actor</h3>" + _metrics_table(doc["metrics"], doc.get("replications") or 1))
     if doc.get("end_states"):
         states = ", ".join(f"{k} {fmt.count(v)}" for k, v in doc["end_states"].items())
         parts.append(f'<p class="muted">Order end states: {esc(states)}.</p>')
@@ -240,8 +307,9 @@ def render_index(docs: Sequence[Mapping[str, Any]], charts: Sequence[Chart], pai
 <body>
 <main>
 <h1>checkout-chaos report</h1>
-<p class="meta">{esc(names)} · {len(docs)} document{'s' if len(docs) != 1 else ''} · rates are unresolved anomalies
-per order counted; windows run from when the parties disagreed until they agreed or observation ended; money in CNY.</p>
+<p class="meta">{esc(names)} · {len(docs)} document{'s' if len(docs) != 1 else ''} · rates are shares of the orders
+counted: “occurred” where an anomaly arose at all, “unresolved” where it was still open at the end of observation; time
+to repair runs from when the parties disagreed until they agreed again, open instances censored at the end; money in CNY.</p>
 <div class="summary"><b>Summary</b><ul>{"".join(f"<li><b>{esc(who)}</b>: {esc(what)}</li>" for who, what in top_summary(docs, pairs))}</ul></div>
 {nav}
 {chr(10).join(sections)}

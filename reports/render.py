@@ -23,7 +23,7 @@ PNG_DPI = 110
 class Chart:
     """One chart written to disk, and where it belongs in the report."""
 
-    kind: str  # "sweep_rates" | "timeline" | "windows" | "story" | "predicted_vs_measured"
+    kind: str  # "rates" | "sweep_rates" | "timeline" | "windows" | "story" | "predicted_vs_measured"
     title: str
     caption: str
     png: Path
@@ -122,6 +122,12 @@ def render_charts(docs: Sequence[Mapping[str, Any]], out_dir: Path, *,
                  f"One line per {', '.join(lines) or 'series'}; shaded bands are 95% confidence intervals; "
                  "hollow markers are zero.", ch.sweep_rates(doc), f"{prefix}sweep-rates", i)
             continue
+        if doc.get("anomalies"):
+            emit("rates", "How often each anomaly occurred, and how often it was left unresolved",
+                 "Per class, the share of counted orders where it arose at all (filled dot) and where it was "
+                 "still unresolved at the end of observation (hollow square), each with its 95% interval; a "
+                 "zero is drawn at the axis with its upper bound. Numbers on the right: orders affected.",
+                 ch.anomaly_rates(doc), f"{prefix}rates", i)
         tl = doc.get("timeline") or {}
         if tl.get("t"):
             emit("timeline", "A run over time",
@@ -130,8 +136,10 @@ def render_charts(docs: Sequence[Mapping[str, Any]], out_dir: Path, *,
         if (any(ch.anomaly(doc, c).get("window_samples") for c in doc.get("anomalies") or {})
                 or any(tl.get("money_at_risk") or ())):
             emit("windows", "How long money was stuck",
-                 "Share of anomaly instances whose window (disagreement until agreement or the end of "
-                 "observation) was at most x, with p50 and p99 marked; money held by open anomalies over time.",
+                 "Per class, the Kaplan–Meier share of anomaly instances repaired (the parties agreed again) "
+                 "within x; an instance still open at the end of observation is censored there (a tick), not "
+                 "counted as repaired, so a curve that stays below 100% is money never repaired; p50 and p99 "
+                 "marked (\"not reached\" when the curve never gets there); money held by open anomalies over time.",
                  ch.stuck_windows(doc), f"{prefix}windows", i)
         chosen = choose_example(doc, example_class)
         if chosen:

@@ -45,25 +45,52 @@ def headline(doc: Mapping[str, Any]) -> str:
     return f"{doc_name(doc)} ({what.get(str(doc.get('kind')), doc.get('kind'))}): " + " ".join(parts) + "."
 
 
+def _occurred(a: Mapping[str, Any]) -> int:
+    """Orders where the class arose (schema 1: the unresolved instances, all it knows)."""
+    return int(a.get("occurred_orders", a.get("count")) or 0)
+
+
 def class_sentence(cls: str, a: Mapping[str, Any]) -> str:
-    count = a.get("count") or 0
-    text = f"{cls}: {fmt.count(count)} left unresolved (rate {fmt.rate(a.get('rate'))} per order"
-    text += f", 95% CI {fmt.interval(a.get('ci95'))})" if a.get("ci95") else ")"
-    p50, p99 = window_quantiles(a)
-    if p50 is not None:
-        text += f"; the parties disagreed for a median {fmt.duration(p50)} (p99 {fmt.duration(p99)})"
+    """What buyers lived through, then the figures: occurred and unresolved rates with their intervals,
+    time to repair, money held at the end."""
+    from sim.results import buyer_sentence
+
+    text = buyer_sentence(cls, dict(a), fmt.duration) or f"{cls}: none"
+    if "occurred_rate" in a:
+        text += (f" ({cls}: occurred {fmt.rate(a.get('occurred_rate'))} per order, 95% CI "
+                 f"{fmt.interval(a.get('occurred_ci95'))}; unresolved {fmt.rate(a.get('unresolved_rate'))}, "
+                 f"95% CI {fmt.interval(a.get('unresolved_ci95'))}")
+        repair = a.get("repair_s") or {}
+        if repair and repair.get("p99") is not None:
+            text += f"; p99 time to repair {fmt.duration(repair['p99'])}"
+        elif repair and repair.get("median") is not None:
+            text += "; p99 time to repair not reached"
+    else:  # schema 1
+        text += f" ({cls}: rate {fmt.rate(a.get('rate'))} per order"
+        text += f", 95% CI {fmt.interval(a.get('ci95'))}" if a.get("ci95") else ""
+        p50, p99 = window_quantiles(a)
+        if p50 is not None:
+            text += f"; the parties disagreed for a median {fmt.duration(p50)} (p99 {fmt.duration(p99)})"
     if a.get("amount"):
+        per = a.get("amount_per_replication") or {}
         text += f"; {fmt.money(a['amount'])} still held at the end"
-    if a.get("repaired"):
-        text += f"; {fmt.count(a['repaired'])} more were repaired before the end"
-    return text + "."
+        if per.get("ci95"):
+            text += (f" (total; per replication {fmt.money(per['mean'])} "
+                     f"[{fmt.money(per['ci95'][0])}, {fmt.money(per['ci95'][1])}])")
+    return text + ")."
+
+
+def _by_occurrence(doc: Mapping[str, Any]) -> list[str]:
+    anomalies = doc.get("anomalies") or {}
+    found = [c for c in ordered_classes(anomalies) if _occurred(anomaly(doc, c)) or occurred(anomaly(doc, c))]
+    return sorted(found, key=lambda c: -(anomaly(doc, c).get("occurred_rate", anomaly(doc, c).get("rate")) or 0))
 
 
 def results_summary(doc: Mapping[str, Any]) -> list[str]:
     """Sentences about one results document (beside its facts), the most frequent anomaly first."""
     out: list[str] = []
     anomalies = doc.get("anomalies") or {}
-    found = sorted(nonzero_classes([doc]), key=lambda c: -(anomaly(doc, c).get("rate") or 0))
+    found = _by_occurrence(doc)
     if not found:
         repaired = sum(int(a.get("repaired") or 0) for a in anomalies.values())
         out.append("No anomaly of any class was left unresolved: orders, payments, agreements and ledgers ended "
@@ -79,7 +106,10 @@ def results_summary(doc: Mapping[str, Any]) -> list[str]:
     if faults:
         out.append("Fault windows: " + "; ".join(
             f"{f.get('label') or 'fault'} ({fmt.duration(f['from'])}–{fmt.duration(f['to'])})" for f in faults) + ".")
-    methods = {a.get("ci_method") for a in anomalies.values()}
+    methods = {a.get("ci_method") for a in anomalies.values()} | {a.get("occurred_ci_method") for a in anomalies.values()}
+    if "clopper-pearson-effective-n" in methods:
+        out.append("Where replications varied more than binomially, the interval is the exact one at the effective "
+                   "number of orders their spread implies (wider than treating every order as independent).")
     if doc.get("replications") == 1 and "wilson" in methods:
         out.append("One replication: the intervals are Wilson score intervals on the count.")
     elif doc.get("replications") == 1 and not any(a.get("ci95") for a in anomalies.values()):
@@ -163,19 +193,19 @@ def top_summary(docs: Sequence[Mapping[str, Any]], pairs: Sequence[tuple[int, in
         if doc.get("kind") == "sweep":
             out.append((f"Sweep {doc_name(doc)}", " ".join(sweep_summary(doc)[:4])))
             continue
-        found = sorted(nonzero_classes([doc]), key=lambda c: -(anomaly(doc, c).get("rate") or 0))
+        found = _by_occurrence(doc)
         who, _, facts = headline(doc).partition(": ")
         if not found:
             out.append((who, facts + " No anomaly was left unresolved."))
             continue
         top = found[0]
         a = anomaly(doc, top)
-        p50, _ = window_quantiles(a)
+        from sim.results import buyer_sentence
+
+        lived = buyer_sentence(top, dict(a), fmt.duration)
         money = sum(float(x.get("amount") or 0) for x in (doc.get("anomalies") or {}).values())
         text = (f"{facts} {len(found)} anomaly class{'es' if len(found) != 1 else ''} occurred; the most frequent, "
-                f"{top}, hit {fmt.rate(a.get('rate'))} of orders" + (f" {fmt.interval(a.get('ci95'))}" if a.get("ci95") else ""))
-        if p50 is not None:
-            text += f" and lasted a median {fmt.duration(p50)}"
+                f"{top}: {lived}")
         text += f"; {fmt.money(money)} was still held at the end." if money else "."
         out.append((who, text))
     for s, l in pairs:

@@ -136,6 +136,9 @@ class ClassStats:
     window_max: float = 0.0  # exact, over all instances
     window_sum: float = 0.0  # exact, over all instances
     n_windows: int = 0  # all instances (count + repaired)
+    windows_open: list[bool] = field(default_factory=list)  # per ``windows`` item: still open (censored at end)
+    orders_occurred: int = 0  # counted orders with at least one instance (repaired or not)
+    orders_unresolved: int = 0  # counted orders with an instance still open at the end
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -156,6 +159,7 @@ class CheckSummary:
     events: int = 0  # events fed
     late_events: int = 0  # events for an order after its order.end (dropped)
     unattributed_events: int = 0  # events with no ``order`` (other than run.*), ignored
+    orders_uncreated: int = 0  # orders in the window with an anomaly but no order.created (not in ``orders``)
     seed: int | None = None  # from run.start, when it carries one
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,7 +191,8 @@ class _Samples:
 class _ClassAcc:
     """Per-class accumulator while streaming; unresolved windows wait for the end of observation."""
 
-    __slots__ = ("repaired", "rmax", "rsum", "samples", "u_start", "u_amount", "first", "last", "worst_r", "worst_u")
+    __slots__ = ("repaired", "rmax", "rsum", "samples", "u_start", "u_amount", "first", "last", "worst_r", "worst_u",
+                 "r_orders", "r_judge", "u_judge")
 
     def __init__(self, cap: int) -> None:
         self.repaired = 0
@@ -196,6 +201,9 @@ class _ClassAcc:
         self.samples = _Samples(cap)  # items: (window or None, start)
         self.u_start = array("d")
         self.u_amount = array("q")
+        self.r_orders = 0  # orders with a repaired instance
+        self.r_judge = -1  # the judgement that last recorded a repaired instance
+        self.u_judge = array("q")  # per unresolved instance: its judgement, negated when that order also had a repaired one
         self.first: dict[str, Any] | None = None
         self.last: dict[str, Any] | None = None
         self.worst_r: dict[str, Any] | None = None  # longest resolved window
@@ -519,6 +527,9 @@ class Checker:
         self._seed: int | None = None
         self._finished = False
         self._orders = 0
+        self._judgements = 0  # orders judged so far: tells one order's instances from the next one's
+        self._last_recorded = 0  # the judgement that last recorded a counted instance
+        self._uncreated = 0
         self._end_states: dict[str, int] = {}
         self._acc = {cls: _ClassAcc(self.config.max_window_samples) for cls in ANOMALY_CLASSES}
         # timeline, as sparse difference series keyed by bucket index
@@ -622,6 +633,7 @@ class Checker:
             events=self._events,
             late_events=self._late,
             unattributed_events=self._unattributed,
+            orders_uncreated=self._uncreated,
             seed=self._seed,
         )
 
@@ -630,6 +642,7 @@ class Checker:
 
     def _judge(self, order: Any, events: list[dict[str, Any]], end_hint: float) -> None:
         cfg = self.config
+        self._judgements += 1
         events.sort(key=_BY_T)  # stable: equal times keep arrival order
         created_t = self._created.pop(order, None)
         first_t = created_t if created_t is not None else events[0]["t"]
@@ -692,6 +705,8 @@ class Checker:
                 self._orders += 1
                 name = _end_state(st)
                 self._end_states[name] = self._end_states.get(name, 0) + 1
+        elif counted and self._last_recorded == self._judgements:
+            self._uncreated += 1  # a charge without an order: an order the buyer believes in, for rates
 
     def _set_ostate(self, st: _OrderState, state: str, t: float) -> None:
         old = st.ostate
@@ -712,14 +727,19 @@ class Checker:
         _add(self._starts[cls], math.floor(start / self._bs), 1)
         if not counted:
             return
+        self._last_recorded = self._judgements
         acc = self._acc[cls]
         if stop is None:
             acc.u_start.append(start)
             acc.u_amount.append(int(amount))
+            acc.u_judge.append(-self._judgements if acc.r_judge == self._judgements else self._judgements)
             acc.samples.add((None, start))
         else:
             window = stop - start
             acc.repaired += 1
+            if acc.r_judge != self._judgements:
+                acc.r_judge = self._judgements
+                acc.r_orders += 1
             acc.rsum += window
             if window > acc.rmax:
                 acc.rmax = window
@@ -742,14 +762,17 @@ class Checker:
         count = amount = 0
         usum = 0.0
         umax = 0.0
-        for start, amt in zip(acc.u_start, acc.u_amount):
+        u_orders: set[int] = set()
+        for start, amt, judge in zip(acc.u_start, acc.u_amount, acc.u_judge):
             if start >= end:
                 continue  # a deadline that fell after the end of observation
+            u_orders.add(judge)
             count += 1
             amount += amt
             usum += end - start
             umax = max(umax, end - start)
-        windows = [end - s if w is None else w for w, s in acc.samples.items if w is not None or s < end]
+        kept = [(w, s) for w, s in acc.samples.items if w is not None or s < end]
+        windows = [end - s if w is None else w for w, s in kept]
         stats = ClassStats(
             count=count,
             repaired=acc.repaired,
@@ -758,6 +781,9 @@ class Checker:
             window_max=max(acc.rmax, umax),
             window_sum=acc.rsum + usum,
             n_windows=count + acc.repaired,
+            windows_open=[w is None for w, _ in kept],
+            orders_occurred=acc.r_orders + sum(1 for j in u_orders if j > 0),
+            orders_unresolved=len(u_orders),
         )
         return stats, _pick_examples(acc, end)
 

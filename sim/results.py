@@ -1,9 +1,10 @@
 """One results document for every producer (``simulate``, ``check``, ``load``, sweep points).
 
 :func:`build_results` pools the :class:`~sim.check.CheckSummary` of each replication into the shape of
-``docs/results.md``: rates with 95% confidence intervals (a t-interval over replications, or a Wilson
-score interval for a single one), window lengths, money at stake, end states, a timeline and example
-histories. :func:`canonical_json` makes the bytes a pure function of the content (sorted keys, floats
+``docs/results.md``: for every class the orders where it occurred, was repaired and was left unresolved,
+each as a share of counted orders with a pooled exact (Clopper–Pearson) interval and, beside it, the
+between-replication interval; time to repair by Kaplan–Meier (open instances censored at the end);
+money held at the end (total and per replication); end states, a timeline and example histories. :func:`canonical_json` makes the bytes a pure function of the content (sorted keys, floats
 rounded to 9 significant digits), so two runs with the same scenario and seed give identical files
 outside ``run_info``; :func:`write_results` never leaves a half-written file.
 """
@@ -44,9 +45,17 @@ __all__ = [
     "human_duration",
     "t_interval",
     "wilson_interval",
+    "exact_interval",
+    "between_interval",
+    "dispersion_p",
+    "effective_interval",
+    "incidence",
+    "kaplan_meier_quantiles",
+    "buyer_sentence",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+OVERDISPERSION_P = 0.05  # below it the replications vary more than binomially
 MAX_WINDOW_SAMPLES = 500
 RESULTS_FILE = "results.json"
 _Z95 = 1.959963984540054  # standard normal quantile at 0.975
@@ -95,6 +104,7 @@ def build_results(
         "replications": len(summaries),
         "orders": sum(orders),
         "orders_per_replication": orders,
+        "orders_without_creation": sum(getattr(s, "orders_uncreated", 0) for s in summaries),
         "horizon_s": horizon_s if horizon_s is not None or first is None else first.horizon,
         "warmup_s": warmup_s if warmup_s is not None or first is None else first.warmup,
         "end_s": end_s if end_s is not None or first is None else first.end,
@@ -111,52 +121,231 @@ def build_results(
 
 
 def _pool_class(cls: str, summaries: Sequence[CheckSummary]) -> dict[str, Any]:
+    """One class over the replications: occurred, repaired and unresolved (orders, instances, rates with
+    intervals), time to repair (Kaplan–Meier, open instances censored) and money (total and per replication)."""
     stats = [s.per_class[cls] for s in summaries]
+    orders = [_rate_orders(s) for s in summaries]
     count = sum(st.count for st in stats)
-    per_rep = [st.count / s.orders if s.orders else None for st, s in zip(stats, summaries)]
-    rates = [r for r in per_rep if r is not None]
-    if len(rates) >= 2:
-        rate = sum(rates) / len(rates)
-        ci: list[float] | None = list(t_interval(rates))
-        method: str | None = "t"
-    elif len(rates) == 1:
-        s, st = next((s, st) for s, st in zip(summaries, stats) if s.orders)
-        rate = st.count / s.orders
-        ci, method = list(wilson_interval(st.count, s.orders)), "wilson"
-    else:
-        rate, ci, method = 0.0, None, None
+    repaired = sum(st.repaired for st in stats)
+    occ_orders = [getattr(st, "orders_occurred", min(st.count + st.repaired, n)) for st, n in zip(stats, orders)]
+    unres_orders = [getattr(st, "orders_unresolved", min(st.count, n)) for st, n in zip(stats, orders)]
+    measures = {
+        "occurred": (occ_orders, count + repaired),
+        "repaired": ([o - u for o, u in zip(occ_orders, unres_orders)], repaired),
+        "unresolved": (unres_orders, count),
+    }
+    out: dict[str, Any] = {}
+    for name, (per_rep_orders, instances) in measures.items():
+        est = incidence(per_rep_orders, orders)
+        out[f"{name}_count"] = instances
+        out[f"{name}_orders"] = sum(per_rep_orders)
+        for key, value in est.items():
+            out[f"{name}_{key}"] = value
+    # v1 names, same meaning: unresolved instances, repaired instances, the unresolved rate and its interval
+    out.update(count=count, repaired=repaired, rate=out["unresolved_rate"], ci95=out["unresolved_ci95"],
+               ci_method=out["unresolved_ci_method"], per_replication=out["unresolved_per_replication"])
+
     n_windows = sum(st.n_windows for st in stats)
-    weighted = [(w, st.n_windows / len(st.windows)) for st in stats if st.windows for w in st.windows]
+    weighted = [(w, st.n_windows / len(st.windows), bool(flag))
+                for st in stats if st.windows
+                for w, flag in zip(st.windows, getattr(st, "windows_open", None) or [False] * len(st.windows))]
     window_s = None
     if n_windows:
+        pairs = [(w, wt) for w, wt, _ in weighted]
         window_s = {
-            "median": _weighted_quantile(weighted, 0.5),
-            "p99": _weighted_quantile(weighted, 0.99),
+            "median": _weighted_quantile(pairs, 0.5),
+            "p99": _weighted_quantile(pairs, 0.99),
             "max": max(st.window_max for st in stats),
             "mean": sum(st.window_sum for st in stats) / n_windows,
         }
-    return {
-        "count": count,
-        "repaired": sum(st.repaired for st in stats),
-        "rate": rate,
-        "ci95": ci,
-        "ci_method": method,
-        "per_replication": per_rep,
-        "window_s": window_s,
-        "window_samples": _pooled_samples(weighted),
-        "amount": sum(st.amount_fen for st in stats) / 100.0,
-    }
+    samples = _pooled_samples(weighted)
+    out.update(
+        window_s=window_s,
+        window_samples=[v for v, _ in samples],
+        window_samples_open=[o for _, o in samples],
+        repair_s=_repair_times(weighted, repaired, count),
+    )
+    amounts = [st.amount_fen / 100.0 for st in stats]
+    total = sum(st.amount_fen for st in stats) / 100.0
+    out.update(amount=total, amount_total=total, amount_per_replication=_mean_interval(amounts))
+    return out
 
 
-def t_interval(rates: Sequence[float]) -> tuple[float, float]:
-    """95% Student-t interval of the mean of per-replication rates, clipped at 0."""
+def _rate_orders(s: CheckSummary) -> int:
+    """The orders a rate is a share of: those counted, plus those in the window with an anomaly but no
+    ``order.created`` (a charge without an order is an order to the buyer who paid)."""
+    return s.orders + getattr(s, "orders_uncreated", 0)
+
+
+def incidence(affected: Sequence[int], orders: Sequence[int]) -> dict[str, Any]:
+    """Share of counted orders affected, pooled over replications, with its 95% interval.
+
+    ``affected[i]`` of ``orders[i]`` orders in replication *i*. ``rate`` = sum(affected) / sum(orders);
+    ``ci95_exact`` is the Clopper–Pearson interval of that pooled count (orders as independent trials);
+    ``ci95_between`` the Student-t interval from the spread between replications (two or more
+    replications with orders). ``ci95`` is the interval to read: the exact one, unless the replications
+    vary more than binomially (``dispersion_p`` < 0.05, a chi-square test of the per-replication
+    counts) — then orders are not independent draws (one fault window or backlog hits many at once), and
+    ``ci95`` is the Clopper–Pearson interval at the effective number of orders that the between-
+    replication variance implies (Korn & Graubard), never narrower than the exact one. Either way it
+    contains ``rate``, is ``[0, upper]`` for a zero count and stays within [0, 1].
+    """
+    pairs = [(min(max(int(k), 0), n), n) for k, n in zip(affected, orders)]
+    per_rep = [k / n if n else None for k, n in pairs]
+    used = [(k, n) for k, n in pairs if n]
+    total_k = sum(k for k, _ in used)
+    total_n = sum(n for _, n in used)
+    if not total_n:
+        return {"rate": 0.0, "ci95": None, "ci_method": None, "ci95_exact": None, "ci95_between": None,
+                "dispersion_p": None, "per_replication": per_rep}
+    rate = total_k / total_n
+    exact = list(exact_interval(total_k, total_n))
+    between = list(between_interval(used)) if len(used) >= 2 and 0 < total_k < total_n else None
+    disp = dispersion_p(used) if len(used) >= 2 else None
+    ci, method = exact, "clopper-pearson"
+    if disp is not None and disp < OVERDISPERSION_P:
+        lo, hi = effective_interval(used)
+        ci, method = [min(exact[0], lo), max(exact[1], hi)], "clopper-pearson-effective-n"
+    return {"rate": rate, "ci95": ci, "ci_method": method, "ci95_exact": exact, "ci95_between": between,
+            "dispersion_p": disp, "per_replication": per_rep}
+
+
+def effective_interval(used: Sequence[tuple[int, int]]) -> tuple[float, float]:
+    """Clopper–Pearson at an effective sample size (Korn & Graubard 1998): the pooled rate p with the
+    between-replication variance v stands for p(1-p)/v independent orders, shrunk by (z/t_{R-1})^2 for
+    having only R replications to estimate v from."""
+    from scipy.special import betaincinv, stdtrit
+
+    r = len(used)
+    n_total = sum(n for _, n in used)
+    p = sum(k for k, _ in used) / n_total
+    se = _ratio_se(used)
+    if p <= 0.0 or p >= 1.0 or se <= 0.0:
+        return exact_interval(round(p * n_total), n_total)
+    n_eff = p * (1 - p) / (se * se) * (_Z95 / float(stdtrit(r - 1, 0.975))) ** 2
+    n_eff = min(n_eff, float(n_total))
+    k_eff = p * n_eff
+    lo = float(betaincinv(k_eff, n_eff - k_eff + 1, 0.025))
+    hi = float(betaincinv(k_eff + 1, n_eff - k_eff, 0.975))
+    return lo, hi
+
+
+def _ratio_se(used: Sequence[tuple[int, int]]) -> float:
+    """Standard error of the pooled rate from the replications' spread (ratio estimator)."""
+    r = len(used)
+    n_total = sum(n for _, n in used)
+    p = sum(k for k, _ in used) / n_total
+    return math.sqrt(r / (r - 1) * sum((k - p * n) ** 2 for k, n in used)) / n_total
+
+
+def exact_interval(k: int, n: int) -> tuple[float, float]:
+    """95% Clopper–Pearson interval of ``k`` events in ``n`` orders: ``[0, upper]`` for k = 0 (never [0, 0])."""
+    from scipy.special import betaincinv  # the beta quantile (scipy.stats.beta.ppf) without its overhead
+
+    lo = 0.0 if k == 0 else float(betaincinv(k, n - k + 1, 0.025))
+    hi = 1.0 if k >= n else float(betaincinv(k + 1, n - k, 0.975))
+    return lo, hi
+
+
+def between_interval(used: Sequence[tuple[int, int]]) -> tuple[float, float]:
+    """95% Student-t interval of the pooled rate from the spread of ``(count, orders)`` between replications.
+
+    The ratio estimator's standard error, sqrt(R/(R-1) * sum((k_i - p n_i)^2)) / N, equals the usual
+    s/sqrt(R) of per-replication rates when every replication has the same orders. Clipped to [0, 1].
+    """
+    from scipy.special import stdtrit  # Student-t quantile
+
+    n_total = sum(n for _, n in used)
+    p = sum(k for k, _ in used) / n_total
+    half = float(stdtrit(len(used) - 1, 0.975)) * _ratio_se(used)
+    return max(0.0, p - half), min(1.0, p + half)
+
+
+def dispersion_p(used: Sequence[tuple[int, int]]) -> float | None:
+    """p-value of the chi-square test that the replications' counts are binomial with one common rate
+    (small: they vary more than binomially). ``None`` when the pooled rate is 0 or 1 (nothing varies)."""
+    from scipy.special import chdtrc  # chi-square survival function
+
+    n_total = sum(n for _, n in used)
+    p = sum(k for k, _ in used) / n_total
+    if p <= 0.0 or p >= 1.0:
+        return None
+    stat = sum((k - p * n) ** 2 / (n * p * (1 - p)) for k, n in used)
+    return float(chdtrc(len(used) - 1, stat))
+
+
+def _mean_interval(values: Sequence[float]) -> dict[str, Any]:
+    """Mean of per-replication values with a 95% Student-t interval (null for one replication)."""
+    if not values:
+        return {"mean": 0.0, "ci95": None, "values": []}
+    mean = sum(values) / len(values)
+    ci = None
+    if len(values) >= 2:
+        lo, hi = t_interval(values, clip=False)
+        ci = [lo, hi]
+    return {"mean": mean, "ci95": ci, "values": list(values)}
+
+
+def _repair_times(weighted: Sequence[tuple[float, float, bool]], repaired: int, unresolved: int) -> dict[str, Any] | None:
+    """Time to repair by Kaplan–Meier: repaired windows are events, windows still open at the end are
+    censored at end - start. ``median``/``p99`` are null when the estimate never falls that far (not
+    reached); ``repaired_share`` is the exact share of instances repaired by the end."""
+    total = repaired + unresolved
+    if not total:
+        return None
+    times = [w for w, _, _ in weighted]
+    observed = [not o for _, _, o in weighted]
+    weights = [wt for _, wt, _ in weighted]
+    q = kaplan_meier_quantiles(times, observed, weights, (0.5, 0.99)) if times else {0.5: None, 0.99: None}
+    return {"median": q[0.5], "p99": q[0.99], "repaired_share": repaired / total, "censored": unresolved,
+            "method": "kaplan-meier"}
+
+
+def kaplan_meier_quantiles(times: Sequence[float], observed: Sequence[bool], weights: Sequence[float] | None,
+                           probs: Sequence[float]) -> dict[float, float | None]:
+    """For each ``q`` in ``probs``, the smallest time by which the Kaplan–Meier estimate says a share
+    ``q`` was repaired (survival <= 1 - q); ``None`` when it is not reached.
+
+    Equal weights use ``scipy.stats.ecdf`` on ``CensoredData``; a pooled sample whose replications were
+    subsampled differently carries weights, which scipy's estimator does not take, so that case uses
+    the same product-limit formula with weighted counts (events before censorings at equal times).
+    """
+    import numpy as np
+
+    t = np.asarray(times, dtype=float)
+    ev = np.asarray(observed, dtype=bool)
+    w = np.ones_like(t) if weights is None else np.asarray(weights, dtype=float)
+    if not ev.any():
+        return {q: None for q in probs}
+    if np.allclose(w, w[0]):
+        from scipy.stats import CensoredData, ecdf
+
+        res = ecdf(CensoredData(uncensored=t[ev], right=t[~ev]))
+        grid, surv = res.sf.quantiles, res.sf.probabilities
+    else:
+        grid = np.unique(t[ev])
+        surv = np.empty(len(grid))
+        s = 1.0
+        for i, x in enumerate(grid):
+            at_risk = w[t >= x].sum()
+            s *= 1.0 - w[(t == x) & ev].sum() / at_risk
+            surv[i] = s
+    out: dict[float, float | None] = {}
+    for q in probs:
+        hit = np.nonzero(surv <= 1.0 - q + 1e-12)[0]
+        out[q] = float(grid[hit[0]]) if len(hit) else None
+    return out
+
+
+def t_interval(rates: Sequence[float], clip: bool = True) -> tuple[float, float]:
+    """95% Student-t interval of the mean of per-replication values (clipped at 0 unless ``clip`` is False)."""
     from scipy.stats import t as student_t
 
     n = len(rates)
     mean = sum(rates) / n
     sd = math.sqrt(sum((r - mean) ** 2 for r in rates) / (n - 1))
     half = float(student_t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return max(0.0, mean - half), mean + half
+    return (max(0.0, mean - half) if clip else mean - half), mean + half
 
 
 def wilson_interval(count: int, n: int) -> tuple[float, float]:
@@ -187,23 +376,24 @@ def _weighted_quantile(items: Sequence[tuple[float, float]], q: float) -> float 
     return ordered[-1][0]
 
 
-def _pooled_samples(items: Sequence[tuple[float, float]]) -> list[float]:
-    """At most MAX_WINDOW_SAMPLES window lengths, ascending: all of them, or evenly spaced quantiles."""
+def _pooled_samples(items: Sequence[tuple[float, float, bool]]) -> list[tuple[float, bool]]:
+    """At most MAX_WINDOW_SAMPLES (window, still open) pairs, ascending: all of them, or evenly spaced
+    quantiles of the weighted pool (at equal windows a repaired one sorts before an open one)."""
     if not items:
         return []
-    weights = {w for _, w in items}
+    weights = {w for _, w, _ in items}
     if len(items) <= MAX_WINDOW_SAMPLES and len(weights) == 1:
-        return sorted(v for v, _ in items)
-    ordered = sorted(items)
-    total = sum(w for _, w in ordered)
-    out: list[float] = []
+        return sorted((v, o) for v, _, o in items)
+    ordered = sorted(items, key=lambda x: (x[0], x[2]))
+    total = sum(w for _, w, _ in ordered)
+    out: list[tuple[float, bool]] = []
     acc, i = 0.0, 0
     for k in range(MAX_WINDOW_SAMPLES):
         target = (k + 0.5) / MAX_WINDOW_SAMPLES * total
         while i < len(ordered) - 1 and acc + ordered[i][1] < target:
             acc += ordered[i][1]
             i += 1
-        out.append(ordered[i][0])
+        out.append((ordered[i][0], ordered[i][2]))
     return out
 
 
@@ -380,6 +570,12 @@ def load_results(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: expected a JSON object (a results document), found {type(doc).__name__}")
     if "schema_version" not in doc:
         raise ConfigError(f"{p}: missing schema_version (expected {SCHEMA_VERSION}); is this a results document?")
+    if doc["schema_version"] == 1:
+        raise ConfigError(
+            f"{p}: schema_version 1: written by an older checkout-chaos, before results recorded the anomalies "
+            "that occurred and were repaired beside those left unresolved; run the simulate/check/load again to "
+            "get schema_version 2 (`checkout-chaos report` still draws a version 1 file)"
+        )
     if doc["schema_version"] != SCHEMA_VERSION:
         raise ConfigError(
             f"{p}: schema_version: expected {SCHEMA_VERSION}, found {doc['schema_version']!r} "
@@ -446,73 +642,186 @@ def _money(cny: float) -> str:
     return f"¥{cny:,.2f}"
 
 
-_WIDE_COLUMNS = ("count", "repaired", "rate", "95% CI", "window p50", "window p99", "at stake")
-_COMPACT_COLUMNS = ("count", "repaired", "rate", "window p50", "at stake")
-_WIDE_TABLE = 112  # characters the wide table needs
+# What a buyer (or, for the merchant's own books, an order) lived through, per class.
+BUYER_EXPERIENCE: dict[str, tuple[str, str]] = {
+    "paid_but_closed": ("buyers", "paid for an order that was then closed"),
+    "success_shown_then_closed": ("buyers", "were told 'paid' and then saw the order closed"),
+    "failure_shown_but_charged": ("buyers", "were told 'failed' while charged"),
+    "double_charge": ("buyers", "were charged more than once"),
+    "charge_without_order": ("buyers", "were charged with no order to show for it"),
+    "order_paid_without_charge": ("orders", "were marked paid with no charge behind them"),
+    "stuck_pending": ("buyers", "waited on a payment left undecided past its deadline"),
+    "bnpl_stuck_unfinished": ("buyers", "had a BNPL agreement left unfinished after delivery"),
+    "bnpl_false_overdue": ("buyers", "were marked overdue on a BNPL agreement they had paid"),
+    "bnpl_deduction_failed": ("buyers", "had a BNPL deduction fail"),
+    "ledger_imbalance": ("orders", "had an unbalanced ledger entry"),
+}
+
+
+def share_text(rate: float | None) -> str:
+    """A share of orders as a person says it: ``0.7`` -> ``70%``, ``0.042`` -> ``4.2%``, ``3e-4`` -> ``1 in 3,300``."""
+    if rate is None:
+        return "—"
+    if rate <= 0:
+        return "0%"
+    if rate >= 0.0995:
+        return f"{rate * 100:.0f}%"
+    if rate >= 0.00995:
+        return f"{rate * 100:.2g}%"
+    n = 1.0 / rate
+    digits = max(0, int(math.floor(math.log10(n))) - 1)
+    return f"1 in {round(n, -digits):,.0f}"
+
+
+def _of(rate: float | None, who: str) -> str:
+    text = share_text(rate)
+    return f"{text} {who}" if text.startswith("1 in") else f"{text} of {who}"
+
+
+def buyer_sentence(cls: str, a: dict[str, Any], duration: Any = None) -> str | None:
+    """``70% of buyers were told 'failed' while charged; all were repaired, median after 4m00s`` (None when
+    the class never occurred). ``duration`` formats seconds (default :func:`human_duration`)."""
+    fmt_d = duration or human_duration
+    occurred_orders = a.get("occurred_orders")
+    if occurred_orders is None:  # a schema 1 document: only unresolved instances are known
+        if not a.get("count"):
+            return None
+        who, what = BUYER_EXPERIENCE.get(cls, ("orders", f"had {cls}"))
+        return f"{_of(a.get('rate'), who)} {what} and were left so at the end"
+    if not occurred_orders:
+        return None
+    who, what = BUYER_EXPERIENCE.get(cls, ("orders", f"had {cls}"))
+    unresolved = a.get("unresolved_orders") or 0
+    text = f"{_of(a.get('occurred_rate'), who)} ({occurred_orders:,}) {what}"
+    repair = a.get("repair_s") or {}
+    median = repair.get("median")
+    after = f", median after {fmt_d(median)}" if median is not None else ", median not reached"
+    if not unresolved:
+        text += ("; it was repaired" if occurred_orders == 1 else "; all were repaired") + after
+    elif unresolved == occurred_orders:
+        text += ("; it was" if occurred_orders == 1 else "; all were") + " still unresolved at the end"
+    else:
+        fixed = occurred_orders - unresolved
+        text += (f"; {fixed:,} {'was' if fixed == 1 else 'were'} repaired{after}; {unresolved:,} "
+                 f"({_of(a.get('unresolved_rate'), who)}) {'was' if unresolved == 1 else 'were'} still unresolved at the end")
+    return text
+
+
+def _rate_ci(rate: float | None, ci: Sequence[float] | None) -> str:
+    if ci is None:
+        return format_rate(rate)
+    return f"{format_rate(rate)} [{format_rate(ci[0])}, {format_rate(ci[1])}]"
+
+
+def _repair_cell(repair: dict[str, Any] | None, key: str) -> str:
+    if not repair:
+        return "—"
+    value = repair.get(key)
+    return human_duration(value) if value is not None else "not reached"
+
+
+_WIDE_COLUMNS = ("occurred", "occurred rate [95% CI]", "unresolved", "unresolved rate [95% CI]", "repaired",
+                 "repair p50", "repair p99", "held (¥, total)")
+_COMPACT_COLUMNS = ("occurred", "occurred rate", "unresolved", "unresolved rate", "repair p50", "held (¥, total)")
+_HEADERS = {"occurred": "occurred\n(orders)", "unresolved": "unresolved\n(orders)",
+            "occurred rate [95% CI]": "occurred rate\n[95% CI]", "unresolved rate [95% CI]": "unresolved rate\n[95% CI]",
+            "occurred rate": "occurred\nrate", "unresolved rate": "unresolved\nrate",
+            "repaired": "repaired\nby end", "repair p50": "repair p50\n(KM)", "repair p99": "repair p99\n(KM)",
+            "held (¥, total)": "held at end\n(¥, total)"}
+_WIDE_TABLE = 160  # characters the wide table needs
 
 
 def summary_table(doc: dict[str, Any], compact: bool = False) -> "Table":
-    """One row per anomaly class: count, repaired, rate, 95% CI, window p50/p99, money at stake.
+    """One row per anomaly class: orders where it occurred and where it was left unresolved, each with its
+    rate per order and 95% interval, the share repaired, Kaplan–Meier time to repair, money held.
 
-    ``compact`` drops the interval and p99 columns to fit an 80-column terminal.
+    ``compact`` drops the intervals and p99 to fit an 80-column terminal.
     """
     from rich import box
     from rich.table import Table
 
     n_rep = doc.get("replications") or 0
-    title = f"anomalies in {doc.get('orders', 0):,} orders" + (f" ({n_rep} replications)" if n_rep > 1 else "")
+    over = f" over {n_rep} replications" if n_rep > 1 else ""
+    title = f"anomalies in {doc.get('orders', 0):,} orders{over}"
+    extra = doc.get("orders_without_creation") or 0
+    if extra:
+        title += (f" and {extra:,} charged without an order (rates are shares of the "
+                  f"{doc.get('orders', 0) + extra:,} together)")
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("anomaly", no_wrap=True)
     columns = _COMPACT_COLUMNS if compact else _WIDE_COLUMNS
     for name in columns:
-        table.add_column(name, justify="right", no_wrap=True)
+        table.add_column(_HEADERS.get(name, name), justify="right", no_wrap=True)
     anomalies = doc.get("anomalies") or {}
     for cls in [c for c in ANOMALY_CLASSES if c in anomalies] + [c for c in anomalies if c not in ANOMALY_CLASSES]:
         a = anomalies[cls]
-        ci = a.get("ci95")
-        win = a.get("window_s") or {}
+        repair = a.get("repair_s")
+        share = (repair or {}).get("repaired_share")
         cells = {
-            "count": f"{a.get('count', 0):,}",
-            "repaired": f"{a.get('repaired', 0):,}",
-            "rate": format_rate(a.get("rate")),
-            "95% CI": f"[{format_rate(ci[0])}, {format_rate(ci[1])}]" if ci else "—",
-            "window p50": human_duration(win.get("median")),
-            "window p99": human_duration(win.get("p99")),
-            "at stake": _money(a.get("amount") or 0.0),
+            "occurred": f"{a.get('occurred_orders', 0):,}",
+            "occurred rate [95% CI]": _rate_ci(a.get("occurred_rate"), a.get("occurred_ci95")),
+            "occurred rate": format_rate(a.get("occurred_rate")),
+            "unresolved": f"{a.get('unresolved_orders', 0):,}",
+            "unresolved rate [95% CI]": _rate_ci(a.get("unresolved_rate"), a.get("unresolved_ci95")),
+            "unresolved rate": format_rate(a.get("unresolved_rate")),
+            "repaired": "—" if share is None else f"{share:.0%}",
+            "repair p50": _repair_cell(repair, "median"),
+            "repair p99": _repair_cell(repair, "p99"),
+            "held (¥, total)": _money(a.get("amount") or 0.0),
         }
-        quiet = not a.get("count") and not a.get("repaired")
+        quiet = not a.get("occurred_orders")
         table.add_row(cls, *(cells[c] for c in columns), style="dim" if quiet else None)
+    methods = sorted({a.get("occurred_ci_method") for a in anomalies.values()} |
+                     {a.get("unresolved_ci_method") for a in anomalies.values()} - {None})
+    total = " (totals over all replications)" if n_rep > 1 else ""
+    table.caption = (f"occurred / unresolved: orders where the class arose / was still open at the end{total}; rates: "
+                     "share of counted orders; repaired: share of instances repaired by the end; repair p50/p99: "
+                     "Kaplan–Meier time to repair, open instances censored at the end; held: CNY held by unresolved "
+                     f"instances at the end{', summed over replications' if n_rep > 1 else ''}. "
+                     f"95% CIs: {', '.join(methods) or 'none'} (docs/results.md).")
+    table.caption_justify = "left"
     return table
 
 
-_METRIC_HEADERS = {"utilization": "util", "wait_mean_s": "wait mean", "wait_p99_s": "wait p99",
-                   "queue_mean": "queue", "timeouts": "timeouts", "served": "served"}
+# metric -> (header with unit, how replications are combined)
+_METRIC_HEADERS = {"utilization": ("util\n(share busy)", "mean"), "wait_mean_s": ("wait mean\n(time)", "mean"),
+                   "wait_p99_s": ("wait p99\n(time)", "mean"), "queue_mean": ("queue\n(requests)", "mean"),
+                   "timeouts": ("timeouts\n(requests)", "total"), "served": ("served\n(requests)", "mean")}
 
 
-def _metrics_table(metrics: dict[str, Any]) -> "Table":
+def _metric_cell(name: str, v: Any) -> str:
+    if v is None:
+        return "—"
+    if not _is_number(v):
+        return str(v)
+    if name.endswith("_s"):
+        return human_duration(v)
+    if name == "utilization":
+        return f"{v:.0%}" if v >= 0.01 or v == 0 else f"{v:.2%}"
+    if float(v).is_integer() or abs(v) >= 100:
+        return f"{v:,.0f}"
+    return f"{v:,.2f}" if abs(v) >= 1 else f"{v:.2g}"
+
+
+def _metrics_table(metrics: dict[str, Any], replications: int = 1) -> "Table":
     from rich import box
     from rich.table import Table
 
     columns = list(dict.fromkeys(k for m in metrics.values() if isinstance(m, dict) for k in m))
-    table = Table(title="capacity-limited actors", title_justify="left", box=box.SIMPLE_HEAD)
+    several = replications > 1
+    title = "capacity-limited actors" + (f" ({replications} replications: mean/rep = mean of the replications, "
+                                         "total = summed over them)" if several else "")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("actor", no_wrap=True)
     for c in columns:
-        table.add_column(_METRIC_HEADERS.get(c, c), justify="right", no_wrap=True)
+        header, how = _METRIC_HEADERS.get(c, (c, "mean"))
+        if several:
+            header += "\ntotal" if how == "total" else "\nmean/rep"
+        table.add_column(header, justify="right", no_wrap=True)
     for actor, m in metrics.items():
         if not isinstance(m, dict):
             continue
-        cells = []
-        for c in columns:
-            v = m.get(c)
-            if v is None:
-                cells.append("—")
-            elif c.endswith("_s") and _is_number(v):
-                cells.append(human_duration(v))
-            elif isinstance(v, float) and not v.is_integer():
-                cells.append(f"{v:.3g}")
-            else:
-                cells.append(f"{int(v):,}" if _is_number(v) else str(v))
-        table.add_row(actor, *cells)
+        table.add_row(actor, *(_metric_cell(c, m.get(c)) for c in columns))
     return table
 
 
@@ -521,7 +830,7 @@ def print_summary(doc: dict[str, Any], console: "Console | None" = None) -> None
     from rich.console import Console
 
     if console is None:  # piped output: wide enough for the table, not the 80-column fallback
-        console = Console() if sys.stdout.isatty() else Console(width=120)
+        console = Console() if sys.stdout.isatty() else Console(width=_WIDE_TABLE)
     head = [doc.get("kind", "results")]
     if doc.get("scenario_name"):
         head.append(f"scenario {doc['scenario_name']}")
@@ -536,9 +845,13 @@ def print_summary(doc: dict[str, Any], console: "Console | None" = None) -> None
         window.append(f"observed to {human_duration(doc['end_s'])}")
     console.print(" · ".join(head + window))
     console.print(summary_table(doc, compact=console.width < _WIDE_TABLE))
+    anomalies = doc.get("anomalies") or {}
+    lines = [buyer_sentence(c, anomalies[c]) for c in sorted(anomalies, key=lambda c: -(anomalies[c].get("occurred_rate") or 0))]
+    for line in filter(None, lines):
+        console.print(f"{line}.", highlight=False)
     metrics = doc.get("metrics")
     if metrics:
-        console.print(_metrics_table(metrics))
+        console.print(_metrics_table(metrics, doc.get("replications") or 1))
     states = doc.get("end_states") or {}
     if states:
         console.print("end states: " + ", ".join(f"{k} {v:,}" for k, v in sorted(states.items(), key=lambda kv: -kv[1])))

@@ -525,6 +525,9 @@ class LiveSection(_Section):
 
 _THRESHOLD_RE = re.compile(r"^\s*([a-z0-9_]+(?:\.[a-z0-9_]+)?)\s*(<=|<|>=|>)\s*(.+?)\s*$")
 _THRESHOLD_METRICS = ("p99_latency", "p50_latency", "error_rate", "achieved_ratio")
+# <class>.<field>: rate/count/amount are the unresolved ones (as before); occurred_/repaired_/unresolved_ name which
+_THRESHOLD_FIELDS = ("rate", "count", "amount") + tuple(
+    f"{m}_{f}" for m in ("occurred", "repaired", "unresolved") for f in ("rate", "orders", "count"))
 
 
 @dataclass(frozen=True)
@@ -552,8 +555,9 @@ def _make_threshold(value: Any) -> Threshold:
         cls, field = metric.split(".")
         if cls not in ANOMALY_CLASSES:
             raise ValueError(f"unknown anomaly class {cls!r} in {value!r}{_suggest(cls, ANOMALY_CLASSES)}")
-        if field not in ("rate", "count", "amount"):
-            raise ValueError(f"expected .rate, .count or .amount after {cls!r}, found .{field}")
+        if field not in _THRESHOLD_FIELDS:
+            raise ValueError(f"expected one of .{', .'.join(_THRESHOLD_FIELDS)} after {cls!r}, found .{field}"
+                             f"{_suggest(field, _THRESHOLD_FIELDS)}")
         num = float(raw)
     else:
         if metric not in _THRESHOLD_METRICS:

@@ -65,7 +65,7 @@ CSV_FILE = "sweep.csv"
 PARTIAL_DIR = ".partial"
 # After the parameter columns, in this order (docs/scenarios.md describes them).
 CSV_COLUMNS = ("class", "rate", "ci_low", "ci_high", "window_p99_s", "amount_cny", "count", "orders")
-_PARTIAL_FORMAT = 1  # bump when the pickled payload changes shape
+_PARTIAL_FORMAT = 2  # bump when the pickled payload changes shape (2: ClassStats gained open flags and order counts)
 
 # --------------------------------------------------------------------------------------------------
 # The grid

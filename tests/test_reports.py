@@ -54,9 +54,9 @@ def full_report(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_report_draws_every_kind_of_chart(full_report) -> None:
-    """Three documents give all five chart kinds, each as PNG and SVG, plus index.html."""
+    """Three documents give all six chart kinds, each as PNG and SVG, plus index.html."""
     kinds = {c.kind for c in full_report.charts}
-    assert kinds == {"sweep_rates", "timeline", "windows", "story", "predicted_vs_measured"}
+    assert kinds == {"rates", "sweep_rates", "timeline", "windows", "story", "predicted_vs_measured"}
     for c in full_report.charts:
         assert_png(c.png)
         text = c.svg.read_text(encoding="utf-8")
@@ -66,9 +66,9 @@ def test_report_draws_every_kind_of_chart(full_report) -> None:
 
 
 def test_all_zero_classes_give_a_timeline_and_no_empty_charts(tmp_path: Path) -> None:
-    """A run with no anomaly draws its timeline and skips the window CDF and the story."""
+    """A run with no anomaly draws its rates (upper bounds) and timeline and skips the window chart and the story."""
     report = build_report([fixture("zero")], tmp_path)
-    assert [c.kind for c in report.charts] == ["timeline"]
+    assert [c.kind for c in report.charts] == ["rates", "timeline"]
     assert "No anomaly of any class" in report.index.read_text(encoding="utf-8")
     fig = charts.stuck_windows(fixture("zero"))  # drawn directly it says so instead of failing
     assert_png(save_figure(fig, tmp_path, "empty")[0], min_bytes=3_000)
@@ -80,7 +80,7 @@ def test_single_replication_without_timeline_examples_or_faults(tmp_path: Path) 
     doc = fixture("single")
     assert doc["replications"] == 1 and doc["timeline"] is None and not doc["examples"] and not doc["faults"]
     report = build_report([doc], tmp_path)
-    assert [c.kind for c in report.charts] == ["windows"]
+    assert [c.kind for c in report.charts] == ["rates", "windows"]
     assert any("Wilson" in s for s in results_summary(doc))
 
 
@@ -191,7 +191,7 @@ def test_cli_writes_the_report_and_prints_paths(tmp_path: Path, capsys: pytest.C
     paths = [line for line in lines if not line.startswith("note:")]
     assert rc == 0
     assert paths[-1] == str(tmp_path / "r" / "index.html")
-    assert sorted(Path(p).suffix for p in paths) == [".html", ".png", ".svg"]
+    assert sorted(Path(p).suffix for p in paths) == [".html", ".png", ".png", ".svg", ".svg"]
     assert all(Path(p).exists() for p in paths)
     assert "note: no example of paid_but_closed in these results; no story drawn" in lines
 
@@ -200,7 +200,7 @@ def test_cli_writes_the_report_and_prints_paths(tmp_path: Path, capsys: pytest.C
     (None, "no such file"),
     ("dir", "is a directory without a results.json"),
     ("{not json", "not JSON (line 1"),
-    ('{"schema_version": 2, "kind": "simulation", "anomalies": {}}', "expected schema_version 1"),
+    ('{"schema_version": 3, "kind": "simulation", "anomalies": {}}', "expected schema_version 2"),
     ('{"kind": "simulation", "anomalies": {}}', "found no schema_version"),
     ('{"schema_version": 1, "kind": "nonsense", "anomalies": {}}', "kind: expected one of"),
     ('{"schema_version": 1, "kind": "simulation", "anomalies": {"paid_but_closed": {"rate": "x"}}}',
@@ -250,7 +250,7 @@ def test_render_report_for_other_commands(tmp_path: Path) -> None:
 
     index = from_cli([fixture("single")], tmp_path / "report")
     assert index == tmp_path / "report" / "index.html" and index.exists()
-    with pytest.raises(ConfigError, match="expected schema_version 1"):
+    with pytest.raises(ConfigError, match="expected schema_version 2"):
         from_cli([{"kind": "simulation"}], tmp_path / "bad")
 
 
@@ -265,3 +265,64 @@ def test_story_shortens_polling() -> None:
     assert short[0]["t"] == 0 and short[-1]["t"] == 11
     same = [{"t": i, "actor": "app", "type": "app.shown", "screen": "payment_unknown"} for i in range(3)]
     assert charts._collapse(same) == same  # three rounds are left as they are
+
+
+def _checked_example() -> dict:
+    """A schema 2 document from a real check of the example history that ships with the package."""
+    from sim.check import check_events, read_history
+    from sim.examples import EXAMPLE_HISTORY
+    from sim.results import build_results, canonical_json
+
+    s = check_events(read_history(EXAMPLE_HISTORY))
+    doc = build_results("check", [s], scenario=None, scenario_name="example", seed=None,
+                        horizon_s=s.horizon, warmup_s=s.warmup, end_s=s.end)
+    return json.loads(canonical_json(doc))
+
+
+def test_a_single_result_opens_with_its_rate_chart(tmp_path: Path) -> None:
+    """One check's report: the rate chart (occurred and unresolved, with intervals) comes before the anomaly
+    table and every other chart; the table has occurred, repaired and unresolved orders and repair times."""
+    doc = _checked_example()
+    report = build_report([doc], tmp_path)
+    assert report.charts[0].kind == "rates"
+    assert_png(report.charts[0].png)
+    html = report.index.read_text(encoding="utf-8")
+    assert html.index("How often each anomaly occurred") < html.index("<h3>Anomalies</h3>")
+    for head in ("occurred<br>(orders", "unresolved at end<br>(orders)", "repaired<br>(orders)",
+                 "time to repair<br>p50 (Kaplan–Meier)", "money held at end<br>(CNY"):
+        assert head in html
+    assert "not reached" in html  # an instance still open at the end: its repair time is censored
+    summary = results_summary(doc)
+    assert any(s.startswith("22% of buyers (2) paid for an order that was then closed") for s in summary)
+
+
+def test_rate_chart_marks_zero_classes_with_an_upper_bound(tmp_path: Path) -> None:
+    """Every class is a row; a class that never occurred still has its upper bound (an interval, not a point)."""
+    doc = _checked_example()
+    fig = charts.anomaly_rates(doc)
+    ax = fig.axes[0]
+    assert sorted(t.get_text() for t in ax.get_yticklabels()) == sorted(doc["anomalies"])
+    a = doc["anomalies"]["ledger_imbalance"]
+    assert a["occurred_orders"] == 0 and a["occurred_ci95"][1] > 0
+    assert_png(save_figure(fig, tmp_path, "rates")[0])
+
+
+def test_window_chart_shows_censoring(tmp_path: Path) -> None:
+    """The time-to-repair chart draws a Kaplan–Meier curve per class and marks the open (censored) instances."""
+    doc = _checked_example()
+    a = doc["anomalies"]["paid_but_closed"]
+    times, share, censored = charts.repair_curve(a)
+    assert len(censored) == a["unresolved_count"] == 1 and share[-1] == pytest.approx(a["repair_s"]["repaired_share"])
+    fig = charts.stuck_windows(doc)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any("1 open at end" in t for t in labels) and "open at the end (censored there)" in labels
+    assert_png(save_figure(fig, tmp_path, "windows")[0])
+
+
+def test_actor_table_labels_units_and_totals() -> None:
+    """Per-replication means and totals are labelled; counts are written out, never in scientific notation."""
+    from reports.html import _metrics_table
+
+    html = _metrics_table({"gateway": {"served": 141420.4, "timeouts": 12345, "utilization": 0.71}}, 5)
+    assert "served<br>(requests, mean per replication)" in html and "timeouts<br>(requests, total)" in html
+    assert "141,420" in html and "12,345" in html and "71%" in html and "e+" not in html

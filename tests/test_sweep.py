@@ -140,7 +140,7 @@ def small_sweep(tmp_path_factory) -> tuple[dict, Path]:
 def test_sweep_document_shape(small_sweep):
     doc, out = small_sweep
     assert set(doc) == {"schema_version", "kind", "scenario_name", "vary", "compare", "points", "run_info"}
-    assert doc["kind"] == "sweep" and doc["schema_version"] == 1 and doc["scenario_name"] == "tiny"
+    assert doc["kind"] == "sweep" and doc["schema_version"] == 2 and doc["scenario_name"] == "tiny"
     assert doc["vary"] == {"order_service.order_ttl": ["1m", "2m"]}
     assert doc["compare"] == {"order_service.close_policy": ["naive", "query_then_close"]}
     assert [p["params"] for p in doc["points"]] == [
