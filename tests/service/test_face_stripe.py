@@ -16,7 +16,7 @@ import httpx
 import pytest
 import stripe
 
-from tests.service.conftest import launch
+from .conftest import launch
 
 
 class Receiver:
