@@ -28,8 +28,12 @@ def test_check_example_prints_table_and_writes_results(tmp_path, capsys):
     doc = load_results(tmp_path / "results.json")
     assert doc["kind"] == "check" and doc["orders"] == 8 and doc["replications"] == 1
     assert doc["anomalies"]["paid_but_closed"]["count"] == 1
-    assert doc["history"] == {"files": ["example_history.jsonl"], "events": 125, "late_events": 0,
-                              "unattributed_events": 0}
+    history = doc["history"]
+    assert {k: history[k] for k in ("files", "events", "late_events", "unattributed_events")} == {
+        "files": ["example_history.jsonl"], "events": 125, "late_events": 0, "unattributed_events": 0}
+    assert (history["refused_lines"], history["duplicate_events"], history["unknown_types"]) == (0, 0, {})
+    assert history["not_observable"] == [] and history["money_from"] == "ledger"
+    assert history["anomalies_csv"]["rows"] == 7 and (tmp_path / "anomalies.csv").is_file()
     assert doc["run_info"]["command"][:2] == ["checkout-chaos", "check"]
 
 
