@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 from test_check import Order
 
@@ -121,3 +122,21 @@ def test_commit_is_all_or_nothing(tmp_path):
 def test_rows_are_deterministic():
     events = [json.loads(ln) for ln in EXAMPLE_HISTORY.read_text().splitlines()]
     assert check_events(events).instances == check_events(events).instances
+
+
+def test_simulate_writes_anomalies_csv_beside_results(tmp_path):
+    """A simulation's results directory gets the same list, a replication column first."""
+    from sim.cli import main
+    from sim.results import load_results
+
+    out = tmp_path / "sim"
+    scenario = Path(__file__).resolve().parents[1] / "scenarios" / "litemall_pattern.toml"
+    assert main(["simulate", str(scenario), "--set", "run.horizon=4m", "--set", "run.warmup=1m",
+                 "--set", "run.drain=1h", "-n", "2", "--jobs", "1", "--quiet", "--out", str(out)]) == 0
+    doc = load_results(out / "results.json")
+    rows = rows_of(out / "anomalies.csv")
+    assert rows and {r["replication"] for r in rows} <= {"0", "1"}
+    for cls, a in doc["anomalies"].items():
+        mine = [r for r in rows if r["class"] == cls and r["counted"] == "yes"]
+        assert (sum(r["status"] == "open" for r in mine), sum(r["status"] == "repaired" for r in mine)) == \
+            (a["count"], a["repaired"]), cls
