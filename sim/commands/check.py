@@ -141,7 +141,9 @@ def _read_all(checker: Any, paths: list[str], problems: Any, late: Any) -> None:
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
-    label = paths[0] if len(paths) == 1 else f"{len(paths)} histories"
+    from rich.markup import escape
+
+    label = escape(paths[0]) if len(paths) == 1 else f"{len(paths)} histories"
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=Console(stderr=True),
                   transient=True) as progress:
         task = progress.add_task(f"reading {label}")
