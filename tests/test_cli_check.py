@@ -28,8 +28,12 @@ def test_check_example_prints_table_and_writes_results(tmp_path, capsys):
     doc = load_results(tmp_path / "results.json")
     assert doc["kind"] == "check" and doc["orders"] == 8 and doc["replications"] == 1
     assert doc["anomalies"]["paid_but_closed"]["count"] == 1
-    assert doc["history"] == {"files": ["example_history.jsonl"], "events": 125, "late_events": 0,
-                              "unattributed_events": 0}
+    history = doc["history"]
+    assert {k: history[k] for k in ("files", "events", "late_events", "unattributed_events")} == {
+        "files": ["example_history.jsonl"], "events": 125, "late_events": 0, "unattributed_events": 0}
+    assert (history["refused_lines"], history["duplicate_events"], history["unknown_types"]) == (0, 0, {})
+    assert history["not_observable"] == [] and history["money_from"] == "ledger"
+    assert history["anomalies_csv"]["rows"] == 7 and (tmp_path / "anomalies.csv").is_file()
     assert doc["run_info"]["command"][:2] == ["checkout-chaos", "check"]
 
 
@@ -131,3 +135,96 @@ def test_command_module_imports_stay_light():
             "print(any(m in sys.modules for m in ('matplotlib', 'locust', 'scipy', 'sim.check')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------------------------------
+# issue 14: inputs that used to break or mislead the command
+
+
+NASTY = [
+    '{"t": 0, "type": "order.created", "order": "o1", "user": "u1", "amount": 9223372036854775808}',
+    '{"t": 1, "type": "order.created", "order": "o2", "amount": 1e30}',
+    '{"t": 2, "type": "order.created", "order": "o3", "amount": NaN}',
+    '{"t": 3, "type": "order.paid", "order": ["o4"]}',
+    '{"t": 4, "type": "trade.created", "order": "o5", "trade": ["T"]}',
+    '{"t": 5, "type": "app.shown", "order": "o6", "screen": ["payment_failed"]}',
+]
+
+
+def test_values_that_used_to_crash_are_refused_per_line(tmp_path):
+    """The six inputs of the issue: exit 0, each line named, no traceback; --strict exits 2 writing nothing."""
+    bad = tmp_path / "nasty.jsonl"
+    good = EXAMPLE_HISTORY.read_text().splitlines()
+    bad.write_text("\n".join(good[:40] + NASTY + good[40:]) + "\n")
+    proc = subprocess.run([str(SCRIPT), "check", str(bad), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert f"refused {len(NASTY)} line(s)" in proc.stdout
+    for k, name in enumerate(["amount", "amount", "amount", "order", "trade", "screen"]):
+        assert f"{bad}:{41 + k}: field '{name}' must be" in proc.stdout
+    doc = load_results(tmp_path / "out" / "results.json")
+    assert doc["history"]["refused_lines"] == len(NASTY) and doc["history"]["problems"]["count"] == len(NASTY)
+    assert doc["history"]["problems"]["first"][0]["field"] == "amount"
+    strict = subprocess.run([str(SCRIPT), "check", str(bad), "--out", str(tmp_path / "strict"), "--strict"],
+                            capture_output=True, text=True, timeout=60)
+    assert strict.returncode == 2 and "--strict" in strict.stderr and f"{bad}:41:" in strict.stderr
+    assert "Traceback" not in strict.stderr and not (tmp_path / "strict").exists()
+
+
+def test_an_empty_history_is_an_error_not_zero_orders(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    assert main(["check", str(empty), "--out", str(tmp_path / "out")]) == 2
+    assert "no events" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    markers = tmp_path / "markers.jsonl"
+    markers.write_text('{"t": 0, "type": "run.start"}\n{"t": 9, "type": "run.end"}\n')
+    assert main(["check", str(markers), "--out", str(tmp_path / "out")]) == 2
+    assert "no order events" in capsys.readouterr().err
+
+
+def test_a_csv_history_is_told_to_be_json_lines(tmp_path, capsys):
+    p = tmp_path / "history.csv"
+    p.write_text("t,type,order\n0,order.created,o1\n")
+    assert main(["check", str(p), "--out", str(tmp_path / "out")]) == 2
+    assert "this looks like CSV; expected JSON Lines" in capsys.readouterr().err
+
+
+def test_unknown_event_types_are_named_with_a_suggestion(tmp_path, capsys):
+    """Renaming trade.succeeded to trade.success no longer passes silently."""
+    p = tmp_path / "typo.jsonl"
+    p.write_text(EXAMPLE_HISTORY.read_text().replace('"trade.succeeded"', '"trade.success"'))
+    assert main(["check", str(p), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "unknown event types, ignored: trade.success ×" in out and "(did you mean trade.succeeded?)" in out
+    doc = load_results(tmp_path / "out" / "results.json")
+    assert doc["history"]["unknown_types"]["trade.success"]["did_you_mean"] == "trade.succeeded"
+    assert main(["check", str(p), "--out", str(tmp_path / "strict"), "--strict"]) == 2
+    assert not (tmp_path / "strict").exists()
+
+
+def test_anomalies_csv_lists_every_instance(tmp_path):
+    """anomalies.csv beside results.json: a row per instance, counted rows adding up to the table."""
+    import csv
+
+    assert main(["check", str(EXAMPLE_HISTORY), "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "anomalies.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    doc = load_results(tmp_path / "results.json")
+    for cls, a in doc["anomalies"].items():
+        mine = [r for r in rows if r["class"] == cls and r["counted"] == "yes"]
+        assert (sum(r["status"] == "open" for r in mine), sum(r["status"] == "repaired" for r in mine)) == \
+            (a["count"], a["repaired"])
+    assert {r["order"] for r in rows if r["class"] == "paid_but_closed"} == {"o-1002", "o-1003"}
+
+
+def test_merged_histories_in_any_order_write_the_same_files(tmp_path):
+    lines = EXAMPLE_HISTORY.read_text().splitlines()
+    (tmp_path / "a.jsonl").write_text("\n".join(ln for ln in lines if json.loads(ln)["actor"] in ("app", "user")) + "\n")
+    (tmp_path / "b.jsonl").write_text("\n".join(ln for ln in lines if json.loads(ln)["actor"] not in ("app", "user")) + "\n")
+    outs = []
+    for k, names in enumerate((["a.jsonl", "b.jsonl"], ["b.jsonl", "a.jsonl"])):
+        assert main(["check", *(str(tmp_path / n) for n in names), "--out", str(tmp_path / f"o{k}")]) == 0
+        doc = load_results(tmp_path / f"o{k}" / "results.json")
+        outs.append((doc["anomalies"], doc["end_states"], (tmp_path / f"o{k}" / "anomalies.csv").read_bytes()))
+    assert outs[0] == outs[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from sim.commands.common import add_scenario_args, positive_int, scenario_from_args
@@ -14,7 +15,8 @@ def configure(p: argparse.ArgumentParser) -> None:
         "Simulate a scenario: buyers, app, order service, gateway, bank, merchant and BNPL provider on a "
         "virtual clock. Runs independent replications (in parallel with --jobs), checks every order's "
         "history for anomalies and reports each class's rate with a 95% confidence interval, how long it "
-        "lasted and how much money it held, plus queueing metrics per actor. Writes DIR/results.json."
+        "lasted and how much money it held, plus queueing metrics per actor. Writes DIR/results.json and "
+        "DIR/anomalies.csv (one row per anomaly instance)."
     )
     p.epilog = (
         "examples:\n"
@@ -35,23 +37,30 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from sim.results import canonical_json, print_summary, write_results
-    from sim.runner import simulate
+    from sim.check import write_anomalies_csv
+    from sim.results import canonical_json, print_summary, run_info, write_results
+    from sim.runner import pool, replicate
 
     scenario = scenario_from_args(args)
     from sim.runner import default_jobs
 
     jobs = positive_int("--jobs", args.jobs) if args.jobs is not None else min(default_jobs(), scenario.run.replications)
     out = Path(args.out) if args.out else Path("results") / (scenario.name or "simulation")
-    doc = simulate(scenario, jobs=jobs, dask=args.dask, progress=not args.quiet,
-                   command=["checkout-chaos", *sys.argv[1:]])
+    started = time.time()
+    reps = replicate(scenario, None, jobs, args.dask, not args.quiet)
+    doc = pool(scenario, reps)  # what sim.runner.simulate does, keeping the replications for anomalies.csv
+    doc["run_info"] = run_info(started, ["checkout-chaos", *sys.argv[1:]])
+    doc["run_info"]["jobs"] = jobs
     path = write_results(doc, out)
+    csv_path = write_anomalies_csv(out, [r.summary for r in reps])
     if args.json:
         print(canonical_json(doc))
     else:
         print_summary(doc)
     err = Console(stderr=True)
     err.print(f"results: {path}")
+    if csv_path is not None:
+        err.print(f"anomaly instances (one row each): {csv_path}")
     if args.report:
         from reports.cli import render_report
 
