@@ -2,7 +2,7 @@
 
 A scenario tells one story from the field (Double 11 midnight, a bank brownout, the ``mall`` close
 pattern …) as data: load, user behaviour, each actor's latency, capacity and failure, the policies under
-review, fault windows and thresholds. Every key has a default taken from ``../shared/domain.md``; a
+review, fault windows and thresholds. Every key has a default taken from ``docs/domain.md``; a
 file states only what its story changes. ``docs/scenario.md`` documents every key.
 
 Values are written the way people write them:

@@ -1,6 +1,6 @@
 """The mock payment provider: gateway, bank and BNPL provider in one HTTP service.
 
-Behaves like the real ones described in ``../shared/domain.md``, at the scenario's latencies and
+Behaves like the real ones described in ``docs/domain.md``, at the scenario's latencies and
 failure rates (scaled by the time scale):
 
 * **Trades** (``out_trade_no`` = ``trade``): create (idempotent on the same parameters, a conflict on
