@@ -130,8 +130,11 @@ def run(args: argparse.Namespace) -> int:
     from sim.check import Checker
     from sim.results import build_results, canonical_json, print_summary, run_info, write_results
 
+    from sim.commands.common import writable_dir
+
     started = time.time()
     config, scenario = _config(args)
+    writable_dir(args.out)
     checker = Checker(config)
     _read_all(checker, list(args.histories))
     summary = checker.finish()

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sim.commands.common import add_scenario_args, positive_int, scenario_from_args
+from sim.commands.common import add_scenario_args, positive_int, scenario_from_args, writable_dir
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -36,25 +36,54 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from sim.results import canonical_json, print_summary, write_results
-    from sim.runner import simulate
+    from sim.runner import Interrupted, default_jobs, simulate
 
     scenario = scenario_from_args(args)
-    from sim.runner import default_jobs
-
     jobs = positive_int("--jobs", args.jobs) if args.jobs is not None else min(default_jobs(), scenario.run.replications)
-    out = Path(args.out) if args.out else Path("results") / (scenario.name or "simulation")
-    doc = simulate(scenario, jobs=jobs, dask=args.dask, progress=not args.quiet,
-                   command=["checkout-chaos", *sys.argv[1:]])
+    out = writable_dir(Path(args.out) if args.out else Path("results") / (scenario.name or "simulation"))
+    if args.report:
+        writable_dir(out / "report", "--report")
+    err = Console(stderr=True)
+    command = ["checkout-chaos", *sys.argv[1:]]
+    interrupted: Interrupted | None = None
+    try:
+        doc = simulate(scenario, jobs=jobs, dask=args.dask, progress=not args.quiet, command=command)
+    except Interrupted as exc:
+        if not exc.finished:
+            err.print("interrupted: no replication had finished; nothing written")
+            return 130
+        interrupted = exc
+        doc = partial_document(scenario, exc, jobs, command)
     path = write_results(doc, out)
     if args.json:
         print(canonical_json(doc))
     else:
         print_summary(doc)
-    err = Console(stderr=True)
     err.print(f"results: {path}")
+    if interrupted is not None:
+        done = sorted(i for i, _ in interrupted.finished)
+        err.print(f"interrupted: kept the {len(done)} of {interrupted.planned} replications that had finished "
+                  f"(replications {', '.join(map(str, done))}); {path} is marked partial. Run again for all of them.")
+        return 130
     if args.report:
         from reports.cli import render_report
 
         index = render_report([doc], out / "report")
         err.print(f"report: {index}")
     return 0
+
+
+def partial_document(scenario, exc, jobs: int, command: list[str]) -> dict:
+    """The results document of the replications that finished before Ctrl-C, marked ``partial``."""
+    import time
+
+    from sim.results import run_info
+    from sim.runner import pool
+
+    finished = sorted(exc.finished, key=lambda pair: pair[0])
+    doc = pool(scenario, [r for _, r in finished])
+    doc["partial"] = {"reason": "interrupted", "replications_finished": [i for i, _ in finished],
+                      "replications_planned": exc.planned}
+    doc["run_info"] = run_info(exc.started or time.time(), command)
+    doc["run_info"]["jobs"] = jobs
+    return doc
