@@ -160,7 +160,7 @@ def observed_text(rule: str, v: Any) -> str:
     metric = rule.split("<")[0].split(">")[0].strip()
     value = float(v)
     if metric.endswith("_latency"):
-        exact = f"{value * 1000:.1f}ms" if value < 1 else f"{value:.1f}s"
+        exact = f"{value * 1000:.4g}ms" if value < 1 else f"{value:.1f}s"
         shown = human_duration(value)
         return f"{shown} (scenario time)" if shown == exact else f"{shown} = {exact} (scenario time)"
     if metric in ("error_rate", "achieved_ratio"):

@@ -145,8 +145,8 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
             _wait_files(client_dir, "done-", plan.slots, 30.0, procs, "Locust processes done", suffix=".json")
         except KeyboardInterrupt:  # keep what was measured: stop, read what the histories hold, mark partial
             interrupted_at = max(0.0, (time.time() - epoch) * window.time_scale)
-            opts.log(f"interrupted at {format_duration(round(interrupted_at, 3))} of scenario time: stopping the "
-                     "load and checking what was measured ...")
+            opts.log(f"interrupted at {interrupted_at:.1f}s of scenario time: stopping the load and checking "
+                     "what was measured ...")
             window = dataclasses.replace(window, horizon=min(window.horizon, max(interrupted_at, window.warmup)),
                                          end=min(window.end, max(interrupted_at, window.warmup)))
         stop_locust(procs)
@@ -166,7 +166,9 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
     doc = build_live_results(scenario, window, plan, out, service_events, offset, extra, faults.applied,
                              started, opts)
     if interrupted_at is not None:
-        doc["partial"] = {"reason": "interrupted", "interrupted_at_s": round(interrupted_at, 3)}
+        doc["partial"] = {"reason": "interrupted", "interrupted_at_s": round(interrupted_at, 3),
+                          # the schedulers write their counters (started, late, dropped) only at the end
+                          "arrival_counters_complete": len(list((out / "client").glob("done-*.json"))) >= plan.slots}
     return doc
 
 

@@ -126,6 +126,7 @@ def nice_duration(seconds: float) -> str:
     -> ``"2.5ms"`` (what the scenario then holds, so the sampled value is readable and exact)."""
     if seconds <= 0:
         return "0s"
+    seconds = float(f"{seconds:.4g}")  # 3599.99 is 1h, not 60m
     for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
         if seconds >= size:
             return f"{float(f'{seconds / size:.3g}'):g}{unit}"

@@ -125,7 +125,7 @@ def _print_table(doc: dict, console) -> None:
                   title_justify="left", box=box.SIMPLE_HEAD)
     for k in keys:
         table.add_column(k.rsplit(".", 1)[-1], overflow="fold")
-    table.add_column("orders", justify="right")
+    table.add_column("orders", justify="right", no_wrap=True)
     for c in classes:  # names wrap at their words rather than being cut ("success_shown_then_c…")
         table.add_column(c.replace("_", " "), justify="right", overflow="fold")
     for p in doc["points"]:
