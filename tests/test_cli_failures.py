@@ -160,7 +160,7 @@ def test_ctrl_c_in_load_writes_what_was_measured(tmp_path):
     doc = json.loads((out / "results.json").read_text())
     assert doc["partial"]["reason"] == "interrupted"
     assert 0 < doc["partial"]["interrupted_at_s"] < 240
-    assert doc["orders"] > 0 and doc["end_s"] == pytest.approx(doc["partial"]["interrupted_at_s"])
+    assert doc["orders"] > 0 and doc["end_s"] == pytest.approx(doc["partial"]["interrupted_at_s"], abs=0.01)
     assert (out / "history.jsonl").stat().st_size > 0
 
 
