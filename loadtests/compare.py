@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from sim.commands.common import positive_int, scenario_from_args, writable_dir
-    from sim.results import SCHEMA_VERSION, canonical_json, write_results
+    from sim.results import SCHEMA_VERSION, atomic_write, canonical_json, write_results
     from sim.runner import simulate
 
     from loadtests.cli import live_options, print_live
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     doc = {"schema_version": SCHEMA_VERSION, "kind": "compare", "scenario_name": scenario.name,
            "simulation": sim_doc, "live": live_doc, "agreement": agree}
     path = out / "compare.json"
-    path.write_text(canonical_json(doc), encoding="utf-8")
+    atomic_write(path, canonical_json(doc))
     if args.json:
         print(canonical_json(doc))
     else:

@@ -285,7 +285,7 @@ def parse_vary(scenario: Scenario, spec: str) -> Input:
     lo, hi = value(texts[0]), value(texts[1])
     if not hi > lo:
         raise ConfigError(f"--vary {key}: expected low < high, found {texts[0]}..{texts[1]}")
-    log = kind in ("duration", "dist") and lo > 0
+    log = kind != "probability" and lo > 0  # durations, scale factors and capacities act multiplicatively
     return Input(key, kind, base, lo, hi, log)
 
 

@@ -24,7 +24,7 @@ the scenario's seed (common random numbers) and ranks the inputs per anomaly cla
 sigma large against mu* means the input acts through interactions or non-linearly.
 A run costs (inputs + 1) x R x N simulations: scale the scenario down with --set (run.horizon,
 run.drain, load.arrival_rate) for a first look, then narrow the inputs with --vary.
-Writes DIR/explain.json and the chart DIR/explain.png + .svg."""
+Writes DIR/explain.json and the chart DIR/explain.png + .svg (docs/explain.md)."""
 
 
 def configure(p: argparse.ArgumentParser) -> None:
