@@ -24,8 +24,8 @@ exit codes: 0 every threshold of the scenario's [thresholds] holds; 1 one fails 
 """
 
 
-def add_live_args(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``load`` and ``compare``."""
+def add_live_args(p: argparse.ArgumentParser, out_default: str = "results/<scenario>-live") -> None:
+    """Options shared by ``load`` and ``compare`` (each names its own default output directory)."""
     p.add_argument("--time-scale", type=float, default=None, metavar="K",
                    help="scenario seconds per wall second (default: the scenario's live.time_scale)")
     p.add_argument("--run-time", default=None, metavar="DURATION",
@@ -38,7 +38,7 @@ def add_live_args(p: argparse.ArgumentParser) -> None:
                    help="refuse a run expecting more orders than this (default 100000)")
     p.add_argument("--late-tolerance", default="50ms", metavar="DURATION",
                    help="an arrival starting later than this (wall time) after it was due is a late start (default 50ms)")
-    p.add_argument("--out", default=None, metavar="DIR", help="results directory (default results/<scenario>-live)")
+    p.add_argument("--out", default=None, metavar="DIR", help=f"results directory (default {out_default})")
     p.add_argument("--report", action="store_true", help="also write charts and index.html into DIR/report")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
@@ -103,7 +103,7 @@ def live_options(args: argparse.Namespace, out: Path, **extra: Any):
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from sim.commands.common import scenario_from_args
+    from sim.commands.common import scenario_from_args, writable_dir
     from sim.errors import ConfigError
     from sim.results import canonical_json, write_results
 
@@ -112,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
     scenario = scenario_from_args(args)
     if not 0 <= args.provider_port <= 65535:
         raise ConfigError(f"--provider-port: expected a port between 0 and 65535, found {args.provider_port}")
-    out = Path(args.out) if args.out else Path("results") / f"{scenario.name or 'scenario'}-live"
+    out = writable_dir(Path(args.out) if args.out else Path("results") / f"{scenario.name or 'scenario'}-live")
+    if args.report:
+        writable_dir(out / "report", "--report")
     opts = live_options(args, out, target=args.target, target_config=args.target_config,
                         allow_remote=args.allow_remote, provider_host=args.provider_host,
                         provider_port=args.provider_port, notify_secret=args.notify_secret,
@@ -126,11 +128,18 @@ def run(args: argparse.Namespace) -> int:
         print_live(doc)
     err.print(f"results: {path}")
     err.print(f"history: {out / 'history.jsonl'}")
+    partial = doc.get("partial")
+    if partial:
+        from sim.results import human_duration
+
+        err.print(f"interrupted: kept what was measured up to {human_duration(partial['interrupted_at_s'])} of "
+                  f"scenario time; {path} is marked partial (orders still in flight were judged as they stood)")
     if args.report:
         from reports.cli import render_report
 
         err.print(f"report: {render_report([doc], out / 'report')}")
-    return threshold_exit(doc, err)
+    code = threshold_exit(doc, err)
+    return 130 if partial else code
 
 
 def threshold_exit(doc: dict, err: Any) -> int:
@@ -139,19 +148,35 @@ def threshold_exit(doc: dict, err: Any) -> int:
     failed = [r for r in results if not r["holds"]]
     for r in results:
         mark = "[green]ok[/]  " if r["holds"] else "[red]FAIL[/]"
-        err.print(f"threshold {mark} {r['rule']}  (observed {_fmt(r['observed'])})")
+        err.print(f"threshold {mark} {r['rule']}  (observed {observed_text(r['rule'], r['observed'])})")
     if failed:
         err.print(f"[red]{len(failed)} of {len(results)} thresholds failed[/]")
         return 1
     return 0
 
 
-def _fmt(v: Any) -> str:
+def observed_text(rule: str, v: Any) -> str:
+    """A threshold's observed value in the unit its rule is written in: ``157.2`` for ``p99_latency < 1ms``
+    is ``2m37s (scenario time)``, an error rate a percentage, an amount in CNY."""
+    from sim.results import human_duration
+
     if v is None:
-        return "nothing"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+        return "nothing (the run measured no such value)"
+    metric = rule.split("<")[0].split(">")[0].strip()
+    value = float(v)
+    if metric.endswith("_latency"):
+        exact = f"{value * 1000:.4g}ms" if value < 1 else f"{value:.1f}s"
+        shown = human_duration(value)
+        return f"{shown} (scenario time)" if shown == exact else f"{shown} = {exact} (scenario time)"
+    if metric in ("error_rate", "achieved_ratio"):
+        return f"{value:.2%}"
+    if metric.endswith(".amount"):
+        return f"¥{value:,.2f}"
+    if metric.endswith(".count"):
+        return f"{value:,.0f} instances"
+    if metric.endswith(".rate"):
+        return f"{value:.3g} per order"
+    return f"{value:.4g}"
 
 
 def print_live(doc: dict, console: Any = None) -> None:

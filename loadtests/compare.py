@@ -33,7 +33,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.epilog = EPILOG
     add_scenario_args(p)
-    add_live_args(p)
+    add_live_args(p, out_default="results/<scenario>-compare")
     p.add_argument("--jobs", "-j", type=int, default=1, help="worker processes for the simulation's replications")
     p.add_argument("--json", action="store_true", help="print compare.json instead of the table")
 
@@ -70,8 +70,8 @@ def _interval(a: dict[str, Any]) -> list[float]:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from sim.commands.common import positive_int, scenario_from_args
-    from sim.results import SCHEMA_VERSION, canonical_json, write_results
+    from sim.commands.common import positive_int, scenario_from_args, writable_dir
+    from sim.results import SCHEMA_VERSION, atomic_write, canonical_json, write_results
     from sim.runner import simulate
 
     from loadtests.cli import live_options, print_live
@@ -80,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
 
     scenario = scenario_from_args(args)
     jobs = positive_int("--jobs", args.jobs)
-    out = Path(args.out) if args.out else Path("results") / f"{scenario.name or 'scenario'}-compare"
+    out = writable_dir(Path(args.out) if args.out else Path("results") / f"{scenario.name or 'scenario'}-compare")
+    for sub in ("simulation", "live") + (("report",) if args.report else ()):
+        writable_dir(out / sub, "--out" if sub != "report" else "--report")
     opts = live_options(args, out / "live")
     window = live_window(scenario, opts.time_scale, opts.run_time, opts.drain)
     err = Console(stderr=True)
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     doc = {"schema_version": SCHEMA_VERSION, "kind": "compare", "scenario_name": scenario.name,
            "simulation": sim_doc, "live": live_doc, "agreement": agree}
     path = out / "compare.json"
-    path.write_text(canonical_json(doc), encoding="utf-8")
+    atomic_write(path, canonical_json(doc))
     if args.json:
         print(canonical_json(doc))
     else:

@@ -121,6 +121,7 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
                               notify_secret=opts.notify_secret, ports=(opts.provider_port, 0), faces=opts.psp)
     procs: list[subprocess.Popen] = []
     faults: FaultSchedule | None = None
+    interrupted_at: float | None = None  # scenario time of a Ctrl-C during the load or the drain
     try:
         plan = Plan(scenario=scenario.resolved(), checkout_url=opts.target or services.checkout_url,
                     provider_url=services.provider_url, adapter=adapter.to_dict(), time_scale=window.time_scale,
@@ -140,8 +141,15 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
         faults.start()
         opts.log(f"load: {expected:,.0f} orders expected over {window.load_wall:.1f}s, then {window.drain_wall:.1f}s "
                  f"of drain ({format_duration(window.horizon)} + {format_duration(window.drain)} of scenario time)")
-        _wait_until(epoch, window, opts.progress, procs)
-        _wait_files(client_dir, "done-", plan.slots, 30.0, procs, "Locust processes done", suffix=".json")
+        try:
+            _wait_until(epoch, window, opts.progress, procs)
+            _wait_files(client_dir, "done-", plan.slots, 30.0, procs, "Locust processes done", suffix=".json")
+        except KeyboardInterrupt:  # keep what was measured: stop, read what the histories hold, mark partial
+            interrupted_at = max(0.0, (time.time() - epoch) * window.time_scale)
+            opts.log(f"interrupted at {interrupted_at:.1f}s of scenario time: stopping the load and checking "
+                     "what was measured ...")
+            window = dataclasses.replace(window, horizon=min(window.horizon, max(interrupted_at, window.warmup)),
+                                         end=min(window.end, max(interrupted_at, window.warmup)))
         stop_locust(procs)
         faults.stop()
         extra: list[dict[str, Any]] = []
@@ -156,8 +164,13 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
             _kill(p)
         services.stop()
     offset = (epoch - services.start_epoch) * window.time_scale
-    return build_live_results(scenario, window, plan, out, service_events, offset, extra, faults.applied,
-                              started, opts)
+    doc = build_live_results(scenario, window, plan, out, service_events, offset, extra, faults.applied,
+                             started, opts)
+    if interrupted_at is not None:
+        doc["partial"] = {"reason": "interrupted", "interrupted_at_s": round(interrupted_at, 3),
+                          # the schedulers write their counters (started, late, dropped) only at the end
+                          "arrival_counters_complete": len(list((out / "client").glob("done-*.json"))) >= plan.slots}
+    return doc
 
 
 def _fresh_dirs(client_dir: Path, locust_dir: Path, data_dir: Path) -> None:

@@ -34,7 +34,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from reports.documents import load_document
     from reports.render import build_report
+    from sim.commands.common import writable_dir
 
+    writable_dir(args.out)
     docs = [load_document(p) for p in args.results]
     report = build_report(docs, args.out, example_class=args.example_class, sources=[str(p) for p in args.results])
     for path in report.paths:

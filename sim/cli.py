@@ -19,6 +19,7 @@ from sim.errors import CheckoutChaosError
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("sim.commands.simulate", "simulate a scenario: replications, anomaly rates with 95% CIs"),
     "sweep": ("sim.commands.sweep", "run a grid of scenario variants (local pool or Dask), CSV + JSON"),
+    "explain": ("sim.commands.explain", "rank a scenario's inputs by how much each moves each anomaly's rate (Morris)"),
     "scenarios": ("sim.commands.scenarios", "list the scenario library, one line each"),
     "validate": ("sim.commands.validate", "check scenario files (for a team's CI); print the resolved scenario"),
     "check": ("sim.commands.check", "find anomalies in a history (JSON Lines events)"),
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  checkout-chaos simulate scenarios/mall_pattern.toml --set order_service.close_policy=close_trade_then_order\n"
             "  checkout-chaos validate scenarios/*.toml\n"
             "  checkout-chaos check history.jsonl --out results/check\n"
+            "  checkout-chaos explain scenarios/mall_pattern.toml --set run.horizon=20m --set run.drain=3h\n"
             "\nrun 'checkout-chaos COMMAND --help' for each command's options."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -90,6 +92,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader went away (``checkout-chaos validate --print | head``): stop quietly, as ``cat`` does.
+
+    stdout is pointed at /dev/null so the interpreter's final flush does not complain again.
+    """
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -75,13 +75,33 @@ def progress_bar(total: int, label: str, enabled: bool = True):
     )
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`replicate`: carries the replications that had finished, ``(index, result)``."""
+
+    def __init__(self, finished: list[tuple[int, Any]], planned: int, started: float | None = None) -> None:
+        super().__init__()
+        self.finished, self.planned, self.started = finished, planned, started
+
+
 def replicate(scenario: Scenario, replications: int | None = None, jobs: int = 1, dask: str | None = None,
               progress: bool = True, label: str | None = None) -> list[Any]:
-    """Run the scenario's replications; results in replication order."""
-    from sim.model.model import run_replication
+    """Run the scenario's replications; results in replication order.
 
+    Ctrl-C raises :class:`Interrupted` (a ``KeyboardInterrupt``) holding the finished replications.
+    """
     n = replications or scenario.run.replications
     out: list[Any] = [None] * n
+    started = time.time()
+    try:
+        return _replicate(scenario, n, out, jobs, dask, progress, label)
+    except KeyboardInterrupt:
+        raise Interrupted([(i, r) for i, r in enumerate(out) if r is not None], n, started) from None
+
+
+def _replicate(scenario: Scenario, n: int, out: list[Any], jobs: int, dask: str | None, progress: bool,
+               label: str | None) -> list[Any]:
+    from sim.model.model import run_replication
+
     with progress_bar(n, label or "replications", progress) as bar:
         task = bar.add_task(label or (scenario.name or "simulate"), total=n)
         if (jobs <= 1 or n == 1) and not dask:

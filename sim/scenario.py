@@ -2,7 +2,7 @@
 
 A scenario tells one story from the field (Double 11 midnight, a bank brownout, the ``mall`` close
 pattern …) as data: load, user behaviour, each actor's latency, capacity and failure, the policies under
-review, fault windows and thresholds. Every key has a default taken from ``../shared/domain.md``; a
+review, fault windows and thresholds. Every key has a default taken from ``docs/domain.md``; a
 file states only what its story changes. ``docs/scenario.md`` documents every key.
 
 Values are written the way people write them:
@@ -382,22 +382,35 @@ class LoadSection(_Section):
 
 
 class PaymentMethods(_Section):
+    """The buyers' mix of payment methods. A table written in a file (or given whole to ``--set``) is the
+    whole mix: a method it leaves out has share 0 (``{wallet = 1.0}`` is wallet only), never a default."""
+
     wallet: Probability = 0.6
     card: Probability = 0.3
     bnpl: Probability = 0.1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _written_table_is_the_mix(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data:
+            return {"wallet": 0.0, "card": 0.0, "bnpl": 0.0, **data}
+        return data
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> "PaymentMethods":
         total = self.wallet + self.card + self.bnpl
         if abs(total - 1.0) > 1e-6:
-            raise ValueError(f"payment method shares must sum to 1, found {total:g}")
+            raise ValueError(
+                f"payment method shares must sum to 1, found {total:g} (wallet {self.wallet:g}, card "
+                f"{self.card:g}, bnpl {self.bnpl:g}); write the whole mix, methods left out are 0, e.g. "
+                "{wallet = 0.7, card = 0.3} (on the command line: --set 'user.payment_methods={wallet=0.7, card=0.3}')")
         return self
 
 
 class UserSection(_Section):
     """The buyer: how they pay, wait, give up and try again."""
 
-    payment_methods: PaymentMethods = Field(PaymentMethods(), description="shares of wallet, card and bnpl; sum to 1")
+    payment_methods: PaymentMethods = Field(PaymentMethods(), description="shares of wallet, card and bnpl, summing to 1; a table is the whole mix (methods left out are 0)")
     pay_delay: DurationDist = Field(_ln("20s", "5m"), description="order created -> buyer confirms payment")
     abandon_probability: Probability = Field(0.1, description="the buyer never pays")
     order_amount: NumberDist = Field({"dist": "lognormal", "median": 89, "p99": 2000}, description="CNY")
@@ -681,19 +694,36 @@ def scenario_from_dict(data: dict[str, Any], source: str = "<scenario>") -> Scen
     except ValidationError as exc:
         lines = [f"{source}: {_describe(e)}" for e in exc.errors()]
         raise ConfigError("\n".join(lines)) from None
+    problems: list[str] = []
     for i, window in enumerate(scenario.faults):
-        for key, value in window.set.items():
-            section = key.split(".", 1)[0]
-            if section not in FAULTABLE_SECTIONS or "." not in key:
-                raise ConfigError(
-                    f"{source}: faults[{i}].set.{key}: expected a key in one of the sections "
-                    f"{', '.join(FAULTABLE_SECTIONS)} (like \"gateway.service_time\"), found {key!r}"
-                )
-        try:
-            scenario.faulted(window)
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace(f"faults[{window.label or format_duration(window.start)}]", f"{source}: faults[{i}].set", 1)) from None
+        problems.extend(_fault_window_problems(scenario, i, window, source))
+    if problems:
+        raise ConfigError("\n".join(problems))
     return scenario
+
+
+def _fault_window_problems(scenario: Scenario, i: int, window: FaultWindow, source: str) -> list[str]:
+    """Every problem of one fault window's ``set`` (not only the first): keys outside the faultable
+    sections, unknown keys, and values the section refuses."""
+    where = f"{source}: faults[{i}].set"
+    problems: list[str] = []
+    raw = scenario.resolved()
+    raw["faults"] = []
+    for key, value in window.set.items():
+        section = key.split(".", 1)[0]
+        if section not in FAULTABLE_SECTIONS or "." not in key:
+            problems.append(f"{where}.{key}: expected a key in one of the sections {', '.join(FAULTABLE_SECTIONS)} "
+                            f"(like \"gateway.service_time\"), found {key!r}")
+            continue
+        try:
+            _set_path(raw, key, value, f"{where}:")
+        except ConfigError as exc:
+            problems.append(str(exc))
+    try:
+        Scenario.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(f"{where}: {_describe(e)}" for e in exc.errors())
+    return problems
 
 
 def parse_override(text: str) -> tuple[str, Any]:

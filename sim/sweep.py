@@ -54,6 +54,7 @@ __all__ = [
     "plan_sweep",
     "task_key",
     "PartialStore",
+    "describe_runs",
     "point_document",
     "run_sweep",
     "sweep_csv",
@@ -189,6 +190,16 @@ def plan_sweep(base: Scenario, vary_specs: Iterable[str] = (), compare_specs: It
     return plan
 
 
+def describe_runs(plan: SweepPlan) -> str:
+    """``"6 points x 5 replications = 30 runs"`` (or the range when ``run.replications`` is swept)."""
+    reps = sorted({p.scenario.run.replications for p in plan.points})
+    n_points, n_runs = len(plan.points), len(plan.tasks())
+    points = f"{n_points} point{'s' if n_points != 1 else ''}"
+    if len(reps) == 1:
+        return f"{points} x {reps[0]} replication{'s' if reps[0] != 1 else ''} = {n_runs} runs"
+    return f"{points} ({reps[0]}-{reps[-1]} replications each) = {n_runs} runs"
+
+
 def _describe_params(params: dict[str, Any]) -> str:
     return "sweep point " + ", ".join(f"{k}={_cell(v)}" for k, v in params.items())
 
@@ -237,6 +248,12 @@ class PartialStore:
 
     def count(self) -> int:
         return len(list(self.dir.glob("*.pkl"))) if self.dir.is_dir() else 0
+
+    def reusable(self, plan: "SweepPlan") -> int:
+        """How many of ``plan``'s runs are stored here (by key: same resolved scenario, seed and replication)."""
+        if not self.dir.is_dir():
+            return 0
+        return sum(1 for pi, r in plan.tasks() if self.path(task_key(plan.points[pi].scenario, r)).exists())
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

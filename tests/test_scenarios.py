@@ -235,7 +235,7 @@ def test_file_opens_with_its_story(path: Path):
     for label in ("Story:", "Source:", "Expect:", "Mitigation:"):
         assert f"# {label}" in head or f"#{label}" in head, f"missing '{label}' in the comment block"
     assert "--set" in head[head.find("Mitigation:"):], "the mitigation is given as a --set line"
-    assert "domain.md" in head or "seeds" in head, "the source cites ../shared/domain.md or the seeds"
+    assert "domain.md" in head or "seeds" in head, "the source cites docs/domain.md"
     data = tomllib.loads(text)
     assert data.get("description") and "\n" not in data["description"] and len(data["description"]) <= 140
 

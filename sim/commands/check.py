@@ -199,8 +199,11 @@ def run(args: argparse.Namespace) -> int:
     from sim.errors import HistoryError
     from sim.results import build_results, canonical_json, print_summary, run_info, write_results
 
+    from sim.commands.common import writable_dir
+
     started = time.time()
     config, scenario = _config(args)
+    writable_dir(args.out)
     paths = list(args.histories)
     problems, late = Problems(), Problems()
     csv_rows = AnomalyCsv()

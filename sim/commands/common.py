@@ -47,3 +47,36 @@ def positive_int(flag: str, value: int) -> int:
     if value < 1:
         raise ConfigError(f"{flag}: expected a positive integer, found {value}")
     return value
+
+
+def writable_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Make sure ``path`` is (or can become) a directory this process can write, before any work starts.
+
+    Writes and removes a probe file in the directory, or in its nearest existing ancestor when it does
+    not exist yet (nothing is left behind, so a command that fails later leaves no empty directory): a
+    read-only directory, a read-only file system or a file in the way is one :class:`ConfigError`
+    (exit 2) up front instead of a traceback after the computing is done.
+    """
+    import errno
+    import os
+    import tempfile
+
+    p = Path(path)
+    existing = Path(".")
+    for part in (p, *p.parents):
+        if part.exists() or part.is_symlink():
+            if not part.is_dir():
+                what = "is a file" if part == p else f"cannot be created: {part} is a file"
+                raise ConfigError(f"{flag} {p}: {what}; expected a directory to write the results in")
+            existing = part
+            break
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".checkout-chaos-write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = {errno.EACCES: "permission denied", errno.EPERM: "not permitted", errno.EROFS: "read-only file system",
+                  errno.ENOSPC: "no space left on the device", errno.ENOTDIR: "a part of the path is a file"}.get(
+            exc.errno, exc.strerror or exc.__class__.__name__)
+        raise ConfigError(f"{flag} {p}: cannot write results there ({reason}); choose another directory") from None
+    return p

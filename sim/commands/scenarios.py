@@ -19,9 +19,11 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     d = Path(args.dir)
-    files = sorted(d.glob("*.toml"))
+    where = "no such directory" if not d.exists() else "not a directory" if not d.is_dir() else "no scenario files (*.toml) there"
+    files = sorted(d.glob("*.toml")) if d.is_dir() else []
     if not files:
-        raise ConfigError(f"{d}: no scenario files (*.toml) here")
+        raise ConfigError(f"--dir {d}: {where} (resolved: {d.resolve()}); run from the project's directory, "
+                          "or name the scenario directory with --dir DIR")
     table = Table(show_header=True, header_style="bold", box=None)
     table.add_column("scenario")
     table.add_column("story")

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from sim.commands.common import add_scenario_args, positive_int, scenario_from_args
+from sim.commands.common import add_scenario_args, positive_int, scenario_from_args, writable_dir
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -39,31 +39,62 @@ def run(args: argparse.Namespace) -> int:
 
     from sim.check import write_anomalies_csv
     from sim.results import canonical_json, print_summary, run_info, write_results
-    from sim.runner import pool, replicate
+    from sim.runner import Interrupted, default_jobs, pool, replicate
 
     scenario = scenario_from_args(args)
-    from sim.runner import default_jobs
-
     jobs = positive_int("--jobs", args.jobs) if args.jobs is not None else min(default_jobs(), scenario.run.replications)
-    out = Path(args.out) if args.out else Path("results") / (scenario.name or "simulation")
+    out = writable_dir(Path(args.out) if args.out else Path("results") / (scenario.name or "simulation"))
+    if args.report:
+        writable_dir(out / "report", "--report")
+    err = Console(stderr=True)
+    command = ["checkout-chaos", *sys.argv[1:]]
+    interrupted: Interrupted | None = None
     started = time.time()
-    reps = replicate(scenario, None, jobs, args.dask, not args.quiet)
-    doc = pool(scenario, reps)  # what sim.runner.simulate does, keeping the replications for anomalies.csv
-    doc["run_info"] = run_info(started, ["checkout-chaos", *sys.argv[1:]])
-    doc["run_info"]["jobs"] = jobs
+    try:
+        reps = replicate(scenario, None, jobs, args.dask, not args.quiet)
+        doc = pool(scenario, reps)  # what sim.runner.simulate does, keeping the replications for anomalies.csv
+        doc["run_info"] = run_info(started, command)
+        doc["run_info"]["jobs"] = jobs
+    except Interrupted as exc:
+        if not exc.finished:
+            err.print("interrupted: no replication had finished; nothing written")
+            return 130
+        interrupted = exc
+        reps = [r for _, r in sorted(exc.finished, key=lambda pair: pair[0])]
+        doc = partial_document(scenario, exc, jobs, command)
     path = write_results(doc, out)
     csv_path = write_anomalies_csv(out, [r.summary for r in reps])
     if args.json:
         print(canonical_json(doc))
     else:
         print_summary(doc)
-    err = Console(stderr=True)
     err.print(f"results: {path}")
     if csv_path is not None:
         err.print(f"anomaly instances (one row each): {csv_path}")
+    if interrupted is not None:
+        done = sorted(i for i, _ in interrupted.finished)
+        err.print(f"interrupted: kept the {len(done)} of {interrupted.planned} replications that had finished "
+                  f"(replications {', '.join(map(str, done))}); {path} is marked partial. Run again for all of them.")
+        return 130
     if args.report:
         from reports.cli import render_report
 
         index = render_report([doc], out / "report")
         err.print(f"report: {index}")
     return 0
+
+
+def partial_document(scenario, exc, jobs: int, command: list[str]) -> dict:
+    """The results document of the replications that finished before Ctrl-C, marked ``partial``."""
+    import time
+
+    from sim.results import run_info
+    from sim.runner import pool
+
+    finished = sorted(exc.finished, key=lambda pair: pair[0])
+    doc = pool(scenario, [r for _, r in finished])
+    doc["partial"] = {"reason": "interrupted", "replications_finished": [i for i, _ in finished],
+                      "replications_planned": exc.planned}
+    doc["run_info"] = run_info(exc.started or time.time(), command)
+    doc["run_info"]["jobs"] = jobs
+    return doc

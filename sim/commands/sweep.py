@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sim.commands.common import add_scenario_args, positive_int, scenario_from_args
+from sim.commands.common import add_scenario_args, positive_int, scenario_from_args, writable_dir
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -55,16 +55,34 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from sim.runner import default_jobs
-    from sim.sweep import PARTIAL_DIR, PartialStore, plan_sweep, run_sweep, write_sweep
+    from sim.sweep import PARTIAL_DIR, PartialStore, describe_runs, plan_sweep, run_sweep, write_sweep
 
     base = scenario_from_args(args)
     plan = plan_sweep(base, args.vary, args.compare)  # every point validated before anything runs
     n_runs = len(plan.tasks())
     jobs = positive_int("--jobs", args.jobs) if args.jobs is not None else min(default_jobs(), n_runs)
-    out = Path(args.out) if args.out else Path("results") / f"sweep-{base.name or 'scenario'}"
+    out = writable_dir(Path(args.out) if args.out else Path("results") / f"sweep-{base.name or 'scenario'}")
+    if args.report:
+        writable_dir(out / "report", "--report")
     err = Console(stderr=True)
-    err.print(f"sweep {base.name or ''}: {len(plan.points)} points x replications = {n_runs} runs"
+    err.print(f"sweep {base.name or ''}: {describe_runs(plan)}"
               + (f" on {args.dask}" if args.dask else f", {jobs} job{'s' if jobs != 1 else ''}"))
+    store = PartialStore(out)
+    stored = store.count()
+    if args.resume:
+        reusable = store.reusable(plan)
+        if reusable:
+            err.print(f"resume: reusing {reusable} of {n_runs} runs stored in {out / PARTIAL_DIR}; "
+                      f"running the other {n_runs - reusable}")
+        elif stored:
+            err.print(f"resume: the {stored} run{'s' if stored != 1 else ''} stored in {out / PARTIAL_DIR} belong "
+                      "to another sweep (other keys, values, seed or scenario); starting afresh")
+        else:
+            err.print(f"resume: nothing to resume in {out / PARTIAL_DIR} (no interrupted sweep there); "
+                      "starting afresh")
+    elif stored:
+        err.print(f"discarding {stored} run{'s' if stored != 1 else ''} an interrupted sweep left in "
+                  f"{out / PARTIAL_DIR} (add --resume to reuse them)")
     try:
         doc = run_sweep(plan, out, jobs=jobs, dask=args.dask, resume=args.resume, progress=not args.quiet,
                         command=["checkout-chaos", *sys.argv[1:]])
@@ -75,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         return 130
     json_path, csv_path = write_sweep(doc, out)
     PartialStore(out).clear()
+    if args.resume:
+        reused = doc["run_info"].get("runs_reused", 0)
+        err.print(f"resume: {reused} of {n_runs} runs reused, {n_runs - reused} run now")
     _print_table(doc, Console() if sys.stdout.isatty() else Console(width=160))
     err.print(f"results: {json_path}\ncsv: {csv_path}")
     if args.report:
@@ -103,10 +124,10 @@ def _print_table(doc: dict, console) -> None:
     table = Table(title=f"anomaly rates per point (95% CIs in sweep.csv) — {doc.get('scenario_name') or 'sweep'}",
                   title_justify="left", box=box.SIMPLE_HEAD)
     for k in keys:
-        table.add_column(k.rsplit(".", 1)[-1], no_wrap=True)
-    table.add_column("orders", justify="right")
-    for c in classes:
-        table.add_column(c, justify="right")
+        table.add_column(k.rsplit(".", 1)[-1], overflow="fold")
+    table.add_column("orders", justify="right", no_wrap=True)
+    for c in classes:  # names wrap at their words rather than being cut ("success_shown_then_c…")
+        table.add_column(c.replace("_", " "), justify="right", overflow="fold")
     for p in doc["points"]:
         res = p["results"]
         cells = [_cell(p["params"][k]) for k in keys] + [f"{res['orders']:,}"]

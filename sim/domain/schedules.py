@@ -1,7 +1,7 @@
 """Named notification retry schedules, from the providers' public documentation.
 
 Each schedule is the list of *gaps* (seconds) between one delivery attempt and the next; the first
-attempt goes out immediately. Sources are in ``../shared/domain.md``.
+attempt goes out immediately. Sources are in ``docs/domain.md``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The BNPL (pay after use) provider: credit, finish, deductions, sync lag, compensation, overdue.
 
-Modelled on Alipay 芝麻先享 and WeChat Pay Score (``../shared/domain.md``): an authorization at
+Modelled on Alipay 芝麻先享 and WeChat Pay Score (``docs/domain.md``): an authorization at
 checkout within the credit limit; after the merchant's *finish*, one deduction (代扣) that may fail on a
 low balance and is retried on ``bnpl.deduction_retry_schedule``; the buyer may repay by hand. The
 provider's *payment side* knows at once when money arrived; its *credit side*, which marks buyers
