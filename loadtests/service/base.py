@@ -42,7 +42,7 @@ EXIT_STORAGE = 75  # EX_TEMPFAIL: the disk failed under the service; restart it 
 
 # Slow clients: a request's head must arrive within HEADER_TIMEOUT wall seconds of its first byte (or of
 # the connection), its body within BODY_TIMEOUT; an idle keep-alive connection closes after IDLE_TIMEOUT.
-HEADER_TIMEOUT = 10.0
+HEADER_TIMEOUT = float(os.environ.get("CHECKOUT_CHAOS_HEADER_TIMEOUT", "10"))
 BODY_TIMEOUT = 10.0
 IDLE_TIMEOUT = 30
 

@@ -12,9 +12,11 @@ Durability: WAL mode. With ``synchronous=NORMAL`` (the default) a commit is in t
 response is sent, so it survives a ``kill -9`` of the process (the crash the tests make); only an
 operating-system crash or power loss can lose the last commits. ``synchronous=FULL`` (``--synchronous
 full``) fsyncs every commit and survives those too, at a cost in throughput. Checkpoints (copying the
-WAL back into the database, with an fsync) run in a background thread, never on the event loop; once
-the WAL passes :data:`WAL_LIMIT` the thread truncates it (``wal_checkpoint(TRUNCATE)``, a short pause of
-the writer), so a busy service's ``-wal`` file stays bounded instead of growing for as long as it runs.
+WAL back into the database, with an fsync) run in a background thread, never on the event loop. A
+writer that never pauses starves those PASSIVE checkpoints (the WAL is only rewound when a checkpoint
+has caught up with it), so once the WAL passes :data:`WAL_LIMIT` the event loop's own connection, between
+two batches, finishes the checkpoint and truncates the file (``wal_checkpoint(TRUNCATE)``: a pause of a
+few milliseconds, since the thread has copied nearly everything already). The ``-wal`` file stays bounded.
 
 Storage failures: a COMMIT that fails (disk I/O error, disk full) is rolled back, every response
 waiting on it fails, and the store calls its ``on_fatal`` hook: the service logs why and exits
@@ -195,6 +197,8 @@ class Store:
             raise StorageError(why) from exc
         self._batch_open = False
         self.commits += 1
+        if self._truncate_wanted or (self.commits % 64 == 0 and self.wal_size() > self.wal_limit):
+            self._truncate_wal()
         after, self._after_commit = self._after_commit, []
         for fn in after:
             fn()
@@ -282,6 +286,20 @@ class Store:
         finally:
             conn.close()
 
+    _truncate_wanted = False
+
+    def _truncate_wal(self) -> None:
+        """Finish the checkpoint and truncate the WAL (on the writer's connection, no batch open)."""
+        self._truncate_wanted = False
+        try:
+            # A reader holding an old snapshot (a history export) would make it wait: never long.
+            self.conn.execute("PRAGMA busy_timeout=50")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            log.warning("WAL truncation failed", exc_info=True)
+        finally:
+            self.conn.execute("PRAGMA busy_timeout=5000")
+
     def wal_size(self) -> int:
         try:
             return Path(self.path + "-wal").stat().st_size
@@ -290,16 +308,12 @@ class Store:
 
     def _checkpoint_loop(self, interval: float = 0.5) -> None:
         conn = sqlite3.connect(self.path, check_same_thread=False)
-        # While a TRUNCATE checkpoint waits for readers, writers wait too: never long.
-        conn.execute("PRAGMA busy_timeout=200")
         try:
             while not self._closing.wait(interval):
                 try:
-                    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    # A writer that never pauses keeps appending behind a PASSIVE checkpoint, so the WAL
-                    # is never reset; past the limit, copy the rest and truncate it (writers wait briefly).
-                    if not busy and self.wal_size() > self.wal_limit:
-                        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    if self.wal_size() > self.wal_limit:
+                        self._truncate_wanted = True  # done by the writer, between batches (commit)
                 except sqlite3.Error:
                     log.warning("WAL checkpoint failed", exc_info=True)
         finally:
