@@ -51,6 +51,12 @@ from loadtests.service.web import (ID_PATTERN, MAX_AMOUNT, ApiError, InFlightLim
 log = logging.getLogger("checkout_chaos.checkout")
 O = OrderState
 
+ORDER_TRADES = """
+CREATE TABLE IF NOT EXISTS order_trades (
+    ord TEXT NOT NULL, trade TEXT NOT NULL, attempt INTEGER NOT NULL, kind TEXT NOT NULL, created_t REAL NOT NULL,
+    accepted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (ord, trade)
+) WITHOUT ROWID;
+"""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
     ord TEXT PRIMARY KEY, usr TEXT NOT NULL, merchant TEXT NOT NULL, amount INTEGER NOT NULL,
@@ -59,11 +65,7 @@ CREATE TABLE IF NOT EXISTS orders (
     refund_failed INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS orders_state_expiry ON orders (state, expires_at);
-CREATE TABLE IF NOT EXISTS order_trades (
-    ord TEXT NOT NULL, trade TEXT NOT NULL, attempt INTEGER NOT NULL, kind TEXT NOT NULL, created_t REAL NOT NULL,
-    accepted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (ord, trade)
-) WITHOUT ROWID;
-"""
+""" + ORDER_TRADES
 
 CLOSE_RETRY = 60.0  # scenario seconds before the close job looks again at an order it could not decide
 
@@ -146,6 +148,25 @@ class Checkout(base.ServiceBase):
         self._locks: dict[str, list] = {}  # order id -> [asyncio.Lock, users]: see _order_lock
 
     # -- plumbing -----------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Bring a data directory of an older checkout to this schema: trade numbers keyed by order (the
+        old rows unverified: the close job asks the provider whose they are before using them) and the
+        ``refund_failed`` mark."""
+        order_cols = {r[1] for r in self.store.all("PRAGMA table_info(orders)")}
+        trade_cols = {r[1] for r in self.store.all("PRAGMA table_info(order_trades)")}
+        if "refund_failed" in order_cols and "accepted" in trade_cols:
+            return
+        with self.store.tx() as conn:
+            if "refund_failed" not in order_cols:
+                conn.execute("ALTER TABLE orders ADD COLUMN refund_failed INTEGER NOT NULL DEFAULT 0")
+            if "accepted" not in trade_cols:
+                conn.execute("ALTER TABLE order_trades RENAME TO order_trades_v1")
+                conn.execute(ORDER_TRADES)
+                conn.execute("INSERT OR IGNORE INTO order_trades (ord, trade, attempt, kind, created_t, accepted)"
+                             " SELECT ord, trade, attempt, kind, created_t, 0 FROM order_trades_v1")
+                conn.execute("DROP TABLE order_trades_v1")
+        log.warning("checkout: data directory migrated to the current schema")
 
     def job_handlers(self) -> dict:
         return {"expire": self._expire, "deliver": self._deliver,
