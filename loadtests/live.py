@@ -142,7 +142,7 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
         opts.log(f"load: {expected:,.0f} orders expected over {window.load_wall:.1f}s, then {window.drain_wall:.1f}s "
                  f"of drain ({format_duration(window.horizon)} + {format_duration(window.drain)} of scenario time)")
         try:
-            _wait_until(epoch, window, opts.progress, procs)
+            _wait_until(epoch, window, opts.progress, procs, services)
             _wait_files(client_dir, "done-", plan.slots, 30.0, procs, "Locust processes done", suffix=".json")
         except KeyboardInterrupt:  # keep what was measured: stop, read what the histories hold, mark partial
             interrupted_at = max(0.0, (time.time() - epoch) * window.time_scale)
@@ -156,6 +156,7 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
         if opts.target:  # observation ends when the target's order states have been read
             extra = final_order_states(adapter, opts.target, client_dir, epoch, window.time_scale)
             window = dataclasses.replace(window, end=max(window.end, (time.time() - epoch) * window.time_scale))
+        services.check_alive()  # a service that died says which and why, not a connection error
         service_events = services.history()
     finally:
         if faults is not None:
@@ -268,7 +269,8 @@ def _wait_files(d: Path, prefix: str, n: int, timeout: float, procs: list[subpro
         time.sleep(0.02)
 
 
-def _wait_until(epoch: float, window: LiveWindow, progress: bool, procs: list[subprocess.Popen]) -> None:
+def _wait_until(epoch: float, window: LiveWindow, progress: bool, procs: list[subprocess.Popen],
+                services: Any = None) -> None:
     """Sleep through the load and the drain, with a progress bar on stderr."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -284,6 +286,8 @@ def _wait_until(epoch: float, window: LiveWindow, progress: bool, procs: list[su
             bar.update(task, completed=max(0.0, now - epoch),
                        description="load" if now < epoch + window.load_wall else "drain")
             _check_alive(procs, "the end of the run")
+            if services is not None:
+                services.check_alive()
             time.sleep(min(0.2, end - now))
         bar.update(task, completed=window.wall, description="done")
 

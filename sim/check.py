@@ -78,10 +78,12 @@ END_STATES: tuple[str, ...] = (
     "unpaid_closed_trade_payable",
     "paid_open",
     "paid_refund_pending",
+    "paid_refund_failed",
     "paid_refunded",
     "order_paid_no_charge",
     "paid_closed_unrefunded",
     "paid_closed_refund_pending",
+    "paid_closed_refund_failed",
     "paid_closed_refunded",
     "resurrected_stock_released",
     "double_charged",
@@ -690,7 +692,7 @@ class _OrderState:
         "bnpl_paid", "ded_failed", "false_overdue", "compensated", "settled", "agreement_end", "imbalances",
         "payer", "wrong", "wrong_total", "over_refunded", "mismatch", "txns", "infer", "charged_amt",
         "refunded_amt", "shipped", "dup_fulfil", "bnpl_payments", "ok_attempts", "bnpl_refund", "money_ok",
-        "checkout_ok", "bnpl_ok",
+        "checkout_ok", "bnpl_ok", "refund_failed",
     )
 
     def __init__(self, grace: float, limit: float, flags: tuple[bool, bool, bool, bool]) -> None:
@@ -746,6 +748,7 @@ class _OrderState:
         self.bnpl_payments = 0  # successful deductions and manual repayments
         self.ok_attempts: set[Any] | None = None
         self.bnpl_refund = 0  # refunds of BNPL payments (ledger refunds carrying an agreement)
+        self.refund_failed = False  # the order service gave up retrying a refund (order.refund_failed)
 
     def recompute_money(self) -> None:
         total = charged = 0
@@ -954,6 +957,15 @@ def _h_fulfilment(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) 
     chk._set_ostate(st, state, t)
 
 
+def _h_refund_failed(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> None:
+    st.refund_failed = True
+
+
+def _h_refund_pending(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> None:
+    st.refund_failed = False  # asked again: retrying
+    _h_fulfilment(chk, st, e, t)
+
+
 def _h_bnpl(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> None:
     typ = e["type"]
     if typ == "bnpl.authorized":
@@ -1005,6 +1017,8 @@ _HANDLERS: dict[str, Any] = {
     "order.reopened": _h_reopened,
     **{typ: _h_trade for typ in _TRADE_STATE_OF},
     **{typ: _h_fulfilment for typ in _ORDER_STATE_OF},
+    "order.refund_pending": _h_refund_pending,
+    "order.refund_failed": _h_refund_failed,
     **{f"bnpl.{x}": _h_bnpl for x in ("authorized", "finish_requested", "deduction", "repaid", "overdue",
                                       "overdue_cleared", "compensated", "settled", "cancelled", "expired")},
 }
@@ -1643,7 +1657,9 @@ def _end_state(st: _OrderState) -> str:
         return "resurrected_stock_released"
     if st.closed:
         if st.total > 0:
-            return "paid_closed_refund_pending" if st.ostate == "refund_pending" else "paid_closed_unrefunded"
+            if st.ostate == "refund_pending":
+                return "paid_closed_refund_failed" if st.refund_failed else "paid_closed_refund_pending"
+            return "paid_closed_unrefunded"
         if st.ever_charged:
             return "paid_closed_refunded"
         if any(s in _PENDING_TRADE for s, _ in st.trade_state.values()):
@@ -1656,7 +1672,7 @@ def _end_state(st: _OrderState) -> str:
             return "order_paid_no_charge"
         return "paid_open"
     if st.ostate == "refund_pending":
-        return "paid_refund_pending"
+        return "paid_refund_failed" if st.refund_failed and st.total > 0 else "paid_refund_pending"
     if st.ostate == "refunded":
         return "paid_refunded"
     if any(s in _PENDING_TRADE for s, _ in st.trade_state.values()):

@@ -446,6 +446,10 @@ class OrderServiceSection(_Section):
     workers: int = Field(16, ge=1, le=100_000, description="concurrent requests (notifications, queries)")
     service_time: DurationDist = Field({"dist": "exponential", "mean": "5ms"}, description="per notification or query")
     stuck_grace: Duration = Field("1h", description="an order or trade undecided this long past its deadline is stuck")
+    refund_retry_schedule: RetrySchedule = Field(
+        ["10s", "30s", "1m", "2m", "5m", "10m", "30m", "1h", "2h", "6h", "12h", "24h"],
+        description="gaps between refund attempts while the provider refuses or does not answer; once spent the "
+        "order is refund_failed (a person must act)")
 
 
 class GatewaySection(_Section):

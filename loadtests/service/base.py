@@ -5,19 +5,27 @@ Each service is one process with one event loop and one SQLite connection (``sto
 half-done, loads the pending jobs and starts the scheduler; ``main`` parses the command line the
 runner (``loadtests.service.runner``) passes, binds the socket itself (so a port of 0 picks a free one,
 written to ``--port-file``) and runs uvicorn on it.
+
+Secrets (the admin token, the notification HMAC secret) come from the environment
+(``CHECKOUT_CHAOS_ADMIN_TOKEN``, ``CHECKOUT_CHAOS_NOTIFY_SECRET``) or from a file named by the same
+variable with ``_FILE`` appended; never from the command line, where ``ps`` shows them. A service
+refuses to start without both (exit 2). A storage failure stops the service: it logs why at CRITICAL
+and exits with :data:`EXIT_STORAGE`, so whoever started it (``serve``, a live run) sees it die.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import gc
 import json
 import logging
 import os
 import socket
+import sys
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -30,6 +38,13 @@ log = logging.getLogger("checkout_chaos.service")
 
 ADMIN_TOKEN_ENV = "CHECKOUT_CHAOS_ADMIN_TOKEN"
 NOTIFY_SECRET_ENV = "CHECKOUT_CHAOS_NOTIFY_SECRET"
+EXIT_STORAGE = 75  # EX_TEMPFAIL: the disk failed under the service; restart it once the disk is fixed
+
+# Slow clients: a request's head must arrive within HEADER_TIMEOUT wall seconds of its first byte (or of
+# the connection), its body within BODY_TIMEOUT; an idle keep-alive connection closes after IDLE_TIMEOUT.
+HEADER_TIMEOUT = float(os.environ.get("CHECKOUT_CHAOS_HEADER_TIMEOUT", "10"))
+BODY_TIMEOUT = 10.0
+IDLE_TIMEOUT = 30
 
 # At high time scales a scaled timeout can drop below what one loopback round trip through a busy
 # Python server costs (or one turn of a busy event loop); the services' timeouts (the gateway's wait for
@@ -50,8 +65,8 @@ class ServiceConfig:
     data_dir: Path
     start_epoch: float
     time_scale: float
-    admin_token: str
-    notify_secret: str
+    admin_token: str = field(repr=False)
+    notify_secret: str = field(repr=False)
     synchronous: str = "NORMAL"
     provider_url: str = ""  # checkout only: where the mock (or any) provider listens
     public_url: str = ""  # checkout only: the base URL the provider posts notifications to
@@ -96,10 +111,33 @@ class ServiceBase:
     def wall_timeout(self, scenario_seconds: float) -> float:
         return max(MIN_TIMEOUT, self.clock.wall(scenario_seconds))
 
+    def storage_failed(self, why: str) -> None:
+        """The store could not make a write durable: log it and exit non-zero, soon enough for the
+        requests that were waiting on it to get their 503 first."""
+        log.critical("%s: stopping: storage failure: %s", self.name, why)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+
+        def _exit() -> None:
+            sys.stderr.write(f"{self.name}: exiting with {EXIT_STORAGE}: storage failure: {why}\n")
+            sys.stderr.flush()
+            os._exit(EXIT_STORAGE)
+
+        try:
+            asyncio.get_running_loop().call_later(0.2, _exit)
+        except RuntimeError:
+            _exit()
+
     @asynccontextmanager
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(self.config.data_dir / f"{self.name}.db", self.schema, self.config.synchronous)
+        db = self.config.data_dir / f"{self.name}.db"
+        for part in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+            # SQLite maps the -shm file: a read-only one ends in SIGBUS at the first write, with no log.
+            if part.exists() and not os.access(part, os.R_OK | os.W_OK):
+                raise SystemExit(f"{self.name}: {part} is not readable and writable by this process; fix its "
+                                 "permissions (or remove a stale -shm file) and start again")
+        self.store = Store(db, self.schema, self.config.synchronous, on_fatal=self.storage_failed)
         with self.store.tx():
             self.store.set_meta("start_epoch", repr(self.config.start_epoch))
             self.store.set_meta("time_scale", repr(self.config.time_scale))
@@ -132,17 +170,83 @@ def common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="warning")
 
 
+def read_secret(name: str, environ: dict[str, str] | None = None) -> str:
+    """The secret in ``$name``, else in the file named by ``$name_FILE`` (stripped); ``SystemExit`` (2)
+    if neither gives a non-empty value."""
+    env = os.environ if environ is None else environ
+    value = env.get(name, "").strip()
+    if not value and env.get(name + "_FILE"):
+        path = Path(env[name + "_FILE"])
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SystemExit(_usage(f"{name}_FILE={path}: cannot read it: {exc.strerror or exc}")) from None
+        if not value:
+            raise SystemExit(_usage(f"{name}_FILE={path}: the file is empty; expected the secret"))
+    if not value:
+        raise SystemExit(_usage(f"{name}: not set (or empty); set it, or {name}_FILE to a file holding it"))
+    return value
+
+
+def _usage(message: str) -> int:
+    sys.stderr.write(f"error: {message}\n")
+    return 2
+
+
 def config_from_args(args: argparse.Namespace) -> ServiceConfig:
+    token, secret = read_secret(ADMIN_TOKEN_ENV), read_secret(NOTIFY_SECRET_ENV)
     data = json.loads(Path(args.scenario_json).read_text(encoding="utf-8"))
     return ServiceConfig(
         scenario=scenario_from_dict(data, args.scenario_json),
         data_dir=Path(args.data),
         start_epoch=args.start_epoch,
         time_scale=args.time_scale,
-        admin_token=os.environ.get(ADMIN_TOKEN_ENV, ""),
-        notify_secret=os.environ.get(NOTIFY_SECRET_ENV, ""),
+        admin_token=token,
+        notify_secret=secret,
         synchronous=args.synchronous,
     )
+
+
+def _guarded_http_protocol() -> type:
+    """uvicorn's httptools protocol with a deadline on each request's head: uvicorn closes idle
+    keep-alive connections, but a client that connects and sends nothing (or a header a byte at a
+    time) would otherwise hold its connection for ever."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def _arm_head_timer(self) -> None:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(HEADER_TIMEOUT, self._head_timed_out)
+
+        def _disarm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_head_timer()
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm_head_timer()
+
+        def on_headers_complete(self) -> None:
+            self._disarm_head_timer()
+            super().on_headers_complete()
+
+    return GuardedHttpToolsProtocol
 
 
 def serve(app: Any, args: argparse.Namespace, max_in_flight: int,
@@ -151,6 +255,7 @@ def serve(app: Any, args: argparse.Namespace, max_in_flight: int,
     import uvicorn
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    faulthandler.enable()  # a fatal signal (SIGBUS from a broken -shm mapping) leaves a traceback in the log
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -170,12 +275,12 @@ def serve(app: Any, args: argparse.Namespace, max_in_flight: int,
         access_log=False,
         lifespan="on",
         loop="uvloop",
-        http="httptools",
+        http=_guarded_http_protocol(),
         # Connections + tasks; the per-request bound is InFlightLimit's (max_in_flight).
         limit_concurrency=max(10_000, 4 * max_in_flight),
         backlog=2048,
         timeout_graceful_shutdown=2,
-        timeout_keep_alive=30,
+        timeout_keep_alive=IDLE_TIMEOUT,
     )
     # Everything imported and built so far lives as long as the process: keep it out of the cyclic
     # garbage collector's generations, whose full passes over it paused the event loop for 30-40 ms.

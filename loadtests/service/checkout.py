@@ -27,7 +27,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Path, Request
@@ -49,18 +51,21 @@ from loadtests.service.web import (ID_PATTERN, MAX_AMOUNT, ApiError, InFlightLim
 log = logging.getLogger("checkout_chaos.checkout")
 O = OrderState
 
+ORDER_TRADES = """
+CREATE TABLE IF NOT EXISTS order_trades (
+    ord TEXT NOT NULL, trade TEXT NOT NULL, attempt INTEGER NOT NULL, kind TEXT NOT NULL, created_t REAL NOT NULL,
+    accepted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (ord, trade)
+) WITHOUT ROWID;
+"""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
     ord TEXT PRIMARY KEY, usr TEXT NOT NULL, merchant TEXT NOT NULL, amount INTEGER NOT NULL,
     method TEXT NOT NULL, state TEXT NOT NULL, created_t REAL NOT NULL, expires_at REAL NOT NULL,
-    paid_trade TEXT, stock_released INTEGER NOT NULL DEFAULT 0, close_reason TEXT
+    paid_trade TEXT, stock_released INTEGER NOT NULL DEFAULT 0, close_reason TEXT,
+    refund_failed INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS orders_state_expiry ON orders (state, expires_at);
-CREATE TABLE IF NOT EXISTS order_trades (
-    trade TEXT PRIMARY KEY, ord TEXT NOT NULL, attempt INTEGER NOT NULL, kind TEXT NOT NULL, created_t REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS order_trades_ord ON order_trades (ord, attempt);
-"""
+""" + ORDER_TRADES
 
 CLOSE_RETRY = 60.0  # scenario seconds before the close job looks again at an order it could not decide
 
@@ -68,9 +73,30 @@ Id = Annotated[str, Field(pattern=ID_PATTERN, description="letters, digits and _
 Amount = Annotated[int, Field(gt=0, le=MAX_AMOUNT, description="fen (1/100 CNY), at most 10 million CNY")]
 OrderPath = Annotated[str, Path(pattern=ID_PATTERN)]
 
+# Never "refunded" while the money is still charged: a pending refund says so, and one whose retries
+# are spent says "refund_failed" (``REFUND_FAILED``) until a person (or the buyer cancelling again) acts.
 SCREENS = {O.AWAITING_PAYMENT: "awaiting_payment", O.PAID: "order_paid", O.SHIPPED: "order_paid",
            O.DELIVERED: "order_paid", O.COMPLETED: "order_completed", O.CLOSED: "order_closed",
-           O.REFUND_PENDING: "refunded", O.REFUNDED: "refunded"}
+           O.REFUND_PENDING: "refund_pending", O.REFUNDED: "refunded"}
+REFUND_FAILED = "refund_failed"
+
+
+@dataclass(frozen=True)
+class TradeFacts:
+    """What the provider (or its signed notification) says a trade or agreement was made for: the
+    ``order`` and ``amount`` that ``policies.trade_pays_order`` compares with the order's."""
+
+    trade: str
+    order: str | None
+    amount: int | None
+    state: str | None = None
+
+    @classmethod
+    def of(cls, trade: str, view: dict[str, Any]) -> "TradeFacts":
+        amount = view.get("amount")
+        return cls(trade, view.get("order") if isinstance(view.get("order"), str) else None,
+                   amount if isinstance(amount, int) and not isinstance(amount, bool) else None,
+                   view.get("state") if isinstance(view.get("state"), str) else None)
 
 
 class OrderCreate(BaseModel):
@@ -100,6 +126,7 @@ class OrderView(BaseModel):
     trades: list[str]
     close_reason: str | None
     stock_released: bool
+    refund_failed: bool
 
 
 class ProviderUnavailable(Exception):
@@ -121,6 +148,25 @@ class Checkout(base.ServiceBase):
         self._locks: dict[str, list] = {}  # order id -> [asyncio.Lock, users]: see _order_lock
 
     # -- plumbing -----------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Bring a data directory of an older checkout to this schema: trade numbers keyed by order (the
+        old rows unverified: the close job asks the provider whose they are before using them) and the
+        ``refund_failed`` mark."""
+        order_cols = {r[1] for r in self.store.all("PRAGMA table_info(orders)")}
+        trade_cols = {r[1] for r in self.store.all("PRAGMA table_info(order_trades)")}
+        if "refund_failed" in order_cols and "accepted" in trade_cols:
+            return
+        with self.store.tx() as conn:
+            if "refund_failed" not in order_cols:
+                conn.execute("ALTER TABLE orders ADD COLUMN refund_failed INTEGER NOT NULL DEFAULT 0")
+            if "accepted" not in trade_cols:
+                conn.execute("ALTER TABLE order_trades RENAME TO order_trades_v1")
+                conn.execute(ORDER_TRADES)
+                conn.execute("INSERT OR IGNORE INTO order_trades (ord, trade, attempt, kind, created_t, accepted)"
+                             " SELECT ord, trade, attempt, kind, created_t, 0 FROM order_trades_v1")
+                conn.execute("DROP TABLE order_trades_v1")
+        log.warning("checkout: data directory migrated to the current schema")
 
     def job_handlers(self) -> dict:
         return {"expire": self._expire, "deliver": self._deliver,
@@ -177,17 +223,37 @@ class Checkout(base.ServiceBase):
             "UPDATE orders SET state = ?, paid_trade = ?, stock_released = ?, close_reason = ? WHERE ord = ?",
             (o.state.value, o.paid_trade, int(o.stock_released), o.close_reason, o.id))
 
-    def _trades(self, order: str, kind: str | None = None) -> list[str]:
-        sql = "SELECT trade FROM order_trades WHERE ord = ?" + (" AND kind = ?" if kind else "") + " ORDER BY attempt"
+    def _trades(self, order: str, kind: str | None = None, accepted_only: bool = True) -> list[str]:
+        """The order's trade numbers, oldest first: those the provider accepted, or (``accepted_only=False``)
+        also those sent to it whose answer never came (a crash or a timeout in between)."""
+        sql = ("SELECT trade FROM order_trades WHERE ord = ?" + (" AND kind = ?" if kind else "")
+               + (" AND accepted = 1" if accepted_only else "") + " ORDER BY attempt")
         return [r[0] for r in self.store.all(sql, (order, kind) if kind else (order,))]
+
+    def _trade_of(self, order: str, trade: str) -> Any:
+        """The order's record of ``trade`` (None: this order never sent it to the provider)."""
+        return self.store.one("SELECT * FROM order_trades WHERE ord = ? AND trade = ?", (order, trade))
+
+    def _accept_trade(self, order: str, trade: str) -> None:
+        with self.store.tx() as conn:
+            conn.execute("UPDATE order_trades SET accepted = 1 WHERE ord = ? AND trade = ? AND accepted = 0",
+                         (order, trade))
+
+    def _forget_trade(self, order: str, trade: str) -> None:
+        """The provider refused ``trade`` for this order, or holds it for another: it is not this order's."""
+        with self.store.tx() as conn:
+            conn.execute("DELETE FROM order_trades WHERE ord = ? AND trade = ?", (order, trade))
 
     def _view(self, order: str) -> dict[str, Any]:
         row = self._order_row(order)
         state = O(row["state"])
+        failed = bool(row["refund_failed"])
+        shown = REFUND_FAILED if failed and state is O.REFUND_PENDING else state.value
         return {"order": row["ord"], "user": row["usr"], "merchant": row["merchant"], "amount": row["amount"],
-                "method": row["method"], "state": state.value, "screen": SCREENS[state],
+                "method": row["method"], "state": shown, "screen": REFUND_FAILED if failed else SCREENS[state],
                 "expires_at": row["expires_at"], "paid_trade": row["paid_trade"], "trades": self._trades(order),
-                "close_reason": row["close_reason"], "stock_released": bool(row["stock_released"])}
+                "close_reason": row["close_reason"], "stock_released": bool(row["stock_released"]),
+                "refund_failed": failed}
 
     def _ref(self, row: Any, trade: str) -> dict[str, str]:
         """The event field naming what paid an order: ``agreement`` for BNPL, ``trade`` otherwise."""
@@ -249,59 +315,68 @@ class Checkout(base.ServiceBase):
         if state is not O.AWAITING_PAYMENT:
             raise ApiError(409, f"order is {state.value}: not awaiting payment", "order", "ORDER_NOT_PAYABLE",
                            order_state=state.value)
-        trades = self._trades(order_id)
-        if body is not None and body.trade is not None:
-            trade = body.trade
+        tried = self._trades(order_id, accepted_only=False)
+        chosen = body.trade if body is not None else None
+        if chosen is not None:
+            trade = chosen
         else:
             policy = self.conditions.current().app.retry_trade_no
-            trade = policies.retry_trade_no(policy, order_id, len(trades), trades[-1] if trades else None)
-        owner = self.store.one("SELECT ord FROM order_trades WHERE trade = ?", (trade,))
-        if owner is not None and owner[0] != order_id:
-            raise ApiError(409, f"trade number {trade!r} belongs to another order", "trade", "TRADE_NUMBER_TAKEN")
+            trade = policies.retry_trade_no(policy, order_id, len(tried), tried[-1] if tried else None)
         kind = "agreement" if row["method"] == "bnpl" else "trade"
-        if owner is None:
-            with self.store.tx() as conn:  # recorded before the provider hears of it: a crash leaves no orphan
-                conn.execute("INSERT INTO order_trades (trade, ord, attempt, kind, created_t) VALUES (?, ?, ?, ?, ?)",
-                             (trade, order_id, len(trades), kind, self.clock.now()))
-            await self.store.durable()
-        if kind == "agreement":
-            return await self._authorize(row, trade)
-        payload = {"trade": trade, "order": order_id, "user": row["usr"], "merchant": row["merchant"],
-                   "amount": row["amount"], "notify_url": self.notify_url}
-        try:
-            resp = await self._call("POST", "/trades", payload)
-        except ProviderUnavailable as exc:
-            raise ApiError(502, f"payment provider unavailable: {exc}", None, "PROVIDER_UNAVAILABLE") from None
-        if resp.status_code in (200, 201):
-            return json_response({"order": order_id, "trade": trade, "trade_state": resp.json()["state"],
-                                  "pay_url": f"{self.provider_url}/trades/{trade}/pay"})
-        detail = _json(resp)
-        if resp.status_code == 409:
-            raise ApiError(409, detail.get("error", "trade conflict"), "trade", detail.get("code"))
-        raise ApiError(502, f"payment provider refused the trade: {detail.get('error')}", None, "PROVIDER_REFUSED")
+        order = self._entity(row)
+        for _ in range(2):
+            if self._trade_of(order_id, trade) is None:
+                with self.store.tx() as conn:  # noted before the provider hears of it: a crash leaves no orphan
+                    conn.execute("INSERT INTO order_trades (ord, trade, attempt, kind, created_t) VALUES (?, ?, ?, ?, ?)",
+                                 (order_id, trade, len(tried), kind, self.clock.now()))
+                await self.store.durable()
+            if kind == "agreement":
+                payload = {"agreement": trade, "order": order_id, "user": row["usr"], "merchant": row["merchant"],
+                           "amount": row["amount"]}
+                path, what = "/bnpl/agreements", "BNPL provider"
+            else:
+                payload = {"trade": trade, "order": order_id, "user": row["usr"], "merchant": row["merchant"],
+                           "amount": row["amount"], "notify_url": self.notify_url}
+                path, what = "/trades", "payment provider"
+            try:
+                resp = await self._call("POST", path, payload)
+            except ProviderUnavailable as exc:  # it may or may not have the trade: kept, the close job asks
+                raise ApiError(502, f"{what} unavailable: {exc}", None, "PROVIDER_UNAVAILABLE") from None
+            detail = _json(resp)
+            if resp.status_code in (200, 201) and (
+                    detail.get("state") == "declined" or policies.trade_pays_order(TradeFacts.of(trade, detail), order)):
+                if detail.get("state") == "declined":
+                    self._forget_trade(order_id, trade)
+                    return json_response({"order": order_id, "agreement": trade, "state": "declined",
+                                          "reason": detail.get("reason"), "order_state": row["state"]})
+                self._accept_trade(order_id, trade)
+                if kind == "agreement":
+                    self._mark_paid(order_id, TradeFacts.of(trade, detail))
+                    return json_response({"order": order_id, "agreement": trade, "state": detail.get("state"),
+                                          "order_state": self._order_row(order_id)["state"]})
+                return json_response({"order": order_id, "trade": trade, "trade_state": detail["state"],
+                                      "pay_url": f"{self.provider_url}/trades/{trade}/pay"})
+            self._forget_trade(order_id, trade)  # refused (or held for another order): never this order's
+            if resp.status_code == 409 and chosen is None:
+                # Someone holds this number at the provider (another order named it, or it was created
+                # there directly): the order moves on to a number nobody can guess.
+                trade = _fresh_trade_no(order_id)
+                continue
+            if resp.status_code == 409:
+                raise ApiError(409, detail.get("error", "trade conflict"), "trade", detail.get("code"))
+            raise ApiError(502, f"{what} refused the trade: {detail.get('error')}", None, "PROVIDER_REFUSED")
+        raise ApiError(502, "payment provider refused every trade number tried", None, "PROVIDER_REFUSED")
 
-    async def _authorize(self, row: Any, agreement: str) -> Response:
-        payload = {"agreement": agreement, "order": row["ord"], "user": row["usr"], "merchant": row["merchant"],
-                   "amount": row["amount"]}
-        try:
-            resp = await self._call("POST", "/bnpl/agreements", payload)
-        except ProviderUnavailable as exc:
-            raise ApiError(502, f"BNPL provider unavailable: {exc}", None, "PROVIDER_UNAVAILABLE") from None
-        detail = _json(resp)
-        if resp.status_code not in (200, 201):
-            raise ApiError(502 if resp.status_code != 409 else 409,
-                           f"BNPL provider refused: {detail.get('error')}", "trade", detail.get("code"))
-        if detail.get("state") == "declined":
-            return json_response({"order": row["ord"], "agreement": agreement, "state": "declined",
-                                  "reason": detail.get("reason"), "order_state": row["state"]})
-        self._mark_paid(row["ord"], agreement)
-        return json_response({"order": row["ord"], "agreement": agreement, "state": detail.get("state"),
-                              "order_state": self._order_row(row["ord"])["state"]})
-
-    def _mark_paid(self, order_id: str, trade: str) -> bool:
-        """Awaiting payment -> paid by ``trade`` (or BNPL agreement); the merchant ships next."""
+    def _mark_paid(self, order_id: str, facts: TradeFacts) -> bool:
+        """Awaiting payment -> paid by a trade (or BNPL agreement) of this order and its amount, as the
+        provider reports it (``policies.trade_pays_order``); the merchant ships next."""
         row = self._order_row(order_id)
         o = self._entity(row)
+        trade = facts.trade
+        if not policies.trade_pays_order(facts, o):
+            log.error("trade %s (order %s, %s fen) does not pay order %s (%s fen): not marked paid",
+                      trade, facts.order, facts.amount, order_id, o.amount)
+            return False
         if o.state is not O.AWAITING_PAYMENT:
             return False
         now = self.clock.now()
@@ -321,7 +396,11 @@ class Checkout(base.ServiceBase):
                 raise ApiError(409, "a payment for this order is in progress: try again later", "order",
                                "ORDER_PAYMENT_IN_PROGRESS")
             return json_response(self._view(order_id))
-        if state is O.CLOSED:
+        if state in (O.CLOSED, O.REFUNDED):
+            return json_response(self._view(order_id))
+        if state is O.REFUND_PENDING:  # asked again: a refund whose retries were spent starts over
+            if row["refund_failed"]:
+                self._request_refund(row, row["paid_trade"], again=True)
             return json_response(self._view(order_id))
         if state is O.PAID:  # paid, not shipped yet: refund (or cancel the BNPL agreement)
             self._request_refund(row, row["paid_trade"])
@@ -329,13 +408,17 @@ class Checkout(base.ServiceBase):
         raise ApiError(409, f"order is {state.value}: it can no longer be cancelled", "order",
                        "ORDER_NOT_CANCELLABLE", order_state=state.value)
 
-    def _request_refund(self, row: Any, trade: str, extra: bool = False) -> None:
-        """Ask the provider for a refund (a durable job). ``extra``: a second trade of a paid order."""
+    def _request_refund(self, row: Any, trade: str, extra: bool = False, again: bool = False) -> None:
+        """Ask the provider for a refund (a durable job, retried on ``order_service.refund_retry_schedule``).
+        ``extra``: a second trade of a paid order; ``again``: a failed refund asked for once more."""
         now = self.clock.now()
-        with self.store.tx():
+        with self.store.tx() as conn:
+            if again:
+                conn.execute("UPDATE orders SET refund_failed = 0 WHERE ord = ?", (row["ord"],))
             if not extra:
                 o = self._entity(row)
-                o.to(O.REFUND_PENDING)
+                if not again:
+                    o.to(O.REFUND_PENDING)
                 self._save(o)
                 self.store.emit(now, "order.refund_pending", "order_service", row["ord"], amount=row["amount"],
                                 **self._ref(row, trade))
@@ -352,6 +435,8 @@ class Checkout(base.ServiceBase):
             msg = json.loads(raw)
         except ValueError:
             raise ApiError(400, "malformed JSON body", "body") from None
+        except RecursionError:
+            raise ApiError(400, "JSON body nested too deeply", "body") from None
         if not isinstance(msg, dict):
             raise ApiError(400, "expected a JSON object", "body")
         for name, typ in (("notify_id", str), ("trade", str), ("order", str), ("amount", int), ("attempt", int),
@@ -377,6 +462,16 @@ class Checkout(base.ServiceBase):
                 self.store.emit(now, "notify.received", "order_service", order_id, acked=True, **ev)
             return PlainTextResponse("success")
         o = self._entity(row)
+        facts = TradeFacts(trade, order_id, msg["amount"])
+        record = self._trade_of(order_id, trade)
+        if record is None or not policies.trade_pays_order(facts, o):
+            # Signed, but about a trade this order never sent to the provider: it pays nothing here.
+            with self.store.tx():
+                self.store.emit(now, "notify.received", "order_service", order_id, acked=False, **ev,
+                                problem="not a trade of this order")
+            raise ApiError(409, f"trade {trade!r} is not a trade of order {order_id!r}", "trade", "TRADE_NOT_OF_ORDER")
+        if not record["accepted"]:
+            self._accept_trade(order_id, trade)
         late_payment = self.conditions.current().order_service.late_payment
         paid_by_other = o.paid_trade is not None and o.paid_trade != trade
         action = policies.on_payment_notification(o.state, late_payment, paid_by_other)
@@ -404,13 +499,25 @@ class Checkout(base.ServiceBase):
 
     # -- the close job ------------------------------------------------------------------------------
 
-    async def _query_trade(self, trade: str) -> TradeState | None:
+    async def _query_trade(self, trade: str) -> TradeFacts | None:
+        """The provider's record of ``trade`` (None: it has none)."""
         resp = await self._call("GET", f"/trades/{trade}")
         if resp.status_code == 404:
             return None
         if resp.status_code != 200:
             raise ProviderUnavailable(f"query answered {resp.status_code}")
-        return TradeState(resp.json()["state"])
+        return TradeFacts.of(trade, _json(resp))
+
+    async def _own_trade(self, o: Order, trade: str) -> TradeFacts | None:
+        """``trade`` as the provider has it, if it is this order's (``policies.trade_pays_order``); a
+        number the provider holds for another order, or for another amount, is forgotten."""
+        facts = await self._query_trade(trade)
+        if facts is None:
+            return None
+        if not policies.trade_pays_order(facts, o):
+            self._forget_trade(o.id, trade)
+            return None
+        return facts
 
     async def _close_trade(self, trade: str) -> str:
         """The provider's answer to close, as ``policies.after_trade_close`` reads it."""
@@ -435,16 +542,36 @@ class Checkout(base.ServiceBase):
     async def _close_unpaid(self, order_id: str, reason: str) -> str:
         row = self._order_row(order_id)
         cond = self.conditions.current().order_service
-        step = policies.on_order_expiry(cond.close_policy, O(row["state"]))
+        o = self._entity(row)
+        step = policies.on_order_expiry(cond.close_policy, o.state)
         if step is Step.NOTHING:
             return "nothing"
-        trades = self._trades(order_id, "trade")
+        accepted = set(self._trades(order_id, "trade"))
+        trades = self._trades(order_id, "trade", accepted_only=False)
+        paid_by: dict[str | None, TradeFacts] = {}
         try:
+            decisions: list[tuple[str | None, Step]] = []
             if step is Step.QUERY_TRADE:
-                decisions = [(t, policies.after_trade_query(await self._query_trade(t))) for t in trades]
+                for t in trades:
+                    facts = await self._own_trade(o, t)
+                    decision = policies.after_trade_query(TradeState(facts.state) if facts and facts.state else None)
+                    if decision is Step.MARK_PAID:
+                        paid_by[t] = facts
+                    decisions.append((t, decision))
                 decisions = decisions or [(None, policies.after_trade_query(None))]
             elif step is Step.CLOSE_TRADE:
-                decisions = [(t, policies.after_trade_close(await self._close_trade(t))) for t in trades]
+                for t in trades:
+                    if t not in accepted and await self._own_trade(o, t) is None:
+                        decisions.append((t, policies.after_trade_close("no_trade")))  # never closes another's
+                        continue
+                    decision = policies.after_trade_close(await self._close_trade(t))
+                    if decision is Step.MARK_PAID:  # paid: by this order's trade for its amount?
+                        facts = await self._own_trade(o, t)
+                        if facts is None or facts.state not in (TradeState.SUCCEEDED.value, TradeState.REFUNDED.value):
+                            decision = Step.RETRY_LATER if facts is not None else policies.after_trade_close("no_trade")
+                        else:
+                            paid_by[t] = facts
+                    decisions.append((t, decision))
                 decisions = decisions or [(None, policies.after_trade_close("no_trade"))]
             else:
                 decisions = [(None, step)]
@@ -454,8 +581,7 @@ class Checkout(base.ServiceBase):
         if step is Step.RETRY_LATER:
             return "retry"
         if step is Step.MARK_PAID:
-            self._mark_paid(order_id, trade)
-            return "paid"
+            return "paid" if self._mark_paid(order_id, paid_by[trade]) else "retry"
         row = self._order_row(order_id)  # a notification may have marked it paid meanwhile
         o = self._entity(row)
         if o.state is not O.AWAITING_PAYMENT:
@@ -467,7 +593,7 @@ class Checkout(base.ServiceBase):
             self.store.emit(now, "order.closed", "order_service", order_id, reason=reason,
                             stock_released=o.stock_released)
         if step is Step.CLOSE_ORDER_THEN_TRADE:
-            for t in trades:
+            for t in self._trades(order_id, "trade"):
                 try:
                     await self._close_trade(t)
                 except ProviderUnavailable:
@@ -576,36 +702,65 @@ class Checkout(base.ServiceBase):
                                         job.attempt + 1, job.data)
 
     async def _refund(self, job: Job) -> None:
+        """One refund attempt. A refusal or no answer is tried again on ``order_service.refund_retry_schedule``;
+        once it is spent the order is ``refund_failed`` (durable, in the history, on the buyer's screen, and
+        logged as an error) — never dropped while the buyer's money is still charged."""
         data = job.data or {}
         trade, extra = data["trade"], data.get("extra", False)
         row = self._order_row(job.key)
-        if row["method"] == "bnpl":
-            resp = await self._call("POST", f"/bnpl/agreements/{trade}/cancel")
-        else:
-            resp = await self._call("POST", f"/trades/{trade}/refund", {"refund_id": f"{trade}-refund"})
-        if resp.status_code != 200:
-            log.warning("refund of %s for order %s refused: %s %s", trade, job.key, resp.status_code, resp.text[:200])
-            return  # stays refund_pending: visible to the checker
+        try:
+            if row["method"] == "bnpl":
+                resp = await self._call("POST", f"/bnpl/agreements/{trade}/cancel")
+            else:
+                resp = await self._call("POST", f"/trades/{trade}/refund", {"refund_id": f"{trade}-refund"})
+            problem = None if resp.status_code == 200 else f"provider answered {resp.status_code}: {resp.text[:200]}"
+        except ProviderUnavailable as exc:
+            problem = str(exc)
+        now = self.clock.now()
+        if problem is not None:
+            failures = int(data.get("failures", 0)) + 1
+            gap = policies.refund_delay(self.conditions.current().order_service.refund_retry_schedule.gaps, failures)
+            with self.store.tx() as conn:
+                self.store.done(job)
+                if gap is not None:
+                    self.store.schedule("refund", job.key, now + gap, job.attempt, {**data, "failures": failures})
+                else:
+                    conn.execute("UPDATE orders SET refund_failed = 1 WHERE ord = ?", (job.key,))
+                    self.store.emit(now, "order.refund_failed", "order_service", job.key, amount=row["amount"],
+                                    attempts=failures, error=problem[:200], **self._ref(row, trade))
+            if gap is None:
+                log.error("refund of %s for order %s failed %d times, giving up until a person acts: %s",
+                          trade, job.key, failures, problem)
+            else:
+                log.warning("refund of %s for order %s failed (%d), again in %gs: %s", trade, job.key, failures,
+                            gap, problem)
+            return
         if extra:
             return
         row = self._order_row(job.key)
         o = self._entity(row)
         if o.state is not O.REFUND_PENDING:
             return
-        now = self.clock.now()
-        with self.store.tx():
+        with self.store.tx() as conn:
             self.store.done(job)
             o.to(O.REFUNDED)
             self._save(o)
+            conn.execute("UPDATE orders SET refund_failed = 0 WHERE ord = ?", (job.key,))
             self.store.emit(now, "order.refunded", "order_service", job.key, amount=row["amount"], **self._ref(row, trade))
 
     # -- admin --------------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
         count = lambda sql: {r[0]: r[1] for r in self.store.all(sql)}  # noqa: E731
-        return {"orders": count("SELECT state, COUNT(*) FROM orders GROUP BY state"),
+        return {"orders": count(f"SELECT CASE WHEN refund_failed AND state = '{O.REFUND_PENDING.value}' "
+                                f"THEN '{REFUND_FAILED}' ELSE state END AS s, COUNT(*) FROM orders GROUP BY s"),
                 "jobs": count("SELECT kind, COUNT(*) FROM jobs GROUP BY kind"),
                 "now": self.clock.now()}
+
+
+def _fresh_trade_no(order_id: str) -> str:
+    """A trade number for ``order_id`` that nobody can have taken in advance (at most 64 characters)."""
+    return f"{order_id[:40]}-r{secrets.token_hex(8)}"
 
 
 def _json(resp: Any) -> dict[str, Any]:

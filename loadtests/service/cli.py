@@ -22,9 +22,13 @@ examples:
 --psp prints what a merchant puts into its configuration (gateway URL, ids, key files, the SDK's
 override line); the keys stay in the data directory (docs/psp.md).
 
-Faults can be changed while it runs:
-  curl -X PUT -H "Authorization: Bearer $TOKEN" -d '{"set": {"gateway.service_time": "2s"}}' \\
+Faults can be changed while it runs (the admin token is in DATA/admin_token):
+  curl -X PUT -H "Authorization: Bearer $(cat run1/admin_token)" -d '{"set": {"gateway.service_time": "2s"}}' \\
        -H 'Content-Type: application/json' http://127.0.0.1:8801/admin/faults
+
+Secrets never go on the command line (where ps shows them): give them in the environment
+($CHECKOUT_CHAOS_ADMIN_TOKEN, $CHECKOUT_CHAOS_NOTIFY_SECRET) or as files (--admin-token-file,
+--notify-secret-file); otherwise they are generated and kept in the data directory.
 """
 
 
@@ -39,13 +43,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "(default: a new temporary directory); reusing one resumes its timeline")
     parser.add_argument("--provider-port", type=int, default=0, metavar="P", help="default: a free port")
     parser.add_argument("--checkout-port", type=int, default=0, metavar="C", help="default: a free port")
-    parser.add_argument("--admin-token", metavar="T",
-                        help="admin bearer token (default: $CHECKOUT_CHAOS_ADMIN_TOKEN, else generated and printed)")
-    parser.add_argument("--notify-secret", metavar="S",
-                        help="HMAC secret of notifications (default: $CHECKOUT_CHAOS_NOTIFY_SECRET, else generated)")
+    parser.add_argument("--admin-token-file", metavar="FILE",
+                        help="file holding the admin bearer token (default: $CHECKOUT_CHAOS_ADMIN_TOKEN, else "
+                             "DATA/admin_token, else generated there)")
+    parser.add_argument("--notify-secret-file", metavar="FILE",
+                        help="file holding the notifications' HMAC secret (default: $CHECKOUT_CHAOS_NOTIFY_SECRET, "
+                             "else DATA/notify_secret, else generated there)")
     parser.add_argument("--psp", action="append", default=[], metavar="NAME",
                         help="PSP protocol(s) the mock provider also speaks, beside its native API: "
-                             "alipay (repeatable or comma-separated; default: native only)")
+                             "alipay, wechat, stripe (repeatable or comma-separated; default: native only)")
     parser.add_argument("--merchant-public-key", metavar="FILE",
                         help="the merchant's public key (PEM) the PSP faces verify requests with (default: a key "
                              "pair generated in the data directory, whose private half the merchant then uses)")
@@ -57,7 +63,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sim.errors import ConfigError
-    from loadtests.service.runner import start_services
+    from loadtests.service.runner import mask, start_services
 
     for name in ("provider_port", "checkout_port"):
         port = getattr(args, name)
@@ -65,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')}: expected a port between 0 and 65535, found {port}")
     if args.time_scale is not None and args.time_scale <= 0:
         raise ConfigError(f"--time-scale: expected a positive number, found {args.time_scale:g}")
+    token = _secret_file(args.admin_token_file, "--admin-token-file")
+    secret = _secret_file(args.notify_secret_file, "--notify-secret-file")
     from loadtests.service.psp.faces import FACES
 
     faces = [f.strip() for item in args.psp for f in item.split(",") if f.strip()]
@@ -87,15 +95,15 @@ def run(args: argparse.Namespace) -> int:
                               f"found something else ({exc})") from None
         options = {face: {"merchant_public_key": str(path)} for face in faces}
     print("starting the mock provider and the reference checkout ...", file=sys.stderr, flush=True)
-    services = start_services(args.scenario, args.data, args.time_scale, args.overrides, args.admin_token,
+    services = start_services(args.scenario, args.data, args.time_scale, args.overrides, token,
                               (args.provider_port, args.checkout_port), host=args.host,
-                              allow_remote=args.allow_remote, notify_secret=args.notify_secret,
+                              allow_remote=args.allow_remote, notify_secret=secret,
                               synchronous=args.synchronous, faces=faces, face_options=options or None)
     with services:
         print(f"provider   {services.provider_url}   (OpenAPI: {services.provider_url}/docs)")
         print(f"checkout   {services.checkout_url}   (OpenAPI: {services.checkout_url}/docs)")
-        print(f"admin token  {services.admin_token}")
-        print(f"notify secret  {services.notify_secret}")
+        print(f"admin token    {mask(services.admin_token)} in {services.data_dir / 'admin_token'}")
+        print(f"notify secret  {mask(services.notify_secret)} in {services.data_dir / 'notify_secret'}")
         print(f"data       {services.data_dir}")
         for face in faces:
             _print_merchant_config(face, services, options.get(face))
@@ -107,9 +115,26 @@ def run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print("stopping ...", file=sys.stderr)
             return 0
-        dead = [n for n in ("provider", "checkout") if not services.alive(n)]
-        print(f"error: {', '.join(dead)} exited; see {services.data_dir}/*.log", file=sys.stderr)
+        for name in ("provider", "checkout"):
+            why = services.failure(name)
+            if why:
+                print(f"error: {why}", file=sys.stderr)
         return 1
+
+
+def _secret_file(path: str | None, flag: str) -> str | None:
+    """The secret in ``path`` (stripped), or None when no file was given."""
+    from sim.errors import ConfigError
+
+    if path is None:
+        return None
+    try:
+        value = open(path, encoding="utf-8").read().strip()
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot read it: {exc.strerror or exc}") from None
+    if not value:
+        raise ConfigError(f"{flag} {path}: the file is empty; expected the secret")
+    return value
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -5,8 +5,10 @@ loadtests.service.checkout`` as child processes on loopback, waits until both an
 returns a :class:`Services` handle (a context manager). Both children get the resolved scenario as a
 JSON file in the data directory and the same start epoch, so their history events share one clock; the
 epoch is kept in ``DATA/run.json`` and reused when the services are started again on the same data
-directory (a restart after a crash continues the same timeline). Secrets travel in the environment,
-never on a command line.
+directory (a restart after a crash continues the same timeline). Secrets live in the data directory
+(``admin_token``, ``notify_secret``, mode 0600) and reach the children as ``..._FILE`` environment
+variables: never on a command line, never in a ``repr``. A child that dies is reported with its exit
+code and the last error it logged (:meth:`Services.check_alive`).
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ class Services:
 
     provider_url: str
     checkout_url: str
-    admin_token: str
-    notify_secret: str
+    admin_token: str = field(repr=False)
+    notify_secret: str = field(repr=False)
     data_dir: Path
     start_epoch: float
     time_scale: float
@@ -70,6 +72,21 @@ class Services:
     def alive(self, which: str) -> bool:
         proc = self._children[which].proc
         return proc is not None and proc.poll() is None
+
+    def failure(self, which: str) -> str | None:
+        """Why ``which`` is not running (exit code and the last error of its log), or None if it runs."""
+        child = self._children[which]
+        proc = child.proc
+        if proc is None or proc.poll() is None:
+            return None
+        return _death(child)
+
+    def check_alive(self) -> None:
+        """Raise ``TargetError`` naming each service that died, with why."""
+        dead = [self.failure(n) for n in SERVICES if n in self._children]
+        dead = [d for d in dead if d]
+        if dead:
+            raise TargetError("; ".join(dead))
 
     def kill(self, which: str) -> None:
         """SIGKILL the service (no shutdown code runs: a crash) and reap it."""
@@ -193,11 +210,49 @@ def _wait_healthy(child: _Child, url: str, timeout: float) -> None:
         time.sleep(0.05)
 
 
+def _death(child: _Child) -> str:
+    """``"checkout exited with 75: <its last CRITICAL/ERROR line>"`` (signals named, e.g. SIGKILL)."""
+    code = child.proc.returncode if child.proc is not None else None
+    how = f"killed by {signal.Signals(-code).name}" if isinstance(code, int) and code < 0 else f"exited with {code}"
+    why = ""
+    try:
+        lines = child.log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for marker in (" CRITICAL ", "Fatal Python error", "error:", " ERROR "):
+        found = [ln for ln in lines if marker in ln]
+        if found:
+            why = found[-1].strip()
+            break
+    return f"{child.name} {how}" + (f": {why}" if why else "") + f" (log: {child.log_path})"
+
+
+def _write_secret(path: Path, value: str) -> None:
+    """Write a secret readable by this user only (created 0600, replaced atomically)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(value)
+    os.replace(tmp, path)
+
+
+def mask(secret: str) -> str:
+    """A secret as shown to a person: its first four characters only."""
+    return f"{secret[:4]}… ({len(secret)} characters)"
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
 
 
 def start_services(
@@ -220,7 +275,8 @@ def start_services(
 
     ``scenario``: a path, a :class:`Scenario` or None (defaults); ``overrides`` as for ``--set``.
     ``time_scale`` defaults to ``scenario.live.time_scale``. ``data_dir`` defaults to a new temporary
-    directory. ``admin_token`` defaults to ``$CHECKOUT_CHAOS_ADMIN_TOKEN`` or a fresh random token.
+    directory. ``admin_token`` defaults to ``$CHECKOUT_CHAOS_ADMIN_TOKEN``, then the data directory's
+    ``admin_token`` file (a restart keeps it), else a fresh random token; ``notify_secret`` likewise.
     ``ports`` = ``(provider, checkout)``; None or 0 picks free ports. ``faces``: the PSP protocols the
     provider serves beside ``native`` (``loadtests.service.psp.faces.FACES``); ``face_options`` per face
     (e.g. ``{"alipay": {"merchant_public_key": "path.pem"}}``).
@@ -263,9 +319,15 @@ def start_services(
     scenario_file = data / "scenario.json"
     scenario_file.write_text(json.dumps(resolved.resolved()))
 
-    token = admin_token or os.environ.get(ADMIN_TOKEN_ENV) or secrets.token_urlsafe(18)
-    secret = notify_secret or os.environ.get(NOTIFY_SECRET_ENV) or secrets.token_hex(32)
-    env = {**os.environ, ADMIN_TOKEN_ENV: token, NOTIFY_SECRET_ENV: secret, "PYTHONUNBUFFERED": "1"}
+    token = admin_token or os.environ.get(ADMIN_TOKEN_ENV) or _read(data / "admin_token") or secrets.token_urlsafe(18)
+    secret = notify_secret or os.environ.get(NOTIFY_SECRET_ENV) or _read(data / "notify_secret") or secrets.token_hex(32)
+    if not token.strip() or not secret.strip():
+        raise ConfigError("the admin token and the notify secret must not be empty")
+    _write_secret(data / "admin_token", token)
+    _write_secret(data / "notify_secret", secret)
+    env = {k: v for k, v in os.environ.items() if k not in (ADMIN_TOKEN_ENV, NOTIFY_SECRET_ENV)}
+    env.update({ADMIN_TOKEN_ENV + "_FILE": str(data / "admin_token"),
+                NOTIFY_SECRET_ENV + "_FILE": str(data / "notify_secret"), "PYTHONUNBUFFERED": "1"})
     pports = ports or (0, 0)
 
     def argv(name: str, port: int) -> list[str]:

@@ -12,7 +12,16 @@ Durability: WAL mode. With ``synchronous=NORMAL`` (the default) a commit is in t
 response is sent, so it survives a ``kill -9`` of the process (the crash the tests make); only an
 operating-system crash or power loss can lose the last commits. ``synchronous=FULL`` (``--synchronous
 full``) fsyncs every commit and survives those too, at a cost in throughput. Checkpoints (copying the
-WAL back into the database, with an fsync) run in a background thread, never on the event loop.
+WAL back into the database, with an fsync) run in a background thread, never on the event loop. A
+writer that never pauses starves those PASSIVE checkpoints (the WAL is only rewound when a checkpoint
+has caught up with it), so once the WAL passes :data:`WAL_LIMIT` the event loop's own connection, between
+two batches, finishes the checkpoint and truncates the file (``wal_checkpoint(TRUNCATE)``: a pause of a
+few milliseconds, since the thread has copied nearly everything already). The ``-wal`` file stays bounded.
+
+Storage failures: a COMMIT that fails (disk I/O error, disk full) is rolled back, every response
+waiting on it fails, and the store calls its ``on_fatal`` hook: the service logs why and exits
+non-zero (``base.ServiceBase``), since which of its in-memory timers that batch touched is no longer
+known; a restart reloads them all from the database. Nothing waits forever on a batch that failed.
 
 Jobs are the outbox and the timers: a row in ``jobs`` with a kind, a key and a due time in scenario
 seconds. The :class:`Scheduler` keeps them in a heap, runs each due job's handler, and on start loads
@@ -54,6 +63,12 @@ CREATE TABLE IF NOT EXISTS postings (txn TEXT NOT NULL, account TEXT NOT NULL, a
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
+WAL_LIMIT = 32 << 20  # bytes: a -wal file past this is truncated by the checkpoint thread
+
+
+class StorageError(Exception):
+    """A write could not be made durable (the batch was rolled back); nothing of it was acknowledged."""
+
 
 @dataclass
 class Job:
@@ -69,8 +84,12 @@ class Job:
 class Store:
     """One SQLite database in WAL mode; ``tx()`` commits state, events and jobs atomically."""
 
-    def __init__(self, path: str | Path, schema: str, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: str | Path, schema: str, synchronous: str = "NORMAL",
+                 on_fatal: Callable[[str], None] | None = None, wal_limit: int = WAL_LIMIT) -> None:
         self.path = str(path)
+        self.on_fatal = on_fatal
+        self.wal_limit = wal_limit
+        self.failed: str | None = None  # why the store stopped accepting writes (after a failed commit)
         self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.conn.row_factory = sqlite3.Row
         # Every commit writes each page it touched to the WAL: small pages and few indexes keep a
@@ -87,6 +106,8 @@ class Store:
         # connection never checkpoints; a thread with its own connection does, twice a second (PASSIVE:
         # it never blocks the writer).
         self.conn.execute("PRAGMA wal_autocheckpoint=0")
+        # After a checkpoint resets the WAL, SQLite truncates the file back to this size.
+        self.conn.execute(f"PRAGMA journal_size_limit={int(wal_limit)}")
         self._closing = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="wal-checkpoint", daemon=True)
         self._checkpointer.start()
@@ -113,6 +134,8 @@ class Store:
         """
         if self._in_tx:
             raise RuntimeError("nested transaction")
+        if self.failed is not None:
+            raise StorageError(f"storage failed: {self.failed}")
         self._in_tx = True
         try:
             if not self._batch_open:
@@ -155,22 +178,44 @@ class Store:
         try:
             self.conn.execute("COMMIT")
         except BaseException as exc:
-            self.conn.execute("ROLLBACK")
+            # SQLite may have rolled the transaction back itself (an I/O error does): then ROLLBACK
+            # would raise "no transaction is active" and leave the batch open for ever.
             self._batch_open = False
             self._after_commit.clear()
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.exception("ROLLBACK after a failed COMMIT failed")
+            why = f"COMMIT failed: {exc.__class__.__name__}: {exc}"
             if waiter is not None and not waiter.done():
-                waiter.set_exception(exc)
-            raise
+                waiter.set_exception(StorageError(why))
+                waiter.exception()  # retrieved: the waiters see it through the shield
+            self._fail(why)
+            if self._deferred and isinstance(exc, Exception):
+                return  # a callback of the event loop: the waiters and on_fatal have been told
+            raise StorageError(why) from exc
         self._batch_open = False
         self.commits += 1
+        if self._truncate_wanted or (self.commits % 64 == 0 and self.wal_size() > self.wal_limit):
+            self._truncate_wal()
         after, self._after_commit = self._after_commit, []
         for fn in after:
             fn()
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _fail(self, why: str) -> None:
+        if self.failed is None:
+            self.failed = why
+            log.critical("storage failure in %s: %s", self.path, why)
+            if self.on_fatal is not None:
+                self.on_fatal(why)
+
     async def durable(self) -> None:
-        """Return once everything written so far is committed."""
+        """Return once everything written so far is committed (``StorageError`` if that failed)."""
+        if self.failed is not None and not self._batch_open:
+            raise StorageError(f"storage failed: {self.failed}")
         if not self._batch_open:
             return
         if self._committed is None:
@@ -241,19 +286,42 @@ class Store:
         finally:
             conn.close()
 
+    _truncate_wanted = False
+
+    def _truncate_wal(self) -> None:
+        """Finish the checkpoint and truncate the WAL (on the writer's connection, no batch open)."""
+        self._truncate_wanted = False
+        try:
+            # A reader holding an old snapshot (a history export) would make it wait: never long.
+            self.conn.execute("PRAGMA busy_timeout=50")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            log.warning("WAL truncation failed", exc_info=True)
+        finally:
+            self.conn.execute("PRAGMA busy_timeout=5000")
+
+    def wal_size(self) -> int:
+        try:
+            return Path(self.path + "-wal").stat().st_size
+        except OSError:
+            return 0
+
     def _checkpoint_loop(self, interval: float = 0.5) -> None:
         conn = sqlite3.connect(self.path, check_same_thread=False)
         try:
             while not self._closing.wait(interval):
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    if self.wal_size() > self.wal_limit:
+                        self._truncate_wanted = True  # done by the writer, between batches (commit)
                 except sqlite3.Error:
                     log.warning("WAL checkpoint failed", exc_info=True)
         finally:
             conn.close()
 
     def close(self) -> None:
-        self.commit()
+        if self.failed is None:
+            self.commit()
         self._closing.set()
         self._checkpointer.join(timeout=5)
         self.conn.close()

@@ -6,14 +6,17 @@
   exception is logged and answered 500 in the same shape (the tests fuzz for it never happening).
 * :class:`InFlightLimit` — a bounded number of requests in flight; beyond it ``503`` with
   ``Retry-After`` at once, so overload never queues without bound or hangs the server. Bodies larger
-  than :data:`MAX_BODY` are refused with ``413`` before they are read. It also holds every response
-  until the store's group commit has made the request's writes durable.
+  than :data:`MAX_BODY` are refused with ``413`` before any work: at once when ``Content-Length`` says so,
+  else as soon as the bytes read pass it (a chunked body), never reading the rest; a body that does
+  not arrive within ``BODY_TIMEOUT`` gets ``408``. It also holds every response until the store's group
+  commit has made the request's writes durable, and answers ``503`` if that commit failed.
 * The admin token (``Authorization: Bearer <token>``) and the admin routes both services expose:
   ``GET/PUT /admin/faults`` and ``GET /admin/history``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -26,6 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sim.errors import ConfigError
+
+from loadtests.service.store import StorageError
 
 log = logging.getLogger("checkout_chaos.service")
 
@@ -83,6 +88,14 @@ def install_error_handlers(app: FastAPI) -> None:
         error = {404: "no such route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
         return json_response({"error": error, "field": field}, exc.status_code, getattr(exc, "headers", None))
 
+    @app.exception_handler(StorageError)
+    async def _storage(request: Request, exc: StorageError) -> Response:
+        return json_response({"error": f"storage unavailable: {exc}", "field": None}, 503, {"Retry-After": "5"})
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(request: Request, exc: RecursionError) -> Response:
+        return json_response({"error": "request nested too deeply", "field": "body"}, 400)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -97,8 +110,13 @@ class InFlightLimit:
     """
 
     def __init__(self, app: Any, limit: int, exempt: tuple[str, ...] = ("/healthz",), retry_after: int = 1,
-                 before_response: Callable[[], Any] | None = None) -> None:
+                 before_response: Callable[[], Any] | None = None, max_body: int | None = None,
+                 body_timeout: float | None = None) -> None:
+        from loadtests.service.base import BODY_TIMEOUT
+
         self.app, self.limit, self.exempt = app, limit, exempt
+        self.max_body = MAX_BODY if max_body is None else max_body
+        self.body_timeout = BODY_TIMEOUT if body_timeout is None else body_timeout
         self.before_response = before_response
         self.retry_after = str(retry_after).encode()
         self.in_flight = 0
@@ -108,14 +126,15 @@ class InFlightLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        too_big = {"error": f"body larger than {self.max_body} bytes", "field": "body"}
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
-                    too_big = int(value) > MAX_BODY
+                    declared = int(value) > self.max_body
                 except ValueError:
-                    too_big = False
-                if too_big:
-                    await self._refuse(send, 413, {"error": f"body larger than {MAX_BODY} bytes", "field": "body"})
+                    declared = False
+                if declared:
+                    await self._refuse(send, 413, too_big)
                     return
         if self.in_flight >= self.limit and scope["path"] not in self.exempt:
             self.rejected += 1
@@ -123,17 +142,75 @@ class InFlightLimit:
                                            "field": None}, retry=True)
             return
         self.in_flight += 1
-        if self.before_response is not None:
-            durable, inner_send = self.before_response, send
-
-            async def send(message: dict) -> None:  # noqa: F811 - nothing is acknowledged before its commit
-                if message["type"] == "http.response.start":
-                    await durable()
-                await inner_send(message)
         try:
-            await self.app(scope, receive, send)
+            # The whole body, counted as it arrives, before the app sees any of it: Content-Length is
+            # only a claim, and a chunked body has none.
+            try:
+                read = await asyncio.wait_for(self._read_body(receive), self.body_timeout)
+            except asyncio.TimeoutError:
+                await self._refuse(send, 408, {"error": f"request body not received within {self.body_timeout:g}s",
+                                               "field": "body"})
+                return
+            if read is None:
+                await self._refuse(send, 413, too_big)
+                return
+            body, disconnect = read
+            await self.app(scope, self._replay(body, disconnect, receive), self._durable_send(send))
         finally:
             self.in_flight -= 1
+
+    async def _read_body(self, receive: Callable) -> tuple[bytes, dict | None] | None:
+        """The request body (and a disconnect seen while reading it), or None as soon as more than
+        ``max_body`` bytes have arrived."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: the app sees the disconnect
+                return b"".join(chunks), message
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), None
+
+    @staticmethod
+    def _replay(body: bytes, disconnect: dict | None, receive: Callable) -> Callable:
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return disconnect if disconnect is not None else await receive()
+
+        return replay
+
+    def _durable_send(self, send: Callable) -> Callable:
+        """``send``, holding the response until the store's commit; a failed commit answers 503 instead."""
+        if self.before_response is None:
+            return send
+        durable = self.before_response
+        failed = False
+
+        async def durable_send(message: dict) -> None:
+            nonlocal failed
+            if failed:
+                return
+            if message["type"] == "http.response.start":
+                try:
+                    await durable()
+                except StorageError as exc:  # its writes are not on disk: nothing is acknowledged
+                    failed = True
+                    await self._refuse(send, 503, {"error": f"storage unavailable: {exc}", "field": None},
+                                       retry=True)
+                    return
+            await send(message)
+
+        return durable_send
 
     async def _refuse(self, send: Callable, status: int, body: dict, retry: bool = False) -> None:
         payload = _dumps(body).encode()
@@ -147,6 +224,8 @@ class InFlightLimit:
 
 def require_admin(token: str) -> Callable[[Request], None]:
     """A dependency refusing (401) requests without ``Authorization: Bearer <token>``."""
+    if not token:
+        raise ValueError("admin token: expected a non-empty token")
     expected = f"Bearer {token}".encode()
 
     def check(request: Request) -> None:

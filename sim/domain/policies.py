@@ -169,3 +169,27 @@ def bnpl_overdue_decision(credit_side_paid: bool) -> str:
     false overdue mark, and it emerges from the sync lag, not from this function.
     """
     return "settled" if credit_side_paid else "overdue"
+
+
+def trade_pays_order(trade: object, order: object) -> bool:
+    """Whether a succeeded ``trade`` (or BNPL agreement) pays ``order``: it was made for this very order
+    and for its full amount.
+
+    ``trade`` needs ``order`` and ``amount`` attributes (a :class:`~sim.domain.entities.Trade`, an
+    ``Agreement``, or the provider's answer read into one), ``order`` needs ``id`` and ``amount``. Nothing
+    marks an order paid without asking this: a trade number can be named by anyone, and a 1-fen trade of
+    another order must not pay a 1,000-yuan one.
+    """
+    return getattr(trade, "order", None) == getattr(order, "id", None) and \
+        getattr(trade, "amount", None) == getattr(order, "amount", None)
+
+
+def refund_delay(gaps: tuple[float, ...], failures: int) -> float | None:
+    """Seconds to wait before trying a refund again after its ``failures``-th failed attempt (1-based);
+    None when the schedule is spent and a person must be told (the order becomes ``refund_failed``).
+
+    A refund is never silently given up: money the buyer is owed stays visible until it is returned.
+    """
+    if failures < 1:
+        raise ValueError(f"failures: expected at least 1, found {failures}")
+    return gaps[failures - 1] if failures - 1 < len(gaps) else None

@@ -25,7 +25,8 @@ def _post_notify(services, body: dict, signature: str | None) -> httpx.Response:
 def test_signature_is_verified(services):
     """No signature, a wrong one, a stale one: 401; a good one is acted on and answered 'success'."""
     order = new_order(services, amount=700)["order"]
-    body = {"notify_id": "n-1", "trade": f"{order}-t0", "order": order, "amount": 700,
+    trade = start_payment(services, order)["trade"]  # a trade of this order (unpaid: only the notice says so)
+    body = {"notify_id": "n-1", "trade": trade, "order": order, "amount": 700,
             "trade_status": "TRADE_SUCCESS", "attempt": 1}
     raw = json.dumps(body).encode()
     secret = services.notify_secret.encode()
