@@ -313,6 +313,18 @@ DurationOrOff = Annotated[
     PlainSerializer(lambda v: "off" if v is None else format_duration(v)),
 ]
 
+def _dist_or_off(value: Any) -> Dist | None:
+    if value in ("off", None):
+        return None
+    return _make_dist(value, "duration")
+
+
+DurationOrOffDist = Annotated[
+    Dist | None,
+    PlainValidator(_dist_or_off),
+    PlainSerializer(lambda v: "off" if v is None else _dump_dist(v)),
+]
+
 # --------------------------------------------------------------------------------------------------
 # The schema
 
@@ -430,6 +442,13 @@ class OrderServiceSection(_Section):
     close_mode: Literal["timer", "sweep"] = Field("timer", description="per-order timer, or a periodic sweep")
     sweep_interval: Duration = Field("10m", description="macrozheng/mall sweeps every 10 minutes")
     release_stock_on_close: bool = Field(True, description="closing an order returns its stock")
+    order_lock: bool = Field(
+        True, description="the notification handler and the close job lock the order (row lock or version check) "
+        "between reading and writing it; false: a write decided on a stale read overwrites what another wrote "
+        "meanwhile (the close job's lost update of a 'paid', two handlers of one notification both fulfilling)")
+    close_write_delay: DurationDist = Field(
+        "0s", description="close job: it read the expired order, it writes it closed this long after "
+        "(the rest of its transaction: stock, coupons); a notification handled inside it races the close")
     workers: int = Field(16, ge=1, le=100_000, description="concurrent requests (notifications, queries)")
     service_time: DurationDist = Field({"dist": "exponential", "mean": "5ms"}, description="per notification or query")
     stuck_grace: Duration = Field("1h", description="an order or trade undecided this long past its deadline is stuck")
@@ -465,15 +484,55 @@ class BankSection(_Section):
     response_loss: Probability = Field(0.0, description="the debit completes but its response never reaches the gateway")
 
 
-class MerchantSection(_Section):
-    """Merchants: delivery and the BNPL finish call."""
+class MerchantProfile(_Section):
+    """One merchant of the population: its share of orders and how its integration sends BNPL finish."""
 
-    delivery_time: DurationDist = Field(_ln("2h", "24h"), description="paid -> goods delivered")
-    bnpl_finish_delay: DurationDist = Field(_ln("10m", "6h"), description="delivered -> merchant calls finish")
+    name: str = Field(min_length=1, description="the merchant's id (``merchant:<name>`` in the ledger)")
+    share: float = Field(gt=0.0, le=1.0, description="share of orders; the population's shares sum to 1")
+    finish: Literal["sync", "batch", "queue"] = Field(
+        "sync", description="sync: finish from the delivery event; batch: a job every batch_interval, "
+        "skipped while the previous run still runs; queue: a message queue whose worker loses what it "
+        "holds in memory when it restarts")
+    batch_interval: Duration = Field("6h", description="batch: how often the finish job runs")
+    batch_item_time: DurationDist = Field("2s", description="batch: one finish call of a run (the run is sequential)")
+    restart_every: DurationOrOffDist = Field(
+        "off", description='queue: time between the worker\'s restarts (a distribution), or "off"')
+
+    @model_validator(mode="after")
+    def _gt_zero_interval(self) -> "MerchantProfile":
+        if self.batch_interval <= 0:
+            raise ValueError("batch_interval must be longer than 0s")
+        return self
+
+
+class MerchantSection(_Section):
+    """Merchants: the population, delivery and the BNPL finish call."""
+
+    population: tuple[MerchantProfile, ...] = Field(
+        (MerchantProfile(name="m1", share=1.0),),
+        description="the merchants, each with its share and finish integration (a list of tables)")
+    delivery_time: DurationDist = Field(_ln("2h", "24h"), description="paid -> goods delivered (every order)")
+    bnpl_finish_delay: DurationDist = Field(_ln("10m", "6h"), description="delivered -> merchant calls finish (sync), or the queue worker sends it (queue)")
     bnpl_finish_failure: Probability = Field(0.01, description="chance one finish call fails")
-    bnpl_finish_forget: Probability = Field(0.0, description="chance the merchant never calls finish")
+    bnpl_finish_forget: Probability = Field(
+        0.0, description="deprecated, ignored by the simulation (finish losses come from the population's "
+        "integrations); still read by the live reference checkout until it implements merchant.population")
     bnpl_finish_retries: int = Field(3, ge=0, le=100, description="retries of a failed finish call")
     bnpl_finish_retry_delay: DurationDist = Field("10m", description="between finish retries")
+    finish_outbox: bool = Field(False, description="queue merchants write finish messages to a durable outbox: a restarted worker sends again what it held")
+
+    @field_validator("population")
+    @classmethod
+    def _shares(cls, v: tuple[MerchantProfile, ...]) -> tuple[MerchantProfile, ...]:
+        if not v:
+            raise ValueError("expected at least one merchant")
+        names = [m.name for m in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"merchant names must be unique, found {names}")
+        total = sum(m.share for m in v)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"merchant shares must sum to 1, found {total:g}")
+        return v
 
 
 class BnplSection(_Section):

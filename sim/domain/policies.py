@@ -111,6 +111,18 @@ def on_payment_notification(order_state: OrderState, late_payment: str, paid_by_
     return NotifyAction.DUPLICATE  # refund pending / refunded: nothing more to do
 
 
+def must_reread(order_lock: bool, read_version: int, current_version: int) -> bool:
+    """At the write of a read-then-write on an order: must the writer read the order again first?
+
+    With ``order_lock`` (a row lock, ``SELECT ... FOR UPDATE``, or a version check ``UPDATE ... WHERE
+    version = :read``, as WeChat Pay's notification guide requires) a writer whose row changed since its
+    read re-reads it and decides again. Without it, the writer writes what it decided from its stale
+    read: the close job overwrites the 'paid' a notification handler wrote meanwhile (a lost update),
+    and two handlers of one notification both mark the order paid (a double fulfilment).
+    """
+    return order_lock and read_version != current_version
+
+
 def retry_trade_no(policy: str, order_id: str, attempt: int, previous: str | None) -> str:
     """The trade number (``out_trade_no`` / idempotency key) for payment attempt ``attempt`` (0-based).
 

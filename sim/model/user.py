@@ -55,6 +55,13 @@ class Buyers:
         w.on_forget.append(self.unsettled.discard)
         pm = w.p.user.payment_methods
         self.cum = (pm.wallet, pm.wallet + pm.card)
+        pop = w.p.merchant.population
+        self.merchants = [m.name for m in pop]
+        self.merchant_cum = []
+        acc = 0.0
+        for m in pop:
+            acc += m.share
+            self.merchant_cum.append(acc)
 
     def start(self) -> None:
         w = self.w
@@ -68,7 +75,11 @@ class Buyers:
         walks_away = r.random() < u.abandon_probability
         cancels = r.random() < u.cancel_probability
         retry_draws = [r.random() for _ in range(u.max_retries)]
-        order = self.os.create(f"u{self.seq}", amount, method)
+        merchant = self.merchants[0]
+        if len(self.merchants) > 1:  # one merchant: no draw, so a one-merchant world keeps its streams
+            x = r.random()
+            merchant = next((n for n, c in zip(self.merchants, self.merchant_cum) if x < c), self.merchants[-1])
+        order = self.os.create(f"u{self.seq}", amount, method, merchant)
         w.hold(order.id)
         trade_id = None
         if method != "bnpl":

@@ -82,6 +82,7 @@ class World:
         self.s_bank_latency = p.bank.latency.sampler(r["bank"])
         self.s_risk_hold = p.bank.risk_hold_duration.sampler(r["bank"])
         self.s_os_service = p.order_service.service_time.sampler(r["order_service"])
+        self.s_close_write = p.order_service.close_write_delay.sampler(r["order_service"])
         # The order service's own calls cross the network on their own stream, so a close policy
         # that asks the gateway more does not shift the buyers' draws.
         self.s_os_net = p.app.network_latency.sampler(r["order_service"])
