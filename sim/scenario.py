@@ -446,6 +446,9 @@ class OrderServiceSection(_Section):
         True, description="the notification handler and the close job lock the order (row lock or version check) "
         "between reading and writing it; false: a write decided on a stale read overwrites what another wrote "
         "meanwhile (the close job's lost update of a 'paid', two handlers of one notification both fulfilling)")
+    pass_time_expire: bool = Field(
+        False, description="trades are created with time_expire = the order's expiry, so a pay link opened "
+        "later cannot outlive the order (else they live gateway.trade_ttl)")
     close_write_delay: DurationDist = Field(
         "0s", description="close job: it read the expired order, it writes it closed this long after "
         "(the rest of its transaction: stock, coupons); a notification handled inside it races the close")
@@ -466,6 +469,14 @@ class GatewaySection(_Section):
     notify_loss: Probability = Field(0.0, description="chance one delivery attempt is lost")
     notify_duplicate: Probability = Field(0.0, description="chance one attempt is delivered twice")
     notify_ack_timeout: Duration = Field("5s", description="an attempt not acknowledged within this counts as failed")
+    trade_creation: Literal["on_order", "on_open"] = Field(
+        "on_order", description="on_order: the trade exists from order creation (prepay); on_open: a page-pay "
+        "or QR trade is created when the buyer opens or scans it (a close before that answers 'does not exist' "
+        "and the link stays payable)")
+    min_close_age: Duration = Field("0s", description="a trade younger than this cannot be closed (WeChat Pay: 5m)")
+    late_approval: Literal["ignore", "reverse"] = Field(
+        "ignore", description="a debit the bank approves after its trade was closed: left to reconciliation "
+        "(ignore), or reversed by the gateway at once (reverse)")
     bank_query_schedule: RetrySchedule = Field(
         ["60s", "5m", "5m", "5m", "5m"], description="the gateway re-queries an 'unknown' debit (Hyperswitch)"
     )

@@ -67,13 +67,15 @@ class Order:
 
 
 class Trade:
-    __slots__ = ("id", "order", "user", "amount", "state", "expires_at", "refunded")
+    __slots__ = ("id", "order", "user", "amount", "state", "expires_at", "refunded", "created_at")
 
-    def __init__(self, id: str, order: str, user: str, amount: int, expires_at: float) -> None:
+    def __init__(self, id: str, order: str, user: str, amount: int, expires_at: float,
+                 created_at: float = 0.0) -> None:
         self.id, self.order, self.user, self.amount = id, order, user, amount
         self.state = T.CREATED
         self.expires_at = expires_at
-        self.refunded = 0
+        self.created_at = created_at
+        self.refunded = 0  # fen returned to the buyer (a refund, or the reversal of a debit on a closed trade)
 
     def to(self, new: TradeState) -> None:
         self.state = advance(self.state, new, f"trade {self.id}")

@@ -168,7 +168,7 @@ class OrderService:
             return
         if "already_paid" in results:
             step = Step.MARK_PAID
-        elif "in_progress" in results:
+        elif "in_progress" in results or "too_early" in results:
             step = Step.RETRY_LATER
         else:
             step = policies.after_trade_close("closed" if results else "no_trade")

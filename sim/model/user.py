@@ -83,10 +83,12 @@ class Buyers:
         w.hold(order.id)
         trade_id = None
         if method != "bnpl":
-            # The cashier opens with the order: the gateway trade (prepay) exists from now on and
-            # lives gateway.trade_ttl, however long the order lives.
+            # The pay link (out_trade_no) exists from now on. With gateway.trade_creation = on_order
+            # the gateway trade (prepay) does too, living gateway.trade_ttl however long the order
+            # lives; with on_open it is created when the buyer opens the page or scans the code.
             trade_id = policies.retry_trade_no(w.p.app.retry_trade_no, order.id, 0, None)
-            self.gw.create_trade(trade_id, order, order.user)
+            if w.p.gateway.trade_creation == "on_order":
+                self.gw.create_trade(trade_id, order, order.user)
         w.env.process(self.buyer(order, method, trade_id, pay_delay, walks_away, cancels, retry_draws))
 
     def show(self, order, screen: str) -> None:
