@@ -325,6 +325,18 @@ DurationOrOffDist = Annotated[
     PlainSerializer(lambda v: "off" if v is None else _dump_dist(v)),
 ]
 
+def _number_dist_or_off(value: Any) -> Dist | None:
+    if value in ("off", None):
+        return None
+    return _make_dist(value, "number")
+
+
+NumberOrOffDist = Annotated[
+    Dist | None,
+    PlainValidator(_number_dist_or_off),
+    PlainSerializer(lambda v: "off" if v is None else _dump_dist(v)),
+]
+
 # --------------------------------------------------------------------------------------------------
 # The schema
 
@@ -419,6 +431,9 @@ class UserSection(_Section):
     poll_interval: Duration = Field("3s", description="after 'unknown' the app polls the order this often")
     poll_duration: Duration = Field("60s", description="... for this long (Alipay barcode pay: ~60s)")
     cancel_probability: Probability = Field(0.0, description="an unpaid buyer cancels instead of walking away")
+    wallet_balance: NumberOrOffDist = Field(
+        "off", description='CNY in a wallet buyer\'s balance (a distribution), or "off" (always enough): a debit '
+        'larger than the balance is declined, and stays declined on every retry (the balance persists)')
 
 
 class AppSection(_Section):

@@ -1,9 +1,10 @@
 """Buyers and the app: arrivals, the choice of payment method, paying, waiting, retrying, polling.
 
 Buyers arrive by a non-homogeneous Poisson process (``load.arrival_rate × load.profile``). Each one
-draws what a buyer decides — method, amount, how long they take to pay, whether they walk away —
-up front from the ``user`` stream, so two compared policies meet the same buyers (common random
-numbers). The app is the buyer's window on the servers: every request crosses the network
+draws what a buyer decides — method, amount, merchant, how long they take to pay, whether they walk
+away, whether and after how long they retry — from a stream of their own
+(:meth:`~sim.model.world.World.buyer_rng`), so two compared settings meet the same buyers (common
+random numbers), however many retries a setting causes for some of them. The app is the buyer's window on the servers: every request crosses the network
 (``app.network_latency``), waits at most ``app.request_timeout``, and what the app *shows*
 (``app.shown``) is recorded, because what the buyer was told is half of every anomaly.
 """
@@ -66,20 +67,23 @@ class Buyers:
     def start(self) -> None:
         w = self.w
         u = w.p.user
-        r = w.rng["user"]
         self.seq += 1
+        r = w.buyer_rng(self.seq)  # this buyer's own stream, for every decision of theirs
         m = r.random()
         method = "wallet" if m < self.cum[0] else ("card" if m < self.cum[1] else "bnpl")
-        amount = max(1, int(round(w.s_amount() * 100)))
-        pay_delay = w.s_pay_delay()
+        amount = max(1, int(round(u.order_amount.draw(r) * 100)))
+        pay_delay = u.pay_delay.draw(r)
         walks_away = r.random() < u.abandon_probability
         cancels = r.random() < u.cancel_probability
         retry_draws = [r.random() for _ in range(u.max_retries)]
         merchant = self.merchants[0]
-        if len(self.merchants) > 1:  # one merchant: no draw, so a one-merchant world keeps its streams
+        if len(self.merchants) > 1:
             x = r.random()
             merchant = next((n for n, c in zip(self.merchants, self.merchant_cum) if x < c), self.merchants[-1])
+        balance = u.wallet_balance.draw(r) if u.wallet_balance is not None else None
         order = self.os.create(f"u{self.seq}", amount, method, merchant)
+        if balance is not None and method == "wallet":
+            w.balances[order.user] = int(round(balance * 100))
         w.hold(order.id)
         trade_id = None
         if method != "bnpl":
@@ -89,7 +93,7 @@ class Buyers:
             trade_id = policies.retry_trade_no(w.p.app.retry_trade_no, order.id, 0, None)
             if w.p.gateway.trade_creation == "on_order":
                 self.gw.create_trade(trade_id, order, order.user)
-        w.env.process(self.buyer(order, method, trade_id, pay_delay, walks_away, cancels, retry_draws))
+        w.env.process(self.buyer(order, method, trade_id, pay_delay, walks_away, cancels, retry_draws, r))
 
     def show(self, order, screen: str) -> None:
         self.w.emit("app.shown", "app", order.id, screen=screen)
@@ -109,7 +113,7 @@ class Buyers:
             w.hold(order.id)
             w.at(w.s_net(), lambda: (self.show(order, screen), w.release(order.id)))
 
-    def buyer(self, order, method, trade_id, pay_delay, walks_away, cancels, retry_draws):
+    def buyer(self, order, method, trade_id, pay_delay, walks_away, cancels, retry_draws, r):
         w = self.w
         env = w.env
         u, app = w.p.user, w.p.app
@@ -126,7 +130,7 @@ class Buyers:
                 if attempt:
                     if retry_draws[attempt - 1] >= u.retry_probability:
                         return
-                    yield env.timeout(w.s_retry_delay())
+                    yield env.timeout(u.retry_delay.draw(r))
                 state = order.state
                 if app.cashier_closes_at_expiry and (env.now >= order.expires_at or state is O.CLOSED):
                     self.show(order, "order_closed")  # the cashier's countdown ran out

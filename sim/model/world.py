@@ -13,6 +13,7 @@ notification, a fulfilment step) holds a reference on it; when the last one lets
 
 from __future__ import annotations
 
+import hashlib
 import random
 import zlib
 from typing import Any, Callable
@@ -62,6 +63,7 @@ class World:
         # seen paid: per-order notes, dropped with the order.
         self.bank_record: dict[str, str] = {}
         self.credit_synced: set[str] = set()
+        self.balances: dict[str, int] = {}  # buyer -> wallet balance (fen), when user.wallet_balance is on
         self.order_rngs: dict[str, random.Random] = {}
         self.on_forget: list[Callable[[str], None]] = []  # actors' own per-order notes to drop
         self.txn_seq = 0
@@ -73,9 +75,6 @@ class World:
         """Make ``p``'s sections the ones in force and rebuild the samplers that read them."""
         self.p = p
         r = self.rng
-        self.s_pay_delay = p.user.pay_delay.sampler(r["user"])
-        self.s_retry_delay = p.user.retry_delay.sampler(r["user"])
-        self.s_amount = p.user.order_amount.sampler(r["user"])
         self.s_net = p.app.network_latency.sampler(r["app"])
         self.s_gw_service = p.gateway.service_time.sampler(r["gateway"])
         self.s_notify_latency = p.gateway.notify_latency.sampler(r["notify"])
@@ -86,6 +85,17 @@ class World:
         # The order service's own calls cross the network on their own stream, so a close policy
         # that asks the gateway more does not shift the buyers' draws.
         self.s_os_net = p.app.network_latency.sampler(r["order_service"])
+
+    def buyer_rng(self, index: int) -> random.Random:
+        """The stream of buyer number ``index``: everything this buyer decides, retries included.
+
+        Seeded from the root seed, the replication and the buyer's index only, so a setting that makes
+        one buyer draw more (a decline, then a retry and its think time) leaves every other buyer's
+        draws as they were (common random numbers that hold across compared settings).
+        """
+        key = hashlib.blake2b(b"buyer:%d:%d:%d" % (self.scenario.run.seed, self.replication, index),
+                              digest_size=16).digest()
+        return random.Random(int.from_bytes(key, "little"))
 
     def order_rng(self, order: str) -> random.Random:
         """A stream of this order's own, for what happens to it after it is paid (BNPL orders).
@@ -144,6 +154,7 @@ class World:
                 self.trades.pop(trade, None)
                 self.bank_record.pop(trade, None)
             self.order_rngs.pop(order, None)
+            self.balances.pop(o.user, None)
             ag = self.agreements.pop(order, None)
             if ag is not None:
                 self.credit_synced.discard(ag.id)
