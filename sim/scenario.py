@@ -457,6 +457,11 @@ class OrderServiceSection(_Section):
     close_mode: Literal["timer", "sweep"] = Field("timer", description="per-order timer, or a periodic sweep")
     sweep_interval: Duration = Field("10m", description="macrozheng/mall sweeps every 10 minutes")
     release_stock_on_close: bool = Field(True, description="closing an order returns its stock")
+    read_lag: DurationDist = Field(
+        "0s", description="the app's order-status reads are served by a replica this far behind the primary "
+        "(per read): the buyer can see 'awaiting payment' after the order was paid")
+    refund_retry_schedule: RetrySchedule = Field(
+        ["1h", "6h", "1d"], description="gaps between attempts of a refund the gateway failed")
     order_lock: bool = Field(
         True, description="the notification handler and the close job lock the order (row lock or version check) "
         "between reading and writing it; false: a write decided on a stale read overwrites what another wrote "
@@ -484,6 +489,9 @@ class GatewaySection(_Section):
     notify_loss: Probability = Field(0.0, description="chance one delivery attempt is lost")
     notify_duplicate: Probability = Field(0.0, description="chance one attempt is delivered twice")
     notify_ack_timeout: Duration = Field("5s", description="an attempt not acknowledged within this counts as failed")
+    refund_latency: DurationDist = Field(
+        "0s", description="a refund accepted -> the money is back with the buyer (2-7 working days by method)")
+    refund_failure: Probability = Field(0.0, description="chance one refund attempt fails (WeChat ABNORMAL)")
     trade_creation: Literal["on_order", "on_open"] = Field(
         "on_order", description="on_order: the trade exists from order creation (prepay); on_open: a page-pay "
         "or QR trade is created when the buyer opens or scans it (a close before that answers 'does not exist' "

@@ -79,3 +79,31 @@ def test_an_empty_wallet_stays_empty_on_every_retry():
     assert not any(o in paid for o in big)
     assert sum(attempts[o] for o in big) >= 2.5 * len(big)  # they retried, and were declined again
     assert sum(o in paid for o in small) >= 0.99 * len(small)
+
+
+def test_the_order_page_is_read_from_a_lagging_replica():
+    """order_service.read_lag: a read sees the state as it was that long ago (None before the order
+    reached the replica); with no lag it reads the primary."""
+    from sim.domain.entities import Order
+    from sim.domain.states import OrderState as O
+    from sim.model.world import World
+
+    w = World(Scenario().with_overrides({"order_service.read_lag": "10s"}), 0, lambda ev: None)
+    order = Order("o1", "u1", "m1", 100, "wallet", 0.0, 900.0)
+    w.orders["o1"] = order
+    w.emit("order.created", "order_service", "o1")
+
+    def pay() -> None:
+        order.mark_paid("t1")
+        w.emit("order.paid", "order_service", "o1", trade="t1")
+
+    w.at(5.0, pay)
+    seen = {}
+    for t in (3.0, 12.0, 20.0):
+        w.at(t, lambda t=t: seen.__setitem__(t, w.replica_state(order, 10.0)))
+    w.at(4.0, lambda: seen.__setitem__("primary", w.replica_state(order, 0.0)))
+    w.env.run(until=30.0)
+    assert seen[3.0] is None  # created at 0: not on the replica until 10 s
+    assert seen[12.0] is O.AWAITING_PAYMENT  # paid at 5 s, the replica still says awaiting payment
+    assert seen[20.0] is O.PAID
+    assert seen["primary"] is O.AWAITING_PAYMENT

@@ -31,6 +31,7 @@ class Gateway:
         self.station = Station(w.env, "gateway", w.p.gateway.workers, w.warmup, w.horizon)
         self.order_service = None  # wired by the model (notifications go there)
         self.notify_seq = 0
+        self.refunding: set[str] = set()  # trades whose accepted refund has not landed yet
 
     # -- trades --------------------------------------------------------------------------------------
     def create_trade(self, trade_id: str, order, user: str) -> Trade:
@@ -198,22 +199,56 @@ class Gateway:
 
         self.station.submit(w.s_gw_service(), serve)
 
-    def refund(self, trade: Trade, reply: Callable[[bool], None]) -> None:
-        """Refund a succeeded trade in full: money returns to the buyer."""
+    def refund(self, trade: Trade, reply: Callable[[str], None]) -> None:
+        """Refund a succeeded trade in full (WeChat v3: accepted, then PROCESSING -> SUCCESS / ABNORMAL).
+
+        ``reply`` gets ``done`` once the money is back with the buyer (``gateway.refund_latency`` after
+        acceptance), ``failed`` when this attempt failed (``gateway.refund_failure``), ``refused`` when
+        the trade is not refundable, ``pending`` when a refund of it is already under way (the request
+        number makes a repeat idempotent).
+        """
         w = self.w
 
         def serve(_wait: float) -> None:
-            if trade.state is not T.SUCCEEDED:
-                reply(False)
+            if trade.id in self.refunding:
+                reply("pending")
                 return
-            trade.to(T.REFUNDED)
-            txn = transfer(w.next_txn("r"), REFUND, "clearing", f"user:{trade.user}", trade.amount)
-            w.ledger.post(txn)
-            w.emit("trade.refunded", "gateway", trade.order, trade=trade.id, amount=trade.amount)
-            w.post(txn, trade.order, "gateway", trade=trade.id)
-            reply(True)
+            if trade.state is not T.SUCCEEDED:
+                reply("refused")
+                return
+            g = w.p.gateway
+            r = w.order_rng(trade.order)  # the order's own stream: refunds do not shift other draws
+            if g.refund_failure > 0 and r.random() < g.refund_failure:
+                w.emit("trade.refund_failed", "gateway", trade.order, trade=trade.id, amount=trade.amount)
+                reply("failed")
+                return
+            latency = g.refund_latency.draw(r)
+            if latency <= 0.0:
+                self._refunded(trade, reply)
+                return
+            self.refunding.add(trade.id)
+            w.hold(trade.order)
+
+            def land() -> None:
+                self.refunding.discard(trade.id)
+                self._refunded(trade, reply)
+                w.release(trade.order)
+
+            w.at(latency, land)
 
         self.station.submit(w.s_gw_service(), serve)
+
+    def _refunded(self, trade: Trade, reply: Callable[[str], None]) -> None:
+        w = self.w
+        if trade.state is not T.SUCCEEDED:
+            reply("refused")
+            return
+        trade.to(T.REFUNDED)
+        txn = transfer(w.next_txn("r"), REFUND, "clearing", f"user:{trade.user}", trade.amount)
+        w.ledger.post(txn)
+        w.emit("trade.refunded", "gateway", trade.order, trade=trade.id, amount=trade.amount)
+        w.post(txn, trade.order, "gateway", trade=trade.id)
+        reply("done")
 
     # -- the notifier ----------------------------------------------------------------------------------
     def notify(self, trade: Trade) -> None:

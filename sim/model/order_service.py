@@ -244,11 +244,30 @@ class OrderService:
                 self.refund(order, trade)
         handled(w.env.now)
 
-    def refund(self, order: Order, trade: Trade) -> None:
-        """Refund one trade of ``order`` through the gateway (the order's own state does not change)."""
+    def refund(self, order: Order, trade: Trade, attempt: int = 1) -> None:
+        """Refund one trade of ``order`` through the gateway; retried on ``order_service.refund_retry_schedule``.
+
+        A closed order goes to ``refund_pending`` (``order.refund_pending``) and, once the money is back
+        with the buyer, to ``refunded`` (``order.refunded``); an order paid by another trade keeps its state.
+        """
+        w = self.w
         if trade.state is not T.SUCCEEDED:
             return
-        self._via_gateway(order, lambda _ids, back: self.gateway.refund(trade, back), lambda _ok: None)
+        if order.state is O.CLOSED:
+            order.to(O.REFUND_PENDING)
+            w.emit("order.refund_pending", "order_service", order.id, trade=trade.id, amount=trade.amount)
+
+        def after(result: str) -> None:
+            if result == "done" and order.state is O.REFUND_PENDING:
+                order.to(O.REFUNDED)
+                w.emit("order.refunded", "order_service", order.id, trade=trade.id, amount=trade.amount)
+            elif result == "failed":
+                gaps = w.p.order_service.refund_retry_schedule.gaps
+                if attempt - 1 < len(gaps):
+                    w.hold(order.id)
+                    w.at(gaps[attempt - 1], lambda: (self.refund(order, trade, attempt + 1), w.release(order.id)))
+
+        self._via_gateway(order, lambda _ids, back: self.gateway.refund(trade, back), after)
 
     def status(self, order_id: str) -> OrderState | None:
         order = self.w.orders.get(order_id)

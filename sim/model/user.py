@@ -16,6 +16,7 @@ from sim.domain.states import ORDER_PAID_STATES, OrderState
 from sim.model.world import World
 
 O = OrderState
+_ENDED = frozenset({O.REFUND_PENDING, O.REFUNDED})
 _UNSETTLED = frozenset({"payment_failed", "payment_unknown", "order_closed"})
 _SCREEN = {"succeeded": "payment_succeeded", "failed": "payment_failed", "closed": "payment_failed",
            "unknown": "payment_unknown", "in_progress": "payment_unknown", "timeout": "payment_unknown"}
@@ -132,6 +133,8 @@ class Buyers:
                         return
                     yield env.timeout(u.retry_delay.draw(r))
                 state = order.state
+                if state in _ENDED:
+                    state = O.CLOSED  # refund pending or refunded: to the cashier, a closed order
                 if app.cashier_closes_at_expiry and (env.now >= order.expires_at or state is O.CLOSED):
                     self.show(order, "order_closed")  # the cashier's countdown ran out
                     return
@@ -161,7 +164,7 @@ class Buyers:
                 if outcome == "succeeded":
                     return
                 if outcome in ("unknown", "in_progress", "timeout"):
-                    settled = yield from self.poll(order)
+                    settled = yield from self.poll(order, r)
                     if settled:
                         return
         finally:
@@ -183,15 +186,22 @@ class Buyers:
         outcome = yield done
         return outcome
 
-    def poll(self, order):
-        """After 'unknown', the app polls the order page; True once it shows paid or closed."""
+    def poll(self, order, r):
+        """After 'unknown', the app polls the order page; True once it shows paid or closed.
+
+        Each poll is a request (``app.network_latency`` each way, drawn from the buyer's stream, at most
+        ``app.request_timeout``) answered from a read replica ``order_service.read_lag`` behind the
+        primary: the page can still say 'awaiting payment' after the order was paid.
+        """
         w = self.w
         interval, duration = w.p.user.poll_interval, w.p.user.poll_duration
         waited = 0.0
         while waited < duration:
             yield w.env.timeout(interval)
             waited += interval
-            state = order.state
+            state = yield from self.read_status(order, r)
+            if state in _ENDED:
+                state = O.CLOSED
             if state is O.PAID or state is O.SHIPPED or state is O.DELIVERED or state is O.COMPLETED:
                 self.show(order, "order_paid")
                 return True
@@ -199,3 +209,17 @@ class Buyers:
                 self.show(order, "order_closed")
                 return True
         return False
+
+    def read_status(self, order, r):
+        """One order-status request: the replica's state when it arrives, or None on a timeout."""
+        w = self.w
+        app = w.p.app
+        there = app.network_latency.draw(r)
+        back = app.network_latency.draw(r)
+        if there + back > app.request_timeout:
+            yield w.env.timeout(app.request_timeout)
+            return None
+        yield w.env.timeout(there)
+        state = w.replica_state(order, w.p.order_service.read_lag.draw(r))
+        yield w.env.timeout(back)
+        return state

@@ -22,7 +22,13 @@ import numpy as np
 import simpy
 
 from sim.domain.ledger import Ledger, Txn
+from sim.domain.states import OrderState
 from sim.scenario import Scenario
+
+_ORDER_WRITES = {"order.created": OrderState.AWAITING_PAYMENT, "order.paid": OrderState.PAID,
+                 "order.closed": OrderState.CLOSED, "order.reopened": OrderState.PAID,
+                 "order.shipped": OrderState.SHIPPED, "order.delivered": OrderState.DELIVERED,
+                 "order.completed": OrderState.COMPLETED}
 
 STREAMS = ("arrivals", "user", "app", "gateway", "bank", "notify", "order_service")
 
@@ -63,6 +69,10 @@ class World:
         # seen paid: per-order notes, dropped with the order.
         self.bank_record: dict[str, str] = {}
         self.credit_synced: set[str] = set()
+        # (t, state) of every write of each order, for a lagging read replica (only when there is lag).
+        lag = scenario.order_service.read_lag
+        self.state_log: dict[str, list] | None = (
+            None if lag.kind == "constant" and lag.mean == 0 and not scenario.faults else {})
         self.balances: dict[str, int] = {}  # buyer -> wallet balance (fen), when user.wallet_balance is on
         self.order_rngs: dict[str, random.Random] = {}
         self.on_forget: list[Callable[[str], None]] = []  # actors' own per-order notes to drop
@@ -112,8 +122,27 @@ class World:
             r = self.order_rngs[order] = random.Random(int.from_bytes(ss.generate_state(2, np.uint32).tobytes(), "little"))
         return r
 
+    # -- the order service's read replica ------------------------------------------------------------
+    def replica_state(self, order, lag: float):
+        """The order's state as a replica ``lag`` seconds behind the primary serves it (None: not there yet)."""
+        if lag <= 0.0:
+            return order.state
+        log = self.state_log.get(order.id)
+        if not log:
+            return order.state
+        cut = self.env._now - lag
+        state = None
+        for t, s in log:
+            if t > cut:
+                break
+            state = s
+        return state
+
     # -- history -----------------------------------------------------------------------------------
     def emit(self, type_: str, actor: str, order: str, **fields: Any) -> None:
+        log = self.state_log
+        if log is not None and type_ in _ORDER_WRITES:
+            log.setdefault(order, []).append((self.env._now, _ORDER_WRITES[type_]))
         fields["t"] = self.env._now
         fields["type"] = type_
         fields["actor"] = actor
@@ -155,6 +184,8 @@ class World:
                 self.bank_record.pop(trade, None)
             self.order_rngs.pop(order, None)
             self.balances.pop(o.user, None)
+            if self.state_log is not None:
+                self.state_log.pop(order, None)
             ag = self.agreements.pop(order, None)
             if ag is not None:
                 self.credit_synced.discard(ag.id)
