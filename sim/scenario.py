@@ -313,6 +313,30 @@ DurationOrOff = Annotated[
     PlainSerializer(lambda v: "off" if v is None else format_duration(v)),
 ]
 
+def _dist_or_off(value: Any) -> Dist | None:
+    if value in ("off", None):
+        return None
+    return _make_dist(value, "duration")
+
+
+DurationOrOffDist = Annotated[
+    Dist | None,
+    PlainValidator(_dist_or_off),
+    PlainSerializer(lambda v: "off" if v is None else _dump_dist(v)),
+]
+
+def _number_dist_or_off(value: Any) -> Dist | None:
+    if value in ("off", None):
+        return None
+    return _make_dist(value, "number")
+
+
+NumberOrOffDist = Annotated[
+    Dist | None,
+    PlainValidator(_number_dist_or_off),
+    PlainSerializer(lambda v: "off" if v is None else _dump_dist(v)),
+]
+
 # --------------------------------------------------------------------------------------------------
 # The schema
 
@@ -420,6 +444,9 @@ class UserSection(_Section):
     poll_interval: Duration = Field("3s", description="after 'unknown' the app polls the order this often")
     poll_duration: Duration = Field("60s", description="... for this long (Alipay barcode pay: ~60s)")
     cancel_probability: Probability = Field(0.0, description="an unpaid buyer cancels instead of walking away")
+    wallet_balance: NumberOrOffDist = Field(
+        "off", description='CNY in a wallet buyer\'s balance (a distribution), or "off" (always enough): a debit '
+        'larger than the balance is declined, and stays declined on every retry (the balance persists)')
 
 
 class AppSection(_Section):
@@ -443,6 +470,21 @@ class OrderServiceSection(_Section):
     close_mode: Literal["timer", "sweep"] = Field("timer", description="per-order timer, or a periodic sweep")
     sweep_interval: Duration = Field("10m", description="macrozheng/mall sweeps every 10 minutes")
     release_stock_on_close: bool = Field(True, description="closing an order returns its stock")
+    read_lag: DurationDist = Field(
+        "0s", description="the app's order-status reads are served by a replica this far behind the primary "
+        "(per read): the buyer can see 'awaiting payment' after the order was paid")
+    refund_retry_schedule: RetrySchedule = Field(
+        ["1h", "6h", "1d"], description="gaps between attempts of a refund the gateway failed")
+    order_lock: bool = Field(
+        True, description="the notification handler and the close job lock the order (row lock or version check) "
+        "between reading and writing it; false: a write decided on a stale read overwrites what another wrote "
+        "meanwhile (the close job's lost update of a 'paid', two handlers of one notification both fulfilling)")
+    pass_time_expire: bool = Field(
+        False, description="trades are created with time_expire = the order's expiry, so a pay link opened "
+        "later cannot outlive the order (else they live gateway.trade_ttl)")
+    close_write_delay: DurationDist = Field(
+        "0s", description="close job: it read the expired order, it writes it closed this long after "
+        "(the rest of its transaction: stock, coupons); a notification handled inside it races the close")
     workers: int = Field(16, ge=1, le=100_000, description="concurrent requests (notifications, queries)")
     service_time: DurationDist = Field({"dist": "exponential", "mean": "5ms"}, description="per notification or query")
     stuck_grace: Duration = Field("1h", description="an order or trade undecided this long past its deadline is stuck")
@@ -464,6 +506,17 @@ class GatewaySection(_Section):
     notify_loss: Probability = Field(0.0, description="chance one delivery attempt is lost")
     notify_duplicate: Probability = Field(0.0, description="chance one attempt is delivered twice")
     notify_ack_timeout: Duration = Field("5s", description="an attempt not acknowledged within this counts as failed")
+    refund_latency: DurationDist = Field(
+        "0s", description="a refund accepted -> the money is back with the buyer (2-7 working days by method)")
+    refund_failure: Probability = Field(0.0, description="chance one refund attempt fails (WeChat ABNORMAL)")
+    trade_creation: Literal["on_order", "on_open"] = Field(
+        "on_order", description="on_order: the trade exists from order creation (prepay); on_open: a page-pay "
+        "or QR trade is created when the buyer opens or scans it (a close before that answers 'does not exist' "
+        "and the link stays payable)")
+    min_close_age: Duration = Field("0s", description="a trade younger than this cannot be closed (WeChat Pay: 5m)")
+    late_approval: Literal["ignore", "reverse"] = Field(
+        "ignore", description="a debit the bank approves after its trade was closed: left to reconciliation "
+        "(ignore), or reversed by the gateway at once (reverse)")
     bank_query_schedule: RetrySchedule = Field(
         ["60s", "5m", "5m", "5m", "5m"], description="the gateway re-queries an 'unknown' debit (Hyperswitch)"
     )
@@ -482,15 +535,55 @@ class BankSection(_Section):
     response_loss: Probability = Field(0.0, description="the debit completes but its response never reaches the gateway")
 
 
-class MerchantSection(_Section):
-    """Merchants: delivery and the BNPL finish call."""
+class MerchantProfile(_Section):
+    """One merchant of the population: its share of orders and how its integration sends BNPL finish."""
 
-    delivery_time: DurationDist = Field(_ln("2h", "24h"), description="paid -> goods delivered")
-    bnpl_finish_delay: DurationDist = Field(_ln("10m", "6h"), description="delivered -> merchant calls finish")
+    name: str = Field(min_length=1, description="the merchant's id (``merchant:<name>`` in the ledger)")
+    share: float = Field(gt=0.0, le=1.0, description="share of orders; the population's shares sum to 1")
+    finish: Literal["sync", "batch", "queue"] = Field(
+        "sync", description="sync: finish from the delivery event; batch: a job every batch_interval, "
+        "skipped while the previous run still runs; queue: a message queue whose worker loses what it "
+        "holds in memory when it restarts")
+    batch_interval: Duration = Field("6h", description="batch: how often the finish job runs")
+    batch_item_time: DurationDist = Field("2s", description="batch: one finish call of a run (the run is sequential)")
+    restart_every: DurationOrOffDist = Field(
+        "off", description='queue: time between the worker\'s restarts (a distribution), or "off"')
+
+    @model_validator(mode="after")
+    def _gt_zero_interval(self) -> "MerchantProfile":
+        if self.batch_interval <= 0:
+            raise ValueError("batch_interval must be longer than 0s")
+        return self
+
+
+class MerchantSection(_Section):
+    """Merchants: the population, delivery and the BNPL finish call."""
+
+    population: tuple[MerchantProfile, ...] = Field(
+        (MerchantProfile(name="m1", share=1.0),),
+        description="the merchants, each with its share and finish integration (a list of tables)")
+    delivery_time: DurationDist = Field(_ln("2h", "24h"), description="paid -> goods delivered (every order)")
+    bnpl_finish_delay: DurationDist = Field(_ln("10m", "6h"), description="delivered -> merchant calls finish (sync), or the queue worker sends it (queue)")
     bnpl_finish_failure: Probability = Field(0.01, description="chance one finish call fails")
-    bnpl_finish_forget: Probability = Field(0.0, description="chance the merchant never calls finish")
+    bnpl_finish_forget: Probability = Field(
+        0.0, description="deprecated, ignored by the simulation (finish losses come from the population's "
+        "integrations); still read by the live reference checkout until it implements merchant.population")
     bnpl_finish_retries: int = Field(3, ge=0, le=100, description="retries of a failed finish call")
     bnpl_finish_retry_delay: DurationDist = Field("10m", description="between finish retries")
+    finish_outbox: bool = Field(False, description="queue merchants write finish messages to a durable outbox: a restarted worker sends again what it held")
+
+    @field_validator("population")
+    @classmethod
+    def _shares(cls, v: tuple[MerchantProfile, ...]) -> tuple[MerchantProfile, ...]:
+        if not v:
+            raise ValueError("expected at least one merchant")
+        names = [m.name for m in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"merchant names must be unique, found {names}")
+        total = sum(m.share for m in v)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"merchant shares must sum to 1, found {total:g}")
+        return v
 
 
 class BnplSection(_Section):

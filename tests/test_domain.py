@@ -158,3 +158,41 @@ def test_reconcile_fills_in_an_open_order_instead_of_refunding():
     """Money for an order still awaiting payment (lost notification): fill the order in, do not refund."""
     assert policies.reconcile(O.AWAITING_PAYMENT, T.SUCCEEDED, "refund") == (policies.ReconKind.LONG, "fill_order")
     assert policies.reconcile(O.AWAITING_PAYMENT, T.SUCCEEDED, "report") == (policies.ReconKind.LONG, "report")
+
+
+def test_must_reread_only_under_the_lock_and_only_when_the_row_changed():
+    assert policies.must_reread(True, 3, 4) is True
+    assert policies.must_reread(True, 4, 4) is False
+    assert policies.must_reread(False, 3, 4) is False  # the blind write: what makes the lost update
+
+
+def test_an_unlocked_writer_overwrites_a_paid_order_a_locked_one_cannot():
+    o = Order("o1", "u1", "m1", 100, "wallet", 0.0, 900.0)
+    read = o.version
+    o.mark_paid("t1")  # the notification handler writes first
+    assert o.version != read
+    with pytest.raises(IllegalTransition):
+        o.mark_paid("t1")  # a checked second 'paid' is refused ...
+    o.mark_paid("t1", blind=True)  # ... a blind one is written (a double fulfilment follows)
+    o.close("ttl", release_stock=True, blind=True)  # the close job's stale write wins
+    assert o.state is O.CLOSED
+
+
+def test_close_answers_for_lazy_trades_and_young_wechat_orders():
+    assert policies.gateway_close_result(None) == "no_trade"  # not opened yet: the link stays payable
+    assert policies.gateway_close_result(T.CREATED, age=60.0, min_close_age=300.0) == "too_early"
+    assert policies.gateway_close_result(T.CREATED, age=301.0, min_close_age=300.0) == "closed"
+    assert policies.gateway_close_result(T.SUCCEEDED, age=1.0, min_close_age=300.0) == "already_paid"
+    assert policies.after_trade_close("too_early") is policies.Step.RETRY_LATER
+
+
+def test_late_approval_and_statement_reconciliation_of_a_closed_trade():
+    assert policies.on_late_approval(T.FAILED, "ignore") == "apply"
+    assert policies.on_late_approval(T.CLOSED, "ignore") == "ignore"
+    assert policies.on_late_approval(T.CLOSED, "reverse") == "reverse"
+    assert policies.on_late_approval(T.SUCCEEDED, "reverse") == "ignore"
+    # 'order closed, trade closed' agree with each other, not with a bank debit.
+    assert policies.reconcile(O.CLOSED, T.CLOSED, "refund") == (policies.ReconKind.LONG, "refund")
+    assert policies.reconcile(O.CLOSED, T.CLOSED, "fill_order") == (policies.ReconKind.LONG, "refund")
+    assert policies.reconcile(O.CLOSED, T.CLOSED, "report") == (policies.ReconKind.LONG, "report")
+    assert policies.reconcile(O.CLOSED, T.CLOSED, "refund", debit_returned=True) == (None, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sim.domain.ledger import (BNPL_COMPENSATION, BNPL_DEDUCTION, BNPL_PAYOUT, BNPL_REPAYMENT, CHARGE, REFUND,
                                Ledger, Txn, transfer)
+from sim.domain.states import ORDER_TRANSITIONS as _ORDER_NEXT
 from sim.domain.states import AgreementState, OrderState, TradeState, advance
 
 O, T, A = OrderState, TradeState, AgreementState
@@ -16,7 +17,7 @@ O, T, A = OrderState, TradeState, AgreementState
 
 class Order:
     __slots__ = ("id", "user", "merchant", "amount", "method", "state", "created_at", "expires_at",
-                 "paid_trade", "stock_released", "close_reason", "trades")
+                 "paid_trade", "stock_released", "close_reason", "trades", "version")
 
     def __init__(self, id: str, user: str, merchant: str, amount: int, method: str, created_at: float,
                  expires_at: float) -> None:
@@ -28,28 +29,53 @@ class Order:
         self.stock_released = False
         self.close_reason: str | None = None
         self.trades: list[str] = []
+        self.version = 0  # bumped by every write: what a version check (optimistic lock) compares
 
     def to(self, new: OrderState) -> None:
         self.state = advance(self.state, new, f"order {self.id}")
+        self.version += 1
 
-    def mark_paid(self, trade: str) -> None:
-        self.to(O.PAID)
+    def overwrite(self, new: OrderState) -> None:
+        """A blind ``UPDATE ... SET state = new``: no state-machine check, no version check.
+
+        What an unlocked read-then-write does when the row changed between its read and its write:
+        it writes what it decided from the stale read (the close job closing an order a notification
+        handler has just marked paid — the lost update).
+        """
+        self.state = new
+        self.version += 1
+
+    def write(self, new: OrderState) -> None:
+        """Move to ``new``: a checked step when the state machine allows it, else a blind overwrite.
+
+        Only an unlocked writer acting on a stale read ever takes the second branch.
+        """
+        if new is not self.state and new in _ORDER_NEXT[self.state]:
+            self.to(new)
+        else:
+            self.overwrite(new)
+
+    def mark_paid(self, trade: str, blind: bool = False) -> None:
+        """Mark paid; ``blind``: an unlocked writer's write (see :meth:`write`), else a checked step."""
+        self.write(O.PAID) if blind else self.to(O.PAID)
         self.paid_trade = trade
 
-    def close(self, reason: str, release_stock: bool) -> None:
-        self.to(O.CLOSED)
+    def close(self, reason: str, release_stock: bool, blind: bool = False) -> None:
+        self.write(O.CLOSED) if blind else self.to(O.CLOSED)
         self.close_reason = reason
         self.stock_released = self.stock_released or release_stock
 
 
 class Trade:
-    __slots__ = ("id", "order", "user", "amount", "state", "expires_at", "refunded")
+    __slots__ = ("id", "order", "user", "amount", "state", "expires_at", "refunded", "created_at")
 
-    def __init__(self, id: str, order: str, user: str, amount: int, expires_at: float) -> None:
+    def __init__(self, id: str, order: str, user: str, amount: int, expires_at: float,
+                 created_at: float = 0.0) -> None:
         self.id, self.order, self.user, self.amount = id, order, user, amount
         self.state = T.CREATED
         self.expires_at = expires_at
-        self.refunded = 0
+        self.created_at = created_at
+        self.refunded = 0  # fen returned to the buyer (a refund, or the reversal of a debit on a closed trade)
 
     def to(self, new: TradeState) -> None:
         self.state = advance(self.state, new, f"trade {self.id}")

@@ -69,20 +69,46 @@ def after_trade_close(result: str) -> Step:
         return Step.CLOSE_ORDER
     if result == "already_paid":
         return Step.MARK_PAID
-    if result == "in_progress":
+    if result in ("in_progress", "too_early"):
         return Step.RETRY_LATER
     raise ValueError(f"unknown close result {result!r}")
 
 
-def gateway_close_result(trade_state: TradeState | None) -> str:
-    """How a gateway answers a close request (``alipay.trade.close`` semantics)."""
+def gateway_close_result(trade_state: TradeState | None, age: float = float("inf"),
+                         min_close_age: float = 0.0) -> str:
+    """How a gateway answers a close request (``alipay.trade.close`` semantics).
+
+    ``no_trade`` (``ACQ.TRADE_NOT_EXIST``): a page-pay or QR trade the buyer has not opened yet does
+    not exist, so nothing is closed and the link stays payable. ``too_early``: WeChat Pay refuses to
+    close an order younger than 5 minutes (``min_close_age``); the caller must come back later.
+    """
     if trade_state is None:
         return "no_trade"
+    if age < min_close_age and trade_state in (T.CREATED, T.FAILED):
+        return "too_early"
     if trade_state in (T.CREATED, T.FAILED, T.CLOSED):
         return "closed"
     if trade_state in (T.SUCCEEDED, T.REFUNDED):
         return "already_paid"
     return "in_progress"
+
+
+LATE_APPROVAL_POLICIES = ("ignore", "reverse")
+
+
+def on_late_approval(trade_state: TradeState, policy: str) -> str:
+    """The bank approves a debit after the gateway stopped waiting for it.
+
+    ``apply``: the trade was unknown or marked failed — it succeeds now. ``reverse``: the trade was
+    closed meanwhile and the gateway reverses the debit at once (policy ``reverse``). ``ignore``: it
+    leaves the money where it is (policy ``ignore``, or the trade already settled) — only a
+    reconciliation that reads the bank statement will find it.
+    """
+    if trade_state in (T.UNKNOWN, T.FAILED):
+        return "apply"
+    if trade_state is T.CLOSED and policy == "reverse":
+        return "reverse"
+    return "ignore"
 
 
 class NotifyAction(str, Enum):
@@ -109,6 +135,18 @@ def on_payment_notification(order_state: OrderState, late_payment: str, paid_by_
             return NotifyAction.REOPEN
         return NotifyAction.IGNORE_LATE
     return NotifyAction.DUPLICATE  # refund pending / refunded: nothing more to do
+
+
+def must_reread(order_lock: bool, read_version: int, current_version: int) -> bool:
+    """At the write of a read-then-write on an order: must the writer read the order again first?
+
+    With ``order_lock`` (a row lock, ``SELECT ... FOR UPDATE``, or a version check ``UPDATE ... WHERE
+    version = :read``, as WeChat Pay's notification guide requires) a writer whose row changed since its
+    read re-reads it and decides again. Without it, the writer writes what it decided from its stale
+    read: the close job overwrites the 'paid' a notification handler wrote meanwhile (a lost update),
+    and two handlers of one notification both mark the order paid (a double fulfilment).
+    """
+    return order_lock and read_version != current_version
 
 
 def retry_trade_no(policy: str, order_id: str, attempt: int, previous: str | None) -> str:
@@ -140,12 +178,19 @@ class ReconKind(str, Enum):
     UNKNOWN = "unknown"  # a trade still unknown at the gateway
 
 
-def reconcile(order_state: OrderState | None, trade_state: TradeState | None, repair: str) -> tuple[ReconKind | None, str | None]:
-    """Classify one (order, trade) pair from a statement and choose its repair.
+def reconcile(order_state: OrderState | None, trade_state: TradeState | None, repair: str,
+              debit_returned: bool = False) -> tuple[ReconKind | None, str | None]:
+    """Classify one debit of the bank statement against its order and trade, and choose its repair.
 
     Returns ``(kind, action)`` with action one of ``refund``, ``fill_order``, ``query``, ``report``,
-    or ``(None, None)`` when they agree.
+    or ``(None, None)`` when they agree. A debit on a trade the gateway closed, not yet returned
+    (``debit_returned``), is 长款 whatever the order says: "order closed, trade closed" agrees
+    between merchant and gateway, but not with the bank.
     """
+    if trade_state is T.CLOSED:
+        if debit_returned:
+            return None, None
+        return ReconKind.LONG, ("report" if repair == "report" else "refund")
     order_paid = order_state in ORDER_PAID_STATES
     if trade_state is T.SUCCEEDED and order_state is O.AWAITING_PAYMENT:
         # The money arrived but the order never heard (a lost notification): fill the order in

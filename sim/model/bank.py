@@ -69,11 +69,19 @@ class Bank:
                 w.hold(trade.order)
                 w.at(w.s_risk_hold(), lambda: self._release_hold(trade, respond, lost))
                 return
-            self.record[trade.id] = outcome
-            if outcome == APPROVED:
+            result = outcome
+            balances = w.balances
+            if result == APPROVED and trade.user in balances:
+                # The buyer's wallet: a debit larger than what is left is declined, on every retry.
+                if balances[trade.user] < trade.amount:
+                    result = DECLINED
+                else:
+                    balances[trade.user] -= trade.amount
+            self.record[trade.id] = result
+            if result == APPROVED:
                 self._move_money(trade)
             if not lost:
-                respond(outcome)
+                respond(result)
 
         latency = w.s_bank_latency()
         started = self.station.submit(latency, done)

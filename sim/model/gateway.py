@@ -31,14 +31,21 @@ class Gateway:
         self.station = Station(w.env, "gateway", w.p.gateway.workers, w.warmup, w.horizon)
         self.order_service = None  # wired by the model (notifications go there)
         self.notify_seq = 0
+        self.refunding: set[str] = set()  # trades whose accepted refund has not landed yet
 
     # -- trades --------------------------------------------------------------------------------------
     def create_trade(self, trade_id: str, order, user: str) -> Trade:
-        """Create (or, for a reused trade number, return) the gateway trade; instantaneous."""
+        """Create (or, for a reused trade number, return) the gateway trade; instantaneous.
+
+        The trade lives ``gateway.trade_ttl`` from its creation — or, when the order service passes
+        ``time_expire`` (``order_service.pass_time_expire``), until the order's own expiry.
+        """
         w = self.w
         trade = w.trades.get(trade_id)
         if trade is None:
-            trade = Trade(trade_id, order.id, user, order.amount, w.env.now + w.p.gateway.trade_ttl)
+            now = w.env.now
+            expires_at = order.expires_at if w.p.order_service.pass_time_expire else now + w.p.gateway.trade_ttl
+            trade = Trade(trade_id, order.id, user, order.amount, expires_at, now)
             w.trades[trade_id] = trade
             order.trades.append(trade_id)
             w.emit("trade.created", "gateway", order.id, trade=trade_id, amount=order.amount,
@@ -81,7 +88,9 @@ class Gateway:
         def on_bank(outcome: str) -> None:
             if call[0]:
                 # A late response after the timeout: it still tells the gateway what happened.
-                if trade.state in (T.UNKNOWN, T.FAILED):
+                if outcome == B.APPROVED:
+                    self._late_approval(trade)
+                elif trade.state in (T.UNKNOWN, T.FAILED):
                     self._resolve(trade, outcome)
                 return
             call[0] = True
@@ -117,6 +126,26 @@ class Gateway:
         elif outcome in _FAILED_REASON and trade.state is not T.FAILED:
             trade.to(T.FAILED)
             w.emit("trade.failed", "gateway", trade.order, trade=trade.id, reason=_FAILED_REASON[outcome])
+
+    def _late_approval(self, trade: Trade) -> None:
+        """The bank approved a debit after the gateway stopped waiting (``gateway.late_approval``)."""
+        action = policies.on_late_approval(trade.state, self.w.p.gateway.late_approval)
+        if action == "apply":
+            self._resolve(trade, B.APPROVED)
+        elif action == "reverse":
+            self.reverse(trade, "gateway")
+
+    def reverse(self, trade: Trade, actor: str) -> bool:
+        """Return a debit made on a trade that is closed: money back to the buyer, the trade stays closed."""
+        w = self.w
+        if trade.state is not T.CLOSED or trade.refunded:
+            return False
+        trade.refunded = trade.amount
+        txn = transfer(w.next_txn("v"), REFUND, "clearing", f"user:{trade.user}", trade.amount)
+        w.ledger.post(txn)
+        w.emit("trade.reversed", actor, trade.order, trade=trade.id, amount=trade.amount)
+        w.post(txn, trade.order, actor, trade=trade.id)
+        return True
 
     def _query_bank(self, trade: Trade, k: int) -> None:
         """Re-query an ``unknown`` debit on the bank-query schedule; give up (failed) when it is spent."""
@@ -155,9 +184,11 @@ class Gateway:
 
         def serve(_wait: float) -> None:
             results = []
+            min_age = w.p.gateway.min_close_age
             for tid in trade_ids:
                 trade = w.trades.get(tid)
-                res = policies.gateway_close_result(trade.state if trade else None)
+                res = policies.gateway_close_result(trade.state if trade else None,
+                                                    w.env.now - trade.created_at if trade else 0.0, min_age)
                 if trade is not None and res == "closed" and trade.state is not T.CLOSED:
                     trade.to(T.CLOSED)
                     w.emit("trade.closed", "gateway", trade.order, trade=tid)
@@ -168,22 +199,56 @@ class Gateway:
 
         self.station.submit(w.s_gw_service(), serve)
 
-    def refund(self, trade: Trade, reply: Callable[[bool], None]) -> None:
-        """Refund a succeeded trade in full: money returns to the buyer."""
+    def refund(self, trade: Trade, reply: Callable[[str], None]) -> None:
+        """Refund a succeeded trade in full (WeChat v3: accepted, then PROCESSING -> SUCCESS / ABNORMAL).
+
+        ``reply`` gets ``done`` once the money is back with the buyer (``gateway.refund_latency`` after
+        acceptance), ``failed`` when this attempt failed (``gateway.refund_failure``), ``refused`` when
+        the trade is not refundable, ``pending`` when a refund of it is already under way (the request
+        number makes a repeat idempotent).
+        """
         w = self.w
 
         def serve(_wait: float) -> None:
-            if trade.state is not T.SUCCEEDED:
-                reply(False)
+            if trade.id in self.refunding:
+                reply("pending")
                 return
-            trade.to(T.REFUNDED)
-            txn = transfer(w.next_txn("r"), REFUND, "clearing", f"user:{trade.user}", trade.amount)
-            w.ledger.post(txn)
-            w.emit("trade.refunded", "gateway", trade.order, trade=trade.id, amount=trade.amount)
-            w.post(txn, trade.order, "gateway", trade=trade.id)
-            reply(True)
+            if trade.state is not T.SUCCEEDED:
+                reply("refused")
+                return
+            g = w.p.gateway
+            r = w.order_rng(trade.order)  # the order's own stream: refunds do not shift other draws
+            if g.refund_failure > 0 and r.random() < g.refund_failure:
+                w.emit("trade.refund_failed", "gateway", trade.order, trade=trade.id, amount=trade.amount)
+                reply("failed")
+                return
+            latency = g.refund_latency.draw(r)
+            if latency <= 0.0:
+                self._refunded(trade, reply)
+                return
+            self.refunding.add(trade.id)
+            w.hold(trade.order)
+
+            def land() -> None:
+                self.refunding.discard(trade.id)
+                self._refunded(trade, reply)
+                w.release(trade.order)
+
+            w.at(latency, land)
 
         self.station.submit(w.s_gw_service(), serve)
+
+    def _refunded(self, trade: Trade, reply: Callable[[str], None]) -> None:
+        w = self.w
+        if trade.state is not T.SUCCEEDED:
+            reply("refused")
+            return
+        trade.to(T.REFUNDED)
+        txn = transfer(w.next_txn("r"), REFUND, "clearing", f"user:{trade.user}", trade.amount)
+        w.ledger.post(txn)
+        w.emit("trade.refunded", "gateway", trade.order, trade=trade.id, amount=trade.amount)
+        w.post(txn, trade.order, "gateway", trade=trade.id)
+        reply("done")
 
     # -- the notifier ----------------------------------------------------------------------------------
     def notify(self, trade: Trade) -> None:

@@ -1,14 +1,31 @@
-"""Merchants: fulfilment and the BNPL *finish* call.
+"""Merchants: a population with shares, fulfilment of every paid order, and how each sends BNPL *finish*.
 
-For a pay-after-use (BNPL) order the merchant must tell the provider the service was delivered
-(*finish*) before the provider deducts the buyer's money. The call comes ``merchant.bnpl_finish_delay``
-after delivery, fails with ``merchant.bnpl_finish_failure`` per call and is retried
-``merchant.bnpl_finish_retries`` times; with ``merchant.bnpl_finish_forget`` a merchant (small and new
-ones above all) never sends it. Wallet and card orders end, for this model, when they are paid:
-what happens to them after that cannot change an anomaly of the vocabulary.
+Every order belongs to one merchant of ``merchant.population`` (drawn by share). Each paid order is
+fulfilled: a ``merchant.fulfilment`` request per 'order paid' the merchant receives (two, if the order
+service marked the order paid twice), then shipped and delivered ``merchant.delivery_time`` later.
+For a pay-after-use (BNPL) order the merchant must then call *finish* so the provider deducts the
+buyer's money; how it does that is its integration quality (``finish`` of its profile):
+
+* ``sync`` — from the delivery event itself, ``merchant.bnpl_finish_delay`` later;
+* ``batch`` — a job every ``batch_interval`` sends finish for everything delivered since, one call
+  per ``batch_item_time``; a run that finds the previous one still running is skipped (a cron job
+  under a lock), so under load finishes wait interval after interval;
+* ``queue`` — a message queue consumed by the merchant's worker, which holds each message
+  ``bnpl_finish_delay`` before sending it; the worker restarts every ``restart_every`` (exponential)
+  and loses what it holds in memory — unless ``merchant.finish_outbox`` (a durable outbox it re-reads
+  on start).
+
+A finish call fails with ``merchant.bnpl_finish_failure`` and is retried ``bnpl_finish_retries``
+times. Nothing decides per order that a finish is forgotten: a finish is lost when a restart meets it
+in the worker's memory, and late when batch runs are skipped.
 """
 
 from __future__ import annotations
+
+import random
+import zlib
+
+import numpy as np
 
 from sim.domain.states import OrderState
 from sim.model.world import World
@@ -16,18 +33,46 @@ from sim.model.world import World
 O = OrderState
 
 
+def _stream(seed: int, replication: int, name: str) -> random.Random:
+    ss = np.random.SeedSequence(entropy=seed, spawn_key=(replication, zlib.crc32(f"merchant:{name}".encode()), 2))
+    return random.Random(int.from_bytes(ss.generate_state(2, np.uint32).tobytes(), "little"))
+
+
+class _Profile:
+    """One merchant's integration: its finish mode and, for ``queue``, what its worker holds."""
+
+    __slots__ = ("spec", "rng", "held", "pending", "running")
+
+    def __init__(self, w: World, spec) -> None:
+        self.spec = spec
+        self.rng = _stream(w.scenario.run.seed, w.replication, spec.name)  # per-merchant stream
+        self.held: dict[str, list] = {}  # queue: order -> [alive] token of the message in memory
+        self.pending: list = []  # batch: delivered orders waiting for the next run
+        self.running = False
+
+
 class Merchant:
     def __init__(self, w: World) -> None:
         self.w = w
         self.bnpl = None
+        self.profiles = {spec.name: _Profile(w, spec) for spec in w.p.merchant.population}
+        self.shipments: dict[str, int] = {}
+        w.on_forget.append(lambda oid: self.shipments.pop(oid, None))
+        for prof in self.profiles.values():
+            if prof.spec.finish == "batch":
+                w.env.process(self._batch_job(prof))
+            elif prof.spec.finish == "queue" and prof.spec.restart_every is not None:
+                w.env.process(self._restarts(prof))
 
     def fulfil(self, order) -> None:
-        """Deliver a paid BNPL order, then call finish."""
+        """The merchant heard 'order paid': start a fulfilment; ship and deliver, then finish (BNPL)."""
         w = self.w
         r = w.order_rng(order.id)
         m = w.p.merchant
+        n = self.shipments.get(order.id, 0) + 1
+        self.shipments[order.id] = n
+        w.emit("merchant.fulfilment", "merchant", order.id, merchant=order.merchant, shipment=n)
         delivery = m.delivery_time.draw(r)
-        forgets = r.random() < w.p.merchant.bnpl_finish_forget
         w.hold(order.id)
 
         def delivered() -> None:
@@ -36,37 +81,106 @@ class Merchant:
                 order.to(O.DELIVERED)
                 w.emit("order.shipped", "merchant", order.id)
                 w.emit("order.delivered", "merchant", order.id)
-                if not forgets:
-                    w.hold(order.id)
-                    w.at(m.bnpl_finish_delay.draw(r), lambda: self._finish(order, 1))
+                if order.method == "bnpl":
+                    self._after_delivery(order)
+                else:
+                    order.to(O.COMPLETED)
+                    w.emit("order.completed", "merchant", order.id)
             w.release(order.id)
 
         w.at(delivery, delivered)
 
-    def _finish(self, order, attempt: int) -> None:
-        """One finish call (holds the order until it is answered or the merchant gives up)."""
+    # -- how the finish is sent ----------------------------------------------------------------------
+    def _after_delivery(self, order) -> None:
         w = self.w
+        prof = self.profiles[order.merchant]
+        mode = prof.spec.finish
+        w.hold(order.id)  # released when the finish is accepted, given up, or lost
+        if mode == "sync":
+            w.at(w.p.merchant.bnpl_finish_delay.draw(w.order_rng(order.id)), lambda: self._finish(order, 1, None))
+        elif mode == "batch":
+            prof.pending.append(order)
+        else:
+            token = [True]
+            prof.held[order.id] = token
+            w.at(w.p.merchant.bnpl_finish_delay.draw(w.order_rng(order.id)),
+                 lambda: self._finish(order, 1, token))
+
+    def _batch_job(self, prof: _Profile):
+        w = self.w
+        spec = prof.spec
+        while True:
+            yield w.env.timeout(spec.batch_interval)
+            if prof.running or not prof.pending:
+                continue  # the previous run still holds the job's lock: this run is skipped
+            w.env.process(self._batch_run(prof))
+
+    def _batch_run(self, prof: _Profile):
+        w = self.w
+        prof.running = True
+        batch, prof.pending = prof.pending, []
+        item = prof.spec.batch_item_time.sampler(prof.rng)
+        for order in batch:
+            yield w.env.timeout(item())
+            self._finish(order, 1, None)
+        prof.running = False
+
+    def _restarts(self, prof: _Profile):
+        """The queue worker restarts now and then and loses the messages it holds in memory."""
+        w = self.w
+        gap = prof.spec.restart_every.sampler(prof.rng)
+        while True:
+            yield w.env.timeout(gap())
+            held, prof.held = prof.held, {}
+            outbox = w.p.merchant.finish_outbox
+            for oid, token in held.items():
+                token[0] = False
+                order = w.orders.get(oid)
+                if order is None:
+                    continue
+                if outbox:
+                    # The outbox row survived the restart: the new worker sends it again.
+                    fresh = [True]
+                    prof.held[oid] = fresh
+                    w.hold(oid)
+                    w.at(0.0, lambda o=order, tk=fresh: self._finish(o, 1, tk))
+                w.release(oid)  # the lost message's hold (the outbox took its own)
+
+    def _finish(self, order, attempt: int, token: list | None) -> None:
+        """One finish call (holds the order until it is answered, the merchant gives up, or it is lost)."""
+        w = self.w
+        if token is not None and not token[0]:
+            return  # the worker restarted while holding this message: its hold went with it
         m = w.p.merchant
         agreement = self.bnpl.agreement_of(order.id)
         if agreement is None:
-            w.release(order.id)
+            self._done(order, token)
             return
         w.emit("bnpl.finish_sent", "merchant", order.id, agreement=agreement.id, attempt=attempt)
         r = w.order_rng(order.id)
         failed = r.random() < m.bnpl_finish_failure
 
         def arrive() -> None:
+            if token is not None and not token[0]:
+                return
             if failed:
                 w.emit("bnpl.finish_failed", "merchant", order.id, agreement=agreement.id, attempt=attempt)
                 if attempt <= m.bnpl_finish_retries:
-                    w.at(m.bnpl_finish_retry_delay.draw(r), lambda: self._finish(order, attempt + 1))
+                    w.at(m.bnpl_finish_retry_delay.draw(r), lambda: self._finish(order, attempt + 1, token))
                     return
-                w.release(order.id)
+                self._done(order, token)
                 return
             self.bnpl.finish(agreement)
             if order.state is O.DELIVERED:
                 order.to(O.COMPLETED)
                 w.emit("order.completed", "merchant", order.id)
-            w.release(order.id)
+            self._done(order, token)
 
         w.at(w.p.app.network_latency.draw(r), arrive)
+
+    def _done(self, order, token: list | None) -> None:
+        if token is not None:
+            prof = self.profiles[order.merchant]
+            if prof.held.get(order.id) is token:
+                del prof.held[order.id]
+        self.w.release(order.id)

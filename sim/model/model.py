@@ -142,7 +142,6 @@ def _resize(stations: dict, p: Scenario) -> None:
         st.capacity = cap
         while st.queue and st.busy < st.capacity:  # more servers: start waiting jobs now
             st.busy += 1
-            arrived, service_time, done = st.queue.popleft()
-            st._start(arrived, service_time, done)
+            st._start(*st.queue.popleft())
 
 

@@ -6,6 +6,13 @@ The close job fires at ``order_service.order_ttl`` (a per-order timer) or on a p
 notifications queue for the service's own workers; when it is too busy to answer within the gateway's
 ack timeout, the gateway counts the attempt as failed and retries later, while the service still
 processes what it already received.
+
+Both the notification handler and the close job are read-then-write: the handler reads the order when
+a worker takes the notification and writes when its work is done (``order_service.service_time``
+later); the close job reads the expired order and writes it closed ``order_service.close_write_delay``
+(or a gateway round trip) later. With ``order_service.order_lock`` a writer whose order changed since
+its read reads it again (:func:`sim.domain.policies.must_reread`); without it, it writes what it
+decided from the stale read — the lost update, and a duplicate notification fulfilled twice.
 """
 
 from __future__ import annotations
@@ -42,16 +49,16 @@ class OrderService:
         else:
             w.env.process(self._timers())
 
-    def create(self, user: str, amount: int, method: str) -> Order:
+    def create(self, user: str, amount: int, method: str, merchant: str = "m1") -> Order:
         w = self.w
         self.seq += 1
         oid = f"r{w.replication}-o{self.seq}"
         now = w.env.now
         ttl = w.p.order_service.order_ttl
-        order = Order(oid, user, "m1", amount, method, now, now + ttl)
+        order = Order(oid, user, merchant, amount, method, now, now + ttl)
         w.orders[oid] = order
         w.emit("order.created", "order_service", oid, user=user, amount=amount, method=method,
-               expires_at=order.expires_at)
+               expires_at=order.expires_at, merchant=merchant)
         w.hold(oid)  # released when the order leaves awaiting_payment
         self.unpaid.add(oid)
         self.due.append((order.expires_at, oid))
@@ -105,19 +112,35 @@ class OrderService:
                     self.expire(w.orders[oid])
 
     def expire(self, order: Order) -> None:
-        """The close job reached ``order``: follow the close policy."""
+        """The close job reached ``order``: read it, follow the close policy, write."""
         w = self.w
         if order.state is not O.AWAITING_PAYMENT or order.id not in w.orders:
             return
+        read = order.version  # the close job's read: 'awaiting payment' at this version
         step = policies.on_order_expiry(w.p.order_service.close_policy, order.state)
         if step is Step.CLOSE_ORDER:
-            self.close(order, "ttl")
+            delay = w.s_close_write()
+            if delay <= 0.0:
+                self._commit(order, read, step)
+            else:
+                w.hold(order.id)
+                w.at(delay, lambda: (self._commit(order, read, step), w.release(order.id)))
         elif step is Step.QUERY_TRADE:
             self._via_gateway(order, self.gateway.query,
-                              lambda states: self._after_query(order, states))
+                              lambda states: self._after_query(order, states, read))
         elif step is Step.CLOSE_TRADE:
             self._via_gateway(order, self.gateway.close,
-                              lambda results: self._after_close_trade(order, results))
+                              lambda results: self._after_close_trade(order, results, read))
+
+    def _still_awaiting(self, order: Order, read: int) -> bool:
+        """The close job's view at its write: re-read under the lock, else what it read (awaiting)."""
+        if policies.must_reread(self.w.p.order_service.order_lock, read, order.version):
+            return order.state is O.AWAITING_PAYMENT
+        return True
+
+    def _commit(self, order: Order, read: int, step: Step) -> None:
+        if self._still_awaiting(order, read):
+            self._apply(order, step)
 
     def _via_gateway(self, order: Order, call: Callable, then: Callable) -> None:
         w = self.w
@@ -128,8 +151,8 @@ class OrderService:
 
         w.at(w.s_os_net(), lambda: call(list(order.trades), back))
 
-    def _after_query(self, order: Order, states: list[TradeState]) -> None:
-        if order.state is not O.AWAITING_PAYMENT:
+    def _after_query(self, order: Order, states: list[TradeState], read: int) -> None:
+        if not self._still_awaiting(order, read):
             return
         # Several trades (retries with new numbers): any paid one pays the order; any in flight waits.
         if any(s is T.SUCCEEDED for s in states):
@@ -140,12 +163,12 @@ class OrderService:
             step = policies.after_trade_query(states[0] if states else None)
         self._apply(order, step)
 
-    def _after_close_trade(self, order: Order, results: list[str]) -> None:
-        if order.state is not O.AWAITING_PAYMENT:
+    def _after_close_trade(self, order: Order, results: list[str], read: int) -> None:
+        if not self._still_awaiting(order, read):
             return
         if "already_paid" in results:
             step = Step.MARK_PAID
-        elif "in_progress" in results:
+        elif "in_progress" in results or "too_early" in results:
             step = Step.RETRY_LATER
         else:
             step = policies.after_trade_close("closed" if results else "no_trade")
@@ -168,50 +191,83 @@ class OrderService:
 
     def close(self, order: Order, reason: str) -> None:
         w = self.w
-        order.close(reason, w.p.order_service.release_stock_on_close)
+        blind = not w.p.order_service.order_lock
+        order.close(reason, w.p.order_service.release_stock_on_close, blind=blind)
         w.emit("order.closed", "order_service", order.id, reason=reason, stock_released=order.stock_released)
         self._leave_awaiting(order)
 
     def mark_paid(self, order: Order, trade: str, agreement: bool = False) -> None:
         w = self.w
-        order.mark_paid(trade)
+        order.mark_paid(trade, blind=not w.p.order_service.order_lock)
         if agreement:
             w.emit("order.paid", "order_service", order.id, agreement=trade)
         else:
             w.emit("order.paid", "order_service", order.id, trade=trade)
         self._leave_awaiting(order)
         self.app.push(order, "order_paid")
-        if agreement:
-            self.merchant.fulfil(order)
+        self.merchant.fulfil(order)  # every 'order paid' the merchant hears starts a fulfilment
 
     # -- notifications -------------------------------------------------------------------------------
     def receive_notification(self, trade: Trade, handled: Callable[[float], None]) -> None:
-        """A 'payment succeeded' notification arrived; ``handled(now)`` when it has been processed."""
-        w = self.w
-        self.station.submit(w.s_os_service(), lambda _wait: self._on_notification(trade, handled))
+        """A 'payment succeeded' notification arrived; ``handled(now)`` when it has been processed.
 
-    def _on_notification(self, trade: Trade, handled: Callable[[float], None]) -> None:
+        The handler reads the order when a worker takes it and writes when its work is done.
+        """
+        w = self.w
+        read: list = [None]
+
+        def started() -> None:
+            order = w.orders.get(trade.order)
+            if order is not None:
+                read[0] = (order.state, order.version, order.paid_trade)
+
+        self.station.submit(w.s_os_service(), lambda _wait: self._on_notification(trade, handled, read[0]), started)
+
+    def _on_notification(self, trade: Trade, handled: Callable[[float], None], read) -> None:
         w = self.w
         order = w.orders.get(trade.order)
-        if order is not None:
-            other = order.paid_trade is not None and order.paid_trade != trade.id
-            action = policies.on_payment_notification(order.state, w.p.order_service.late_payment, other)
+        if order is not None and read is not None:
+            state, version, paid_trade = read
+            if policies.must_reread(w.p.order_service.order_lock, version, order.version):
+                state, paid_trade = order.state, order.paid_trade
+            other = paid_trade is not None and paid_trade != trade.id
+            action = policies.on_payment_notification(state, w.p.order_service.late_payment, other)
             if action is NotifyAction.MARK_PAID:
                 self.mark_paid(order, trade.id)
             elif action is NotifyAction.REOPEN:
-                order.mark_paid(trade.id)  # closed -> paid: the order is revived
+                order.mark_paid(trade.id, blind=not w.p.order_service.order_lock)  # closed -> paid: revived
                 w.emit("order.reopened", "order_service", order.id, trade=trade.id,
                        stock_released=order.stock_released)
                 self.app.push(order, "order_paid")
+                self.merchant.fulfil(order)
             elif action in (NotifyAction.REFUND_LATE, NotifyAction.REFUND_EXTRA):
                 self.refund(order, trade)
         handled(w.env.now)
 
-    def refund(self, order: Order, trade: Trade) -> None:
-        """Refund one trade of ``order`` through the gateway (the order's own state does not change)."""
+    def refund(self, order: Order, trade: Trade, attempt: int = 1) -> None:
+        """Refund one trade of ``order`` through the gateway; retried on ``order_service.refund_retry_schedule``.
+
+        A closed order goes to ``refund_pending`` (``order.refund_pending``) and, once the money is back
+        with the buyer, to ``refunded`` (``order.refunded``); an order paid by another trade keeps its state.
+        """
+        w = self.w
         if trade.state is not T.SUCCEEDED:
             return
-        self._via_gateway(order, lambda _ids, back: self.gateway.refund(trade, back), lambda _ok: None)
+        if order.state is O.CLOSED:
+            order.to(O.REFUND_PENDING)
+            w.emit("order.refund_pending", "order_service", order.id, trade=trade.id, amount=trade.amount)
+
+        def after(result: str) -> None:
+            if result == "done" and order.state is O.REFUND_PENDING:
+                order.to(O.REFUNDED)
+                w.emit("order.refunded", "order_service", order.id, trade=trade.id, amount=trade.amount)
+            elif result == "failed":
+                gaps = w.p.order_service.refund_retry_schedule.gaps
+                if attempt - 1 < len(gaps):
+                    w.hold(order.id)
+                    w.at(gaps[attempt - 1], lambda: (self.refund(order, trade, attempt + 1), w.release(order.id)))
+
+        self._via_gateway(order, lambda _ids, back: self.gateway.refund(trade, back), after)
 
     def status(self, order_id: str) -> OrderState | None:
         order = self.w.orders.get(order_id)

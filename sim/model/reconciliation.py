@@ -54,11 +54,17 @@ class Reconciler:
             trade.to(T.SUCCEEDED)
             w.emit("trade.succeeded", "reconciler", order_id, trade=trade_id, amount=trade.amount)
             state = T.SUCCEEDED
-        kind, action = policies.reconcile(order.state if order else None, state, w.p.reconciliation.repair)
+        kind, action = policies.reconcile(order.state if order else None, state, w.p.reconciliation.repair,
+                                          debit_returned=trade.refunded > 0)
         if kind is None:
             return
         w.emit("recon.found", "reconciler", order_id, kind=kind.value, trade=trade_id)
-        if action == "refund":
+        if action == "refund" and state is T.CLOSED:
+            # A debit on a closed trade (a late approval the gateway ignored): the statement shows the
+            # money, no trade accounts for it; return it to the buyer.
+            w.emit("recon.repaired", "reconciler", order_id, action="refund", trade=trade_id)
+            self.gw.reverse(trade, "reconciler")
+        elif action == "refund":
             w.emit("recon.repaired", "reconciler", order_id, action="refund", trade=trade_id)
             self.os.refund(order, trade)
         elif action == "fill_order" and order is not None and order.state is O.AWAITING_PAYMENT:

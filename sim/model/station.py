@@ -66,9 +66,12 @@ class Station:
             self._cap_area += self.capacity * (end - start)
         self._last = now
 
-    def submit(self, service_time: float, done: Callable[[float], None]) -> bool:
+    def submit(self, service_time: float, done: Callable[[float], None],
+               started: Callable[[], None] | None = None) -> bool:
         """Queue a job needing ``service_time`` seconds; ``done(wait)`` runs when it finishes.
 
+        ``started`` (optional) runs when a server takes the job: a handler that reads at the start of
+        its work and writes at the end has that window open for ``service_time``.
         Returns True when a server was free and the job started at once (it then ends exactly
         ``service_time`` from now), False when it joined the queue.
         """
@@ -76,12 +79,15 @@ class Station:
         arrived = self.env.now
         if self.busy < self.capacity:
             self.busy += 1
-            self._start(arrived, service_time, done)
+            self._start(arrived, service_time, done, started)
             return True
-        self.queue.append((arrived, service_time, done))
+        self.queue.append((arrived, service_time, done, started))
         return False
 
-    def _start(self, arrived: float, service_time: float, done: Callable[[float], None]) -> None:
+    def _start(self, arrived: float, service_time: float, done: Callable[[float], None],
+               started: Callable[[], None] | None = None) -> None:
+        if started is not None:
+            started()
         now = self.env.now
         wait = now - arrived
         if self.t0 <= arrived < self.t1:
@@ -95,8 +101,7 @@ class Station:
         self._account()
         self.served += 1
         if self.queue:
-            arrived, service_time, nxt = self.queue.popleft()
-            self._start(arrived, service_time, nxt)
+            self._start(*self.queue.popleft())
         else:
             self.busy -= 1
         done(wait)

@@ -1,9 +1,10 @@
 """Buyers and the app: arrivals, the choice of payment method, paying, waiting, retrying, polling.
 
 Buyers arrive by a non-homogeneous Poisson process (``load.arrival_rate × load.profile``). Each one
-draws what a buyer decides — method, amount, how long they take to pay, whether they walk away —
-up front from the ``user`` stream, so two compared policies meet the same buyers (common random
-numbers). The app is the buyer's window on the servers: every request crosses the network
+draws what a buyer decides — method, amount, merchant, how long they take to pay, whether they walk
+away, whether and after how long they retry — from a stream of their own
+(:meth:`~sim.model.world.World.buyer_rng`), so two compared settings meet the same buyers (common
+random numbers), however many retries a setting causes for some of them. The app is the buyer's window on the servers: every request crosses the network
 (``app.network_latency``), waits at most ``app.request_timeout``, and what the app *shows*
 (``app.shown``) is recorded, because what the buyer was told is half of every anomaly.
 """
@@ -15,6 +16,7 @@ from sim.domain.states import ORDER_PAID_STATES, OrderState
 from sim.model.world import World
 
 O = OrderState
+_ENDED = frozenset({O.REFUND_PENDING, O.REFUNDED})
 _UNSETTLED = frozenset({"payment_failed", "payment_unknown", "order_closed"})
 _SCREEN = {"succeeded": "payment_succeeded", "failed": "payment_failed", "closed": "payment_failed",
            "unknown": "payment_unknown", "in_progress": "payment_unknown", "timeout": "payment_unknown"}
@@ -55,28 +57,44 @@ class Buyers:
         w.on_forget.append(self.unsettled.discard)
         pm = w.p.user.payment_methods
         self.cum = (pm.wallet, pm.wallet + pm.card)
+        pop = w.p.merchant.population
+        self.merchants = [m.name for m in pop]
+        self.merchant_cum = []
+        acc = 0.0
+        for m in pop:
+            acc += m.share
+            self.merchant_cum.append(acc)
 
     def start(self) -> None:
         w = self.w
         u = w.p.user
-        r = w.rng["user"]
         self.seq += 1
+        r = w.buyer_rng(self.seq)  # this buyer's own stream, for every decision of theirs
         m = r.random()
         method = "wallet" if m < self.cum[0] else ("card" if m < self.cum[1] else "bnpl")
-        amount = max(1, int(round(w.s_amount() * 100)))
-        pay_delay = w.s_pay_delay()
+        amount = max(1, int(round(u.order_amount.draw(r) * 100)))
+        pay_delay = u.pay_delay.draw(r)
         walks_away = r.random() < u.abandon_probability
         cancels = r.random() < u.cancel_probability
         retry_draws = [r.random() for _ in range(u.max_retries)]
-        order = self.os.create(f"u{self.seq}", amount, method)
+        merchant = self.merchants[0]
+        if len(self.merchants) > 1:
+            x = r.random()
+            merchant = next((n for n, c in zip(self.merchants, self.merchant_cum) if x < c), self.merchants[-1])
+        balance = u.wallet_balance.draw(r) if u.wallet_balance is not None else None
+        order = self.os.create(f"u{self.seq}", amount, method, merchant)
+        if balance is not None and method == "wallet":
+            w.balances[order.user] = int(round(balance * 100))
         w.hold(order.id)
         trade_id = None
         if method != "bnpl":
-            # The cashier opens with the order: the gateway trade (prepay) exists from now on and
-            # lives gateway.trade_ttl, however long the order lives.
+            # The pay link (out_trade_no) exists from now on. With gateway.trade_creation = on_order
+            # the gateway trade (prepay) does too, living gateway.trade_ttl however long the order
+            # lives; with on_open it is created when the buyer opens the page or scans the code.
             trade_id = policies.retry_trade_no(w.p.app.retry_trade_no, order.id, 0, None)
-            self.gw.create_trade(trade_id, order, order.user)
-        w.env.process(self.buyer(order, method, trade_id, pay_delay, walks_away, cancels, retry_draws))
+            if w.p.gateway.trade_creation == "on_order":
+                self.gw.create_trade(trade_id, order, order.user)
+        w.env.process(self.buyer(order, method, trade_id, pay_delay, walks_away, cancels, retry_draws, r))
 
     def show(self, order, screen: str) -> None:
         self.w.emit("app.shown", "app", order.id, screen=screen)
@@ -96,7 +114,7 @@ class Buyers:
             w.hold(order.id)
             w.at(w.s_net(), lambda: (self.show(order, screen), w.release(order.id)))
 
-    def buyer(self, order, method, trade_id, pay_delay, walks_away, cancels, retry_draws):
+    def buyer(self, order, method, trade_id, pay_delay, walks_away, cancels, retry_draws, r):
         w = self.w
         env = w.env
         u, app = w.p.user, w.p.app
@@ -113,8 +131,10 @@ class Buyers:
                 if attempt:
                     if retry_draws[attempt - 1] >= u.retry_probability:
                         return
-                    yield env.timeout(w.s_retry_delay())
+                    yield env.timeout(u.retry_delay.draw(r))
                 state = order.state
+                if state in _ENDED:
+                    state = O.CLOSED  # refund pending or refunded: to the cashier, a closed order
                 if app.cashier_closes_at_expiry and (env.now >= order.expires_at or state is O.CLOSED):
                     self.show(order, "order_closed")  # the cashier's countdown ran out
                     return
@@ -144,7 +164,7 @@ class Buyers:
                 if outcome == "succeeded":
                     return
                 if outcome in ("unknown", "in_progress", "timeout"):
-                    settled = yield from self.poll(order)
+                    settled = yield from self.poll(order, r)
                     if settled:
                         return
         finally:
@@ -166,15 +186,22 @@ class Buyers:
         outcome = yield done
         return outcome
 
-    def poll(self, order):
-        """After 'unknown', the app polls the order page; True once it shows paid or closed."""
+    def poll(self, order, r):
+        """After 'unknown', the app polls the order page; True once it shows paid or closed.
+
+        Each poll is a request (``app.network_latency`` each way, drawn from the buyer's stream, at most
+        ``app.request_timeout``) answered from a read replica ``order_service.read_lag`` behind the
+        primary: the page can still say 'awaiting payment' after the order was paid.
+        """
         w = self.w
         interval, duration = w.p.user.poll_interval, w.p.user.poll_duration
         waited = 0.0
         while waited < duration:
             yield w.env.timeout(interval)
             waited += interval
-            state = order.state
+            state = yield from self.read_status(order, r)
+            if state in _ENDED:
+                state = O.CLOSED
             if state is O.PAID or state is O.SHIPPED or state is O.DELIVERED or state is O.COMPLETED:
                 self.show(order, "order_paid")
                 return True
@@ -182,3 +209,17 @@ class Buyers:
                 self.show(order, "order_closed")
                 return True
         return False
+
+    def read_status(self, order, r):
+        """One order-status request: the replica's state when it arrives, or None on a timeout."""
+        w = self.w
+        app = w.p.app
+        there = app.network_latency.draw(r)
+        back = app.network_latency.draw(r)
+        if there + back > app.request_timeout:
+            yield w.env.timeout(app.request_timeout)
+            return None
+        yield w.env.timeout(there)
+        state = w.replica_state(order, w.p.order_service.read_lag.draw(r))
+        yield w.env.timeout(back)
+        return state

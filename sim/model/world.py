@@ -13,6 +13,7 @@ notification, a fulfilment step) holds a reference on it; when the last one lets
 
 from __future__ import annotations
 
+import hashlib
 import random
 import zlib
 from typing import Any, Callable
@@ -21,7 +22,13 @@ import numpy as np
 import simpy
 
 from sim.domain.ledger import Ledger, Txn
+from sim.domain.states import OrderState
 from sim.scenario import Scenario
+
+_ORDER_WRITES = {"order.created": OrderState.AWAITING_PAYMENT, "order.paid": OrderState.PAID,
+                 "order.closed": OrderState.CLOSED, "order.reopened": OrderState.PAID,
+                 "order.shipped": OrderState.SHIPPED, "order.delivered": OrderState.DELIVERED,
+                 "order.completed": OrderState.COMPLETED}
 
 STREAMS = ("arrivals", "user", "app", "gateway", "bank", "notify", "order_service")
 
@@ -62,6 +69,11 @@ class World:
         # seen paid: per-order notes, dropped with the order.
         self.bank_record: dict[str, str] = {}
         self.credit_synced: set[str] = set()
+        # (t, state) of every write of each order, for a lagging read replica (only when there is lag).
+        lag = scenario.order_service.read_lag
+        self.state_log: dict[str, list] | None = (
+            None if lag.kind == "constant" and lag.mean == 0 and not scenario.faults else {})
+        self.balances: dict[str, int] = {}  # buyer -> wallet balance (fen), when user.wallet_balance is on
         self.order_rngs: dict[str, random.Random] = {}
         self.on_forget: list[Callable[[str], None]] = []  # actors' own per-order notes to drop
         self.txn_seq = 0
@@ -73,18 +85,27 @@ class World:
         """Make ``p``'s sections the ones in force and rebuild the samplers that read them."""
         self.p = p
         r = self.rng
-        self.s_pay_delay = p.user.pay_delay.sampler(r["user"])
-        self.s_retry_delay = p.user.retry_delay.sampler(r["user"])
-        self.s_amount = p.user.order_amount.sampler(r["user"])
         self.s_net = p.app.network_latency.sampler(r["app"])
         self.s_gw_service = p.gateway.service_time.sampler(r["gateway"])
         self.s_notify_latency = p.gateway.notify_latency.sampler(r["notify"])
         self.s_bank_latency = p.bank.latency.sampler(r["bank"])
         self.s_risk_hold = p.bank.risk_hold_duration.sampler(r["bank"])
         self.s_os_service = p.order_service.service_time.sampler(r["order_service"])
+        self.s_close_write = p.order_service.close_write_delay.sampler(r["order_service"])
         # The order service's own calls cross the network on their own stream, so a close policy
         # that asks the gateway more does not shift the buyers' draws.
         self.s_os_net = p.app.network_latency.sampler(r["order_service"])
+
+    def buyer_rng(self, index: int) -> random.Random:
+        """The stream of buyer number ``index``: everything this buyer decides, retries included.
+
+        Seeded from the root seed, the replication and the buyer's index only, so a setting that makes
+        one buyer draw more (a decline, then a retry and its think time) leaves every other buyer's
+        draws as they were (common random numbers that hold across compared settings).
+        """
+        key = hashlib.blake2b(b"buyer:%d:%d:%d" % (self.scenario.run.seed, self.replication, index),
+                              digest_size=16).digest()
+        return random.Random(int.from_bytes(key, "little"))
 
     def order_rng(self, order: str) -> random.Random:
         """A stream of this order's own, for what happens to it after it is paid (BNPL orders).
@@ -101,8 +122,27 @@ class World:
             r = self.order_rngs[order] = random.Random(int.from_bytes(ss.generate_state(2, np.uint32).tobytes(), "little"))
         return r
 
+    # -- the order service's read replica ------------------------------------------------------------
+    def replica_state(self, order, lag: float):
+        """The order's state as a replica ``lag`` seconds behind the primary serves it (None: not there yet)."""
+        if lag <= 0.0:
+            return order.state
+        log = self.state_log.get(order.id)
+        if not log:
+            return order.state
+        cut = self.env._now - lag
+        state = None
+        for t, s in log:
+            if t > cut:
+                break
+            state = s
+        return state
+
     # -- history -----------------------------------------------------------------------------------
     def emit(self, type_: str, actor: str, order: str, **fields: Any) -> None:
+        log = self.state_log
+        if log is not None and type_ in _ORDER_WRITES:
+            log.setdefault(order, []).append((self.env._now, _ORDER_WRITES[type_]))
         fields["t"] = self.env._now
         fields["type"] = type_
         fields["actor"] = actor
@@ -143,6 +183,9 @@ class World:
                 self.trades.pop(trade, None)
                 self.bank_record.pop(trade, None)
             self.order_rngs.pop(order, None)
+            self.balances.pop(o.user, None)
+            if self.state_log is not None:
+                self.state_log.pop(order, None)
             ag = self.agreements.pop(order, None)
             if ag is not None:
                 self.credit_synced.discard(ag.id)
