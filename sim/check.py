@@ -957,6 +957,14 @@ def _h_fulfilment(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) 
     chk._set_ostate(st, state, t)
 
 
+def _h_merchant_fulfilment(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> None:
+    """The merchant's fulfilment request (the simulation's ``merchant.fulfilment``): one numbered
+    ``shipment`` 2 or more ships the goods of the order a second time."""
+    shipment = e.get("shipment")
+    if isinstance(shipment, int) and not isinstance(shipment, bool) and shipment >= 2:
+        st.dup_fulfil = True
+
+
 def _h_refund_failed(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> None:
     st.refund_failed = True
 
@@ -1019,6 +1027,7 @@ _HANDLERS: dict[str, Any] = {
     **{typ: _h_fulfilment for typ in _ORDER_STATE_OF},
     "order.refund_pending": _h_refund_pending,
     "order.refund_failed": _h_refund_failed,
+    "merchant.fulfilment": _h_merchant_fulfilment,
     **{f"bnpl.{x}": _h_bnpl for x in ("authorized", "finish_requested", "deduction", "repaid", "overdue",
                                       "overdue_cleared", "compensated", "settled", "cancelled", "expired")},
 }

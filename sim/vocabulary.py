@@ -32,9 +32,10 @@ ANOMALY_CLASSES: tuple[str, ...] = (
 EVENT_TYPES: tuple[str, ...] = (
     "run.start", "run.end",
     "order.created", "order.paid", "order.closed", "order.reopened", "order.shipped", "order.delivered",
-    "order.completed", "order.refund_pending", "order.refunded", "order.end",
+    "order.completed", "order.refund_pending", "order.refunded", "order.refund_failed", "order.end",
     "trade.created", "trade.processing", "trade.succeeded", "trade.failed", "trade.unknown", "trade.closed",
-    "trade.close_refused", "trade.refunded",
+    "trade.close_refused", "trade.refunded", "trade.refund_failed", "trade.reversed",
+    "merchant.fulfilment",
     "ledger.txn",
     "notify.sent", "notify.lost", "notify.received",
     "app.shown", "user.pay", "user.retry", "user.abandon", "user.cancel",
