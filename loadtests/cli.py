@@ -19,8 +19,10 @@ examples:
   checkout-chaos load scenarios/baseline.toml --time-scale 1 --target http://127.0.0.1:9000 \\
       --target-config my_checkout.toml --provider-port 8801 --notify-secret "$SECRET"
 
-exit codes: 0 every threshold of the scenario's [thresholds] holds; 1 one fails (named on stderr);
-2 a usage or configuration error.
+exit codes: 0 the run is valid and every threshold of the scenario's thresholds holds; 1 one fails
+(named on stderr); 2 a usage or configuration error; 3 the run is not valid (it missed its own health
+limits of the [live] section: achieved arrivals, error rates, start lag, buyers unfinished; a banner
+says why and what to lower), whatever the thresholds say.
 """
 
 
@@ -125,7 +127,31 @@ def run(args: argparse.Namespace) -> int:
         from reports.cli import render_report
 
         err.print(f"report: {render_report([doc], out / 'report')}")
-    return threshold_exit(doc, err)
+    return live_exit(doc, err)
+
+
+def live_exit(doc: dict, err: Any) -> int:
+    """The exit code of a live run: 3 when it is not valid (after a banner saying why), else the thresholds'."""
+    code = threshold_exit(doc, err)
+    validity = doc.get("validity") or {}
+    for warning in validity.get("warnings") or ():
+        err.print(f"[yellow]warning:[/] this run {warning}", highlight=False)
+    if doc.get("valid") is False:
+        print_invalid_banner(validity, err)
+        return 3
+    return code
+
+
+def print_invalid_banner(validity: dict, err: Any, title: str = "THIS RUN IS NOT VALID") -> None:
+    """A red panel on stderr: the reasons, and what to lower."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    from loadtests.validity import banner_lines
+
+    lines = banner_lines(validity, title)
+    err.print(Panel(Text("\n".join(lines[1:])), title=Text(lines[0], style="bold"), border_style="red",
+                    title_align="left", expand=False))
 
 
 def threshold_exit(doc: dict, err: Any) -> int:

@@ -46,6 +46,7 @@ from sim.scenario import Scenario, Threshold, format_duration
 
 from loadtests.adapter import Adapter, load_adapter
 from loadtests.history import CLIENT_GLOB, merge, write_jsonl
+from loadtests.validity import assess, preflight
 from loadtests.plan import (DEFAULT_LATE_TOLERANCE, DEFAULT_MAX_ORDERS, Plan, LiveWindow, arrival_times,
                             expected_arrivals, live_window, write_json_atomic)
 
@@ -107,6 +108,9 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
     if opts.provider_host not in LOOPBACK and not opts.allow_remote:
         raise ConfigError(f"--provider-host {opts.provider_host}: not a loopback address; pass --allow-remote")
     adapter = load_adapter(opts.target_config)
+    pre = preflight(scenario, window, opts.workers)
+    for warning in pre["warnings"]:
+        opts.log(f"warning: this run {warning}")
     out = Path(opts.out)
     client_dir, locust_dir, data_dir = out / "client", out / "locust", out / "services"
     _fresh_dirs(client_dir, locust_dir, data_dir)
@@ -156,7 +160,7 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
         services.stop()
     offset = (epoch - services.start_epoch) * window.time_scale
     return build_live_results(scenario, window, plan, out, service_events, offset, extra, faults.applied,
-                              started, opts)
+                              started, opts, pre)
 
 
 def _fresh_dirs(client_dir: Path, locust_dir: Path, data_dir: Path) -> None:
@@ -449,6 +453,7 @@ def live_section(events: list[dict[str, Any]], done: list[dict[str, Any]], plann
         "start_lag_wall_s": {"p50": _quantile(lags, 0.5), "p99": _quantile(lags, 0.99), "max": lag_max},
         "flows_completed": sums["completed"],
         "flows_in_flight_at_end": sums["in_flight_at_end"],
+        "flows_unfinished_at_end": max(0, sums["started"] - sums["completed"] - sums["flow_errors"]),
         "flow_errors": sums["flow_errors"],
         "malformed_requests": malformed,
         "harness_errors": harness_errors,
@@ -468,7 +473,7 @@ def live_section(events: list[dict[str, Any]], done: list[dict[str, Any]], plann
 
 def build_live_results(scenario: Scenario, window: LiveWindow, plan: Plan, out: Path, service_events: list[dict],
                        offset: float, extra: list[dict], faults_applied: list[dict], started: float,
-                       opts: LiveOptions) -> dict[str, Any]:
+                       opts: LiveOptions, pre: dict[str, Any] | None = None) -> dict[str, Any]:
     """Merge the histories, check them and assemble the results document (also writes history.jsonl)."""
     import json
 
@@ -495,7 +500,16 @@ def build_live_results(scenario: Scenario, window: LiveWindow, plan: Plan, out: 
                         warmup_s=window.warmup, end_s=window.end, extra={"live": live})
     doc["run_info"] = run_info(started, opts.command if opts.command is not None else sys.argv)
     live["thresholds"] = evaluate_thresholds(scenario.thresholds, doc)
+    pre = pre if pre is not None else preflight(scenario, window, opts.workers)
+    live["preflight"] = pre
+    mark_validity(doc, assess(live, scenario, pre))
     return doc
+
+
+def mark_validity(doc: dict[str, Any], validity: dict[str, Any]) -> None:
+    """``valid`` and ``validity`` at the top of a live results document (docs/live.md, "A run that is not valid")."""
+    doc["valid"] = validity["valid"]
+    doc["validity"] = validity
 
 
 # --------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from sim.domain import arrivals as schedule
 from sim.errors import ConfigError
 from sim.scenario import LoadSection, Scenario, format_duration
 
@@ -89,35 +90,19 @@ def live_window(scenario: Scenario, time_scale: float | None = None, run_time: f
 
 
 def expected_arrivals(load: LoadSection, horizon: float) -> float:
-    """The mean number of arrivals in ``[0, horizon)`` (the integral of the rate)."""
-    bounds = [0.0] + [s.at for s in load.profile if 0.0 < s.at < horizon] + [horizon]
-    return sum(load.arrival_rate * load.multiplier_at(a) * (b - a) for a, b in zip(bounds, bounds[1:]))
+    """The mean number of arrivals in ``[0, horizon)`` (the integral of the rate, steps and ramps)."""
+    return schedule.expected_count(load.rate_pieces(horizon))
 
 
-def arrival_times(load: LoadSection, horizon: float, seed: int, limit: int | None = None) -> Iterator[float]:
+def arrival_times(load: LoadSection, horizon: float, seed: int, limit: int | None = None,
+                  rng: random.Random | None = None) -> Iterator[float]:
     """Scenario times of the arrivals in ``[0, horizon)``: Poisson, rate ``arrival_rate × multiplier(t)``.
 
-    The same algorithm as the simulation's (exponential gaps; at a rate change, jump to it and draw
-    again — memoryless), on its own stream of ``seed``. At most ``limit`` arrivals.
+    The simulation's schedule (``sim.domain.arrivals``, steps and linear ramps alike), drawn from its
+    own stream of ``seed`` (or from ``rng``). At most ``limit`` arrivals.
     """
-    rng = random.Random(f"{seed}:live:arrivals")
-    expo = rng.expovariate
-    changes = sorted({s.at for s in load.profile if 0.0 < s.at < horizon}) + [horizon]
-    t, n, k = 0.0, 0, 0
-    while limit is None or n < limit:
-        while changes[k] <= t:
-            k += 1
-        boundary = changes[k]
-        rate = load.arrival_rate * load.multiplier_at(t)
-        gap = expo(rate) if rate > 0 else math.inf
-        if t + gap >= boundary:
-            if boundary >= horizon:
-                return
-            t = boundary
-            continue
-        t += gap
-        n += 1
-        yield t
+    rng = rng if rng is not None else random.Random(f"{seed}:live:arrivals")
+    return schedule.arrival_times(load.rate_pieces(horizon), rng.expovariate, limit)
 
 
 def buyer_rng(seed: int, index: int) -> random.Random:
