@@ -73,6 +73,7 @@ class LiveOptions:
     connections: int = 512
     ready_timeout: float = 60.0
     progress: bool = True
+    warn_preflight: bool = True  # log the preflight's warnings (compare prints them itself, before simulating)
     command: list[str] | None = None
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
 
@@ -109,7 +110,7 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
         raise ConfigError(f"--provider-host {opts.provider_host}: not a loopback address; pass --allow-remote")
     adapter = load_adapter(opts.target_config)
     pre = preflight(scenario, window, opts.workers)
-    for warning in pre["warnings"]:
+    for warning in pre["warnings"] if opts.warn_preflight else ():
         opts.log(f"warning: this run {warning}")
     out = Path(opts.out)
     client_dir, locust_dir, data_dir = out / "client", out / "locust", out / "services"

@@ -106,7 +106,7 @@ def story_span(scenario: Scenario) -> dict[str, Any]:
     latency = high_quantile(gw.notify_latency)
     retries = 0
     if gw.notify_loss > 0:
-        while retries < len(gw.notify_schedule.gaps) and gw.notify_loss ** (retries + 1) > NOTIFY_MISS:
+        while retries < len(gw.notify_schedule.gaps) and gw.notify_loss ** (retries + 1) > NOTIFY_MISS * (1 + 1e-9):
             retries += 1
     notify = latency + sum(gw.notify_schedule.gaps[:retries])
     parts = [f"order_ttl {format_duration(os_.order_ttl)}"]
@@ -171,8 +171,10 @@ def preflight(scenario: Scenario, window: Any, workers: int) -> dict[str, Any]:
         warnings.append(
             f"watches {format_duration(round(window.end))} of scenario time ({format_duration(round(window.horizon))} "
             f"of arrivals + {format_duration(round(window.drain))} of drain); the story needs {win['parts']} = "
-            f"{_human(win['needed_s'])} per order, so only {share:.0%} of the counted orders can be seen through "
-            f"to its end and anomalies that need the rest are under-counted or 0: {fix} (at time scale {k:g})")
+            f"{_human(win['needed_s'])} per order, so "
+            + (f"only {share:.0%} of the counted orders" if share > 0 else "none of the counted orders")
+            + f" can be watched to the end of it, and anomalies that need the rest are under-counted or 0: {fix} "
+            f"(at time scale {k:g})")
     return {"planned_peak_rate_wall_per_s": wall_rate, "capacity_flows_per_s": capacity, "capacity_source": source,
             "window": win, "warnings": warnings}
 

@@ -354,7 +354,7 @@ class ProfileStep(_Section):
 
     at: Duration = Field(description="from this time on (a ramp: by this time)")
     multiplier: float = Field(ge=0.0, description="the arrival rate is multiplied by this")
-    ramp: bool = Field(False, description="reach this multiplier linearly from the point before, instead of a step")
+    ramp: bool = Field(False, strict=True, description="reach this multiplier linearly from the point before, instead of a step")
 
 
 class LoadSection(_Section):

@@ -169,3 +169,31 @@ def test_target_checkout_through_the_reference_adapter(tmp_path, capsys):
     assert created and all(e.get("observed_by") == "client" for e in created)  # the target's own history is not read
     assert any(e["type"] == "ledger.txn" for e in history)  # the provider's ledger is
     assert any(e.get("observed_by") == "adapter" and e["type"] == "order.closed" for e in history)
+
+
+def test_an_overloaded_run_is_not_valid_and_exits_3(tmp_path, capsys):
+    """720 arrivals per wall second (12/s at time scale 60) for 3 s, far beyond what this machine sustains:
+    the run warns before it starts, misses its health limits, writes valid: false with the reasons, prints
+    the banner with what to lower and exits 3 — not 0 with "0 anomalies"."""
+    rc, doc, out = _load(tmp_path, "--set", "load.arrival_rate=12", "--run-time", "3s", "--drain", "4s")
+    err = capsys.readouterr().err
+    assert rc == 3
+    assert doc["valid"] is False
+    failed = {c["check"] for c in doc["validity"]["checks"] if not c["holds"]}
+    assert "achieved_ratio" in failed, doc["validity"]
+    assert doc["live"]["achieved_arrival_ratio"] < 0.95
+    assert len(doc["validity"]["reasons"]) == len(failed) and any("live.min_achieved_ratio" in r
+                                                                    for r in doc["validity"]["reasons"])
+    assert "THIS RUN IS NOT VALID" in err and "--time-scale" in err and "load.arrival_rate" in err
+    assert "720 arrivals per wall second" in err  # the preflight warned before the run
+    assert doc["live"]["preflight"]["planned_peak_rate_wall_per_s"] == 720.0
+
+
+def test_a_healthy_run_is_valid_and_exits_0(tmp_path, capsys):
+    """The compressed mall story at its own (gentle) rate with the safe close: valid, thresholds hold, exit 0."""
+    rc, doc, out = _load(tmp_path, "--set", "order_service.close_policy=close_trade_then_order")
+    assert doc["valid"] is True and doc["validity"]["reasons"] == [], doc["validity"]
+    assert all(c["holds"] for c in doc["validity"]["checks"])
+    assert doc["validity"]["warnings"] == []
+    assert rc == 0
+    assert "NOT VALID" not in capsys.readouterr().err
