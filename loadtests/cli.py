@@ -15,6 +15,10 @@ EPILOG = """\
 examples:
   checkout-chaos load scenarios/mall_pattern.toml --time-scale 60 --run-time 1m --out results/mall-live
   checkout-chaos load scenarios/baseline.toml --workers 2 --report
+  checkout-chaos load scenarios/baseline.toml --master --expect-workers 2 --master-bind-host 10.0.0.5 \
+      --allow-remote --provider-host 10.0.0.5   # then on each load machine:
+  checkout-chaos load-worker --master-host 10.0.0.5
+  checkout-chaos load scenarios/double11_midnight.toml --web   # watch it at http://127.0.0.1:8089
   checkout-chaos load scenarios/mall_pattern.toml --set order_service.close_policy=close_trade_then_order
   checkout-chaos load scenarios/baseline.toml --time-scale 1 --target http://127.0.0.1:9000 \\
       --target-config my_checkout.toml --provider-port 8801 --notify-secret "$SECRET"
@@ -43,6 +47,44 @@ def add_live_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="results directory (default results/<scenario>-live)")
     p.add_argument("--report", action="store_true", help="also write charts and index.html into DIR/report")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_watch_args(p)
+
+
+def add_watch_args(p: argparse.ArgumentParser) -> None:
+    """``--web``: Locust's own web UI on loopback while the run goes on."""
+    p.add_argument("--web", action="store_true",
+                   help="open Locust's web UI on 127.0.0.1 (--web-port) to watch the run; it starts by itself")
+    p.add_argument("--web-port", type=int, default=8089, metavar="P", help="port of --web (default 8089)")
+
+
+def add_distributed_args(p: argparse.ArgumentParser) -> None:
+    """Locust's distributed mode across machines: this command runs the master, workers join it."""
+    p.add_argument("--master", action="store_true",
+                   help="run only a Locust master here; workers on the load machines join it with "
+                        "'checkout-chaos load-worker --master-host THIS_HOST' (needs --expect-workers)")
+    p.add_argument("--expect-workers", type=int, default=0, metavar="N",
+                   help="with --master: start when N workers have joined (each plays every N-th arrival)")
+    p.add_argument("--master-bind-host", default="127.0.0.1", metavar="H",
+                   help="with --master: address workers connect to (default 127.0.0.1; another needs --allow-remote)")
+    p.add_argument("--master-port", type=int, default=5557, metavar="P", help="with --master: port (default 5557)")
+    p.add_argument("--worker-timeout", default="10m", metavar="DURATION",
+                   help="with --master: how long to wait for the workers to join (default 10m)")
+
+
+def distributed_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``LiveOptions`` fields of ``--web`` and ``--master`` (absent on ``compare``: defaults)."""
+    from sim.errors import ConfigError
+    from sim.scenario import parse_duration
+
+    out: dict[str, Any] = {"web": getattr(args, "web", False), "web_port": getattr(args, "web_port", 8089)}
+    if getattr(args, "master", None) is not None:
+        try:
+            wait = parse_duration(args.worker_timeout)
+        except ValueError as exc:
+            raise ConfigError(f"--worker-timeout: {exc}") from None
+        out.update(master=args.master, expect_workers=args.expect_workers, master_bind_host=args.master_bind_host,
+                   master_port=args.master_port, worker_timeout=wait)
+    return out
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -58,6 +100,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     add_scenario_args(p)
     add_live_args(p)
+    add_distributed_args(p)
     p.add_argument("--target", default=None, metavar="URL",
                    help="drive this checkout instead of the reference one (needs --target-config)")
     p.add_argument("--target-config", default=None, metavar="FILE",
@@ -95,7 +138,8 @@ def live_options(args: argparse.Namespace, out: Path, **extra: Any):
                        drain=duration("--drain", args.drain), workers=args.workers,
                        max_orders=args.max_orders or DEFAULT_MAX_ORDERS,
                        late_tolerance=duration("--late-tolerance", args.late_tolerance),
-                       progress=not args.quiet, command=["checkout-chaos", *sys.argv[1:]], **extra)
+                       progress=not args.quiet, command=["checkout-chaos", *sys.argv[1:]],
+                       **distributed_options(args), **extra)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from sim.errors import ConfigError
 from sim.scenario import LoadSection, Scenario, format_duration
 
 PLAN_ENV = "CHECKOUT_CHAOS_PLAN"  # path of the plan file, read by loadtests/locustfile.py
+ROLE_ENV = "CHECKOUT_CHAOS_ROLE"  # "worker": a Locust worker, which gets the plan from its master
 DEFAULT_MAX_ORDERS = 100_000
 # An arrival that starts more than this (wall seconds) after it was due is counted as a late start.
 DEFAULT_LATE_TOLERANCE = 0.05
@@ -134,6 +135,7 @@ class Plan:
     max_in_flight: int = 50_000  # flows per Locust process; an arrival beyond it is dropped (counted)
     profiles: int = 512  # Faker buyer profiles drawn per process
     synthesize_orders: bool = False  # a --target writes no history: the clients record the orders they created
+    allow_remote: bool = False  # a worker refuses a plan whose URLs are not loopback unless this is set
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, indent=1)

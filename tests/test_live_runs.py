@@ -197,3 +197,77 @@ def test_a_healthy_run_is_valid_and_exits_0(tmp_path, capsys):
     assert doc["validity"]["warnings"] == []
     assert rc == 0
     assert "NOT VALID" not in capsys.readouterr().err
+
+
+def test_workers_started_on_their_own_join_a_master(tmp_path):
+    """`load --master --expect-workers 2` and two `checkout-chaos load-worker --master-host 127.0.0.1` processes
+    started separately, as on two load machines: the workers get the plan, the go and send their histories
+    back over Locust's message channel only — they run in a directory of their own with no plan file and no
+    path into the run's directory — and every buyer is played exactly once."""
+    port = _free_port()
+    elsewhere = tmp_path / "load-machine"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKOUT_CHAOS_")}
+    workers = []
+    try:
+        for i in range(2):
+            with open(elsewhere / f"worker-{i}.log", "wb") as log:
+                workers.append(subprocess.Popen(
+                    [sys.executable, "-m", "sim.cli", "load-worker", "--master-host", "127.0.0.1", "--master-port",
+                     str(port)], cwd=elsewhere, env={**env, "PYTHONPATH": str(Path(__file__).parents[1])},
+                    stdout=log, stderr=subprocess.STDOUT))
+        rc, doc, out = _load(tmp_path, "--master", "--expect-workers", "2", "--master-port", str(port),
+                             "--worker-timeout", "60s", "--set", "order_service.close_policy=close_trade_then_order")
+        codes = [w.wait(timeout=30) for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    assert codes == [0, 0], [(elsewhere / f"worker-{i}.log").read_text()[-2000:] for i in range(2)]
+    assert rc == 0 and doc["valid"] is True, doc.get("validity")
+    live = doc["live"]
+    assert live["workers"] == 2 and live["harness_errors"] == 0
+    done = [json.loads((out / "client" / f"done-{i}.json").read_text()) for i in range(2)]
+    assert len({d["pid"] for d in done}) == 2 and {d["slot"] for d in done} == {0, 1}
+    per_file = [_events(out / "client" / f"client-{i}.jsonl") for i in range(2)]
+    orders = [{e["order"] for e in evs} for evs in per_file]
+    assert all(orders) and not orders[0] & orders[1]
+    run_id = next(iter(orders[0])).rsplit("-", 1)[0]
+    assert orders[0] | orders[1] == {f"{run_id}-{i}" for i in range(live["planned_arrivals"])}
+    assert sum(d["events"] for d in done) == sum(len(evs) for evs in per_file), "every event sent arrived"
+    assert live["history"]["duplicate_client_events"] == 0
+    assert not list(elsewhere.glob("**/*.jsonl")), "the workers wrote no history files of their own"
+
+
+def test_web_opens_locusts_own_ui_on_loopback_during_the_run(tmp_path):
+    """`--web`: while the run goes on, Locust's web UI answers on 127.0.0.1 and shows the run's requests."""
+    import threading
+
+    port = _free_port()
+    seen: list[dict] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.3):
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/stats/requests", timeout=2)
+                if r.status_code == 200:
+                    seen.append(r.json())
+            except httpx.HTTPError:
+                pass
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        rc, doc, out = _load(tmp_path, "--web", "--web-port", str(port),
+                             "--set", "order_service.close_policy=close_trade_then_order")
+    finally:
+        stop.set()
+        t.join(timeout=5)
+    assert rc == 0 and doc["valid"]
+    assert any(s.get("state") == "running" for s in seen), "the UI answered while the load ran"
+    names = {row["name"] for s in seen for row in s.get("stats", ())}
+    assert "create order" in names
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=1)  # gone with the run
