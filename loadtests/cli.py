@@ -244,6 +244,11 @@ def print_live(doc: dict, console: Any = None) -> None:
         f"latency from the scheduled start p50 {human_duration(live.get('p50_latency_s'))} "
         f"p99 {human_duration(live.get('p99_latency_s'))} (scenario time; wall "
         f"{human_duration(live.get('p99_latency_wall_s'))} p99)")
+    checks = (doc.get("validity") or {}).get("checks") or []
+    if checks:
+        held = sum(1 for c in checks if c["holds"])
+        console.print(f"health: {held} of {len(checks)} checks hold · run "
+                      + ("valid" if doc.get("valid") else "[bold red]NOT VALID[/] (see the banner on stderr)"))
     rows = (live.get("locust") or {}).get("requests") or []
     if rows:
         table = Table(title="Locust requests (wall time)", title_justify="left", box=box.SIMPLE_HEAD)

@@ -119,9 +119,13 @@ def test_capacity_figure_sources(tmp_path, monkeypatch):
     assert validity.capacity_figure(s) == (validity.DEFAULT_CAPACITY, pytest.approx(
         "conservative default (run benchmarks/load_capacity.py to measure this machine)"))
     path = validity.store_capacity({"max_flows_per_s": 220.0, "workers": 0})
-    assert path == validity.capacity_file() and json.loads(path.read_text())["max_flows_per_s"] == 220.0
+    assert path == validity.capacity_file()
+    assert json.loads(path.read_text())["by_workers"]["0"]["max_flows_per_s"] == 220.0
     value, source = validity.capacity_figure(s)
     assert value == 220.0 and "capacity benchmark" in source
+    validity.store_capacity({"max_flows_per_s": 180.0, "workers": 2})
+    assert validity.capacity_figure(s, 2)[0] == 180.0 and validity.capacity_figure(s, 0)[0] == 220.0
+    assert validity.capacity_figure(s, 3)[0] == 220.0  # no figure for 3 workers: the one-process figure
     monkeypatch.setenv(validity.CAPACITY_ENV, "50")
     assert validity.capacity_figure(s)[0] == 50.0
     assert validity.capacity_figure(scenario_from_dict({"live": {"capacity": 30}})) == (30.0, "live.capacity")
