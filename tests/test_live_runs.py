@@ -171,10 +171,11 @@ def test_target_checkout_through_the_reference_adapter(tmp_path, capsys):
     assert any(e.get("observed_by") == "adapter" and e["type"] == "order.closed" for e in history)
 
 
-def test_an_overloaded_run_is_not_valid_and_exits_3(tmp_path, capsys):
+def test_an_overloaded_run_is_not_valid_and_exits_3(tmp_path, capsys, monkeypatch):
     """720 arrivals per wall second (12/s at time scale 60) for 3 s, far beyond what this machine sustains:
     the run warns before it starts, misses its health limits, writes valid: false with the reasons, prints
     the banner with what to lower and exits 3 — not 0 with "0 anomalies"."""
+    monkeypatch.setenv("CHECKOUT_CHAOS_CAPACITY", "200")  # whatever this machine's stored figure says
     rc, doc, out = _load(tmp_path, "--set", "load.arrival_rate=12", "--run-time", "3s", "--drain", "4s")
     err = capsys.readouterr().err
     assert rc == 3

@@ -140,3 +140,59 @@ def test_ramped_peak_counts_in_the_capacity_warning():
     assert validity.preflight(s, live_window(s, 40, 60, 30), 0)["planned_peak_rate_wall_per_s"] == pytest.approx(120)
     assert validity.preflight(s, live_window(s, 40, 30, 30), 0)["planned_peak_rate_wall_per_s"] == pytest.approx(
         (1 + 2 * 1200 / 1800) * 40)
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "live_mall.toml"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--master"], "--master needs --expect-workers"),
+    (["--expect-workers", "2"], "--expect-workers needs --master"),
+    (["--master", "--expect-workers", "2", "--workers", "2"], "drop --workers"),
+    (["--master", "--expect-workers", "1", "--master-bind-host", "0.0.0.0"], "--allow-remote"),
+    (["--web", "--web-port", "0"], "--web-port"),
+    (["--master", "--expect-workers", "1", "--worker-timeout", "soon"], "--worker-timeout"),
+])
+def test_distribution_flags_are_usage_errors_before_anything_starts(tmp_path, capsys, argv, message):
+    from sim.cli import main
+
+    assert main(["load", str(FIXTURE), "--out", str(tmp_path / "run"), "-q", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists(), "nothing started, nothing written"
+
+
+def test_load_worker_refuses_bad_flags(capsys):
+    from sim.cli import main
+
+    assert main(["load-worker", "--master-host", "127.0.0.1", "--master-port", "0"]) == 2
+    assert "--master-port" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["load-worker"])
+    assert exc.value.code == 2
+
+
+def test_report_puts_a_run_that_is_not_valid_at_the_top():
+    from reports.html import render_index
+
+    doc = json.loads((Path(__file__).parent / "fixtures" / "results_live.json").read_text())
+    assert "This run is not valid" not in render_index([doc], [], [])
+    v = validity.assess(_live(achieved_arrival_ratio=0.04), scenario_from_dict({}),
+                        validity.preflight(scenario_from_dict({}), live_window(scenario_from_dict({}), 60, 60, 30), 0))
+    doc.update(valid=False, validity=v)
+    page = render_index([doc], [], [])
+    banner = page.index("This run is not valid")
+    assert banner < page.index("<b>Summary</b>") and "live.min_achieved_ratio" in page[banner:]
+    assert "--time-scale" in page[banner:page.index("<b>Summary</b>")]
+
+
+def test_compare_exits_3_with_a_banner_when_not_conclusive():
+    from rich.console import Console
+
+    from loadtests.compare import comparison_exit
+
+    console = Console(record=True, width=200)
+    doc = {"conclusive": False, "inconclusive_reasons": ["the window is too short"], "live": {"validity": {}}}
+    assert comparison_exit(doc, console) == 3
+    text = console.export_text()
+    assert "THIS COMPARISON IS NOT CONCLUSIVE" in text and "the window is too short" in text
+    assert comparison_exit({"conclusive": True, "live": {}}, console) == 0
