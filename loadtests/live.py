@@ -6,9 +6,12 @@
    scenario's fault windows, which this orchestrator applies itself on the load's clock (below);
    with ``--target`` the reference checkout stays idle and the buyers drive the target through its
    adapter while the mock provider plays the payment provider;
-2. write the plan (``loadtests.plan.Plan``) and start Locust headless: one process, or a master and
-   ``workers`` local worker processes (Locust's own distributed mode); wait until every process's
-   scheduler is up, then fix the load epoch (``go.json``) a moment ahead;
+2. warn when the plan exceeds what the machine sustains or the window is shorter than the story
+   (``loadtests.validity.preflight``); write the plan (``loadtests.plan.Plan``) and start Locust
+   headless (or with its web UI on loopback, ``web``): one process, or a master and ``workers`` local
+   worker processes, or (``master``) a master alone that ``expect_workers`` workers on other machines
+   join (Locust's own distributed mode; workers talk to the master only over its message channel);
+   wait until every scheduler is up, then fix the load epoch (``go.json``) a moment ahead;
 3. apply each fault window at its (scaled) start and end through ``Services.set_faults`` while the
    arrivals run for ``horizon / time_scale`` wall seconds, then let the buyers in flight, the timers
    and the notifications drain;
@@ -16,7 +19,8 @@
    histories, rebase them onto the load's clock and merge them with every client history
    (``DIR/history.jsonl``), run the checker and build a results document (``kind = "live"``, the schema
    of ``docs/results.md``) with a ``live`` section: arrivals planned and achieved, late starts, start
-   lag, latencies from the scheduled start, error rate, Locust's per-endpoint statistics.
+   lag, latencies from the scheduled start, error rate, Locust's per-endpoint statistics — and whether
+   the run is valid by its own health checks (``loadtests.validity.assess``: ``valid``, ``validity``).
 
 Everything started here is stopped here, whatever happens (``finally``). The run is bounded: at most
 ``max_orders`` arrivals, and every wait has a deadline.
