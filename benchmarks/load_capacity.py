@@ -17,7 +17,12 @@ A rate is *sustained* when, over a ``--load`` run at that rate plus a ``--drain`
 * the harness itself made no error (no buyer raised, no arrival dropped),
 * >= 95% of the counted orders were paid (the notification reached the checkout) with the buyer shown
   "payment succeeded", and
-* the buyers' calls saw at most 1% errors (timeouts, 5xx, refused connections).
+* the buyers' calls saw at most 1% errors (timeouts, 5xx, refused connections), and
+* the run is valid by its own health checks (``loadtests/validity.py``: start lag, buyers unfinished…).
+
+The result is stored (``$XDG_CACHE_HOME/checkout-chaos/load_capacity.json``, one entry per ``--workers``;
+``--no-store`` to skip) and ``checkout-chaos load`` warns before a run that plans more arrivals per wall
+second than the stored figure (or a conservative 100 without one).
 
 The search doubles the rate from ``--start`` until a rate fails, then bisects (to within 5%). For each
 probe it prints the figures and where the CPU went: CPU seconds of each process of the run (read from
@@ -180,9 +185,10 @@ def probe(rate: float, args: argparse.Namespace, workdir: Path) -> dict:
         "cpu_cores": {r: round(v / (args.load + args.drain), 2) for r, v in cpu.items()},
         "cpu_ms_per_flow": {r: round(v * 1000 / flows, 2) for r, v in cpu.items()},
     }
+    result["valid"] = doc["valid"]
     result["sustained"] = bool(result["achieved_ratio"] is not None and result["achieved_ratio"] >= 0.95
                                and result["harness_errors"] == 0 and result["completed_ratio"] >= 0.95
-                               and result["error_rate"] <= 0.01)
+                               and result["error_rate"] <= 0.01 and doc["valid"])
     return result
 
 
@@ -195,6 +201,7 @@ def main() -> None:
     p.add_argument("--time-scale", type=float, default=1.0)
     p.add_argument("--max-probes", type=int, default=9)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="scenario override")
+    p.add_argument("--no-store", action="store_true", help="do not keep the figure for 'load' to warn against")
     args = p.parse_args()
     args.warmup_s = 2.0 * args.time_scale
     probes: list[dict] = []
@@ -234,6 +241,10 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "probes": len(probes),
     }
+    if not args.no_store and low:
+        from loadtests.validity import store_capacity
+
+        print(f"stored: {store_capacity(summary)}", flush=True)
     print(json.dumps(summary, sort_keys=True))
 
 

@@ -15,12 +15,18 @@ EPILOG = """\
 examples:
   checkout-chaos load scenarios/mall_pattern.toml --time-scale 60 --run-time 1m --out results/mall-live
   checkout-chaos load scenarios/baseline.toml --workers 2 --report
+  checkout-chaos load scenarios/baseline.toml --master --expect-workers 2 --master-bind-host 10.0.0.5 \
+      --allow-remote --provider-host 10.0.0.5   # then on each load machine:
+  checkout-chaos load-worker --master-host 10.0.0.5
+  checkout-chaos load scenarios/double11_midnight.toml --web   # watch it at http://127.0.0.1:8089
   checkout-chaos load scenarios/mall_pattern.toml --set order_service.close_policy=close_trade_then_order
   checkout-chaos load scenarios/baseline.toml --time-scale 1 --target http://127.0.0.1:9000 \\
       --target-config my_checkout.toml --provider-port 8801 --notify-secret "$SECRET"
 
-exit codes: 0 every threshold of the scenario's [thresholds] holds; 1 one fails (named on stderr);
-2 a usage or configuration error.
+exit codes: 0 the run is valid and every threshold of the scenario's thresholds holds; 1 one fails
+(named on stderr); 2 a usage or configuration error; 3 the run is not valid (it missed its own health
+limits of the [live] section: achieved arrivals, error rates, start lag, buyers unfinished; a banner
+says why and what to lower), whatever the thresholds say.
 """
 
 
@@ -41,6 +47,44 @@ def add_live_args(p: argparse.ArgumentParser, out_default: str = "results/<scena
     p.add_argument("--out", default=None, metavar="DIR", help=f"results directory (default {out_default})")
     p.add_argument("--report", action="store_true", help="also write charts and index.html into DIR/report")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_watch_args(p)
+
+
+def add_watch_args(p: argparse.ArgumentParser) -> None:
+    """``--web``: Locust's own web UI on loopback while the run goes on."""
+    p.add_argument("--web", action="store_true",
+                   help="open Locust's web UI on 127.0.0.1 (--web-port) to watch the run; it starts by itself")
+    p.add_argument("--web-port", type=int, default=8089, metavar="P", help="port of --web (default 8089)")
+
+
+def add_distributed_args(p: argparse.ArgumentParser) -> None:
+    """Locust's distributed mode across machines: this command runs the master, workers join it."""
+    p.add_argument("--master", action="store_true",
+                   help="run only a Locust master here; workers on the load machines join it with "
+                        "'checkout-chaos load-worker --master-host THIS_HOST' (needs --expect-workers)")
+    p.add_argument("--expect-workers", type=int, default=0, metavar="N",
+                   help="with --master: start when N workers have joined (each plays every N-th arrival)")
+    p.add_argument("--master-bind-host", default="127.0.0.1", metavar="H",
+                   help="with --master: address workers connect to (default 127.0.0.1; another needs --allow-remote)")
+    p.add_argument("--master-port", type=int, default=5557, metavar="P", help="with --master: port (default 5557)")
+    p.add_argument("--worker-timeout", default="10m", metavar="DURATION",
+                   help="with --master: how long to wait for the workers to join (default 10m)")
+
+
+def distributed_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``LiveOptions`` fields of ``--web`` and ``--master`` (absent on ``compare``: defaults)."""
+    from sim.errors import ConfigError
+    from sim.scenario import parse_duration
+
+    out: dict[str, Any] = {"web": getattr(args, "web", False), "web_port": getattr(args, "web_port", 8089)}
+    if getattr(args, "master", None) is not None:
+        try:
+            wait = parse_duration(args.worker_timeout)
+        except ValueError as exc:
+            raise ConfigError(f"--worker-timeout: {exc}") from None
+        out.update(master=args.master, expect_workers=args.expect_workers, master_bind_host=args.master_bind_host,
+                   master_port=args.master_port, worker_timeout=wait)
+    return out
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -56,6 +100,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     add_scenario_args(p)
     add_live_args(p)
+    add_distributed_args(p)
     p.add_argument("--target", default=None, metavar="URL",
                    help="drive this checkout instead of the reference one (needs --target-config)")
     p.add_argument("--target-config", default=None, metavar="FILE",
@@ -97,7 +142,8 @@ def live_options(args: argparse.Namespace, out: Path, **extra: Any):
                        drain=duration("--drain", args.drain), workers=args.workers,
                        max_orders=args.max_orders or DEFAULT_MAX_ORDERS,
                        late_tolerance=duration("--late-tolerance", args.late_tolerance),
-                       progress=not args.quiet, command=["checkout-chaos", *sys.argv[1:]], **extra)
+                       progress=not args.quiet, command=["checkout-chaos", *sys.argv[1:]],
+                       **distributed_options(args), **extra)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -138,8 +184,32 @@ def run(args: argparse.Namespace) -> int:
         from reports.cli import render_report
 
         err.print(f"report: {render_report([doc], out / 'report')}")
-    code = threshold_exit(doc, err)
+    code = live_exit(doc, err)
     return 130 if partial else code
+
+
+def live_exit(doc: dict, err: Any) -> int:
+    """The exit code of a live run: 3 when it is not valid (after a banner saying why), else the thresholds'."""
+    code = threshold_exit(doc, err)
+    validity = doc.get("validity") or {}
+    for warning in validity.get("warnings") or ():
+        err.print(f"[yellow]warning:[/] this run {warning}", highlight=False)
+    if doc.get("valid") is False:
+        print_invalid_banner(validity, err)
+        return 3
+    return code
+
+
+def print_invalid_banner(validity: dict, err: Any, title: str = "THIS RUN IS NOT VALID") -> None:
+    """A red panel on stderr: the reasons, and what to lower."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    from loadtests.validity import banner_lines
+
+    lines = banner_lines(validity, title)
+    err.print(Panel(Text("\n".join(lines[1:])), title=Text(lines[0], style="bold"), border_style="red",
+                    title_align="left", expand=False))
 
 
 def threshold_exit(doc: dict, err: Any) -> int:
@@ -204,6 +274,11 @@ def print_live(doc: dict, console: Any = None) -> None:
         f"latency from the scheduled start p50 {human_duration(live.get('p50_latency_s'))} "
         f"p99 {human_duration(live.get('p99_latency_s'))} (scenario time; wall "
         f"{human_duration(live.get('p99_latency_wall_s'))} p99)")
+    checks = (doc.get("validity") or {}).get("checks") or []
+    if checks:
+        held = sum(1 for c in checks if c["holds"])
+        console.print(f"health: {held} of {len(checks)} checks hold · run "
+                      + ("valid" if doc.get("valid") else "[bold red]NOT VALID[/] (see the banner on stderr)"))
     rows = (live.get("locust") or {}).get("requests") or []
     if rows:
         table = Table(title="Locust requests (wall time)", title_justify="left", box=box.SIMPLE_HEAD)

@@ -16,8 +16,13 @@ from typing import Any
 
 EPILOG = """\
 examples:
-  checkout-chaos compare scenarios/mall_pattern.toml --time-scale 30 --run-time 1m --out results/mall-compare
+  checkout-chaos compare scenarios/mall_pattern.toml --set load.arrival_rate=1 --time-scale 60 --run-time 60s \
+      --drain 90s --out results/mall-compare
   checkout-chaos compare scenarios/baseline.toml -n 10 --jobs 2 --report
+
+exit codes: 0 the comparison is conclusive; 2 a usage or configuration error; 3 it is not conclusive (the
+live run is not valid, or its window lets fewer than half of the counted orders be watched through their
+story: a banner says which, and "agree" then means little).
 """
 
 
@@ -86,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
     opts = live_options(args, out / "live")
     window = live_window(scenario, opts.time_scale, opts.run_time, opts.drain)
     err = Console(stderr=True)
+    from loadtests.validity import preflight
+
+    for warning in preflight(scenario, window, opts.workers)["warnings"]:
+        err.print(f"[yellow]warning:[/] the live run {warning}", highlight=False)
+    opts.warn_preflight = False
     err.print(f"simulating {scenario.name or 'the scenario'} over the live window "
               f"(horizon {window.horizon:g}s, drain {window.drain:g}s of scenario time) ...")
     sim_doc = simulate(simulation_scenario(scenario, window), jobs=jobs, progress=not args.quiet,
@@ -95,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     write_results(live_doc, out / "live")
     agree = agreement(sim_doc, live_doc)
     doc = {"schema_version": SCHEMA_VERSION, "kind": "compare", "scenario_name": scenario.name,
-           "simulation": sim_doc, "live": live_doc, "agreement": agree}
+           "simulation": sim_doc, "live": live_doc, "agreement": agree, **conclusiveness(live_doc)}
     path = out / "compare.json"
     atomic_write(path, canonical_json(doc))
     if args.json:
@@ -108,7 +118,38 @@ def run(args: argparse.Namespace) -> int:
         from reports.cli import render_report
 
         err.print(f"report: {render_report([sim_doc, live_doc], out / 'report')}")
-    return 0
+    return comparison_exit(doc, err)
+
+
+def conclusiveness(live_doc: dict[str, Any]) -> dict[str, Any]:
+    """``conclusive`` and why not: the live run is not valid, or its window sees too few orders' stories
+    through (``loadtests.validity.CONCLUSIVE_SHARE``) — agreeing then says nothing, least of all at 0."""
+    from loadtests.validity import CONCLUSIVE_SHARE
+
+    reasons = []
+    if live_doc.get("valid") is False:
+        reasons.append("the live run is not valid: " + "; ".join((live_doc.get("validity") or {}).get("reasons") or ()))
+    win = ((live_doc.get("live") or {}).get("preflight") or {}).get("window") or {}
+    share = win.get("seen_through_share")
+    if share is not None and share < CONCLUSIVE_SHARE:
+        reasons.append(f"the window ({win.get('observed_s', 0) / 60:.0f} min of scenario time) lets only {share:.0%} of "
+                       f"the counted orders be watched through their story ({win.get('parts')}); both sides are "
+                       "truncated alike, so classes agree because both miss what happens later — lengthen "
+                       f"--drain to {win.get('drain_wall_needed_s', 0):.0f}s or more (and --run-time), or lower "
+                       "order_service.order_ttl for the comparison")
+    return {"conclusive": not reasons, "inconclusive_reasons": reasons}
+
+
+def comparison_exit(doc: dict[str, Any], err: Any) -> int:
+    """3 (after a banner) when the comparison is not conclusive, else 0."""
+    if doc.get("conclusive", True):
+        return 0
+    from loadtests.cli import print_invalid_banner
+
+    live = doc["live"]
+    validity = {"reasons": doc["inconclusive_reasons"], "advice": (live.get("validity") or {}).get("advice") or []}
+    print_invalid_banner(validity, err, "THIS COMPARISON IS NOT CONCLUSIVE")
+    return 3
 
 
 def print_comparison(sim: dict[str, Any], live: dict[str, Any], agree: dict[str, dict[str, Any]],

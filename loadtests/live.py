@@ -6,9 +6,12 @@
    scenario's fault windows, which this orchestrator applies itself on the load's clock (below);
    with ``--target`` the reference checkout stays idle and the buyers drive the target through its
    adapter while the mock provider plays the payment provider;
-2. write the plan (``loadtests.plan.Plan``) and start Locust headless: one process, or a master and
-   ``workers`` local worker processes (Locust's own distributed mode); wait until every process's
-   scheduler is up, then fix the load epoch (``go.json``) a moment ahead;
+2. warn when the plan exceeds what the machine sustains or the window is shorter than the story
+   (``loadtests.validity.preflight``); write the plan (``loadtests.plan.Plan``) and start Locust
+   headless (or with its web UI on loopback, ``web``): one process, or a master and ``workers`` local
+   worker processes, or (``master``) a master alone that ``expect_workers`` workers on other machines
+   join (Locust's own distributed mode; workers talk to the master only over its message channel);
+   wait until every scheduler is up, then fix the load epoch (``go.json``) a moment ahead;
 3. apply each fault window at its (scaled) start and end through ``Services.set_faults`` while the
    arrivals run for ``horizon / time_scale`` wall seconds, then let the buyers in flight, the timers
    and the notifications drain;
@@ -16,7 +19,8 @@
    histories, rebase them onto the load's clock and merge them with every client history
    (``DIR/history.jsonl``), run the checker and build a results document (``kind = "live"``, the schema
    of ``docs/results.md``) with a ``live`` section: arrivals planned and achieved, late starts, start
-   lag, latencies from the scheduled start, error rate, Locust's per-endpoint statistics.
+   lag, latencies from the scheduled start, error rate, Locust's per-endpoint statistics — and whether
+   the run is valid by its own health checks (``loadtests.validity.assess``: ``valid``, ``validity``).
 
 Everything started here is stopped here, whatever happens (``finally``). The run is bounded: at most
 ``max_orders`` arrivals, and every wait has a deadline.
@@ -46,8 +50,9 @@ from sim.scenario import Scenario, Threshold, format_duration
 
 from loadtests.adapter import Adapter, load_adapter
 from loadtests.history import CLIENT_GLOB, merge, write_jsonl
-from loadtests.plan import (DEFAULT_LATE_TOLERANCE, DEFAULT_MAX_ORDERS, Plan, LiveWindow, arrival_times,
-                            expected_arrivals, live_window, write_json_atomic)
+from loadtests.validity import assess, preflight
+from loadtests.plan import (DEFAULT_LATE_TOLERANCE, DEFAULT_MAX_ORDERS, PLAN_ENV, ROLE_ENV, Plan, LiveWindow,
+                            arrival_times, expected_arrivals, live_window, write_json_atomic)
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -61,6 +66,13 @@ class LiveOptions:
     run_time: float | None = None  # wall seconds of arrivals (default live.run_time)
     drain: float | None = None  # wall seconds (default live.drain)
     workers: int = 0  # 0: one Locust process; N: a master and N local workers
+    master: bool = False  # a Locust master only; ``expect_workers`` workers join it (``checkout-chaos load-worker``)
+    expect_workers: int = 0
+    master_bind_host: str = "127.0.0.1"
+    master_port: int = 5557
+    worker_timeout: float = 600.0  # how long a --master run waits for its workers
+    web: bool = False  # Locust's web UI on loopback (``web_port``), for watching the run
+    web_port: int = 8089
     target: str | None = None
     target_config: str | Path | None = None
     allow_remote: bool = False
@@ -73,6 +85,7 @@ class LiveOptions:
     connections: int = 512
     ready_timeout: float = 60.0
     progress: bool = True
+    warn_preflight: bool = True  # log the preflight's warnings (compare prints them itself, before simulating)
     command: list[str] | None = None
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
 
@@ -92,6 +105,7 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
     window = live_window(scenario, opts.time_scale, opts.run_time, opts.drain)
     if opts.workers < 0:
         raise ConfigError(f"--workers: expected 0 or more, found {opts.workers}")
+    check_distribution(opts)
     if opts.max_orders < 1:
         raise ConfigError(f"--max-orders: expected a positive integer, found {opts.max_orders}")
     expected = expected_arrivals(scenario.load, window.horizon)
@@ -108,6 +122,9 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
     if opts.provider_host not in LOOPBACK and not opts.allow_remote:
         raise ConfigError(f"--provider-host {opts.provider_host}: not a loopback address; pass --allow-remote")
     adapter = load_adapter(opts.target_config)
+    pre = preflight(scenario, window, _slots(opts) if _slots(opts) > 1 else opts.workers)
+    for warning in pre["warnings"] if opts.warn_preflight else ():
+        opts.log(f"warning: this run {warning}")
     out = Path(opts.out)
     client_dir, locust_dir, data_dir = out / "client", out / "locust", out / "services"
     _fresh_dirs(client_dir, locust_dir, data_dir)
@@ -125,15 +142,23 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
     try:
         plan = Plan(scenario=scenario.resolved(), checkout_url=opts.target or services.checkout_url,
                     provider_url=services.provider_url, adapter=adapter.to_dict(), time_scale=window.time_scale,
-                    horizon=window.horizon, end=window.end, slots=max(1, opts.workers),
+                    horizon=window.horizon, end=window.end, slots=_slots(opts),
                     run_id=secrets.token_hex(4), client_dir=str(client_dir.resolve()), max_orders=opts.max_orders,
                     late_tolerance=opts.late_tolerance, connections=opts.connections,
-                    synthesize_orders=bool(opts.target))
+                    synthesize_orders=bool(opts.target), allow_remote=opts.allow_remote)
         plan_path = client_dir / "plan.json"
         write_json_atomic(plan_path, plan.to_json())
         budget = opts.ready_timeout + window.wall + 120
-        procs = start_locust(plan_path, opts.workers, locust_dir, budget)
-        _wait_files(client_dir, "ready-", plan.slots, opts.ready_timeout, procs, "Locust processes ready")
+        budget += opts.worker_timeout if opts.master else 0
+        procs = start_locust(plan_path, opts.workers, locust_dir, budget, opts, plan.checkout_url)
+        if opts.web:
+            opts.log(f"Locust's web UI: http://127.0.0.1:{opts.web_port}/ (until the run ends)")
+        if opts.master:
+            opts.log(f"Locust master listening on {opts.master_bind_host}:{opts.master_port}: start "
+                     f"{opts.expect_workers} worker{'s' if opts.expect_workers != 1 else ''}, one per load machine: "
+                     f"checkout-chaos load-worker --master-host <this host> --master-port {opts.master_port}")
+        _wait_files(client_dir, "ready-", plan.slots, opts.worker_timeout if opts.master else opts.ready_timeout,
+                    procs, "Locust workers ready" if opts.master else "Locust processes ready")
         epoch = time.time() + GO_AHEAD
         write_json_atomic(client_dir / "go.json", {"load_epoch": epoch})
         which = ("provider",) if opts.target else ("provider", "checkout")
@@ -166,12 +191,35 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
         services.stop()
     offset = (epoch - services.start_epoch) * window.time_scale
     doc = build_live_results(scenario, window, plan, out, service_events, offset, extra, faults.applied,
-                             started, opts)
+                             started, opts, pre)
     if interrupted_at is not None:
         doc["partial"] = {"reason": "interrupted", "interrupted_at_s": round(interrupted_at, 3),
                           # the schedulers write their counters (started, late, dropped) only at the end
                           "arrival_counters_complete": len(list((out / "client").glob("done-*.json"))) >= plan.slots}
     return doc
+
+
+def _slots(opts: LiveOptions) -> int:
+    """Locust processes that play arrivals: one, the local workers, or the workers a master expects."""
+    return max(1, opts.expect_workers if opts.master else opts.workers)
+
+
+def check_distribution(opts: LiveOptions) -> None:
+    """``--master`` / ``--expect-workers`` / ``--web`` make sense together (usage errors otherwise)."""
+    if opts.master:
+        if opts.workers:
+            raise ConfigError("--master runs no local workers (start them with 'checkout-chaos load-worker'): "
+                              "drop --workers")
+        if opts.expect_workers < 1:
+            raise ConfigError(f"--master needs --expect-workers N (1 or more), found {opts.expect_workers}")
+        if opts.master_bind_host not in LOOPBACK and not opts.allow_remote:
+            raise ConfigError(f"--master-bind-host {opts.master_bind_host}: not a loopback address; workers on other "
+                              "machines reach the master there: pass --allow-remote to confirm")
+    elif opts.expect_workers:
+        raise ConfigError("--expect-workers needs --master")
+    for flag, port in (("--master-port", opts.master_port), ("--web-port", opts.web_port)):
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"{flag}: expected a port between 1 and 65535, found {port}")
 
 
 def _fresh_dirs(client_dir: Path, locust_dir: Path, data_dir: Path) -> None:
@@ -198,29 +246,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_locust(plan_path: Path, workers: int, locust_dir: Path, run_time: float) -> list[subprocess.Popen]:
-    """Locust headless: one process, or a master and ``workers`` workers. The first process is the master."""
-    env = {**os.environ, "CHECKOUT_CHAOS_PLAN": str(plan_path.resolve()), "PYTHONUNBUFFERED": "1"}
+def start_locust(plan_path: Path, workers: int, locust_dir: Path, run_time: float, opts: LiveOptions | None = None,
+                 host: str | None = None) -> list[subprocess.Popen]:
+    """Locust: one process, or a master and ``workers`` local workers, or (``opts.master``) a master alone
+    that remote workers join. The first process is the master. Workers get no plan file: the master sends
+    them the plan over Locust's message channel (``loadtests/locustfile.py``)."""
+    opts = opts or LiveOptions(out=locust_dir.parent)
+    env = {**os.environ, PLAN_ENV: str(plan_path.resolve()), "PYTHONUNBUFFERED": "1"}
+    env.pop(ROLE_ENV, None)
+    worker_env = {k: v for k, v in env.items() if k != PLAN_ENV} | {ROLE_ENV: "worker"}
     base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--loglevel", "WARNING"]
-    head = ["--headless", "--only-summary", "--run-time", f"{int(math.ceil(run_time))}s", "--stop-timeout", "2",
-            "--csv", str(locust_dir / "locust"), "--exit-code-on-error", "0"]
-    n = max(1, workers)
+    if opts.web:  # the web UI on loopback, the run started at once as with --headless
+        head = ["--autostart", "--web-host", "127.0.0.1", "--web-port", str(opts.web_port)]
+    else:
+        head = ["--headless", "--only-summary"]
+    head += ["--run-time", f"{int(math.ceil(run_time))}s", "--stop-timeout", "2",
+             "--csv", str(locust_dir / "locust"), "--exit-code-on-error", "0"]
+    if host:
+        head += ["--host", host]
+    n = max(1, opts.expect_workers if opts.master else workers)
     procs = []
 
-    def spawn(argv: list[str], name: str) -> subprocess.Popen:
+    def spawn(argv: list[str], name: str, environ: dict[str, str]) -> subprocess.Popen:
         with open(locust_dir / f"{name}.log", "ab") as log:
-            return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environ,
                                     start_new_session=True)
 
-    if workers <= 0:
-        procs.append(spawn(base + head + ["-u", "1", "-r", "1"], "locust"))
+    if workers <= 0 and not opts.master:
+        procs.append(spawn(base + head + ["-u", "1", "-r", "1"], "locust", env))
         return procs
-    port = _free_port()
+    bind, port = (opts.master_bind_host, opts.master_port) if opts.master else ("127.0.0.1", _free_port())
     procs.append(spawn(base + head + ["-u", str(n), "-r", str(n), "--master", "--expect-workers", str(n),
-                                      "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port)], "master"))
-    for i in range(n):
-        procs.append(spawn(base + ["--worker", "--master-host", "127.0.0.1", "--master-port", str(port)], f"worker-{i}"))
+                                      "--master-bind-host", bind, "--master-bind-port", str(port)], "master", env))
+    if not opts.master:
+        for i in range(n):
+            procs.append(spawn(worker_argv("127.0.0.1", port), f"worker-{i}", worker_env))
     return procs
+
+
+def worker_argv(master_host: str, master_port: int) -> list[str]:
+    """The command line of one Locust worker of this harness (``load --workers`` and ``load-worker``)."""
+    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--loglevel", "WARNING", "--worker",
+            "--master-host", master_host, "--master-port", str(master_port)]
 
 
 def stop_locust(procs: list[subprocess.Popen]) -> None:
@@ -467,6 +534,7 @@ def live_section(events: list[dict[str, Any]], done: list[dict[str, Any]], plann
         "start_lag_wall_s": {"p50": _quantile(lags, 0.5), "p99": _quantile(lags, 0.99), "max": lag_max},
         "flows_completed": sums["completed"],
         "flows_in_flight_at_end": sums["in_flight_at_end"],
+        "flows_unfinished_at_end": max(0, sums["started"] - sums["completed"] - sums["flow_errors"]),
         "flow_errors": sums["flow_errors"],
         "malformed_requests": malformed,
         "harness_errors": harness_errors,
@@ -486,7 +554,7 @@ def live_section(events: list[dict[str, Any]], done: list[dict[str, Any]], plann
 
 def build_live_results(scenario: Scenario, window: LiveWindow, plan: Plan, out: Path, service_events: list[dict],
                        offset: float, extra: list[dict], faults_applied: list[dict], started: float,
-                       opts: LiveOptions) -> dict[str, Any]:
+                       opts: LiveOptions, pre: dict[str, Any] | None = None) -> dict[str, Any]:
     """Merge the histories, check them and assemble the results document (also writes history.jsonl)."""
     import json
 
@@ -505,7 +573,8 @@ def build_live_results(scenario: Scenario, window: LiveWindow, plan: Plan, out: 
     summary = check_events(events, config)
     done = [json.loads(p.read_text()) for p in sorted(client_dir.glob("done-*.json"))]
     planned = sum(1 for _ in arrival_times(scenario.load, window.horizon, scenario.run.seed, plan.max_orders))
-    live = live_section(events, done, planned, expected_arrivals(scenario.load, window.horizon), window, opts.workers,
+    live = live_section(events, done, planned, expected_arrivals(scenario.load, window.horizon), window,
+                        _slots(opts) if opts.master else opts.workers,
                         opts.target, Adapter(plan.adapter).name, read_locust_stats(out / "locust" / "locust_stats.csv"),
                         info.to_dict(), faults_applied, plan.late_tolerance)
     doc = build_results("live", [summary], scenario=scenario.resolved(), scenario_name=scenario.name,
@@ -513,7 +582,16 @@ def build_live_results(scenario: Scenario, window: LiveWindow, plan: Plan, out: 
                         warmup_s=window.warmup, end_s=window.end, extra={"live": live})
     doc["run_info"] = run_info(started, opts.command if opts.command is not None else sys.argv)
     live["thresholds"] = evaluate_thresholds(scenario.thresholds, doc)
+    pre = pre if pre is not None else preflight(scenario, window, opts.workers)
+    live["preflight"] = pre
+    mark_validity(doc, assess(live, scenario, pre))
     return doc
+
+
+def mark_validity(doc: dict[str, Any], validity: dict[str, Any]) -> None:
+    """``valid`` and ``validity`` at the top of a live results document (docs/live.md, "A run that is not valid")."""
+    doc["valid"] = validity["valid"]
+    doc["validity"] = validity
 
 
 # --------------------------------------------------------------------------------------------------

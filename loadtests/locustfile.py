@@ -14,11 +14,18 @@ connection pool has ``plan.connections`` connections). An arrival that starts mo
 buyers already in flight) is dropped; both are counted and reported, and the start lag of every arrival
 also goes into Locust's statistics as ``ARRIVAL start lag``.
 
-Handshake with the orchestrator, through files in ``plan.client_dir``: the scheduler writes
-``ready-<slot>`` when it is up, waits for ``go.json`` (the load epoch: wall time of scenario ``t = 0``),
-plays its arrivals, lets the buyers still in flight run through the drain, stops them at the end of
-observation, flushes its history (``client-<slot>.jsonl``) and writes ``done-<slot>.json`` (its
-counters).
+Handshake with the orchestrator, which runs on the machine of this process (one Locust process) or of
+the master (several): through files in ``plan.client_dir``. The scheduler writes ``ready-<slot>`` when
+it is up, waits for ``go.json`` (the load epoch: wall time of scenario ``t = 0``), plays its arrivals,
+lets the buyers still in flight run through the drain, stops them at the end of observation, flushes
+its history (``client-<slot>.jsonl``) and writes ``done-<slot>.json`` (its counters).
+
+Workers (Locust's distributed mode, on this machine or others) touch no file: the master is their
+bridge. A worker asks the master for the plan (``cc_hello`` -> ``cc_plan``), says it is ready
+(``cc_ready``), receives the go (``cc_go``: the epoch as *seconds from now*, so a worker whose clock is
+off still starts with the others), streams its history (``cc_history``, every half second) and its
+counters (``cc_done``) — all over Locust's own message channel (``runner.send_message`` /
+``register_message``); the master writes them into ``plan.client_dir`` as a local scheduler would.
 """
 
 from __future__ import annotations
@@ -26,28 +33,41 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import gevent
+import gevent.event
 import gevent.pool
-from locust import FastHttpUser, constant, task
+from locust import FastHttpUser, constant, events, task
+from locust.runners import MasterRunner, WorkerRunner
 
 from sim.scenario import scenario_from_dict
 
 from loadtests.adapter import Adapter
 from loadtests.buyer import (BROKEN, ERROR_KINDS, MALFORMED_STATUS, OK, REFUSED, SERVER_ERROR, TIMEOUT, UNREACHABLE,
                              Buyer, Context, Reply)
-from loadtests.history import HistoryWriter
-from loadtests.plan import PLAN_ENV, Plan, arrival_times, read_plan, write_json_atomic
+from loadtests.history import HistoryWriter, _dumps
+from loadtests.plan import PLAN_ENV, ROLE_ENV, Plan, arrival_times, read_plan, write_json_atomic
 
 log = logging.getLogger("checkout_chaos.locust")
 
-if PLAN_ENV not in os.environ:
-    raise SystemExit(f"{__file__}: run it through 'checkout-chaos load' (it needs ${PLAN_ENV}, the run's plan file)")
-PLAN: Plan = read_plan(os.environ[PLAN_ENV])
+IS_WORKER = os.environ.get(ROLE_ENV) == "worker" or "--worker" in sys.argv
+if not IS_WORKER and PLAN_ENV not in os.environ:
+    raise SystemExit(f"{__file__}: run it through 'checkout-chaos load' (it needs ${PLAN_ENV}, the run's plan file) "
+                     "or 'checkout-chaos load-worker' (a worker gets the plan from its master)")
+PLAN: Plan | None = None if IS_WORKER else read_plan(os.environ[PLAN_ENV])
+_plan_ready = gevent.event.Event()
+_go = gevent.event.AsyncResult()  # a worker's load epoch, on its own clock
+if PLAN is not None:
+    _plan_ready.set()
+HISTORY_CHUNK = 5000  # events per cc_history message
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 PROFILE_ENV = "CHECKOUT_CHAOS_PROFILE"  # a path prefix: profile the scheduler's process into PREFIX.<pid>
 
 
@@ -119,8 +139,8 @@ _claimed = False  # one scheduler per process, whatever the user count
 class Buyers(FastHttpUser):
     """The arrival scheduler of one Locust process (see the module docstring)."""
 
-    host = PLAN.checkout_url
-    concurrency = PLAN.connections
+    host = PLAN.checkout_url if PLAN else None  # a worker gets it from the master's spawn message (--host)
+    concurrency = PLAN.connections if PLAN else Plan.connections
     network_timeout = 60.0
     connection_timeout = 10.0
     wait_time = constant(1)
@@ -149,7 +169,6 @@ class Buyers(FastHttpUser):
             raise
         except Exception:
             log.exception("the arrival scheduler failed")
-            Path(PLAN.client_dir, f"failed-{os.getpid()}.txt").write_text(traceback.format_exc())
             raise
         finally:
             if profiler is not None:
@@ -157,18 +176,34 @@ class Buyers(FastHttpUser):
                 profiler.dump_stats(f"{profile}.{os.getpid()}")
 
     def _replay(self) -> None:
-        plan = PLAN
         runner = self.environment.runner
-        slot = max(0, getattr(runner, "worker_index", 0))
-        client_dir = Path(plan.client_dir)
+        channel: FileChannel | MessageChannel
+        if isinstance(runner, WorkerRunner):
+            if not _plan_ready.wait(timeout=120):
+                raise RuntimeError("no plan from the master within 120 s")
+            channel = MessageChannel(runner)
+        else:
+            channel = FileChannel(PLAN)
+        try:
+            self._play(channel)
+        except gevent.GreenletExit:
+            raise
+        except Exception:
+            channel.failed(traceback.format_exc())
+            raise
+
+    def _play(self, channel: "FileChannel | MessageChannel") -> None:
+        plan = PLAN
+        assert plan is not None
+        slot = channel.slot
+        if slot >= plan.slots:
+            raise RuntimeError(f"worker index {slot}, but the run plays {plan.slots} slots: more workers joined "
+                               "than the master expects (--expect-workers)")
         scenario = scenario_from_dict(plan.scenario, "plan")
-        writer = HistoryWriter(client_dir / f"client-{slot}.jsonl")
+        writer = channel.history()
         profiles = _profiles(plan.profiles, scenario.run.seed + slot)
-        write_json_atomic(client_dir / f"ready-{slot}", {"pid": os.getpid(), "slot": slot})
-        go = client_dir / "go.json"
-        while not go.exists():
-            gevent.sleep(0.01)
-        epoch = json.loads(go.read_text())["load_epoch"]
+        channel.ready()
+        epoch = channel.wait_go()
         ctx = Context(scenario, Adapter(plan.adapter), GeventTransport(self.client), writer.emit,
                       checkout_url=plan.checkout_url, provider_url=plan.provider_url, time_scale=plan.time_scale,
                       load_epoch=epoch, run_id=plan.run_id, seed=scenario.run.seed, profiles=profiles,
@@ -226,5 +261,158 @@ class Buyers(FastHttpUser):
         flushing.kill(block=True)
         writer.close()
         done = {k_: v for k_, v in c.__dict__.items()}
-        done.update(slot=slot, pid=os.getpid(), in_flight_at_end=in_flight, events=writer.written)
-        write_json_atomic(client_dir / f"done-{slot}.json", done)
+        done.update(slot=slot, pid=os.getpid(), host=socket.gethostname(), in_flight_at_end=in_flight,
+                    events=writer.written)
+        channel.done(done)
+
+
+# --------------------------------------------------------------------------------------------------
+# Where the scheduler's hand-shake and history go: files (beside the orchestrator) or the master
+
+
+class FileChannel:
+    """One Locust process on the orchestrator's machine: the files of ``plan.client_dir``."""
+
+    slot = 0
+
+    def __init__(self, plan: Plan) -> None:
+        self.dir = Path(plan.client_dir)
+
+    def history(self) -> HistoryWriter:
+        return HistoryWriter(self.dir / f"client-{self.slot}.jsonl")
+
+    def ready(self) -> None:
+        write_json_atomic(self.dir / f"ready-{self.slot}", {"pid": os.getpid(), "slot": self.slot})
+
+    def wait_go(self) -> float:
+        go = self.dir / "go.json"
+        while not go.exists():
+            gevent.sleep(0.01)
+        return json.loads(go.read_text())["load_epoch"]
+
+    def done(self, counters: dict[str, Any]) -> None:
+        write_json_atomic(self.dir / f"done-{self.slot}.json", counters)
+
+    def failed(self, text: str) -> None:
+        Path(self.dir, f"failed-{os.getpid()}.txt").write_text(text)
+
+
+class MessageHistory:
+    """``HistoryWriter``'s interface over Locust's message channel: ``flush`` sends the buffered events."""
+
+    def __init__(self, runner: Any, slot: int) -> None:
+        self.runner, self.slot = runner, slot
+        self._buf: list[dict[str, Any]] = []
+        self.written = 0
+
+    def emit(self, event: dict[str, Any]) -> None:
+        self._buf.append(event)
+
+    def flush(self) -> None:
+        while self._buf:
+            chunk, self._buf = self._buf[:HISTORY_CHUNK], self._buf[HISTORY_CHUNK:]
+            self.runner.send_message("cc_history", {"slot": self.slot,
+                                                    "lines": "".join(_dumps(e) + "\n" for e in chunk)})
+            self.written += len(chunk)
+
+    def close(self) -> None:
+        self.flush()
+
+
+class MessageChannel:
+    """A worker: everything goes to and comes from the master."""
+
+    def __init__(self, runner: WorkerRunner) -> None:
+        self.runner = runner
+        self.slot = max(0, runner.worker_index)
+
+    def history(self) -> MessageHistory:
+        return MessageHistory(self.runner, self.slot)
+
+    def ready(self) -> None:
+        self.runner.send_message("cc_ready", {"pid": os.getpid(), "slot": self.slot, "host": socket.gethostname()})
+
+    def wait_go(self) -> float:
+        return _go.get()
+
+    def done(self, counters: dict[str, Any]) -> None:
+        self.runner.send_message("cc_done", counters)
+
+    def failed(self, text: str) -> None:
+        self.runner.send_message("cc_failed", {"slot": self.slot, "pid": os.getpid(), "text": text})
+
+
+def _loopback(url: str) -> bool:
+    return (urlparse(url).hostname or "") in LOOPBACK
+
+
+@events.init.add_listener
+def _on_init(environment: Any, runner: Any = None, **_: Any) -> None:
+    if isinstance(runner, MasterRunner) and PLAN is not None:
+        MasterBridge(runner, PLAN)
+    elif isinstance(runner, WorkerRunner):
+        def on_plan(environment: Any, msg: Any, **_: Any) -> None:
+            global PLAN
+            plan = Plan.from_json(msg.data["plan"])
+            remote = [u for u in (plan.checkout_url, plan.provider_url) if not _loopback(u)]
+            if remote and not plan.allow_remote:
+                runner.send_message("cc_failed", {"slot": runner.worker_index, "pid": os.getpid(), "text":
+                                    f"refused: the plan sends load to {', '.join(remote)}, not loopback, and the "
+                                    "master was not started with --allow-remote"})
+                return
+            PLAN = plan
+            _plan_ready.set()
+
+        def on_go(environment: Any, msg: Any, **_: Any) -> None:
+            _go.set(time.time() + (msg.data["load_epoch"] - msg.data["sent_at"]))
+
+        runner.register_message("cc_plan", on_plan)
+        runner.register_message("cc_go", on_go)
+        runner.send_message("cc_hello", {"pid": os.getpid(), "host": socket.gethostname()})
+
+
+class MasterBridge:
+    """The master's side: the plan to each worker that asks, the go to all, their files into ``client_dir``."""
+
+    def __init__(self, runner: MasterRunner, plan: Plan) -> None:
+        self.runner, self.plan, self.dir = runner, plan, Path(plan.client_dir)
+        self.files: dict[int, Any] = {}
+        for name, fn in (("cc_hello", self.hello), ("cc_ready", self.ready), ("cc_history", self.history),
+                         ("cc_done", self.done), ("cc_failed", self.failed)):
+            runner.register_message(name, fn)
+        gevent.spawn(self.go)
+
+    def hello(self, environment: Any, msg: Any, **_: Any) -> None:
+        self.runner.send_message("cc_plan", {"plan": self.plan.to_json()}, client_id=msg.node_id)
+
+    def _file(self, slot: int) -> Any:
+        if slot not in self.files:
+            self.files[slot] = open(self.dir / f"client-{int(slot)}.jsonl", "a", encoding="utf-8")
+        return self.files[slot]
+
+    def ready(self, environment: Any, msg: Any, **_: Any) -> None:
+        self._file(msg.data["slot"])
+        write_json_atomic(self.dir / f"ready-{int(msg.data['slot'])}", {**msg.data, "node": msg.node_id})
+
+    def history(self, environment: Any, msg: Any, **_: Any) -> None:
+        fh = self._file(msg.data["slot"])
+        fh.write(msg.data["lines"])
+        fh.flush()
+
+    def done(self, environment: Any, msg: Any, **_: Any) -> None:
+        slot = int(msg.data["slot"])
+        fh = self.files.pop(slot, None)
+        if fh is not None:
+            fh.close()
+        write_json_atomic(self.dir / f"done-{slot}.json", msg.data)
+
+    def failed(self, environment: Any, msg: Any, **_: Any) -> None:
+        Path(self.dir, f"failed-{int(msg.data.get('slot') or 0)}-{msg.data.get('pid')}.txt").write_text(
+            f"worker {msg.node_id}:\n{msg.data['text']}")
+
+    def go(self) -> None:
+        go = self.dir / "go.json"
+        while not go.exists():
+            gevent.sleep(0.01)
+        epoch = json.loads(go.read_text())["load_epoch"]
+        self.runner.send_message("cc_go", {"load_epoch": epoch, "sent_at": time.time()})

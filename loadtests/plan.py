@@ -25,10 +25,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from sim.domain import arrivals as schedule
 from sim.errors import ConfigError
 from sim.scenario import LoadSection, Scenario, format_duration
 
 PLAN_ENV = "CHECKOUT_CHAOS_PLAN"  # path of the plan file, read by loadtests/locustfile.py
+ROLE_ENV = "CHECKOUT_CHAOS_ROLE"  # "worker": a Locust worker, which gets the plan from its master
 DEFAULT_MAX_ORDERS = 100_000
 # An arrival that starts more than this (wall seconds) after it was due is counted as a late start.
 DEFAULT_LATE_TOLERANCE = 0.05
@@ -89,35 +91,19 @@ def live_window(scenario: Scenario, time_scale: float | None = None, run_time: f
 
 
 def expected_arrivals(load: LoadSection, horizon: float) -> float:
-    """The mean number of arrivals in ``[0, horizon)`` (the integral of the rate)."""
-    bounds = [0.0] + [s.at for s in load.profile if 0.0 < s.at < horizon] + [horizon]
-    return sum(load.arrival_rate * load.multiplier_at(a) * (b - a) for a, b in zip(bounds, bounds[1:]))
+    """The mean number of arrivals in ``[0, horizon)`` (the integral of the rate, steps and ramps)."""
+    return schedule.expected_count(load.rate_pieces(horizon))
 
 
-def arrival_times(load: LoadSection, horizon: float, seed: int, limit: int | None = None) -> Iterator[float]:
+def arrival_times(load: LoadSection, horizon: float, seed: int, limit: int | None = None,
+                  rng: random.Random | None = None) -> Iterator[float]:
     """Scenario times of the arrivals in ``[0, horizon)``: Poisson, rate ``arrival_rate × multiplier(t)``.
 
-    The same algorithm as the simulation's (exponential gaps; at a rate change, jump to it and draw
-    again — memoryless), on its own stream of ``seed``. At most ``limit`` arrivals.
+    The simulation's schedule (``sim.domain.arrivals``, steps and linear ramps alike), drawn from its
+    own stream of ``seed`` (or from ``rng``). At most ``limit`` arrivals.
     """
-    rng = random.Random(f"{seed}:live:arrivals")
-    expo = rng.expovariate
-    changes = sorted({s.at for s in load.profile if 0.0 < s.at < horizon}) + [horizon]
-    t, n, k = 0.0, 0, 0
-    while limit is None or n < limit:
-        while changes[k] <= t:
-            k += 1
-        boundary = changes[k]
-        rate = load.arrival_rate * load.multiplier_at(t)
-        gap = expo(rate) if rate > 0 else math.inf
-        if t + gap >= boundary:
-            if boundary >= horizon:
-                return
-            t = boundary
-            continue
-        t += gap
-        n += 1
-        yield t
+    rng = rng if rng is not None else random.Random(f"{seed}:live:arrivals")
+    return schedule.arrival_times(load.rate_pieces(horizon), rng.expovariate, limit)
 
 
 def buyer_rng(seed: int, index: int) -> random.Random:
@@ -149,6 +135,7 @@ class Plan:
     max_in_flight: int = 50_000  # flows per Locust process; an arrival beyond it is dropped (counted)
     profiles: int = 512  # Faker buyer profiles drawn per process
     synthesize_orders: bool = False  # a --target writes no history: the clients record the orders they created
+    allow_remote: bool = False  # a worker refuses a plan whose URLs are not loopback unless this is set
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, indent=1)

@@ -22,7 +22,6 @@ from reports.charts import (
     rate_interval,
     sweep_series,
     value_key,
-    window_quantiles,
 )
 from reports.documents import doc_name
 from reports.render import Chart, slug
@@ -64,6 +63,9 @@ summary { cursor: pointer; color: var(--accent); }
 pre { background: var(--soft); border: 1px solid var(--line); padding: 10px; overflow: auto; font-size: 12px;
       max-height: 480px; }
 .scroll { overflow-x: auto; }
+.invalid { background: #fff0f0; border: 1px solid #B00000; border-left: 6px solid #B00000; border-radius: 6px;
+           padding: 10px 18px; margin: 16px 0 8px; }
+.invalid b.title { color: #B00000; }
 @media print { h2 { break-before: page; } figure { break-inside: avoid; } details { display: none; } }
 """
 
@@ -276,6 +278,19 @@ def comparison_section(sim: Mapping[str, Any], live: Mapping[str, Any], charts: 
     return "\n".join(parts)
 
 
+def validity_banner(docs: Sequence[Mapping[str, Any]]) -> str:
+    """A red box at the top for each live run that is not valid (``validity``), with its reasons."""
+    out = []
+    for doc in docs:
+        if doc.get("valid") is not False:
+            continue
+        v = doc.get("validity") or {}
+        out.append(f'<div class="invalid"><b class="title">This run is not valid: {esc(doc_name(doc))} — its numbers do '
+                   "not measure the scenario</b>" + _list(v.get("reasons") or ())
+                   + ("<b>What to change</b>" + _list(v["advice"]) if v.get("advice") else "") + "</div>")
+    return "\n".join(out)
+
+
 def render_index(docs: Sequence[Mapping[str, Any]], charts: Sequence[Chart], pairs: Sequence[tuple[int, int]],
                  sources: Sequence[str] | None = None) -> str:
     """The whole report as one HTML string."""
@@ -310,6 +325,7 @@ def render_index(docs: Sequence[Mapping[str, Any]], charts: Sequence[Chart], pai
 <p class="meta">{esc(names)} · {len(docs)} document{'s' if len(docs) != 1 else ''} · rates are shares of the orders
 counted: “occurred” where an anomaly arose at all, “unresolved” where it was still open at the end of observation; time
 to repair runs from when the parties disagreed until they agreed again, open instances censored at the end; money in CNY.</p>
+{validity_banner(docs)}
 <div class="summary"><b>Summary</b><ul>{"".join(f"<li><b>{esc(who)}</b>: {esc(what)}</li>" for who, what in top_summary(docs, pairs))}</ul></div>
 {nav}
 {chr(10).join(sections)}

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("reports.cli", "charts and a self-contained HTML report from results JSON"),
     "serve": ("loadtests.service.cli", "start the mock payment provider and the reference checkout"),
     "load": ("loadtests.cli", "live run: services + Locust + checker, results JSON"),
+    "load-worker": ("loadtests.worker", "join a live run as a Locust worker of its master (load --master)"),
     "compare": ("loadtests.compare", "simulate and run live at the same conditions; predicted vs measured"),
 }
 

@@ -40,6 +40,7 @@ from pydantic import (
     model_validator,
 )
 
+from sim.domain import arrivals
 from sim.domain.schedules import NOTIFY_SCHEDULES
 from sim.errors import ConfigError
 from sim.vocabulary import ANOMALY_CLASSES  # noqa: F401  (re-exported for older imports)
@@ -372,17 +373,20 @@ class RunSection(_Section):
 
 
 class ProfileStep(_Section):
-    """From ``at`` on, the arrival rate is ``arrival_rate × multiplier`` (piecewise constant)."""
+    """A profile point: from ``at`` on the rate is ``arrival_rate × multiplier`` (a step), or, with
+    ``ramp = true``, the rate moves linearly from the point before (1 at t = 0) to reach it at ``at``."""
 
-    at: Duration = Field(description="from this time on")
+    at: Duration = Field(description="from this time on (a ramp: by this time)")
     multiplier: float = Field(ge=0.0, description="the arrival rate is multiplied by this")
+    ramp: bool = Field(False, strict=True, description="reach this multiplier linearly from the point before, instead of a step")
 
 
 class LoadSection(_Section):
     """Arrivals: a Poisson process whose rate is ``arrival_rate × profile multiplier``."""
 
     arrival_rate: float = Field(20.0, gt=0.0, le=10_000_000, description="orders per second at multiplier 1")
-    profile: tuple[ProfileStep, ...] = Field((), description="piecewise-constant multipliers over time")
+    profile: tuple[ProfileStep, ...] = Field(
+        (), description="multipliers over time: steps, or linear ramps between points (`ramp = true`)")
 
     @field_validator("profile")
     @classmethod
@@ -392,17 +396,22 @@ class LoadSection(_Section):
             raise ValueError("profile steps must be in increasing order of `at`")
         return v
 
+    def _points(self) -> list[tuple[float, float, bool]]:
+        return [(s.at, s.multiplier, s.ramp) for s in self.profile]
+
     def multiplier_at(self, t: float) -> float:
-        m = 1.0
-        for step in self.profile:
-            if step.at <= t:
-                m = step.multiplier
-            else:
-                break
-        return m
+        return arrivals.multiplier_at(self._points(), t)
+
+    def rate_pieces(self, horizon: float) -> list[arrivals.Piece]:
+        """The arrival rate over ``[0, horizon)`` (``sim.domain.arrivals``: shared by both clocks)."""
+        return arrivals.pieces(self.arrival_rate, self._points(), horizon)
 
     def peak_multiplier(self) -> float:
         return max([1.0] + [s.multiplier for s in self.profile]) if self.profile else 1.0
+
+    def peak_rate(self, horizon: float) -> float:
+        """The highest arrival rate (per scenario second) before ``horizon``."""
+        return max((max(p.rate0, p.rate1) for p in self.rate_pieces(horizon)), default=self.arrival_rate)
 
 
 class PaymentMethods(_Section):
@@ -624,13 +633,25 @@ class FaultWindow(_Section):
 
 
 class LiveSection(_Section):
-    """Defaults for the live harness (``serve`` / ``load``)."""
+    """Defaults for the live harness (``serve`` / ``load``), and the limits a valid live run stays within."""
 
     time_scale: float = Field(60.0, gt=0, description="scenario seconds per wall second")
     run_time: Duration = Field("2m", description="wall time of the load phase")
     drain: Duration = Field("30s", description="wall time to let timers and notifications finish")
     max_in_flight: int = Field(256, ge=1, description="requests a service accepts at once before answering 503")
-
+    min_achieved_ratio: Probability = Field(
+        0.95, description="valid run: at least this share of the planned arrivals started on time")
+    max_harness_error_rate: Probability = Field(
+        0.01, description="valid run: harness errors (buyers raised, arrivals dropped, malformed requests) per planned arrival")
+    max_transport_error_rate: Probability = Field(
+        0.05, description="valid run: calls neither answered nor refused (timeouts, 5xx, broken or refused connections)")
+    max_start_lag: Duration = Field(
+        "10s", description="valid run: p99 of the arrivals' start lag, in scenario time (wall lag × time scale)")
+    max_unfinished_share: Probability = Field(
+        0.05, description="valid run: share of started buyers whose story had not ended at the end of observation")
+    capacity: float | None = Field(
+        None, gt=0, description="flows per wall second this machine sustains (default: the capacity benchmark's "
+        "stored figure, else 100)")
 
 
 _THRESHOLD_RE = re.compile(r"^\s*([a-z0-9_]+(?:\.[a-z0-9_]+)?)\s*(<=|<|>=|>)\s*(.+?)\s*$")

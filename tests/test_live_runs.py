@@ -36,6 +36,12 @@ def _load(tmp_path: Path, *extra: str) -> tuple[int, dict, Path]:
     return rc, json.loads((out / "results.json").read_text()), out
 
 
+def _why(doc: dict) -> str:
+    """What a run that is not valid says about itself (on a machine too busy to keep up, exit 3 is right)."""
+    v = doc.get("validity") or {}
+    return f"valid={doc.get('valid')}: {v.get('reasons')}"
+
+
 def _events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
@@ -45,7 +51,7 @@ def test_mall_pattern_live_finds_paid_but_closed_and_fails_its_threshold(tmp_pat
     the story of each is the mall story (paid, shown success, closed, notification after the close), and
     the scenario's threshold ``paid_but_closed.count <= 0`` makes the command exit 1."""
     rc, doc, out = _load(tmp_path)
-    assert rc == 1
+    assert rc == 1, _why(doc)
     assert "FAIL paid_but_closed.count <= 0" in capsys.readouterr().err
     assert doc["kind"] == "live" and doc["replications"] == 1
     pbc = doc["anomalies"]["paid_but_closed"]
@@ -97,7 +103,7 @@ def test_close_trade_then_order_removes_them_with_two_workers(tmp_path):
     history = _events(out / "history.jsonl")
     pbc = _paid_but_closed(history)
     assert doc["anomalies"]["paid_but_closed"]["count"] == len(pbc) == 0, sorted(pbc)
-    assert rc == 0
+    assert rc == 0, _why(doc)
     live = doc["live"]
     assert live["workers"] == 2 and live["harness_errors"] == 0
     planned = live["planned_arrivals"]
@@ -160,7 +166,7 @@ def test_target_checkout_through_the_reference_adapter(tmp_path, capsys):
     finally:
         staging.terminate()
         staging.wait(timeout=10)
-    assert rc == 1  # the staging checkout has the mall close pattern: the threshold fails
+    assert rc == 1, _why(doc)  # the staging checkout has the mall close pattern: the threshold fails
     live = doc["live"]
     assert live["target"] == url and live["adapter"] == "reference"
     assert doc["anomalies"]["paid_but_closed"]["count"] >= 1
@@ -169,3 +175,106 @@ def test_target_checkout_through_the_reference_adapter(tmp_path, capsys):
     assert created and all(e.get("observed_by") == "client" for e in created)  # the target's own history is not read
     assert any(e["type"] == "ledger.txn" for e in history)  # the provider's ledger is
     assert any(e.get("observed_by") == "adapter" and e["type"] == "order.closed" for e in history)
+
+
+def test_an_overloaded_run_is_not_valid_and_exits_3(tmp_path, capsys, monkeypatch):
+    """720 arrivals per wall second (12/s at time scale 60) for 3 s, far beyond what this machine sustains:
+    the run warns before it starts, misses its health limits, writes valid: false with the reasons, prints
+    the banner with what to lower and exits 3 — not 0 with "0 anomalies"."""
+    monkeypatch.setenv("CHECKOUT_CHAOS_CAPACITY", "200")  # whatever this machine's stored figure says
+    rc, doc, out = _load(tmp_path, "--set", "load.arrival_rate=12", "--run-time", "3s", "--drain", "4s")
+    err = capsys.readouterr().err
+    assert rc == 3
+    assert doc["valid"] is False
+    failed = {c["check"] for c in doc["validity"]["checks"] if not c["holds"]}
+    assert "achieved_ratio" in failed, doc["validity"]
+    assert doc["live"]["achieved_arrival_ratio"] < 0.95
+    assert len(doc["validity"]["reasons"]) == len(failed) and any("live.min_achieved_ratio" in r
+                                                                    for r in doc["validity"]["reasons"])
+    assert "THIS RUN IS NOT VALID" in err and "--time-scale" in err and "load.arrival_rate" in err
+    assert "720 arrivals per wall second" in err  # the preflight warned before the run
+    assert doc["live"]["preflight"]["planned_peak_rate_wall_per_s"] == 720.0
+
+
+def test_a_healthy_run_is_valid_and_exits_0(tmp_path, capsys):
+    """The compressed mall story at its own (gentle) rate with the safe close: valid, thresholds hold, exit 0."""
+    rc, doc, out = _load(tmp_path, "--set", "order_service.close_policy=close_trade_then_order")
+    assert doc["valid"] is True and doc["validity"]["reasons"] == [], doc["validity"]
+    assert all(c["holds"] for c in doc["validity"]["checks"])
+    assert doc["validity"]["warnings"] == []
+    assert rc == 0, _why(doc)
+    assert "NOT VALID" not in capsys.readouterr().err
+
+
+def test_workers_started_on_their_own_join_a_master(tmp_path):
+    """`load --master --expect-workers 2` and two `checkout-chaos load-worker --master-host 127.0.0.1` processes
+    started separately, as on two load machines: the workers get the plan, the go and send their histories
+    back over Locust's message channel only — they run in a directory of their own with no plan file and no
+    path into the run's directory — and every buyer is played exactly once."""
+    port = _free_port()
+    elsewhere = tmp_path / "load-machine"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKOUT_CHAOS_")}
+    workers = []
+    try:
+        for i in range(2):
+            with open(elsewhere / f"worker-{i}.log", "wb") as log:
+                workers.append(subprocess.Popen(
+                    [sys.executable, "-m", "sim.cli", "load-worker", "--master-host", "127.0.0.1", "--master-port",
+                     str(port)], cwd=elsewhere, env={**env, "PYTHONPATH": str(Path(__file__).parents[1])},
+                    stdout=log, stderr=subprocess.STDOUT))
+        rc, doc, out = _load(tmp_path, "--master", "--expect-workers", "2", "--master-port", str(port),
+                             "--worker-timeout", "60s", "--set", "order_service.close_policy=close_trade_then_order")
+        codes = [w.wait(timeout=30) for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    assert codes == [0, 0], [(elsewhere / f"worker-{i}.log").read_text()[-2000:] for i in range(2)]
+    assert rc == 0 and doc["valid"] is True, _why(doc)
+    live = doc["live"]
+    assert live["workers"] == 2 and live["harness_errors"] == 0
+    done = [json.loads((out / "client" / f"done-{i}.json").read_text()) for i in range(2)]
+    assert len({d["pid"] for d in done}) == 2 and {d["slot"] for d in done} == {0, 1}
+    per_file = [_events(out / "client" / f"client-{i}.jsonl") for i in range(2)]
+    orders = [{e["order"] for e in evs} for evs in per_file]
+    assert all(orders) and not orders[0] & orders[1]
+    run_id = next(iter(orders[0])).rsplit("-", 1)[0]
+    assert orders[0] | orders[1] == {f"{run_id}-{i}" for i in range(live["planned_arrivals"])}
+    assert sum(d["events"] for d in done) == sum(len(evs) for evs in per_file), "every event sent arrived"
+    assert live["history"]["duplicate_client_events"] == 0
+    assert not list(elsewhere.glob("**/*.jsonl")), "the workers wrote no history files of their own"
+
+
+def test_web_opens_locusts_own_ui_on_loopback_during_the_run(tmp_path):
+    """`--web`: while the run goes on, Locust's web UI answers on 127.0.0.1 and shows the run's requests."""
+    import threading
+
+    port = _free_port()
+    seen: list[dict] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.3):
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/stats/requests", timeout=2)
+                if r.status_code == 200:
+                    seen.append(r.json())
+            except httpx.HTTPError:
+                pass
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        rc, doc, out = _load(tmp_path, "--web", "--web-port", str(port),
+                             "--set", "order_service.close_policy=close_trade_then_order")
+    finally:
+        stop.set()
+        t.join(timeout=5)
+    assert rc == 0 and doc["valid"], _why(doc)
+    assert any(s.get("state") == "running" for s in seen), "the UI answered while the load ran"
+    names = {row["name"] for s in seen for row in s.get("stats", ())}
+    assert "create order" in names
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=1)  # gone with the run

@@ -12,6 +12,7 @@ random numbers), however many retries a setting causes for some of them. The app
 from __future__ import annotations
 
 from sim.domain import policies
+from sim.domain.arrivals import arrival_steps
 from sim.domain.states import ORDER_PAID_STATES, OrderState
 from sim.model.world import World
 
@@ -23,26 +24,12 @@ _SCREEN = {"succeeded": "payment_succeeded", "failed": "payment_failed", "closed
 
 
 def arrivals(w: World, start_buyer):
-    """Poisson arrivals whose rate follows the piecewise-constant profile until the horizon."""
+    """Poisson arrivals following the profile (steps and ramps) until the horizon: the schedule the live
+    plan replays too (``sim.domain.arrivals``)."""
     env = w.env
-    load = w.p.load
-    expo = w.rng["arrivals"].expovariate
-    # (from, until, rate) pieces covering [0, horizon)
-    cuts = sorted({0.0, *(s.at for s in load.profile if 0 < s.at < w.horizon)}) + [w.horizon]
-    t = 0.0
-    for start, until in zip(cuts, cuts[1:]):
-        rate = load.arrival_rate * load.multiplier_at(start)
-        if t < start:
-            yield env.timeout(start - t)
-            t = start
-        if rate <= 0:
-            continue
-        while True:
-            gap = expo(rate)
-            if t + gap >= until:
-                break  # memoryless: the next piece draws again with its own rate
-            yield env.timeout(gap)
-            t += gap
+    for step in arrival_steps(w.p.load.rate_pieces(w.horizon), w.rng["arrivals"].expovariate):
+        yield env.timeout(step.delay)
+        if step.arrive:
             start_buyer()
 
 
