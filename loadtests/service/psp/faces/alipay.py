@@ -587,7 +587,7 @@ class AlipayFace(Face):
             raise Refusal("40002", "isv.invalid-version", "version: expected 1.0")
 
     async def _buyer(self, request: Request, trade_no: str, confirm: bool) -> Response:
-        want_json = "application/json" in request.headers.get("accept", "")
+        want_json = "application/json" in request.headers.get("accept", "") + request.headers.get("content-type", "")
         row = self.core.find_trade(trade_no=trade_no) if re.match(r"^[0-9]{8,32}$", trade_no) else None
         view = None
         try:
