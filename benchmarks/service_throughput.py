@@ -22,6 +22,11 @@ shows where the bottleneck is: the provider is one Python process, so it saturat
 generator staying well below that shows it is not what limits the figures. The last line is one JSON
 object with ``confirm_rps``, ``trivial_rps``, ``ratio`` and ``confirm_p99_ms_at_half`` (the issue's
 targets: ratio >= 0.4, p99 < 50 ms).
+
+Then, on a provider of its own with the Alipay face (``alipay_face``; ``--alipay-orders 0`` skips it,
+``--only-alipay`` runs only it): signed ``alipay.trade.create`` calls through ``/gateway.do``, the
+buyer's confirm, and the signed form notification acknowledged with ``success``: its create+pay+notify
+rate and the measured RSA2 cost per request, under ``alipay_face`` in the last JSON line.
 """
 
 from __future__ import annotations
@@ -187,6 +192,129 @@ def _drain(s, acked: int, timeout: float = 60.0) -> None:
     print(f"  notifications drained {time.monotonic() - t0:.1f} s after the round", flush=True)
 
 
+# -- the Alipay face (a separate run: its own provider with the alipay face) ---------------------------
+
+
+def _ack_server() -> tuple[str, object]:
+    """A merchant notify endpoint that answers every POST ``success`` (keep-alive), in a thread."""
+    import threading
+
+    ready: dict = {}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsuccess")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            writer.close()
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        server = loop.run_until_complete(asyncio.start_server(handle, "127.0.0.1", 0))
+        ready["port"], ready["loop"] = server.sockets[0].getsockname()[1], loop
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    while "port" not in ready:
+        time.sleep(0.01)
+    return f"http://127.0.0.1:{ready['port']}/notify", ready["loop"]
+
+
+def _rsa_cost(private_key, public_key, n: int = 300) -> dict:
+    """Milliseconds of one RSA2 (2048-bit SHA256withRSA) signature and one verification, in this process."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    payload = b'{"code":"10000","msg":"Success","out_trade_no":"bench","trade_no":"2026120122001000000000000001"}'
+    # CPU time (process_time), not wall time: on a shared machine the wall clock counts others' work too
+    t0 = time.process_time()
+    sigs = [private_key.sign(payload + str(i).encode(), padding.PKCS1v15(), hashes.SHA256()) for i in range(n)]
+    sign_ms = (time.process_time() - t0) / n * 1e3
+    t0 = time.process_time()
+    for i, sig in enumerate(sigs):
+        public_key.verify(sig, payload + str(i).encode(), padding.PKCS1v15(), hashes.SHA256())
+    return {"rsa2_sign_cpu_ms": round(sign_ms, 3), "rsa2_verify_cpu_ms": round((time.process_time() - t0) / n * 1e3, 3)}
+
+
+def alipay_face(orders: int, connections: int, time_scale: float) -> dict:
+    """The Alipay face's create + pay + notify rate: ``alipay.trade.create`` through ``/gateway.do``
+    (RSA2-verified, the answer RSA2-signed), the buyer's confirm (bank debit, ledger), and the signed
+    form notification acknowledged by a merchant endpoint answering ``success``. Also the RSA cost per
+    request, measured: the mock verifies one signature and makes one per gateway call, and makes one
+    per notification attempt."""
+    import base64
+    from datetime import datetime
+    from urllib.parse import urlencode
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    from loadtests.service.psp.faces.alipay import DEFAULT_APP_ID
+    from loadtests.service.runner import start_services
+
+    load = os.getloadavg()[0]
+    notify_url, loop = _ack_server()
+    data = Path(tempfile.mkdtemp(prefix="cc-bench-alipay-"))
+    print(f"alipay face: {orders} flows, connections {connections}, data {data}", flush=True)
+    with start_services(None, data, time_scale, NO_FAULTS, faces=("alipay",)) as s:
+        key_dir = data / "psp" / "alipay"
+        app_key = serialization.load_pem_private_key((key_dir / "app_private_key.pem").read_bytes(), None)
+        mock_key = serialization.load_pem_private_key((key_dir / "alipay_private_key.pem").read_bytes(), None)
+        rsa = _rsa_cost(mock_key, mock_key.public_key())
+        stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+        def signed(no: str, i: int) -> str:  # what an SDK sends: sorted k=v, SHA256withRSA, base64
+            params = {"app_id": DEFAULT_APP_ID, "method": "alipay.trade.create", "charset": "utf-8",
+                      "sign_type": "RSA2", "timestamp": stamp, "version": "1.0", "notify_url": notify_url,
+                      "biz_content": json.dumps({"out_trade_no": no, "subject": "bench",
+                                                 "total_amount": f"{1 + i % 90}.00"}, separators=(",", ":"))}
+            content = "&".join(f"{k}={v}" for k, v in sorted(params.items()))
+            params["sign"] = base64.b64encode(app_key.sign(content.encode(), padding.PKCS1v15(), hashes.SHA256())).decode()
+            return urlencode(params)
+
+        gateway = s.provider_url + "/gateway.do"
+        requests = [("GET", f"{gateway}?{signed(f'ab{i}', i)}", "") for i in range(orders)]
+        b = Bench(s, connections)
+        b.phase("alipay warmup", [("GET", s.provider_url + "/healthz", "")] * 1000)
+        create = b.phase("alipay create", requests)
+        trade_nos = [json.loads(body)["alipay_trade_create_response"].get("trade_no") for body in create["bodies"] if body]
+        trade_nos = [t for t in trade_nos if t]
+        pay = b.phase("alipay pay", [("POST", f"{s.provider_url}/alipay/cashier/{t}/confirm", "") for t in trade_nos])
+        acked, t_paid = 0, time.perf_counter()
+        while time.perf_counter() - t_paid < 120:
+            acked = s.admin("provider", "GET", "/admin/stats").json()["notifications"].get("acked", 0)
+            if acked >= len(trade_nos):
+                break
+            time.sleep(0.05)
+        # the two closed loops plus the wait for the last acknowledgement (not the generators' start-up)
+        total = create["elapsed"] + pay["elapsed"] + (time.perf_counter() - t_paid)
+        ledger = s.admin("provider", "GET", "/admin/ledger").json()
+    loop.call_soon_threadsafe(loop.stop)
+    flows = min(acked, len(trade_nos))
+    out = {
+        "flows": flows,
+        "flow_rps": round(flows / total, 1),  # create + pay + notification acknowledged, end to end
+        "create_rps": round(create["rps"], 1), "create_p50_ms": round(create["p50_ms"], 2),
+        "create_p99_ms": round(create["p99_ms"], 2),
+        "pay_rps": round(pay["rps"], 1), "pay_p50_ms": round(pay["p50_ms"], 2), "pay_p99_ms": round(pay["p99_ms"], 2),
+        "provider_cpu_ms_per_create": round(create["provider_cores"] * create["elapsed"] / max(1, create["n"]) * 1e3, 3),
+        "provider_cpu_ms_per_pay_and_notify": round(pay["provider_cores"] * pay["elapsed"] / max(1, pay["n"]) * 1e3, 3),
+        **rsa,
+        # per flow the mock signs twice (the create answer, the notification) and verifies once
+        "rsa_cpu_ms_per_flow": round(2 * rsa["rsa2_sign_cpu_ms"] + rsa["rsa2_verify_cpu_ms"], 3),
+        "load_average_at_start": round(load, 2),
+        "ledger_balanced": ledger["balanced"],
+    }
+    print("alipay face: " + json.dumps(out), flush=True)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--orders", type=int, default=8000, help="orders created, started and confirmed")
@@ -197,12 +325,17 @@ def main() -> int:
     parser.add_argument("--faces", default="stripe", help="PSP faces whose own flow rate is measured too "
                         "(comma-separated; '' for none): each one's create + pay + notification, see _faces.py")
     parser.add_argument("--face-flows", type=int, default=1500, help="flows per face")
+    parser.add_argument("--alipay-orders", type=int, default=2000, help="flows through the Alipay face (0: skip)")
+    parser.add_argument("--only-alipay", action="store_true", help="run only the Alipay face's part")
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.generate:
         generate()
         return 0
 
+    if args.only_alipay:
+        print(json.dumps({"alipay_face": alipay_face(args.alipay_orders, args.connections, args.time_scale)}))
+        return 0
     from loadtests.service.runner import start_services
 
     data = Path(tempfile.mkdtemp(prefix="cc-bench-"))
@@ -275,6 +408,8 @@ def main() -> int:
         "connections": args.connections,
     }
     summary.update(_face_rates(args, confirm_rps))
+    if args.alipay_orders > 0:
+        summary["alipay_face"] = alipay_face(args.alipay_orders, args.connections, args.time_scale)
     print(json.dumps(summary))
     return 0
 

@@ -27,6 +27,7 @@ from fastapi import APIRouter
 # name -> "module:Class". One line per face.
 FACES: dict[str, str] = {
     "native": "loadtests.service.psp.faces.native:NativeFace",
+    "alipay": "loadtests.service.psp.faces.alipay:AlipayFace",
     "stripe": "loadtests.service.psp.faces.stripe:StripeFace",
 }
 
