@@ -482,8 +482,6 @@ class OrderServiceSection(_Section):
     read_lag: DurationDist = Field(
         "0s", description="the app's order-status reads are served by a replica this far behind the primary "
         "(per read): the buyer can see 'awaiting payment' after the order was paid")
-    refund_retry_schedule: RetrySchedule = Field(
-        ["1h", "6h", "1d"], description="gaps between attempts of a refund the gateway failed")
     order_lock: bool = Field(
         True, description="the notification handler and the close job lock the order (row lock or version check) "
         "between reading and writing it; false: a write decided on a stale read overwrites what another wrote "
@@ -499,8 +497,8 @@ class OrderServiceSection(_Section):
     stuck_grace: Duration = Field("1h", description="an order or trade undecided this long past its deadline is stuck")
     refund_retry_schedule: RetrySchedule = Field(
         ["10s", "30s", "1m", "2m", "5m", "10m", "30m", "1h", "2h", "6h", "12h", "24h"],
-        description="gaps between refund attempts while the provider refuses or does not answer; once spent the "
-        "order is refund_failed (a person must act)")
+        description="gaps between refund attempts while the gateway fails, refuses or does not answer (simulation "
+        "and live checkout); once spent the order is refund_failed (a person must act)")
 
 
 class GatewaySection(_Section):
