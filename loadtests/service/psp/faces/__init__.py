@@ -27,6 +27,7 @@ from fastapi import APIRouter
 # name -> "module:Class". One line per face.
 FACES: dict[str, str] = {
     "native": "loadtests.service.psp.faces.native:NativeFace",
+    "wechat": "loadtests.service.psp.faces.wechat:WechatFace",
 }
 
 
@@ -52,6 +53,11 @@ class Face:
 
     def acknowledged(self, status: int, body: bytes) -> bool:
         return 200 <= status < 300
+
+    def notify_gaps(self, schedule: Any) -> tuple[float, ...]:
+        """The gaps between attempts of this face's notifications, given the scenario's
+        ``gateway.notify_schedule`` (a ``Schedule``); by default the scenario's."""
+        return schedule.gaps
 
     def notify_urls(self, row: Any, kind: str) -> list[str]:
         return [row["notify_url"]] if row["notify_url"] and kind == "trade.succeeded" else []
