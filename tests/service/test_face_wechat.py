@@ -71,18 +71,25 @@ class Merchant:
                 and (event is None or d["result"]["event_type"] == event)]
 
 
-@pytest.fixture(scope="module")
-def wx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    services = launch(tmp_path_factory.mktemp("wechat"), OVERRIDES, SCALE, faces=("wechat",))
+def sdk_for(services: Any) -> tuple[WeChatPay, dict, Path]:
+    """The official SDK configured from what ``serve --psp wechat`` prints: ``(wxpay, config, key dir)``."""
     face = face_class("wechat")(None, services.data_dir, None)
     config = face.merchant_config(services.provider_url)
     d = face.dir
-    private_pem = (d / "merchant_private_key.pem").read_text()
-    wxpay = WeChatPay(wechatpay_type=WeChatPayType.NATIVE, mchid=config["mchid"], private_key=private_pem,
+    wxpay = WeChatPay(wechatpay_type=WeChatPayType.NATIVE, mchid=config["mchid"],
+                      private_key=(d / "merchant_private_key.pem").read_text(),
                       cert_serial_no=config["cert_serial_no"], appid=config["appid"],
                       apiv3_key=(d / "apiv3_key").read_text().strip(), notify_url="http://placeholder/",
                       public_key=(d / "platform_public_key.pem").read_text(), public_key_id=config["public_key_id"])
     wxpay._core._gate_way = services.provider_url  # the SDK's only change: its base URL
+    return wxpay, config, d
+
+
+@pytest.fixture(scope="module")
+def wx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    services = launch(tmp_path_factory.mktemp("wechat"), OVERRIDES, SCALE, faces=("wechat",))
+    wxpay, config, d = sdk_for(services)
+    private_pem = (d / "merchant_private_key.pem").read_text()
     merchant = Merchant(wxpay)
     wxpay._notify_url = merchant.url
 
@@ -396,3 +403,37 @@ def test_merchant_config_names_paths_and_override_without_keys(w: Any) -> None:
     secret = (w.dir / "apiv3_key").read_text().strip()
     printed = json.dumps(cfg)
     assert secret not in printed and "PRIVATE KEY" not in printed
+
+
+def _core_story(services: Any) -> list[tuple]:
+    """The provider's money events, without ids and times (notification delivery differs by face)."""
+    keep = ("type", "amount", "reason", "refunded_total")
+    return [tuple(e.get(k) for k in keep) for e in services.history()
+            if e["actor"] != "checkout" and not e["type"].startswith("notify.")]
+
+
+@pytest.mark.slow
+def test_same_seed_same_core_history_through_native_and_wechat(start: Any) -> None:
+    """Eight payments with a 40% decline rate and a refund of each paid one, once through the native
+    API and once through the WeChat face (fresh providers, the same seed): the same core history."""
+    overrides = {**OVERRIDES, "bank.decline_probability": 0.4}
+    native, wechat = start(overrides, SCALE, name="native"), start(overrides, SCALE, name="wechat", faces=("wechat",))
+    for i in range(8):
+        r = http.post(f"{native.provider_url}/trades", json={"trade": f"t{i}", "order": f"t{i}", "user": "u",
+                                                            "amount": 100 + i})
+        assert r.status_code == 201, r.text
+        if http.post(f"{native.provider_url}/trades/t{i}/pay").json()["state"] == "succeeded":
+            assert http.post(f"{native.provider_url}/trades/t{i}/refund").status_code == 200
+    wxpay, _, _ = sdk_for(wechat)
+    for i in range(8):
+        code, body = _json(wxpay.pay(description="d", out_trade_no=f"wxt{i:04d}", amount={"total": 100 + i},
+                                     notify_url="http://127.0.0.1:9/none", pay_type=WeChatPayType.NATIVE))
+        assert code == 200, body
+        paid = http.post(f"{wechat.provider_url}/wechat/app/pay", json={"code_url": body["code_url"]}).json()
+        if paid["trade_state"] == "SUCCESS":
+            code, _ = wxpay.refund(out_refund_no=f"r{i}", out_trade_no=f"wxt{i:04d}",
+                                   amount={"refund": 100 + i, "total": 100 + i, "currency": "CNY"})
+            assert code == 200
+    story = _core_story(native)
+    assert [e[0] for e in story].count("trade.failed") > 0 and [e[0] for e in story].count("trade.refunded") > 0
+    assert _core_story(wechat) == story
