@@ -240,6 +240,8 @@ def test_userpaying_while_debit_in_flight_and_jsapi_h5(w: Any) -> None:
     t = threading.Thread(target=lambda: result.update(r=app(w, "pay", **fields, paySign=sign)))
     t.start()
     assert wait_for(lambda: query(w, no)["trade_state"] == "USERPAYING", what="USERPAYING")
+    again = app(w, "pay", **fields, paySign=sign)  # a second confirmation while the first is at the bank
+    assert again.status_code == 200 and again.json()["trade_state"] == "USERPAYING"
     t.join(10)
     assert result["r"].json()["trade_state"] == "SUCCESS"
     assert query(w, no)["payer"]["openid"] == openid

@@ -490,6 +490,8 @@ class WechatFace(Face):
             except WechatError as exc:
                 return self._plain(exc.status, {"code": exc.code, "message": exc.message})
             except C.CoreError as exc:
+                if exc.code == C.TRADE_IN_PROGRESS:  # paying twice at once: the first is still at the bank
+                    return self._plain(200, {"trade_state": "USERPAYING", "trade_state_desc": _STATE_DESC["USERPAYING"]})
                 e = self._core_error(exc)
                 return self._plain(e.status, {"code": e.code, "message": e.message})
 
