@@ -1,6 +1,7 @@
 """Throughput and latency of the live services on loopback (a benchmark, run on purpose).
 
     /work/venv/bin/python benchmarks/service_throughput.py [--orders 8000] [--rounds 3] [--connections 32] [--time-scale 60]
+        [--wechat-orders 1000] [--only-faces]
 
 Starts the mock provider and the reference checkout (no injected faults: no declines, blocks, holds,
 losses; the scenario's latencies scaled by ``--time-scale``), then drives them from a **separate load
@@ -315,6 +316,115 @@ def alipay_face(orders: int, connections: int, time_scale: float) -> dict:
     return out
 
 
+# -- the WeChat Pay face (its own provider; merged into the last line as "wechat_face") -------------
+
+
+def wechat_face(orders: int, connections: int, time_scale: float) -> dict:
+    """The WeChat Pay v3 face end to end: signed native orders (``create``), the buyer paying each
+    ``code_url`` (``pay``: bank debit, ledger, an AES-GCM encrypted, RSA-signed TRANSACTION.SUCCESS
+    notification to a loopback receiver that answers 204), signed queries (``query``). Requests are
+    signed beforehand (SHA256withRSA, as the SDK does); every answer is signed by the mock, which is
+    part of what is measured. Load generator and receiver: asyncio in this process."""
+    import base64
+    import secrets as _secrets
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    from loadtests.service.http11 import HttpClient
+    from loadtests.service.psp.faces import face_class
+    from loadtests.service.runner import start_services
+
+    data = Path(tempfile.mkdtemp(prefix="cc-bench-wx-"))
+    with start_services(None, data, time_scale, NO_FAULTS, faces=("wechat",)) as s:
+        face = face_class("wechat")(None, s.data_dir, None)
+        cfg = face.merchant_config(s.provider_url)
+        key = serialization.load_pem_private_key((face.dir / "merchant_private_key.pem").read_bytes(), None)
+
+        def auth(method: str, path: str, body: str) -> str:
+            ts, nonce = str(int(time.time())), _secrets.token_hex(16)
+            sig = key.sign(f"{method}\n{path}\n{ts}\n{nonce}\n{body}\n".encode(), padding.PKCS1v15(), hashes.SHA256())
+            return (f'WECHATPAY2-SHA256-RSA2048 mchid="{cfg["mchid"]}",nonce_str="{nonce}",'
+                    f'signature="{base64.b64encode(sig).decode()}",timestamp="{ts}",serial_no="{cfg["cert_serial_no"]}"')
+
+        async def run() -> dict:
+            async def receiver(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                try:
+                    while True:
+                        head = await reader.readuntil(b"\r\n\r\n")
+                        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                                       if line.lower().startswith(b"content-length:")), 0)
+                        await reader.readexactly(length)
+                        writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+                        await writer.drain()
+                except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+                    writer.close()  # the provider hung up, or the run is over (idle keep-alive connections)
+
+            server = await asyncio.start_server(receiver, "127.0.0.1", 0)
+            notify = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/wx/notify"
+            nos = [f"wxb{i:06d}" for i in range(orders)]
+            create_path = "/v3/pay/transactions/native"
+            creates = []
+            for no in nos:
+                body = json.dumps({"appid": cfg["appid"], "mchid": cfg["mchid"], "description": "bench",
+                                   "out_trade_no": no, "notify_url": notify, "amount": {"total": 100}})
+                creates.append(("POST", create_path, body, auth("POST", create_path, body)))
+            queries = [("GET", p, "", auth("GET", p, "")) for p in
+                       (f"/v3/pay/transactions/out-trade-no/{no}?mchid={cfg['mchid']}" for no in nos)]
+            client = HttpClient(max_per_origin=connections)
+            pid = s.pid("provider")
+
+            async def phase(reqs: list[tuple[str, str, str, str | None]]) -> tuple[dict, list[bytes]]:
+                it, lat, ok, bodies = iter(range(len(reqs))), [], [0], [b""] * len(reqs)
+
+                async def worker() -> None:
+                    for i in it:
+                        method, path, body, authorization = reqs[i]
+                        headers = {"Content-Type": "application/json"}
+                        if authorization:
+                            headers["Authorization"] = authorization
+                        t0 = time.perf_counter()
+                        resp = await client.request(method, s.provider_url + path, body.encode(), headers, timeout=30)
+                        lat.append(time.perf_counter() - t0)
+                        ok[0] += 200 <= resp.status < 300
+                        bodies[i] = resp.body
+
+                cpu0, t0 = _cpu_seconds(pid), time.perf_counter()
+                await asyncio.gather(*(worker() for _ in range(connections)))
+                elapsed, cpu = time.perf_counter() - t0, _cpu_seconds(pid) - cpu0
+                # CPU per request tells the face's own cost even when the machine's load caps the rate
+                return ({"rps": round(len(reqs) / elapsed, 1), "p50_ms": round(_percentile(lat, 0.5) * 1e3, 2),
+                         "p99_ms": round(_percentile(lat, 0.99) * 1e3, 2), "ok": ok[0], "n": len(reqs),
+                         "provider_cores": round(cpu / elapsed, 2),
+                         "provider_cpu_ms_per_request": round(cpu * 1e3 / len(reqs), 2)}, bodies)
+
+            out: dict = {}
+            out["create"], bodies = await phase(creates)
+            pays = [("POST", "/wechat/app/pay", json.dumps({"code_url": json.loads(b)["code_url"]}), None)
+                    for b in bodies if b]
+            out["pay"], _ = await phase(pays)
+            out["query"], _ = await phase(queries)
+            t0 = time.monotonic()
+            while s.admin("provider", "GET", "/admin/stats").json()["notifications"].get("acked", 0) < len(pays):
+                if time.monotonic() - t0 > 60:
+                    break
+                await asyncio.sleep(0.1)
+            out["notifications"] = s.admin("provider", "GET", "/admin/stats").json()["notifications"]
+            await client.aclose()
+            server.close()
+            return out
+
+        result = asyncio.run(run())
+        result["ledger_balanced"] = s.admin("provider", "GET", "/admin/ledger").json()["balanced"]
+    for name in ("create", "pay", "query"):
+        r = result[name]
+        print(f"wechat {name:<7} {r['n']:>6} requests  {r['rps']:>8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
+              f"p99 {r['p99_ms']:6.2f} ms  2xx {r['ok']}/{r['n']}  provider cores {r['provider_cores']:.2f} "
+              f"({r['provider_cpu_ms_per_request']:.2f} ms CPU per request)", flush=True)
+    print(f"wechat notifications {result['notifications']}  ledger balanced: {result['ledger_balanced']}", flush=True)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--orders", type=int, default=8000, help="orders created, started and confirmed")
@@ -327,6 +437,8 @@ def main() -> int:
     parser.add_argument("--face-flows", type=int, default=1500, help="flows per face")
     parser.add_argument("--alipay-orders", type=int, default=2000, help="flows through the Alipay face (0: skip)")
     parser.add_argument("--only-alipay", action="store_true", help="run only the Alipay face's part")
+    parser.add_argument("--wechat-orders", type=int, default=1000, help="orders through the WeChat Pay face (0: skip)")
+    parser.add_argument("--only-faces", action="store_true", help="run the PSP-face figures only")
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.generate:
@@ -335,6 +447,15 @@ def main() -> int:
 
     if args.only_alipay:
         print(json.dumps({"alipay_face": alipay_face(args.alipay_orders, args.connections, args.time_scale)}))
+        return 0
+    if args.only_faces:  # every PSP face's figures, no native rounds (their ratio to native is then absent)
+        summary = {"load_average_at_start": round(os.getloadavg()[0], 2)}
+        if args.alipay_orders > 0:
+            summary["alipay_face"] = alipay_face(args.alipay_orders, args.connections, args.time_scale)
+        if args.wechat_orders:
+            summary["wechat_face"] = wechat_face(args.wechat_orders, args.connections, args.time_scale)
+        summary.update(_face_rates(args, None))
+        print(json.dumps(summary))
         return 0
     from loadtests.service.runner import start_services
 
@@ -410,11 +531,13 @@ def main() -> int:
     summary.update(_face_rates(args, confirm_rps))
     if args.alipay_orders > 0:
         summary["alipay_face"] = alipay_face(args.alipay_orders, args.connections, args.time_scale)
+    if args.wechat_orders:
+        summary["wechat_face"] = wechat_face(args.wechat_orders, args.connections, args.time_scale)
     print(json.dumps(summary))
     return 0
 
 
-def _face_rates(args: argparse.Namespace, native_confirm_rps: float) -> dict:
+def _face_rates(args: argparse.Namespace, native_confirm_rps: float | None) -> dict:
     """Each PSP face's own flow, on a fresh pair of services with that face (``_faces.py``)."""
     import _faces
     from loadtests.service.runner import start_services
@@ -424,7 +547,8 @@ def _face_rates(args: argparse.Namespace, native_confirm_rps: float) -> dict:
         with start_services(None, Path(tempfile.mkdtemp(prefix=f"cc-bench-{face}-")), args.time_scale, NO_FAULTS,
                             faces=(face,)) as s:
             figures = getattr(_faces, f"{face}_face")(s, args.face_flows, args.connections)
-        figures["ratio_to_native_confirm"] = round(figures["flows_per_s_with_webhook"] / native_confirm_rps, 3)
+        if native_confirm_rps:
+            figures["ratio_to_native_confirm"] = round(figures["flows_per_s_with_webhook"] / native_confirm_rps, 3)
         print(f"{face} face: {figures}", flush=True)
         out[f"{face}_face"] = figures
     return out

@@ -188,7 +188,8 @@ class ProviderCore(base.ServiceBase):
         return {"notify": self._deliver, "bank_query": self._bank_query, "bank_release": self._bank_release,
                 "trade_expire": self._trade_expire, "bnpl_deduct": self._bnpl_deduct,
                 "bnpl_sync": self._bnpl_sync, "bnpl_compensate": self._bnpl_compensate,
-                "bnpl_expire": self._bnpl_expire, "bnpl_repay": self._bnpl_repay}
+                "bnpl_expire": self._bnpl_expire, "bnpl_repay": self._bnpl_repay,
+                "refund_settle": self._refund_settle}
 
     def recover(self) -> None:
         self.migrate()
@@ -480,13 +481,16 @@ class ProviderCore(base.ServiceBase):
         self.store.emit(now, "trade.succeeded", "gateway", row["ord"], trade=trade_id, amount=row["amount"])
         self.enqueue_notifications(row, "trade.succeeded", f"{trade_id}-n", now)
 
-    def enqueue_notifications(self, row: Any, kind: str, notify_id: str, now: float, ref: str | None = None) -> None:
+    def enqueue_notifications(self, row: Any, kind: str, notify_id: str, now: float, ref: str | None = None,
+                              urls: list[str] | None = None) -> None:
         """In a tx: queue the notification(s) of ``kind`` about trade ``row`` to where its face says
-        (``Face.notify_urls``: by default the trade's ``notify_url``, for ``trade.succeeded`` only).
+        (``Face.notify_urls``: by default the trade's ``notify_url``, for ``trade.succeeded`` only), or
+        to ``urls`` when given (a refund's own notify URL).
         Kinds: ``trade.succeeded``, ``trade.failed``, ``trade.closed`` (``ref``: why), ``refund.succeeded``
         (``ref``: the refund's request number). ``notify_id`` is stable across retries."""
         face = self.faces.get(row["face"])
-        urls = face.notify_urls(row, kind) if face is not None else ([row["notify_url"]] if row["notify_url"] else [])
+        if urls is None:
+            urls = face.notify_urls(row, kind) if face is not None else ([row["notify_url"]] if row["notify_url"] else [])
         for i, target in enumerate(urls):
             # a face may name a target as (url, ref): its own reference per delivery (Stripe's event id)
             url, own_ref = target if isinstance(target, tuple) else (target, ref)
@@ -586,11 +590,17 @@ class ProviderCore(base.ServiceBase):
                         TRADE_IN_PROGRESS, result=result, trade_state=state.value)
 
     async def refund(self, trade_id: str, amount: int | None = None, request_no: str | None = None,
-                     notify: bool = False) -> dict[str, Any]:
+                     notify: bool = False, settle_after: float | None = None,
+                     notify_url: str | None = None) -> dict[str, Any]:
         """Refund ``amount`` fen (default: what is left) of a paid trade; ``request_no`` makes a partial
         refund idempotent (Alipay's ``out_request_no``, WeChat's ``out_refund_no``): the same number
         answers the first refund again, with other parameters it is refused. Money moves clearing ->
-        buyer at once; ``notify`` queues a ``refund.succeeded`` notification (WeChat, Stripe)."""
+        buyer at once; ``notify`` queues a ``refund.succeeded`` notification (WeChat, Stripe).
+
+        ``settle_after`` (scenario s): an asynchronous refund (WeChat): accepted now (the money leaves
+        the merchant's side at once, as above), the refund ``processing`` until it settles that much
+        later, and only then its ``refund.succeeded`` notification (to ``notify_url`` if given, else
+        where the face says). No history event marks the settling: histories stay face-independent."""
         row = self._trade(trade_id)
         key = request_no or "full"
         prior = self.store.one("SELECT * FROM refunds WHERE trade = ? AND request_no = ?", (trade_id, key))
@@ -627,13 +637,44 @@ class ProviderCore(base.ServiceBase):
             conn.execute("UPDATE trades SET state = ?, refunded = ? WHERE trade = ?",
                          (trade.state.value, trade.refunded, trade_id))
             conn.execute("INSERT INTO refunds (trade, request_no, amount, state, created_t) VALUES (?, ?, ?, ?, ?)",
-                         (trade_id, key, amount, "succeeded", now))
+                         (trade_id, key, amount, "succeeded" if settle_after is None else "processing", now))
             self.store.emit(now, "trade.refunded", "gateway", row["ord"], trade=trade_id, amount=amount,
                             refunded_total=trade.refunded)
-            if notify:
-                self.enqueue_notifications(row, "refund.succeeded", f"{trade_id}-r-{key}", now, ref=key)
+            if settle_after is not None:
+                self.store.schedule("refund_settle", f"{trade_id}\n{key}", now + max(0.0, settle_after),
+                                    data={"trade": trade_id, "request_no": key, "notify": notify,
+                                          "notify_url": notify_url})
+            elif notify:
+                self.enqueue_notifications(row, "refund.succeeded", f"{trade_id}-r-{key}", now, ref=key,
+                                           urls=[notify_url] if notify_url else None)
         refund = self.store.one("SELECT * FROM refunds WHERE trade = ? AND request_no = ?", (trade_id, key))
         return {**self.view(self._trade(trade_id)), "refund": self._refund_view(refund), "replayed": False}
+
+    async def _refund_settle(self, job: Job) -> None:
+        """An asynchronous refund settles: ``processing`` -> ``succeeded``, then its notification."""
+        data = job.data or {}
+        trade_id, key = data.get("trade"), data.get("request_no")
+        ref = self.store.one("SELECT * FROM refunds WHERE trade = ? AND request_no = ?", (trade_id, key))
+        now = self.clock.now()
+        with self.store.tx() as conn:
+            self.store.done(job)
+            if ref is None or ref["state"] != "processing":
+                return
+            conn.execute("UPDATE refunds SET state = 'succeeded' WHERE trade = ? AND request_no = ?", (trade_id, key))
+            if data.get("notify"):
+                row = self.store.one("SELECT * FROM trades WHERE trade = ?", (trade_id,))
+                url = data.get("notify_url")
+                self.enqueue_notifications(row, "refund.succeeded", f"{trade_id}-r-{key}", now, ref=key,
+                                           urls=[url] if url else None)
+
+    def find_refund(self, request_no: str, face: str | None = None) -> dict[str, Any] | None:
+        """A refund by its request number alone (WeChat's refund query by ``out_refund_no``), or None."""
+        sql = "SELECT refunds.* FROM refunds JOIN trades USING (trade) WHERE refunds.request_no = ?"
+        args: tuple = (request_no,)
+        if face is not None:
+            sql, args = sql + " AND trades.face = ?", (request_no, face)
+        r = self.store.one(sql + " ORDER BY refunds.created_t LIMIT 1", args)
+        return None if r is None else self._refund_view(r)
 
     def refunds_of(self, trade_id: str) -> list[dict[str, Any]]:
         return [self._refund_view(r) for r in
@@ -679,10 +720,11 @@ class ProviderCore(base.ServiceBase):
         sent_at = self.clock.now()
         lost = c.chance("gateway.notify_loss", gw.notify_loss)
         acked = False
+        row = self.store.one("SELECT * FROM trades WHERE trade = ?", (n["trade"],))
+        face = self.faces[row["face"]]
         if not lost:
             await self.clock.sleep(c.sample("gateway.notify_latency"))
             row = self.store.one("SELECT * FROM trades WHERE trade = ?", (n["trade"],))
-            face = self.faces[row["face"]]
             note = Note(n["notify_id"], n["kind"] or "trade.succeeded", attempt, n["ref"], self.view(row), row, n["url"])
             body, headers = face.notification(note)
             timeout = self.wall_timeout(gw.notify_ack_timeout)
@@ -690,9 +732,7 @@ class ProviderCore(base.ServiceBase):
                 self._spawn(self._post(n["url"], body, headers, timeout, face.acknowledged))
             acked = await self._post(n["url"], body, headers, timeout, face.acknowledged)
         now = self.clock.now()
-        trade_face = self.faces.get(self._face_of(n["trade"]))
-        gaps = trade_face.notify_gaps(gw.notify_schedule.gaps) if trade_face is not None else gw.notify_schedule.gaps
-        gap = policies.notify_delay(gaps, attempt)
+        gap = policies.notify_delay(face.notify_gaps(gw.notify_schedule), attempt)
         with self.store.tx() as conn:
             self.store.done(job)
             ev = {"trade": n["trade"], "notify_id": job.key, "attempt": attempt}

@@ -29,6 +29,7 @@ FACES: dict[str, str] = {
     "native": "loadtests.service.psp.faces.native:NativeFace",
     "alipay": "loadtests.service.psp.faces.alipay:AlipayFace",
     "stripe": "loadtests.service.psp.faces.stripe:StripeFace",
+    "wechat": "loadtests.service.psp.faces.wechat:WechatFace",
 }
 
 
@@ -55,9 +56,10 @@ class Face:
     def acknowledged(self, status: int, body: bytes) -> bool:
         return 200 <= status < 300
 
-    def notify_gaps(self, scenario_gaps: tuple[float, ...]) -> tuple[float, ...]:
-        """The retry gaps of this face's notifications (default: the scenario's ``notify_schedule``)."""
-        return scenario_gaps
+    def notify_gaps(self, schedule: Any) -> tuple[float, ...]:
+        """The gaps between attempts of this face's notifications, given the scenario's
+        ``gateway.notify_schedule`` (a ``Schedule``); by default the scenario's."""
+        return schedule.gaps
 
     def notify_urls(self, row: Any, kind: str) -> list[Any]:
         return [row["notify_url"]] if row["notify_url"] and kind == "trade.succeeded" else []

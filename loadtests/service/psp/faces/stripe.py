@@ -215,7 +215,7 @@ class StripeFace(Face):
             "webhooks": f"stripe.WebhookEndpoint.create(url=..., enabled_events=['*']) against {base_url} -> whsec_ secret",
         }
 
-    def notify_gaps(self, scenario_gaps: tuple[float, ...]) -> tuple[float, ...]:
+    def notify_gaps(self, schedule: Any) -> tuple[float, ...]:
         return NOTIFY_SCHEDULES["stripe"]  # Stripe retries for up to three days, whatever the scenario's default
 
     # -- time -----------------------------------------------------------------------------------------
