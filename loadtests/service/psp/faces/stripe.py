@@ -487,20 +487,23 @@ class StripeFace(Face):
                 f'<select name="payment_method">{cards}</select><button>Pay</button></form>')
 
         @r.post("/stripe/checkout/{cs}", summary="the buyer pays a Checkout Session, as a load generator does: "
-                "form payment_method (default pm_card_visa); answers the payment's state as JSON")
+                "form payment_method (default pm_card_visa); answers the payment's state as JSON (a session "
+                "no longer open, or a payment in flight: 409 with the harness's code and trade_state)")
         async def checkout_pay_json(cs: str, request: Request) -> Response:
             try:
                 params = parse_form(await request.body())
                 session = self._session(cs)
-                if session["status"] != "open":
-                    raise _invalid(f"This Checkout Session is {session['status']}.", "session",
-                                   "checkout_session_" + session["status"])
                 pi = session["payment_intent"]
+                if session["status"] != "open":
+                    return self._not_payable(session["status"], pi)
                 self.core.open_trade(pi)
                 try:
                     await self._confirm(pi, _str(params, "payment_method") or "pm_card_visa")
                 except StripeError as exc:
                     if exc.status != 402:
+                        status = self._session(cs)["status"]
+                        if status != "open" or self._intent(pi)["status"] == "processing":
+                            return self._not_payable(status, pi)
                         raise
                 state = self.core.trade_row(pi)["state"]
                 return json_response({"state": state, "trade": pi, "session": cs,
@@ -544,6 +547,16 @@ class StripeFace(Face):
                 return json_response(exc.body, exc.status)
 
         return r
+
+    def _not_payable(self, status: str, pi: str) -> Response:
+        """The buyer's JSON pay answer for a session that cannot be paid now: Stripe's error, plus the
+        code and trade state a load generator reads (as the native API's pay refusals)."""
+        state = self.core.trade_row(pi, merchant_view=False)["state"]
+        code = {"complete": "ACQ.TRADE_HAS_SUCCESS", "expired": "ACQ.TRADE_HAS_CLOSE"}.get(status, "TRADE_IN_PROGRESS")
+        body = _invalid(f"This Checkout Session is {status}." if status != "open" else
+                        "A payment for this Checkout Session is being processed.", "session",
+                        "checkout_session_" + status if status != "open" else "payment_intent_unexpected_state").body
+        return json_response({**body, "code": code, "trade_state": state}, 409)
 
     def _authenticate(self, request: Request, allow_publishable: bool) -> str:
         sk, pk = self._keys()

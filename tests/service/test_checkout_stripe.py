@@ -1,0 +1,111 @@
+"""The reference checkout paying through the Stripe face (``--psp stripe``): Checkout Sessions made by its
+httpx client (``loadtests/service/psp_clients/stripe.py``), Stripe-signed webhooks, refunds through
+``/v1/refunds``, and the close policies mapped onto Stripe's (a short real ``load`` run each).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sim.cli import main
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "live_mall.toml"
+
+
+def _wait(predicate: Any, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def _state(svc: Any, order: str) -> str:
+    return httpx.get(f"{svc.checkout_url}/orders/{order}", timeout=10).json()["state"]
+
+
+@pytest.fixture
+def stripe_checkout(start: Any) -> Any:
+    return start({"gateway.refund_latency": "60s"}, checkout_psp="stripe")
+
+
+def test_happy_path_session_webhook_then_pending_refund(stripe_checkout: Any) -> None:
+    """Start payment makes a Checkout Session (its url is the pay_url); the buyer pays there; the signed
+    checkout.session.completed webhook marks the order paid; cancel refunds through /v1/refunds, and the
+    order is refunded only once the pending refund has succeeded."""
+    svc = stripe_checkout
+    c = svc.checkout_url
+    assert httpx.post(f"{c}/orders", json={"order": "os1", "user": "u1", "amount": 2500}, timeout=10).status_code == 201
+    started = httpx.post(f"{c}/orders/os1/pay", json={"trade": "os1-t0"}, timeout=10).json()
+    assert started["trade"] == "os1-t0" and "/stripe/checkout/cs_test_" in started["pay_url"]
+    again = httpx.post(f"{c}/orders/os1/pay", json={"trade": "os1-t0"}, timeout=10).json()
+    assert again["pay_url"] == started["pay_url"]  # the same trade number: the same session (Idempotency-Key)
+    paid = httpx.post(started["pay_url"], timeout=20).json()
+    assert paid["state"] == "succeeded"
+    _wait(lambda: _state(svc, "os1") == "paid")
+    history = svc.history()
+    received = [e for e in history if e["type"] == "notify.received" and e["order"] == "os1"]
+    assert received and received[0]["notify_id"].startswith("evt_") and received[0]["acked"]
+    assert [e["trade"] for e in history if e["type"] == "order.paid" and e["order"] == "os1"] == ["os1-t0"]
+
+    assert httpx.post(f"{c}/orders/os1/cancel", timeout=10).json()["state"] == "refund_pending"
+    time.sleep(0.3)
+    assert _state(svc, "os1") == "refund_pending"  # the refund is pending at Stripe (60 s = 1 s wall)
+    _wait(lambda: _state(svc, "os1") == "refunded", timeout=30)
+    history = svc.history()
+    pi = paid["trade"]
+    assert [e["amount"] for e in history if e["type"] == "trade.refunded" and e.get("trade") == pi] == [2500]
+    assert svc.admin("provider", "GET", "/admin/ledger").json()["balanced"]
+
+
+def test_a_webhook_with_a_bad_signature_moves_nothing(stripe_checkout: Any) -> None:
+    """A forged checkout.session.completed (wrong secret, or none) gets a 400; the order stays unpaid."""
+    svc = stripe_checkout
+    c = svc.checkout_url
+    httpx.post(f"{c}/orders", json={"order": "os2", "user": "u2", "amount": 800}, timeout=10)
+    started = httpx.post(f"{c}/orders/os2/pay", json={"trade": "os2-t0"}, timeout=10).json()
+    cs = started["pay_url"].rsplit("/", 1)[1]
+    body = json.dumps({"id": "evt_forged", "type": "checkout.session.completed", "data": {"object": {
+        "id": cs, "client_reference_id": "os2", "amount_total": 800, "payment_status": "paid",
+        "metadata": {"trade": "os2-t0"}}}}).encode()
+    t = int(time.time())
+    forged = hmac.new(b"whsec_not_the_secret", f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    for headers in ({"Stripe-Signature": f"t={t},v1={forged}"}, {}):
+        r = httpx.post(f"{c}/stripe/webhook", content=body, headers={**headers, "Content-Type": "application/json"},
+                       timeout=10)
+        assert r.status_code == 400, r.text
+        assert "Stripe-Signature" in r.json()["error"]
+    assert _state(svc, "os2") == "awaiting_payment"
+
+
+def _load(tmp_path: Path, name: str, *extra: str) -> dict:
+    out = tmp_path / name
+    main(["load", str(FIXTURE), "--psp", "stripe", "--out", str(out), "-q", *extra])
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_mall_pattern_live_on_stripe_naive_vs_expire_first(tmp_path: Path) -> None:
+    """A short real `load --psp stripe` of the compressed mall scenario: the reference checkout pays
+    through Checkout Sessions. Naive close (the session is left open) loses money: paid_but_closed;
+    expiring the session first (close_trade_then_order) finds none."""
+    naive = _load(tmp_path, "naive")
+    assert naive["live"]["harness_errors"] == 0
+    assert naive["anomalies"]["paid_but_closed"]["count"] >= 1, naive["anomalies"]["paid_but_closed"]
+    events = [json.loads(line) for line in (tmp_path / "naive" / "history.jsonl").read_text().splitlines()]
+    assert any(e["type"] == "trade.succeeded" and e.get("trade", "").startswith("pi_") for e in events)
+    safe = _load(tmp_path, "safe", "--set", "order_service.close_policy=close_trade_then_order")
+    assert safe["live"]["harness_errors"] == 0
+    assert safe["anomalies"]["paid_but_closed"]["count"] == 0, safe["examples"].get("paid_but_closed")
+    events = [json.loads(line) for line in (tmp_path / "safe" / "history.jsonl").read_text().splitlines()]
+    assert sum(e["type"] == "order.paid" for e in events) >= 1  # buyers still paid
