@@ -48,6 +48,7 @@ def test_happy_path_session_webhook_then_pending_refund(stripe_checkout: Any) ->
     assert httpx.post(f"{c}/orders", json={"order": "os1", "user": "u1", "amount": 2500}, timeout=10).status_code == 201
     started = httpx.post(f"{c}/orders/os1/pay", json={"trade": "os1-t0"}, timeout=10).json()
     assert started["trade"] == "os1-t0" and "/stripe/checkout/cs_test_" in started["pay_url"]
+    time.sleep(1.1)  # another second: a retry must still send the very same parameters
     again = httpx.post(f"{c}/orders/os1/pay", json={"trade": "os1-t0"}, timeout=10).json()
     assert again["pay_url"] == started["pay_url"]  # the same trade number: the same session (Idempotency-Key)
     paid = httpx.post(started["pay_url"], timeout=20).json()

@@ -146,13 +146,17 @@ class StripeClient:
         await self._ensure_endpoint()
         clock = self.svc.clock
         ttl = min(self.svc.conditions.current().gateway.trade_ttl, MAX_SESSION)
+        # from when the checkout first noted this trade number: a retry sends the very same parameters,
+        # as the Idempotency-Key requires
+        noted = self.svc.store.one("SELECT created_t FROM order_trades WHERE ord = ? AND trade = ?", (order, trade))
+        since = noted["created_t"] if noted is not None else clock.now()
         form = {"mode": "payment", "client_reference_id": order,
                 "line_items[0][quantity]": "1",
                 "line_items[0][price_data][currency]": CURRENCY,
                 "line_items[0][price_data][unit_amount]": str(amount),
                 "line_items[0][price_data][product_data][name]": f"order {order}",
                 "metadata[order_id]": order, "metadata[user]": user, "metadata[trade]": trade,
-                "expires_at": str(int(clock.start_epoch + (clock.now() + ttl) / clock.scale))}
+                "expires_at": str(int(clock.start_epoch + (since + ttl) / clock.scale))}
         resp = await self._stripe("POST", "/v1/checkout/sessions", form, idempotency_key=f"checkout-{trade}")
         if resp.status_code == 400 and _type(resp) == "idempotency_error":
             return Reply(409, {"error": f"trade {trade!r} exists at Stripe with other parameters", "field": "trade",
