@@ -89,6 +89,51 @@ def test_a_webhook_with_a_bad_signature_moves_nothing(stripe_checkout: Any) -> N
     assert _state(svc, "os2") == "awaiting_payment"
 
 
+def test_a_failed_refund_is_made_again_until_it_succeeds(start: Any) -> None:
+    """gateway.refund_failure: Stripe's refund fails when it lands; the checkout's next attempt (on its
+    refund schedule) makes a new refund, which succeeds once the fault is gone; the order ends refunded
+    and the buyer got the money back once."""
+    svc = start({"gateway.refund_latency": "20s", "gateway.refund_failure": 1.0,
+                 "order_service.refund_retry_schedule": ["30s"] * 20}, checkout_psp="stripe")
+    c = svc.checkout_url
+    httpx.post(f"{c}/orders", json={"order": "os3", "user": "u3", "amount": 1500}, timeout=10)
+    started = httpx.post(f"{c}/orders/os3/pay", json={"trade": "os3-t0"}, timeout=10).json()
+    pi = httpx.post(started["pay_url"], timeout=20).json()["trade"]
+    _wait(lambda: _state(svc, "os3") == "paid")
+    httpx.post(f"{c}/orders/os3/cancel", timeout=10)
+    _wait(lambda: any(e["type"] == "trade.refund_failed" and e.get("trade") == pi for e in svc.history()))
+    assert _state(svc, "os3") == "refund_pending"
+    svc.set_faults({"gateway.refund_failure": 0.0}, which=("provider",))
+    _wait(lambda: _state(svc, "os3") == "refunded", timeout=30)
+    history = svc.history()
+    assert [e["amount"] for e in history if e["type"] == "trade.refunded" and e.get("trade") == pi] == [1500]
+    assert svc.admin("provider", "GET", "/admin/ledger").json()["balanced"]
+
+
+@pytest.mark.parametrize("policy, paid_but_closed", [("naive", True), ("query_then_close", False),
+                                                     ("close_trade_then_order", False)])
+def test_close_policies_on_stripe(start: Any, policy: str, paid_but_closed: bool) -> None:
+    """The order's TTL passes before the buyer pays its Checkout Session. Naive: the session is left
+    open, the late payment succeeds and the order stays closed (late payments ignored): paid but closed.
+    Retrieve-then-expire and expire-first: the session is expired, the late payment is refused."""
+    svc = start({"order_service.order_ttl": "60s", "order_service.close_policy": policy,
+                 "order_service.late_payment": "ignore"}, checkout_psp="stripe")
+    c = svc.checkout_url
+    httpx.post(f"{c}/orders", json={"order": "os4", "user": "u4", "amount": 990}, timeout=10)
+    started = httpx.post(f"{c}/orders/os4/pay", json={"trade": "os4-t0"}, timeout=10).json()
+    _wait(lambda: _state(svc, "os4") == "closed", timeout=20)
+    time.sleep(0.3)  # the session is expired just after (query_then_close) or before (expire-first) the close
+    late = httpx.post(started["pay_url"], timeout=20)
+    if paid_but_closed:
+        assert late.status_code == 200 and late.json()["state"] == "succeeded", late.text
+        _wait(lambda: any(e["type"] == "notify.received" and e["order"] == "os4" for e in svc.history()))
+    else:
+        assert late.status_code == 409 and late.json()["code"] == "ACQ.TRADE_HAS_CLOSE", late.text
+    assert _state(svc, "os4") == "closed"
+    charged = [e for e in svc.history() if e["type"] == "trade.succeeded" and e["order"] == "os4"]
+    assert bool(charged) is paid_but_closed
+
+
 def _load(tmp_path: Path, name: str, *extra: str) -> dict:
     out = tmp_path / name
     main(["load", str(FIXTURE), "--psp", "stripe", "--out", str(out), "-q", *extra])
