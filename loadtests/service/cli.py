@@ -109,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"data       {services.data_dir}")
         for face in faces:
             _print_merchant_config(face, services, options.get(face))
+        if "stripe" in faces:
+            print(f"\nthe reference checkout pays through the Stripe face (Checkout Sessions; its webhook: "
+                  f"{services.checkout_url}/stripe/webhook)")
         print(f"time scale {services.time_scale:g} scenario seconds per wall second; Ctrl-C stops both", flush=True)
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops both services as Ctrl-C does
         try:
