@@ -285,7 +285,6 @@ def start_services(
     then serves too; ``loadtests.service.psp_clients``).
     """
     from loadtests.service.psp.faces import FACES
-
     from loadtests.service.psp_clients import CLIENTS
 
     if checkout_psp not in CLIENTS:

@@ -89,6 +89,26 @@ def test_a_webhook_with_a_bad_signature_moves_nothing(stripe_checkout: Any) -> N
     assert _state(svc, "os2") == "awaiting_payment"
 
 
+def test_a_restarted_checkout_keeps_its_sessions_and_webhook_secret(stripe_checkout: Any) -> None:
+    """The trade -> session mapping and the endpoint's whsec_ live in the checkout's database: after a
+    crash (kill -9) and restart, a session made before is still paid by its webhook, and closing works."""
+    svc = stripe_checkout
+    c = svc.checkout_url
+    for order in ("os5", "os6"):
+        httpx.post(f"{c}/orders", json={"order": order, "user": "u5", "amount": 700}, timeout=10)
+    first = httpx.post(f"{c}/orders/os5/pay", json={"trade": "os5-t0"}, timeout=10).json()
+    httpx.post(f"{c}/orders/os6/pay", json={"trade": "os6-t0"}, timeout=10)
+    svc.kill("checkout")
+    svc.restart("checkout")
+    svc.set_faults({"order_service.close_policy": "close_trade_then_order"}, which=("checkout",))
+    assert httpx.post(first["pay_url"], timeout=20).json()["state"] == "succeeded"
+    _wait(lambda: _state(svc, "os5") == "paid")
+    assert httpx.post(f"{c}/orders/os6/cancel", timeout=10).json()["state"] == "closed"
+    assert any(e["type"] == "trade.closed" and e["order"] == "os6" for e in svc.history())  # session expired
+    endpoints = [e for e in svc.history() if e["type"] == "notify.received" and e["order"] == "os5"]
+    assert endpoints and endpoints[0]["acked"]
+
+
 def test_a_failed_refund_is_made_again_until_it_succeeds(start: Any) -> None:
     """gateway.refund_failure: Stripe's refund fails when it lands; the checkout's next attempt (on its
     refund schedule) makes a new refund, which succeeds once the fault is gone; the order ends refunded
