@@ -17,6 +17,8 @@ import pytest
 
 from sim.cli import main
 
+from .conftest import launch
+
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "live_mall.toml"
 
 
@@ -34,9 +36,20 @@ def _state(svc: Any, order: str) -> str:
     return httpx.get(f"{svc.checkout_url}/orders/{order}", timeout=10).json()["state"]
 
 
+@pytest.fixture(scope="module")
+def shared_stripe(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    services = launch(tmp_path_factory.mktemp("stripe-checkout"), checkout_psp="stripe")
+    yield services
+    services.stop()
+
+
 @pytest.fixture
-def stripe_checkout(start: Any) -> Any:
-    return start({"gateway.refund_latency": "60s"}, checkout_psp="stripe")
+def stripe_checkout(shared_stripe: Any) -> Any:
+    """The module's services (the checkout on Stripe), faults reset, a refund latency of 60 s (1 s wall)."""
+    if not (shared_stripe.alive("provider") and shared_stripe.alive("checkout")):
+        pytest.fail("the shared services died; see their logs in " + str(shared_stripe.data_dir))
+    shared_stripe.set_faults({"gateway.refund_latency": "60s"})
+    return shared_stripe
 
 
 def test_happy_path_session_webhook_then_pending_refund(stripe_checkout: Any) -> None:
@@ -89,10 +102,10 @@ def test_a_webhook_with_a_bad_signature_moves_nothing(stripe_checkout: Any) -> N
     assert _state(svc, "os2") == "awaiting_payment"
 
 
-def test_a_restarted_checkout_keeps_its_sessions_and_webhook_secret(stripe_checkout: Any) -> None:
+def test_a_restarted_checkout_keeps_its_sessions_and_webhook_secret(start: Any) -> None:
     """The trade -> session mapping and the endpoint's whsec_ live in the checkout's database: after a
     crash (kill -9) and restart, a session made before is still paid by its webhook, and closing works."""
-    svc = stripe_checkout
+    svc = start(checkout_psp="stripe")
     c = svc.checkout_url
     for order in ("os5", "os6"):
         httpx.post(f"{c}/orders", json={"order": order, "user": "u5", "amount": 700}, timeout=10)
@@ -109,12 +122,13 @@ def test_a_restarted_checkout_keeps_its_sessions_and_webhook_secret(stripe_check
     assert endpoints and endpoints[0]["acked"]
 
 
-def test_a_failed_refund_is_made_again_until_it_succeeds(start: Any) -> None:
+def test_a_failed_refund_is_made_again_until_it_succeeds(stripe_checkout: Any) -> None:
     """gateway.refund_failure: Stripe's refund fails when it lands; the checkout's next attempt (on its
     refund schedule) makes a new refund, which succeeds once the fault is gone; the order ends refunded
     and the buyer got the money back once."""
-    svc = start({"gateway.refund_latency": "20s", "gateway.refund_failure": 1.0,
-                 "order_service.refund_retry_schedule": ["30s"] * 20}, checkout_psp="stripe")
+    svc = stripe_checkout
+    svc.set_faults({"gateway.refund_latency": "20s", "gateway.refund_failure": 1.0,
+                    "order_service.refund_retry_schedule": ["30s"] * 20})
     c = svc.checkout_url
     httpx.post(f"{c}/orders", json={"order": "os3", "user": "u3", "amount": 1500}, timeout=10)
     started = httpx.post(f"{c}/orders/os3/pay", json={"trade": "os3-t0"}, timeout=10).json()
@@ -132,25 +146,27 @@ def test_a_failed_refund_is_made_again_until_it_succeeds(start: Any) -> None:
 
 @pytest.mark.parametrize("policy, paid_but_closed", [("naive", True), ("query_then_close", False),
                                                      ("close_trade_then_order", False)])
-def test_close_policies_on_stripe(start: Any, policy: str, paid_but_closed: bool) -> None:
+def test_close_policies_on_stripe(stripe_checkout: Any, policy: str, paid_but_closed: bool) -> None:
     """The order's TTL passes before the buyer pays its Checkout Session. Naive: the session is left
     open, the late payment succeeds and the order stays closed (late payments ignored): paid but closed.
     Retrieve-then-expire and expire-first: the session is expired, the late payment is refused."""
-    svc = start({"order_service.order_ttl": "60s", "order_service.close_policy": policy,
-                 "order_service.late_payment": "ignore"}, checkout_psp="stripe")
+    svc = stripe_checkout
+    svc.set_faults({"order_service.order_ttl": "60s", "order_service.close_policy": policy,
+                    "order_service.late_payment": "ignore"})
     c = svc.checkout_url
-    httpx.post(f"{c}/orders", json={"order": "os4", "user": "u4", "amount": 990}, timeout=10)
-    started = httpx.post(f"{c}/orders/os4/pay", json={"trade": "os4-t0"}, timeout=10).json()
-    _wait(lambda: _state(svc, "os4") == "closed", timeout=20)
+    order = f"os4-{policy}"
+    httpx.post(f"{c}/orders", json={"order": order, "user": "u4", "amount": 990}, timeout=10)
+    started = httpx.post(f"{c}/orders/{order}/pay", json={"trade": f"{order}-t0"}, timeout=10).json()
+    _wait(lambda: _state(svc, order) == "closed", timeout=20)
     time.sleep(0.3)  # the session is expired just after (query_then_close) or before (expire-first) the close
     late = httpx.post(started["pay_url"], timeout=20)
     if paid_but_closed:
         assert late.status_code == 200 and late.json()["state"] == "succeeded", late.text
-        _wait(lambda: any(e["type"] == "notify.received" and e["order"] == "os4" for e in svc.history()))
+        _wait(lambda: any(e["type"] == "notify.received" and e["order"] == order for e in svc.history()))
     else:
         assert late.status_code == 409 and late.json()["code"] == "ACQ.TRADE_HAS_CLOSE", late.text
-    assert _state(svc, "os4") == "closed"
-    charged = [e for e in svc.history() if e["type"] == "trade.succeeded" and e["order"] == "os4"]
+    assert _state(svc, order) == "closed"
+    charged = [e for e in svc.history() if e["type"] == "trade.succeeded" and e["order"] == order]
     assert bool(charged) is paid_but_closed
 
 
