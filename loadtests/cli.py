@@ -116,7 +116,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--psp", default="native", metavar="NAME",
                    help="the PSP protocol the target pays through: native (default) or stripe; the mock provider "
                         "speaks it, its keys are in OUT/services/psp/NAME/, and the buyers pay at the pay_url the "
-                        "adapter names (docs/psp/)")
+                        "adapter names (docs/psp/); without --target the reference checkout pays through it")
     p.add_argument("--json", action="store_true", help="print the results JSON instead of the tables")
 
 

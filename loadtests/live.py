@@ -135,7 +135,8 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
              f"(time scale {window.time_scale:g}) ...")
     services = start_services(scenario.model_copy(update={"faults": ()}), data_dir, window.time_scale,
                               host=opts.provider_host, allow_remote=opts.allow_remote,
-                              notify_secret=opts.notify_secret, ports=(opts.provider_port, 0), faces=opts.psp)
+                              notify_secret=opts.notify_secret, ports=(opts.provider_port, 0), faces=opts.psp,
+                              checkout_psp="stripe" if "stripe" in opts.psp and not opts.target else "native")
     procs: list[subprocess.Popen] = []
     faults: FaultSchedule | None = None
     interrupted_at: float | None = None  # scenario time of a Ctrl-C during the load or the drain

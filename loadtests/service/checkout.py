@@ -43,6 +43,7 @@ from sim.domain.states import OrderState, TradeState
 
 from loadtests.service import base, signing
 from loadtests.service.http11 import HttpClient
+from loadtests.service.psp_clients import CLIENTS, make_client
 from loadtests.service.runtime import Limiter
 from loadtests.service.store import Job
 from loadtests.service.web import (ID_PATTERN, MAX_AMOUNT, ApiError, InFlightLimit, admin_router,
@@ -137,8 +138,9 @@ class Checkout(base.ServiceBase):
     name = "checkout"
     schema = SCHEMA
 
-    def __init__(self, config: base.ServiceConfig) -> None:
+    def __init__(self, config: base.ServiceConfig, psp: str = "native") -> None:
         super().__init__(config)
+        self.psp = make_client(psp, self)  # None: the native API (another PSP's protocol: psp_clients)
         self.secret = config.notify_secret.encode()
         self.provider_url = config.provider_url.rstrip("/")
         self.notify_url = config.public_url.rstrip("/") + "/notify"
@@ -179,9 +181,18 @@ class Checkout(base.ServiceBase):
         await self.http.aclose()
         if self.client is not None:
             await self.client.aclose()
+        if self.psp is not None:
+            await self.psp.aclose()
 
     async def _call(self, method: str, path: str, body: dict | None = None) -> Any:
-        """One call to the provider; ``ProviderUnavailable`` on a transport error, a timeout or a 5xx.
+        """A native request to the provider, through the PSP client when the checkout pays by another
+        protocol (it answers as the native API would)."""
+        if self.psp is not None:
+            return await self.psp.call(method, path, body)
+        return await self.native_call(method, path, body)
+
+    async def native_call(self, method: str, path: str, body: dict | None = None) -> Any:
+        """One call to the provider's native API; ``ProviderUnavailable`` on a transport error, a timeout or a 5xx.
 
         Plain ``http://`` providers (the mock) go through the lean keep-alive client; ``https://`` ones
         through httpx. Both answers have ``status_code``, ``json()`` and ``text``.
@@ -355,7 +366,7 @@ class Checkout(base.ServiceBase):
                     return json_response({"order": order_id, "agreement": trade, "state": detail.get("state"),
                                           "order_state": self._order_row(order_id)["state"]})
                 return json_response({"order": order_id, "trade": trade, "trade_state": detail["state"],
-                                      "pay_url": f"{self.provider_url}/trades/{trade}/pay"})
+                                      "pay_url": detail.get("pay_url") or f"{self.provider_url}/trades/{trade}/pay"})
             self._forget_trade(order_id, trade)  # refused (or held for another order): never this order's
             if resp.status_code == 409 and chosen is None:
                 # Someone holds this number at the provider (another order named it, or it was created
@@ -431,6 +442,10 @@ class Checkout(base.ServiceBase):
         problem = signing.verify(self.secret, raw, request.headers.get(signing.HEADER))
         if problem:
             raise ApiError(401, problem, signing.HEADER)
+        return await self.on_notification(raw)
+
+    async def on_notification(self, raw: bytes) -> Response:
+        """A verified notification (the native JSON body; a PSP client's webhook route makes one)."""
         try:
             msg = json.loads(raw)
         except ValueError:
@@ -780,8 +795,8 @@ def _combine(decisions: list[tuple[str | None, Step]]) -> tuple[Step, str | None
     return step, trade
 
 
-def create_app(config: base.ServiceConfig) -> FastAPI:
-    svc = Checkout(config)
+def create_app(config: base.ServiceConfig, psp: str = "native") -> FastAPI:
+    svc = Checkout(config, psp)
     app = FastAPI(title="checkout-chaos reference checkout", version="1", lifespan=svc.lifespan,
                   description="Order service and merchant; closes orders with the simulation's policies. "
                               "Amounts are integer fen. Errors: {error, field, code?}.")
@@ -822,6 +837,8 @@ def create_app(config: base.ServiceConfig) -> FastAPI:
     async def notify(request: Request) -> Response:
         return await svc.notify(request)
 
+    if svc.psp is not None:
+        app.include_router(svc.psp.router())
     app.include_router(admin_router(svc))
 
     @app.get("/admin/stats", tags=["admin"], dependencies=[Depends(require_admin(config.admin_token))],
@@ -852,10 +869,12 @@ def main(argv: list[str] | None = None) -> None:
     where.add_argument("--provider-url", help="the payment provider's base URL")
     where.add_argument("--provider-port-file", help="wait for the mock provider's port in this file (loopback)")
     parser.add_argument("--public-url", help="this service's base URL as the provider reaches it (notify_url)")
+    parser.add_argument("--psp", choices=CLIENTS, default="native",
+                        help="the protocol the checkout pays through (default: the provider's native API)")
     args = parser.parse_args(argv)
     config = base.config_from_args(args)
     config.provider_url = args.provider_url or _provider_from_port_file(args.provider_port_file, args.host)
-    app = create_app(config)
+    app = create_app(config, args.psp)
 
     def bound(port: int) -> None:  # the notify_url needs the real port when it was picked at bind time
         app.state.service.notify_url = (args.public_url or base.url_for(args.host, port)).rstrip("/") + "/notify"

@@ -18,6 +18,7 @@ examples:
   checkout-chaos serve --set order_service.close_policy=query_then_close --provider-port 8801 --checkout-port 8802
   checkout-chaos serve --psp alipay --data staging-psp/ --provider-port 8801      # a drop-in Alipay gateway
   checkout-chaos serve --psp alipay --merchant-public-key app_public_key.pem     # your own app key pair
+  checkout-chaos serve --psp stripe      # a Stripe gateway; the reference checkout pays through it too
 
 --psp prints what a merchant puts into its configuration (gateway URL, ids, key files, the SDK's
 override line); the keys stay in the data directory (docs/psp.md).
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     services = start_services(args.scenario, args.data, args.time_scale, args.overrides, token,
                               (args.provider_port, args.checkout_port), host=args.host,
                               allow_remote=args.allow_remote, notify_secret=secret,
-                              synchronous=args.synchronous, faces=faces, face_options=options or None)
+                              synchronous=args.synchronous, faces=faces, face_options=options or None,
+                              checkout_psp="stripe" if "stripe" in faces else "native")
     with services:
         print(f"provider   {services.provider_url}   (OpenAPI: {services.provider_url}/docs)")
         print(f"checkout   {services.checkout_url}   (OpenAPI: {services.checkout_url}/docs)")
@@ -107,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"data       {services.data_dir}")
         for face in faces:
             _print_merchant_config(face, services, options.get(face))
+        if "stripe" in faces:
+            print(f"\nthe reference checkout pays through the Stripe face (Checkout Sessions; its webhook: "
+                  f"{services.checkout_url}/stripe/webhook)")
         print(f"time scale {services.time_scale:g} scenario seconds per wall second; Ctrl-C stops both", flush=True)
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops both services as Ctrl-C does
         try:

@@ -270,6 +270,7 @@ def start_services(
     ready_timeout: float = 30.0,
     faces: tuple[str, ...] | list[str] = ("native",),
     face_options: dict[str, dict[str, Any]] | None = None,
+    checkout_psp: str = "native",
 ) -> Services:
     """Start the mock provider and the reference checkout; return once both answer ``/healthz``.
 
@@ -279,10 +280,17 @@ def start_services(
     ``admin_token`` file (a restart keeps it), else a fresh random token; ``notify_secret`` likewise.
     ``ports`` = ``(provider, checkout)``; None or 0 picks free ports. ``faces``: the PSP protocols the
     provider serves beside ``native`` (``loadtests.service.psp.faces.FACES``); ``face_options`` per face
-    (e.g. ``{"alipay": {"merchant_public_key": "path.pem"}}``).
+    (e.g. ``{"alipay": {"merchant_public_key": "path.pem"}}``). ``checkout_psp``: the protocol the
+    reference checkout pays through (``native``, or ``stripe``: its Checkout Sessions, which the provider
+    then serves too; ``loadtests.service.psp_clients``).
     """
     from loadtests.service.psp.faces import FACES
+    from loadtests.service.psp_clients import CLIENTS
 
+    if checkout_psp not in CLIENTS:
+        raise ConfigError(f"--psp: the reference checkout pays through {', '.join(CLIENTS)}, not {checkout_psp!r}")
+    if checkout_psp != "native" and checkout_psp not in faces:
+        faces = (*faces, checkout_psp)
     unknown = [f for f in faces if f not in FACES]
     if unknown:
         raise ConfigError(f"--psp: unknown PSP face {unknown[0]!r} (expected one of {', '.join(FACES)})")
@@ -342,8 +350,10 @@ def start_services(
         provider_argv += ["--face-options", str(options_file)]
     provider = _Child("provider", provider_argv, pports[0], data / "provider.log")
     services = Services("", "", token, secret, data, epoch, scale, resolved, {"provider": provider}, env)
-    checkout = _Child("checkout", argv("checkout", pports[1]) + ["--provider-port-file", str(data / "provider.port")],
-                      pports[1], data / "checkout.log")
+    checkout_argv = argv("checkout", pports[1]) + ["--provider-port-file", str(data / "provider.port")]
+    if checkout_psp != "native":
+        checkout_argv += ["--psp", checkout_psp]
+    checkout = _Child("checkout", checkout_argv, pports[1], data / "checkout.log")
     services._children["checkout"] = checkout
     try:
         _launch(provider, env)  # both start at once; the checkout waits for the provider's port file

@@ -370,3 +370,53 @@ def test_mall_pattern_on_stripe(env: Any) -> None:
     history = env.services.history()
     assert not any(e["type"] == "trade.succeeded" and e["order"] == "o-mall-safe" for e in history)
     assert json.loads(json.dumps(env.client.v1.checkout.sessions.retrieve(safe.id).status)) == "expired"
+
+
+def _refund_events(events: list[Any], re_id: str) -> list[tuple[str, str]]:
+    return [(e["type"], e["data"]["object"]["status"]) for e in events
+            if e["data"]["object"].get("id") == re_id and e["type"].startswith("refund.")]
+
+
+def test_refund_pending_then_succeeded_with_webhooks(env: Any) -> None:
+    """With gateway.refund_latency the refund is created pending: refund.created and charge.refunded at
+    once, the money moves only when it lands, then refund.updated says succeeded; retrieve agrees."""
+    env.services.set_faults({"gateway.refund_latency": "60s"})  # 1 s wall at the tests' time scale
+    pi = env.client.v1.payment_intents.create(params={"amount": 900, "currency": "cny", "payment_method": "pm_card_visa",
+                                                   "confirm": True})
+    refund = env.client.v1.refunds.create(params={"payment_intent": pi.id, "amount": 400})
+    assert refund.status == "pending" and refund.failure_reason is None
+    history = env.services.history()
+    assert not any(e["type"] == "trade.refunded" and e.get("trade") == pi.id for e in history)  # not landed yet
+    with pytest.raises(stripe.InvalidRequestError):  # the pending 400 counts: only 500 are left to refund
+        env.client.v1.refunds.create(params={"payment_intent": pi.id, "amount": 501})
+    events = env.receiver.wait_for(env.secret, lambda ev: ("refund.updated", "succeeded") in _refund_events(ev, refund.id))
+    assert _refund_events(events, refund.id) == [("refund.created", "pending"), ("refund.updated", "succeeded")]
+    charge = [e for e in events if e["type"] == "charge.refunded" and e["data"]["object"]["payment_intent"] == pi.id]
+    assert charge and charge[0]["data"]["object"]["amount_refunded"] == 400
+    assert env.client.v1.refunds.retrieve(refund.id).status == "succeeded"
+    landed = [e for e in env.services.history() if e["type"] == "trade.refunded" and e.get("trade") == pi.id]
+    assert [e["amount"] for e in landed] == [400]
+    assert env.services.admin("provider", "GET", "/admin/ledger").json()["balanced"]
+
+
+def test_refund_pending_then_failed_gives_failure_reason(env: Any) -> None:
+    """gateway.refund_failure: the pending refund fails when it lands (failure_reason, refund.updated and
+    refund.failed webhooks), no money moves, and the amount can be refunded again."""
+    env.services.set_faults({"gateway.refund_latency": "30s", "gateway.refund_failure": 1.0})
+    pi = env.client.v1.payment_intents.create(params={"amount": 700, "currency": "cny", "payment_method": "pm_card_visa",
+                                                   "confirm": True})
+    refund = env.client.v1.refunds.create(params={"payment_intent": pi.id})
+    assert refund.status == "pending" and refund.amount == 700
+    events = env.receiver.wait_for(env.secret, lambda ev: ("refund.failed", "failed") in _refund_events(ev, refund.id))
+    assert _refund_events(events, refund.id) == [("refund.created", "pending"), ("refund.updated", "failed"),
+                                                 ("refund.failed", "failed")]
+    failed = env.client.v1.refunds.retrieve(refund.id)
+    assert failed.status == "failed" and failed.failure_reason == "declined"
+    history = env.services.history()
+    assert any(e["type"] == "trade.refund_failed" and e.get("trade") == pi.id for e in history)
+    assert not any(e["type"] == "trade.refunded" and e.get("trade") == pi.id for e in history)
+    env.services.set_faults({})
+    again = env.client.v1.refunds.create(params={"payment_intent": pi.id})  # the money is refundable again
+    assert again.status == "succeeded" and again.amount == 700
+    assert env.client.v1.payment_intents.retrieve(pi.id).status == "succeeded"
+    assert env.services.admin("provider", "GET", "/admin/ledger").json()["balanced"]

@@ -189,7 +189,7 @@ class ProviderCore(base.ServiceBase):
                 "trade_expire": self._trade_expire, "bnpl_deduct": self._bnpl_deduct,
                 "bnpl_sync": self._bnpl_sync, "bnpl_compensate": self._bnpl_compensate,
                 "bnpl_expire": self._bnpl_expire, "bnpl_repay": self._bnpl_repay,
-                "refund_settle": self._refund_settle}
+                "refund_settle": self._refund_settle, "refund_land": self._refund_land}
 
     def recover(self) -> None:
         self.migrate()
@@ -666,6 +666,91 @@ class ProviderCore(base.ServiceBase):
                 url = data.get("notify_url")
                 self.enqueue_notifications(row, "refund.succeeded", f"{trade_id}-r-{key}", now, ref=key,
                                            urls=[url] if url else None)
+
+    # -- refunds that land later (Stripe: pending -> succeeded | failed) ------------------------------
+
+    async def refund_pending(self, trade_id: str, amount: int | None, request_no: str) -> dict[str, Any]:
+        """A refund as Stripe has it: accepted ``pending`` now, and ``gateway.refund_latency`` later the
+        money is back with the buyer (``succeeded``: the ledger moves, ``trade.refunded``) or the attempt
+        failed (``gateway.refund_failure``, drawn when it lands: ``failed``, ``trade.refund_failed``, no
+        money moved) — as the simulation's gateway refunds. A zero latency lands at once, in this call.
+
+        ``amount`` (default: what is left, counting refunds still pending) in fen; ``request_no`` names the
+        refund (unique per trade). Notifications (kinds ``refund.created``, then ``refund.succeeded`` or
+        ``refund.failed``) go where the face's ``refund_notify_urls(row, kind, request_no)`` says, else
+        where ``notify_urls`` does. Returns the trade view with ``refund`` (its state included)."""
+        row = self._trade(trade_id)
+        if self.store.one("SELECT 1 FROM refunds WHERE trade = ? AND request_no = ?", (trade_id, request_no)):
+            raise CoreError(409, f"refund {request_no!r} of trade {trade_id!r} exists", "request_no",
+                            REFUND_PARAMS_CONFLICT)
+        await self.gateway_work()
+        row = self._trade(trade_id)
+        state = T(row["state"])
+        if state not in (T.SUCCEEDED, T.REFUNDED):
+            raise CoreError(409, f"trade is {state.value}: only a paid trade can be refunded", "trade",
+                            TRADE_NOT_PAID, trade_state=state.value)
+        pending = self.store.one("SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE trade = ? AND state = 'pending'",
+                                 (trade_id,))[0]
+        left = row["amount"] - row["refunded"] - pending
+        amount = left if amount is None else amount
+        if amount <= 0 or amount > left:
+            raise CoreError(409, f"refund of {amount} fen exceeds what is left to refund ({left} fen)", "amount",
+                            REFUND_AMOUNT_EXCEEDED, refundable=left)
+        now = self.clock.now()
+        latency = max(0.0, self.conditions.sample("gateway.refund_latency"))
+        with self.store.tx() as conn:
+            conn.execute("INSERT INTO refunds (trade, request_no, amount, state, created_t) VALUES (?, ?, ?, 'pending', ?)",
+                         (trade_id, request_no, amount, now))
+            self._refund_notify(row, "refund.created", request_no, now)
+            if latency > 0:
+                self.store.schedule("refund_land", f"{trade_id}\n{request_no}", now + latency,
+                                    data={"trade": trade_id, "request_no": request_no})
+            else:
+                self._land(trade_id, request_no, now)
+        refund = self.store.one("SELECT * FROM refunds WHERE trade = ? AND request_no = ?", (trade_id, request_no))
+        return {**self.view(self._trade(trade_id)), "refund": self._refund_view(refund), "replayed": False}
+
+    def _refund_notify(self, row: Any, kind: str, request_no: str, now: float) -> None:
+        face = self.faces.get(row["face"])
+        targets = getattr(face, "refund_notify_urls", None)
+        urls = targets(row, kind, request_no) if targets is not None else None
+        tag = {"refund.created": "rc", "refund.succeeded": "r", "refund.failed": "rf"}[kind]
+        self.enqueue_notifications(row, kind, f"{row['trade']}-{tag}-{request_no}", now, ref=request_no, urls=urls)
+
+    async def _refund_land(self, job: Job) -> None:
+        data = job.data or {}
+        with self.store.tx():
+            self.store.done(job)
+            self._land(data.get("trade"), data.get("request_no"), self.clock.now())
+
+    def _land(self, trade_id: str | None, request_no: str | None, now: float) -> None:
+        """In a tx: a pending refund lands — the money back with the buyer, or the attempt failed."""
+        ref = self.store.one("SELECT * FROM refunds WHERE trade = ? AND request_no = ?", (trade_id, request_no))
+        if ref is None or ref["state"] != "pending":
+            return
+        row = self._trade(trade_id, merchant_view=False)
+        conn = self.store.conn
+        if self.conditions.chance("gateway.refund_failure", self.conditions.current().gateway.refund_failure):
+            conn.execute("UPDATE refunds SET state = 'failed' WHERE trade = ? AND request_no = ?", (trade_id, request_no))
+            self.store.emit(now, "trade.refund_failed", "gateway", row["ord"], trade=trade_id, amount=ref["amount"])
+            self._refund_notify(row, "refund.failed", request_no, now)
+            return
+        amount = ref["amount"]
+        trade = self._entity(row)
+        ledger = SqlLedger(self.store, now, row["ord"], "gateway", trade=trade_id)
+        txn_id = f"{trade_id}-refund-{request_no}"
+        if amount == row["amount"]:
+            trade.refund(ledger, txn_id)
+        else:
+            ledger.post(transfer(txn_id, REFUND, "clearing", f"user:{row['usr']}", amount))
+            trade.refunded += amount
+            if trade.refunded == trade.amount:
+                trade.to(T.REFUNDED)
+        conn.execute("UPDATE trades SET state = ?, refunded = ? WHERE trade = ?", (trade.state.value, trade.refunded, trade_id))
+        conn.execute("UPDATE refunds SET state = 'succeeded' WHERE trade = ? AND request_no = ?", (trade_id, request_no))
+        self.store.emit(now, "trade.refunded", "gateway", row["ord"], trade=trade_id, amount=amount,
+                        refunded_total=trade.refunded)
+        self._refund_notify(row, "refund.succeeded", request_no, now)
 
     def find_refund(self, request_no: str, face: str | None = None) -> dict[str, Any] | None:
         """A refund by its request number alone (WeChat's refund query by ``out_refund_no``), or None."""

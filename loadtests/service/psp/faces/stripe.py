@@ -58,6 +58,7 @@ _TEST_CARDS = {
 }
 _DECLINE_MESSAGES = {"generic_decline": "Your card was declined.",
                      "insufficient_funds": "Your card has insufficient funds."}
+REFUND_FAILURE_REASON = "declined"  # a refund the buyer's bank did not take (gateway.refund_failure)
 _ID_RE = re.compile(ID_PATTERN)
 _CURRENCY_RE = re.compile(r"^[a-z]{3}$")
 
@@ -285,13 +286,19 @@ class StripeFace(Face):
         }
 
     def _refund(self, re_id: str) -> dict[str, Any]:
+        """A Refund: its status is the core's refund (``pending`` until it lands, then ``succeeded`` or
+        ``failed`` with a ``failure_reason``)."""
         r = self.core.store.one("SELECT * FROM stripe_refunds WHERE re = ?", (re_id,))
         if r is None:
             raise _invalid(f"No such refund: '{re_id}'", "id", "resource_missing", status=404)
         i = self.core.store.one("SELECT currency FROM stripe_intents WHERE pi = ?", (r["pi"],))
-        return {"id": r["re"], "object": "refund", "amount": r["amount"], "charge": "ch_" + r["pi"][3:],
-                "created": r["created"], "currency": i["currency"], "metadata": json.loads(r["metadata"]),
-                "payment_intent": r["pi"], "reason": r["reason"], "status": "succeeded"}
+        core = self.core.store.one("SELECT amount, state FROM refunds WHERE trade = ? AND request_no = ?",
+                                   (r["pi"], re_id))
+        status = core["state"] if core is not None else "pending"
+        return {"id": r["re"], "object": "refund", "amount": core["amount"] if core is not None else r["amount"],
+                "charge": "ch_" + r["pi"][3:], "created": r["created"], "currency": i["currency"],
+                "metadata": json.loads(r["metadata"]), "payment_intent": r["pi"], "reason": r["reason"],
+                "status": status, "failure_reason": REFUND_FAILURE_REASON if status == "failed" else None}
 
     # -- webhooks -----------------------------------------------------------------------------------
 
@@ -316,11 +323,29 @@ class StripeFace(Face):
         elif kind == "refund.succeeded":
             types = [("charge.refunded", "charge"), ("refund.updated", "refund")]
         state = {"trade.succeeded": "succeeded", "trade.failed": "failed", "trade.closed": "closed"}.get(kind)
+        return self._events(pi, s, types, state, None)
+
+    def refund_notify_urls(self, row: Any, kind: str, re_id: str) -> list[Any]:
+        """The core's hook for refunds that land later (``ProviderCore.refund_pending``): at creation
+        ``refund.created`` and ``charge.refunded`` (the charge's ``amount_refunded`` counts a pending
+        refund, as at Stripe); when it lands ``refund.updated`` (``succeeded``), or ``refund.updated``
+        and ``refund.failed`` (``failed``: the charge's ``amount_refunded`` goes back down)."""
+        pi = row["trade"]
+        s = self.core.store.one("SELECT * FROM stripe_intents WHERE pi = ?", (pi,))
+        if s is None:
+            return []
+        types = {"refund.created": [("refund.created", "refund"), ("charge.refunded", "charge")],
+                 "refund.succeeded": [("refund.updated", "refund")],
+                 "refund.failed": [("refund.updated", "refund"), ("refund.failed", "refund")]}.get(kind, [])
+        return self._events(pi, s, types, None, re_id)
+
+    def _events(self, pi: str, s: Any, types: list[tuple[str, str]], state: str | None,
+                re_id: str | None) -> list[Any]:
         endpoints = self.core.store.all("SELECT * FROM stripe_endpoints ORDER BY created, id")
         out: list[Any] = []
         now = self._unix(self.core.clock.now())
         for etype, obj_kind in types:
-            obj = self._event_object(obj_kind, pi, s, state)
+            obj = self._event_object(obj_kind, pi, s, state, re_id)
             evt = _new_id("evt")
             body = {"id": evt, "object": "event", "api_version": API_VERSION, "created": now, "type": etype,
                     "data": {"object": obj}, "livemode": False, "pending_webhooks": 0,
@@ -332,7 +357,8 @@ class StripeFace(Face):
             out += [(e["url"], f"{evt} {e['id']}") for e in targets]
         return out
 
-    def _event_object(self, obj_kind: str, pi: str, s: Any, state: str | None) -> dict[str, Any]:
+    def _event_object(self, obj_kind: str, pi: str, s: Any, state: str | None,
+                      re_id: str | None = None) -> dict[str, Any]:
         intent = self._intent(pi, state)
         if obj_kind == "pi":
             return intent
@@ -344,13 +370,17 @@ class StripeFace(Face):
                 session.update(status="expired", url=None)
             return session
         if obj_kind == "refund":
-            last = self.core.store.one("SELECT re FROM stripe_refunds WHERE pi = ? ORDER BY created DESC, rowid DESC",
-                                       (pi,))
-            return self._refund(last["re"]) if last else {}
+            if re_id is None:
+                last = self.core.store.one("SELECT re FROM stripe_refunds WHERE pi = ? ORDER BY created DESC, rowid DESC",
+                                           (pi,))
+                re_id = last["re"] if last else None
+            return self._refund(re_id) if re_id else {}
         t = self.core.trade_row(pi, merchant_view=False)
-        return {"id": "ch_" + pi[3:], "object": "charge", "amount": t["amount"], "amount_refunded": t["refunded"],
+        refunded = self.core.store.one("SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE trade = ? AND state != 'failed'",
+                                       (pi,))[0]
+        return {"id": "ch_" + pi[3:], "object": "charge", "amount": t["amount"], "amount_refunded": refunded,
                 "currency": s["currency"], "payment_intent": pi, "paid": intent["status"] == "succeeded",
-                "refunded": t["refunded"] == t["amount"], "status": "failed" if state == "failed" else "succeeded",
+                "refunded": refunded == t["amount"], "status": "failed" if state == "failed" else "succeeded",
                 "failure_code": (intent["last_payment_error"] or {}).get("code")}
 
     @staticmethod
@@ -457,20 +487,23 @@ class StripeFace(Face):
                 f'<select name="payment_method">{cards}</select><button>Pay</button></form>')
 
         @r.post("/stripe/checkout/{cs}", summary="the buyer pays a Checkout Session, as a load generator does: "
-                "form payment_method (default pm_card_visa); answers the payment's state as JSON")
+                "form payment_method (default pm_card_visa); answers the payment's state as JSON (a session "
+                "no longer open, or a payment in flight: 409 with the harness's code and trade_state)")
         async def checkout_pay_json(cs: str, request: Request) -> Response:
             try:
                 params = parse_form(await request.body())
                 session = self._session(cs)
-                if session["status"] != "open":
-                    raise _invalid(f"This Checkout Session is {session['status']}.", "session",
-                                   "checkout_session_" + session["status"])
                 pi = session["payment_intent"]
+                if session["status"] != "open":
+                    return self._not_payable(session["status"], pi)
                 self.core.open_trade(pi)
                 try:
                     await self._confirm(pi, _str(params, "payment_method") or "pm_card_visa")
                 except StripeError as exc:
                     if exc.status != 402:
+                        status = self._session(cs)["status"]
+                        if status != "open" or self._intent(pi)["status"] == "processing":
+                            return self._not_payable(status, pi)
                         raise
                 state = self.core.trade_row(pi)["state"]
                 return json_response({"state": state, "trade": pi, "session": cs,
@@ -515,6 +548,16 @@ class StripeFace(Face):
 
         return r
 
+    def _not_payable(self, status: str, pi: str) -> Response:
+        """The buyer's JSON pay answer for a session that cannot be paid now: Stripe's error, plus the
+        code and trade state a load generator reads (as the native API's pay refusals)."""
+        state = self.core.trade_row(pi, merchant_view=False)["state"]
+        code = {"complete": "ACQ.TRADE_HAS_SUCCESS", "expired": "ACQ.TRADE_HAS_CLOSE"}.get(status, "TRADE_IN_PROGRESS")
+        body = _invalid(f"This Checkout Session is {status}." if status != "open" else
+                        "A payment for this Checkout Session is being processed.", "session",
+                        "checkout_session_" + status if status != "open" else "payment_intent_unexpected_state").body
+        return json_response({**body, "code": code, "trade_state": state}, 409)
+
     def _authenticate(self, request: Request, allow_publishable: bool) -> str:
         sk, pk = self._keys()
         given = request.headers.get("authorization", "")
@@ -543,6 +586,8 @@ class StripeFace(Face):
                             "intent", "payment_intent_unexpected_state")
         if exc.code in (C.REFUND_AMOUNT_EXCEEDED,):
             return _invalid(exc.error, "amount", "amount_too_large")
+        if exc.code == C.TRADE_NOT_PAID:
+            return _invalid(exc.error, "payment_intent", "charge_not_refundable")
         return _invalid(exc.error, exc.field, "payment_intent_unexpected_state")
 
     async def _idempotent(self, key: str, request: Request, params: dict[str, Any], action: Any, auth: str,
@@ -744,7 +789,7 @@ class StripeFace(Face):
     # -- refunds ---------------------------------------------------------------------------------------
 
     async def create_refund(self, p: dict[str, Any], key: str) -> dict[str, Any]:
-        """refund a PaymentIntent (in full, or amount=...)"""
+        """refund a PaymentIntent (in full, or amount=...): pending, then succeeded or failed"""
         pi = _str(p, "payment_intent")
         if pi is None and _str(p, "charge"):
             pi = "pi_" + (_str(p, "charge") or "")[3:]
@@ -753,18 +798,24 @@ class StripeFace(Face):
                            "charge.", "payment_intent", "parameter_missing")
         self._intent_row(pi)
         amount = _int(p, "amount")
+        meta, reason = _metadata(p), _str(p, "reason")
+        if reason is not None and reason not in ("duplicate", "fraudulent", "requested_by_customer"):
+            raise _invalid(f"Invalid reason: {reason[:40]}", "reason")
         re_id = _new_id("re")
         if self._intent(pi)["status"] != "succeeded":
             raise _invalid(f"PaymentIntent {pi} has not succeeded; there is nothing to refund.", "payment_intent",
                            "charge_not_refundable")
-        await self.core.refund(pi, amount, request_no=re_id, notify=False)
-        refunded = self.core.refunds_of(pi)[-1]
-        with self.core.store.tx() as conn:
+        with self.core.store.tx() as conn:  # first: the core's refund events are built from this row
             conn.execute("INSERT INTO stripe_refunds (re, pi, amount, metadata, reason, created) VALUES (?, ?, ?, ?, ?, ?)",
-                         (re_id, pi, refunded["amount"], json.dumps(_metadata(p)), _str(p, "reason"),
-                          self._unix(self.core.clock.now())))
-            row = self.core.trade_row(pi, merchant_view=False)
-            self.core.enqueue_notifications(row, "refund.succeeded", f"{pi}-r-{re_id}", self.core.clock.now(), ref=re_id)
+                         (re_id, pi, amount or 0, json.dumps(meta), reason, self._unix(self.core.clock.now())))
+        try:
+            view = await self.core.refund_pending(pi, amount, re_id)
+        except BaseException:
+            with self.core.store.tx() as conn:  # refused (or cancelled): no refund object is left behind
+                conn.execute("DELETE FROM stripe_refunds WHERE re = ?", (re_id,))
+            raise
+        with self.core.store.tx() as conn:
+            conn.execute("UPDATE stripe_refunds SET amount = ? WHERE re = ?", (view["refund"]["amount"], re_id))
         return self._refund(re_id)
 
     async def retrieve_refund(self, p: dict[str, Any], key: str, re_id: str) -> dict[str, Any]:
