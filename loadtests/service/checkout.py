@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sim.domain import policies
 from sim.domain.entities import Order
 from sim.domain.policies import NotifyAction, Step
-from sim.domain.states import OrderState, TradeState
+from sim.domain.states import OrderState, TradeState, can_advance
 
 from loadtests.service import base, signing
 from loadtests.service.http11 import HttpClient
@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS orders (
     ord TEXT PRIMARY KEY, usr TEXT NOT NULL, merchant TEXT NOT NULL, amount INTEGER NOT NULL,
     method TEXT NOT NULL, state TEXT NOT NULL, created_t REAL NOT NULL, expires_at REAL NOT NULL,
     paid_trade TEXT, stock_released INTEGER NOT NULL DEFAULT 0, close_reason TEXT,
-    refund_failed INTEGER NOT NULL DEFAULT 0
+    refund_failed INTEGER NOT NULL DEFAULT 0, version INTEGER NOT NULL DEFAULT 0,
+    refund_failures INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS orders_state_expiry ON orders (state, expires_at);
 """ + ORDER_TRADES
@@ -155,11 +156,12 @@ class Checkout(base.ServiceBase):
         ``refund_failed`` mark."""
         order_cols = {r[1] for r in self.store.all("PRAGMA table_info(orders)")}
         trade_cols = {r[1] for r in self.store.all("PRAGMA table_info(order_trades)")}
-        if "refund_failed" in order_cols and "accepted" in trade_cols:
+        added = [c for c in ("refund_failed", "version", "refund_failures") if c not in order_cols]
+        if not added and "accepted" in trade_cols:
             return
         with self.store.tx() as conn:
-            if "refund_failed" not in order_cols:
-                conn.execute("ALTER TABLE orders ADD COLUMN refund_failed INTEGER NOT NULL DEFAULT 0")
+            for col in added:
+                conn.execute(f"ALTER TABLE orders ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0")
             if "accepted" not in trade_cols:
                 conn.execute("ALTER TABLE order_trades RENAME TO order_trades_v1")
                 conn.execute(ORDER_TRADES)
@@ -216,12 +218,24 @@ class Checkout(base.ServiceBase):
                   row["expires_at"])
         o.state = O(row["state"])
         o.paid_trade, o.stock_released, o.close_reason = row["paid_trade"], bool(row["stock_released"]), row["close_reason"]
+        o.version = row["version"]
         return o
 
     def _save(self, o: Order) -> None:
+        """Write the order (in a tx); every write bumps its ``version``, which ``order_service.order_lock``
+        compares (``policies.must_reread``)."""
         self.store.conn.execute(
-            "UPDATE orders SET state = ?, paid_trade = ?, stock_released = ?, close_reason = ? WHERE ord = ?",
-            (o.state.value, o.paid_trade, int(o.stock_released), o.close_reason, o.id))
+            "UPDATE orders SET state = ?, paid_trade = ?, stock_released = ?, close_reason = ?, version = version + 1"
+            " WHERE ord = ?", (o.state.value, o.paid_trade, int(o.stock_released), o.close_reason, o.id))
+
+    def _as_seen(self, read: Any, current: Any) -> Order:
+        """What a read-then-write decides from at its write: with ``order_service.order_lock`` the order
+        as it is now if it changed since ``read`` (a version check, then a re-read), without it the
+        stale ``read`` — the window in which a lost update or a double fulfilment happens."""
+        lock = self.conditions.current().order_service.order_lock
+        if read is None or policies.must_reread(lock, read["version"], current["version"]):
+            return self._entity(current)
+        return self._entity(read)
 
     def _trades(self, order: str, kind: str | None = None, accepted_only: bool = True) -> list[str]:
         """The order's trade numbers, oldest first: those the provider accepted, or (``accepted_only=False``)
@@ -292,6 +306,9 @@ class Checkout(base.ServiceBase):
         recorded but not yet created there (404, read as 'no trade'), close the order, and let the
         trade be created and paid a moment later: a paid-but-closed order of the harness's own
         making, which the simulation (whose trade creation is atomic) cannot produce.
+
+        This is not ``order_service.order_lock``: notifications never take it, and the close job's
+        read-then-write is locked (or not) on the order's row version (:meth:`_as_seen`).
         """
         entry = self._locks.get(order_id)
         if entry is None:
@@ -412,11 +429,20 @@ class Checkout(base.ServiceBase):
         """Ask the provider for a refund (a durable job, retried on ``order_service.refund_retry_schedule``).
         ``extra``: a second trade of a paid order; ``again``: a failed refund asked for once more."""
         now = self.clock.now()
+        row = self._order_row(row["ord"])
+        o = self._entity(row)
+        # Unlocked, two handlers of one late payment can both get here: the second finds the refund
+        # already pending and only asks the provider again (the same refund request: idempotent there).
+        if not extra and not again and not can_advance(o.state, O.REFUND_PENDING):
+            extra = o.state is not O.REFUND_PENDING
+            if not extra:
+                with self.store.tx():
+                    self.store.schedule("refund", row["ord"], now, data={"trade": trade, "extra": False})
+                return
         with self.store.tx() as conn:
             if again:
-                conn.execute("UPDATE orders SET refund_failed = 0 WHERE ord = ?", (row["ord"],))
+                conn.execute("UPDATE orders SET refund_failed = 0, refund_failures = 0 WHERE ord = ?", (row["ord"],))
             if not extra:
-                o = self._entity(row)
                 if not again:
                     o.to(O.REFUND_PENDING)
                 self._save(o)
@@ -443,9 +469,11 @@ class Checkout(base.ServiceBase):
                           ("trade_status", str)):
             if not isinstance(msg.get(name), typ) or isinstance(msg.get(name), bool):
                 raise ApiError(400, f"{name}: expected {typ.__name__}", name)
-        async with self.workers:
-            await self.clock.sleep(self.conditions.sample("order_service.service_time"))
         order_id, trade = msg["order"], msg["trade"]
+        async with self.workers:
+            # The handler's read, when a worker takes the notification; it writes service_time later.
+            read = self.store.one("SELECT * FROM orders WHERE ord = ?", (order_id,))
+            await self.clock.sleep(self.conditions.sample("order_service.service_time"))
         ev = {"trade": trade, "notify_id": msg["notify_id"], "attempt": msg["attempt"]}
         row = self.store.one("SELECT * FROM orders WHERE ord = ?", (order_id,))
         now = self.clock.now()
@@ -457,6 +485,8 @@ class Checkout(base.ServiceBase):
                 raise ApiError(404, f"no such order {order_id!r}", "order", "ORDER_NOT_EXIST")
             raise ApiError(400, f"amount {msg['amount']} does not match the order's {row['amount']}", "amount",
                            "AMOUNT_MISMATCH")
+        if msg.get("notify_type") == "refund_status_sync":
+            return self._refund_notified(row, msg, ev, now)
         if msg["trade_status"] != "TRADE_SUCCESS":
             with self.store.tx():
                 self.store.emit(now, "notify.received", "order_service", order_id, acked=True, **ev)
@@ -472,17 +502,17 @@ class Checkout(base.ServiceBase):
             raise ApiError(409, f"trade {trade!r} is not a trade of order {order_id!r}", "trade", "TRADE_NOT_OF_ORDER")
         if not record["accepted"]:
             self._accept_trade(order_id, trade)
-        late_payment = self.conditions.current().order_service.late_payment
-        paid_by_other = o.paid_trade is not None and o.paid_trade != trade
-        action = policies.on_payment_notification(o.state, late_payment, paid_by_other)
+        cond = self.conditions.current().order_service
+        seen = self._as_seen(read, row)  # decided from this; written onto the row as it is now (o)
+        paid_by_other = seen.paid_trade is not None and seen.paid_trade != trade
+        action = policies.on_payment_notification(seen.state, cond.late_payment, paid_by_other)
         refund = None
         with self.store.tx():
             self.store.emit(now, "notify.received", "order_service", order_id, acked=True, **ev)
             if action is NotifyAction.MARK_PAID or action is NotifyAction.REOPEN:
-                reopened = o.state is O.CLOSED
-                o.mark_paid(trade)
+                o.mark_paid(trade, blind=not cond.order_lock)  # unlocked: a blind write over a changed row
                 self._save(o)
-                if reopened:
+                if action is NotifyAction.REOPEN:
                     self.store.emit(now, "order.reopened", "order_service", order_id, trade=trade,
                                     stock_released=o.stock_released)
                 else:
@@ -495,6 +525,54 @@ class Checkout(base.ServiceBase):
             # DUPLICATE / IGNORE_LATE: acknowledge, change nothing
         if refund is not None:
             self._request_refund(row, *refund)
+        return PlainTextResponse("success")
+
+    def _refund_notified(self, row: Any, msg: dict[str, Any], ev: dict[str, Any], now: float) -> Response:
+        """The provider's word on a pending refund (``refund_status_sync``): landed -> the order is
+        ``refunded``; failed -> asked again on ``order_service.refund_retry_schedule``
+        (``policies.refund_delay``), ``refund_failed`` once it is spent."""
+        order_id, trade = row["ord"], msg["trade"]
+        if self._trade_of(order_id, trade) is None:
+            with self.store.tx():
+                self.store.emit(now, "notify.received", "order_service", order_id, acked=False, **ev,
+                                problem="not a trade of this order")
+            raise ApiError(409, f"trade {trade!r} is not a trade of order {order_id!r}", "trade", "TRADE_NOT_OF_ORDER")
+        status = msg.get("refund_status")
+        if status not in ("REFUND_SUCCESS", "REFUND_FAILED"):
+            raise ApiError(400, f"refund_status: expected REFUND_SUCCESS or REFUND_FAILED, found {status!r}",
+                           "refund_status")
+        o = self._entity(row)
+        extra = o.paid_trade is not None and o.paid_trade != trade  # a second trade of a paid order
+        failures, gap = 0, None
+        with self.store.tx() as conn:
+            self.store.emit(now, "notify.received", "order_service", order_id, acked=True, **ev)
+            if status == "REFUND_SUCCESS":
+                if not extra and o.state is O.REFUND_PENDING:
+                    o.to(O.REFUNDED)
+                    self._save(o)
+                    conn.execute("UPDATE orders SET refund_failed = 0, refund_failures = 0 WHERE ord = ?", (order_id,))
+                    self.store.emit(now, "order.refunded", "order_service", order_id, amount=row["amount"],
+                                    **self._ref(row, trade))
+            elif o.state is not O.REFUNDED or extra:
+                failures = row["refund_failures"] + 1
+                gap = policies.refund_delay(self.conditions.current().order_service.refund_retry_schedule.gaps,
+                                            failures)
+                conn.execute("UPDATE orders SET refund_failures = ? WHERE ord = ?", (failures, order_id))
+                if gap is not None:
+                    self.store.schedule("refund", order_id, now + gap, 1,
+                                        {"trade": trade, "extra": extra, "failures": failures})
+                else:
+                    conn.execute("UPDATE orders SET refund_failed = 1 WHERE ord = ?", (order_id,))
+                    self.store.emit(now, "order.refund_failed", "order_service", order_id, amount=row["amount"],
+                                    attempts=failures, error="the provider reported the refund failed",
+                                    **self._ref(row, trade))
+        if status == "REFUND_FAILED" and failures:
+            if gap is None:
+                log.error("refund of %s for order %s failed %d times, giving up until a person acts", trade,
+                          order_id, failures)
+            else:
+                log.warning("refund of %s for order %s failed at the provider (%d), again in %gs", trade, order_id,
+                            failures, gap)
         return PlainTextResponse("success")
 
     # -- the close job ------------------------------------------------------------------------------
@@ -575,6 +653,10 @@ class Checkout(base.ServiceBase):
                 decisions = decisions or [(None, policies.after_trade_close("no_trade"))]
             else:
                 decisions = [(None, step)]
+                if reason == "ttl":  # the rest of the close job's transaction (stock, coupons): its window
+                    window = self.conditions.sample("order_service.close_write_delay")
+                    if window > 0:
+                        await self.clock.sleep(window)
         except ProviderUnavailable:
             return "retry"
         step, trade = _combine(decisions)
@@ -582,13 +664,13 @@ class Checkout(base.ServiceBase):
             return "retry"
         if step is Step.MARK_PAID:
             return "paid" if self._mark_paid(order_id, paid_by[trade]) else "retry"
-        row = self._order_row(order_id)  # a notification may have marked it paid meanwhile
-        o = self._entity(row)
-        if o.state is not O.AWAITING_PAYMENT:
+        current = self._order_row(order_id)  # a notification may have marked it paid meanwhile:
+        if self._as_seen(row, current).state is not O.AWAITING_PAYMENT:  # seen only under order_lock
             return "nothing"
+        o = self._entity(current)
         now = self.clock.now()
         with self.store.tx():
-            o.close(reason, cond.release_stock_on_close)
+            o.close(reason, cond.release_stock_on_close, blind=not cond.order_lock)  # unlocked: a lost update
             self._save(o)
             self.store.emit(now, "order.closed", "order_service", order_id, reason=reason,
                             stock_released=o.stock_released)
@@ -717,11 +799,18 @@ class Checkout(base.ServiceBase):
         except ProviderUnavailable as exc:
             problem = str(exc)
         now = self.clock.now()
+        if problem is None and _json(resp).get("refund_state") == "pending":
+            # Accepted, not landed (gateway.refund_latency): the order stays refund_pending until the
+            # provider's refund notification says it landed or failed (_refund_notified).
+            with self.store.tx():
+                self.store.done(job)
+            return
         if problem is not None:
             failures = int(data.get("failures", 0)) + 1
             gap = policies.refund_delay(self.conditions.current().order_service.refund_retry_schedule.gaps, failures)
             with self.store.tx() as conn:
                 self.store.done(job)
+                conn.execute("UPDATE orders SET refund_failures = ? WHERE ord = ?", (failures, job.key))
                 if gap is not None:
                     self.store.schedule("refund", job.key, now + gap, job.attempt, {**data, "failures": failures})
                 else:

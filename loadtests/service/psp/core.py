@@ -189,7 +189,7 @@ class ProviderCore(base.ServiceBase):
                 "trade_expire": self._trade_expire, "bnpl_deduct": self._bnpl_deduct,
                 "bnpl_sync": self._bnpl_sync, "bnpl_compensate": self._bnpl_compensate,
                 "bnpl_expire": self._bnpl_expire, "bnpl_repay": self._bnpl_repay,
-                "refund_settle": self._refund_settle}
+                "refund_settle": self._refund_settle, "refund_land": self._refund_land}
 
     def recover(self) -> None:
         self.migrate()
@@ -589,9 +589,21 @@ class ProviderCore(base.ServiceBase):
         raise CoreError(409, "a debit for this trade is in progress or unknown: cannot close yet", "trade",
                         TRADE_IN_PROGRESS, result=result, trade_state=state.value)
 
+    def refund_terms(self) -> dict[str, Any]:
+        """The scenario's refund, drawn now: ``{"pending_for": s, "fail": bool}`` from
+        ``gateway.refund_latency`` and ``gateway.refund_failure`` — or ``{}`` when the scenario has
+        instant, infallible refunds (the default), so ``refund(trade, **core.refund_terms())`` keeps a
+        face's synchronous refunds unless the scenario says otherwise."""
+        g = self.conditions.current().gateway
+        if g.refund_failure <= 0 and g.refund_latency.kind == "constant" and g.refund_latency.mean == 0:
+            return {}
+        return {"pending_for": max(0.0, self.conditions.sample("gateway.refund_latency")),
+                "fail": self.conditions.chance("gateway.refund_failure", g.refund_failure)}
+
     async def refund(self, trade_id: str, amount: int | None = None, request_no: str | None = None,
                      notify: bool = False, settle_after: float | None = None,
-                     notify_url: str | None = None) -> dict[str, Any]:
+                     notify_url: str | None = None, pending_for: float | None = None,
+                     fail: bool = False) -> dict[str, Any]:
         """Refund ``amount`` fen (default: what is left) of a paid trade; ``request_no`` makes a partial
         refund idempotent (Alipay's ``out_request_no``, WeChat's ``out_refund_no``): the same number
         answers the first refund again, with other parameters it is refused. Money moves clearing ->
@@ -600,10 +612,23 @@ class ProviderCore(base.ServiceBase):
         ``settle_after`` (scenario s): an asynchronous refund (WeChat): accepted now (the money leaves
         the merchant's side at once, as above), the refund ``processing`` until it settles that much
         later, and only then its ``refund.succeeded`` notification (to ``notify_url`` if given, else
-        where the face says). No history event marks the settling: histories stay face-independent."""
+        where the face says). No history event marks the settling: histories stay face-independent.
+
+        ``pending_for`` (scenario s; see :meth:`refund_terms`): a *pending* refund (Stripe's
+        pending -> succeeded | failed, WeChat's PROCESSING -> SUCCESS | ABNORMAL): accepted now, nothing
+        moves; ``pending_for`` later it lands (:meth:`_refund_land`) — the money moves and
+        ``trade.refunded`` is written then — or, with ``fail``, it fails (``trade.refund_failed``,
+        nothing moved). With ``notify`` the outcome is notified (``refund.succeeded`` /
+        ``refund.failed``). Asking again with the request number of a failed refund tries it again."""
         row = self._trade(trade_id)
         key = request_no or "full"
         prior = self.store.one("SELECT * FROM refunds WHERE trade = ? AND request_no = ?", (trade_id, key))
+        if prior is not None and prior["state"] == "failed":  # only pending refunds fail: try it again
+            if amount is not None and amount != prior["amount"]:
+                raise CoreError(409, f"refund {key!r} of trade {trade_id!r} exists with another amount", "request_no",
+                                REFUND_PARAMS_CONFLICT)
+            return await self._refund_pending(row, key, prior["amount"], pending_for or 0.0, fail, notify,
+                                              notify_url, again=True)
         if prior is not None:
             if amount is not None and amount != prior["amount"]:
                 raise CoreError(409, f"refund {key!r} of trade {trade_id!r} exists with another amount", "request_no",
@@ -617,11 +642,13 @@ class ProviderCore(base.ServiceBase):
         if state not in (T.SUCCEEDED, T.REFUNDED):
             raise CoreError(409, f"trade is {state.value}: only a paid trade can be refunded", "trade",
                             TRADE_NOT_PAID, trade_state=state.value)
-        left = row["amount"] - row["refunded"]
+        left = row["amount"] - row["refunded"] - self._pending_refunds(trade_id)
         amount = left if amount is None else amount
         if amount <= 0 or amount > left:
             raise CoreError(409, f"refund of {amount} fen exceeds what is left to refund ({left} fen)", "amount",
                             REFUND_AMOUNT_EXCEEDED, refundable=left)
+        if pending_for is not None:
+            return await self._refund_pending(row, key, amount, pending_for, fail, notify, notify_url)
         now = self.clock.now()
         txn_id = f"{trade_id}-refund" if key == "full" else f"{trade_id}-refund-{key}"
         with self.store.tx() as conn:
@@ -665,6 +692,77 @@ class ProviderCore(base.ServiceBase):
                 row = self.store.one("SELECT * FROM trades WHERE trade = ?", (trade_id,))
                 url = data.get("notify_url")
                 self.enqueue_notifications(row, "refund.succeeded", f"{trade_id}-r-{key}", now, ref=key,
+                                           urls=[url] if url else None)
+
+    def _pending_refunds(self, trade_id: str) -> int:
+        """Fen of the trade's pending refunds (accepted, not landed: no money moved yet)."""
+        return self.store.one("SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE trade = ? AND state = 'pending'",
+                              (trade_id,))[0]
+
+    async def _refund_pending(self, row: Any, key: str, amount: int, pending_for: float, fail: bool, notify: bool,
+                              notify_url: str | None, again: bool = False) -> dict[str, Any]:
+        """Accept a pending refund (see :meth:`refund`): its row, and the job that lands it."""
+        trade_id = row["trade"]
+        if again:
+            await self.gateway_work()
+            row = self._trade(trade_id)
+            if amount > row["amount"] - row["refunded"] - self._pending_refunds(trade_id):
+                raise CoreError(409, f"refund of {amount} fen exceeds what is left to refund", "amount",
+                                REFUND_AMOUNT_EXCEEDED)
+        now = self.clock.now()
+        with self.store.tx() as conn:
+            if again:
+                conn.execute("UPDATE refunds SET state = 'pending', created_t = ? WHERE trade = ? AND request_no = ?",
+                             (now, trade_id, key))
+            else:
+                conn.execute("INSERT INTO refunds (trade, request_no, amount, state, created_t) VALUES (?, ?, ?, ?, ?)",
+                             (trade_id, key, amount, "pending", now))
+            self.store.schedule("refund_land", f"{trade_id}\n{key}", now + max(0.0, pending_for),
+                                data={"trade": trade_id, "request_no": key, "fail": bool(fail), "notify": notify,
+                                      "notify_url": notify_url})
+        refund = self.store.one("SELECT * FROM refunds WHERE trade = ? AND request_no = ?", (trade_id, key))
+        return {**self.view(self._trade(trade_id)), "refund": self._refund_view(refund), "replayed": False}
+
+    async def _refund_land(self, job: Job) -> None:
+        """A pending refund lands: the money goes back to the buyer (``trade.refunded``), or the attempt
+        fails (``trade.refund_failed``; nothing moved, the same request number may try again)."""
+        data = job.data or {}
+        trade_id, key = data.get("trade"), data.get("request_no")
+        ref = self.store.one("SELECT * FROM refunds WHERE trade = ? AND request_no = ?", (trade_id, key))
+        row = self.store.one("SELECT * FROM trades WHERE trade = ?", (trade_id,))
+        now = self.clock.now()
+        with self.store.tx() as conn:
+            self.store.done(job)
+            if ref is None or row is None or ref["state"] != "pending":
+                return
+            amount = ref["amount"]
+            ok = not data.get("fail") and T(row["state"]) is T.SUCCEEDED and amount <= row["amount"] - row["refunded"]
+            if not ok:
+                conn.execute("UPDATE refunds SET state = 'failed' WHERE trade = ? AND request_no = ?", (trade_id, key))
+                self.store.emit(now, "trade.refund_failed", "gateway", row["ord"], trade=trade_id, amount=amount)
+                kind = "refund.failed"
+            else:
+                trade = self._entity(row)
+                txn_id = f"{trade_id}-refund" if key == "full" else f"{trade_id}-refund-{key}"
+                ledger = SqlLedger(self.store, now, row["ord"], "gateway", trade=trade_id)
+                if amount == row["amount"]:
+                    trade.refund(ledger, txn_id)
+                else:
+                    ledger.post(transfer(txn_id, REFUND, "clearing", f"user:{row['usr']}", amount))
+                    trade.refunded += amount
+                    if trade.refunded == trade.amount:
+                        trade.to(T.REFUNDED)
+                conn.execute("UPDATE trades SET state = ?, refunded = ? WHERE trade = ?",
+                             (trade.state.value, trade.refunded, trade_id))
+                conn.execute("UPDATE refunds SET state = 'succeeded' WHERE trade = ? AND request_no = ?",
+                             (trade_id, key))
+                self.store.emit(now, "trade.refunded", "gateway", row["ord"], trade=trade_id, amount=amount,
+                                refunded_total=trade.refunded)
+                kind = "refund.succeeded"
+            if data.get("notify"):
+                url = data.get("notify_url")
+                # one notification per outcome and attempt: a retried refund is told again
+                self.enqueue_notifications(row, kind, f"{trade_id}-r-{key}-{job.id}", now, ref=key,
                                            urls=[url] if url else None)
 
     def find_refund(self, request_no: str, face: str | None = None) -> dict[str, Any] | None:
