@@ -762,7 +762,7 @@ class ProviderCore(base.ServiceBase):
             if data.get("notify"):
                 url = data.get("notify_url")
                 # one notification per outcome and attempt: a retried refund is told again
-                self.enqueue_notifications(row, kind, f"{trade_id}-r-{key}-{job.id}", now, ref=key,
+                self.enqueue_notifications(row, kind, f"{trade_id}-r-{key}-{now:.6f}", now, ref=key,
                                            urls=[url] if url else None)
 
     def find_refund(self, request_no: str, face: str | None = None) -> dict[str, Any] | None:
