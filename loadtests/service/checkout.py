@@ -607,6 +607,8 @@ class Checkout(base.ServiceBase):
         code = _json(resp).get("code")
         if resp.status_code == 409 and code == "ACQ.TRADE_HAS_SUCCESS":
             return "already_paid"
+        if resp.status_code == 409 and code == "TRADE_CLOSE_TOO_EARLY":
+            return "too_early"  # gateway.min_close_age: come back later
         if resp.status_code == 409:
             return "in_progress"
         raise ProviderUnavailable(f"close answered {resp.status_code}")

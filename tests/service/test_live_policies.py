@@ -186,3 +186,21 @@ def test_a_refund_whose_retries_are_spent_is_refund_failed(services):
     view = http.get(f"{s.checkout_url}/orders/{order}").json()
     assert view["screen"] == "refund_failed" and balance(s, f"user:{buyer}") == -800
     assert _checked(s, order).end_states == {"paid_refund_failed": 1}
+
+
+def test_a_young_trade_cannot_be_closed_until_min_close_age(services):
+    """gateway.min_close_age = 5m (WeChat Pay): the close job's close of a 1-minute order's trade is
+    refused as too early and tried again every minute until the trade is 5 minutes old."""
+    s = services
+    s.set_faults({"gateway.min_close_age": "5m", "order_service.order_ttl": "60s",
+                  "order_service.close_policy": "close_trade_then_order"})
+    order = new_order(s)["order"]
+    paying = start_payment(s, order)
+    wait_for(lambda: order_state(s, order) == "closed", timeout=15, what="the order closed")
+    events = events_of(s, order)
+    created = next(e["t"] for e in events if e["type"] == "trade.created")
+    closed = next(e["t"] for e in events if e["type"] == "trade.closed")
+    assert closed - created >= 300
+    assert http.post(paying["pay_url"]).status_code == 409  # closed at the gateway in the end
+    refused = http.post(f"{s.provider_url}/trades/{start_payment(s, new_order(s)['order'])['trade']}/close")
+    assert refused.status_code == 409 and refused.json()["code"] == "TRADE_CLOSE_TOO_EARLY"

@@ -85,6 +85,7 @@ TRADE_HAS_CLOSE = "TRADE_HAS_CLOSE"
 TRADE_IN_PROGRESS = "TRADE_IN_PROGRESS"  # a debit in flight, or its outcome unknown
 TRADE_PARAMS_CONFLICT = "TRADE_PARAMS_CONFLICT"
 TRADE_NOT_PAID = "TRADE_NOT_PAID"
+TRADE_CLOSE_TOO_EARLY = "TRADE_CLOSE_TOO_EARLY"  # younger than the close's min_close_age (WeChat: 5 minutes)
 REFUND_AMOUNT_EXCEEDED = "REFUND_AMOUNT_EXCEEDED"
 REFUND_PARAMS_CONFLICT = "REFUND_PARAMS_CONFLICT"
 INVALID = "INVALID"
@@ -565,13 +566,17 @@ class ProviderCore(base.ServiceBase):
         state = T.PROCESSING.value if trade_id in self.waiting and T(row["state"]) in TRADE_PAYABLE else None
         return self.view(row, state)
 
-    async def close(self, trade_id: str) -> dict[str, Any]:
-        """``alipay.trade.close``: closes an unpaid trade; refused once paid or while a debit is in flight."""
+    async def close(self, trade_id: str, min_close_age: float = 0.0) -> dict[str, Any]:
+        """``alipay.trade.close``: closes an unpaid trade; refused once paid or while a debit is in flight,
+        and (``min_close_age``, WeChat Pay's 5 minutes) while the trade is younger than that."""
         self._trade(trade_id)
         await self.gateway_work()
         row = self._trade(trade_id)
         state = T.PROCESSING if trade_id in self.waiting else T(row["state"])
-        result = policies.gateway_close_result(state)
+        result = policies.gateway_close_result(state, self.clock.now() - row["created_t"], min_close_age)
+        if result == "too_early":
+            raise CoreError(409, f"a trade cannot be closed in its first {min_close_age:g} s: try again later",
+                            "trade", TRADE_CLOSE_TOO_EARLY, result=result, trade_state=state.value)
         now = self.clock.now()
         if result == "closed":
             if state is not T.CLOSED:

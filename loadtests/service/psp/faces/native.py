@@ -146,9 +146,10 @@ class NativeFace(Face):
             return json_response(_view(await call(svc.pay(trade))))
 
         @r.post("/trades/{trade}/close", tags=["trades"],
-                summary="close an unpaid trade (409 ACQ.TRADE_HAS_SUCCESS once paid)")
+                summary="close an unpaid trade (409 ACQ.TRADE_HAS_SUCCESS once paid, TRADE_CLOSE_TOO_EARLY "
+                        "younger than gateway.min_close_age)")
         async def close(trade: TradePath) -> Response:
-            out = await call(svc.close(trade))
+            out = await call(svc.close(trade, svc.conditions.current().gateway.min_close_age))
             return json_response({"result": out["result"], **_view(out)})
 
         @r.post("/trades/{trade}/refund", tags=["trades"], response_model=TradeView, summary="refund a paid trade in full")
