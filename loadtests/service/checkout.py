@@ -69,6 +69,7 @@ CREATE INDEX IF NOT EXISTS orders_state_expiry ON orders (state, expires_at);
 """ + ORDER_TRADES
 
 CLOSE_RETRY = 60.0  # scenario seconds before the close job looks again at an order it could not decide
+REPLICA_HORIZON = 3600.0  # scenario s: orders not written for this long are served from the primary
 
 Id = Annotated[str, Field(pattern=ID_PATTERN, description="letters, digits and _.:- ; at most 64")]
 Amount = Annotated[int, Field(gt=0, le=MAX_AMOUNT, description="fen (1/100 CNY), at most 10 million CNY")]
@@ -147,6 +148,10 @@ class Checkout(base.ServiceBase):
         self.http = HttpClient(max_per_origin=64)
         self.client: Any = None  # httpx, only for an https:// provider
         self._locks: dict[str, list] = {}  # order id -> [asyncio.Lock, users]: see _order_lock
+        # order id -> [(t, (state, paid_trade, close_reason, stock_released)), ...]: every write while
+        # order_service.read_lag is on, for the lagging read replica the order page is served from.
+        self._replica: dict[str, list[tuple[float, tuple]]] = {}
+        self._replica_writes = 0
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -227,6 +232,37 @@ class Checkout(base.ServiceBase):
         self.store.conn.execute(
             "UPDATE orders SET state = ?, paid_trade = ?, stock_released = ?, close_reason = ?, version = version + 1"
             " WHERE ord = ?", (o.state.value, o.paid_trade, int(o.stock_released), o.close_reason, o.id))
+        self._replicate(o.id, (o.state.value, o.paid_trade, o.close_reason, o.stock_released))
+
+    def _replicate(self, order: str, fields: tuple) -> None:
+        """Note a write for the read replica (only while ``order_service.read_lag`` is on)."""
+        lag = self.conditions.current().order_service.read_lag
+        if lag.kind == "constant" and lag.mean == 0:
+            return
+        now = self.clock.now()
+        self._replica.setdefault(order, []).append((now, fields))
+        self._replica_writes += 1
+        if self._replica_writes % 4096 == 0:  # bounded: forget orders nobody wrote for an hour
+            cut = now - REPLICA_HORIZON
+            for key in [k for k, log in self._replica.items() if log[-1][0] < cut]:
+                del self._replica[key]
+
+    def _replica_fields(self, order: str) -> tuple | None:
+        """(state, paid_trade, close_reason, stock_released) as a replica ``order_service.read_lag``
+        behind the primary has them (an order it has not received yet: as created); None: no lag."""
+        log = self._replica.get(order)
+        if not log:
+            return None
+        lag = self.conditions.sample("order_service.read_lag")
+        if lag <= 0:
+            return None
+        cut = self.clock.now() - lag
+        seen = log[0][1]
+        for t, fields in log:
+            if t > cut:
+                break
+            seen = fields
+        return seen
 
     def _as_seen(self, read: Any, current: Any) -> Order:
         """What a read-then-write decides from at its write: with ``order_service.order_lock`` the order
@@ -258,16 +294,20 @@ class Checkout(base.ServiceBase):
         with self.store.tx() as conn:
             conn.execute("DELETE FROM order_trades WHERE ord = ? AND trade = ?", (order, trade))
 
-    def _view(self, order: str) -> dict[str, Any]:
+    def _view(self, order: str, replica: bool = False) -> dict[str, Any]:
+        """The order page; ``replica``: as the lagging read replica serves it (``order_service.read_lag``)."""
         row = self._order_row(order)
-        state = O(row["state"])
+        state, paid_trade, close_reason, released = O(row["state"]), row["paid_trade"], row["close_reason"], \
+            bool(row["stock_released"])
+        lagged = self._replica_fields(order) if replica else None
+        if lagged is not None:
+            state, paid_trade, close_reason, released = O(lagged[0]), lagged[1], lagged[2], lagged[3]
         failed = bool(row["refund_failed"])
         shown = REFUND_FAILED if failed and state is O.REFUND_PENDING else state.value
         return {"order": row["ord"], "user": row["usr"], "merchant": row["merchant"], "amount": row["amount"],
                 "method": row["method"], "state": shown, "screen": REFUND_FAILED if failed else SCREENS[state],
-                "expires_at": row["expires_at"], "paid_trade": row["paid_trade"], "trades": self._trades(order),
-                "close_reason": row["close_reason"], "stock_released": bool(row["stock_released"]),
-                "refund_failed": failed}
+                "expires_at": row["expires_at"], "paid_trade": paid_trade, "trades": self._trades(order),
+                "close_reason": close_reason, "stock_released": released, "refund_failed": failed}
 
     def _ref(self, row: Any, trade: str) -> dict[str, str]:
         """The event field naming what paid an order: ``agreement`` for BNPL, ``trade`` otherwise."""
@@ -296,6 +336,7 @@ class Checkout(base.ServiceBase):
                             method=body.method, expires_at=round(expires_at, 6), merchant=body.merchant)
             if cond.order_service.close_mode == "timer":
                 self.store.schedule("expire", order_id, expires_at)
+        self._replicate(order_id, (O.AWAITING_PAYMENT.value, None, None, False))
         return json_response(self._view(order_id), 201)
 
     @contextlib.asynccontextmanager
@@ -891,7 +932,7 @@ def create_app(config: base.ServiceConfig) -> FastAPI:
 
     @app.get("/orders/{order}", tags=["orders"], response_model=OrderView, summary="the buyer's order page")
     async def get_order(order: OrderPath) -> Response:
-        return json_response(svc._view(order))
+        return json_response(svc._view(order, replica=True))
 
     @app.post("/orders/{order}/pay", tags=["orders"],
               summary="start payment: creates the provider trade (or BNPL agreement); answers pay_url")

@@ -204,3 +204,19 @@ def test_a_young_trade_cannot_be_closed_until_min_close_age(services):
     assert http.post(paying["pay_url"]).status_code == 409  # closed at the gateway in the end
     refused = http.post(f"{s.provider_url}/trades/{start_payment(s, new_order(s)['order'])['trade']}/close")
     assert refused.status_code == 409 and refused.json()["code"] == "TRADE_CLOSE_TOO_EARLY"
+
+
+def test_the_order_page_is_served_by_a_lagging_replica(services):
+    """order_service.read_lag = 3m: for three scenario minutes after the order is paid its page still
+    says 'awaiting payment' (what the buyer's app polls), then 'paid'."""
+    s = services
+    s.set_faults({"order_service.read_lag": "3m"})
+    order = new_order(s)["order"]
+    assert http.post(start_payment(s, order)["pay_url"]).json()["state"] == "succeeded"
+    wait_for(lambda: "order.paid" in _types(s, order), timeout=10, what="the order paid")
+    paid_t = next(e["t"] for e in events_of(s, order) if e["type"] == "order.paid")
+    page = http.get(f"{s.checkout_url}/orders/{order}").json()
+    if _now(s) < paid_t + 170:  # still inside the lag (unless this machine stalled for 3 s)
+        assert page["state"] == "awaiting_payment" and page["screen"] == "awaiting_payment", page
+    wait_for(lambda: order_state(s, order) == "paid", timeout=10, what="the replica catching up")
+    assert _now(s) >= paid_t + 180 - 1e-6
