@@ -395,6 +395,10 @@ class Checkout(base.ServiceBase):
             else:
                 payload = {"trade": trade, "order": order_id, "user": row["usr"], "merchant": row["merchant"],
                            "amount": row["amount"], "notify_url": self.notify_url}
+                if self.conditions.current().order_service.pass_time_expire:
+                    # time_expire = the order's expiry: a pay link opened later cannot outlive the order
+                    left = max(row["expires_at"] - self.clock.now(), 0.001)
+                    payload["timeout_express"] = f"{left:.3f}s"
                 path, what = "/trades", "payment provider"
             try:
                 resp = await self._call("POST", path, payload)

@@ -110,6 +110,16 @@ def test_lazy_trade_race_close_answers_no_trade_and_the_link_still_pays(services
     assert order_state(s, order) == "closed" and balance(s, f"user:{buyer}") == -5600
     assert _checked(s, order).per_class["paid_but_closed"].count == 1
 
+    # The same race with time_expire = the order's expiry (order_service.pass_time_expire): the link
+    # dies with the order.
+    s.set_faults({"gateway.trade_creation": "on_open", "order_service.order_ttl": "60s",
+                  "order_service.close_policy": "close_trade_then_order", "order_service.pass_time_expire": True})
+    order = new_order(s, amount=5600)["order"]
+    paying = start_payment(s, order)
+    wait_for(lambda: order_state(s, order) == "closed", timeout=10, what="the order closed")
+    late = http.post(paying["pay_url"])
+    assert late.status_code == 409 and late.json()["code"] == "ACQ.TRADE_HAS_CLOSE", late.text
+
     # The same close with the trade made at once (on_order): closed at the gateway, the link is dead.
     s.set_faults({"gateway.trade_creation": "on_order", "order_service.order_ttl": "60s",
                   "order_service.close_policy": "close_trade_then_order"})
