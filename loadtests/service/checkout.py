@@ -8,10 +8,17 @@
   amount, then does what ``policies.on_payment_notification`` says under ``order_service.late_payment``
   (mark paid, ignore a late one, refund it, reopen the order), answering ``success`` to acknowledge.
   ``order_service.workers`` handlers run at once for ``order_service.service_time`` each, so an
-  overloaded order service acknowledges late and the provider retries.
+  overloaded order service acknowledges late and the provider retries. A refund's outcome
+  (``refund_status_sync``) turns a ``refund_pending`` order ``refunded`` or asks again.
 * **The close job**: a durable per-order timer, or a sweep every ``order_service.sweep_interval``
   (``close_mode``), applying ``policies.on_order_expiry`` and, against the provider's real HTTP API,
   ``after_trade_query`` / ``after_trade_close`` (``close_policy``).
+* **Read-then-write**: the handler decides from the order it read when it started, the close job from
+  the order it read before its provider calls (or its ``close_write_delay``); with
+  ``order_service.order_lock`` a changed order (its ``version``) is read again first
+  (``policies.must_reread``), without it the stale decision is written: the lost update and the double
+  fulfilment, live.
+* **The order page** is served by a read replica ``order_service.read_lag`` behind the primary.
 * **The merchant** (as in the simulation, for pay-after-use orders only): delivers after
   ``merchant.delivery_time``, then calls *finish* after ``bnpl_finish_delay`` — or forgets to
   (``bnpl_finish_forget``), or fails (``bnpl_finish_failure``) and retries ``bnpl_finish_retries`` times.

@@ -11,7 +11,9 @@ failure rates (scaled by the time scale):
   conflict on others — ``policies.idempotent_create``), optionally *lazy* (a page-pay or QR trade exists
   for the merchant only once the buyer opens it), pay (the buyer's wallet or bank app confirming: a
   debit through the simulated bank), query, close (``policies.gateway_close_result``: refused once
-  paid), refund (full or partial, idempotent per request number).
+  paid, or too young under a ``min_close_age``), refund (full or partial, idempotent per request
+  number; *pending* for ``gateway.refund_latency`` and failing with ``gateway.refund_failure`` when a
+  face asks with :meth:`ProviderCore.refund_terms`).
 * **The bank**: ``bank.channels`` concurrent debits, ``bank.latency``, declines, risk-control blocks
   and holds, the single-payment limit, and ``bank.response_loss`` — the debit happens but the gateway
   never hears, times out after ``gateway.timeout`` and leaves the trade ``unknown`` until its
