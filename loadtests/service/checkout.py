@@ -605,7 +605,9 @@ class Checkout(base.ServiceBase):
                     conn.execute("UPDATE orders SET refund_failed = 0, refund_failures = 0 WHERE ord = ?", (order_id,))
                     self.store.emit(now, "order.refunded", "order_service", order_id, amount=row["amount"],
                                     **self._ref(row, trade))
-            elif o.state is not O.REFUNDED or extra:
+            elif (o.state is not O.REFUNDED or extra) and not self.store.one(
+                    "SELECT 1 FROM jobs WHERE kind = 'refund' AND key = ?", (order_id,)):
+                # (a refund job already waiting: this failure is being retried — a duplicate delivery)
                 failures = row["refund_failures"] + 1
                 gap = policies.refund_delay(self.conditions.current().order_service.refund_retry_schedule.gaps,
                                             failures)

@@ -230,3 +230,17 @@ def test_the_order_page_is_served_by_a_lagging_replica(services):
         assert page["state"] == "awaiting_payment" and page["screen"] == "awaiting_payment", page
     wait_for(lambda: order_state(s, order) == "paid", timeout=10, what="the replica catching up")
     assert _now(s) >= paid_t + 180 - 1e-6
+
+
+def test_a_duplicated_refund_failure_is_retried_once(services):
+    """Each refund notification delivered twice (gateway.notify_duplicate = 1): the second copy of a
+    failure finds the retry already scheduled and does not count another failure."""
+    s = services
+    s.set_faults({"gateway.refund_latency": "10s", "gateway.refund_failure": 1.0, "gateway.notify_duplicate": 1.0,
+                  "order_service.refund_retry_schedule": ["30s", "30s"]})
+    order, _ = _paid_order(s, 900, uid("buyer"))
+    http.post(f"{s.checkout_url}/orders/{order}/cancel")
+    wait_for(lambda: "order.refund_failed" in _types(s, order), timeout=15, what="the refund given up")
+    types = _types(s, order)
+    assert types.count("trade.refund_failed") == 3  # the first attempt and both retries
+    assert next(e for e in events_of(s, order) if e["type"] == "order.refund_failed")["attempts"] == 3
