@@ -8,10 +8,17 @@
   amount, then does what ``policies.on_payment_notification`` says under ``order_service.late_payment``
   (mark paid, ignore a late one, refund it, reopen the order), answering ``success`` to acknowledge.
   ``order_service.workers`` handlers run at once for ``order_service.service_time`` each, so an
-  overloaded order service acknowledges late and the provider retries.
+  overloaded order service acknowledges late and the provider retries. A refund's outcome
+  (``refund_status_sync``) turns a ``refund_pending`` order ``refunded`` or asks again.
 * **The close job**: a durable per-order timer, or a sweep every ``order_service.sweep_interval``
   (``close_mode``), applying ``policies.on_order_expiry`` and, against the provider's real HTTP API,
   ``after_trade_query`` / ``after_trade_close`` (``close_policy``).
+* **Read-then-write**: the handler decides from the order it read when it started, the close job from
+  the order it read before its provider calls (or its ``close_write_delay``); with
+  ``order_service.order_lock`` a changed order (its ``version``) is read again first
+  (``policies.must_reread``), without it the stale decision is written: the lost update and the double
+  fulfilment, live.
+* **The order page** is served by a read replica ``order_service.read_lag`` behind the primary.
 * **The merchant** (as in the simulation, for pay-after-use orders only): delivers after
   ``merchant.delivery_time``, then calls *finish* after ``bnpl_finish_delay`` — or forgets to
   (``bnpl_finish_forget``), or fails (``bnpl_finish_failure``) and retries ``bnpl_finish_retries`` times.
@@ -39,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sim.domain import policies
 from sim.domain.entities import Order
 from sim.domain.policies import NotifyAction, Step
-from sim.domain.states import OrderState, TradeState
+from sim.domain.states import OrderState, TradeState, can_advance
 
 from loadtests.service import base, signing
 from loadtests.service.http11 import HttpClient
@@ -63,12 +70,14 @@ CREATE TABLE IF NOT EXISTS orders (
     ord TEXT PRIMARY KEY, usr TEXT NOT NULL, merchant TEXT NOT NULL, amount INTEGER NOT NULL,
     method TEXT NOT NULL, state TEXT NOT NULL, created_t REAL NOT NULL, expires_at REAL NOT NULL,
     paid_trade TEXT, stock_released INTEGER NOT NULL DEFAULT 0, close_reason TEXT,
-    refund_failed INTEGER NOT NULL DEFAULT 0
+    refund_failed INTEGER NOT NULL DEFAULT 0, version INTEGER NOT NULL DEFAULT 0,
+    refund_failures INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS orders_state_expiry ON orders (state, expires_at);
 """ + ORDER_TRADES
 
 CLOSE_RETRY = 60.0  # scenario seconds before the close job looks again at an order it could not decide
+REPLICA_HORIZON = 3600.0  # scenario s: orders not written for this long are served from the primary
 
 Id = Annotated[str, Field(pattern=ID_PATTERN, description="letters, digits and _.:- ; at most 64")]
 Amount = Annotated[int, Field(gt=0, le=MAX_AMOUNT, description="fen (1/100 CNY), at most 10 million CNY")]
@@ -148,6 +157,10 @@ class Checkout(base.ServiceBase):
         self.http = HttpClient(max_per_origin=64)
         self.client: Any = None  # httpx, only for an https:// provider
         self._locks: dict[str, list] = {}  # order id -> [asyncio.Lock, users]: see _order_lock
+        # order id -> [(t, (state, paid_trade, close_reason, stock_released)), ...]: every write while
+        # order_service.read_lag is on, for the lagging read replica the order page is served from.
+        self._replica: dict[str, list[tuple[float, tuple]]] = {}
+        self._replica_writes = 0
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -157,11 +170,12 @@ class Checkout(base.ServiceBase):
         ``refund_failed`` mark."""
         order_cols = {r[1] for r in self.store.all("PRAGMA table_info(orders)")}
         trade_cols = {r[1] for r in self.store.all("PRAGMA table_info(order_trades)")}
-        if "refund_failed" in order_cols and "accepted" in trade_cols:
+        added = [c for c in ("refund_failed", "version", "refund_failures") if c not in order_cols]
+        if not added and "accepted" in trade_cols:
             return
         with self.store.tx() as conn:
-            if "refund_failed" not in order_cols:
-                conn.execute("ALTER TABLE orders ADD COLUMN refund_failed INTEGER NOT NULL DEFAULT 0")
+            for col in added:
+                conn.execute(f"ALTER TABLE orders ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0")
             if "accepted" not in trade_cols:
                 conn.execute("ALTER TABLE order_trades RENAME TO order_trades_v1")
                 conn.execute(ORDER_TRADES)
@@ -227,12 +241,55 @@ class Checkout(base.ServiceBase):
                   row["expires_at"])
         o.state = O(row["state"])
         o.paid_trade, o.stock_released, o.close_reason = row["paid_trade"], bool(row["stock_released"]), row["close_reason"]
+        o.version = row["version"]
         return o
 
     def _save(self, o: Order) -> None:
+        """Write the order (in a tx); every write bumps its ``version``, which ``order_service.order_lock``
+        compares (``policies.must_reread``)."""
         self.store.conn.execute(
-            "UPDATE orders SET state = ?, paid_trade = ?, stock_released = ?, close_reason = ? WHERE ord = ?",
-            (o.state.value, o.paid_trade, int(o.stock_released), o.close_reason, o.id))
+            "UPDATE orders SET state = ?, paid_trade = ?, stock_released = ?, close_reason = ?, version = version + 1"
+            " WHERE ord = ?", (o.state.value, o.paid_trade, int(o.stock_released), o.close_reason, o.id))
+        self._replicate(o.id, (o.state.value, o.paid_trade, o.close_reason, o.stock_released))
+
+    def _replicate(self, order: str, fields: tuple) -> None:
+        """Note a write for the read replica (only while ``order_service.read_lag`` is on)."""
+        lag = self.conditions.current().order_service.read_lag
+        if lag.kind == "constant" and lag.mean == 0:
+            return
+        now = self.clock.now()
+        self._replica.setdefault(order, []).append((now, fields))
+        self._replica_writes += 1
+        if self._replica_writes % 4096 == 0:  # bounded: forget orders nobody wrote for an hour
+            cut = now - REPLICA_HORIZON
+            for key in [k for k, log in self._replica.items() if log[-1][0] < cut]:
+                del self._replica[key]
+
+    def _replica_fields(self, order: str) -> tuple | None:
+        """(state, paid_trade, close_reason, stock_released) as a replica ``order_service.read_lag``
+        behind the primary has them (an order it has not received yet: as created); None: no lag."""
+        log = self._replica.get(order)
+        if not log:
+            return None
+        lag = self.conditions.sample("order_service.read_lag")
+        if lag <= 0:
+            return None
+        cut = self.clock.now() - lag
+        seen = log[0][1]
+        for t, fields in log:
+            if t > cut:
+                break
+            seen = fields
+        return seen
+
+    def _as_seen(self, read: Any, current: Any) -> Order:
+        """What a read-then-write decides from at its write: with ``order_service.order_lock`` the order
+        as it is now if it changed since ``read`` (a version check, then a re-read), without it the
+        stale ``read`` — the window in which a lost update or a double fulfilment happens."""
+        lock = self.conditions.current().order_service.order_lock
+        if read is None or policies.must_reread(lock, read["version"], current["version"]):
+            return self._entity(current)
+        return self._entity(read)
 
     def _trades(self, order: str, kind: str | None = None, accepted_only: bool = True) -> list[str]:
         """The order's trade numbers, oldest first: those the provider accepted, or (``accepted_only=False``)
@@ -255,16 +312,20 @@ class Checkout(base.ServiceBase):
         with self.store.tx() as conn:
             conn.execute("DELETE FROM order_trades WHERE ord = ? AND trade = ?", (order, trade))
 
-    def _view(self, order: str) -> dict[str, Any]:
+    def _view(self, order: str, replica: bool = False) -> dict[str, Any]:
+        """The order page; ``replica``: as the lagging read replica serves it (``order_service.read_lag``)."""
         row = self._order_row(order)
-        state = O(row["state"])
+        state, paid_trade, close_reason, released = O(row["state"]), row["paid_trade"], row["close_reason"], \
+            bool(row["stock_released"])
+        lagged = self._replica_fields(order) if replica else None
+        if lagged is not None:
+            state, paid_trade, close_reason, released = O(lagged[0]), lagged[1], lagged[2], lagged[3]
         failed = bool(row["refund_failed"])
         shown = REFUND_FAILED if failed and state is O.REFUND_PENDING else state.value
         return {"order": row["ord"], "user": row["usr"], "merchant": row["merchant"], "amount": row["amount"],
                 "method": row["method"], "state": shown, "screen": REFUND_FAILED if failed else SCREENS[state],
-                "expires_at": row["expires_at"], "paid_trade": row["paid_trade"], "trades": self._trades(order),
-                "close_reason": row["close_reason"], "stock_released": bool(row["stock_released"]),
-                "refund_failed": failed}
+                "expires_at": row["expires_at"], "paid_trade": paid_trade, "trades": self._trades(order),
+                "close_reason": close_reason, "stock_released": released, "refund_failed": failed}
 
     def _ref(self, row: Any, trade: str) -> dict[str, str]:
         """The event field naming what paid an order: ``agreement`` for BNPL, ``trade`` otherwise."""
@@ -293,6 +354,7 @@ class Checkout(base.ServiceBase):
                             method=body.method, expires_at=round(expires_at, 6), merchant=body.merchant)
             if cond.order_service.close_mode == "timer":
                 self.store.schedule("expire", order_id, expires_at)
+        self._replicate(order_id, (O.AWAITING_PAYMENT.value, None, None, False))
         return json_response(self._view(order_id), 201)
 
     @contextlib.asynccontextmanager
@@ -303,6 +365,9 @@ class Checkout(base.ServiceBase):
         recorded but not yet created there (404, read as 'no trade'), close the order, and let the
         trade be created and paid a moment later: a paid-but-closed order of the harness's own
         making, which the simulation (whose trade creation is atomic) cannot produce.
+
+        This is not ``order_service.order_lock``: notifications never take it, and the close job's
+        read-then-write is locked (or not) on the order's row version (:meth:`_as_seen`).
         """
         entry = self._locks.get(order_id)
         if entry is None:
@@ -348,6 +413,10 @@ class Checkout(base.ServiceBase):
             else:
                 payload = {"trade": trade, "order": order_id, "user": row["usr"], "merchant": row["merchant"],
                            "amount": row["amount"], "notify_url": self.notify_url}
+                if self.conditions.current().order_service.pass_time_expire:
+                    # time_expire = the order's expiry: a pay link opened later cannot outlive the order
+                    left = max(row["expires_at"] - self.clock.now(), 0.001)
+                    payload["timeout_express"] = f"{left:.3f}s"
                 path, what = "/trades", "payment provider"
             try:
                 resp = await self._call("POST", path, payload)
@@ -423,11 +492,20 @@ class Checkout(base.ServiceBase):
         """Ask the provider for a refund (a durable job, retried on ``order_service.refund_retry_schedule``).
         ``extra``: a second trade of a paid order; ``again``: a failed refund asked for once more."""
         now = self.clock.now()
+        row = self._order_row(row["ord"])
+        o = self._entity(row)
+        # Unlocked, two handlers of one late payment can both get here: the second finds the refund
+        # already pending and only asks the provider again (the same refund request: idempotent there).
+        if not extra and not again and not can_advance(o.state, O.REFUND_PENDING):
+            extra = o.state is not O.REFUND_PENDING
+            if not extra:
+                with self.store.tx():
+                    self.store.schedule("refund", row["ord"], now, data={"trade": trade, "extra": False})
+                return
         with self.store.tx() as conn:
             if again:
-                conn.execute("UPDATE orders SET refund_failed = 0 WHERE ord = ?", (row["ord"],))
+                conn.execute("UPDATE orders SET refund_failed = 0, refund_failures = 0 WHERE ord = ?", (row["ord"],))
             if not extra:
-                o = self._entity(row)
                 if not again:
                     o.to(O.REFUND_PENDING)
                 self._save(o)
@@ -458,9 +536,11 @@ class Checkout(base.ServiceBase):
                           ("trade_status", str)):
             if not isinstance(msg.get(name), typ) or isinstance(msg.get(name), bool):
                 raise ApiError(400, f"{name}: expected {typ.__name__}", name)
-        async with self.workers:
-            await self.clock.sleep(self.conditions.sample("order_service.service_time"))
         order_id, trade = msg["order"], msg["trade"]
+        async with self.workers:
+            # The handler's read, when a worker takes the notification; it writes service_time later.
+            read = self.store.one("SELECT * FROM orders WHERE ord = ?", (order_id,))
+            await self.clock.sleep(self.conditions.sample("order_service.service_time"))
         ev = {"trade": trade, "notify_id": msg["notify_id"], "attempt": msg["attempt"]}
         row = self.store.one("SELECT * FROM orders WHERE ord = ?", (order_id,))
         now = self.clock.now()
@@ -472,6 +552,8 @@ class Checkout(base.ServiceBase):
                 raise ApiError(404, f"no such order {order_id!r}", "order", "ORDER_NOT_EXIST")
             raise ApiError(400, f"amount {msg['amount']} does not match the order's {row['amount']}", "amount",
                            "AMOUNT_MISMATCH")
+        if msg.get("notify_type") == "refund_status_sync":
+            return self._refund_notified(row, msg, ev, now)
         if msg["trade_status"] != "TRADE_SUCCESS":
             with self.store.tx():
                 self.store.emit(now, "notify.received", "order_service", order_id, acked=True, **ev)
@@ -487,17 +569,17 @@ class Checkout(base.ServiceBase):
             raise ApiError(409, f"trade {trade!r} is not a trade of order {order_id!r}", "trade", "TRADE_NOT_OF_ORDER")
         if not record["accepted"]:
             self._accept_trade(order_id, trade)
-        late_payment = self.conditions.current().order_service.late_payment
-        paid_by_other = o.paid_trade is not None and o.paid_trade != trade
-        action = policies.on_payment_notification(o.state, late_payment, paid_by_other)
+        cond = self.conditions.current().order_service
+        seen = self._as_seen(read, row)  # decided from this; written onto the row as it is now (o)
+        paid_by_other = seen.paid_trade is not None and seen.paid_trade != trade
+        action = policies.on_payment_notification(seen.state, cond.late_payment, paid_by_other)
         refund = None
         with self.store.tx():
             self.store.emit(now, "notify.received", "order_service", order_id, acked=True, **ev)
             if action is NotifyAction.MARK_PAID or action is NotifyAction.REOPEN:
-                reopened = o.state is O.CLOSED
-                o.mark_paid(trade)
+                o.mark_paid(trade, blind=not cond.order_lock)  # unlocked: a blind write over a changed row
                 self._save(o)
-                if reopened:
+                if action is NotifyAction.REOPEN:
                     self.store.emit(now, "order.reopened", "order_service", order_id, trade=trade,
                                     stock_released=o.stock_released)
                 else:
@@ -510,6 +592,56 @@ class Checkout(base.ServiceBase):
             # DUPLICATE / IGNORE_LATE: acknowledge, change nothing
         if refund is not None:
             self._request_refund(row, *refund)
+        return PlainTextResponse("success")
+
+    def _refund_notified(self, row: Any, msg: dict[str, Any], ev: dict[str, Any], now: float) -> Response:
+        """The provider's word on a pending refund (``refund_status_sync``): landed -> the order is
+        ``refunded``; failed -> asked again on ``order_service.refund_retry_schedule``
+        (``policies.refund_delay``), ``refund_failed`` once it is spent."""
+        order_id, trade = row["ord"], msg["trade"]
+        if self._trade_of(order_id, trade) is None:
+            with self.store.tx():
+                self.store.emit(now, "notify.received", "order_service", order_id, acked=False, **ev,
+                                problem="not a trade of this order")
+            raise ApiError(409, f"trade {trade!r} is not a trade of order {order_id!r}", "trade", "TRADE_NOT_OF_ORDER")
+        status = msg.get("refund_status")
+        if status not in ("REFUND_SUCCESS", "REFUND_FAILED"):
+            raise ApiError(400, f"refund_status: expected REFUND_SUCCESS or REFUND_FAILED, found {status!r}",
+                           "refund_status")
+        o = self._entity(row)
+        extra = o.paid_trade is not None and o.paid_trade != trade  # a second trade of a paid order
+        failures, gap = 0, None
+        with self.store.tx() as conn:
+            self.store.emit(now, "notify.received", "order_service", order_id, acked=True, **ev)
+            if status == "REFUND_SUCCESS":
+                if not extra and o.state is O.REFUND_PENDING:
+                    o.to(O.REFUNDED)
+                    self._save(o)
+                    conn.execute("UPDATE orders SET refund_failed = 0, refund_failures = 0 WHERE ord = ?", (order_id,))
+                    self.store.emit(now, "order.refunded", "order_service", order_id, amount=row["amount"],
+                                    **self._ref(row, trade))
+            elif (o.state is not O.REFUNDED or extra) and not self.store.one(
+                    "SELECT 1 FROM jobs WHERE kind = 'refund' AND key = ?", (order_id,)):
+                # (a refund job already waiting: this failure is being retried — a duplicate delivery)
+                failures = row["refund_failures"] + 1
+                gap = policies.refund_delay(self.conditions.current().order_service.refund_retry_schedule.gaps,
+                                            failures)
+                conn.execute("UPDATE orders SET refund_failures = ? WHERE ord = ?", (failures, order_id))
+                if gap is not None:
+                    self.store.schedule("refund", order_id, now + gap, 1,
+                                        {"trade": trade, "extra": extra, "failures": failures})
+                else:
+                    conn.execute("UPDATE orders SET refund_failed = 1 WHERE ord = ?", (order_id,))
+                    self.store.emit(now, "order.refund_failed", "order_service", order_id, amount=row["amount"],
+                                    attempts=failures, error="the provider reported the refund failed",
+                                    **self._ref(row, trade))
+        if status == "REFUND_FAILED" and failures:
+            if gap is None:
+                log.error("refund of %s for order %s failed %d times, giving up until a person acts", trade,
+                          order_id, failures)
+            else:
+                log.warning("refund of %s for order %s failed at the provider (%d), again in %gs", trade, order_id,
+                            failures, gap)
         return PlainTextResponse("success")
 
     # -- the close job ------------------------------------------------------------------------------
@@ -544,6 +676,8 @@ class Checkout(base.ServiceBase):
         code = _json(resp).get("code")
         if resp.status_code == 409 and code == "ACQ.TRADE_HAS_SUCCESS":
             return "already_paid"
+        if resp.status_code == 409 and code == "TRADE_CLOSE_TOO_EARLY":
+            return "too_early"  # gateway.min_close_age: come back later
         if resp.status_code == 409:
             return "in_progress"
         raise ProviderUnavailable(f"close answered {resp.status_code}")
@@ -590,6 +724,10 @@ class Checkout(base.ServiceBase):
                 decisions = decisions or [(None, policies.after_trade_close("no_trade"))]
             else:
                 decisions = [(None, step)]
+                if reason == "ttl":  # the rest of the close job's transaction (stock, coupons): its window
+                    window = self.conditions.sample("order_service.close_write_delay")
+                    if window > 0:
+                        await self.clock.sleep(window)
         except ProviderUnavailable:
             return "retry"
         step, trade = _combine(decisions)
@@ -597,13 +735,13 @@ class Checkout(base.ServiceBase):
             return "retry"
         if step is Step.MARK_PAID:
             return "paid" if self._mark_paid(order_id, paid_by[trade]) else "retry"
-        row = self._order_row(order_id)  # a notification may have marked it paid meanwhile
-        o = self._entity(row)
-        if o.state is not O.AWAITING_PAYMENT:
+        current = self._order_row(order_id)  # a notification may have marked it paid meanwhile:
+        if self._as_seen(row, current).state is not O.AWAITING_PAYMENT:  # seen only under order_lock
             return "nothing"
+        o = self._entity(current)
         now = self.clock.now()
         with self.store.tx():
-            o.close(reason, cond.release_stock_on_close)
+            o.close(reason, cond.release_stock_on_close, blind=not cond.order_lock)  # unlocked: a lost update
             self._save(o)
             self.store.emit(now, "order.closed", "order_service", order_id, reason=reason,
                             stock_released=o.stock_released)
@@ -732,11 +870,18 @@ class Checkout(base.ServiceBase):
         except ProviderUnavailable as exc:
             problem = str(exc)
         now = self.clock.now()
+        if problem is None and _json(resp).get("refund_state") == "pending":
+            # Accepted, not landed (gateway.refund_latency): the order stays refund_pending until the
+            # provider's refund notification says it landed or failed (_refund_notified).
+            with self.store.tx():
+                self.store.done(job)
+            return
         if problem is not None:
             failures = int(data.get("failures", 0)) + 1
             gap = policies.refund_delay(self.conditions.current().order_service.refund_retry_schedule.gaps, failures)
             with self.store.tx() as conn:
                 self.store.done(job)
+                conn.execute("UPDATE orders SET refund_failures = ? WHERE ord = ?", (failures, job.key))
                 if gap is not None:
                     self.store.schedule("refund", job.key, now + gap, job.attempt, {**data, "failures": failures})
                 else:
@@ -815,7 +960,7 @@ def create_app(config: base.ServiceConfig, psp: str = "native") -> FastAPI:
 
     @app.get("/orders/{order}", tags=["orders"], response_model=OrderView, summary="the buyer's order page")
     async def get_order(order: OrderPath) -> Response:
-        return json_response(svc._view(order))
+        return json_response(svc._view(order, replica=True))
 
     @app.post("/orders/{order}/pay", tags=["orders"],
               summary="start payment: creates the provider trade (or BNPL agreement); answers pay_url")

@@ -11,7 +11,9 @@ failure rates (scaled by the time scale):
   conflict on others — ``policies.idempotent_create``), optionally *lazy* (a page-pay or QR trade exists
   for the merchant only once the buyer opens it), pay (the buyer's wallet or bank app confirming: a
   debit through the simulated bank), query, close (``policies.gateway_close_result``: refused once
-  paid), refund (full or partial, idempotent per request number).
+  paid, or too young under a ``min_close_age``), refund (full or partial, idempotent per request
+  number; *pending* for ``gateway.refund_latency`` and failing with ``gateway.refund_failure`` when a
+  face asks with :meth:`ProviderCore.refund_terms`).
 * **The bank**: ``bank.channels`` concurrent debits, ``bank.latency``, declines, risk-control blocks
   and holds, the single-payment limit, and ``bank.response_loss`` — the debit happens but the gateway
   never hears, times out after ``gateway.timeout`` and leaves the trade ``unknown`` until its
@@ -85,6 +87,7 @@ TRADE_HAS_CLOSE = "TRADE_HAS_CLOSE"
 TRADE_IN_PROGRESS = "TRADE_IN_PROGRESS"  # a debit in flight, or its outcome unknown
 TRADE_PARAMS_CONFLICT = "TRADE_PARAMS_CONFLICT"
 TRADE_NOT_PAID = "TRADE_NOT_PAID"
+TRADE_CLOSE_TOO_EARLY = "TRADE_CLOSE_TOO_EARLY"  # younger than the close's min_close_age (WeChat: 5 minutes)
 REFUND_AMOUNT_EXCEEDED = "REFUND_AMOUNT_EXCEEDED"
 REFUND_PARAMS_CONFLICT = "REFUND_PARAMS_CONFLICT"
 INVALID = "INVALID"
@@ -565,13 +568,17 @@ class ProviderCore(base.ServiceBase):
         state = T.PROCESSING.value if trade_id in self.waiting and T(row["state"]) in TRADE_PAYABLE else None
         return self.view(row, state)
 
-    async def close(self, trade_id: str) -> dict[str, Any]:
-        """``alipay.trade.close``: closes an unpaid trade; refused once paid or while a debit is in flight."""
+    async def close(self, trade_id: str, min_close_age: float = 0.0) -> dict[str, Any]:
+        """``alipay.trade.close``: closes an unpaid trade; refused once paid or while a debit is in flight,
+        and (``min_close_age``, WeChat Pay's 5 minutes) while the trade is younger than that."""
         self._trade(trade_id)
         await self.gateway_work()
         row = self._trade(trade_id)
         state = T.PROCESSING if trade_id in self.waiting else T(row["state"])
-        result = policies.gateway_close_result(state)
+        result = policies.gateway_close_result(state, self.clock.now() - row["created_t"], min_close_age)
+        if result == "too_early":
+            raise CoreError(409, f"a trade cannot be closed in its first {min_close_age:g} s: try again later",
+                            "trade", TRADE_CLOSE_TOO_EARLY, result=result, trade_state=state.value)
         now = self.clock.now()
         if result == "closed":
             if state is not T.CLOSED:
@@ -589,9 +596,21 @@ class ProviderCore(base.ServiceBase):
         raise CoreError(409, "a debit for this trade is in progress or unknown: cannot close yet", "trade",
                         TRADE_IN_PROGRESS, result=result, trade_state=state.value)
 
+    def refund_terms(self) -> dict[str, Any]:
+        """The scenario's refund, drawn now: ``{"pending_for": s, "fail": bool}`` from
+        ``gateway.refund_latency`` and ``gateway.refund_failure`` — or ``{}`` when the scenario has
+        instant, infallible refunds (the default), so ``refund(trade, **core.refund_terms())`` keeps a
+        face's synchronous refunds unless the scenario says otherwise."""
+        g = self.conditions.current().gateway
+        if g.refund_failure <= 0 and g.refund_latency.kind == "constant" and g.refund_latency.mean == 0:
+            return {}
+        return {"pending_for": max(0.0, self.conditions.sample("gateway.refund_latency")),
+                "fail": self.conditions.chance("gateway.refund_failure", g.refund_failure)}
+
     async def refund(self, trade_id: str, amount: int | None = None, request_no: str | None = None,
                      notify: bool = False, settle_after: float | None = None,
-                     notify_url: str | None = None) -> dict[str, Any]:
+                     notify_url: str | None = None, pending_for: float | None = None,
+                     fail: bool = False) -> dict[str, Any]:
         """Refund ``amount`` fen (default: what is left) of a paid trade; ``request_no`` makes a partial
         refund idempotent (Alipay's ``out_request_no``, WeChat's ``out_refund_no``): the same number
         answers the first refund again, with other parameters it is refused. Money moves clearing ->
@@ -600,10 +619,23 @@ class ProviderCore(base.ServiceBase):
         ``settle_after`` (scenario s): an asynchronous refund (WeChat): accepted now (the money leaves
         the merchant's side at once, as above), the refund ``processing`` until it settles that much
         later, and only then its ``refund.succeeded`` notification (to ``notify_url`` if given, else
-        where the face says). No history event marks the settling: histories stay face-independent."""
+        where the face says). No history event marks the settling: histories stay face-independent.
+
+        ``pending_for`` (scenario s; see :meth:`refund_terms`): a *pending* refund (Stripe's
+        pending -> succeeded | failed, WeChat's PROCESSING -> SUCCESS | ABNORMAL): accepted now, nothing
+        moves; ``pending_for`` later it lands (:meth:`_refund_land`) — the money moves and
+        ``trade.refunded`` is written then — or, with ``fail``, it fails (``trade.refund_failed``,
+        nothing moved). With ``notify`` the outcome is notified (``refund.succeeded`` /
+        ``refund.failed``). Asking again with the request number of a failed refund tries it again."""
         row = self._trade(trade_id)
         key = request_no or "full"
         prior = self.store.one("SELECT * FROM refunds WHERE trade = ? AND request_no = ?", (trade_id, key))
+        if prior is not None and prior["state"] == "failed":  # only pending refunds fail: try it again
+            if amount is not None and amount != prior["amount"]:
+                raise CoreError(409, f"refund {key!r} of trade {trade_id!r} exists with another amount", "request_no",
+                                REFUND_PARAMS_CONFLICT)
+            return await self._refund_pending(row, key, prior["amount"], pending_for or 0.0, fail, notify,
+                                              notify_url, again=True)
         if prior is not None:
             if amount is not None and amount != prior["amount"]:
                 raise CoreError(409, f"refund {key!r} of trade {trade_id!r} exists with another amount", "request_no",
@@ -617,11 +649,13 @@ class ProviderCore(base.ServiceBase):
         if state not in (T.SUCCEEDED, T.REFUNDED):
             raise CoreError(409, f"trade is {state.value}: only a paid trade can be refunded", "trade",
                             TRADE_NOT_PAID, trade_state=state.value)
-        left = row["amount"] - row["refunded"]
+        left = row["amount"] - row["refunded"] - self._pending_refunds(trade_id)
         amount = left if amount is None else amount
         if amount <= 0 or amount > left:
             raise CoreError(409, f"refund of {amount} fen exceeds what is left to refund ({left} fen)", "amount",
                             REFUND_AMOUNT_EXCEEDED, refundable=left)
+        if pending_for is not None:
+            return await self._refund_pending(row, key, amount, pending_for, fail, notify, notify_url)
         now = self.clock.now()
         txn_id = f"{trade_id}-refund" if key == "full" else f"{trade_id}-refund-{key}"
         with self.store.tx() as conn:
@@ -670,87 +704,114 @@ class ProviderCore(base.ServiceBase):
     # -- refunds that land later (Stripe: pending -> succeeded | failed) ------------------------------
 
     async def refund_pending(self, trade_id: str, amount: int | None, request_no: str) -> dict[str, Any]:
-        """A refund as Stripe has it: accepted ``pending`` now, and ``gateway.refund_latency`` later the
-        money is back with the buyer (``succeeded``: the ledger moves, ``trade.refunded``) or the attempt
-        failed (``gateway.refund_failure``, drawn when it lands: ``failed``, ``trade.refund_failed``, no
-        money moved) — as the simulation's gateway refunds. A zero latency lands at once, in this call.
+        """A refund as Stripe has it: accepted ``pending`` now and landing later (:meth:`refund` with the
+        scenario's :meth:`refund_terms`): ``succeeded`` (the ledger moves, ``trade.refunded``) or
+        ``failed`` (``trade.refund_failed``, no money moved). A zero latency lands at once, in this call.
 
         ``amount`` (default: what is left, counting refunds still pending) in fen; ``request_no`` names the
-        refund (unique per trade). Notifications (kinds ``refund.created``, then ``refund.succeeded`` or
-        ``refund.failed``) go where the face's ``refund_notify_urls(row, kind, request_no)`` says, else
-        where ``notify_urls`` does. Returns the trade view with ``refund`` (its state included)."""
-        row = self._trade(trade_id)
+        refund (unique per trade: a second refund with the same number is refused). Notifications (kinds
+        ``refund.created``, then ``refund.succeeded`` or ``refund.failed``) go where the face's
+        ``refund_notify_urls(row, kind, request_no)`` says. Returns the trade view with ``refund``."""
+        self._trade(trade_id)
         if self.store.one("SELECT 1 FROM refunds WHERE trade = ? AND request_no = ?", (trade_id, request_no)):
             raise CoreError(409, f"refund {request_no!r} of trade {trade_id!r} exists", "request_no",
                             REFUND_PARAMS_CONFLICT)
-        await self.gateway_work()
-        row = self._trade(trade_id)
-        state = T(row["state"])
-        if state not in (T.SUCCEEDED, T.REFUNDED):
-            raise CoreError(409, f"trade is {state.value}: only a paid trade can be refunded", "trade",
-                            TRADE_NOT_PAID, trade_state=state.value)
-        pending = self.store.one("SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE trade = ? AND state = 'pending'",
-                                 (trade_id,))[0]
-        left = row["amount"] - row["refunded"] - pending
-        amount = left if amount is None else amount
-        if amount <= 0 or amount > left:
-            raise CoreError(409, f"refund of {amount} fen exceeds what is left to refund ({left} fen)", "amount",
-                            REFUND_AMOUNT_EXCEEDED, refundable=left)
-        now = self.clock.now()
-        latency = max(0.0, self.conditions.sample("gateway.refund_latency"))
-        with self.store.tx() as conn:
-            conn.execute("INSERT INTO refunds (trade, request_no, amount, state, created_t) VALUES (?, ?, ?, 'pending', ?)",
-                         (trade_id, request_no, amount, now))
-            self._refund_notify(row, "refund.created", request_no, now)
-            if latency > 0:
-                self.store.schedule("refund_land", f"{trade_id}\n{request_no}", now + latency,
-                                    data={"trade": trade_id, "request_no": request_no})
-            else:
-                self._land(trade_id, request_no, now)
-        refund = self.store.one("SELECT * FROM refunds WHERE trade = ? AND request_no = ?", (trade_id, request_no))
-        return {**self.view(self._trade(trade_id)), "refund": self._refund_view(refund), "replayed": False}
+        terms = self.refund_terms() or {"pending_for": 0.0, "fail": False}
+        view = await self.refund(trade_id, amount, request_no, pending_for=terms["pending_for"], fail=terms["fail"])
+        if terms["pending_for"] <= 0:  # lands now; the job scheduled for it finds it landed and does nothing
+            with self.store.tx():
+                self._land(trade_id, request_no, self.clock.now(), {"fail": terms["fail"]})
+            refund = self.store.one("SELECT * FROM refunds WHERE trade = ? AND request_no = ?", (trade_id, request_no))
+            view = {**self.view(self._trade(trade_id)), "refund": self._refund_view(refund), "replayed": False}
+        return view
+
+    def _refund_hook(self, row: Any) -> Any:
+        return getattr(self.faces.get(row["face"]), "refund_notify_urls", None)
 
     def _refund_notify(self, row: Any, kind: str, request_no: str, now: float) -> None:
-        face = self.faces.get(row["face"])
-        targets = getattr(face, "refund_notify_urls", None)
-        urls = targets(row, kind, request_no) if targets is not None else None
+        """A refund notification where the face's ``refund_notify_urls`` hook says (Stripe's events)."""
+        hook = self._refund_hook(row)
+        urls = hook(row, kind, request_no) if hook is not None else None
         tag = {"refund.created": "rc", "refund.succeeded": "r", "refund.failed": "rf"}[kind]
         self.enqueue_notifications(row, kind, f"{row['trade']}-{tag}-{request_no}", now, ref=request_no, urls=urls)
 
+    def _pending_refunds(self, trade_id: str) -> int:
+        """Fen of the trade's pending refunds (accepted, not landed: no money moved yet)."""
+        return self.store.one("SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE trade = ? AND state = 'pending'",
+                              (trade_id,))[0]
+
+    async def _refund_pending(self, row: Any, key: str, amount: int, pending_for: float, fail: bool, notify: bool,
+                              notify_url: str | None, again: bool = False) -> dict[str, Any]:
+        """Accept a pending refund (see :meth:`refund`): its row, and the job that lands it."""
+        trade_id = row["trade"]
+        if again:
+            await self.gateway_work()
+            row = self._trade(trade_id)
+            if amount > row["amount"] - row["refunded"] - self._pending_refunds(trade_id):
+                raise CoreError(409, f"refund of {amount} fen exceeds what is left to refund", "amount",
+                                REFUND_AMOUNT_EXCEEDED)
+        now = self.clock.now()
+        with self.store.tx() as conn:
+            if again:
+                conn.execute("UPDATE refunds SET state = 'pending', created_t = ? WHERE trade = ? AND request_no = ?",
+                             (now, trade_id, key))
+            else:
+                conn.execute("INSERT INTO refunds (trade, request_no, amount, state, created_t) VALUES (?, ?, ?, ?, ?)",
+                             (trade_id, key, amount, "pending", now))
+            if self._refund_hook(row) is not None:
+                self._refund_notify(row, "refund.created", key, now)
+            self.store.schedule("refund_land", f"{trade_id}\n{key}", now + max(0.0, pending_for),
+                                data={"trade": trade_id, "request_no": key, "fail": bool(fail), "notify": notify,
+                                      "notify_url": notify_url})
+        refund = self.store.one("SELECT * FROM refunds WHERE trade = ? AND request_no = ?", (trade_id, key))
+        return {**self.view(self._trade(trade_id)), "refund": self._refund_view(refund), "replayed": False}
+
     async def _refund_land(self, job: Job) -> None:
+        """A pending refund lands (the job :meth:`_refund_pending` scheduled)."""
         data = job.data or {}
         with self.store.tx():
             self.store.done(job)
-            self._land(data.get("trade"), data.get("request_no"), self.clock.now())
+            self._land(data.get("trade"), data.get("request_no"), self.clock.now(), data)
 
-    def _land(self, trade_id: str | None, request_no: str | None, now: float) -> None:
-        """In a tx: a pending refund lands — the money back with the buyer, or the attempt failed."""
-        ref = self.store.one("SELECT * FROM refunds WHERE trade = ? AND request_no = ?", (trade_id, request_no))
-        if ref is None or ref["state"] != "pending":
+    def _land(self, trade_id: str | None, key: str | None, now: float, data: dict[str, Any]) -> None:
+        """In a tx: a pending refund lands — the money goes back to the buyer (``trade.refunded``), or the
+        attempt fails (``trade.refund_failed``; nothing moved, the same request number may try again)."""
+        ref = self.store.one("SELECT * FROM refunds WHERE trade = ? AND request_no = ?", (trade_id, key))
+        row = self.store.one("SELECT * FROM trades WHERE trade = ?", (trade_id,))
+        if ref is None or row is None or ref["state"] != "pending":
             return
-        row = self._trade(trade_id, merchant_view=False)
         conn = self.store.conn
-        if self.conditions.chance("gateway.refund_failure", self.conditions.current().gateway.refund_failure):
-            conn.execute("UPDATE refunds SET state = 'failed' WHERE trade = ? AND request_no = ?", (trade_id, request_no))
-            self.store.emit(now, "trade.refund_failed", "gateway", row["ord"], trade=trade_id, amount=ref["amount"])
-            self._refund_notify(row, "refund.failed", request_no, now)
-            return
         amount = ref["amount"]
-        trade = self._entity(row)
-        ledger = SqlLedger(self.store, now, row["ord"], "gateway", trade=trade_id)
-        txn_id = f"{trade_id}-refund-{request_no}"
-        if amount == row["amount"]:
-            trade.refund(ledger, txn_id)
+        ok = not data.get("fail") and T(row["state"]) is T.SUCCEEDED and amount <= row["amount"] - row["refunded"]
+        if not ok:
+            conn.execute("UPDATE refunds SET state = 'failed' WHERE trade = ? AND request_no = ?", (trade_id, key))
+            self.store.emit(now, "trade.refund_failed", "gateway", row["ord"], trade=trade_id, amount=amount)
+            kind = "refund.failed"
         else:
-            ledger.post(transfer(txn_id, REFUND, "clearing", f"user:{row['usr']}", amount))
-            trade.refunded += amount
-            if trade.refunded == trade.amount:
-                trade.to(T.REFUNDED)
-        conn.execute("UPDATE trades SET state = ?, refunded = ? WHERE trade = ?", (trade.state.value, trade.refunded, trade_id))
-        conn.execute("UPDATE refunds SET state = 'succeeded' WHERE trade = ? AND request_no = ?", (trade_id, request_no))
-        self.store.emit(now, "trade.refunded", "gateway", row["ord"], trade=trade_id, amount=amount,
-                        refunded_total=trade.refunded)
-        self._refund_notify(row, "refund.succeeded", request_no, now)
+            trade = self._entity(row)
+            txn_id = f"{trade_id}-refund" if key == "full" else f"{trade_id}-refund-{key}"
+            ledger = SqlLedger(self.store, now, row["ord"], "gateway", trade=trade_id)
+            if amount == row["amount"]:
+                trade.refund(ledger, txn_id)
+            else:
+                ledger.post(transfer(txn_id, REFUND, "clearing", f"user:{row['usr']}", amount))
+                trade.refunded += amount
+                if trade.refunded == trade.amount:
+                    trade.to(T.REFUNDED)
+            conn.execute("UPDATE trades SET state = ?, refunded = ? WHERE trade = ?",
+                         (trade.state.value, trade.refunded, trade_id))
+            conn.execute("UPDATE refunds SET state = 'succeeded' WHERE trade = ? AND request_no = ?",
+                         (trade_id, key))
+            self.store.emit(now, "trade.refunded", "gateway", row["ord"], trade=trade_id, amount=amount,
+                            refunded_total=trade.refunded)
+            kind = "refund.succeeded"
+        if self._refund_hook(row) is not None:
+            self._refund_notify(row, kind, key, now)
+        elif data.get("notify"):
+            url = data.get("notify_url")
+            # one notification per outcome and attempt: a retried refund is told again
+            self.enqueue_notifications(row, kind, f"{trade_id}-r-{key}-{now:.6f}", now, ref=key,
+                                       urls=[url] if url else None)
 
     def find_refund(self, request_no: str, face: str | None = None) -> dict[str, Any] | None:
         """A refund by its request number alone (WeChat's refund query by ``out_refund_no``), or None."""

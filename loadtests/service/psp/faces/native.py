@@ -75,6 +75,11 @@ class TradeView(BaseModel):
 _VIEW_KEYS = ("trade", "order", "user", "merchant", "amount", "state", "reason", "expires_at", "refunded")
 
 
+_TRADE_STATUS = {"succeeded": "TRADE_SUCCESS", "refunded": "TRADE_CLOSED", "closed": "TRADE_CLOSED",
+                 "created": "WAIT_BUYER_PAY", "failed": "WAIT_BUYER_PAY", "processing": "WAIT_BUYER_PAY",
+                 "unknown": "WAIT_BUYER_PAY"}
+
+
 def _view(view: dict[str, Any]) -> dict[str, Any]:
     return {k: view[k] for k in _VIEW_KEYS}
 
@@ -88,6 +93,12 @@ class NativeFace(Face):
 
     def notification(self, note: C.Note) -> tuple[bytes, dict[str, str]]:
         t = note.trade
+        if note.kind in ("refund.succeeded", "refund.failed"):
+            body = json.dumps({"notify_id": note.notify_id, "notify_type": "refund_status_sync", "trade": t["trade"],
+                               "order": t["order"], "amount": t["amount"], "trade_status": _TRADE_STATUS[t["state"]],
+                               "refund_status": "REFUND_SUCCESS" if note.kind == "refund.succeeded" else "REFUND_FAILED",
+                               "refund_id": note.ref, "attempt": note.attempt}, separators=(",", ":")).encode()
+            return body, {"Content-Type": "application/json", signing.HEADER: signing.sign(self.core.secret, body)}
         body = json.dumps({"notify_id": note.notify_id, "notify_type": "trade_status_sync", "trade": t["trade"],
                            "order": t["order"], "amount": t["amount"], "trade_status": "TRADE_SUCCESS",
                            "attempt": note.attempt}, separators=(",", ":")).encode()
@@ -119,8 +130,10 @@ class NativeFace(Face):
                     raise ApiError(422, f"timeout_express: {exc}", "timeout_express") from None
                 if ttl <= 0:
                     raise ApiError(422, "timeout_express: expected a positive duration", "timeout_express")
+            # gateway.trade_creation = on_open: a pay link, created at the gateway when the buyer opens it
+            lazy = svc.conditions.current().gateway.trade_creation == "on_open"
             view, created = await call(svc.create_trade(body.trade, body.order, body.user, body.amount, body.merchant,
-                                                        body.notify_url, ttl))
+                                                        body.notify_url, ttl, lazy=lazy))
             return json_response(_view(view), 201 if created else 200)
 
         @r.get("/trades/{trade}", tags=["trades"], response_model=TradeView, summary="query a trade")
@@ -133,9 +146,10 @@ class NativeFace(Face):
             return json_response(_view(await call(svc.pay(trade))))
 
         @r.post("/trades/{trade}/close", tags=["trades"],
-                summary="close an unpaid trade (409 ACQ.TRADE_HAS_SUCCESS once paid)")
+                summary="close an unpaid trade (409 ACQ.TRADE_HAS_SUCCESS once paid, TRADE_CLOSE_TOO_EARLY "
+                        "younger than gateway.min_close_age)")
         async def close(trade: TradePath) -> Response:
-            out = await call(svc.close(trade))
+            out = await call(svc.close(trade, svc.conditions.current().gateway.min_close_age))
             return json_response({"result": out["result"], **_view(out)})
 
         @r.post("/trades/{trade}/refund", tags=["trades"], response_model=TradeView, summary="refund a paid trade in full")
@@ -144,7 +158,14 @@ class NativeFace(Face):
             if body is not None and body.amount is not None and body.amount != row["amount"]:
                 raise ApiError(422, f"amount: only full refunds are supported (the trade is {row['amount']} fen)",
                                "amount")
-            return json_response(_view(await call(svc.refund(trade))))
+            # The scenario's refund latency and failure (gateway.refund_*): a pending refund whose outcome
+            # is notified to the trade's notify_url; instant and synchronous by default.
+            terms = svc.refund_terms()
+            if terms:
+                terms.update(notify=row["notify_url"] is not None, notify_url=row["notify_url"])
+            out = await call(svc.refund(trade, **terms))
+            refund = out.get("refund")
+            return json_response({**_view(out), **({"refund_state": refund["state"]} if refund else {})})
 
         async def _row(trade: str) -> Any:
             return svc.trade_row(trade)
