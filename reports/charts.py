@@ -735,6 +735,12 @@ _DISAGREEMENT = {
     "bnpl_false_overdue": "the buyer had paid but the BNPL provider counted them overdue ({amount})",
     "bnpl_deduction_failed": "the deduction of {amount} had failed and nobody had resolved it",
     "ledger_imbalance": "debits and credits no longer balanced ({amount})",
+    "amount_mismatch": "the buyer had been charged an amount other than the order's ({amount} apart)",
+    "over_refund": "more had been refunded than was charged ({amount} too much)",
+    "refund_to_wrong_party": "a refund of {amount} had gone to an account other than the one that paid",
+    "duplicate_fulfilment": "the order had been fulfilled a second time ({amount})",
+    "oversold": "the order was revived after its stock had been released ({amount})",
+    "bnpl_double_deduction": "the BNPL agreement had been paid twice ({amount} extra)",
 }
 # The event that makes the class start, preferred among events at the start time.
 _KEY_EVENTS = {
@@ -747,6 +753,12 @@ _KEY_EVENTS = {
     "bnpl_false_overdue": ("bnpl.overdue",),
     "bnpl_deduction_failed": ("bnpl.deduction",),
     "ledger_imbalance": ("ledger.txn",),
+    "amount_mismatch": ("ledger.txn", "trade.succeeded"),
+    "over_refund": ("ledger.txn", "trade.refunded"),
+    "refund_to_wrong_party": ("ledger.txn",),
+    "duplicate_fulfilment": ("order.paid", "order.shipped"),
+    "oversold": ("order.reopened", "order.paid"),
+    "bnpl_double_deduction": ("bnpl.deduction", "bnpl.repaid"),
 }
 
 

@@ -655,6 +655,12 @@ BUYER_EXPERIENCE: dict[str, tuple[str, str]] = {
     "bnpl_false_overdue": ("buyers", "were marked overdue on a BNPL agreement they had paid"),
     "bnpl_deduction_failed": ("buyers", "had a BNPL deduction fail"),
     "ledger_imbalance": ("orders", "had an unbalanced ledger entry"),
+    "amount_mismatch": ("buyers", "were charged an amount other than the order's"),
+    "over_refund": ("orders", "were refunded more than was charged"),
+    "refund_to_wrong_party": ("buyers", "had their refund sent to someone else"),
+    "duplicate_fulfilment": ("orders", "were fulfilled twice"),
+    "oversold": ("orders", "were sold again after their stock was released"),
+    "bnpl_double_deduction": ("buyers", "paid a BNPL agreement twice"),
 }
 
 
