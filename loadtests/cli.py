@@ -174,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         print_live(doc)
     err.print(f"results: {path}")
     err.print(f"history: {out / 'history.jsonl'}")
+    err.print(f"anomaly instances (one row each): {out / 'anomalies.csv'}")
     partial = doc.get("partial")
     if partial:
         from sim.results import human_duration

@@ -52,6 +52,7 @@ __all__ = [
     "incidence",
     "kaplan_meier_quantiles",
     "buyer_sentence",
+    "observability",
 ]
 
 SCHEMA_VERSION = 2
@@ -114,10 +115,37 @@ def build_results(
         "timeline": timeline,
         "faults": list(faults or []),
         "examples": {cls: _pool_examples(cls, summaries) for cls in ANOMALY_CLASSES},
+        "observable": observability(summaries),
     }
+    for cls in doc["observable"]["not_observable"]:
+        anomalies[cls]["observable"] = False
     if extra:
         doc.update(extra)
     return doc
+
+
+def observability(summaries: Sequence[CheckSummary]) -> dict[str, Any]:
+    """What the histories observed and so which classes they can decide (``docs/results.md``, "Observable").
+
+    The checker decides it per history (:attr:`CheckSummary.observed`, :attr:`ClassStats.observable`); over
+    several replications a source counts as observed, and a class as decidable, only if it is in every one.
+    """
+    sources: dict[str, bool] = {}
+    how: dict[str, str] = {}
+    for s in summaries:
+        for src, ok in (getattr(s, "observed", None) or {}).items():
+            sources[src] = sources.get(src, True) and bool(ok)
+        for src, text in (getattr(s, "observed_how", None) or {}).items():
+            how[src] = text if how.get(src, text) == text else "varies between replications"
+    classes = {cls: all(getattr(s.per_class[cls], "observable", True) for s in summaries) for cls in ANOMALY_CLASSES}
+    money = {getattr(s, "money_from", "ledger") for s in summaries}
+    return {
+        "sources": sources,
+        "how": how,
+        "money_from": money.pop() if len(money) == 1 else "varies between replications",
+        "classes": classes,
+        "not_observable": [cls for cls, ok in classes.items() if not ok],
+    }
 
 
 def _pool_class(cls: str, summaries: Sequence[CheckSummary]) -> dict[str, Any]:
