@@ -66,7 +66,7 @@ COMMANDS = {
     "report": (["report", str(RESULTS)], "reports.render.build_report"),
     "sweep": (["sweep", str(BASELINE), *TINY, "--vary", "order_service.order_ttl=10m,20m", "-q"], "sim.sweep.run_sweep"),
     "load": (["load", str(BASELINE), "-q"], "loadtests.live.run_live"),
-    "compare": (["compare", str(BASELINE), "-q"], "sim.runner.simulate"),
+    "compare": (["compare", str(BASELINE), "-q"], "sim.runner.replicate"),
     "explain": (["explain", str(BASELINE), *TINY, "-q"], "sim.explain.explain"),
 }
 
