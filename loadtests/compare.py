@@ -200,12 +200,13 @@ def print_comparison(sim: dict[str, Any], live: dict[str, Any], agree: dict[str,
         return "n/a" if a["agree"] is None else "yes" if a["agree"] else "[red]no[/]"
 
     table = Table(title=f"predicted ({sim.get('orders', 0):,} orders, {sim.get('replications')} replications) vs "
-                        f"measured ({live.get('orders', 0):,} orders): share of counted orders [95% CI]",
+                        f"measured ({live.get('orders', 0):,} orders): share of counted orders [95% CI] where the "
+                        "class occurred (arose at all) and where it was unresolved (still open at the end)",
                   title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("anomaly", justify="left", no_wrap=True)
-    for measure, what in (("occurred", "occurred (arose at all)"), ("unresolved", "unresolved at the end")):
-        table.add_column(f"{what}\nsimulation", justify="right", no_wrap=True)
-        table.add_column(f"{what}\nlive", justify="right", no_wrap=True)
+    for measure in MEASURES:
+        table.add_column(f"{measure}\nsimulation", justify="right", no_wrap=True)
+        table.add_column(f"{measure}\nlive", justify="right", no_wrap=True)
         table.add_column(f"{measure}\nagree", justify="right", no_wrap=True)
     for cls, a in agree.items():
         occ, unres = a["occurred"], a["unresolved"]

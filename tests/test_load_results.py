@@ -146,7 +146,11 @@ def test_agreement_and_the_table_give_occurred_and_unresolved():
     console = Console(width=200, record=True)
     print_comparison(sim, live, a, console)
     text = console.export_text()
-    assert "occurred (arose at all)" in text and "unresolved at the end" in text
+    words = " ".join(text.split())
+    assert "occurred (arose at all)" in words and "unresolved (still open at the end)" in words
+    header = [line.split() for line in text.splitlines()[:8]]
+    assert ["occurred", "occurred", "occurred", "unresolved", "unresolved", "unresolved"] in header
+    assert ["anomaly", "simulation", "live", "agree", "simulation", "live", "agree"] in header
     row = next(line for line in text.splitlines() if line.strip().startswith("failure_shown_but_charged"))
     assert "0.7 [0.69, 0.71]" in row and "0.2 [0.16, 0.24]" in row and " no " in row and " yes " in row
     assert "not observable" in next(line for line in text.splitlines() if "ledger_imbalance" in line)
