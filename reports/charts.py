@@ -365,7 +365,8 @@ MEASURE_LOOKS = (("occurred", "o", "occurred (arose at all)"), ("unresolved", "s
 def anomaly_rates(doc: Mapping[str, Any], classes: Sequence[str] | None = None) -> Figure:
     """One row per class: the share of orders where it occurred and where it was still unresolved at the
     end, each a dot with its 95% interval; zeros hollow at the axis with their upper bound drawn."""
-    names = list(classes) if classes else ordered_classes(doc.get("anomalies") or {})
+    names = list(classes) if classes else [c for c in ordered_classes(doc.get("anomalies") or {})
+                                           if anomaly(doc, c).get("observable") is not False]  # blind: no rate to draw
     values = [v for c in names for m, _, _ in MEASURE_LOOKS for v in (measure_interval(anomaly(doc, c), m) or ())]
     floor = log_floor(values)
     fig = Figure(figsize=(10.5, 1.9 + 0.48 * max(len(names), 1)), layout="constrained")

@@ -119,6 +119,11 @@ def anomaly_table(doc: Mapping[str, Any]) -> str:
     reps = doc.get("replications") or 1
     for cls in ordered_classes(anomalies):
         a = anomaly(doc, cls)
+        if a.get("observable") is False:  # the history could not decide it: its zeros mean "not known"
+            span = 10 if reps > 1 else 9
+            rows.append(f'<tr class="zero"><td>{_class_cell(cls)}</td><td colspan="{span}">not observable in this '
+                        "history (it lacks the events this class needs; docs/results.md, “Observable”)</td></tr>")
+            continue
         repair = a.get("repair_s") or {}
         share = repair.get("repaired_share")
         per = a.get("amount_per_replication") or {}

@@ -803,6 +803,9 @@ def summary_table(doc: dict[str, Any], compact: bool = False) -> "Table":
             "repair p99": _repair_cell(repair, "p99"),
             "held (¥, total)": _money(a.get("amount") or 0.0),
         }
+        if a.get("observable") is False:  # the histories could not decide it: its zeros mean "not known"
+            table.add_row(cls, "not observable", *("—" for _ in columns[1:]), style="dim")
+            continue
         quiet = not a.get("occurred_orders")
         table.add_row(cls, *(cells[c] for c in columns), style="dim" if quiet else None)
     methods = sorted({a.get("occurred_ci_method") for a in anomalies.values()} |

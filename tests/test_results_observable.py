@@ -57,3 +57,25 @@ def test_over_replications_a_class_is_decidable_only_if_every_one_observed_it():
     assert obs["money_from"] == "varies between replications"
     assert set(obs["not_observable"]) == LEDGER_ONLY
     assert _doc([full, full])["observable"]["not_observable"] == []
+
+
+def test_tables_and_report_say_not_observable_rather_than_zero():
+    from rich.console import Console
+
+    from reports import charts
+    from reports.html import anomaly_table
+    from sim.results import summary_table
+
+    o = Order().paid_flow()
+    doc = _doc([check_events([e for e in o.events if e["type"] != "ledger.txn"], CheckConfig(end=END))])
+    console = Console(width=250, record=True)
+    console.print(summary_table(doc))
+    lines = console.export_text().splitlines()
+    for cls in ANOMALY_CLASSES:
+        row = next(line for line in lines if line.strip().startswith(cls + " "))
+        assert ("not observable" in row) is (cls in LEDGER_ONLY), row
+    html = anomaly_table(doc)
+    assert html.count("not observable in this history") == len(LEDGER_ONLY)
+    fig = charts.anomaly_rates(doc)
+    names = {t.get_text() for t in fig.axes[0].get_yticklabels()}
+    assert names == set(ANOMALY_CLASSES) - LEDGER_ONLY  # no rate drawn for what was not observed
