@@ -18,7 +18,7 @@ from typing import Any
 
 EPILOG = """\
 examples:
-  checkout-chaos compare scenarios/mall_pattern.toml --set load.arrival_rate=1 --time-scale 60 --run-time 60s \
+  checkout-chaos compare scenarios/mall_pattern.toml --set load.arrival_rate=1 --time-scale 60 --run-time 60s \\
       --drain 90s --out results/mall-compare
   checkout-chaos compare scenarios/baseline.toml -n 10 --jobs 2 --report
 
