@@ -174,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         print_live(doc)
     err.print(f"results: {path}")
     err.print(f"history: {out / 'history.jsonl'}")
+    err.print(f"anomaly instances (one row each): {out / 'anomalies.csv'}")
     partial = doc.get("partial")
     if partial:
         from sim.results import human_duration
@@ -242,9 +243,11 @@ def observed_text(rule: str, v: Any) -> str:
         return f"{value:.2%}"
     if metric.endswith(".amount"):
         return f"¥{value:,.2f}"
-    if metric.endswith(".count"):
+    if metric.endswith((".count", "_count")):
         return f"{value:,.0f} instances"
-    if metric.endswith(".rate"):
+    if metric.endswith("_orders"):
+        return f"{value:,.0f} orders"
+    if metric.endswith((".rate", "_rate")):
         return f"{value:.3g} per order"
     return f"{value:.4g}"
 

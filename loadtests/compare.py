@@ -2,21 +2,23 @@
 
 Both runs see the same conditions: the simulation runs the scenario over the live run's window (its
 ``run.horizon`` and ``run.drain`` set to what the live run covers at the chosen time scale), the live
-run replays it against the services. ``DIR/compare.json`` holds both documents and, per anomaly class,
-both 95% intervals and whether they overlap; ``DIR/simulation/results.json`` and
-``DIR/live/results.json`` hold each document on its own.
+run replays it against the services. ``DIR/compare.json`` holds both documents and, per anomaly class
+and for both the share of orders where it occurred and the share still unresolved at the end, both 95%
+intervals and whether they overlap; ``DIR/simulation/`` and ``DIR/live/`` hold each document on its own
+(``results.json``) with its ``anomalies.csv``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 EPILOG = """\
 examples:
-  checkout-chaos compare scenarios/mall_pattern.toml --set load.arrival_rate=1 --time-scale 60 --run-time 60s \
+  checkout-chaos compare scenarios/mall_pattern.toml --set load.arrival_rate=1 --time-scale 60 --run-time 60s \\
       --drain 90s --out results/mall-compare
   checkout-chaos compare scenarios/baseline.toml -n 10 --jobs 2 --report
 
@@ -33,8 +35,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
     p.description = (
         "Simulate a scenario and run it live at the same (time-scaled) conditions, then put the rates side by "
-        "side: each anomaly class's rate and 95% interval, predicted and measured, and whether they agree "
-        "(the intervals overlap). Writes DIR/compare.json, DIR/simulation/results.json and DIR/live/results.json."
+        "side: for each anomaly class the share of orders where it occurred and the share still unresolved at "
+        "the end, each with its 95% interval, predicted and measured, and whether they agree (the intervals "
+        "overlap). Writes DIR/compare.json, and results.json and anomalies.csv in DIR/simulation and DIR/live."
     )
     p.epilog = EPILOG
     add_scenario_args(p)
@@ -51,33 +54,52 @@ def simulation_scenario(scenario: Any, window: Any) -> Any:
                                     "run.drain": format_duration(window.drain)}, source="compare")
 
 
+MEASURES = ("occurred", "unresolved")
+
+
 def agreement(sim: dict[str, Any], live: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per class: both 95% intervals (the rate itself when a document has none) and whether they overlap."""
+    """Per class and measure (occurred, unresolved): both 95% intervals (the rate itself when a document has
+    none), the rates, and whether the intervals overlap. The top-level keys of each class repeat the
+    unresolved measure (what compare.json held before occurred was recorded). A class the live history
+    could not decide (``observable`` false) agrees with nothing: ``agree`` is None."""
     from sim.vocabulary import ANOMALY_CLASSES
 
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for cls in ANOMALY_CLASSES:
         s, m = (sim.get("anomalies") or {}).get(cls) or {}, (live.get("anomalies") or {}).get(cls) or {}
-        si, li = _interval(s), _interval(m)
-        out[cls] = {"sim": si, "live": li, "sim_rate": s.get("rate", 0.0), "live_rate": m.get("rate", 0.0),
-                    "agree": si[0] <= li[1] and li[0] <= si[1],
-                    "live_in_sim": si[0] <= m.get("rate", 0.0) <= si[1],
-                    "sim_in_live": li[0] <= s.get("rate", 0.0) <= li[1]}
+        decidable = s.get("observable", True) and m.get("observable", True)
+        entry: dict[str, Any] = {"observable": decidable}
+        for measure in MEASURES:
+            si, li = _interval(s, measure), _interval(m, measure)
+            sr, lr = _rate(s, measure), _rate(m, measure)
+            entry[measure] = {"sim": si, "live": li, "sim_rate": sr, "live_rate": lr,
+                              "agree": (si[0] <= li[1] and li[0] <= si[1]) if decidable else None,
+                              "live_in_sim": si[0] <= lr <= si[1], "sim_in_live": li[0] <= sr <= li[1]}
+        entry.update(entry["unresolved"])
+        out[cls] = entry
     return out
 
 
-def _interval(a: dict[str, Any]) -> list[float]:
-    ci = a.get("ci95")
-    r = float(a.get("rate") or 0.0)
+def _rate(a: dict[str, Any], measure: str) -> float:
+    value = a.get(f"{measure}_rate")
+    if value is None:  # a schema 1 document: its rate is the unresolved one
+        value = a.get("rate") if measure == "unresolved" else None
+    return float(value or 0.0)
+
+
+def _interval(a: dict[str, Any], measure: str = "unresolved") -> list[float]:
+    ci = a.get(f"{measure}_ci95") or (a.get("ci95") if measure == "unresolved" else None)
+    r = _rate(a, measure)
     return [float(ci[0]), float(ci[1])] if ci else [r, r]
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from sim.check import write_anomalies_csv
     from sim.commands.common import positive_int, scenario_from_args, writable_dir
-    from sim.results import SCHEMA_VERSION, atomic_write, canonical_json, write_results
-    from sim.runner import simulate
+    from sim.results import SCHEMA_VERSION, atomic_write, canonical_json, run_info, write_results
+    from sim.runner import pool, replicate
 
     from loadtests.cli import live_options, print_live
     from loadtests.live import run_live
@@ -98,9 +120,15 @@ def run(args: argparse.Namespace) -> int:
     opts.warn_preflight = False
     err.print(f"simulating {scenario.name or 'the scenario'} over the live window "
               f"(horizon {window.horizon:g}s, drain {window.drain:g}s of scenario time) ...")
-    sim_doc = simulate(simulation_scenario(scenario, window), jobs=jobs, progress=not args.quiet,
-                       command=["checkout-chaos", *sys.argv[1:]])
-    live_doc = run_live(scenario, opts)
+    sim_scenario = simulation_scenario(scenario, window)
+    started = time.time()
+    reps = replicate(sim_scenario, None, jobs, None, not args.quiet)
+    sim_doc = pool(sim_scenario, reps)  # what sim.runner.simulate does, keeping the replications for anomalies.csv
+    sim_doc["run_info"] = run_info(started, ["checkout-chaos", *sys.argv[1:]])
+    sim_doc["run_info"]["jobs"] = jobs
+    write_anomalies_csv(out / "simulation", [r.summary for r in reps])
+    del reps
+    live_doc = run_live(scenario, opts)  # writes DIR/live/anomalies.csv beside its history
     write_results(sim_doc, out / "simulation")
     write_results(live_doc, out / "live")
     agree = agreement(sim_doc, live_doc)
@@ -154,7 +182,8 @@ def comparison_exit(doc: dict[str, Any], err: Any) -> int:
 
 def print_comparison(sim: dict[str, Any], live: dict[str, Any], agree: dict[str, dict[str, Any]],
                      console: Any = None) -> None:
-    """Predicted and measured rates per class with their intervals, and whether they agree."""
+    """Per class, predicted and measured: the share of orders where it occurred and the share still
+    unresolved at the end, each with its 95% interval, and whether they agree."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -162,14 +191,30 @@ def print_comparison(sim: dict[str, Any], live: dict[str, Any], agree: dict[str,
     from sim.results import format_rate as _rate
 
     if console is None:
-        console = Console() if sys.stdout.isatty() else Console(width=120)
+        console = Console() if sys.stdout.isatty() else Console(width=160)
+
+    def cell(rate: float, ci: list[float]) -> str:
+        return f"{_rate(rate)} [{_rate(ci[0])}, {_rate(ci[1])}]"
+
+    def verdict(a: dict[str, Any]) -> str:
+        return "n/a" if a["agree"] is None else "yes" if a["agree"] else "[red]no[/]"
+
     table = Table(title=f"predicted ({sim.get('orders', 0):,} orders, {sim.get('replications')} replications) vs "
-                        f"measured ({live.get('orders', 0):,} orders)", title_justify="left", box=box.SIMPLE_HEAD)
-    for c in ("anomaly", "simulation", "95% CI", "live", "95% CI ", "agree"):
-        table.add_column(c, justify="left" if c == "anomaly" else "right", no_wrap=True)
+                        f"measured ({live.get('orders', 0):,} orders): share of counted orders [95% CI] where the "
+                        "class occurred (arose at all) and where it was unresolved (still open at the end)",
+                  title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("anomaly", justify="left", no_wrap=True)
+    for measure in MEASURES:
+        table.add_column(f"{measure}\nsimulation", justify="right", no_wrap=True)
+        table.add_column(f"{measure}\nlive", justify="right", no_wrap=True)
+        table.add_column(f"{measure}\nagree", justify="right", no_wrap=True)
     for cls, a in agree.items():
-        quiet = not a["sim_rate"] and not a["live_rate"]
-        table.add_row(cls, _rate(a["sim_rate"]), f"[{_rate(a['sim'][0])}, {_rate(a['sim'][1])}]", _rate(a["live_rate"]),
-                      f"[{_rate(a['live'][0])}, {_rate(a['live'][1])}]",
-                      "yes" if a["agree"] else "[red]no[/]", style="dim" if quiet else None)
+        occ, unres = a["occurred"], a["unresolved"]
+        if not a.get("observable", True):
+            table.add_row(cls, *["not observable"] * 2, "n/a", *["not observable"] * 2, "n/a", style="dim")
+            continue
+        quiet = not (occ["sim_rate"] or occ["live_rate"] or unres["sim_rate"] or unres["live_rate"])
+        table.add_row(cls, cell(occ["sim_rate"], occ["sim"]), cell(occ["live_rate"], occ["live"]), verdict(occ),
+                      cell(unres["sim_rate"], unres["sim"]), cell(unres["live_rate"], unres["live"]), verdict(unres),
+                      style="dim" if quiet else None)
     console.print(table)

@@ -559,7 +559,7 @@ def build_live_results(scenario: Scenario, window: LiveWindow, plan: Plan, out: 
     """Merge the histories, check them and assemble the results document (also writes history.jsonl)."""
     import json
 
-    from sim.check import CheckConfig, check_events
+    from sim.check import CheckConfig, check_events, write_anomalies_csv
     from sim.scenario import fault_spans
     from sim.vocabulary import TIMELINE_BUCKETS
     from sim.results import build_results, run_info
@@ -572,6 +572,7 @@ def build_live_results(scenario: Scenario, window: LiveWindow, plan: Plan, out: 
                          stuck_grace=scenario.order_service.stuck_grace, bnpl_finish_limit=scenario.bnpl.finish_limit,
                          bucket_s=max(1.0, window.horizon / TIMELINE_BUCKETS))
     summary = check_events(events, config)
+    csv_path = write_anomalies_csv(out, [summary])  # one row per instance, beside results.json
     done = [json.loads(p.read_text()) for p in sorted(client_dir.glob("done-*.json"))]
     planned = sum(1 for _ in arrival_times(scenario.load, window.horizon, scenario.run.seed, plan.max_orders))
     live = live_section(events, done, planned, expected_arrivals(scenario.load, window.horizon), window,
@@ -582,6 +583,7 @@ def build_live_results(scenario: Scenario, window: LiveWindow, plan: Plan, out: 
                         seed=scenario.run.seed, metrics=[], faults=fault_spans(scenario), horizon_s=window.horizon,
                         warmup_s=window.warmup, end_s=window.end, extra={"live": live})
     doc["run_info"] = run_info(started, opts.command if opts.command is not None else sys.argv)
+    live["anomalies_csv"] = {"file": csv_path.name if csv_path else None, "rows": len(summary.instances or ())}
     live["thresholds"] = evaluate_thresholds(scenario.thresholds, doc)
     pre = pre if pre is not None else preflight(scenario, window, opts.workers)
     live["preflight"] = pre

@@ -77,11 +77,22 @@ def rate_interval(a: Mapping[str, Any]) -> tuple[float, float, float]:
 
 
 def occurred(a: Mapping[str, Any]) -> bool:
-    return bool(a.get("count") or a.get("rate"))
+    """The class arose at all (repaired or not; schema 1: was left unresolved)."""
+    return bool(a.get("occurred_orders") or a.get("occurred_rate") or a.get("count") or a.get("rate"))
+
+
+def measured(a: Mapping[str, Any], measure: str) -> tuple[float, float, float]:
+    """``(rate, low, high)`` of ``occurred`` or ``unresolved``; zeros when the document lacks the measure."""
+    return measure_interval(a, measure) or (0.0, 0.0, 0.0)
+
+
+def has_measure(docs: Iterable[Mapping[str, Any]], measure: str) -> bool:
+    """Any document has the figures of ``measure`` (schema 1 has the unresolved ones only)."""
+    return any(measure_interval(anomaly(d, c), measure) is not None for d in docs for c in (d.get("anomalies") or {}))
 
 
 def nonzero_classes(docs: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Classes that occurred in any of the documents, in the vocabulary's order."""
+    """Classes that occurred in any of the documents (repaired or not), in the vocabulary's order."""
     docs = list(docs)
     names = [c for d in docs for c in (d.get("anomalies") or {})]
     return [c for c in ordered_classes(names) if any(occurred(anomaly(d, c)) for d in docs)]
@@ -274,9 +285,11 @@ def _axis_positions(key: str | None, values: Sequence[Any]) -> tuple[list[float]
 
 
 @styled
-def sweep_rates(sweep: Mapping[str, Any], classes: Sequence[str] | None = None) -> Figure:
-    """Anomaly rate against the swept parameter: one panel per class, one line per compared policy,
-    95% confidence bands, a log scale when rates span more than two decades."""
+def sweep_rates(sweep: Mapping[str, Any], classes: Sequence[str] | None = None,
+                measure: str = "unresolved") -> Figure:
+    """Anomaly rate (``measure``: ``occurred`` or ``unresolved``) against the swept parameter: one panel per
+    class, one line per compared policy, 95% confidence bands, a log scale when rates span more than two
+    decades."""
     points = sweep["points"]
     xkey, line_keys, xvalues, series = sweep_series(sweep)
     pos, ticklabels, xlabel, categorical = _axis_positions(xkey, xvalues)
@@ -299,7 +312,7 @@ def sweep_rates(sweep: Mapping[str, Any], classes: Sequence[str] | None = None) 
         values = []
         for pts in series.values():
             for res in pts.values():
-                values.extend(rate_interval(anomaly(res, cls)))
+                values.extend(measured(anomaly(res, cls), measure))
         floor = log_floor(values)
         for i, (label, pts) in enumerate(series.items()):
             look = looks[label]
@@ -308,7 +321,7 @@ def sweep_rates(sweep: Mapping[str, Any], classes: Sequence[str] | None = None) 
             for v in xvalues:
                 res = pts.get(value_key(v))
                 if res is not None:
-                    rows.append((xpos[value_key(v)] + dodge, *rate_interval(anomaly(res, cls))))
+                    rows.append((xpos[value_key(v)] + dodge, *measured(anomaly(res, cls), measure)))
             if not rows:
                 continue
             xs, ys, lo, hi = (np.array(col, dtype=float) for col in zip(*rows))
@@ -345,13 +358,14 @@ def sweep_rates(sweep: Mapping[str, Any], classes: Sequence[str] | None = None) 
     handles = [Line2D([], [], color=looks[s].color, ls=looks[s].linestyle, marker=looks[s].marker, lw=1.8, label=s)
                for s in series]
     handles.append(Patch(facecolor="#888888", alpha=0.25, label="95% CI"))
-    if any(not occurred(anomaly(r, c)) for r in results for c in panels):
+    if any(measured(anomaly(r, c), measure)[0] <= 0 for r in results for c in panels):
         handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="#555555", label="zero (hollow)"))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
     name = sweep.get("scenario_name") or next((r.get("scenario_name") for r in results if r.get("scenario_name")), None)
     by = f", by {', '.join(short_key(k) for k in line_keys)}" if line_keys else ""
-    fig.suptitle(f"Anomaly rate vs {short_key(xkey) if xkey else 'sweep point'}{by}" + (f" — {name}" if name else ""),
-                 fontweight="bold", fontsize=12)
+    what = "occurred (arose at all)" if measure == "occurred" else "unresolved at the end"
+    fig.suptitle(f"Anomaly rate, {what}, vs {short_key(xkey) if xkey else 'sweep point'}{by}"
+                 + (f" — {name}" if name else ""), fontweight="bold", fontsize=12)
     return fig
 
 
@@ -365,7 +379,8 @@ MEASURE_LOOKS = (("occurred", "o", "occurred (arose at all)"), ("unresolved", "s
 def anomaly_rates(doc: Mapping[str, Any], classes: Sequence[str] | None = None) -> Figure:
     """One row per class: the share of orders where it occurred and where it was still unresolved at the
     end, each a dot with its 95% interval; zeros hollow at the axis with their upper bound drawn."""
-    names = list(classes) if classes else ordered_classes(doc.get("anomalies") or {})
+    names = list(classes) if classes else [c for c in ordered_classes(doc.get("anomalies") or {})
+                                           if anomaly(doc, c).get("observable") is not False]  # blind: no rate to draw
     values = [v for c in names for m, _, _ in MEASURE_LOOKS for v in (measure_interval(anomaly(doc, c), m) or ())]
     floor = log_floor(values)
     fig = Figure(figsize=(10.5, 1.9 + 0.48 * max(len(names), 1)), layout="constrained")
@@ -735,6 +750,12 @@ _DISAGREEMENT = {
     "bnpl_false_overdue": "the buyer had paid but the BNPL provider counted them overdue ({amount})",
     "bnpl_deduction_failed": "the deduction of {amount} had failed and nobody had resolved it",
     "ledger_imbalance": "debits and credits no longer balanced ({amount})",
+    "amount_mismatch": "the buyer had been charged an amount other than the order's ({amount} apart)",
+    "over_refund": "more had been refunded than was charged ({amount} too much)",
+    "refund_to_wrong_party": "a refund of {amount} had gone to an account other than the one that paid",
+    "duplicate_fulfilment": "the order had been fulfilled a second time ({amount})",
+    "oversold": "the order was revived after its stock had been released ({amount})",
+    "bnpl_double_deduction": "the BNPL agreement had been paid twice ({amount} extra)",
 }
 # The event that makes the class start, preferred among events at the start time.
 _KEY_EVENTS = {
@@ -747,6 +768,12 @@ _KEY_EVENTS = {
     "bnpl_false_overdue": ("bnpl.overdue",),
     "bnpl_deduction_failed": ("bnpl.deduction",),
     "ledger_imbalance": ("ledger.txn",),
+    "amount_mismatch": ("ledger.txn", "trade.succeeded"),
+    "over_refund": ("ledger.txn", "trade.refunded"),
+    "refund_to_wrong_party": ("ledger.txn",),
+    "duplicate_fulfilment": ("order.paid", "order.shipped"),
+    "oversold": ("order.reopened", "order.paid"),
+    "bnpl_double_deduction": ("bnpl.deduction", "bnpl.repaid"),
 }
 
 
@@ -1006,13 +1033,13 @@ def intervals_overlap(a: tuple[float, float, float], b: tuple[float, float, floa
 
 @styled
 def predicted_vs_measured(simulation: Mapping[str, Any], live: Mapping[str, Any],
-                          classes: Sequence[str] | None = None) -> Figure:
-    """Rates per class from a simulation (predicted) and a live run (measured) of the same scenario,
-    as dots with 95% whiskers, and whether the intervals overlap."""
+                          classes: Sequence[str] | None = None, measure: str = "unresolved") -> Figure:
+    """Rates per class (``measure``: ``occurred`` or ``unresolved``) from a simulation (predicted) and a
+    live run (measured) of the same scenario, as dots with 95% whiskers, and whether the intervals overlap."""
     names = list(classes) if classes else nonzero_classes([simulation, live])
     if not names:
         names = ordered_classes(list(simulation.get("anomalies") or {}) + list(live.get("anomalies") or {}))
-    values = [v for c in names for d in (simulation, live) for v in rate_interval(anomaly(d, c))]
+    values = [v for c in names for d in (simulation, live) for v in measured(anomaly(d, c), measure)]
     floor = log_floor(values)
     fig = Figure(figsize=(10.5, 1.8 + 0.5 * max(len(names), 1)), layout="constrained")
     ax = fig.add_subplot()
@@ -1021,13 +1048,13 @@ def predicted_vs_measured(simulation: Mapping[str, Any], live: Mapping[str, Any]
     for row, cls in enumerate(names):
         ivs = []
         for doc, look, off, _ in sides:
-            r, lo, hi = rate_interval(anomaly(doc, cls))
+            r, lo, hi = measured(anomaly(doc, cls), measure)
             ivs.append((r, lo, hi))
             if floor is not None:
                 r, lo, hi = (max(v, floor) for v in (r, lo, hi))
             ax.plot([lo, hi], [row + off] * 2, color=look.color, lw=2.0, ls=look.linestyle, solid_capstyle="butt")
             ax.plot([lo, hi], [row + off] * 2, ls="none", marker="|", ms=8, color=look.color)
-            hollow = not occurred(anomaly(doc, cls))
+            hollow = ivs[-1][0] <= 0
             ax.plot([r], [row + off], marker=look.marker, ms=7, color=look.color,
                     mfc="white" if hollow else look.color, mec=look.color, mew=1.5, zorder=4, clip_on=False)
         agree = intervals_overlap(*ivs)
@@ -1048,7 +1075,7 @@ def predicted_vs_measured(simulation: Mapping[str, Any], live: Mapping[str, Any]
     ax.text(1.01, 1.0, "intervals\noverlap?", transform=ax.transAxes, fontsize=8, color="#555555", va="bottom")
 
     def method(doc: Mapping[str, Any]) -> str:
-        m = {a.get("ci_method") for a in (doc.get("anomalies") or {}).values()} - {None}
+        m = {a.get(f"{measure}_ci_method", a.get("ci_method")) for a in (doc.get("anomalies") or {}).values()} - {None}
         return f", 95% CI ({'/'.join(sorted(m))})" if m else ", no interval"
 
     def reps(doc: Mapping[str, Any]) -> str:
@@ -1061,5 +1088,7 @@ def predicted_vs_measured(simulation: Mapping[str, Any], live: Mapping[str, Any]
     handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="#555555", label="zero (hollow)"))
     fig.legend(handles=handles, loc="outside lower center", ncols=3)
     name = simulation.get("scenario_name") or live.get("scenario_name") or "scenario"
-    fig.suptitle(f"Predicted vs measured — {name}", fontweight="bold", fontsize=12)
+    what = "occurred (arose at all)" if measure == "occurred" else "unresolved at the end"
+    fig.suptitle(f"Predicted vs measured — {name}: share of orders where the class {what}", fontweight="bold",
+                 fontsize=12)
     return fig

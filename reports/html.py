@@ -16,10 +16,11 @@ from typing import Any, Iterable, Mapping, Sequence
 from reports import fmt
 from reports.charts import (
     anomaly,
+    has_measure,
     intervals_overlap,
     measure_interval,
+    measured,
     nonzero_classes,
-    rate_interval,
     sweep_series,
     value_key,
 )
@@ -50,8 +51,8 @@ th, td { padding: 4px 10px; border-bottom: 1px solid var(--line); text-align: ri
 th { background: var(--soft); font-weight: 600; }
 th:first-child, td:first-child { text-align: left; }
 tr.zero td { color: #8c959f; }
-td.agree { color: #117733; font-weight: 600; }
-td.differ { color: #B00000; font-weight: 600; }
+.agree { color: #117733; font-weight: 600; }
+.differ { color: #B00000; font-weight: 600; }
 .swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px;
           vertical-align: baseline; border: 1px solid #0003; }
 figure { margin: 16px 0 28px; }
@@ -119,6 +120,11 @@ def anomaly_table(doc: Mapping[str, Any]) -> str:
     reps = doc.get("replications") or 1
     for cls in ordered_classes(anomalies):
         a = anomaly(doc, cls)
+        if a.get("observable") is False:  # the history could not decide it: its zeros mean "not known"
+            span = 10 if reps > 1 else 9
+            rows.append(f'<tr class="zero"><td>{_class_cell(cls)}</td><td colspan="{span}">not observable in this '
+                        "history (it lacks the events this class needs; docs/results.md, “Observable”)</td></tr>")
+            continue
         repair = a.get("repair_s") or {}
         share = repair.get("repaired_share")
         per = a.get("amount_per_replication") or {}
@@ -253,9 +259,15 @@ def sweep_section(i: int, sweep: Mapping[str, Any], charts: Sequence[Chart], sou
             for pts in series.values():
                 res = pts.get(value_key(x))
                 a = anomaly(res, cls) if res else {}
-                cells.append(f"{fmt.rate(a.get('rate'))} {fmt.interval(a.get('ci95'))}" if res else "—")
+                if not res:
+                    cells.append("—")
+                    continue
+                texts = [f"{fmt.rate(iv[0])} {fmt.interval(iv[1:])}"
+                         for iv in (measure_interval(a, m) for m in ("occurred", "unresolved")) if iv is not None]
+                cells.append(" / ".join(texts))
             body += f"<tr><td>{esc(x)}</td>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>"
-        parts.append(f"<h3>{_class_cell(cls)} rate per order [95% CI]</h3>"
+        both = has_measure([p["results"] for p in sweep["points"]], "occurred")
+        parts.append(f"<h3>{_class_cell(cls)} {'occurred / unresolved ' if both else ''}rate per order [95% CI]</h3>"
                      f'<div class="scroll"><table>{head}{body}</table></div>')
     parts.append(_json_details("sweep definition", {"vary": sweep.get("vary"), "compare": sweep.get("compare")}))
     return "\n".join(parts)
@@ -267,14 +279,22 @@ def comparison_section(sim: Mapping[str, Any], live: Mapping[str, Any], charts: 
     parts.extend(figure(c) for c in charts)
     rows = []
     classes = nonzero_classes([sim, live]) or ordered_classes(sim.get("anomalies") or {})
+    measures = [m for m in ("occurred", "unresolved") if m == "unresolved" or has_measure([sim, live], m)]
     for cls in classes:
         s, m = anomaly(sim, cls), anomaly(live, cls)
-        agree = intervals_overlap(rate_interval(s), rate_interval(m))
-        rows.append(f"<tr><td>{_class_cell(cls)}</td><td>{esc(fmt.rate(s.get('rate')))} {esc(fmt.interval(s.get('ci95')))}</td>"
-                    f"<td>{esc(fmt.rate(m.get('rate')))} {esc(fmt.interval(m.get('ci95')))}</td>"
-                    f'<td class="{"agree" if agree else "differ"}">{"agree" if agree else "differ"}</td></tr>')
-    parts.append('<div class="scroll"><table><tr><th>anomaly class</th><th>predicted (simulation)</th>'
-                 "<th>measured (live)</th><th>intervals overlap</th></tr>" + "".join(rows) + "</table></div>")
+        cells = [_class_cell(cls)]
+        for measure in measures:
+            si, li = measured(s, measure), measured(m, measure)
+            agree = intervals_overlap(si, li)
+            cells += [esc(f"{fmt.rate(si[0])} {fmt.interval(si[1:])}"), esc(f"{fmt.rate(li[0])} {fmt.interval(li[1:])}"),
+                      f'<span class="{"agree" if agree else "differ"}">{"agree" if agree else "differ"}</span>']
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{esc(m)}: predicted (simulation)</th><th>{esc(m)}: measured (live)</th>"
+                   f"<th>{esc(m)}: intervals overlap</th>" for m in measures)
+    parts.append('<div class="scroll"><table><tr><th>anomaly class</th>' + head + "</tr>" + "".join(rows)
+                 + "</table></div>")
+    parts.append('<p class="muted">occurred: the share of counted orders where the class arose at all; unresolved: '
+                 "where it was still open at the end of observation; 95% intervals.</p>")
     return "\n".join(parts)
 
 

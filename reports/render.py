@@ -95,6 +95,10 @@ def choose_example(doc: Mapping[str, Any], example_class: str | None = None) -> 
     return cls, next((e for e in items if e.get("role") == "first"), items[0])
 
 
+# The two measures the sweep and comparison charts are drawn for, each with the words its titles use.
+_MEASURES = (("occurred", "occurred (arose at all)"), ("unresolved", "was unresolved at the end"))
+
+
 def render_charts(docs: Sequence[Mapping[str, Any]], out_dir: Path, *,
                   example_class: str | None = None) -> tuple[list[Chart], list[tuple[int, int]]]:
     """Every chart the documents allow, saved under ``out_dir``; and the (simulation, live) pairs."""
@@ -118,9 +122,15 @@ def render_charts(docs: Sequence[Mapping[str, Any]], out_dir: Path, *,
         prefix = f"{i + 1}-{slug(doc_name(doc))}-" if many else ""
         if is_sweep(doc):
             xkey, lines = ch.sweep_axes(doc)
-            emit("sweep_rates", f"Anomaly rate vs {xkey or 'sweep point'}",
-                 f"One line per {', '.join(lines) or 'series'}; shaded bands are 95% confidence intervals; "
-                 "hollow markers are zero.", ch.sweep_rates(doc), f"{prefix}sweep-rates", i)
+            results = [p["results"] for p in doc["points"]]
+            for measure, what in _MEASURES:
+                if measure == "occurred" and not ch.has_measure(results, measure):
+                    continue  # schema 1 points: unresolved only
+                emit("sweep_rates", f"Anomaly rate vs {xkey or 'sweep point'}: {what}",
+                     f"The share of counted orders where the class {what}. One line per "
+                     f"{', '.join(lines) or 'series'}; shaded bands are 95% confidence intervals; hollow markers "
+                     "are zero.", ch.sweep_rates(doc, measure=measure),
+                     f"{prefix}sweep-rates" + ("-occurred" if measure == "occurred" else ""), i)
             continue
         if doc.get("anomalies"):
             emit("rates", "How often each anomaly occurred, and how often it was left unresolved",
@@ -151,10 +161,15 @@ def render_charts(docs: Sequence[Mapping[str, Any]], out_dir: Path, *,
                  ch.order_story(example, cls, doc_name(doc)), f"{prefix}story-{slug(cls)}", i)
     pairs = comparisons(docs)
     for s, l in pairs:
-        emit("predicted_vs_measured", f"Predicted vs measured: {doc_name(docs[s])}",
-             f"Dots are rates, whiskers 95% intervals, hollow dots zero; “agree” where the intervals overlap "
-             f"({fmt.count(docs[s].get('orders'))} simulated vs {fmt.count(docs[l].get('orders'))} live orders).",
-             ch.predicted_vs_measured(docs[s], docs[l]), f"compare-{slug(doc_name(docs[s]))}", None)
+        for measure, what in _MEASURES:
+            if measure == "occurred" and not ch.has_measure([docs[s], docs[l]], measure):
+                continue
+            emit("predicted_vs_measured", f"Predicted vs measured: {doc_name(docs[s])}, {what}",
+                 f"The share of counted orders where the class {what}. Dots are rates, whiskers 95% intervals, "
+                 f"hollow dots zero; “agree” where the intervals overlap ({fmt.count(docs[s].get('orders'))} "
+                 f"simulated vs {fmt.count(docs[l].get('orders'))} live orders).",
+                 ch.predicted_vs_measured(docs[s], docs[l], measure=measure),
+                 f"compare-{slug(doc_name(docs[s]))}" + ("-occurred" if measure == "occurred" else ""), None)
     return made, pairs
 
 

@@ -22,7 +22,10 @@ class Look:
 
 
 # Anomaly classes: the paid-but-closed family in warm colours, double/long/short charges in blues and
-# greens, BNPL in Tol's dark indigo/wine/olive, money created or destroyed in black.
+# greens, BNPL in Tol's dark indigo/wine/olive, money created or destroyed in black. The six later
+# classes take Paul Tol's colours that sit farthest (CIELAB ΔE ≥ 10) from all the others in normal vision
+# and in simulated deuteranopia, protanopia and tritanopia (tests/test_reports_style.py measures it);
+# each also has a marker and dash pattern of its own, so no two classes differ by colour alone.
 CLASS_LOOKS: dict[str, Look] = {
     "paid_but_closed": Look("#D55E00", "o", "-", "//"),
     "success_shown_then_closed": Look("#E69F00", "s", (0, (5, 2)), "\\\\"),
@@ -35,8 +38,15 @@ CLASS_LOOKS: dict[str, Look] = {
     "bnpl_false_overdue": Look("#882255", "h", (0, (5, 2)), "**"),
     "bnpl_deduction_failed": Look("#999933", "<", (0, (1, 1.5)), "OO"),
     "ledger_imbalance": Look("#000000", ">", (0, (6, 2, 1, 2)), "/\\"),
+    "amount_mismatch": Look("#EE6677", "d", (0, (4, 1, 1, 1)), "+."),
+    "over_refund": Look("#AA3377", "H", (0, (2, 1)), "x."),
+    "refund_to_wrong_party": Look("#004488", "8", (0, (7, 2, 2, 2)), "|."),
+    "duplicate_fulfilment": Look("#117733", "p", (0, (1, 3)), "-."),
+    "oversold": Look("#225522", "v", (0, (3, 1, 3, 3)), "/."),
+    "bnpl_double_deduction": Look("#222255", "*", (0, (5, 1, 1, 1, 1, 1)), "\\."),
 }
-_FALLBACK_CLASS = Look("#777777", "p", (0, (4, 4)), "..")
+
+_FALLBACK_CLASS = Look("#777777", ".", (0, (4, 4)), "..")
 
 # Known policies keep one colour everywhere; the status quo is vermillion like the harm it causes.
 POLICY_LOOKS: dict[str, Look] = {
@@ -109,7 +119,7 @@ def class_look(cls: str) -> Look:
 
 
 def ordered_classes(names: Iterable[str]) -> list[str]:
-    """Classes in the vocabulary's order (``sim.scenario.ANOMALY_CLASSES``), unknown ones after."""
+    """Classes in the vocabulary's order (``sim.vocabulary.ANOMALY_CLASSES``), unknown ones after."""
     names = list(dict.fromkeys(names))
     known = [c for c in ANOMALY_CLASSES if c in names]
     return known + sorted(c for c in names if c not in ANOMALY_CLASSES)

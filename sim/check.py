@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field, fields, replace
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from sim.errors import ConfigError, HistoryError
 from sim.vocabulary import ANOMALY_CLASSES, EVENT_TYPES, OBSERVATION_SOURCES
@@ -1725,14 +1725,15 @@ class AnomalyCsv:
     a :class:`Checker`'s ``on_instance``.
     """
 
-    def __init__(self, replication_column: bool = False) -> None:
+    def __init__(self, replication_column: bool = False, lead_columns: Sequence[str] = ()) -> None:
         self._fh = tempfile.SpooledTemporaryFile(max_size=4 << 20, mode="w+", newline="", encoding="utf-8")
         self._writer = csv.writer(self._fh)
         self._replication = replication_column
-        self._writer.writerow((("replication",) if replication_column else ()) + CSV_COLUMNS)
+        self._lead = tuple(lead_columns)  # columns before the rest (a sweep: point, parameters, replication)
+        self._writer.writerow(self._lead + (("replication",) if replication_column else ()) + CSV_COLUMNS)
         self.rows = 0
 
-    def add(self, inst: Instance, replication: int | None = None) -> None:
+    def add(self, inst: Instance, replication: int | None = None, lead: Sequence[str] = ()) -> None:
         stop = inst.stop
         row = [
             inst.cls, _cell(inst.order), _cell(" ".join(str(t) for t in inst.trades)), _cell(inst.user),
@@ -1742,6 +1743,8 @@ class AnomalyCsv:
         ]
         if self._replication:
             row.insert(0, "" if replication is None else str(replication))
+        if self._lead:
+            row[0:0] = lead
         self._writer.writerow(row)
         self.rows += 1
 
@@ -1784,12 +1787,27 @@ class AnomalyCsv:
         self._fh.close()
 
 
-def write_anomalies_csv(out_dir: str | Path, summaries: Iterable[CheckSummary]) -> Path | None:
+def write_anomalies_csv(out_dir: str | Path, summaries: Iterable[Any], *,
+                        lead_columns: Sequence[str] = ()) -> Path | None:
     """``out_dir/anomalies.csv`` from the instances the summaries kept (one per replication, in order).
 
-    With more than one summary the first column names the replication. Returns None when no summary
-    kept its instances (``CheckConfig(instances=False)``, or they were streamed elsewhere).
+    With more than one summary the first column names the replication. With ``lead_columns``,
+    ``summaries`` yields ``(cells, summary)`` pairs, taken one at a time (a sweep streams every point's
+    replications without holding them all): each summary's rows begin with its cells, under those columns.
+    Returns None when no summary kept its instances (``CheckConfig(instances=False)``, or they were
+    streamed elsewhere).
     """
+    if lead_columns:
+        writer = AnomalyCsv(lead_columns=lead_columns)
+        kept = False
+        try:
+            for cells, s in summaries:
+                kept = kept or s.instances is not None
+                for inst in s.instances or ():
+                    writer.add(inst, lead=cells)
+            return writer.commit(out_dir) if kept else None
+        finally:
+            writer.close()
     summaries = list(summaries)
     if not summaries or all(s.instances is None for s in summaries):
         return None

@@ -52,6 +52,7 @@ __all__ = [
     "incidence",
     "kaplan_meier_quantiles",
     "buyer_sentence",
+    "observability",
 ]
 
 SCHEMA_VERSION = 2
@@ -114,10 +115,37 @@ def build_results(
         "timeline": timeline,
         "faults": list(faults or []),
         "examples": {cls: _pool_examples(cls, summaries) for cls in ANOMALY_CLASSES},
+        "observable": observability(summaries),
     }
+    for cls in doc["observable"]["not_observable"]:
+        anomalies[cls]["observable"] = False
     if extra:
         doc.update(extra)
     return doc
+
+
+def observability(summaries: Sequence[CheckSummary]) -> dict[str, Any]:
+    """What the histories observed and so which classes they can decide (``docs/results.md``, "Observable").
+
+    The checker decides it per history (:attr:`CheckSummary.observed`, :attr:`ClassStats.observable`); over
+    several replications a source counts as observed, and a class as decidable, only if it is in every one.
+    """
+    sources: dict[str, bool] = {}
+    how: dict[str, str] = {}
+    for s in summaries:
+        for src, ok in (getattr(s, "observed", None) or {}).items():
+            sources[src] = sources.get(src, True) and bool(ok)
+        for src, text in (getattr(s, "observed_how", None) or {}).items():
+            how[src] = text if how.get(src, text) == text else "varies between replications"
+    classes = {cls: all(getattr(s.per_class[cls], "observable", True) for s in summaries) for cls in ANOMALY_CLASSES}
+    money = {getattr(s, "money_from", "ledger") for s in summaries}
+    return {
+        "sources": sources,
+        "how": how,
+        "money_from": money.pop() if len(money) == 1 else "varies between replications",
+        "classes": classes,
+        "not_observable": [cls for cls, ok in classes.items() if not ok],
+    }
 
 
 def _pool_class(cls: str, summaries: Sequence[CheckSummary]) -> dict[str, Any]:
@@ -655,6 +683,12 @@ BUYER_EXPERIENCE: dict[str, tuple[str, str]] = {
     "bnpl_false_overdue": ("buyers", "were marked overdue on a BNPL agreement they had paid"),
     "bnpl_deduction_failed": ("buyers", "had a BNPL deduction fail"),
     "ledger_imbalance": ("orders", "had an unbalanced ledger entry"),
+    "amount_mismatch": ("buyers", "were charged an amount other than the order's"),
+    "over_refund": ("orders", "were refunded more than was charged"),
+    "refund_to_wrong_party": ("buyers", "had their refund sent to someone else"),
+    "duplicate_fulfilment": ("orders", "were fulfilled twice"),
+    "oversold": ("orders", "were sold again after their stock was released"),
+    "bnpl_double_deduction": ("buyers", "paid a BNPL agreement twice"),
 }
 
 
@@ -769,6 +803,9 @@ def summary_table(doc: dict[str, Any], compact: bool = False) -> "Table":
             "repair p99": _repair_cell(repair, "p99"),
             "held (¥, total)": _money(a.get("amount") or 0.0),
         }
+        if a.get("observable") is False:  # the histories could not decide it: its zeros mean "not known"
+            table.add_row(cls, "not observable", *("—" for _ in columns[1:]), style="dim")
+            continue
         quiet = not a.get("occurred_orders")
         table.add_row(cls, *(cells[c] for c in columns), style="dim" if quiet else None)
     methods = sorted({a.get("occurred_ci_method") for a in anomalies.values()} |

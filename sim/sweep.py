@@ -16,8 +16,10 @@ scenario and the replication, so an interrupted sweep loses at most the tasks in
 finishing order, so the documents do not depend on how (or in how many goes) the tasks ran.
 
 Output: ``OUT/sweep.json`` (``kind = "sweep"``: ``vary``, ``compare`` and one results document of
-``kind = "sweep_point"`` per point, see ``docs/results.md``) and ``OUT/sweep.csv`` (one row per point
-and anomaly class, for a spreadsheet).
+``kind = "sweep_point"`` per point, see ``docs/results.md``), ``OUT/sweep.csv`` (one row per point
+and anomaly class, occurred and unresolved rates with their intervals, for a spreadsheet) and
+``OUT/anomalies.csv`` (one row per anomaly instance of every point and replication, the columns of
+``check``'s file after ``point``, the swept keys and ``replication``).
 """
 
 from __future__ import annotations
@@ -59,13 +61,18 @@ __all__ = [
     "run_sweep",
     "sweep_csv",
     "write_sweep",
+    "write_sweep_anomalies",
 ]
 
 SWEEP_FILE = "sweep.json"
 CSV_FILE = "sweep.csv"
 PARTIAL_DIR = ".partial"
-# After the parameter columns, in this order (docs/scenarios.md describes them).
-CSV_COLUMNS = ("class", "rate", "ci_low", "ci_high", "window_p99_s", "amount_cny", "count", "orders")
+# After the parameter columns, in this order (docs/results.md, "sweep.csv", describes them).
+_MEASURE_COLUMNS = ("orders", "rate", "ci95_low", "ci95_high")
+CSV_COLUMNS = ("class", "observable",
+               *(f"occurred_{c}" for c in _MEASURE_COLUMNS), *(f"unresolved_{c}" for c in _MEASURE_COLUMNS),
+               "repaired_share", "repair_p50_s", "repair_p99_s", "held_at_end_cny_total",
+               "occurred_count", "unresolved_count", "orders")
 _PARTIAL_FORMAT = 2  # bump when the pickled payload changes shape (2: ClassStats gained open flags and order counts)
 
 # --------------------------------------------------------------------------------------------------
@@ -344,11 +351,39 @@ def run_sweep(plan: SweepPlan, out_dir: str | Path, *, jobs: int = 1, dask: str 
                 finish_point(t[0])
             bar.advance(task)
     doc = sweep_document(plan, [docs[p.index] for p in plan.points])
+    doc["anomalies_csv"] = write_sweep_anomalies(plan, store, out_dir)
     info = run_info(started, command if command is not None else sys.argv)
     info.update(jobs=jobs if not dask else None, dask=dask, runs=len(all_tasks), runs_reused=reused,
                 points=len(plan.points))
     doc["run_info"] = info
     return doc
+
+
+def write_sweep_anomalies(plan: SweepPlan, store: PartialStore, out_dir: str | Path) -> dict[str, Any]:
+    """``out_dir/anomalies.csv``: every instance of every point and replication, in (point, replication)
+    order, each row led by ``point`` (its index in ``sweep.json``), the swept keys and ``replication``.
+
+    The finished runs are read back from ``store`` one at a time, so memory holds one run, not the sweep.
+    Returns ``{"file", "rows"}`` for the sweep document (``file`` None when no run kept its instances).
+    """
+    from sim.check import CSV_FILE, write_anomalies_csv
+
+    keys = list(plan.vary) + list(plan.compare)
+    rows = 0
+
+    def runs() -> Iterable[tuple[list[str], Any]]:
+        nonlocal rows
+        for p in plan.points:
+            cells = [str(p.index)] + [_cell(p.params.get(k)) for k in keys]
+            for r in range(p.scenario.run.replications):
+                result = store.load(task_key(p.scenario, r))
+                if result is None:  # every run was stored before this is called
+                    raise RuntimeError(f"sweep point {p.index} replication {r}: its stored run is missing")
+                rows += len(result.summary.instances or ())
+                yield cells + [str(r)], result.summary
+
+    path = write_anomalies_csv(out_dir, runs(), lead_columns=("point", *keys, "replication"))
+    return {"file": CSV_FILE if path is not None else None, "rows": rows}
 
 
 def sweep_document(plan: SweepPlan, point_docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -384,6 +419,17 @@ def _cell(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
+def _measure_cells(a: dict[str, Any], measure: str) -> list[str]:
+    """orders, rate and 95% interval of ``occurred`` or ``unresolved`` (a schema 1 point: unresolved only)."""
+    if f"{measure}_rate" in a:
+        ci = a.get(f"{measure}_ci95") or [None, None]
+        return [_cell(a.get(f"{measure}_orders")), _cell(a.get(f"{measure}_rate")), _cell(ci[0]), _cell(ci[1])]
+    if measure == "unresolved":
+        ci = a.get("ci95") or [None, None]
+        return ["", _cell(a.get("rate")), _cell(ci[0]), _cell(ci[1])]  # schema 1 counted instances, not orders
+    return ["", "", "", ""]
+
+
 def sweep_csv(doc: dict[str, Any]) -> str:
     """One row per point and anomaly class: the parameters, then :data:`CSV_COLUMNS`."""
     keys = list(doc.get("vary") or {}) + list(doc.get("compare") or {})
@@ -397,11 +443,14 @@ def sweep_csv(doc: dict[str, Any]) -> str:
             a = anomalies.get(cls)
             if a is None:
                 continue
-            ci = a.get("ci95") or [None, None]
-            win = a.get("window_s") or {}
+            repair = a.get("repair_s") or {}
             w.writerow([_cell(point["params"].get(k)) for k in keys] + [
-                cls, _cell(a.get("rate")), _cell(ci[0]), _cell(ci[1]), _cell(win.get("p99")),
-                _cell(a.get("amount")), _cell(a.get("count")), _cell(res.get("orders")),
+                cls, _cell(a.get("observable", True)),
+                *_measure_cells(a, "occurred"), *_measure_cells(a, "unresolved"),
+                _cell(repair.get("repaired_share")), _cell(repair.get("median")), _cell(repair.get("p99")),
+                _cell(a.get("amount_total", a.get("amount"))),
+                _cell(a.get("occurred_count")), _cell(a.get("unresolved_count", a.get("count"))),
+                _cell(res.get("orders")),
             ])
     return buf.getvalue()
 

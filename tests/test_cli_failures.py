@@ -66,7 +66,7 @@ COMMANDS = {
     "report": (["report", str(RESULTS)], "reports.render.build_report"),
     "sweep": (["sweep", str(BASELINE), *TINY, "--vary", "order_service.order_ttl=10m,20m", "-q"], "sim.sweep.run_sweep"),
     "load": (["load", str(BASELINE), "-q"], "loadtests.live.run_live"),
-    "compare": (["compare", str(BASELINE), "-q"], "sim.runner.simulate"),
+    "compare": (["compare", str(BASELINE), "-q"], "sim.runner.replicate"),
     "explain": (["explain", str(BASELINE), *TINY, "-q"], "sim.explain.explain"),
 }
 
@@ -254,6 +254,9 @@ def test_compare_help_names_its_own_default_out(capsys):
     ("paid_but_closed.count <= 0", 36, "36 instances"),
     ("paid_but_closed.amount < 100", 1234.5, "¥1,234.50"),
     ("paid_but_closed.rate < 1e-4", 0.0021, "0.0021 per order"),
+    ("failure_shown_but_charged.occurred_rate < 0.1", 0.704, "0.704 per order"),
+    ("paid_but_closed.unresolved_orders <= 0", 95, "95 orders"),
+    ("paid_but_closed.occurred_count <= 0", 97, "97 instances"),
     ("achieved_ratio >= 0.95", None, "nothing"),
 ])
 def test_a_threshold_says_its_unit(rule, observed, shown):

@@ -71,6 +71,23 @@ def test_mall_pattern_live_finds_paid_but_closed_and_fails_its_threshold(tmp_pat
     history = _events(out / "history.jsonl")
     assert history[0]["type"] == "run.start" and history[-1]["type"] == "run.end"
     assert all(0 <= e["t"] <= doc["end_s"] for e in history)
+    # the list of affected orders, beside results.json: the open counted rows are the table's count
+    import csv
+
+    with open(out / "anomalies.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert live["anomalies_csv"] == {"file": "anomalies.csv", "rows": len(rows)}
+    for cls, a in doc["anomalies"].items():
+        counted = [r for r in rows if r["class"] == cls and r["counted"] == "yes"]
+        assert sum(r["status"] == "open" for r in counted) == a["unresolved_count"], cls
+        assert sum(r["status"] == "repaired" for r in counted) == a["repaired_count"], cls
+    assert {r["order"] for r in rows if r["class"] == "paid_but_closed" and r["status"] == "open"} >= \
+        {e["order"] for e in doc["examples"]["paid_but_closed"] if not e["resolved"]}
+    # what the live history held: the reference checkout's, the provider's and the buyers' events
+    obs = doc["observable"]
+    assert obs["sources"] == {"ledger": True, "gateway": True, "checkout": True, "screens": True, "bnpl": True}
+    assert all(how in ("seen", "no BNPL orders") for how in obs["how"].values())
+    assert obs["not_observable"] == [] and obs["money_from"] == "ledger"
 
 
 def _paid_but_closed(history: list[dict]) -> dict[str, dict]:

@@ -113,10 +113,47 @@ def test_agreement_is_overlap_of_the_intervals():
     live = {"anomalies": {"paid_but_closed": {"rate": 0.3, "ci95": [0.25, 0.35]},
                           "double_charge": {"rate": 0.01, "ci95": [0.002, 0.03]}}}
     a = agreement(sim, live)
-    assert a["paid_but_closed"] == {"sim": [0.16, 0.26], "live": [0.25, 0.35], "sim_rate": 0.2, "live_rate": 0.3,
-                                    "agree": True, "live_in_sim": False, "sim_in_live": False}
+    unresolved = {"sim": [0.16, 0.26], "live": [0.25, 0.35], "sim_rate": 0.2, "live_rate": 0.3,
+                  "agree": True, "live_in_sim": False, "sim_in_live": False}
+    assert a["paid_but_closed"]["unresolved"] == unresolved  # a schema 1 document: its rate is the unresolved one
+    assert {k: a["paid_but_closed"][k] for k in unresolved} == unresolved  # repeated at the top, as before
     assert a["double_charge"]["agree"] is False
     assert a["stuck_pending"]["agree"] is True  # absent from both: 0 and 0
+
+
+def _measures(occ, occ_ci, unres, unres_ci, **extra):
+    return {"occurred_rate": occ, "occurred_ci95": occ_ci, "unresolved_rate": unres, "unresolved_ci95": unres_ci,
+            "rate": unres, "ci95": unres_ci, **extra}
+
+
+def test_agreement_and_the_table_give_occurred_and_unresolved():
+    """Occurred can differ while unresolved agrees (both repaired everything): both are compared and shown."""
+    from rich.console import Console
+
+    from loadtests.compare import print_comparison
+
+    sim = {"orders": 5000, "replications": 3, "anomalies": {
+        "failure_shown_but_charged": _measures(0.7, [0.69, 0.71], 0.0, [0.0, 6e-4]),
+        "ledger_imbalance": _measures(0.0, [0.0, 6e-4], 0.0, [0.0, 6e-4])}}
+    live = {"orders": 400, "replications": 1, "anomalies": {
+        "failure_shown_but_charged": _measures(0.2, [0.16, 0.24], 0.0, [0.0, 9e-3]),
+        "ledger_imbalance": _measures(0.0, [0.0, 0.0], 0.0, [0.0, 0.0], observable=False)}}
+    a = agreement(sim, live)
+    f = a["failure_shown_but_charged"]
+    assert f["occurred"]["agree"] is False and f["occurred"]["sim_rate"] == 0.7 and f["occurred"]["live"] == [0.16, 0.24]
+    assert f["unresolved"]["agree"] is True and f["agree"] is True and f["observable"] is True
+    assert a["ledger_imbalance"]["observable"] is False and a["ledger_imbalance"]["occurred"]["agree"] is None
+    console = Console(width=200, record=True)
+    print_comparison(sim, live, a, console)
+    text = console.export_text()
+    words = " ".join(text.split())
+    assert "occurred (arose at all)" in words and "unresolved (still open at the end)" in words
+    header = [line.split() for line in text.splitlines()[:8]]
+    assert ["occurred", "occurred", "occurred", "unresolved", "unresolved", "unresolved"] in header
+    assert ["anomaly", "simulation", "live", "agree", "simulation", "live", "agree"] in header
+    row = next(line for line in text.splitlines() if line.strip().startswith("failure_shown_but_charged"))
+    assert "0.7 [0.69, 0.71]" in row and "0.2 [0.16, 0.24]" in row and " no " in row and " yes " in row
+    assert "not observable" in next(line for line in text.splitlines() if "ledger_imbalance" in line)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -139,7 +139,8 @@ def small_sweep(tmp_path_factory) -> tuple[dict, Path]:
 
 def test_sweep_document_shape(small_sweep):
     doc, out = small_sweep
-    assert set(doc) == {"schema_version", "kind", "scenario_name", "vary", "compare", "points", "run_info"}
+    assert set(doc) == {"schema_version", "kind", "scenario_name", "vary", "compare", "points", "run_info",
+                        "anomalies_csv"}
     assert doc["kind"] == "sweep" and doc["schema_version"] == 2 and doc["scenario_name"] == "tiny"
     assert doc["vary"] == {"order_service.order_ttl": ["1m", "2m"]}
     assert doc["compare"] == {"order_service.close_policy": ["naive", "query_then_close"]}
@@ -184,25 +185,62 @@ def test_point_is_what_simulate_writes(small_sweep):
 
 
 def test_csv_columns_and_rows(small_sweep):
+    """Occurred and unresolved side by side, each with its orders, rate and 95% interval, for every class."""
     doc, out = small_sweep
     text = (out / CSV_FILE).read_text()
     assert text == sweep_csv(doc)
-    rows = list(csv.reader(io.StringIO(text)))
-    assert rows[0] == ["order_service.order_ttl", "order_service.close_policy", *CSV_COLUMNS]
-    assert rows[0][2:] == ["class", "rate", "ci_low", "ci_high", "window_p99_s", "amount_cny", "count", "orders"]
-    body = rows[1:]
-    assert len(body) == len(doc["points"]) * len(ANOMALY_CLASSES)
-    first = doc["points"][0]["results"]
-    a = first["anomalies"]["paid_but_closed"]
-    row = next(r for r in body if r[:3] == ["1m", "naive", "paid_but_closed"])
-    assert float(row[3]) == pytest.approx(a["rate"], rel=1e-8)
-    assert float(row[4]) == pytest.approx(a["ci95"][0], rel=1e-8, abs=1e-12)
-    assert float(row[5]) == pytest.approx(a["ci95"][1], rel=1e-8)
-    assert float(row[6]) == pytest.approx(a["window_s"]["p99"], rel=1e-8)
-    assert float(row[7]) == pytest.approx(a["amount"]) and int(row[8]) == a["count"]
-    assert int(row[9]) == first["orders"]
-    quiet = next(r for r in body if r[2] == "ledger_imbalance")
-    assert quiet[6] == ""  # no window when there was no instance
+    rows = list(csv.DictReader(io.StringIO(text)))
+    header = next(csv.reader(io.StringIO(text)))
+    assert header == ["order_service.order_ttl", "order_service.close_policy", *CSV_COLUMNS]
+    assert header[2:] == ["class", "observable",
+                          "occurred_orders", "occurred_rate", "occurred_ci95_low", "occurred_ci95_high",
+                          "unresolved_orders", "unresolved_rate", "unresolved_ci95_low", "unresolved_ci95_high",
+                          "repaired_share", "repair_p50_s", "repair_p99_s", "held_at_end_cny_total",
+                          "occurred_count", "unresolved_count", "orders"]
+    assert len(rows) == len(doc["points"]) * len(ANOMALY_CLASSES)
+    for point in doc["points"]:
+        res = point["results"]
+        for cls, a in res["anomalies"].items():
+            row = next(r for r in rows if r["class"] == cls and r["order_service.order_ttl"] ==
+                       point["params"]["order_service.order_ttl"] and
+                       r["order_service.close_policy"] == point["params"]["order_service.close_policy"])
+            for m in ("occurred", "unresolved"):
+                assert int(row[f"{m}_orders"]) == a[f"{m}_orders"]
+                assert float(row[f"{m}_rate"]) == pytest.approx(a[f"{m}_rate"], rel=1e-8, abs=1e-15)
+                assert float(row[f"{m}_ci95_low"]) == pytest.approx(a[f"{m}_ci95"][0], rel=1e-8, abs=1e-15)
+                assert float(row[f"{m}_ci95_high"]) == pytest.approx(a[f"{m}_ci95"][1], rel=1e-8)
+                assert float(row[f"{m}_ci95_high"]) > 0  # a zero count has a positive upper bound
+            assert int(row["occurred_count"]) == a["occurred_count"] and int(row["orders"]) == res["orders"]
+            assert float(row["held_at_end_cny_total"]) == pytest.approx(a["amount_total"])
+            assert row["observable"] == "true"
+    naive = next(r for r in rows if r["class"] == "paid_but_closed" and r["order_service.close_policy"] == "naive"
+                 and r["order_service.order_ttl"] == "1m")
+    assert int(naive["occurred_orders"]) >= int(naive["unresolved_orders"]) > 0
+    quiet = next(r for r in rows if r["class"] == "ledger_imbalance")
+    assert quiet["repair_p50_s"] == "" and quiet["occurred_orders"] == "0"  # never occurred: no repair time
+
+
+def test_anomalies_csv_lists_every_instance_of_every_point(small_sweep):
+    """One anomalies.csv for the sweep: check's columns after point, the swept keys and replication;
+    the open counted rows of each point and class add up to that point's unresolved count."""
+    from sim.check import CSV_COLUMNS as INSTANCE_COLUMNS
+
+    doc, out = small_sweep
+    text = (out / "anomalies.csv").read_text()
+    header = next(csv.reader(io.StringIO(text)))
+    assert header == ["point", "order_service.order_ttl", "order_service.close_policy", "replication",
+                      *INSTANCE_COLUMNS]
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert doc["anomalies_csv"] == {"file": "anomalies.csv", "rows": len(rows)} and rows
+    assert [int(r["point"]) for r in rows] == sorted(int(r["point"]) for r in rows)  # in point order
+    for i, point in enumerate(doc["points"]):
+        mine = [r for r in rows if r["point"] == str(i)]
+        assert all(r["order_service.close_policy"] == point["params"]["order_service.close_policy"] for r in mine)
+        assert {r["replication"] for r in mine} <= {"0", "1"}
+        for cls, a in point["results"]["anomalies"].items():
+            counted = [r for r in mine if r["class"] == cls and r["counted"] == "yes"]
+            assert sum(r["status"] == "open" for r in counted) == a["unresolved_count"], (i, cls)
+            assert sum(r["status"] == "repaired" for r in counted) == a["repaired_count"], (i, cls)
 
 
 # -- interruption and resume ----------------------------------------------------------------------------
@@ -243,6 +281,7 @@ def test_resume_after_interrupt_gives_identical_bytes(tmp_path, monkeypatch):
     assert resumed["run_info"]["runs_reused"] == 3
     assert without_run_info(resumed) == without_run_info(whole)
     assert (out / CSV_FILE).read_bytes() == (tmp_path / "whole" / CSV_FILE).read_bytes()
+    assert (out / "anomalies.csv").read_bytes() == (tmp_path / "whole" / "anomalies.csv").read_bytes()
 
 
 def test_without_resume_stale_partials_are_discarded(tmp_path):
@@ -287,6 +326,7 @@ def test_local_pool_equals_in_process(tmp_path):
     one = run_sweep(plan, tmp_path / "a", jobs=1, progress=False)
     two = run_sweep(plan, tmp_path / "b", jobs=2, progress=False)
     assert without_run_info(one) == without_run_info(two)
+    assert (tmp_path / "a" / "anomalies.csv").read_bytes() == (tmp_path / "b" / "anomalies.csv").read_bytes()
 
 
 def test_dask_local_cluster_equals_local_pool(tmp_path):

@@ -15,8 +15,9 @@ def configure(p: argparse.ArgumentParser) -> None:
         "the --compare variants, every point on the same seed (common random numbers: compared variants "
         "meet the same buyers, arrivals and latencies). One task per (point, replication) runs in a local "
         "process pool (--jobs) or on a Dask scheduler (--dask); results do not depend on which. Writes "
-        "DIR/sweep.json (one results document per point, docs/results.md) and DIR/sweep.csv (one row per "
-        "point and anomaly class: rate, 95% CI, window p99, money at stake). Ctrl-C keeps the finished runs "
+        "DIR/sweep.json (one results document per point, docs/results.md), DIR/sweep.csv (one row per "
+        "point and anomaly class: occurred and unresolved orders, rates and 95% CIs, time to repair, money "
+        "held at the end) and DIR/anomalies.csv (one row per anomaly instance, with its point). Ctrl-C keeps the finished runs "
         "in DIR/.partial; --resume runs only the rest. Every --vary/--compare key and value is checked "
         "before anything runs."
     )
@@ -98,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
         err.print(f"resume: {reused} of {n_runs} runs reused, {n_runs - reused} run now")
     _print_table(doc, Console() if sys.stdout.isatty() else Console(width=160))
     err.print(f"results: {json_path}\ncsv: {csv_path}")
+    if doc.get("anomalies_csv", {}).get("file"):
+        err.print(f"anomaly instances (one row each): {out / doc['anomalies_csv']['file']} "
+                  f"({doc['anomalies_csv']['rows']:,} rows)")
     if args.report:
         try:
             from reports.cli import render_report
@@ -121,17 +125,18 @@ def _print_table(doc: dict, console) -> None:
     classes = [c for c in doc["points"][0]["results"]["anomalies"]
                if any(p["results"]["anomalies"][c]["count"] or p["results"]["anomalies"][c]["repaired"]
                       for p in doc["points"])]
-    table = Table(title=f"anomaly rates per point (95% CIs in sweep.csv) — {doc.get('scenario_name') or 'sweep'}",
-                  title_justify="left", box=box.SIMPLE_HEAD)
+    table = Table(title=f"anomaly rates per point, occurred / unresolved at the end (95% CIs in sweep.csv) — "
+                        f"{doc.get('scenario_name') or 'sweep'}", title_justify="left", box=box.SIMPLE_HEAD)
     for k in keys:
         table.add_column(k.rsplit(".", 1)[-1], overflow="fold")
     table.add_column("orders", justify="right", no_wrap=True)
     for c in classes:  # names wrap at their words rather than being cut ("success_shown_then_c…")
-        table.add_column(c.replace("_", " "), justify="right", overflow="fold")
+        table.add_column(c.replace("_", " ") + "\noccurred / unresolved", justify="right", overflow="fold")
     for p in doc["points"]:
         res = p["results"]
         cells = [_cell(p["params"][k]) for k in keys] + [f"{res['orders']:,}"]
         for c in classes:
-            cells.append(_rate(res["anomalies"][c]["rate"]))
+            a = res["anomalies"][c]
+            cells.append(f"{_rate(a.get('occurred_rate'))} / {_rate(a.get('unresolved_rate', a.get('rate')))}")
         table.add_row(*cells)
     console.print(table)

@@ -23,7 +23,7 @@ from sim.model.reconciliation import Reconciler
 from sim.model.user import Buyers, arrivals
 from sim.model.world import World
 from sim.scenario import Scenario, fault_spans  # noqa: F401  (fault_spans re-exported)
-from sim.vocabulary import TIMELINE_BUCKETS
+from sim.vocabulary import OBSERVATION_SOURCES, TIMELINE_BUCKETS
 
 
 
@@ -48,6 +48,7 @@ def checker_config(scenario: Scenario, examples: bool = True) -> CheckConfig:
         bucket_s=max(1.0, timeline_end(scenario) / TIMELINE_BUCKETS),
         timeline_end=timeline_end(scenario),
         examples=examples,
+        observed={src: True for src in OBSERVATION_SOURCES},  # the simulation sees every party's events
     )
 
 
