@@ -622,12 +622,8 @@ class FaultWindow(_Section):
     end: Duration
     label: str = ""
     set: dict[str, Any]
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "FaultWindow":
-        if self.end <= self.start:
-            raise ValueError(f"end must be after start, found start={format_duration(self.start)}, end={format_duration(self.end)}")
-        return self
+    # end > start is checked with the window's other problems (_fault_window_problems), so that one
+    # message lists them all
 
 
 class LiveSection(_Section):
@@ -823,6 +819,9 @@ def _fault_window_problems(scenario: Scenario, i: int, window: FaultWindow, sour
     sections, unknown keys, and values the section refuses."""
     where = f"{source}: faults[{i}].set"
     problems: list[str] = []
+    if window.end <= window.start:
+        problems.append(f"{source}: faults[{i}]: end must be after start, found start={format_duration(window.start)}, "
+                        f"end={format_duration(window.end)}")
     raw = scenario.resolved()
     raw["faults"] = []
     for key, value in window.set.items():

@@ -144,6 +144,10 @@ def test_fault_windows_validate_and_apply():
         scenario_from_dict({"faults": [{"start": "1m", "end": "2m", "set": {"bank.response_loss": 1.5}}]}, "f.toml")
     with pytest.raises(ConfigError, match="end must be after start"):
         scenario_from_dict({"faults": [{"start": "2m", "end": "1m", "set": {"bank.response_loss": 0.5}}]}, "f.toml")
+    # two problems in one window: both named in one message
+    with pytest.raises(ConfigError) as exc:
+        scenario_from_dict({"faults": [{"start": "2m", "end": "1m", "set": {"bank.response_los": 0.5}}]}, "f.toml")
+    assert "end must be after start" in str(exc.value) and "response_los" in str(exc.value)
 
 
 @pytest.mark.parametrize("argv", [["--help"]] + [[c, "--help"] for c in
