@@ -650,6 +650,14 @@ class LiveSection(_Section):
     capacity: float | None = Field(
         None, gt=0, description="flows per wall second this machine sustains (default: the capacity benchmark's "
         "stored figure, else 100)")
+    order_sample_interval: DurationOrOff = Field(
+        "1m", description='the harness reads each open order\'s page (through the adapter) this often, in scenario '
+        'time, so a window starts when the state first showed from outside; "off" or 0: only the final read')
+    order_sample_rate: float = Field(
+        20.0, gt=0, description="at most this many order-page samples per wall second in the whole run (split "
+        "between the Locust processes); a sample over it waits")
+    order_sample_max: int = Field(
+        30, ge=1, description="at most this many samples of one order (then only the final read)")
 
 
 _THRESHOLD_RE = re.compile(r"^\s*([a-z0-9_]+(?:\.[a-z0-9_]+)?)\s*(<=|<|>=|>)\s*(.+?)\s*$")
