@@ -552,7 +552,7 @@ def live_section(events: list[dict[str, Any]], done: list[dict[str, Any]], plann
         "p50_latency_wall_s": None if p50 is None else p50 / k,
         "p99_latency_wall_s": None if p99 is None else p99 / k,
         "latency_by_op": ops,
-        "order_samples": order_samples_section(events, done, window, scenario_live, calls),
+        "order_samples": order_samples_section(events, done, window, scenario_live, calls, target),
         "locust": locust,
         "history": merge_info,
         "faults_applied": faults_applied,
@@ -560,7 +560,7 @@ def live_section(events: list[dict[str, Any]], done: list[dict[str, Any]], plann
 
 
 def order_samples_section(events: list[dict[str, Any]], done: list[dict[str, Any]], window: LiveWindow,
-                          scenario_live: Any, buyer_requests: int) -> dict[str, Any]:
+                          scenario_live: Any, buyer_requests: int, target: str | None = None) -> dict[str, Any]:
     """``live.order_samples``: the order-page reads the harness added to the load (``loadtests.sampler``),
     counted apart from the buyers' calls, and the observations they and the final read gave."""
     def total(key: str) -> int:
@@ -575,6 +575,8 @@ def order_samples_section(events: list[dict[str, Any]], done: list[dict[str, Any
             else:
                 observed += 1
     interval = getattr(scenario_live, "order_sample_interval", None)
+    if not (target or getattr(scenario_live, "order_sample_reference", False)):
+        interval = None  # the reference checkout is not sampled (its own events are read)
     return {
         "interval_s": interval or None,
         "rate_cap_per_wall_s": getattr(scenario_live, "order_sample_rate", None) if interval else None,
@@ -622,6 +624,11 @@ def build_live_results(scenario: Scenario, window: LiveWindow, plan: Plan, out: 
     doc = build_results("live", [summary], scenario=scenario.resolved(), scenario_name=scenario.name,
                         seed=scenario.run.seed, metrics=[], faults=fault_spans(scenario), horizon_s=window.horizon,
                         warmup_s=window.warmup, end_s=window.end, extra={"live": live})
+    for cls in summary.not_observable:  # as `check` marks them: not decided, not 0
+        if cls in doc["anomalies"]:
+            doc["anomalies"][cls]["observable"] = False
+    live["not_observable"] = summary.not_observable
+    live["observed_how"] = summary.observed_how
     doc["run_info"] = run_info(started, opts.command if opts.command is not None else sys.argv)
     live["thresholds"] = evaluate_thresholds(scenario.thresholds, doc)
     pre = pre if pre is not None else preflight(scenario, window, opts.workers)
@@ -645,7 +652,8 @@ def observed(metric: str, doc: dict[str, Any]) -> float | None:
     live = doc.get("live") or {}
     if "." in metric:
         cls, name = metric.split(".")
-        return (doc.get("anomalies") or {}).get(cls, {}).get(name)
+        stats = (doc.get("anomalies") or {}).get(cls, {})
+        return None if stats.get("observable") is False else stats.get(name)  # not observable: not 0
     return {"p99_latency": live.get("p99_latency_s"), "p50_latency": live.get("p50_latency_s"),
             "error_rate": live.get("error_rate"), "achieved_ratio": live.get("achieved_arrival_ratio")}.get(metric)
 

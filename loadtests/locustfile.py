@@ -281,8 +281,8 @@ class Buyers(FastHttpUser):
 def _sampler(plan: Plan, scenario: Any, transport: GeventTransport, emit: Any, epoch: float) -> OrderSampler | None:
     """This process's order-page sampler (``loadtests.sampler``), or None when sampling is off."""
     live = scenario.live
-    if not live.order_sample_interval:
-        return None
+    if not live.order_sample_interval or not (plan.synthesize_orders or live.order_sample_reference):
+        return None  # off, or the reference checkout (whose own events the harness reads)
     return OrderSampler(Adapter(plan.adapter), transport, emit, base_url=plan.checkout_url, epoch=epoch,
                         time_scale=plan.time_scale, interval=live.order_sample_interval,
                         rate=live.order_sample_rate / max(1, plan.slots), max_per_order=live.order_sample_max,

@@ -5,9 +5,13 @@ an order closed early shows as closed only then, and an anomaly's window would s
 every Locust process samples the pages of the orders its buyers created, through the adapter's
 ``order_status`` call, every ``live.order_sample_interval`` (scenario time) from the order's creation
 until the page shows ``paid`` or ``refunded``, the order has had ``live.order_sample_max`` samples, or
-observation ends. Closed orders stay sampled (a late payment may still revive them). All processes
+observation ends. Closed orders stay sampled, each time after twice the previous gap (a late payment may
+still revive or refund them, but most stay closed). All processes
 together start at most ``live.order_sample_rate`` samples per wall second: a sample over the budget
 waits for its turn (its lag is counted), so the extra load is bounded whatever the number of open orders.
+
+Only a ``--target`` is sampled by default: the reference checkout's own events already give exact
+windows (``live.order_sample_reference = true`` samples it too, to test the harness).
 
 Each answered sample becomes an ``order.observed`` event (docs/events.md): the state class the page
 showed, at the time the answer came back (the state was visible by then). The checker takes the first
@@ -69,6 +73,7 @@ class OrderSampler:
         self._heap: list[tuple[float, int, str]] = []  # (due wall time, sequence, order)
         self._seq = 0
         self._n: dict[str, int] = {}  # order -> samples taken
+        self._closed: dict[str, int] = {}  # order -> samples that showed it closed
         self._next_start = 0.0  # the rate budget: no sample of this process starts before this
 
     def add(self, order: str) -> None:
@@ -130,7 +135,11 @@ class OrderSampler:
             c.sample_errors += 1
         if cls in OPEN_STATES:
             if n < self.max_per_order:
-                self._push(got + self.interval_wall, order)
+                gap = self.interval_wall
+                if cls == "closed":  # settled unless a late payment revives it: read ever less often
+                    k = self._closed[order] = self._closed.get(order, 0) + 1
+                    gap *= 2 ** min(k, 16)
+                self._push(got + gap, order)
             else:
                 c.sample_capped_orders += 1
         return cls

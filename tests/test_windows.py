@@ -200,3 +200,97 @@ def test_samples_per_second_and_per_order_are_bounded():
     assert 150 <= len(starts) <= 200
     assert s.counters.sample_late > 0 and s.counters.sample_lag_max > 1.0  # the budget made samples wait
     assert len(events) == len(starts)
+
+
+# --------------------------------------------------------------------------------------------------
+# A short live run against an SDK-built shop (loopback, well under a minute)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _naive_stripe_shop_run(tmp_path: Path, *sets: str) -> tuple[dict, list[dict]]:
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from sim.cli import main
+
+    provider_port, shop_port = _free_port(), _free_port()
+    out, shop_url = tmp_path / "run", f"http://127.0.0.1:{shop_port}"
+    env = {**os.environ, "STRIPE_API_BASE": f"http://127.0.0.1:{provider_port}",
+           "STRIPE_KEY_FILE": str(out / "services" / "psp" / "stripe" / "secret_key"),
+           "SHOP_CLOSE": "naive", "SHOP_ORDER_TTL": "2", "SHOP_CLOSE_EVERY": "0.25",
+           "SHOP_DB": str(tmp_path / "shop.db"), "SHOP_PORT": str(shop_port), "SHOP_PUBLIC_URL": shop_url}
+    with open(tmp_path / "shop.log", "wb") as log:
+        shop = subprocess.Popen([sys.executable, str(ROOT / "tests" / "shops" / "stripe_shop.py")], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(shop_url + "/orders/none", timeout=1).status_code == 404:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert shop.poll() is None and time.monotonic() < deadline, (tmp_path / "shop.log").read_text()
+            time.sleep(0.1)
+        argv = ["load", str(ROOT / "tests" / "fixtures" / "live_mall.toml"), "--out", str(out), "-q", "--psp", "stripe",
+                "--target", shop_url, "--target-config", str(STRIPE_ADAPTER), "--provider-port", str(provider_port),
+                "--set", "user.payment_methods={wallet = 0.0, card = 1.0, bnpl = 0.0}"]
+        for s in sets:
+            argv += ["--set", s]
+        main(argv)
+    finally:
+        shop.terminate()
+        shop.wait(timeout=10)
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    return json.loads((out / "results.json").read_text()), history
+
+
+def test_a_live_run_samples_order_pages_and_windows_start_at_the_first_observation(tmp_path):
+    """The naive Stripe shop (close job ignores the Checkout Session; a late payment stays on a closed
+    order), sampled every 10 s of scenario time: the pages are read within the caps, counted apart
+    from the buyers' calls, and paid_but_closed windows start at a sample, before the read after the drain."""
+    doc, history = _naive_stripe_shop_run(tmp_path, "live.order_sample_interval=10s", "live.order_sample_max=12",
+                                          "live.order_sample_rate=40")
+    live = doc["live"]
+    samples = live["order_samples"]
+    seen = [e for e in history if e["type"] == "order.observed" and not e.get("final")]
+    final = [e for e in history if e["type"] == "order.observed" and e.get("final")]
+    assert samples["interval_s"] == 10.0 and samples["requests"] >= len(seen) > 0 and final
+    assert samples["observations"] == len(seen) and samples["final_reads"] == len(final)
+    per_order: dict[str, int] = {}
+    for e in seen:
+        per_order[e["order"]] = per_order.get(e["order"], 0) + 1
+    assert max(per_order.values()) <= 12
+    assert samples["requests"] <= 40 * live["load_wall_s"] + 40 * live["drain_wall_s"] + 40  # the rate cap
+    # not buyer traffic: no client.* event is a sample, and Locust counts them under their own name
+    assert not [e for e in history if e["type"].startswith("client.") and e.get("op") == "order_status"
+                and e.get("name") == "order page (sample)"]
+    assert any(r["name"] == "order page (sample)" for r in live["locust"]["requests"])
+    # windows: every paid_but_closed instance starts at the first time its order was seen closed
+    summary = check_events(history, CheckConfig(instances=True))  # the run.start of the history configures it
+    rows = [r for r in summary.instances if r.cls == "paid_but_closed"]
+    assert rows and doc["anomalies"]["paid_but_closed"]["count"] == len([r for r in rows if r.stop is None
+                                                                         and r.counted])
+    end_read = min(e["t"] for e in final)
+    first_closed: dict[str, float] = {}
+    for e in sorted(seen + final, key=lambda e: e["t"]):
+        if e["state"] == "closed":
+            first_closed.setdefault(e["order"], e["t"])
+    assert [r for r in rows if r.start < end_read], "no window started before the read after the drain"
+    for r in rows:
+        assert r.start >= first_closed[r.order] - 1e-6  # never before the shop's close was visible
+    # a black-box history: the classes that need the checkout's own events are not observable
+    assert set(summary.not_observable) >= set(NEEDS_OWN_EVENTS)
+    assert doc["anomalies"]["oversold"].get("observable") is False
