@@ -586,6 +586,7 @@ def order_samples_section(events: list[dict[str, Any]], done: list[dict[str, Any
         "orders": total("sampled_orders"),
         "capped_orders": total("sample_capped_orders"),
         "late": total("sample_late"),
+        "backoffs": total("sample_backoffs"),
         "lag_max_wall_s": max((float(d.get("sample_lag_max", 0.0) or 0.0) for d in done), default=0.0),
         "per_wall_s": sampled / window.wall if window.wall else None,
         "observations": observed,

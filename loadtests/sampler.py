@@ -9,6 +9,8 @@ observation ends. Closed orders stay sampled, each time after twice the previous
 still revive or refund them, but most stay closed). All processes
 together start at most ``live.order_sample_rate`` samples per wall second: a sample over the budget
 waits for its turn (its lag is counted), so the extra load is bounded whatever the number of open orders.
+A checkout that answers a sample slowly (over a quarter of the timeout) or not at all gets fewer: the
+process's gap between samples doubles (up to one second) and shrinks back as answers come fast again.
 
 Only a ``--target`` is sampled by default: the reference checkout's own events already give exact
 windows (``live.order_sample_reference = true`` samples it too, to test the harness).
@@ -37,6 +39,8 @@ from loadtests.buyer import OK, Transport
 
 SAMPLE_NAME = "order page (sample)"
 OPEN_STATES = frozenset({None, "awaiting_payment", "closed"})  # a page showing these is sampled again
+MAX_GAP = 1.0  # wall seconds: the widest gap between two samples of one process while backing off
+SLOW_SHARE = 0.25  # an answer slower than this share of the timeout (or none) doubles the gap
 IDLE_WAKE = 0.05  # wall seconds: a loop with nothing due wakes this often (new orders may be due sooner)
 
 
@@ -50,6 +54,7 @@ class SampleCounters:
     sample_capped_orders: int = 0  # orders still open when they reached order_sample_max
     sample_lag_max: float = 0.0  # wall seconds: the longest wait past a sample's due time (the rate budget)
     sample_late: int = 0  # samples that started more than one interval after they were due
+    sample_backoffs: int = 0  # answers that were slow or missing: the gap between samples doubled
     sampler_failed: bool = False  # a sampling loop raised (a harness bug): samples stopped early
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,7 +71,10 @@ class OrderSampler:
         self.base = base_url.rstrip("/")
         self.epoch, self.k = epoch, float(time_scale)
         self.interval_wall = interval / self.k  # interval is in scenario seconds
-        self.gap = 1.0 / rate  # wall seconds between two sample starts of this process
+        self.base_gap = 1.0 / rate  # wall seconds between two sample starts of this process
+        self.gap = self.base_gap  # now: wider while the checkout answers slowly (below)
+        self.max_gap = max(self.base_gap, MAX_GAP)
+        self.slow = timeout * SLOW_SHARE
         self.max_per_order = max_per_order
         self.end, self.timeout = end, timeout
         self.counters = SampleCounters()
@@ -120,8 +128,14 @@ class OrderSampler:
         n = self._n[order] = self._n.get(order, 0) + 1
         method, path, body = ad.request("order_status", {"order": order})
         c.sample_requests += 1
+        sent = self.tr.time()
         reply = self.tr.send(method, self.base + path, body, self.timeout, SAMPLE_NAME)
         got = self.tr.time()
+        if reply.kind != OK or got - sent > self.slow:  # the checkout struggles: do not pile on
+            self.gap = min(2 * self.gap, self.max_gap)
+            c.sample_backoffs += 1
+        else:
+            self.gap = max(self.base_gap, 0.8 * self.gap)
         cls = None
         if reply.kind == OK:
             raw = ad.field("order_status", "state", reply.body)

@@ -655,8 +655,8 @@ class LiveSection(_Section):
         'scenario time, so a window starts when the state first showed from outside (a closed order: after twice '
         'the previous gap each time); "off" or 0: only the read after the drain')
     order_sample_rate: float = Field(
-        50.0, gt=0, description="at most this many order-page samples per wall second in the whole run (split "
-        "between the Locust processes); a sample over it waits")
+        20.0, gt=0, description="at most this many order-page samples per wall second in the whole run (split "
+        "between the Locust processes); a sample over it waits, and a slow answer makes the next ones wait longer")
     order_sample_max: int = Field(
         30, ge=1, description="at most this many samples of one order (then only the final read)")
     order_sample_reference: bool = Field(

@@ -294,3 +294,16 @@ def test_a_live_run_samples_order_pages_and_windows_start_at_the_first_observati
     # a black-box history: the classes that need the checkout's own events are not observable
     assert set(summary.not_observable) >= set(NEEDS_OWN_EVENTS)
     assert doc["anomalies"]["oversold"].get("observable") is False
+
+
+def test_a_slow_checkout_gets_fewer_samples():
+    fast, slow = FakeShop({}, latency=0.001), FakeShop({}, latency=0.4)  # 0.4 s > a quarter of the 1 s timeout
+    counts = []
+    for shop in (fast, slow):
+        s = _sampler(shop, [], interval=6.0, rate=10.0, max_per_order=100, end=1010.0)
+        for i in range(100):
+            s.add(f"o{i}")
+        s.loop()
+        counts.append(len(shop.sent))
+        assert (s.counters.sample_backoffs > 0) == (shop is slow)
+    assert counts[0] >= 90 and counts[1] <= 12  # 10/s for 9.9 s; backing off to one a second
