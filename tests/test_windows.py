@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from test_check import END, Order
 
 from sim.check import CLASS_NEEDS, NEEDS_OWN_EVENTS, CheckConfig, check_events
@@ -257,6 +259,7 @@ def _naive_stripe_shop_run(tmp_path: Path, *sets: str) -> tuple[dict, list[dict]
     return json.loads((out / "results.json").read_text()), history
 
 
+@pytest.mark.slow
 def test_a_live_run_samples_order_pages_and_windows_start_at_the_first_observation(tmp_path):
     """The naive Stripe shop (close job ignores the Checkout Session; a late payment stays on a closed
     order), sampled every 10 s of scenario time: the pages are read within the caps, counted apart
