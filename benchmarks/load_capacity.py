@@ -1,7 +1,8 @@
 """The highest arrival rate of complete checkout flows per second this machine sustains end to end.
 
-    /work/venv/bin/python benchmarks/load_capacity.py [--start 40] [--load 15] [--drain 8] [--workers 0]
-                                                      [--time-scale 1] [--max-probes 9] [--set KEY=VALUE ...]
+    python benchmarks/load_capacity.py [--start 40] [--load 15] [--drain 8] [--workers 0] [--distributed 2]
+                                       [--shop ADAPTER [--shop-script PY] [--shop-env KEY=VALUE ...]]
+                                       [--time-scale 1] [--max-probes 9] [--set KEY=VALUE ...]
 
 End to end means the whole live harness on this machine: the Locust arrival scheduler playing buyers
 (``loadtests/locustfile.py``), the reference checkout, the mock provider with its bank and its
@@ -26,8 +27,27 @@ second than the stored figure (or a conservative 100 without one).
 
 The search doubles the rate from ``--start`` until a rate fails, then bisects (to within 5%). For each
 probe it prints the figures and where the CPU went: CPU seconds of each process of the run (read from
-``/proc`` during the run) per flow and in cores, so the bottleneck is visible. The last line is one JSON
-object with ``max_flows_per_s``, ``achieved_ratio`` (of that rate), and the rest.
+``/proc`` during the run) per flow and in cores, so the bottleneck is visible.
+
+Three searches, one after the other:
+
+1. **one load generator**: ``--workers`` local workers (0: one Locust process), as ``load --workers``;
+2. **distributed** (``--distributed N``, default 2; 0 skips it): Locust's own distributed mode as on
+   several load machines — ``load --master --expect-workers N`` here and ``checkout-chaos load-worker
+   --master-host 127.0.0.1 --processes N`` started as a separate process, the histories travelling over
+   Locust's message channel;
+3. **through an SDK-built shop** (``--shop ADAPTER``, off by default): the buyers drive a foreign
+   checkout black box (``load --target``) — the fixture shop of ``tests/shops/`` named by the adapter's
+   ``name`` (``stripe_shop`` -> ``tests/shops/stripe_shop.py``, or ``--shop-script``), paying at the PSP
+   face the name starts with (``--psp stripe``/``alipay``/``wechat``). The shop runs with its safe close
+   and a 10-minute TTL (no flow is closed), a fresh SQLite file per probe, and learns the mock provider's
+   address and keys from its environment (``SHOP_*``, and per face the SDK's: built in for Stripe;
+   ``--shop-env KEY=VALUE`` adds or overrides any, with ``{provider}``, ``{psp_dir}``, ``{url}``,
+   ``{port}``, ``{db}`` filled in). A flow is complete when the shop's order page shows it paid.
+
+The last line is one JSON object with every figure: ``max_flows_per_s`` (and ``achieved_ratio`` …) of
+the first search, ``distributed`` and ``shop`` objects for the others (``null`` when skipped); the
+figures of the first two searches are stored for ``load``'s warning, per number of workers.
 """
 
 from __future__ import annotations
@@ -35,10 +55,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +82,7 @@ FLOW = {
     "gateway.notify_loss": 0.0,
     "gateway.notify_duplicate": 0.0,
 }
-ROLES = ("locust", "provider", "checkout", "harness")
+ROLES = ("locust", "provider", "checkout", "shop", "harness")
 
 
 # -- CPU accounting ----------------------------------------------------------------------------------
@@ -89,6 +112,7 @@ def _children_of(root: int) -> dict[int, str]:
             c = cmd.get(pid, "")
             out[pid] = ("provider" if "loadtests.service.provider" in c else
                         "checkout" if "loadtests.service.checkout" in c else
+                        "shop" if "/tests/shops/" in c else
                         "locust" if "locust" in c else "other")
     return out
 
@@ -141,30 +165,161 @@ class CpuMeter(threading.Thread):
 # -- one probe -----------------------------------------------------------------------------------------
 
 
-def probe(rate: float, args: argparse.Namespace, workdir: Path) -> dict:
-    from sim.scenario import Scenario, parse_override
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
+
+@dataclass
+class Mode:
+    """How the load is generated and what it drives."""
+
+    name: str  # "local", "distributed", "shop"
+    workers: int = 0  # local workers (local), or the workers a master expects (distributed)
+    shop: "Shop | None" = None
+
+
+@dataclass
+class Shop:
+    """An SDK-built fixture shop, found from its adapter file."""
+
+    adapter: Path
+    script: Path
+    face: str
+    env: dict[str, str]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Shop":
+        from loadtests.adapter import load_adapter
+
+        adapter = Path(args.shop)
+        name = load_adapter(adapter).name
+        script = Path(args.shop_script) if args.shop_script else ROOT / "tests" / "shops" / f"{name}.py"
+        face = name.split("_", 1)[0]
+        if face not in FACES:
+            raise SystemExit(f"--shop {adapter}: the adapter's name {name!r} does not start with a PSP face "
+                             f"({', '.join(FACES)}_...): cannot tell which face the shop pays through")
+        if not script.is_file():
+            raise SystemExit(f"--shop {adapter}: no shop script {script} (name it with --shop-script)")
+        env = dict(FACE_ENV.get(face, {}))
+        for item in args.shop_env:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise SystemExit(f"--shop-env {item!r}: expected KEY=VALUE")
+            env[key] = value
+        return cls(adapter, script, face, env)
+
+    def start(self, workdir: Path, provider_port: int) -> tuple[subprocess.Popen, str]:
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        db = workdir / "shop.db"
+        fill = {"provider": f"http://127.0.0.1:{provider_port}", "psp_dir": str(workdir / "services" / "psp" / self.face),
+                "url": url, "port": str(port), "db": str(db)}
+        env = {**os.environ, "SHOP_CLOSE": "safe", "SHOP_ORDER_TTL": "600", "SHOP_CLOSE_EVERY": "1",
+               "SHOP_DB": str(db), "SHOP_PORT": str(port), "SHOP_PUBLIC_URL": url,
+               **{k: v.format(**fill) for k, v in self.env.items()}}
+        workdir.mkdir(parents=True, exist_ok=True)
+        with open(workdir / "shop.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, str(self.script)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+        import httpx
+
+        deadline = time.monotonic() + 30
+        while True:  # up when it answers anything over HTTP
+            try:
+                httpx.get(url + "/", timeout=1)
+                return proc, url
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _stop(proc)
+                raise RuntimeError(f"the shop {self.script.name} did not start: "
+                                   f"{(workdir / 'shop.log').read_text(errors='replace')[-1500:]}")
+            time.sleep(0.1)
+
+
+FACES = ("alipay", "wechat", "stripe")
+# What each face's SDK needs to reach the mock provider (the shops read these; docs/psp/*.md)
+FACE_ENV = {"stripe": {"STRIPE_API_BASE": "{provider}", "STRIPE_KEY_FILE": "{psp_dir}/secret_key"}}
+
+
+# How the buyers pay at each face (Stripe's are cards)
+FACE_FLOW: dict[str, dict[str, object]] = {"stripe": {"user.payment_methods": {"wallet": 0.0, "card": 1.0, "bnpl": 0.0}}}
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _run(scenario, args: argparse.Namespace, out: Path, mode: Mode) -> dict:
+    """One live run in ``mode`` (and whatever it needs started beside it: workers, a shop)."""
     from loadtests.live import LiveOptions, run_live
 
-    overrides = {**FLOW, "load.arrival_rate": rate, "run.horizon": f"{args.load * args.time_scale:g}s",
+    opts = LiveOptions(out=out, time_scale=args.time_scale, run_time=args.load, drain=args.drain,
+                       progress=False, log=lambda msg: None, max_orders=10_000_000)
+    side: list[subprocess.Popen] = []
+    try:
+        if mode.name == "distributed":
+            port = _free_port()
+            opts = replace(opts, master=True, expect_workers=mode.workers, master_port=port, worker_timeout=60.0)
+            out.mkdir(parents=True, exist_ok=True)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKOUT_CHAOS_")}
+            env["PYTHONPATH"] = str(ROOT)
+            with open(out / "load-worker.log", "wb") as log:
+                side.append(subprocess.Popen(
+                    [sys.executable, "-m", "sim.cli", "load-worker", "--master-host", "127.0.0.1", "--master-port",
+                     str(port), "--processes", str(mode.workers)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL))
+        elif mode.name == "shop":
+            assert mode.shop is not None
+            provider_port = _free_port()
+            proc, url = mode.shop.start(out, provider_port)
+            side.append(proc)
+            opts = replace(opts, target=url, target_config=mode.shop.adapter, psp=(mode.shop.face,),
+                           provider_port=provider_port)
+        else:
+            opts = replace(opts, workers=mode.workers)
+        return run_live(scenario, opts)
+    finally:
+        for proc in side:
+            if mode.name == "distributed":  # the master ended the run: the workers exit on their own
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    pass
+            _stop(proc)
+
+
+def probe(rate: float, args: argparse.Namespace, workdir: Path, mode: Mode | None = None) -> dict:
+    from sim.scenario import Scenario, parse_override
+
+    mode = mode or Mode("local", args.workers)
+    face_flow = FACE_FLOW.get(mode.shop.face, {}) if mode.shop else {}
+    overrides = {**FLOW, **face_flow, "load.arrival_rate": rate, "run.horizon": f"{args.load * args.time_scale:g}s",
                  "run.drain": f"{args.drain * args.time_scale:g}s", **dict(parse_override(o) for o in args.set)}
     scenario = Scenario(name="capacity").with_overrides(overrides)
+    out = workdir / f"{mode.name}-rate-{rate:g}"
     meter = CpuMeter()
     meter.start()
     started = time.time()
-    doc = run_live(scenario, LiveOptions(out=workdir / f"rate-{rate:g}", time_scale=args.time_scale,
-                                         run_time=args.load, drain=args.drain, workers=args.workers,
-                                         progress=False, log=lambda msg: None, max_orders=10_000_000))
+    doc = _run(scenario, args, out, mode)
     wall = time.time() - started
-    epoch = json.loads((workdir / f"rate-{rate:g}" / "client" / "go.json").read_text())["load_epoch"]
+    epoch = json.loads((out / "client" / "go.json").read_text())["load_epoch"]
     cpu = meter.between(epoch, epoch + args.load + args.drain)
     live = doc["live"]
-    history = [json.loads(line) for line in open(workdir / f"rate-{rate:g}" / "history.jsonl")]
+    history = [json.loads(line) for line in open(out / "history.jsonl")]
     created, paid, shown = set(), set(), set()
     for e in history:
         if e["type"] == "order.created" and args.warmup_s <= e["t"] < doc["horizon_s"]:
             created.add(e["order"])
-        elif e["type"] == "order.paid":
+        elif e["type"] == "order.paid" or (e["type"] == "order.observed" and e.get("state") == "paid"):
             paid.add(e["order"])
         elif e["type"] == "app.shown" and e.get("screen") == "payment_succeeded":
             shown.add(e["order"])
@@ -184,6 +339,7 @@ def probe(rate: float, args: argparse.Namespace, workdir: Path) -> dict:
         "wall_s": round(wall, 1),
         "cpu_cores": {r: round(v / (args.load + args.drain), 2) for r, v in cpu.items()},
         "cpu_ms_per_flow": {r: round(v * 1000 / flows, 2) for r, v in cpu.items()},
+        "order_page_samples": live.get("order_samples", {}).get("requests", 0),
     }
     result["valid"] = doc["valid"]
     result["sustained"] = bool(result["achieved_ratio"] is not None and result["achieved_ratio"] >= 0.95
@@ -192,42 +348,31 @@ def probe(rate: float, args: argparse.Namespace, workdir: Path) -> dict:
     return result
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--start", type=float, default=40.0, help="first rate probed (flows/s)")
-    p.add_argument("--load", type=float, default=15.0, help="wall seconds of arrivals per probe")
-    p.add_argument("--drain", type=float, default=8.0, help="wall seconds of drain per probe")
-    p.add_argument("--workers", type=int, default=0, help="Locust workers (0: one Locust process)")
-    p.add_argument("--time-scale", type=float, default=1.0)
-    p.add_argument("--max-probes", type=int, default=9)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="scenario override")
-    p.add_argument("--no-store", action="store_true", help="do not keep the figure for 'load' to warn against")
-    args = p.parse_args()
-    args.warmup_s = 2.0 * args.time_scale
+def search(args: argparse.Namespace, workdir: Path, mode: Mode) -> dict:
+    """Double from ``--start`` until a rate fails, then bisect; the summary of one mode."""
     probes: list[dict] = []
     best: dict | None = None
     low, high = 0.0, None
     rate = args.start
-    with tempfile.TemporaryDirectory(prefix="load-capacity-") as tmp:
-        for _ in range(args.max_probes):
-            r = probe(rate, args, Path(tmp))
-            probes.append(r)
-            print(f"rate {rate:7.1f}/s  {'ok  ' if r['sustained'] else 'FAIL'}  achieved {r['achieved_ratio']:.3f}  "
-                  f"late {r['late']}  lag p99 {r['start_lag_p99_ms']}ms  complete {r['completed_ratio']:.3f}  "
-                  f"errors {r['error_rate']:.2%}  harness {r['harness_errors']}  latency p50/p99 "
-                  f"{r['latency_p50_ms']}/{r['latency_p99_ms']}ms  cores {r['cpu_cores']}  "
-                  f"cpu ms/flow {r['cpu_ms_per_flow']}", flush=True)
-            if r["sustained"]:
-                low, best = rate, r
-            else:
-                high = rate
-            if high is None:
-                rate *= 2
-            elif high - low <= 0.05 * high:
-                break
-            else:
-                rate = (low + high) / 2 if low else high / 2
-    summary = {
+    for _ in range(args.max_probes):
+        r = probe(rate, args, workdir, mode)
+        probes.append(r)
+        print(f"[{mode.name}] rate {rate:7.1f}/s  {'ok  ' if r['sustained'] else 'FAIL'}  achieved "
+              f"{r['achieved_ratio'] or 0:.3f}  late {r['late']}  lag p99 {r['start_lag_p99_ms']}ms  complete "
+              f"{r['completed_ratio']:.3f}  errors {r['error_rate']:.2%}  harness {r['harness_errors']}  latency "
+              f"p50/p99 {r['latency_p50_ms']}/{r['latency_p99_ms']}ms  page samples {r['order_page_samples']}  "
+              f"cores {r['cpu_cores']}  cpu ms/flow {r['cpu_ms_per_flow']}", flush=True)
+        if r["sustained"]:
+            low, best = rate, r
+        else:
+            high = rate
+        if high is None:
+            rate *= 2
+        elif high - low <= 0.05 * high:
+            break
+        else:
+            rate = (low + high) / 2 if low else high / 2
+    return {
         "max_flows_per_s": low,
         "achieved_ratio": best["achieved_ratio"] if best else None,
         "completed_ratio": best["completed_ratio"] if best else None,
@@ -237,15 +382,56 @@ def main() -> None:
         "cpu_cores": best["cpu_cores"] if best else None,
         "first_failing_rate": high,
         "time_scale": args.time_scale,
-        "workers": args.workers,
+        "workers": mode.workers,
         "cpus": os.cpu_count(),
         "probes": len(probes),
     }
-    if not args.no_store and low:
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--start", type=float, default=40.0, help="first rate probed (flows/s)")
+    p.add_argument("--load", type=float, default=15.0, help="wall seconds of arrivals per probe")
+    p.add_argument("--drain", type=float, default=8.0, help="wall seconds of drain per probe")
+    p.add_argument("--workers", type=int, default=0, help="Locust workers (0: one Locust process)")
+    p.add_argument("--distributed", type=int, default=2, metavar="N",
+                   help="also search with a master and N workers joining it (load-worker); 0 skips (default 2)")
+    p.add_argument("--shop", metavar="ADAPTER", help="also search through the SDK-built fixture shop this adapter "
+                   "file drives (e.g. loadtests/adapters/stripe_shop.toml)")
+    p.add_argument("--shop-script", metavar="PY", help="the shop's script (default tests/shops/<adapter name>.py)")
+    p.add_argument("--shop-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment for the shop ({provider}, {psp_dir}, {url}, {port}, {db} are filled in)")
+    p.add_argument("--shop-start", type=float, help="first rate probed through the shop (default --start)")
+    p.add_argument("--time-scale", type=float, default=1.0)
+    p.add_argument("--max-probes", type=int, default=9)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="scenario override")
+    p.add_argument("--no-store", action="store_true", help="do not keep the figure for 'load' to warn against")
+    args = p.parse_args()
+    if args.distributed < 0:
+        p.error(f"--distributed: expected 0 or more, found {args.distributed}")
+    args.warmup_s = 2.0 * args.time_scale
+    shop = Shop.from_args(args) if args.shop else None
+    with tempfile.TemporaryDirectory(prefix="load-capacity-") as tmp:
+        summary = search(args, Path(tmp), Mode("local", args.workers))
+        distributed = search(args, Path(tmp), Mode("distributed", args.distributed)) if args.distributed else None
+        through_shop = None
+        if shop is not None:
+            shop_args = replace_ns(args, start=args.shop_start or args.start)
+            through_shop = search(shop_args, Path(tmp), Mode("shop", 0, shop))
+            through_shop.update(shop=shop.script.stem, psp=shop.face, adapter=str(shop.adapter))
+    if not args.no_store:
         from loadtests.validity import store_capacity
 
-        print(f"stored: {store_capacity(summary)}", flush=True)
+        for figures in (summary, distributed):
+            if figures and figures["max_flows_per_s"]:
+                print(f"stored ({figures['workers']} workers): {store_capacity(figures)}", flush=True)
+    summary["distributed"] = distributed
+    summary["shop"] = through_shop
     print(json.dumps(summary, sort_keys=True))
+
+
+def replace_ns(ns: argparse.Namespace, **changes: object) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(ns), **changes})
 
 
 if __name__ == "__main__":

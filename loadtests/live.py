@@ -12,6 +12,9 @@
    worker processes, or (``master``) a master alone that ``expect_workers`` workers on other machines
    join (Locust's own distributed mode; workers talk to the master only over its message channel);
    wait until every scheduler is up, then fix the load epoch (``go.json``) a moment ahead;
+   Every Locust process also samples the pages of the orders its buyers created
+   (``loadtests.sampler``, ``live.order_sample_*``): ``order.observed`` events, counted apart from the
+   buyers' calls (``live.order_samples``);
 3. apply each fault window at its (scaled) start and end through ``Services.set_faults`` while the
    arrivals run for ``horizon / time_scale`` wall seconds, then let the buyers in flight, the timers
    and the notifications drain;
@@ -406,8 +409,10 @@ class FaultSchedule(threading.Thread):
 
 def final_order_states(adapter: Adapter, target: str, client_dir: Path, epoch: float,
                        time_scale: float) -> list[dict[str, Any]]:
-    """``order.paid`` / ``order.closed`` for every order the buyers created on a target (whose own history
-    the harness cannot read), as its status page shows it after the drain, at the time it was read."""
+    """An ``order.observed`` (``final: true``) for every order the buyers created on a target (whose own
+    history the harness cannot read): the state its page shows after the drain, at the time it was read.
+    The samples taken during the run (``loadtests.sampler``) saw most states earlier; the checker takes the
+    first observation of each state (docs/checker.md, "Judged from outside")."""
     import json
     from concurrent.futures import ThreadPoolExecutor
 
@@ -428,13 +433,12 @@ def final_order_states(adapter: Adapter, target: str, client_dir: Path, epoch: f
             answer = resp.json() if resp.status_code == 200 else None
         except (httpx.HTTPError, ValueError):
             return None
-        cls = adapter.state_class(adapter.field("order_status", "state", answer))
-        typ = {"paid": "order.paid", "closed": "order.closed"}.get(cls or "")
-        if typ is None:
+        raw = adapter.field("order_status", "state", answer)
+        cls = adapter.state_class(raw)
+        if cls is None:
             return None
-        return {"t": round((time.time() - epoch) * time_scale, 6), "type": typ, "actor": "order_service",
-                "order": order, "observed_by": "adapter",
-                **({"reason": "observed"} if typ == "order.closed" else {})}
+        return {"t": round((time.time() - epoch) * time_scale, 6), "type": "order.observed", "actor": "harness",
+                "order": order, "state": cls, "raw_state": raw, "final": True, "observed_by": "adapter"}
 
     with httpx.Client(timeout=10.0, limits=httpx.Limits(max_connections=16)) as client, ThreadPoolExecutor(16) as pool:
         return [e for e in pool.map(read, orders) if e is not None]
@@ -481,7 +485,8 @@ def _quantile(sorted_values: list[float], q: float) -> float | None:
 
 def live_section(events: list[dict[str, Any]], done: list[dict[str, Any]], planned: int, expected: float,
                  window: LiveWindow, workers: int, target: str | None, adapter: str, locust: dict[str, Any],
-                 merge_info: dict[str, Any], faults_applied: list[dict[str, Any]], late_tolerance: float) -> dict[str, Any]:
+                 merge_info: dict[str, Any], faults_applied: list[dict[str, Any]], late_tolerance: float,
+                 scenario_live: Any = None) -> dict[str, Any]:
     """The ``live`` section of a live results document (what the generator did and what it measured)."""
     from loadtests.buyer import MALFORMED_STATUS
 
@@ -510,7 +515,8 @@ def live_section(events: list[dict[str, Any]], done: list[dict[str, Any]], plann
     lags = sorted(x for d in done for x in d.get("lags", ()))
     lag_max = max((d.get("lag_max", 0.0) for d in done), default=0.0)
     achieved = sums["started"] - sums["late"]
-    harness_errors = sums["flow_errors"] + sums["dropped"] + malformed + (max(1, workers) - len(done))
+    harness_errors = (sums["flow_errors"] + sums["dropped"] + malformed + (max(1, workers) - len(done))
+                      + sum(1 for d in done if d.get("sampler_failed")))
     p50, p99 = _quantile(latencies, 0.5), _quantile(latencies, 0.99)
     ops = {}
     for op, xs in sorted(by_op.items()):
@@ -547,9 +553,46 @@ def live_section(events: list[dict[str, Any]], done: list[dict[str, Any]], plann
         "p50_latency_wall_s": None if p50 is None else p50 / k,
         "p99_latency_wall_s": None if p99 is None else p99 / k,
         "latency_by_op": ops,
+        "order_samples": order_samples_section(events, done, window, scenario_live, calls, target),
         "locust": locust,
         "history": merge_info,
         "faults_applied": faults_applied,
+    }
+
+
+def order_samples_section(events: list[dict[str, Any]], done: list[dict[str, Any]], window: LiveWindow,
+                          scenario_live: Any, buyer_requests: int, target: str | None = None) -> dict[str, Any]:
+    """``live.order_samples``: the order-page reads the harness added to the load (``loadtests.sampler``),
+    counted apart from the buyers' calls, and the observations they and the final read gave."""
+    def total(key: str) -> int:
+        return sum(int(d.get(key, 0) or 0) for d in done)
+
+    sampled = total("sample_requests")
+    observed = final = 0
+    for e in events:
+        if e["type"] == "order.observed":
+            if e.get("final"):
+                final += 1
+            else:
+                observed += 1
+    interval = getattr(scenario_live, "order_sample_interval", None)
+    if not (target or getattr(scenario_live, "order_sample_reference", False)):
+        interval = None  # the reference checkout is not sampled (its own events are read)
+    return {
+        "interval_s": interval or None,
+        "rate_cap_per_wall_s": getattr(scenario_live, "order_sample_rate", None) if interval else None,
+        "max_per_order": getattr(scenario_live, "order_sample_max", None) if interval else None,
+        "requests": sampled,
+        "errors": total("sample_errors"),
+        "orders": total("sampled_orders"),
+        "capped_orders": total("sample_capped_orders"),
+        "late": total("sample_late"),
+        "backoffs": total("sample_backoffs"),
+        "lag_max_wall_s": max((float(d.get("sample_lag_max", 0.0) or 0.0) for d in done), default=0.0),
+        "per_wall_s": sampled / window.wall if window.wall else None,
+        "observations": observed,
+        "final_reads": final,
+        "share_of_requests": sampled / (sampled + buyer_requests) if sampled + buyer_requests else None,
     }
 
 
@@ -567,8 +610,10 @@ def build_live_results(scenario: Scenario, window: LiveWindow, plan: Plan, out: 
     client_dir = out / "client"
     files = sorted(client_dir.glob(CLIENT_GLOB))
     events, info = merge(service_events, files, offset, window, scenario.run.seed, extra)
+    if opts.target:  # the checkout is seen from outside only: its order pages, not its own events
+        events[0]["black_box"] = True
     write_jsonl(events, out / "history.jsonl")
-    config = CheckConfig(warmup=window.warmup, horizon=window.horizon, end=window.end,
+    config = CheckConfig(warmup=window.warmup, horizon=window.horizon, end=window.end, black_box=bool(opts.target),
                          stuck_grace=scenario.order_service.stuck_grace, bnpl_finish_limit=scenario.bnpl.finish_limit,
                          bucket_s=max(1.0, window.horizon / TIMELINE_BUCKETS))
     summary = check_events(events, config)
@@ -578,10 +623,15 @@ def build_live_results(scenario: Scenario, window: LiveWindow, plan: Plan, out: 
     live = live_section(events, done, planned, expected_arrivals(scenario.load, window.horizon), window,
                         _slots(opts) if opts.master else opts.workers,
                         opts.target, Adapter(plan.adapter).name, read_locust_stats(out / "locust" / "locust_stats.csv"),
-                        info.to_dict(), faults_applied, plan.late_tolerance)
+                        info.to_dict(), faults_applied, plan.late_tolerance, scenario.live)
     doc = build_results("live", [summary], scenario=scenario.resolved(), scenario_name=scenario.name,
                         seed=scenario.run.seed, metrics=[], faults=fault_spans(scenario), horizon_s=window.horizon,
                         warmup_s=window.warmup, end_s=window.end, extra={"live": live})
+    for cls in summary.not_observable:  # as `check` marks them: not decided, not 0
+        if cls in doc["anomalies"]:
+            doc["anomalies"][cls]["observable"] = False
+    live["not_observable"] = summary.not_observable
+    live["observed_how"] = summary.observed_how
     doc["run_info"] = run_info(started, opts.command if opts.command is not None else sys.argv)
     live["anomalies_csv"] = {"file": csv_path.name if csv_path else None, "rows": len(summary.instances or ())}
     live["thresholds"] = evaluate_thresholds(scenario.thresholds, doc)
@@ -606,7 +656,8 @@ def observed(metric: str, doc: dict[str, Any]) -> float | None:
     live = doc.get("live") or {}
     if "." in metric:
         cls, name = metric.split(".")
-        return (doc.get("anomalies") or {}).get(cls, {}).get(name)
+        stats = (doc.get("anomalies") or {}).get(cls, {})
+        return None if stats.get("observable") is False else stats.get(name)  # not observable: not 0
     return {"p99_latency": live.get("p99_latency_s"), "p50_latency": live.get("p50_latency_s"),
             "error_rate": live.get("error_rate"), "achieved_ratio": live.get("achieved_arrival_ratio")}.get(metric)
 

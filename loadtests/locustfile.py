@@ -14,6 +14,10 @@ connection pool has ``plan.connections`` connections). An arrival that starts mo
 buyers already in flight) is dropped; both are counted and reported, and the start lag of every arrival
 also goes into Locust's statistics as ``ARRIVAL start lag``.
 
+Beside the buyers, each process samples the pages of the orders its buyers created
+(``loadtests.sampler``: ``live.order_sample_interval``, bounded by ``live.order_sample_rate`` and
+``live.order_sample_max``); each answered sample is an ``order.observed`` event of its history.
+
 Handshake with the orchestrator, which runs on the machine of this process (one Locust process) or of
 the master (several): through files in ``plan.client_dir``. The scheduler writes ``ready-<slot>`` when
 it is up, waits for ``go.json`` (the load epoch: wall time of scenario ``t = 0``), plays its arrivals,
@@ -53,7 +57,8 @@ from loadtests.adapter import Adapter
 from loadtests.buyer import (BROKEN, ERROR_KINDS, MALFORMED_STATUS, OK, REFUSED, SERVER_ERROR, TIMEOUT, UNREACHABLE,
                              Buyer, Context, Reply)
 from loadtests.history import HistoryWriter, _dumps
-from loadtests.plan import PLAN_ENV, ROLE_ENV, Plan, arrival_times, read_plan, write_json_atomic
+from loadtests.plan import MIN_CLIENT_TIMEOUT, PLAN_ENV, ROLE_ENV, Plan, arrival_times, read_plan, write_json_atomic
+from loadtests.sampler import OrderSampler
 
 log = logging.getLogger("checkout_chaos.locust")
 
@@ -68,6 +73,7 @@ if PLAN is not None:
     _plan_ready.set()
 HISTORY_CHUNK = 5000  # events per cc_history message
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+SAMPLE_LOOPS = 4  # greenlets taking order-page samples (they share one sampler and its rate budget)
 PROFILE_ENV = "CHECKOUT_CHAOS_PROFILE"  # a path prefix: profile the scheduler's process into PREFIX.<pid>
 
 
@@ -204,7 +210,9 @@ class Buyers(FastHttpUser):
         profiles = _profiles(plan.profiles, scenario.run.seed + slot)
         channel.ready()
         epoch = channel.wait_go()
-        ctx = Context(scenario, Adapter(plan.adapter), GeventTransport(self.client), writer.emit,
+        sampler = _sampler(plan, scenario, GeventTransport(self.client), writer.emit, epoch)
+        emit = writer.emit if sampler is None else _registering(writer.emit, sampler)
+        ctx = Context(scenario, Adapter(plan.adapter), GeventTransport(self.client), emit,
                       checkout_url=plan.checkout_url, provider_url=plan.provider_url, time_scale=plan.time_scale,
                       load_epoch=epoch, run_id=plan.run_id, seed=scenario.run.seed, profiles=profiles,
                       synthesize_orders=plan.synthesize_orders)
@@ -238,6 +246,7 @@ class Buyers(FastHttpUser):
                 writer.flush()
 
         flushing = gevent.spawn(flusher)
+        sampling = [gevent.spawn(_sample_loop, sampler) for _ in range(SAMPLE_LOOPS)] if sampler else []
         pool = gevent.pool.Pool(plan.max_in_flight)
         k = plan.time_scale
         slots = plan.slots
@@ -258,12 +267,53 @@ class Buyers(FastHttpUser):
             gevent.sleep(left)  # the drain: buyers still in flight go on
         in_flight = len(pool)
         pool.kill(block=True, timeout=5)
+        gevent.killall(sampling, block=True, timeout=5)
         flushing.kill(block=True)
         writer.close()
         done = {k_: v for k_, v in c.__dict__.items()}
+        if sampler is not None:
+            done.update(sampler.counters.to_dict())
         done.update(slot=slot, pid=os.getpid(), host=socket.gethostname(), in_flight_at_end=in_flight,
                     events=writer.written)
         channel.done(done)
+
+
+def _sampler(plan: Plan, scenario: Any, transport: GeventTransport, emit: Any, epoch: float) -> OrderSampler | None:
+    """This process's order-page sampler (``loadtests.sampler``), or None when sampling is off."""
+    live = scenario.live
+    if not live.order_sample_interval or not (plan.synthesize_orders or live.order_sample_reference):
+        return None  # off, or the reference checkout (whose own events the harness reads)
+    adapter = Adapter(plan.adapter)
+    try:
+        adapter.request("order_status", {"order": "probe"})
+    except KeyError as exc:  # as the read after the drain, a sample knows only the order id
+        log.warning("order pages not sampled: the adapter's order_status needs {%s}, not only {order}", exc.args[0])
+        return None
+    return OrderSampler(adapter, transport, emit, base_url=plan.checkout_url, epoch=epoch,
+                        time_scale=plan.time_scale, interval=live.order_sample_interval,
+                        rate=live.order_sample_rate / max(1, plan.slots), max_per_order=live.order_sample_max,
+                        end=epoch + plan.end / plan.time_scale,
+                        timeout=max(scenario.app.request_timeout / plan.time_scale, MIN_CLIENT_TIMEOUT))
+
+
+def _registering(emit: Any, sampler: OrderSampler) -> Any:
+    """``emit`` that also hands every order a buyer created to the sampler."""
+    def wrapped(event: dict[str, Any]) -> None:
+        emit(event)
+        if event["type"] == "client.ok" and event.get("op") == "create_order":
+            sampler.add(event["order"])
+    return wrapped
+
+
+def _sample_loop(sampler: OrderSampler) -> None:
+    try:
+        sampler.loop()
+    except gevent.GreenletExit:
+        raise
+    except Exception:  # the samples stop; the buyers go on (counted as a harness error by the orchestrator)
+        sampler.counters.sample_errors += 1
+        sampler.counters.sampler_failed = True
+        log.exception("the order-page sampler failed")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ __all__ = [
     "ORDER_STATES",
     "END_STATES",
     "CLASS_NEEDS",
+    "NEEDS_OWN_EVENTS",
     "CSV_FILE",
     "CheckConfig",
     "ClassStats",
@@ -117,6 +118,13 @@ CLASS_NEEDS: dict[str, tuple[str, ...]] = {
     "bnpl_double_deduction": ("bnpl",),
 }
 
+# Classes a black-box history cannot decide: they need the checkout's own events (shipments, deliveries,
+# stock released by a close), which its order pages do not show (docs/checker.md, "Judged from outside").
+# A history is black box when ``CheckConfig.black_box`` or ``run.start``'s ``"black_box": true`` says so
+# (a ``load --target`` run writes it).
+NEEDS_OWN_EVENTS: tuple[str, ...] = ("bnpl_stuck_unfinished", "duplicate_fulfilment", "oversold")
+BLACK_BOX_HOW = "order pages only (black box)"
+
 _PAID_STATES = frozenset({"paid", "shipped", "delivered", "completed"})
 _SUCCESS_SCREENS = frozenset({"payment_succeeded", "order_paid"})
 _FAILURE_SCREENS = frozenset({"payment_failed", "payment_unknown"})
@@ -182,6 +190,9 @@ class CheckConfig:
     # taken from run.start's ``observed``, else inferred from the events seen.
     observed: dict[str, bool] | None = None
     instances: bool = True  # keep every instance in CheckSummary.instances (when no sink streams them)
+    # True: the checkout is seen only from outside (its order pages, ``order.observed``), not through its
+    # own events; the classes of NEEDS_OWN_EVENTS are not observable. None: as run.start says, else False.
+    black_box: bool | None = None
 
 
 @dataclass
@@ -442,6 +453,8 @@ def _check_run_start(e: dict[str, Any]) -> tuple[str, str, str, str] | None:
             return _bad(name, _SECONDS, v)
         if name in ("stuck_grace", "bnpl_finish_limit") and v < 0:
             return _bad(name, "a non-negative number of seconds", v)
+    if "black_box" in e and not isinstance(e["black_box"], bool):
+        return _bad("black_box", "true or false", e["black_box"])
     obs = e.get("observed")
     if obs is not None:
         expected = "an object {source: true/false} of sources " + ", ".join(OBSERVATION_SOURCES)
@@ -692,7 +705,7 @@ class _OrderState:
         "bnpl_paid", "ded_failed", "false_overdue", "compensated", "settled", "agreement_end", "imbalances",
         "payer", "wrong", "wrong_total", "over_refunded", "mismatch", "txns", "infer", "charged_amt",
         "refunded_amt", "shipped", "dup_fulfil", "bnpl_payments", "ok_attempts", "bnpl_refund", "money_ok",
-        "checkout_ok", "bnpl_ok", "refund_failed",
+        "checkout_ok", "bnpl_ok", "refund_failed", "own",
     )
 
     def __init__(self, grace: float, limit: float, flags: tuple[bool, bool, bool, bool]) -> None:
@@ -749,6 +762,7 @@ class _OrderState:
         self.ok_attempts: set[Any] | None = None
         self.bnpl_refund = 0  # refunds of BNPL payments (ledger refunds carrying an agreement)
         self.refund_failed = False  # the order service gave up retrying a refund (order.refund_failed)
+        self.own: bool | None = None  # the checkout's own events tell this order's state (None: not asked yet)
 
     def recompute_money(self) -> None:
         total = charged = 0
@@ -1014,6 +1028,29 @@ def _h_bnpl(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> Non
         st.agreement_end = typ[5:]
 
 
+# The checkout's own word on an order's state (an ``order.observed`` is only the harness reading its page).
+_OWN_STATE_TYPES = frozenset({"order.created", "order.paid", "order.closed", "order.reopened", *_ORDER_STATE_OF})
+
+
+def _h_observed(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> None:
+    """The order's page, read from outside (``order.observed``): the first observation of a state is
+    when the order entered it, unless the checkout's own events tell this order's state (then they do)."""
+    if st.own is None:
+        st.own = any(ev.get("type") in _OWN_STATE_TYPES and "observed_by" not in ev for ev in chk._judging)
+    if st.own:
+        return
+    state = e.get("state")
+    if state == "paid":
+        if st.closed or st.ostate not in _PAID_STATES:
+            _h_paid(chk, st, e, t)
+    elif state == "closed":
+        if not st.closed:
+            _h_closed(chk, st, e, t)
+    elif state == "refunded":
+        if st.ostate != "refunded":
+            chk._set_ostate(st, "refunded", t)
+
+
 _HANDLERS: dict[str, Any] = {
     "ledger.txn": _h_ledger,
     "app.shown": _h_screen,
@@ -1023,6 +1060,7 @@ _HANDLERS: dict[str, Any] = {
     "order.paid": _h_paid,
     "order.closed": _h_closed,
     "order.reopened": _h_reopened,
+    "order.observed": _h_observed,
     **{typ: _h_trade for typ in _TRADE_STATE_OF},
     **{typ: _h_fulfilment for typ in _ORDER_STATE_OF},
     "order.refund_pending": _h_refund_pending,
@@ -1150,6 +1188,7 @@ class Checker:
         self._seen: set[str] = set()
         self._unseen: dict[str, str] = dict(_SOURCE_OF)  # event type -> source, for sources not yet seen
         self._handlers = _HANDLERS
+        self._judging: list[dict[str, Any]] = []  # the events of the order being judged
         self._declare(self.config.observed or {}, override=True)
 
     @property
@@ -1264,6 +1303,9 @@ class Checker:
         observed = event.get("observed")
         if isinstance(observed, dict):
             self._declare(observed, override=False)  # what the caller declared wins
+        black_box = event.get("black_box")
+        if isinstance(black_box, bool) and self.config.black_box is None:
+            self.config = replace(self.config, black_box=black_box)
         if not self.respect_run_start:
             return
         defaults = CheckConfig()
@@ -1294,6 +1336,10 @@ class Checker:
         self._open.clear()
         observed, how = self._observation()
         blind = {cls for cls in ANOMALY_CLASSES if not _decidable(cls, observed)}
+        if cfg.black_box:
+            blind.update(NEEDS_OWN_EVENTS)
+            if observed["checkout"]:
+                how["checkout"] = BLACK_BOX_HOW
         if self._sink is not None:
             for row in self._pending:
                 if row.start < end and row.cls not in blind:
@@ -1355,6 +1401,7 @@ class Checker:
         bs = self._bs
         open_: dict[Any, list[Any]] = {}  # key -> [cls, start, amount, peak, key]
         ctx = (order, counted, events, st)
+        self._judging = events  # what _h_observed asks whether the checkout's own events are there
         ids: set[Any] | None = None
         risk = 0
         i, n = 0, len(events)

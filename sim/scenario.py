@@ -646,6 +646,18 @@ class LiveSection(_Section):
     capacity: float | None = Field(
         None, gt=0, description="flows per wall second this machine sustains (default: the capacity benchmark's "
         "stored figure, else 100)")
+    order_sample_interval: DurationOrOff = Field(
+        "1m", description='a --target run reads each open order\'s page (through the adapter) this often, in '
+        'scenario time, so a window starts when the state first showed from outside (a closed order: after twice '
+        'the previous gap each time); "off" or 0: only the read after the drain')
+    order_sample_rate: float = Field(
+        20.0, gt=0, description="at most this many order-page samples per wall second in the whole run (split "
+        "between the Locust processes); a sample over it waits, and a slow answer makes the next ones wait longer")
+    order_sample_max: int = Field(
+        30, ge=1, description="at most this many samples of one order (then only the final read)")
+    order_sample_reference: bool = Field(
+        False, description="sample the reference checkout's pages too (by default only a --target's: the "
+        "reference checkout's own events already give exact windows)")
 
 
 _THRESHOLD_RE = re.compile(r"^\s*([a-z0-9_]+(?:\.[a-z0-9_]+)?)\s*(<=|<|>=|>)\s*(.+?)\s*$")

@@ -33,6 +33,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "run.start", "run.end",
     "order.created", "order.paid", "order.closed", "order.reopened", "order.shipped", "order.delivered",
     "order.completed", "order.refund_pending", "order.refunded", "order.refund_failed", "order.end",
+    "order.observed",
     "trade.created", "trade.processing", "trade.succeeded", "trade.failed", "trade.unknown", "trade.closed",
     "trade.close_refused", "trade.refunded", "trade.refund_failed", "trade.reversed",
     "merchant.fulfilment",

@@ -191,7 +191,10 @@ def test_target_checkout_through_the_reference_adapter(tmp_path, capsys):
     created = [e for e in history if e["type"] == "order.created"]
     assert created and all(e.get("observed_by") == "client" for e in created)  # the target's own history is not read
     assert any(e["type"] == "ledger.txn" for e in history)  # the provider's ledger is
-    assert any(e.get("observed_by") == "adapter" and e["type"] == "order.closed" for e in history)
+    # the order pages, sampled during the run and read after the drain (order.observed)
+    assert any(e.get("observed_by") == "adapter" and e["type"] == "order.observed" and e["state"] == "closed"
+               for e in history)
+    assert any(e["type"] == "order.observed" and e.get("final") for e in history)
 
 
 def test_an_overloaded_run_is_not_valid_and_exits_3(tmp_path, capsys, monkeypatch):

@@ -181,6 +181,10 @@ def _notes(summary: Any, problems: Any, late: Any) -> list[str]:
     blind = summary.not_observable
     if blind:
         why = [_SOURCE_ABSENT[s] for s, ok in summary.observed.items() if not ok]
+        from sim.check import BLACK_BOX_HOW
+
+        if summary.observed_how.get("checkout") == BLACK_BOX_HOW:
+            why.append("the checkout seen only through its order pages, not its own events")
         out.append(f"not observable in this history ({'; '.join(why)}): {', '.join(blind)} — "
                    "left out of the table, not counted as 0")
     if summary.money_from == "trade events":
