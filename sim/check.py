@@ -621,6 +621,10 @@ def iter_history(path: str | Path, problems: Problems | None = None) -> Iterator
                                               "line longer than 1 MiB"))
                     continue
             except (OSError, EOFError) as exc:
+                if lineno == 0 and isinstance(fh, gzip.GzipFile):
+                    raise HistoryError(f"{name}: this looks like gzip (it starts with the gzip magic bytes) but "
+                                       f"is not a valid gzip file ({exc.__class__.__name__}: {exc}); expected JSON "
+                                       "Lines, plain or gzip-compressed") from None
                 _refuse(problems, Problem(name, lineno + 1, None, "readable data", exc.__class__.__name__,
                                           f"cannot read further ({exc.__class__.__name__}: {exc})"))
                 return

@@ -364,3 +364,12 @@ def test_fuzz_every_valid_event_is_judged_without_error(events):
     assert s.events == len(ok)
     assert all(s.per_class[c].n_windows == s.per_class[c].count + s.per_class[c].repaired for c in s.per_class)
     assert sum(s.end_states.values()) == s.orders
+
+
+def test_a_file_that_starts_like_gzip_but_is_not_is_refused_with_a_message(tmp_path):
+    """Found by the fuzz test: the gzip magic bytes followed by plain text used to give one 'cannot read
+    further' problem for a file of two lines; the whole file is refused instead, saying why."""
+    path = tmp_path / "h.jsonl"
+    path.write_bytes(b"\x1f\x8b\n{}\n")
+    with pytest.raises(HistoryError, match="looks like gzip .* not a valid gzip file"):
+        list(iter_history(path, Problems()))
