@@ -152,6 +152,7 @@ class Buyer:
         self.expires_at = float("inf")  # scenario time the cashier's countdown ends (client's estimate)
         self.values: dict[str, Any] = {}
         self.last_screen: str | None = None
+        self.held: tuple[Any, str] | None = None  # the PSP hand-off the app still shows: (start-payment answer, trade)
 
     # -- recording ----------------------------------------------------------------------------------
 
@@ -295,6 +296,17 @@ class Buyer:
             retry_trade_no: str) -> tuple[str | None, str | None]:
         """One payment attempt: ``(outcome, trade)``; outcome None when the order can no longer be paid."""
         ad = self.ctx.adapter
+        face = ad.handoff is not None and ad.handoff.face != "native"
+        if face and attempt and retry_trade_no == "reuse" and self.held is not None and method != "bnpl":
+            # the PSP's cashier (QR code, payment page) is still in front of the buyer: they try again
+            # there, without going back to the checkout — as on Alipay's, WeChat's or Stripe's own page
+            answer, trade = self.held
+            self.event("user.retry", "user", trade=trade, attempt=attempt)
+            self.event("user.pay", "user", trade=trade, attempt=attempt)
+            outcome = complete_handoff(self, ad.handoff, answer, trade)
+            if outcome == "closed":
+                self.held = None
+            return outcome, trade
         trade = policies.retry_trade_no(retry_trade_no, self.order, attempt, previous)
         values = {**values, "trade": trade}
         if method != "bnpl":
@@ -312,9 +324,15 @@ class Buyer:
             state = ad.field("start_payment", "bnpl_state", started.body)
             return ("succeeded" if state in ad.bnpl_paid else "failed"), trade
         trade = str(ad.field("start_payment", "trade", started.body) or trade)
-        if ad.handoff is not None and ad.handoff.face != "native":
-            return complete_handoff(self, ad.handoff, started.body, trade), trade
-        pay_url = (ad.handoff_value(started.body) if ad.handoff is not None else None) or ad.field("start_payment", "pay_url", started.body) or f"{self.ctx.provider_url}/trades/{trade}/pay"
+        if face:
+            assert ad.handoff is not None
+            self.held = (started.body, trade)
+            outcome = complete_handoff(self, ad.handoff, started.body, trade)
+            if outcome == "closed":
+                self.held = None
+            return outcome, trade
+        pay_url = (ad.handoff_value(started.body) or ad.field("start_payment", "pay_url", started.body)
+                   or f"{self.ctx.provider_url}/trades/{trade}/pay")
         paid = self.call("confirm_payment", "POST", pay_url, None, "confirm payment (provider)", trade=trade)
         if paid.kind == OK and isinstance(paid.body, dict):
             return _TRADE_OUTCOME.get(paid.body.get("state"), "failed"), trade
