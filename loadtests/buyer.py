@@ -182,8 +182,10 @@ class Buyer:
     # -- one call -----------------------------------------------------------------------------------
 
     def call(self, op: str, method: str, url: str, body: Any, name: str, headers: dict[str, str] | None = None,
-             **extra: Any) -> Reply:
-        """One request through the app: network both ways, at most ``app.request_timeout`` in all."""
+             refusals: frozenset[str] = frozenset(), **extra: Any) -> Reply:
+        """One request through the app: network both ways, at most ``app.request_timeout`` in all.
+        ``refusals``: a PSP's own codes for "read, and refused" (a 400 ``ORDER_CLOSED``): such an answer
+        is recorded with ``refusal`` = its code, so it is not counted as a request the harness malformed."""
         ctx, tr, k = self.ctx, self.ctx.transport, self.ctx.k
         app = ctx.current(ctx.now()).app
         due = self.due
@@ -224,6 +226,8 @@ class Buyer:
             outcome["status"] = reply.status
         if reply.kind != OK:
             outcome["error"] = reply.error or reply.kind
+        if refusals and reply.kind == REFUSED and (code := _psp_code(reply.body)) in refusals:
+            outcome["refusal"] = code
         self.event(_EVENT[reply.kind], "client", t=(end - ctx.epoch) * k, **outcome)
         self.due = end
         return reply
@@ -397,8 +401,22 @@ _ALIPAY_REFUSAL = {"ACQ.TRADE_HAS_SUCCESS": "succeeded", "ACQ.TRADE_HAS_CLOSE": 
 _WECHAT_STATE = {"SUCCESS": "succeeded", "PAYERROR": "failed", "USERPAYING": "unknown", "NOTPAY": "failed",
                  "CLOSED": "closed", "REFUND": "failed"}
 _WECHAT_REFUSAL = {"ORDER_CLOSED": "closed", "ORDERPAID": "succeeded", "SYSTEM_ERROR": "unknown"}
+_WECHAT_CODES = frozenset({"ORDER_CLOSED", "ORDERPAID", "ORDER_NOT_EXIST"})
 _STRIPE_STATUS = {"succeeded": "succeeded", "processing": "unknown", "requires_capture": "succeeded",
                   "requires_payment_method": "failed", "requires_action": "failed", "canceled": "closed"}
+
+
+def _psp_code(body: Any) -> str | None:
+    """A PSP's refusal code in an answer: WeChat's ``code``, Alipay's ``sub_code``, Stripe's ``error.code``."""
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    code = error.get("code") if isinstance(error, dict) else (body.get("sub_code") or body.get("code"))
+    return code if isinstance(code, str) else None
+
+
+_STRIPE_REFUSAL = frozenset({"checkout_session_expired", "checkout_session_complete", "checkout_session_not_open",
+                             "payment_intent_unexpected_state", "card_declined"})
 
 
 def _no_answer(reply: Reply) -> str:
@@ -455,16 +473,17 @@ def _wechat(buyer: Buyer, h: Handoff, value: str, trade: str) -> str:
     """Scan the ``code_url`` (or open the ``h5_url``) in the WeChat app, then enter the password."""
     base = buyer.ctx.provider_url
     if h.kind == "h5_url":
-        opened = buyer.call("open_payment", "GET", value, None, "open h5 page (wechat)", headers=_JSON, trade=trade)
+        opened = buyer.call("open_payment", "GET", value, None, "open h5 page (wechat)", headers=_JSON,
+                            refusals=_WECHAT_CODES, trade=trade)
     else:
         opened = buyer.call("open_payment", "POST", f"{base}/wechat/app/scan", {"code_url": value},
-                            "scan code_url (wechat app)", trade=trade)
+                            "scan code_url (wechat app)", refusals=_WECHAT_CODES, trade=trade)
     if opened.kind == REFUSED and isinstance(opened.body, dict):
         return _WECHAT_REFUSAL.get(opened.body.get("code"), "failed")
     if opened.kind != OK:
         return _no_answer(opened)
     paid = buyer.call("confirm_payment", "POST", f"{base}/wechat/app/pay", {h.kind: value},
-                      "pay (wechat app)", trade=trade)
+                      "pay (wechat app)", refusals=_WECHAT_CODES, trade=trade)
     if paid.kind == OK and isinstance(paid.body, dict):
         return _WECHAT_STATE.get(paid.body.get("trade_state"), "failed")
     if paid.kind == REFUSED and isinstance(paid.body, dict):
@@ -477,7 +496,7 @@ def _stripe(buyer: Buyer, h: Handoff, value: str, trade: str, answer: Any) -> st
     browser with the publishable key and its ``client_secret`` (Stripe.js's ``confirmCardPayment``)."""
     if h.kind == "checkout_url":
         paid = buyer.call("confirm_payment", "POST", value, urlencode({"payment_method": h.payment_method}),
-                          "pay checkout session (stripe)", headers=_FORM, trade=trade)
+                          "pay checkout session (stripe)", headers=_FORM, refusals=_STRIPE_REFUSAL, trade=trade)
         if paid.kind == OK and isinstance(paid.body, dict):
             return _TRADE_OUTCOME.get(paid.body.get("state"), "failed")
     else:
@@ -486,13 +505,15 @@ def _stripe(buyer: Buyer, h: Handoff, value: str, trade: str, answer: Any) -> st
         pi = value.split("_secret_")[0]
         paid = buyer.call("confirm_payment", "POST", f"{buyer.ctx.provider_url}/v1/payment_intents/{pi}/confirm",
                           urlencode({"client_secret": value, "payment_method": h.payment_method}),
-                          "confirm payment intent (stripe.js)",
-                          headers={**_FORM, "Authorization": f"Bearer {key}"}, trade=trade)
+                          "confirm payment intent (stripe.js)", headers={**_FORM, "Authorization": f"Bearer {key}"},
+                          refusals=_STRIPE_REFUSAL, trade=trade)
         if paid.kind == OK and isinstance(paid.body, dict):
             return _STRIPE_STATUS.get(paid.body.get("status"), "failed")
     if paid.kind == REFUSED and isinstance(paid.body, dict):
         error = paid.body.get("error") if isinstance(paid.body.get("error"), dict) else {}
-        if error.get("code") in ("checkout_session_expired", "payment_intent_unexpected_state"):
+        if error.get("code") == "checkout_session_complete":
+            return "succeeded"  # paid already (an earlier try whose answer was lost)
+        if error.get("code") in ("checkout_session_expired", "checkout_session_not_open"):
             return "closed"
         return "failed"
     return _no_answer(paid)

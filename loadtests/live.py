@@ -497,7 +497,7 @@ def live_section(events: list[dict[str, Any]], done: list[dict[str, Any]], plann
         # a 4xx is the checkout's answer, not an error
         if typ == "client.unknown" or (typ == "client.fail" and "status" not in e):
             errors += 1
-        elif e.get("status") in MALFORMED_STATUS:
+        elif e.get("status") in MALFORMED_STATUS and "refusal" not in e:  # a PSP's "read, refused" is not ours
             malformed += 1
         lat = e.get("latency")
         if isinstance(lat, (int, float)):

@@ -158,6 +158,37 @@ def test_alipay_shop_with_a_naive_close_loses_money_and_the_safe_one_does_not(tm
     assert sum(v for k, v in safe["end_states"].items() if k.startswith("paid")) > 0
 
 
+def _wechat_env(tmp_path: Path) -> dict[str, str]:
+    """What ``serve --psp wechat`` prints for the merchant's configuration (its ids; the key files are
+    the run's, ``{keys}``)."""
+    from loadtests.service.psp.faces import face_class
+
+    face = face_class("wechat")(None, tmp_path / "wechat-config", None)
+    config = face.merchant_config("http://127.0.0.1")
+    return {"WECHAT_GATEWAY": "{provider}", "WECHAT_KEY_DIR": "{keys}", "WECHAT_MCHID": config["mchid"],
+            "WECHAT_APPID": config["appid"], "WECHAT_SERIAL_NO": config["cert_serial_no"],
+            "WECHAT_PUBLIC_KEY_ID": config["public_key_id"]}
+
+
+def test_wechat_shop_with_a_naive_close_loses_money_and_the_safe_one_does_not(tmp_path):
+    """Native pay (code_url) on wechatpayv3. Naive: the order is closed, the code_url stays payable;
+    buyers who try again after the TTL pay a closed order (paid_but_closed). Safe: the WeChat order
+    expires with ours (time_expire) and is queried, and closed once WeChat's 5 minutes allow; the late
+    tries are refused or find the order still open: none."""
+    adapter = ADAPTERS / "wechat_shop.toml"
+    shop = SHOPS / "wechat_shop.py"
+    rc, naive = _run_shop(tmp_path / "naive", shop, adapter, "wechat",
+                          {**_wechat_env(tmp_path / "naive"), "SHOP_CLOSE": "naive"}, LATE_RETRIES)
+    assert naive["live"]["adapter"] == "wechat_shop"
+    assert _late_payers(tmp_path / "naive" / "run") >= 1
+    assert naive["anomalies"]["paid_but_closed"]["count"] >= 1, naive["anomalies"]["paid_but_closed"]
+    _assert_exit(rc, naive)
+    rc, safe = _run_shop(tmp_path / "safe", shop, adapter, "wechat",
+                         {**_wechat_env(tmp_path / "safe"), "SHOP_CLOSE": "safe"}, LATE_RETRIES)
+    assert safe["anomalies"]["paid_but_closed"]["count"] == 0, safe["anomalies"]["paid_but_closed"]
+    assert sum(v for k, v in safe["end_states"].items() if k.startswith("paid")) > 0
+
+
 def test_stripe_shop_with_a_naive_close_loses_money_and_the_safe_one_does_not(tmp_path):
     """Naive: the shop closes orders whose Checkout Session stays open; late payments land on closed
     orders (paid_but_closed). Safe: it expires the session first and keeps the paid ones: none."""
