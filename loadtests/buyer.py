@@ -9,6 +9,12 @@ app showed is recorded. A buyer left with "failed" or "unknown" is told later wh
 (:meth:`Buyer.watch`; the simulation's app gets a push). Time-valued parameters are scenario seconds, slept as wall seconds
 ``/ time_scale``.
 
+The buyer pays the PSP's way when the adapter declares a hand-off for the run's face
+(``start_payment.handoff``, :func:`complete_handoff`): scans the Alipay QR code or opens its cashier and
+confirms, scans a WeChat ``code_url`` and pays, pays a Stripe Checkout page or confirms a PaymentIntent
+with its ``client_secret``. A retry with the trade number reused happens on that cashier, still in
+front of the buyer, without going back to the checkout.
+
 Every call is recorded as ``client.invoke`` then ``client.ok`` (2xx), ``client.fail`` (a definite
 refusal: 4xx, or the connection was refused so nothing was sent) or ``client.unknown`` (timeout, 5xx,
 connection broken after sending: the outcome is not known). ``latency`` is measured from when the call

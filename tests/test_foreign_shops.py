@@ -31,9 +31,9 @@ SHOPS = Path(__file__).parent / "shops"
 ADAPTERS = ROOT / "loadtests" / "adapters"
 STRIPE_SHOP = SHOPS / "stripe_shop.py"
 STRIPE_ADAPTER = ADAPTERS / "stripe_shop.toml"
-# The fixture's 4 + 4 minutes at x30 (not its x60): a Flask dev server and an SDK that signs every call
+# The fixture's 4 + 4 minutes at x20 (not its x60): a Flask dev server and an SDK that signs every call
 # keep up with the buyers on a busy machine (at x60 the app's 1 s of wall timeout is too short there).
-SCALE = 30
+SCALE = 20
 # Buyers whose first payment may be declined and who try again at the PSP's cashier (the QR code or
 # payment page still in front of them) 40 s to 2 minutes later — after the 2-minute order TTL for most
 # (they paid 60 to 110 s after ordering): late payers, paying through the face after the shop's close
