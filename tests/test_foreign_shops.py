@@ -125,6 +125,24 @@ def test_alipay_shop_with_a_naive_close_loses_money_and_the_safe_one_does_not(tm
     assert sum(v for k, v in safe["end_states"].items() if k.startswith("paid")) > 0
 
 
+def test_alipay_page_pay_form_is_submitted_by_the_buyer_s_browser(tmp_path):
+    """The same shop answering page pay as the HTML form Alipay's SDKs render (``SHOP_PAY_MODE=form``), the
+    adapter declaring ``kind = "form"``: the buyers submit it (the gateway sends them to the cashier) and
+    confirm; the naive close still loses money."""
+    adapter = tmp_path / "alipay_form.toml"
+    adapter.write_text((ADAPTERS / "alipay_shop.toml").read_text()
+                       .replace('kind = "qr_code"', 'kind = "form"').replace('field = "qr_code"', 'field = "pay_form"'))
+    rc, naive = _run_shop(tmp_path / "naive", SHOPS / "alipay_shop.py", adapter, "alipay",
+                          {**ALIPAY_ENV, "SHOP_CLOSE": "naive", "SHOP_PAY_MODE": "form"}, LATE_RETRIES)
+    client = [json.loads(line) for f in (tmp_path / "naive" / "run" / "client").glob("*.jsonl")
+              for line in f.read_text().splitlines()]
+    opened = [e for e in client if e["type"] == "client.ok" and e.get("op") == "open_payment"]
+    assert opened, "no buyer submitted the page-pay form"
+    assert _late_payers(tmp_path / "naive" / "run") >= 1
+    assert naive["anomalies"]["paid_but_closed"]["count"] >= 1, naive["anomalies"]["paid_but_closed"]
+    _assert_exit(rc, naive)
+
+
 def _wechat_env(tmp_path: Path) -> dict[str, str]:
     """What ``serve --psp wechat`` prints for the merchant's configuration (its ids; the key files are
     the run's, ``{keys}``)."""

@@ -18,17 +18,19 @@ closes expired unpaid orders, either
 
 Environment: ``ALIPAY_GATEWAY`` (``http://127.0.0.1:8801/gateway.do``), ``ALIPAY_KEY_DIR`` (holding
 ``app_private_key.pem`` and ``alipay_public_key.pem``), ``ALIPAY_APP_ID``, ``SHOP_PAY_MODE``
-(``precreate`` | ``page``), ``SHOP_TIMEOUT_EXPRESS`` (the trade's lifetime at Alipay, e.g. ``15m``;
+(``precreate``: answers ``qr_code`` | ``page``: ``cashier_url`` | ``form``: ``pay_form``, the HTML form), ``SHOP_TIMEOUT_EXPRESS`` (the trade's lifetime at Alipay, e.g. ``15m``;
 only the safe shop sets it), ``SHOP_DB``, ``SHOP_PORT``, ``SHOP_PUBLIC_URL``.
 """
 
 from __future__ import annotations
 
+import html
 import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 from alipay import AliPay
 from flask import Flask, abort, jsonify, request
@@ -102,10 +104,18 @@ def pay(order: str):
         return jsonify(code="ORDER_NOT_PAYABLE", state=row["state"]), 409
     extra = {"timeout_express": TIMEOUT_EXPRESS} if CLOSE == "safe" and TIMEOUT_EXPRESS else {}
     subject = f"order {order}"
-    if PAY_MODE == "page":
+    if PAY_MODE in ("page", "form"):
         query = alipay().api_alipay_trade_page_pay(subject, order, yuan(row["amount"]),
                                                    return_url=f"{PUBLIC_URL}/orders/{order}", **extra)
-        return jsonify(order=order, out_trade_no=order, cashier_url=f"{GATEWAY}?{query}")
+        if PAY_MODE == "page":
+            return jsonify(order=order, out_trade_no=order, cashier_url=f"{GATEWAY}?{query}")
+        # the auto-submitting form Alipay's own SDKs render for page pay (alipay-sdk-python's page_execute)
+        inputs = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+                         for k, v in parse_qsl(query, keep_blank_values=True))
+        form = (f'<form name="punchout_form" method="post" action="{html.escape(GATEWAY)}?charset=utf-8">{inputs}'
+                '<input type="submit" value="立即支付" style="display:none"></form>'
+                "<script>document.forms[0].submit();</script>")
+        return jsonify(order=order, out_trade_no=order, pay_form=form)
     answer = alipay().api_alipay_trade_precreate(subject, order, yuan(row["amount"]), **extra)
     if answer.get("code") != "10000":
         return jsonify(code="PSP_REFUSED", psp_code=answer.get("sub_code") or answer.get("code")), 409
