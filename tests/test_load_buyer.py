@@ -424,3 +424,19 @@ def test_an_alipay_page_pay_form_is_submitted_as_the_browser_would():
     assert parse_form(markup) == ("http://gw/gateway.do?charset=utf-8", "POST",
                                   [("biz_content", '{"a": 1}'), ("sign", "xyz")])
     assert parse_form("<p>no form</p>") is None
+
+
+def test_a_psps_own_refusal_is_not_counted_as_a_malformed_request():
+    """A 400 the PSP's buyer side answers with its own code (``refusal``) was read and refused; a 400
+    without one means the harness sent something the server could not read."""
+    from loadtests.live import live_section
+    from loadtests.plan import LiveWindow
+
+    window = LiveWindow(time_scale=60.0, warmup=10.0, horizon=100.0, end=200.0)
+    base = {"t": 1.0, "actor": "client", "order": "o", "call": "c", "latency": 0.1, "status": 400}
+    events = [{**base, "type": "client.fail", "op": "open_payment", "refusal": "ORDER_CLOSED"},
+              {**base, "type": "client.fail", "op": "create_order"}]
+    done = [{"planned": 1, "started": 1, "late": 0, "dropped": 0, "completed": 1, "flow_errors": 0, "lags": [0.0],
+             "lag_max": 0.0, "in_flight_at_end": 0}]
+    live = live_section(events, done, 1, 1.0, window, 1, "http://shop", "wechat_shop", {}, {}, [], 0.05)
+    assert live["malformed_requests"] == 1
