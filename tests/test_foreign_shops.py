@@ -189,3 +189,24 @@ def test_stripe_shop_with_a_naive_close_loses_money_and_the_safe_one_does_not(tm
     rc, safe = _run_shop(tmp_path / "safe", STRIPE_SHOP, STRIPE_ADAPTER, "stripe", {**env, "SHOP_CLOSE": "safe"}, card)
     assert safe["anomalies"]["paid_but_closed"]["count"] == 0, safe["anomalies"]["paid_but_closed"]
     assert sum(v for k, v in safe["end_states"].items() if k.startswith("paid")) > 0  # payments did go through
+
+
+def test_stripe_payment_intents_are_confirmed_by_the_buyer_s_browser(tmp_path):
+    """The Stripe shop on PaymentIntents (``SHOP_PAY_MODE=intent``): it answers the ``client_secret`` and
+    its publishable key, the adapter declares ``kind = "client_secret"``, and the buyers confirm as
+    Stripe.js does; the naive close still loses money."""
+    adapter = tmp_path / "stripe_intent.toml"
+    adapter.write_text((STRIPE_ADAPTER).read_text()
+                       .replace('response = { trade = "session" }', 'response = { trade = "intent" }')
+                       .replace('kind = "checkout_url"', 'kind = "client_secret"\npublishable_key = "publishable_key"')
+                       .replace('field = "checkout_url"', 'field = "client_secret"'))
+    card = [x.replace("wallet = 1.0, card = 0.0", "wallet = 0.0, card = 1.0") for x in LATE_RETRIES]
+    env = {"STRIPE_API_BASE": "{provider}", "STRIPE_KEY_FILE": "{keys}/secret_key", "SHOP_PAY_MODE": "intent",
+           "STRIPE_PUBLISHABLE_KEY_FILE": "{keys}/publishable_key", "SHOP_CLOSE": "naive"}
+    rc, naive = _run_shop(tmp_path / "naive", STRIPE_SHOP, adapter, "stripe", env, card)
+    client = [json.loads(line) for f in (tmp_path / "naive" / "run" / "client").glob("*.jsonl")
+              for line in f.read_text().splitlines()]
+    assert any(e["type"] == "client.ok" and e.get("op") == "confirm_payment" for e in client)
+    assert _late_payers(tmp_path / "naive" / "run") >= 1
+    assert naive["anomalies"]["paid_but_closed"]["count"] >= 1, naive["anomalies"]["paid_but_closed"]
+    _assert_exit(rc, naive)
