@@ -41,7 +41,7 @@ _RESPONSE_FIELDS = {
 }
 _TOP = ("name", "order_id", "psp", "errors", *OPERATIONS)
 _OP_KEYS = ("method", "path", "body", "response", "bnpl_paid", "states", "handoff")
-# Per PSP face, the kinds of hand-off a checkout can give the buyer (docs/live.md, "Hand-offs").
+# Per PSP face, the kinds of hand-off a checkout can give the buyer (docs/live.md, "Paying the PSP's way").
 HANDOFFS: dict[str, tuple[str, ...]] = {
     "native": ("pay_url",),
     "alipay": ("cashier_url", "form", "qr_code"),
@@ -97,7 +97,7 @@ class Adapter:
         self.handoffs = {face: Handoff(face, spec["kind"], spec["field"], spec.get("publishable_key"),
                                        spec.get("payment_method", "pm_card_visa"))
                          for face, spec in data["start_payment"].get("handoff", {}).items()}
-        self.psp: str | None = data.get("psp")
+        self.psp: str | None = data.get("psp")  # set by for_psp (the run's face); a file need not say it
         # the hand-off the buyers complete: the run's face's (None: the native pay_url / trade number)
         self.handoff: Handoff | None = self.handoffs.get(self.psp) if self.psp else None
 
@@ -147,6 +147,7 @@ class Adapter:
 
 
 def dig(answer: Any, path: str) -> Any:
+    """The value at dotted ``path`` in a JSON answer, None when absent."""
     node = answer
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
