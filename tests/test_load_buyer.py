@@ -440,3 +440,19 @@ def test_a_psps_own_refusal_is_not_counted_as_a_malformed_request():
              "lag_max": 0.0, "in_flight_at_end": 0}]
     live = live_section(events, done, 1, 1.0, window, 1, "http://shop", "wechat_shop", {}, {}, [], 0.05)
     assert live["malformed_requests"] == 1
+
+
+def test_a_wechat_h5_buyer_opens_the_page_then_pays_with_the_h5_url():
+    h5 = f"{PROVIDER}/wechat/h5/checkmweb?prepay_id=wx42&package=1"
+
+    def psp(method: str, url: str, body: Any) -> Reply:
+        if method == "GET":
+            assert url == h5
+            return Reply(OK, 200, {"trade_state": "NOTPAY", "amount": 100})
+        assert (url, body) == (f"{PROVIDER}/wechat/app/pay", {"h5_url": h5})
+        return Reply(OK, 200, {"trade_state": "USERPAYING"})
+
+    ad = handoff_adapter("wechat", kind="h5_url", field="h5_url")
+    events, tr, ending = play_psp(shop({"trade": "r1-7", "h5_url": h5}, psp), ad, {"user": {"max_retries": 0}})
+    assert [e["screen"] for e in events if e["type"] == "app.shown"][0] == "payment_unknown"  # then it polls
+    assert tr.headers[[u for _, u, _ in tr.sent].index(h5)] == {"Accept": "application/json"}
