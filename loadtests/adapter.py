@@ -4,8 +4,11 @@ A checkout is driven through four calls — create an order, start its payment, 
 cancel it — and an adapter file (TOML) says, for each, the method, the path, the JSON body and where
 in the answer the app finds what it needs. ``loadtests/adapters/reference.toml`` describes the
 reference checkout; a team copies it for its staging checkout (``load --target URL --target-config
-FILE``). The payment itself is always confirmed at the mock provider (the buyer's wallet or bank app),
-whose API the harness knows.
+FILE``). The payment itself is always completed at the mock provider's buyer side (the buyer's wallet,
+bank app or browser), the way that PSP's buyers pay: ``start_payment.handoff.<face>`` says where the
+checkout's start-payment answer keeps the hand-off (a native ``pay_url``, an Alipay cashier URL, form
+or QR code, a WeChat ``code_url``, a Stripe Checkout URL or ``client_secret``), and
+:meth:`Adapter.for_psp` picks the one of the run's ``--psp``.
 
 An adapter is validated once on load; a mistake raises :class:`~sim.errors.ConfigError` naming the
 file, the key, what was expected and what was found. It is plain data (``to_dict``), so it travels in
@@ -36,14 +39,35 @@ _RESPONSE_FIELDS = {
     "order_status": ("state",),
     "cancel": (),
 }
-_TOP = ("name", "order_id", "errors", *OPERATIONS)
-_OP_KEYS = ("method", "path", "body", "response", "bnpl_paid", "states")
+_TOP = ("name", "order_id", "psp", "errors", *OPERATIONS)
+_OP_KEYS = ("method", "path", "body", "response", "bnpl_paid", "states", "handoff")
+# Per PSP face, the kinds of hand-off a checkout can give the buyer (docs/live.md, "Paying the PSP's way").
+HANDOFFS: dict[str, tuple[str, ...]] = {
+    "native": ("pay_url",),
+    "alipay": ("cashier_url", "form", "qr_code"),
+    "wechat": ("code_url", "h5_url"),
+    "stripe": ("checkout_url", "client_secret"),
+}
+_HANDOFF_KEYS = ("kind", "field", "publishable_key", "payment_method")
 _PLACEHOLDER_RE = re.compile(r"\{([a-z_]+)\}")
 
 
 def _hint(word: str, choices: Any) -> str:
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """How the buyer completes a payment at one PSP face: what ``kind`` of hand-off the start-payment
+    answer keeps at the dotted path ``field`` (and, for a Stripe ``client_secret``, where the
+    publishable key is)."""
+
+    face: str
+    kind: str
+    field: str
+    publishable_key: str | None = None
+    payment_method: str = "pm_card_visa"
 
 
 @dataclass(frozen=True)
@@ -57,8 +81,9 @@ class Endpoint:
 class Adapter:
     """A validated adapter: builds requests from values and reads fields from answers."""
 
-    def __init__(self, data: dict[str, Any]) -> None:
+    def __init__(self, data: dict[str, Any], source: str = "--target-config") -> None:
         self.data = data
+        self.source = source  # the file it came from, for messages
         self.name: str = data.get("name", "adapter")
         self.order_id: str = data.get("order_id", "client")
         self.endpoints = {op: Endpoint(spec["method"], spec["path"], spec.get("body"), dict(spec.get("response", {})))
@@ -69,6 +94,30 @@ class Adapter:
         errors = data.get("errors", {})
         self.error_code: str | None = errors.get("code")
         self.not_payable = frozenset(errors.get("not_payable", ()))
+        self.handoffs = {face: Handoff(face, spec["kind"], spec["field"], spec.get("publishable_key"),
+                                       spec.get("payment_method", "pm_card_visa"))
+                         for face, spec in data["start_payment"].get("handoff", {}).items()}
+        self.psp: str | None = data.get("psp")  # set by for_psp (the run's face); a file need not say it
+        # the hand-off the buyers complete: the run's face's (None: the native pay_url / trade number)
+        self.handoff: Handoff | None = self.handoffs.get(self.psp) if self.psp else None
+
+    def for_psp(self, faces: tuple[str, ...] | list[str]) -> "Adapter":
+        """This adapter for a run whose provider serves ``faces`` (``--psp``; empty: native only): the
+        buyers complete the hand-off of the first of them the file declares. A file that declares
+        hand-offs for other faces only is a usage error (it names the faces it has)."""
+        if not self.handoffs:
+            return self
+        wanted = [f for f in faces if f != "native"] or ["native"]
+        chosen = next((f for f in wanted if f in self.handoffs), None)
+        if chosen is None:
+            raise ConfigError(f"{self.source}: start_payment.handoff: expected a hand-off for --psp "
+                              f"{','.join(wanted)}, found one for {', '.join(sorted(self.handoffs))} only "
+                              f"(pass --psp {sorted(self.handoffs)[0]}, or add [start_payment.handoff.{wanted[0]}])")
+        return Adapter({**self.data, "psp": chosen}, self.source)
+
+    def handoff_value(self, answer: Any) -> Any:
+        """The hand-off in a start-payment answer (None when absent)."""
+        return None if self.handoff is None else dig(answer, self.handoff.field)
 
     def to_dict(self) -> dict[str, Any]:
         return self.data
@@ -84,14 +133,7 @@ class Adapter:
     def field(self, op: str, name: str, answer: Any) -> Any:
         """The value at the response path named ``name`` of ``op`` (None when absent)."""
         path = self.endpoints[op].response.get(name)
-        if path is None:
-            return None
-        node = answer
-        for part in path.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return None
-            node = node[part]
-        return node
+        return None if path is None else dig(answer, path)
 
     def state_class(self, raw: Any) -> str | None:
         """``awaiting_payment`` / ``paid`` / ``closed`` / ``refunded`` for a status value, None if unmapped."""
@@ -102,6 +144,16 @@ class Adapter:
             value = answer.get(self.error_code)
             return value if isinstance(value, str) else None
         return None
+
+
+def dig(answer: Any, path: str) -> Any:
+    """The value at dotted ``path`` in a JSON answer, None when absent."""
+    node = answer
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def _fill(template: Any, values: dict[str, Any], quote: bool = False) -> Any:
@@ -141,7 +193,7 @@ def load_adapter(path: str | Path | None = None) -> Adapter:
     problems = validate(data)
     if problems:
         raise ConfigError("\n".join(f"{p}: {msg}" for msg in problems))
-    return Adapter(data)
+    return Adapter(data, str(p))
 
 
 def validate(data: dict[str, Any]) -> list[str]:
@@ -150,6 +202,8 @@ def validate(data: dict[str, Any]) -> list[str]:
     for key in data:
         if key not in _TOP:
             out.append(f"{key}: unknown key{_hint(key, _TOP)}; expected one of: {', '.join(_TOP)}")
+    if "psp" in data and data["psp"] not in HANDOFFS:
+        out.append(f"psp: expected one of {', '.join(HANDOFFS)}, found {data['psp']!r}{_hint(str(data['psp']), HANDOFFS)}")
     if data.get("order_id", "client") not in ("client", "server"):
         out.append(f"order_id: expected \"client\" or \"server\", found {data['order_id']!r}")
     for op in OPERATIONS:
@@ -186,6 +240,9 @@ def validate(data: dict[str, Any]) -> list[str]:
                     out.append(f"{op}.response.{name}: expected a dotted path like \"data.id\", found {where!r}")
         if "states" in spec:
             out += _check_states(op, spec["states"])
+        if "handoff" in spec:
+            out += (_check_handoffs(spec["handoff"]) if op == "start_payment" else
+                    [f"{op}.handoff: only start_payment has a hand-off (the answer the buyer pays from)"])
     if data.get("order_id") == "server" and "order" not in (data.get("create_order") or {}).get("response", {}):
         out.append('create_order.response.order: required when order_id = "server" (where the answer keeps the order id)')
     if isinstance(data.get("order_status"), dict) and "state" not in data["order_status"].get("response", {}):
@@ -216,6 +273,39 @@ def _check_placeholders(where: str, template: Any) -> list[str]:
     elif isinstance(template, list):
         for i, v in enumerate(template):
             out += _check_placeholders(f"{where}[{i}]", v)
+    return out
+
+
+def _check_handoffs(handoffs: Any) -> list[str]:
+    where = "start_payment.handoff"
+    if not isinstance(handoffs, dict) or not handoffs:
+        return [f"{where}: expected tables [{where}.<face>] (faces: {', '.join(HANDOFFS)}), found {handoffs!r}"]
+    out: list[str] = []
+    for face, spec in handoffs.items():
+        at = f"{where}.{face}"
+        if face not in HANDOFFS:
+            out.append(f"{at}: unknown PSP face{_hint(face, HANDOFFS)}; expected one of: {', '.join(HANDOFFS)}")
+            continue
+        if not isinstance(spec, dict):
+            out.append(f"{at}: expected a table with kind and field, found {spec!r}")
+            continue
+        for key in spec:
+            if key not in _HANDOFF_KEYS:
+                out.append(f"{at}.{key}: unknown key{_hint(key, _HANDOFF_KEYS)}; expected one of: {', '.join(_HANDOFF_KEYS)}")
+        kind = spec.get("kind")
+        if kind not in HANDOFFS[face]:
+            out.append(f"{at}.kind: expected one of {', '.join(HANDOFFS[face])} (the {face} face's hand-offs), "
+                       f"found {kind!r}{_hint(str(kind), HANDOFFS[face])}")
+        for key in ("field", "publishable_key", "payment_method"):
+            value = spec.get(key)
+            if (key == "field" or value is not None) and (not isinstance(value, str) or not value):
+                what = "a dotted path like \"data.qr_code\"" if key != "payment_method" else "a payment method id like \"pm_card_visa\""
+                out.append(f"{at}.{key}: expected {what}, found {value!r}")
+        if kind == "client_secret" and "publishable_key" not in spec:
+            out.append(f"{at}.publishable_key: required with kind = \"client_secret\" (where the answer keeps the "
+                       "pk_... the buyer's browser confirms with)")
+        if kind != "client_secret" and "publishable_key" in spec:
+            out.append(f"{at}.publishable_key: only with kind = \"client_secret\", found kind {kind!r}")
     return out
 
 

@@ -9,6 +9,12 @@ app showed is recorded. A buyer left with "failed" or "unknown" is told later wh
 (:meth:`Buyer.watch`; the simulation's app gets a push). Time-valued parameters are scenario seconds, slept as wall seconds
 ``/ time_scale``.
 
+The buyer pays the PSP's way when the adapter declares a hand-off for the run's face
+(``start_payment.handoff``, :func:`complete_handoff`): scans the Alipay QR code or opens its cashier and
+confirms, scans a WeChat ``code_url`` and pays, pays a Stripe Checkout page or confirms a PaymentIntent
+with its ``client_secret``. A retry with the trade number reused happens on that cashier, still in
+front of the buyer, without going back to the checkout.
+
 Every call is recorded as ``client.invoke`` then ``client.ok`` (2xx), ``client.fail`` (a definite
 refusal: 4xx, or the connection was refused so nothing was sent) or ``client.unknown`` (timeout, 5xx,
 connection broken after sending: the outcome is not known). ``latency`` is measured from when the call
@@ -27,11 +33,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
+from urllib.parse import urlencode
 
 from sim.domain import policies
 from sim.scenario import Scenario
 
-from loadtests.adapter import Adapter
+from loadtests.adapter import Adapter, Handoff, dig
 from loadtests.plan import MIN_CLIENT_TIMEOUT
 
 # Reply kinds, and the history event each one becomes.
@@ -66,7 +73,10 @@ class Reply:
 
 
 class Transport(Protocol):
-    def send(self, method: str, url: str, body: Any, timeout: float, name: str) -> Reply: ...
+    def send(self, method: str, url: str, body: Any, timeout: float, name: str,
+             headers: dict[str, str] | None = None) -> Reply:
+        """``body``: JSON (a dict/list), or a str sent as it is (a form, with its Content-Type in ``headers``)."""
+        ...
     def sleep(self, seconds: float) -> None: ...
     def time(self) -> float: ...
 
@@ -148,6 +158,7 @@ class Buyer:
         self.expires_at = float("inf")  # scenario time the cashier's countdown ends (client's estimate)
         self.values: dict[str, Any] = {}
         self.last_screen: str | None = None
+        self.held: tuple[Any, str] | None = None  # the PSP hand-off the app still shows: (start-payment answer, trade)
 
     # -- recording ----------------------------------------------------------------------------------
 
@@ -176,8 +187,11 @@ class Buyer:
 
     # -- one call -----------------------------------------------------------------------------------
 
-    def call(self, op: str, method: str, url: str, body: Any, name: str, **extra: Any) -> Reply:
-        """One request through the app: network both ways, at most ``app.request_timeout`` in all."""
+    def call(self, op: str, method: str, url: str, body: Any, name: str, headers: dict[str, str] | None = None,
+             refusals: frozenset[str] = frozenset(), **extra: Any) -> Reply:
+        """One request through the app: network both ways, at most ``app.request_timeout`` in all.
+        ``refusals``: a PSP's own codes for "read, and refused" (a 400 ``ORDER_CLOSED``): such an answer
+        is recorded with ``refusal`` = its code, so it is not counted as a request the harness malformed."""
         ctx, tr, k = self.ctx, self.ctx.transport, self.ctx.k
         app = ctx.current(ctx.now()).app
         due = self.due
@@ -195,7 +209,8 @@ class Buyer:
             ctx.emit(invoke)
         remaining = deadline - sent
         if remaining > 0:
-            reply = tr.send(method, url, body, remaining, name)
+            reply = tr.send(method, url, body, remaining, name, headers) if headers else \
+                tr.send(method, url, body, remaining, name)
         else:
             reply = Reply(NOT_SENT, error="not sent: the generator was late past the app's timeout")
         if reply.kind not in (TIMEOUT, NOT_SENT) and back_net > 0:
@@ -217,6 +232,8 @@ class Buyer:
             outcome["status"] = reply.status
         if reply.kind != OK:
             outcome["error"] = reply.error or reply.kind
+        if refusals and reply.kind == REFUSED and (code := _psp_code(reply.body)) in refusals:
+            outcome["refusal"] = code
         self.event(_EVENT[reply.kind], "client", t=(end - ctx.epoch) * k, **outcome)
         self.due = end
         return reply
@@ -289,6 +306,17 @@ class Buyer:
             retry_trade_no: str) -> tuple[str | None, str | None]:
         """One payment attempt: ``(outcome, trade)``; outcome None when the order can no longer be paid."""
         ad = self.ctx.adapter
+        face = ad.handoff is not None and ad.handoff.face != "native"
+        if face and attempt and retry_trade_no == "reuse" and self.held is not None and method != "bnpl":
+            # the PSP's cashier (QR code, payment page) is still in front of the buyer: they try again
+            # there, without going back to the checkout — as on Alipay's, WeChat's or Stripe's own page
+            answer, trade = self.held
+            self.event("user.retry", "user", trade=trade, attempt=attempt)
+            self.event("user.pay", "user", trade=trade, attempt=attempt)
+            outcome = complete_handoff(self, ad.handoff, answer, trade)
+            if outcome == "closed":
+                self.held = None
+            return outcome, trade
         trade = policies.retry_trade_no(retry_trade_no, self.order, attempt, previous)
         values = {**values, "trade": trade}
         if method != "bnpl":
@@ -306,7 +334,15 @@ class Buyer:
             state = ad.field("start_payment", "bnpl_state", started.body)
             return ("succeeded" if state in ad.bnpl_paid else "failed"), trade
         trade = str(ad.field("start_payment", "trade", started.body) or trade)
-        pay_url = ad.field("start_payment", "pay_url", started.body) or f"{self.ctx.provider_url}/trades/{trade}/pay"
+        if face:
+            assert ad.handoff is not None
+            self.held = (started.body, trade)
+            outcome = complete_handoff(self, ad.handoff, started.body, trade)
+            if outcome == "closed":
+                self.held = None
+            return outcome, trade
+        pay_url = (ad.handoff_value(started.body) or ad.field("start_payment", "pay_url", started.body)
+                   or f"{self.ctx.provider_url}/trades/{trade}/pay")
         paid = self.call("confirm_payment", "POST", pay_url, None, "confirm payment (provider)", trade=trade)
         if paid.kind == OK and isinstance(paid.body, dict):
             return _TRADE_OUTCOME.get(paid.body.get("state"), "failed"), trade
@@ -359,3 +395,160 @@ class Buyer:
                 self.show(_POLL_SCREEN[cls])
                 return True
         return False
+
+
+# --------------------------------------------------------------------------------------------------
+# The buyer completes the PSP's hand-off at the face's buyer side (docs/psp/<face>.md, "The buyer's side")
+
+_JSON = {"Accept": "application/json"}
+_FORM = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
+_ALIPAY_REFUSAL = {"ACQ.TRADE_HAS_SUCCESS": "succeeded", "ACQ.TRADE_HAS_CLOSE": "closed", "ACQ.PAYMENT_FAIL": "failed",
+                   "ACQ.SYSTEM_ERROR": "unknown", "ACQ.TRADE_NOT_EXIST": "failed"}
+_WECHAT_STATE = {"SUCCESS": "succeeded", "PAYERROR": "failed", "USERPAYING": "unknown", "NOTPAY": "failed",
+                 "CLOSED": "closed", "REFUND": "failed"}
+_WECHAT_REFUSAL = {"ORDER_CLOSED": "closed", "ORDERPAID": "succeeded", "SYSTEM_ERROR": "unknown"}
+_WECHAT_CODES = frozenset({"ORDER_CLOSED", "ORDERPAID", "ORDER_NOT_EXIST"})
+_STRIPE_STATUS = {"succeeded": "succeeded", "processing": "unknown", "requires_capture": "succeeded",
+                  "requires_payment_method": "failed", "requires_action": "failed", "canceled": "closed"}
+
+
+def _psp_code(body: Any) -> str | None:
+    """A PSP's refusal code in an answer: WeChat's ``code``, Alipay's ``sub_code``, Stripe's ``error.code``."""
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    code = error.get("code") if isinstance(error, dict) else (body.get("sub_code") or body.get("code"))
+    return code if isinstance(code, str) else None
+
+
+_STRIPE_REFUSAL = frozenset({"checkout_session_expired", "checkout_session_complete", "checkout_session_not_open",
+                             "payment_intent_unexpected_state", "card_declined"})
+
+
+def _no_answer(reply: Reply) -> str:
+    """The outcome the app shows when a call to the PSP came back without a usable answer."""
+    return "timeout" if reply.kind in (TIMEOUT, NOT_SENT, BROKEN, SERVER_ERROR) else "failed"
+
+
+def complete_handoff(buyer: Buyer, h: Handoff, answer: Any, trade: str) -> str:
+    """Pay what the checkout handed over in its start-payment ``answer``, the way that PSP's buyer
+    does; the payment outcome (a key of :data:`SCREEN`)."""
+    value = dig(answer, h.field)
+    if not isinstance(value, str) or not value:
+        return "failed"  # nothing to pay from: the app shows "payment failed", as a real one would
+    if h.face == "stripe":
+        return _stripe(buyer, h, value, trade, answer)
+    return {"alipay": _alipay, "wechat": _wechat}[h.face](buyer, h, value, trade)
+
+
+def _alipay(buyer: Buyer, h: Handoff, value: str, trade: str) -> str:
+    """Open the cashier (the page-pay URL, the submitted page-pay form, or the scanned QR code: the
+    gateway sends the browser to ``/alipay/cashier/{trade_no}``), then confirm there."""
+    if h.kind == "form":
+        form = parse_form(value)
+        if form is None:
+            return "failed"
+        action, method, fields = form
+        if method == "GET":
+            opened = buyer.call("open_payment", "GET", action + ("&" if "?" in action else "?") + urlencode(fields),
+                                None, "open cashier (alipay form)", headers=_JSON, trade=trade)
+        else:
+            opened = buyer.call("open_payment", "POST", action, urlencode(fields), "open cashier (alipay form)",
+                                headers=_FORM, trade=trade)
+    else:
+        opened = buyer.call("open_payment", "GET", value, None,
+                            "scan QR (alipay)" if h.kind == "qr_code" else "open cashier (alipay)", headers=_JSON,
+                            trade=trade)
+    if opened.kind != OK or not isinstance(opened.body, dict):
+        return _no_answer(opened)
+    if opened.body.get("code") != "10000":
+        return _ALIPAY_REFUSAL.get(opened.body.get("sub_code"), "failed")
+    trade_no = opened.body.get("trade_no")
+    paid = buyer.call("confirm_payment", "POST", f"{buyer.ctx.provider_url}/alipay/cashier/{trade_no}/confirm", {},
+                      "confirm payment (alipay cashier)", trade=trade)
+    if paid.kind != OK or not isinstance(paid.body, dict):
+        return _no_answer(paid)
+    if paid.body.get("code") == "10000":
+        return "succeeded" if paid.body.get("trade_status") in ("TRADE_SUCCESS", "TRADE_FINISHED") else "unknown"
+    return _ALIPAY_REFUSAL.get(paid.body.get("sub_code"), "failed")
+
+
+def _wechat(buyer: Buyer, h: Handoff, value: str, trade: str) -> str:
+    """Scan the ``code_url`` (or open the ``h5_url``) in the WeChat app, then enter the password."""
+    base = buyer.ctx.provider_url
+    if h.kind == "h5_url":
+        opened = buyer.call("open_payment", "GET", value, None, "open h5 page (wechat)", headers=_JSON,
+                            refusals=_WECHAT_CODES, trade=trade)
+    else:
+        opened = buyer.call("open_payment", "POST", f"{base}/wechat/app/scan", {"code_url": value},
+                            "scan code_url (wechat app)", refusals=_WECHAT_CODES, trade=trade)
+    if opened.kind == REFUSED and isinstance(opened.body, dict):
+        return _WECHAT_REFUSAL.get(opened.body.get("code"), "failed")
+    if opened.kind != OK:
+        return _no_answer(opened)
+    paid = buyer.call("confirm_payment", "POST", f"{base}/wechat/app/pay", {h.kind: value},
+                      "pay (wechat app)", refusals=_WECHAT_CODES, trade=trade)
+    if paid.kind == OK and isinstance(paid.body, dict):
+        return _WECHAT_STATE.get(paid.body.get("trade_state"), "failed")
+    if paid.kind == REFUSED and isinstance(paid.body, dict):
+        return _WECHAT_REFUSAL.get(paid.body.get("code"), "failed")
+    return _no_answer(paid)
+
+
+def _stripe(buyer: Buyer, h: Handoff, value: str, trade: str, answer: Any) -> str:
+    """Pay on the hosted Checkout page (``checkout_url``), or confirm the PaymentIntent from the
+    browser with the publishable key and its ``client_secret`` (Stripe.js's ``confirmCardPayment``)."""
+    if h.kind == "checkout_url":
+        paid = buyer.call("confirm_payment", "POST", value, urlencode({"payment_method": h.payment_method}),
+                          "pay checkout session (stripe)", headers=_FORM, refusals=_STRIPE_REFUSAL, trade=trade)
+        if paid.kind == OK and isinstance(paid.body, dict):
+            return _TRADE_OUTCOME.get(paid.body.get("state"), "failed")
+    else:
+        key = dig(answer, h.publishable_key or "")
+        key = key if isinstance(key, str) else ""
+        pi = value.split("_secret_")[0]
+        paid = buyer.call("confirm_payment", "POST", f"{buyer.ctx.provider_url}/v1/payment_intents/{pi}/confirm",
+                          urlencode({"client_secret": value, "payment_method": h.payment_method}),
+                          "confirm payment intent (stripe.js)", headers={**_FORM, "Authorization": f"Bearer {key}"},
+                          refusals=_STRIPE_REFUSAL, trade=trade)
+        if paid.kind == OK and isinstance(paid.body, dict):
+            return _STRIPE_STATUS.get(paid.body.get("status"), "failed")
+    if paid.kind == REFUSED and isinstance(paid.body, dict):
+        error = paid.body.get("error") if isinstance(paid.body.get("error"), dict) else {}
+        if error.get("code") == "checkout_session_complete":
+            return "succeeded"  # paid already (an earlier try whose answer was lost)
+        if error.get("code") in ("checkout_session_expired", "checkout_session_not_open"):
+            return "closed"
+        return "failed"
+    return _no_answer(paid)
+
+
+def parse_form(markup: str) -> tuple[str, str, list[tuple[str, str]]] | None:
+    """``(action, METHOD, fields)`` of the first HTML form in ``markup`` (an Alipay page-pay form), None without
+    an action."""
+    from html.parser import HTMLParser
+
+    class _Form(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.action: str | None = None
+            self.method = "POST"
+            self.fields: list[tuple[str, str]] = []
+            self.done = False
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            a = {k: v or "" for k, v in attrs}
+            if tag == "form" and self.action is None and not self.done:
+                self.action, self.method = a.get("action", ""), (a.get("method") or "POST").upper()
+            elif tag in ("input", "textarea") and self.action is not None and not self.done and a.get("name"):
+                self.fields.append((a["name"], a.get("value", "")))
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "form":
+                self.done = True
+
+    f = _Form()
+    f.feed(markup)
+    if not f.action:
+        return None
+    return f.action, ("GET" if f.method == "GET" else "POST"), f.fields

@@ -114,9 +114,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--notify-secret", default=None, metavar="S",
                    help="HMAC secret of notifications (default $CHECKOUT_CHAOS_NOTIFY_SECRET, else generated)")
     p.add_argument("--psp", default="native", metavar="NAME",
-                   help="the PSP protocol the target pays through: native (default) or stripe; the mock provider "
-                        "speaks it, its keys are in OUT/services/psp/NAME/, and the buyers pay at the pay_url the "
-                        "adapter names (docs/psp/); without --target the reference checkout pays through it")
+                   help="the PSP protocol the target pays through: native (default), alipay, wechat or stripe; the "
+                        "mock provider speaks it, its keys are in OUT/services/psp/NAME/, and the buyers complete "
+                        "the hand-off the adapter declares for it (start_payment.handoff.NAME; docs/live.md, docs/psp/); "
+                        "without --target the reference checkout pays through native or stripe")
     p.add_argument("--json", action="store_true", help="print the results JSON instead of the tables")
 
 

@@ -124,7 +124,7 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
                               "start from loadtests/adapters/reference.toml)")
     if opts.provider_host not in LOOPBACK and not opts.allow_remote:
         raise ConfigError(f"--provider-host {opts.provider_host}: not a loopback address; pass --allow-remote")
-    adapter = load_adapter(opts.target_config)
+    adapter = load_adapter(opts.target_config).for_psp(opts.psp)  # the buyers complete the --psp face's hand-off
     pre = preflight(scenario, window, _slots(opts) if _slots(opts) > 1 else opts.workers)
     for warning in pre["warnings"] if opts.warn_preflight else ():
         opts.log(f"warning: this run {warning}")
@@ -503,7 +503,7 @@ def live_section(events: list[dict[str, Any]], done: list[dict[str, Any]], plann
         # a 4xx is the checkout's answer, not an error
         if typ == "client.unknown" or (typ == "client.fail" and "status" not in e):
             errors += 1
-        elif e.get("status") in MALFORMED_STATUS:
+        elif e.get("status") in MALFORMED_STATUS and "refusal" not in e:  # a PSP's "read, refused" is not ours
             malformed += 1
         lat = e.get("latency")
         if isinstance(lat, (int, float)):

@@ -89,11 +89,13 @@ class GeventTransport:
     def sleep(self, seconds: float) -> None:
         gevent.sleep(seconds)
 
-    def send(self, method: str, url: str, body: Any, timeout: float, name: str) -> Reply:
+    def send(self, method: str, url: str, body: Any, timeout: float, name: str,
+             headers: dict[str, str] | None = None) -> Reply:
         timer = gevent.Timeout(timeout)
         timer.start()
+        payload = {"data": body} if isinstance(body, str) else {"json": body}  # a str is a form, sent as it is
         try:
-            with self.session.request(method, url, name=name, json=body, catch_response=True) as resp:
+            with self.session.request(method, url, name=name, headers=headers, catch_response=True, **payload) as resp:
                 reply = _classify(resp, timer)
                 if reply.kind in ERROR_KINDS or reply.status in MALFORMED_STATUS:
                     resp.failure(reply.error or f"HTTP {reply.status}")

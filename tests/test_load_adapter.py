@@ -79,3 +79,63 @@ def test_a_bad_file_names_itself(tmp_path):
     missing.write_text('name = "x"\n')
     with pytest.raises(ConfigError, match="create_order: missing table"):
         load_adapter(missing)
+
+
+def _with_handoff(handoff: object) -> dict:
+    data = load_adapter().to_dict()
+    return data | {"start_payment": {**data["start_payment"], "handoff": handoff}}
+
+
+@pytest.mark.parametrize("handoff, message", [
+    ({"alipay": {"kind": "qrcode", "field": "qr"}},
+     "start_payment.handoff.alipay.kind: expected one of cashier_url, form, qr_code (the alipay face's hand-offs), "
+     "found 'qrcode' (did you mean 'qr_code'?)"),
+    ({"alipy": {"kind": "qr_code", "field": "qr"}}, "start_payment.handoff.alipy: unknown PSP face (did you mean 'alipay'?)"),
+    ({"wechat": {"kind": "code_url"}}, "start_payment.handoff.wechat.field: expected a dotted path"),
+    ({"wechat": {"kind": "code_url", "field": ""}}, "start_payment.handoff.wechat.field: expected a dotted path"),
+    ({"stripe": {"kind": "client_secret", "field": "cs"}}, "start_payment.handoff.stripe.publishable_key: required"),
+    ({"stripe": {"kind": "checkout_url", "field": "u", "publishable_key": "pk"}},
+     "start_payment.handoff.stripe.publishable_key: only with kind = \"client_secret\""),
+    ({"wechat": {"kind": "code_url", "field": "c", "feild": "x"}},
+     "start_payment.handoff.wechat.feild: unknown key (did you mean 'field'?)"),
+    ({"wechat": "code_url"}, "start_payment.handoff.wechat: expected a table with kind and field, found 'code_url'"),
+    ("qr_code", "start_payment.handoff: expected tables [start_payment.handoff.<face>]"),
+])
+def test_each_hand_off_mistake_gets_one_message(handoff, message):
+    problems = validate(_with_handoff(handoff))
+    assert any(p.startswith(message) for p in problems), problems
+
+
+def test_a_hand_off_only_belongs_to_start_payment():
+    data = load_adapter().to_dict()
+    data = data | {"order_status": {**data["order_status"], "handoff": {"alipay": {"kind": "qr_code", "field": "q"}}}}
+    assert any(p.startswith("order_status.handoff: only start_payment has a hand-off") for p in validate(data))
+    assert any(p.startswith("psp: expected one of native, alipay") for p in validate(load_adapter().to_dict() | {"psp": "paypal"}))
+
+
+def test_the_run_s_psp_picks_the_hand_off_and_a_missing_one_names_what_the_file_has(tmp_path):
+    f = tmp_path / "shop.toml"
+    f.write_text(REFERENCE.read_text().replace(
+        "bnpl_paid = [\"authorized\"]",
+        "bnpl_paid = [\"authorized\"]\n[start_payment.handoff.alipay]\nkind = \"qr_code\"\nfield = \"data.qr\"\n"
+        "[start_payment.handoff.wechat]\nkind = \"code_url\"\nfield = \"data.code_url\"\n"))
+    ad = load_adapter(f)
+    assert ad.handoff is None  # chosen per run
+    wx = ad.for_psp(("wechat",))
+    assert wx.handoff is not None and wx.handoff.kind == "code_url"
+    assert wx.handoff_value({"data": {"code_url": "weixin://x"}}) == "weixin://x"
+    assert Adapter(wx.to_dict()).handoff == wx.handoff  # it travels in the plan as data
+    assert ad.for_psp(("alipay", "wechat")).handoff.face == "alipay"
+    with pytest.raises(ConfigError, match=r"shop.toml: start_payment.handoff: expected a hand-off for --psp stripe, "
+                                          r"found one for alipay, wechat only"):
+        ad.for_psp(("stripe",))
+    assert load_adapter().for_psp(("stripe",)).handoff is None  # no hand-offs: the native way, as before
+
+
+def test_the_shipped_shop_adapters_load():
+    from loadtests.adapter import REFERENCE as ref
+
+    for name, face, kind in (("alipay_shop", "alipay", "qr_code"), ("wechat_shop", "wechat", "code_url"),
+                             ("stripe_shop", "stripe", "checkout_url")):
+        ad = load_adapter(ref.parent / f"{name}.toml").for_psp((face,))
+        assert ad.name == name and ad.handoff is not None and ad.handoff.kind == kind

@@ -284,3 +284,175 @@ def test_the_background_refresh_stops_at_a_closed_order():
     events, _ = _watched(["awaiting_payment", "closed", "shipped"])
     assert [e["screen"] for e in events if e["type"] == "app.shown"] == ["payment_unknown"]
     assert len([e for e in events if e["type"] == "client.invoke" and e["op"] == "order_status"]) == 22
+
+
+# -- paying the PSP's way: the adapter's start_payment.handoff ---------------------------------------
+
+
+class HeaderTransport(FakeTransport):
+    """A FakeTransport that also records the headers of each call."""
+
+    def __init__(self, handler, now: float = EPOCH) -> None:
+        super().__init__(handler, now)
+        self.headers: list[dict[str, str] | None] = []
+
+    def send(self, method: str, url: str, body: Any, timeout: float, name: str,
+             headers: dict[str, str] | None = None) -> Reply:
+        self.headers.append(headers)
+        return super().send(method, url, body, timeout, name)
+
+
+def handoff_adapter(face: str, **spec: str) -> Adapter:
+    data = load_adapter().to_dict()
+    data = {**data, "start_payment": {**data["start_payment"], "response": {"trade": "trade"},
+                                      "handoff": {face: spec}}}
+    return Adapter(data).for_psp((face,))
+
+
+def play_psp(handler, adapter: Adapter, scenario: dict | None = None) -> tuple[list[dict], HeaderTransport, str]:
+    base = {"user": {"abandon_probability": 0.0, "pay_delay": "30s", "retry_probability": 1.0, "max_retries": 1,
+                     "retry_delay": "10s", "payment_methods": {"wallet": 1.0, "card": 0.0, "bnpl": 0.0}},
+            "app": {"network_latency": "0s"}}
+    for key, value in (scenario or {}).items():
+        base[key] = {**base.get(key, {}), **value}
+    events: list[dict] = []
+    due = EPOCH + 60.0 / K
+    tr = HeaderTransport(handler, now=due)
+    ctx = Context(scenario_from_dict(base), adapter, tr, events.append, checkout_url=CHECKOUT, provider_url=PROVIDER,
+                  time_scale=K, load_epoch=EPOCH, run_id="r1", seed=5, profiles=[("张伟", "13812345678", "上海市")])
+    return events, tr, Buyer(ctx, 7, due).run()
+
+
+def shop(start_answer: dict, psp: Callable[[str, str, Any], Reply]):
+    def handler(method: str, url: str, body: Any) -> tuple[Reply, float]:
+        if url == f"{CHECKOUT}/orders":
+            return Reply(OK, 201, {"order": body["order"]}), 0.001
+        if url.startswith(CHECKOUT) and url.endswith("/pay"):
+            return Reply(OK, 200, start_answer), 0.001
+        if url.startswith(f"{CHECKOUT}/orders/"):
+            return Reply(OK, 200, {"state": "awaiting_payment"}), 0.001
+        return psp(method, url, body), 0.001
+    return handler
+
+
+def test_an_alipay_buyer_scans_the_qr_code_confirms_and_tries_again_at_the_cashier():
+    """qr_code: GET the payload (the trade opens), POST .../confirm; declined, the buyer tries again on the
+    same cashier 10 s later — without going back to the checkout — and pays."""
+    confirms = [{"code": "40004", "sub_code": "ACQ.PAYMENT_FAIL"}, {"code": "10000", "trade_status": "TRADE_SUCCESS"}]
+
+    def psp(method: str, url: str, body: Any) -> Reply:
+        if url == f"{PROVIDER}/alipay/qr/2026":
+            return Reply(OK, 200, {"code": "10000", "trade_no": "2026", "trade_status": "WAIT_BUYER_PAY"})
+        assert (method, url) == ("POST", f"{PROVIDER}/alipay/cashier/2026/confirm")
+        return Reply(OK, 200, confirms.pop(0))
+
+    ad = handoff_adapter("alipay", kind="qr_code", field="pay.qr")
+    events, tr, ending = play_psp(shop({"trade": "r1-7", "pay": {"qr": f"{PROVIDER}/alipay/qr/2026"}}, psp), ad)
+    assert ending == "paid"
+    urls = [u for _, u, _ in tr.sent]
+    assert sum(u.startswith(CHECKOUT) and u.endswith("/pay") for u in urls) == 1  # the retry stayed at the cashier
+    assert urls.count(f"{PROVIDER}/alipay/qr/2026") == 2 and urls.count(f"{PROVIDER}/alipay/cashier/2026/confirm") == 2
+    assert tr.headers[urls.index(f"{PROVIDER}/alipay/qr/2026")] == {"Accept": "application/json"}
+    screens = [e["screen"] for e in events if e["type"] == "app.shown"]
+    assert screens == ["payment_failed", "payment_succeeded"]
+    assert [e["attempt"] for e in events if e["type"] == "user.pay"] == [0, 1]
+
+
+def test_a_wechat_buyer_whose_code_url_is_closed_sees_failure_and_the_refusal_is_the_psps():
+    """code_url: scan, then pay. A closed order's code answers 400 ORDER_CLOSED: "payment failed", the call
+    recorded with refusal = ORDER_CLOSED (not a request the harness malformed); the next try goes back to
+    the checkout, which no longer takes it."""
+    calls: list[str] = []
+
+    def psp(method: str, url: str, body: Any) -> Reply:
+        calls.append(url)
+        assert body == {"code_url": "weixin://wxpay/bizpayurl?pr=42"}
+        if url.endswith("/wechat/app/scan"):
+            return Reply(REFUSED, 400, {"code": "ORDER_CLOSED", "message": "closed"})
+        raise AssertionError(url)
+
+    ad = handoff_adapter("wechat", kind="code_url", field="code_url")
+    starts = [Reply(OK, 200, {"trade": "r1-7", "code_url": "weixin://wxpay/bizpayurl?pr=42"}),
+              Reply(REFUSED, 409, {"code": "ORDER_NOT_PAYABLE"})]
+    handler = shop({}, psp)
+
+    def with_closing_shop(method: str, url: str, body: Any) -> tuple[Reply, float]:
+        if url.startswith(CHECKOUT) and url.endswith("/pay"):
+            return starts.pop(0), 0.001
+        return handler(method, url, body)
+
+    events, tr, ending = play_psp(with_closing_shop, ad)
+    assert ending == "not_payable"
+    assert calls == [f"{PROVIDER}/wechat/app/scan"]
+    fail = [e for e in events if e["type"] == "client.fail" and e["op"] == "open_payment"]
+    assert len(fail) == 1 and fail[0]["refusal"] == "ORDER_CLOSED" and fail[0]["status"] == 400
+    assert [e["screen"] for e in events if e["type"] == "app.shown"] == ["payment_failed"]
+
+
+def test_a_stripe_buyer_confirms_the_payment_intent_with_the_publishable_key():
+    """client_secret: POST /v1/payment_intents/{pi}/confirm as Stripe.js does, with the pk the answer names."""
+    def psp(method: str, url: str, body: Any) -> Reply:
+        assert url == f"{PROVIDER}/v1/payment_intents/pi_123/confirm"
+        assert body == "client_secret=pi_123_secret_abc&payment_method=pm_card_visa"
+        return Reply(OK, 200, {"id": "pi_123", "status": "succeeded"})
+
+    ad = handoff_adapter("stripe", kind="client_secret", field="cs", publishable_key="keys.pk")
+    events, tr, ending = play_psp(shop({"trade": "pi_123", "cs": "pi_123_secret_abc", "keys": {"pk": "pk_test_1"}},
+                                       psp), ad)
+    assert ending == "paid"
+    confirm = [h for (_, u, _), h in zip(tr.sent, tr.headers) if u.startswith(PROVIDER)][0]
+    assert confirm["Authorization"] == "Bearer pk_test_1"
+    assert confirm["Content-Type"] == "application/x-www-form-urlencoded"
+
+
+def test_an_answer_without_the_hand_off_is_a_failed_payment_the_app_reports():
+    ad = handoff_adapter("alipay", kind="cashier_url", field="cashier_url")
+    events, tr, ending = play_psp(shop({"trade": "r1-7"}, lambda *a: pytest.fail("no PSP call expected")), ad,
+                                  {"user": {"max_retries": 0}})
+    assert ending == "gave_up"
+    assert not any(u.startswith(PROVIDER) for _, u, _ in tr.sent)
+    assert [e["screen"] for e in events if e["type"] == "app.shown"] == ["payment_failed"]
+
+
+def test_an_alipay_page_pay_form_is_submitted_as_the_browser_would():
+    from loadtests.buyer import parse_form
+
+    markup = ('<form name="punchout_form" method="post" action="http://gw/gateway.do?charset=utf-8">'
+              '<input type="hidden" name="biz_content" value="{&quot;a&quot;: 1}">'
+              '<input type="hidden" name="sign" value="xyz"><input type="submit" value="立即支付"></form>'
+              '<script>document.forms[0].submit();</script>')
+    assert parse_form(markup) == ("http://gw/gateway.do?charset=utf-8", "POST",
+                                  [("biz_content", '{"a": 1}'), ("sign", "xyz")])
+    assert parse_form("<p>no form</p>") is None
+
+
+def test_a_psps_own_refusal_is_not_counted_as_a_malformed_request():
+    """A 400 the PSP's buyer side answers with its own code (``refusal``) was read and refused; a 400
+    without one means the harness sent something the server could not read."""
+    from loadtests.live import live_section
+    from loadtests.plan import LiveWindow
+
+    window = LiveWindow(time_scale=60.0, warmup=10.0, horizon=100.0, end=200.0)
+    base = {"t": 1.0, "actor": "client", "order": "o", "call": "c", "latency": 0.1, "status": 400}
+    events = [{**base, "type": "client.fail", "op": "open_payment", "refusal": "ORDER_CLOSED"},
+              {**base, "type": "client.fail", "op": "create_order"}]
+    done = [{"planned": 1, "started": 1, "late": 0, "dropped": 0, "completed": 1, "flow_errors": 0, "lags": [0.0],
+             "lag_max": 0.0, "in_flight_at_end": 0}]
+    live = live_section(events, done, 1, 1.0, window, 1, "http://shop", "wechat_shop", {}, {}, [], 0.05)
+    assert live["malformed_requests"] == 1
+
+
+def test_a_wechat_h5_buyer_opens_the_page_then_pays_with_the_h5_url():
+    h5 = f"{PROVIDER}/wechat/h5/checkmweb?prepay_id=wx42&package=1"
+
+    def psp(method: str, url: str, body: Any) -> Reply:
+        if method == "GET":
+            assert url == h5
+            return Reply(OK, 200, {"trade_state": "NOTPAY", "amount": 100})
+        assert (url, body) == (f"{PROVIDER}/wechat/app/pay", {"h5_url": h5})
+        return Reply(OK, 200, {"trade_state": "USERPAYING"})
+
+    ad = handoff_adapter("wechat", kind="h5_url", field="h5_url")
+    events, tr, ending = play_psp(shop({"trade": "r1-7", "h5_url": h5}, psp), ad, {"user": {"max_retries": 0}})
+    assert [e["screen"] for e in events if e["type"] == "app.shown"][0] == "payment_unknown"  # then it polls
+    assert tr.headers[[u for _, u, _ in tr.sent].index(h5)] == {"Accept": "application/json"}

@@ -1,5 +1,6 @@
 """A small shop written the way a merchant writes one on Stripe: Flask, SQLite, the official ``stripe``
-SDK, Checkout Sessions and a webhook handler. It knows nothing of checkout-chaos but its configuration
+SDK, Checkout Sessions (or, with ``SHOP_PAY_MODE=intent``, PaymentIntents the buyer's browser confirms
+with Stripe.js: the shop answers the ``client_secret`` and its publishable key) and a webhook handler. It knows nothing of checkout-chaos but its configuration
 (the API base and key file, from the environment), so ``checkout-chaos load --target`` can test it
 black box, as it would a team's staging checkout.
 
@@ -8,8 +9,9 @@ closes expired unpaid orders, either
 
 * ``SHOP_CLOSE=naive`` — the order is closed and nothing else (the Checkout Session stays open: a buyer
   who pays it later is charged for a closed order; the webhook arrives and the shop ignores it), or
-* ``SHOP_CLOSE=safe`` — the session is expired first; if Stripe says it is already complete the order
-  is paid, not closed; a payment that still arrives for a closed order is refunded.
+* ``SHOP_CLOSE=safe`` — the session is expired (the PaymentIntent cancelled) first; if Stripe says it
+  is already complete the order is paid, not closed; a payment that still arrives for a closed order is
+  refunded.
 
 Run: ``STRIPE_API_BASE=http://127.0.0.1:8801 STRIPE_KEY_FILE=.../psp/stripe/secret_key SHOP_PORT=9000
 python tests/shops/stripe_shop.py``.
@@ -33,6 +35,8 @@ ORDER_TTL = float(os.environ.get("SHOP_ORDER_TTL", "15"))
 CLOSE_EVERY = float(os.environ.get("SHOP_CLOSE_EVERY", "2"))
 DB = os.environ.get("SHOP_DB", "shop.db")
 PUBLIC_URL = os.environ.get("SHOP_PUBLIC_URL", "")
+PAY_MODE = os.environ.get("SHOP_PAY_MODE", "checkout")  # checkout | intent
+PK_FILE = os.environ.get("STRIPE_PUBLISHABLE_KEY_FILE", "")
 
 app = Flask(__name__)
 _lock = threading.Lock()  # one writer at a time (SQLite), and the shop's per-order critical sections
@@ -60,7 +64,7 @@ def init() -> None:
     with db() as conn:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, usr TEXT, amount INTEGER, state TEXT,"
-                     " session TEXT, expires REAL)")
+                     " session TEXT, expires REAL, intent TEXT)")
 
 
 def webhook_secret() -> str:
@@ -68,7 +72,8 @@ def webhook_secret() -> str:
     with _lock:
         if not _webhook_secret:
             endpoint = client().v1.webhook_endpoints.create(params={
-                "url": f"{PUBLIC_URL}/stripe/webhook", "enabled_events": ["checkout.session.completed"]})
+                "url": f"{PUBLIC_URL}/stripe/webhook",
+                "enabled_events": ["checkout.session.completed", "payment_intent.succeeded"]})
             _webhook_secret.append(endpoint.secret)
     return _webhook_secret[0]
 
@@ -91,6 +96,8 @@ def pay(order: str):
         abort(404)
     if row["state"] != "awaiting_payment":
         return jsonify(code="ORDER_NOT_PAYABLE", state=row["state"]), 409
+    if PAY_MODE == "intent":
+        return pay_intent(order, row)
     session = client().v1.checkout.sessions.create(params={
         "mode": "payment", "client_reference_id": order, "metadata": {"order_id": order, "user": row["usr"]},
         "line_items": [{"quantity": 1, "price_data": {"currency": "cny", "unit_amount": row["amount"],
@@ -99,6 +106,19 @@ def pay(order: str):
     with _lock, db() as conn:
         conn.execute("UPDATE orders SET session = ? WHERE id = ?", (session.id, order))
     return jsonify(order=order, checkout_url=session.url, session=session.id)
+
+
+def pay_intent(order: str, row: sqlite3.Row):
+    """A PaymentIntent per order (the same one again when the buyer comes back), confirmed by the browser."""
+    if row["intent"]:
+        intent = client().v1.payment_intents.retrieve(row["intent"])
+    else:
+        intent = client().v1.payment_intents.create(params={
+            "amount": row["amount"], "currency": "cny", "metadata": {"order_id": order, "user": row["usr"]}})
+        with _lock, db() as conn:
+            conn.execute("UPDATE orders SET intent = ? WHERE id = ?", (intent.id, order))
+    pk = "pk_test_" + Path(PK_FILE).read_text().strip()
+    return jsonify(order=order, intent=intent.id, client_secret=intent.client_secret, publishable_key=pk)
 
 
 @app.get("/orders/<order>")
@@ -117,15 +137,20 @@ def webhook():
                                                webhook_secret())
     except (ValueError, stripe.SignatureVerificationError):
         return "bad signature", 400
-    if event["type"] == "checkout.session.completed":
-        session = event["data"]["object"]
-        order = session["client_reference_id"]
+    if event["type"] in ("checkout.session.completed", "payment_intent.succeeded"):
+        obj = event["data"]["object"]
+        if event["type"] == "checkout.session.completed":
+            order, intent = obj["client_reference_id"], obj["payment_intent"]
+        elif PAY_MODE == "intent":
+            order, intent = obj["metadata"]["order_id"], obj["id"]
+        else:
+            return "", 200  # a Checkout payment: its checkout.session.completed says so
         with _lock, db() as conn:
             row = conn.execute("SELECT state FROM orders WHERE id = ?", (order,)).fetchone()
             if row is not None and row["state"] == "awaiting_payment":
                 conn.execute("UPDATE orders SET state = 'paid' WHERE id = ?", (order,))
             elif row is not None and row["state"] == "closed" and CLOSE == "safe":
-                client().v1.refunds.create(params={"payment_intent": session["payment_intent"]})
+                client().v1.refunds.create(params={"payment_intent": intent})
                 conn.execute("UPDATE orders SET state = 'refunded' WHERE id = ?", (order,))
             # naive: a payment for a closed order is ignored — the buyer's money stays taken
     return "", 200
@@ -135,16 +160,25 @@ def close_job() -> None:
     while True:
         time.sleep(CLOSE_EVERY)
         with db() as conn:
-            due = conn.execute("SELECT id, session FROM orders WHERE state = 'awaiting_payment' AND expires <= ?",
+            due = conn.execute("SELECT id, session, intent FROM orders WHERE state = 'awaiting_payment' AND expires <= ?",
                                (time.time(),)).fetchall()
         for row in due:
             try:
-                close_one(row["id"], row["session"])
+                close_one(row["id"], row["session"], row["intent"])
             except Exception as exc:  # a close that failed is tried again at the next run
                 app.logger.warning("close of %s failed: %s", row["id"], exc)
 
 
-def close_one(order: str, session: str | None) -> None:
+def close_one(order: str, session: str | None, intent: str | None = None) -> None:
+    if CLOSE == "safe" and intent:
+        try:
+            client().v1.payment_intents.cancel(intent)
+        except stripe.InvalidRequestError:
+            if client().v1.payment_intents.retrieve(intent).status == "succeeded":
+                with _lock, db() as conn:
+                    conn.execute("UPDATE orders SET state = 'paid' WHERE id = ? AND state = 'awaiting_payment'", (order,))
+                return
+            raise  # processing, or Stripe did not say: look again at the next run
     if CLOSE == "safe" and session:
         try:
             client().v1.checkout.sessions.expire(session)
