@@ -312,6 +312,22 @@ def test_trade_lifetime_from_timeout_express(ali: Services) -> None:
     wait_for(lambda: status(a, no) == "TRADE_CLOSED", timeout=10, what="the trade's expiry")
 
 
+def test_trade_lifetime_from_time_expire_is_on_the_merchants_clock(ali: Services) -> None:
+    """time_expire is a wall-clock deadline (Beijing time): 4 wall seconds is 4 min of scenario time at the
+    tests' scale (the face used to read it as 4 scenario seconds, so the trade closed 60 times too early)."""
+    import time as _time
+    from datetime import datetime, timedelta, timezone
+
+    a = client(ali)
+    no = uid("at")
+    deadline = datetime.now(timezone(timedelta(hours=8))) + timedelta(seconds=4)
+    a.server_api("alipay.trade.create", {"out_trade_no": no, "subject": "x", "total_amount": "1.00",
+                                         "time_expire": deadline.strftime("%Y-%m-%d %H:%M:%S")})
+    _time.sleep(1.5)
+    assert status(a, no) == "WAIT_BUYER_PAY"
+    wait_for(lambda: status(a, no) == "TRADE_CLOSED", timeout=15, what="the trade's expiry")
+
+
 def test_pay_after_use_sign_order_finish_deduction_query(ali: Services) -> None:
     a = client(ali)
     signed = a.server_api(PZ + "creditagreement.sign", {"out_agreement_no": uid("ag")})

@@ -216,7 +216,8 @@ class AlipayFace(Face):
                 at = datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=BEIJING)
             except (TypeError, ValueError):
                 raise _bad("time_expire", "yyyy-MM-dd HH:mm:ss (Beijing time)") from None
-            ttl = at.timestamp() - time.time()
+            # a deadline on the merchant's (wall) clock: its distance from now, in scenario seconds
+            ttl = (at.timestamp() - time.time()) * self.core.clock.scale
             if ttl <= 0:
                 raise _bad("time_expire", "a time in the future")
             return ttl
