@@ -5,8 +5,9 @@
 
 Starts the mock provider and the reference checkout (no injected faults: no declines, blocks, holds,
 losses; the scenario's latencies scaled by ``--time-scale``), then drives them from a **separate load
-generator process** (this file with ``--generate``: asyncio + uvloop + the raw keep-alive client of
-``loadtests.service.http11``, several hundred thousand requests per second of its own capacity):
+generator process** (this file with ``--generate``: asyncio + uvloop + the services' own client,
+``loadtests.service.httpclient`` over aiohttp, a few thousand requests per second per core of its own
+capacity: its CPU share is printed for every phase, see ``generator`` below):
 
 1. ``create``   — ``POST /orders`` on the checkout;
 2. ``start``    — ``POST /orders/{id}/pay`` on the checkout (creates the provider trade);
@@ -69,7 +70,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def _closed_loop(requests: list[tuple[str, str, bytes]], connections: int) -> dict:
-    from loadtests.service.http11 import HttpClient
+    from loadtests.service.httpclient import HttpClient
 
     client = HttpClient(max_per_origin=connections)
     latencies: list[float] = []
@@ -102,7 +103,7 @@ async def _closed_loop(requests: list[tuple[str, str, bytes]], connections: int)
 
 async def _open_loop(requests: list[tuple[str, str, bytes]], rate: float, max_outstanding: int) -> dict:
     """Requests at a fixed rate; latency from each request's *scheduled* start (no coordinated omission)."""
-    from loadtests.service.http11 import HttpClient
+    from loadtests.service.httpclient import HttpClient
 
     client = HttpClient(max_per_origin=max_outstanding)
     latencies: list[float] = []
@@ -331,7 +332,7 @@ def wechat_face(orders: int, connections: int, time_scale: float) -> dict:
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import padding
 
-    from loadtests.service.http11 import HttpClient
+    from loadtests.service.httpclient import HttpClient
     from loadtests.service.psp.faces import face_class
     from loadtests.service.runner import start_services
 

@@ -42,7 +42,7 @@ from sim.domain.policies import NotifyAction, Step
 from sim.domain.states import OrderState, TradeState
 
 from loadtests.service import base, signing
-from loadtests.service.http11 import HttpClient
+from loadtests.service.httpclient import HttpClient
 from loadtests.service.runtime import Limiter
 from loadtests.service.store import Job
 from loadtests.service.web import (ID_PATTERN, MAX_AMOUNT, ApiError, InFlightLimit, admin_router,

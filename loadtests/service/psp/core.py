@@ -44,7 +44,7 @@ from sim.domain.ledger import CHARGE, REFUND, transfer
 from sim.domain.states import TRADE_PAYABLE, AgreementState, TradeState
 
 from loadtests.service import base
-from loadtests.service.http11 import HttpClient
+from loadtests.service.httpclient import HttpClient, HttpError
 from loadtests.service.runtime import Limiter
 from loadtests.service.store import LEDGER_SCHEMA, Job, SqlLedger
 
@@ -178,7 +178,6 @@ class ProviderCore(base.ServiceBase):
         self.sent_at: dict[str, float] = {}  # trade -> when its debit left for the bank (scenario s)
         self.card_outcome: dict[str, str] = {}  # trade -> the decline its test card asks for (see pay)
         self.http = HttpClient()
-        self._httpx: Any = None
         self._timed_out = object()  # what a gateway's wait resolves to when gateway.timeout fires
         self._tasks: set[asyncio.Task] = set()
 
@@ -222,8 +221,6 @@ class ProviderCore(base.ServiceBase):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.http.aclose()
-        if self._httpx is not None:
-            await self._httpx.aclose()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -690,19 +687,10 @@ class ProviderCore(base.ServiceBase):
     async def _post(self, url: str, body: bytes, headers: dict[str, str], timeout: float,
                     acknowledged: Callable[[int, bytes], bool]) -> bool:
         try:
-            if url.startswith("http://"):
-                resp = await self.http.request("POST", url, body, headers, timeout)
-                status, text = resp.status, resp.body
-            else:
-                if self._httpx is None:
-                    import httpx
-
-                    self._httpx = httpx.AsyncClient()
-                r = await self._httpx.post(url, content=body, headers=headers, timeout=timeout)
-                status, text = r.status_code, r.content
-        except Exception:  # refused, reset, timed out: not acknowledged
+            resp = await self.http.request("POST", url, body, headers, timeout)
+        except HttpError:  # refused, reset, timed out: not acknowledged
             return False
-        return acknowledged(status, text)
+        return acknowledged(resp.status, resp.body)
 
     def _face_of(self, trade_id: str) -> str:
         row = self.store.one("SELECT face FROM trades WHERE trade = ?", (trade_id,))
