@@ -426,6 +426,35 @@ def wechat_face(orders: int, connections: int, time_scale: float) -> dict:
     return result
 
 
+def profile_pay(orders: int, connections: int, time_scale: float, prefix: str, top: int = 30) -> dict:
+    """``--profile``: the provider under cProfile (``CHECKOUT_CHAOS_PROFILE``) while the checkout creates
+    and starts ``orders`` orders and the generator confirms them all (the pay path with its
+    notification). Prints the profile's top lines by own time; the figures are of a profiled run (slower)."""
+    import pstats
+
+    from loadtests.service.base import PROFILE_ENV
+    from loadtests.service.runner import start_services
+
+    os.environ[PROFILE_ENV] = prefix
+    try:
+        with start_services(None, Path(tempfile.mkdtemp(prefix="cc-bench-prof-")), time_scale, NO_FAULTS) as s:
+            b = Bench(s, connections)
+            p, c = s.provider_url, s.checkout_url
+            names = [f"po{i}" for i in range(orders)]
+            b.phase("create", [("POST", c + "/orders", json.dumps({"order": o, "user": f"u{i % 500}", "amount": 100}))
+                               for i, o in enumerate(names)])
+            started = b.phase("start", [("POST", f"{c}/orders/{o}/pay", "") for o in names])
+            trades = [json.loads(body)["trade"] for body in started["bodies"] if body and '"trade"' in body]
+            confirm = b.phase("confirm", [("POST", f"{p}/trades/{t}/pay", "") for t in trades])
+            _drain(s, len(trades))
+    finally:
+        os.environ.pop(PROFILE_ENV, None)
+    stats = pstats.Stats(f"{prefix}.provider.prof")
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(r"psp/core.py|store.py|web.py|httpclient.py", top)
+    return {"profiled_confirm_rps": round(confirm["rps"], 1), "profile": f"{prefix}.provider.prof"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--orders", type=int, default=8000, help="orders created, started and confirmed")
@@ -440,12 +469,17 @@ def main() -> int:
     parser.add_argument("--only-alipay", action="store_true", help="run only the Alipay face's part")
     parser.add_argument("--wechat-orders", type=int, default=1000, help="orders through the WeChat Pay face (0: skip)")
     parser.add_argument("--only-faces", action="store_true", help="run the PSP-face figures only")
+    parser.add_argument("--profile", metavar="PREFIX", help="profile the provider's pay path only: write "
+                        "PREFIX.provider.prof and print its top lines (no other figures)")
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.generate:
         generate()
         return 0
 
+    if args.profile:
+        print(json.dumps(profile_pay(args.orders, args.connections, args.time_scale, args.profile)))
+        return 0
     if args.only_alipay:
         print(json.dumps({"alipay_face": alipay_face(args.alipay_orders, args.connections, args.time_scale)}))
         return 0
