@@ -23,7 +23,12 @@ For every phase it reports requests/s, p50/p99 latency and the CPU each process 
 shows where the bottleneck is: the provider is one Python process, so it saturates at 1.0 core; the
 generator staying well below that shows it is not what limits the figures. The last line is one JSON
 object with ``confirm_rps``, ``trivial_rps``, ``ratio`` and ``confirm_p99_ms_at_half`` (the issue's
-targets: ratio >= 0.4, p99 < 50 ms).
+targets: ratio >= 0.4, p99 < 50 ms), and the provider's CPU milliseconds per request of each route with
+their ratio (``cpu_ratio`` = trivial's / confirm's), which a loaded machine disturbs much less.
+
+The provider sends its notifications from a worker process (``loadtests.service.httpclient``);
+``CHECKOUT_CHAOS_HTTP_IN_PROCESS=1`` in the environment makes it send them from its own event loop, as
+before, for comparison. ``--profile PREFIX`` profiles the provider's pay path instead (docs/performance.md).
 
 Then, on a provider of its own with the Alipay face (``alipay_face``; ``--alipay-orders 0`` skips it,
 ``--only-alipay`` runs only it): signed ``alipay.trade.create`` calls through ``/gateway.do``, the
@@ -534,6 +539,7 @@ def main() -> int:
         print(f"ledger balanced: {ledger['balanced']}  charges: {ledger['txns'].get('charge', 0)}  "
               f"trades: {stats['trades']}  notifications: {stats['notifications']}")
     med = lambda key, name: round(statistics.median(x[key] for x in runs[name]), 2)  # noqa: E731
+    cpu_ms = lambda name: round(statistics.median(x["provider_cores"] / x["rps"] * 1e3 for x in runs[name]), 3)  # noqa: E731
     summary = {
         "confirm_rps": round(confirm_rps, 1),
         "trivial_rps": round(trivial_rps, 1),
@@ -543,6 +549,12 @@ def main() -> int:
         "ratio_without_notify": round(statistics.median(bare_ratios), 3),
         "ratio_rounds": [round(x, 3) for x in ratios],
         "ratio_without_notify_rounds": [round(x, 3) for x in bare_ratios],
+        # CPU per request of the provider (ms): on a shared machine a steadier figure than req/s
+        "provider_cpu_ms_per_trivial": cpu_ms("trivial"),
+        "provider_cpu_ms_per_confirm": cpu_ms("confirm"),
+        "provider_cpu_ms_per_bare_confirm": cpu_ms("bare"),
+        "cpu_ratio": round(cpu_ms("trivial") / cpu_ms("confirm"), 3) if cpu_ms("confirm") else None,
+        "notifications_in_process": bool(os.environ.get("CHECKOUT_CHAOS_HTTP_IN_PROCESS")),
         "confirm_p50_ms": med("p50_ms", "confirm"),
         "confirm_p99_ms": med("p99_ms", "confirm"),
         "confirm_half_rps": round(at_half["rps"], 1),

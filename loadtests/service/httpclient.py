@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import struct
+import sys
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -128,3 +131,152 @@ class HttpClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+# -- the same client in a worker process ---------------------------------------------------------------
+
+_REQ = struct.Struct("!IdBHII")  # id, timeout, then the lengths of method, url, headers (JSON), body
+_ANS = struct.Struct("!IhI")  # id, status (-1: HttpError, the body is its message), body length
+WORKER_ENV = "CHECKOUT_CHAOS_HTTP_IN_PROCESS"  # set to 1: the provider sends notifications itself
+
+
+class WorkerClient:
+    """:class:`HttpClient`'s interface, the requests made by a child process (``python -m
+    loadtests.service.httpclient``) over a pipe: the caller's event loop spends a few tens of
+    microseconds per request framing it instead of the few hundred aiohttp spends, so the provider's
+    notifications no longer take CPU from the requests it serves. The child is started on first use,
+    and again after it died (its requests in flight then fail as :class:`HttpError`, like a reset
+    connection: the caller's retry schedule applies); it exits when the pipe closes (the parent died)."""
+
+    def __init__(self, max_per_origin: int = 64, max_body: int = MAX_RESPONSE_BODY) -> None:
+        self.max_per_origin, self.max_body = max_per_origin, max_body
+        self._proc: asyncio.subprocess.Process | None = None
+        self._starting: asyncio.Lock | None = None
+        self._reader_task: asyncio.Task | None = None
+        self._pending: dict[int, asyncio.Future] = {}
+        self._next = 0
+
+    async def _ensure(self) -> asyncio.subprocess.Process:
+        if self._proc is not None and self._proc.returncode is None and self._reader_task is not None \
+                and not self._reader_task.done():
+            return self._proc
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._proc is None or self._proc.returncode is not None or self._reader_task is None \
+                    or self._reader_task.done():
+                self._proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "loadtests.service.httpclient", str(self.max_per_origin), str(self.max_body),
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+                self._reader_task = asyncio.get_running_loop().create_task(self._read_answers(self._proc))
+        return self._proc
+
+    async def _read_answers(self, proc: asyncio.subprocess.Process) -> None:
+        try:
+            while True:
+                head = await proc.stdout.readexactly(_ANS.size)
+                rid, status, n = _ANS.unpack(head)
+                body = await proc.stdout.readexactly(n) if n else b""
+                fut = self._pending.pop(rid, None)
+                if fut is None or fut.done():
+                    continue
+                if status < 0:
+                    fut.set_exception(HttpError(body.decode("utf-8", "replace")))
+                else:
+                    fut.set_result(Response(status, {}, body))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            pending, self._pending = self._pending, {}
+            for fut in pending.values():
+                if not fut.done():
+                    fut.set_exception(HttpError("the HTTP worker process exited"))
+
+    async def request(self, method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None,
+                      timeout: float = 10.0) -> Response:
+        proc = await self._ensure()
+        self._next = rid = (self._next + 1) & 0xFFFFFFFF
+        m, u = method.encode(), url.encode()
+        h = json.dumps(headers or {}, separators=(",", ":")).encode()
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        proc.stdin.write(_REQ.pack(rid, timeout, len(m), len(u), len(h), len(body)) + m + u + h + body)
+        try:
+            # The child enforces the timeout (waiting for a free connection excluded); this bound only
+            # guards against a child that hangs.
+            async with asyncio.timeout(2 * timeout + 30):
+                return await fut
+        except TimeoutError:
+            raise HttpError(f"the HTTP worker did not answer within {2 * timeout + 30:.3g}s") from None
+        finally:
+            self._pending.pop(rid, None)
+
+    async def aclose(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            proc.stdin.close()  # the child exits at end of input
+            try:
+                await asyncio.wait_for(proc.wait(), 3)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            await asyncio.gather(self._reader_task, return_exceptions=True)
+
+
+def client_for_notifications() -> HttpClient | WorkerClient:
+    """The provider's notification sender: a worker process, unless ``$CHECKOUT_CHAOS_HTTP_IN_PROCESS``."""
+    return HttpClient() if os.environ.get(WORKER_ENV, "").strip() in ("1", "true", "yes") else WorkerClient()
+
+
+def _worker(max_per_origin: int, max_body: int) -> None:
+    """The child of :class:`WorkerClient`: requests framed on stdin, answers framed on stdout."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 22)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+        transport, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout.buffer)
+        client = HttpClient(max_per_origin, max_body)
+        tasks: set[asyncio.Task] = set()
+
+        async def one(rid: int, method: str, url: str, headers: dict, body: bytes, timeout: float) -> None:
+            try:
+                r = await client.request(method, url, body, headers or None, timeout)
+                status, data = r.status, r.body
+            except HttpError as exc:
+                status, data = -1, str(exc).encode()
+            except Exception as exc:  # never let one request take the worker down
+                status, data = -1, f"{exc.__class__.__name__}: {exc}".encode()
+            if not transport.is_closing():
+                transport.write(_ANS.pack(rid, status, len(data)) + data)
+
+        try:
+            while True:
+                head = await reader.readexactly(_REQ.size)
+                rid, timeout, lm, lu, lh, lb = _REQ.unpack(head)
+                raw = await reader.readexactly(lm + lu + lh + lb)
+                method, url = raw[:lm].decode(), raw[lm:lm + lu].decode()
+                headers = json.loads(raw[lm + lu:lm + lu + lh])
+                task = loop.create_task(one(rid, method, url, headers, raw[lm + lu + lh:], timeout))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the parent closed the pipe (or died)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await client.aclose()
+
+    asyncio.run(main())
+
+
+if __name__ == "__main__":
+    _worker(int(sys.argv[1]) if len(sys.argv) > 1 else 64, int(sys.argv[2]) if len(sys.argv) > 2 else MAX_RESPONSE_BODY)

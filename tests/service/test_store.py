@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from loadtests.service.httpclient import HttpClient, HttpError
+from loadtests.service.httpclient import HttpClient, HttpError, WorkerClient
 from loadtests.service.store import LEDGER_SCHEMA, SqlLedger, Store, ledger_summary
 from sim.domain.ledger import CHARGE, REFUND, Txn, UnbalancedTransaction, transfer
 
@@ -171,5 +171,30 @@ def test_client_timeout_body_limit_and_stale_connection():
             await client.request("GET", "ftp://127.0.0.1/x")
         await client.aclose()
         server.close()
+
+    asyncio.run(scenario())
+
+
+def test_worker_client_answers_fails_and_restarts():
+    """The worker-process client gives the same answers and errors, and survives its child's death."""
+
+    async def scenario() -> None:
+        server, port, _ = await _serve([b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsuccess"] * 3)
+        url = f"http://127.0.0.1:{port}/notify"
+        client = WorkerClient()
+        first = await client.request("POST", url, b'{"a":1}', {"Content-Type": "application/json"}, timeout=5)
+        assert (first.status, first.body) == (200, b"success")
+        with pytest.raises(HttpError, match="only http"):
+            await client.request("GET", "ftp://127.0.0.1/x")
+        client._proc.kill()  # the child dies: a new one serves the next request
+        await client._proc.wait()
+        second = await client.request("POST", url, b"{}", timeout=5)
+        assert second.text == "success"
+        await client.aclose()
+        server.close()
+        gone = WorkerClient()
+        with pytest.raises(HttpError):
+            await gone.request("GET", url, timeout=2)  # refused: the server is gone
+        await gone.aclose()
 
     asyncio.run(scenario())

@@ -44,7 +44,7 @@ from sim.domain.ledger import CHARGE, REFUND, transfer
 from sim.domain.states import TRADE_PAYABLE, AgreementState, TradeState
 
 from loadtests.service import base
-from loadtests.service.httpclient import HttpClient, HttpError
+from loadtests.service.httpclient import HttpError, client_for_notifications
 from loadtests.service.runtime import Limiter
 from loadtests.service.store import LEDGER_SCHEMA, Job, SqlLedger
 
@@ -177,7 +177,9 @@ class ProviderCore(base.ServiceBase):
         self.bank_held: set[str] = set()  # debits risk control holds (a durable bank_release job each)
         self.sent_at: dict[str, float] = {}  # trade -> when its debit left for the bank (scenario s)
         self.card_outcome: dict[str, str] = {}  # trade -> the decline its test card asks for (see pay)
-        self.http = HttpClient()
+        # Notification POSTs are made by a child process (httpclient.WorkerClient): their HTTP work
+        # stays off this event loop, which serves the requests.
+        self.http = client_for_notifications()
         self._timed_out = object()  # what a gateway's wait resolves to when gateway.timeout fires
         self._tasks: set[asyncio.Task] = set()
 
