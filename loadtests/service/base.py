@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
