@@ -475,8 +475,9 @@ class ProviderCore(base.ServiceBase):
     def _succeeded(self, row: Any, now: float) -> None:
         """The gateway knows the trade is paid: state, event and the notification to send (in a tx)."""
         trade_id = row["trade"]
-        self._save_state(trade_id, T.SUCCEEDED)
-        self.store.conn.execute("UPDATE trades SET paid_t = ? WHERE trade = ?", (now, trade_id))
+        # _save_state(SUCCEEDED) and paid_t in one statement: one fewer per payment on the hot path
+        self.store.conn.execute("UPDATE trades SET state = ?, reason = NULL, paid_t = ? WHERE trade = ?",
+                                (T.SUCCEEDED.value, now, trade_id))
         self.store.emit(now, "trade.succeeded", "gateway", row["ord"], trade=trade_id, amount=row["amount"])
         self.enqueue_notifications(row, "trade.succeeded", f"{trade_id}-n", now)
 
