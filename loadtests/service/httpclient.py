@@ -135,7 +135,7 @@ class HttpClient:
 
 # -- the same client in a worker process ---------------------------------------------------------------
 
-_REQ = struct.Struct("!IdBHII")  # id, timeout, then the lengths of method, url, headers (JSON), body
+_REQ = struct.Struct("!IdBHII")  # id, timeout, then the lengths of method, url, headers ("k:v" lines), body
 _ANS = struct.Struct("!IhI")  # id, status (-1: HttpError, the body is its message), body length
 WORKER_ENV = "CHECKOUT_CHAOS_HTTP_IN_PROCESS"  # set to 1: the provider sends notifications itself
 
@@ -155,6 +155,11 @@ class WorkerClient:
         self._reader_task: asyncio.Task | None = None
         self._pending: dict[int, asyncio.Future] = {}
         self._next = 0
+
+    async def start(self) -> None:
+        """Start the child now (a service calls it at start-up, so the first request does not wait for
+        the child's imports)."""
+        await self._ensure()
 
     async def _ensure(self) -> asyncio.subprocess.Process:
         if self._proc is not None and self._proc.returncode is None and self._reader_task is not None \
@@ -197,18 +202,20 @@ class WorkerClient:
         proc = await self._ensure()
         self._next = rid = (self._next + 1) & 0xFFFFFFFF
         m, u = method.encode(), url.encode()
-        h = json.dumps(headers or {}, separators=(",", ":")).encode()
-        fut = asyncio.get_running_loop().create_future()
+        # header names and values never hold CR or LF (HTTP forbids them): one per line
+        h = "\r\n".join(f"{k}:{v}" for k, v in headers.items()).encode() if headers else b""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._pending[rid] = fut
         proc.stdin.write(_REQ.pack(rid, timeout, len(m), len(u), len(h), len(body)) + m + u + h + body)
+        # The child enforces the timeout (waiting for a free connection excluded); this bound only
+        # guards against a child that hangs (a timer: cheaper than asyncio.timeout on this hot path).
+        guard = 2 * timeout + 30
+        timer = loop.call_later(guard, _expire, fut, guard)
         try:
-            # The child enforces the timeout (waiting for a free connection excluded); this bound only
-            # guards against a child that hangs.
-            async with asyncio.timeout(2 * timeout + 30):
-                return await fut
-        except TimeoutError:
-            raise HttpError(f"the HTTP worker did not answer within {2 * timeout + 30:.3g}s") from None
+            return await fut
         finally:
+            timer.cancel()
             self._pending.pop(rid, None)
 
     async def aclose(self) -> None:
@@ -223,6 +230,11 @@ class WorkerClient:
         if self._reader_task is not None:
             self._reader_task.cancel()
             await asyncio.gather(self._reader_task, return_exceptions=True)
+
+
+def _expire(fut: asyncio.Future, after: float) -> None:
+    if not fut.done():
+        fut.set_exception(HttpError(f"the HTTP worker did not answer within {after:.3g}s"))
 
 
 def client_for_notifications() -> HttpClient | WorkerClient:
@@ -264,7 +276,8 @@ def _worker(max_per_origin: int, max_body: int) -> None:
                 rid, timeout, lm, lu, lh, lb = _REQ.unpack(head)
                 raw = await reader.readexactly(lm + lu + lh + lb)
                 method, url = raw[:lm].decode(), raw[lm:lm + lu].decode()
-                headers = json.loads(raw[lm + lu:lm + lu + lh])
+                headers = dict(line.split(":", 1) for line in raw[lm + lu:lm + lu + lh].decode().split("\r\n")) \
+                    if lh else {}
                 task = loop.create_task(one(rid, method, url, headers, raw[lm + lu + lh:], timeout))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)

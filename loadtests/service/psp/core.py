@@ -192,6 +192,10 @@ class ProviderCore(base.ServiceBase):
                 "bnpl_expire": self._bnpl_expire, "bnpl_repay": self._bnpl_repay,
                 "refund_settle": self._refund_settle}
 
+    def background(self) -> list:
+        start = getattr(self.http, "start", None)  # the notification worker, ready before traffic comes
+        return [start] if start is not None else []
+
     def recover(self) -> None:
         self.migrate()
         self._recover_debits()
