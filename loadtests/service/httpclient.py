@@ -70,6 +70,7 @@ class HttpClient:
         self.max_body = max_body
         self._session: aiohttp.ClientSession | None = None
         self._slots: dict[str, asyncio.Semaphore] = {}
+        self._origins: dict[str, str] = {}
 
     def _session_now(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -83,10 +84,14 @@ class HttpClient:
     async def request(self, method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None,
                       timeout: float = 10.0) -> Response:
         """Send one request; the answer whatever its status, or :class:`HttpError`."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise HttpError(f"only http:// and https:// URLs are supported, found {url!r}")
-        origin = f"{parts.scheme}://{parts.netloc}"
+        origin = self._origins.get(url)
+        if origin is None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise HttpError(f"only http:// and https:// URLs are supported, found {url!r}")
+            origin = f"{parts.scheme}://{parts.netloc}"
+            if len(self._origins) < 10_000:  # a notify URL is reused for every attempt
+                self._origins[url] = origin
         slots = self._slots.get(origin)
         if slots is None:
             if len(self._slots) > 10_000:
@@ -104,7 +109,7 @@ class HttpClient:
             except TimeoutError:
                 raise HttpError(f"timed out after {timeout:.3g}s") from None
             except aiohttp.ClientConnectorError as exc:
-                raise HttpError(f"cannot connect to {parts.netloc}: {exc.os_error}") from None
+                raise HttpError(f"cannot connect to {origin}: {exc.os_error}") from None
             except (aiohttp.ClientError, OSError, ValueError) as exc:
                 raise HttpError(f"{exc.__class__.__name__}: {exc}") from None
 
@@ -142,9 +147,9 @@ WORKER_ENV = "CHECKOUT_CHAOS_HTTP_IN_PROCESS"  # set to 1: the provider sends no
 
 class WorkerClient:
     """:class:`HttpClient`'s interface, the requests made by a child process (``python -m
-    loadtests.service.httpclient``) over a pipe: the caller's event loop spends a few tens of
-    microseconds per request framing it instead of the few hundred aiohttp spends, so the provider's
-    notifications no longer take CPU from the requests it serves. The child is started on first use,
+    loadtests.service.httpclient``) over a pipe: the caller's event loop only frames each request and
+    its answer, while aiohttp's request machinery (a few hundred microseconds of CPU per request,
+    ``benchmarks/http_client.py``) runs in the child, off the loop that serves the provider's requests. The child is started on first use,
     and again after it died (its requests in flight then fail as :class:`HttpError`, like a reset
     connection: the caller's retry schedule applies); it exits when the pipe closes (the parent died)."""
 
