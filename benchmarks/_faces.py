@@ -66,19 +66,25 @@ def stripe_face(services: Any, n: int = 1500, connections: int = 32) -> dict[str
     statuses: dict[int, int] = {}
 
     async def run() -> float:
-        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=connections)) as client:
-            it = iter(range(n))
+        # the services' own client (aiohttp): httpx would cost the generator several times the CPU
+        # (benchmarks/http_client.py) and limit the figure on a 2-core machine
+        from loadtests.service.httpclient import HttpClient
 
-            async def worker() -> None:
-                for _ in it:
-                    t0 = time.perf_counter()
-                    r = await client.post(base + "/v1/payment_intents", content=body, headers=headers, timeout=30)
-                    latencies.append(time.perf_counter() - t0)
-                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        client = HttpClient(max_per_origin=connections)
+        it = iter(range(n))
 
-            t0 = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(connections)))
-            return time.perf_counter() - t0
+        async def worker() -> None:
+            for _ in it:
+                t0 = time.perf_counter()
+                r = await client.request("POST", base + "/v1/payment_intents", body, headers, timeout=30)
+                latencies.append(time.perf_counter() - t0)
+                statuses[r.status] = statuses.get(r.status, 0) + 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        elapsed = time.perf_counter() - t0
+        await client.aclose()
+        return elapsed
 
     t0 = time.perf_counter()
     requests_s = asyncio.run(run())

@@ -5,8 +5,9 @@
 
 Starts the mock provider and the reference checkout (no injected faults: no declines, blocks, holds,
 losses; the scenario's latencies scaled by ``--time-scale``), then drives them from a **separate load
-generator process** (this file with ``--generate``: asyncio + uvloop + the raw keep-alive client of
-``loadtests.service.http11``, several hundred thousand requests per second of its own capacity):
+generator process** (this file with ``--generate``: asyncio + uvloop + the services' own client,
+``loadtests.service.httpclient`` over aiohttp, a few thousand requests per second per core of its own
+capacity: its CPU share is printed for every phase, see ``generator`` below):
 
 1. ``create``   — ``POST /orders`` on the checkout;
 2. ``start``    — ``POST /orders/{id}/pay`` on the checkout (creates the provider trade);
@@ -22,7 +23,12 @@ For every phase it reports requests/s, p50/p99 latency and the CPU each process 
 shows where the bottleneck is: the provider is one Python process, so it saturates at 1.0 core; the
 generator staying well below that shows it is not what limits the figures. The last line is one JSON
 object with ``confirm_rps``, ``trivial_rps``, ``ratio`` and ``confirm_p99_ms_at_half`` (the issue's
-targets: ratio >= 0.4, p99 < 50 ms).
+targets: ratio >= 0.4, p99 < 50 ms), and the provider's CPU milliseconds per request of each route with
+their ratio (``cpu_ratio`` = trivial's / confirm's), which a loaded machine disturbs much less.
+
+The provider sends its notifications from a worker process (``loadtests.service.httpclient``);
+``CHECKOUT_CHAOS_HTTP_IN_PROCESS=1`` in the environment makes it send them from its own event loop, as
+before, for comparison. ``--profile PREFIX`` profiles the provider's pay path instead (docs/performance.md).
 
 Then, on a provider of its own with the Alipay face (``alipay_face``; ``--alipay-orders 0`` skips it,
 ``--only-alipay`` runs only it): signed ``alipay.trade.create`` calls through ``/gateway.do``, the
@@ -69,7 +75,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def _closed_loop(requests: list[tuple[str, str, bytes]], connections: int) -> dict:
-    from loadtests.service.http11 import HttpClient
+    from loadtests.service.httpclient import HttpClient
 
     client = HttpClient(max_per_origin=connections)
     latencies: list[float] = []
@@ -102,7 +108,7 @@ async def _closed_loop(requests: list[tuple[str, str, bytes]], connections: int)
 
 async def _open_loop(requests: list[tuple[str, str, bytes]], rate: float, max_outstanding: int) -> dict:
     """Requests at a fixed rate; latency from each request's *scheduled* start (no coordinated omission)."""
-    from loadtests.service.http11 import HttpClient
+    from loadtests.service.httpclient import HttpClient
 
     client = HttpClient(max_per_origin=max_outstanding)
     latencies: list[float] = []
@@ -331,7 +337,7 @@ def wechat_face(orders: int, connections: int, time_scale: float) -> dict:
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import padding
 
-    from loadtests.service.http11 import HttpClient
+    from loadtests.service.httpclient import HttpClient
     from loadtests.service.psp.faces import face_class
     from loadtests.service.runner import start_services
 
@@ -425,6 +431,35 @@ def wechat_face(orders: int, connections: int, time_scale: float) -> dict:
     return result
 
 
+def profile_pay(orders: int, connections: int, time_scale: float, prefix: str, top: int = 30) -> dict:
+    """``--profile``: the provider under cProfile (``CHECKOUT_CHAOS_PROFILE``) while the checkout creates
+    and starts ``orders`` orders and the generator confirms them all (the pay path with its
+    notification). Prints the profile's top lines by own time; the figures are of a profiled run (slower)."""
+    import pstats
+
+    from loadtests.service.base import PROFILE_ENV
+    from loadtests.service.runner import start_services
+
+    os.environ[PROFILE_ENV] = prefix
+    try:
+        with start_services(None, Path(tempfile.mkdtemp(prefix="cc-bench-prof-")), time_scale, NO_FAULTS) as s:
+            b = Bench(s, connections)
+            p, c = s.provider_url, s.checkout_url
+            names = [f"po{i}" for i in range(orders)]
+            b.phase("create", [("POST", c + "/orders", json.dumps({"order": o, "user": f"u{i % 500}", "amount": 100}))
+                               for i, o in enumerate(names)])
+            started = b.phase("start", [("POST", f"{c}/orders/{o}/pay", "") for o in names])
+            trades = [json.loads(body)["trade"] for body in started["bodies"] if body and '"trade"' in body]
+            confirm = b.phase("confirm", [("POST", f"{p}/trades/{t}/pay", "") for t in trades])
+            _drain(s, len(trades))
+    finally:
+        os.environ.pop(PROFILE_ENV, None)
+    stats = pstats.Stats(f"{prefix}.provider.prof")
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(r"psp/core.py|store.py|web.py|httpclient.py", top)
+    return {"profiled_confirm_rps": round(confirm["rps"], 1), "profile": f"{prefix}.provider.prof"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--orders", type=int, default=8000, help="orders created, started and confirmed")
@@ -439,12 +474,17 @@ def main() -> int:
     parser.add_argument("--only-alipay", action="store_true", help="run only the Alipay face's part")
     parser.add_argument("--wechat-orders", type=int, default=1000, help="orders through the WeChat Pay face (0: skip)")
     parser.add_argument("--only-faces", action="store_true", help="run the PSP-face figures only")
+    parser.add_argument("--profile", metavar="PREFIX", help="profile the provider's pay path only: write "
+                        "PREFIX.provider.prof and print its top lines (no other figures)")
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.generate:
         generate()
         return 0
 
+    if args.profile:
+        print(json.dumps(profile_pay(args.orders, args.connections, args.time_scale, args.profile)))
+        return 0
     if args.only_alipay:
         print(json.dumps({"alipay_face": alipay_face(args.alipay_orders, args.connections, args.time_scale)}))
         return 0
@@ -499,6 +539,7 @@ def main() -> int:
         print(f"ledger balanced: {ledger['balanced']}  charges: {ledger['txns'].get('charge', 0)}  "
               f"trades: {stats['trades']}  notifications: {stats['notifications']}")
     med = lambda key, name: round(statistics.median(x[key] for x in runs[name]), 2)  # noqa: E731
+    cpu_ms = lambda name: round(statistics.median(x["provider_cores"] / x["rps"] * 1e3 for x in runs[name]), 3)  # noqa: E731
     summary = {
         "confirm_rps": round(confirm_rps, 1),
         "trivial_rps": round(trivial_rps, 1),
@@ -508,6 +549,12 @@ def main() -> int:
         "ratio_without_notify": round(statistics.median(bare_ratios), 3),
         "ratio_rounds": [round(x, 3) for x in ratios],
         "ratio_without_notify_rounds": [round(x, 3) for x in bare_ratios],
+        # CPU per request of the provider (ms): on a shared machine a steadier figure than req/s
+        "provider_cpu_ms_per_trivial": cpu_ms("trivial"),
+        "provider_cpu_ms_per_confirm": cpu_ms("confirm"),
+        "provider_cpu_ms_per_bare_confirm": cpu_ms("bare"),
+        "cpu_ratio": round(cpu_ms("trivial") / cpu_ms("confirm"), 3) if cpu_ms("confirm") else None,
+        "notifications_in_process": bool(os.environ.get("CHECKOUT_CHAOS_HTTP_IN_PROCESS")),
         "confirm_p50_ms": med("p50_ms", "confirm"),
         "confirm_p99_ms": med("p99_ms", "confirm"),
         "confirm_half_rps": round(at_half["rps"], 1),

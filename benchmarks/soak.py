@@ -21,7 +21,8 @@ histories hold:
   cancelled paid orders whose trade is not refunded at the provider — must be 0;
 * the ledger's balance, peak RSS and peak / final ``-wal`` size per service.
 
-The last line is one JSON object; ``ok`` is true when the three must-be-zero figures are 0 and the
+The last line is one JSON object; ``ratio`` is the share of acknowledged payments neither lost nor
+doubled (the ratio it is judged by: 1.0); ``ok`` is true when the three must-be-zero figures are 0 and the
 ledger balances. Safe close policy (``query_then_close``) and a 2 h order TTL, so that an anomaly the
 harness exists to show (a naive close racing a late notification) is not counted as the services' own.
 """
@@ -241,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         "peak_wal_mib": {n: mib(monitor.peak_wal[n]) for n in SERVICES},
         "final_wal_mib": {n: mib(final_wal[n]) for n in SERVICES},
     })
+    # the ratio it is judged by: acknowledged payments that came through whole (target 1.0)
+    acked = report["acked_payments"]
+    report["ratio"] = round((acked - report["payments_lost"] - report["payments_doubled"]) / acked, 6) if acked else None
     report["ok"] = (report["payments_lost"] == 0 and report["payments_doubled"] == 0
                     and report["refunds_outstanding"] == 0 and report["ledger_balanced"])
     for key in ("acked_payments", "payments_lost", "payments_doubled", "refunds_requested", "refunds_outstanding",

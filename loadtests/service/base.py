@@ -22,8 +22,10 @@ import gc
 import json
 import logging
 import os
+import signal
 import socket
 import sys
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,8 @@ log = logging.getLogger("checkout_chaos.service")
 
 ADMIN_TOKEN_ENV = "CHECKOUT_CHAOS_ADMIN_TOKEN"
 NOTIFY_SECRET_ENV = "CHECKOUT_CHAOS_NOTIFY_SECRET"
+# When set, each service runs under cProfile and writes $CHECKOUT_CHAOS_PROFILE.<service>.prof at exit.
+PROFILE_ENV = "CHECKOUT_CHAOS_PROFILE"
 EXIT_STORAGE = 75  # EX_TEMPFAIL: the disk failed under the service; restart it once the disk is fixed
 
 # Slow clients: a request's head must arrive within HEADER_TIMEOUT wall seconds of its first byte (or of
@@ -286,4 +290,26 @@ def serve(app: Any, args: argparse.Namespace, max_in_flight: int,
     # garbage collector's generations, whose full passes over it paused the event loop for 30-40 ms.
     gc.collect()
     gc.freeze()
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    profile = os.environ.get(PROFILE_ENV)
+    if not profile:
+        server.run(sockets=[sock])
+        return
+    import cProfile
+
+    # A developer's profile of the whole process (docs/performance.md): written at a clean shutdown.
+    name = getattr(getattr(getattr(app, "state", None), "service", None), "name", "service")
+    profiler = cProfile.Profile(time.process_time)  # CPU time: on a shared machine wall time counts others
+
+    def dump(*_: object) -> None:
+        profiler.disable()
+        profiler.dump_stats(f"{profile}.{name}.prof")
+        sys.exit(0)
+
+    # uvicorn restores the handlers it found and re-raises SIGTERM/SIGINT after its graceful shutdown:
+    # this one then writes the profile.
+    signal.signal(signal.SIGTERM, dump)
+    signal.signal(signal.SIGINT, dump)
+    profiler.enable()
+    server.run(sockets=[sock])
+    dump()

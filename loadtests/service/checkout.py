@@ -49,7 +49,7 @@ from sim.domain.policies import NotifyAction, Step
 from sim.domain.states import OrderState, TradeState, can_advance
 
 from loadtests.service import base, signing
-from loadtests.service.http11 import HttpClient
+from loadtests.service.httpclient import HttpClient
 from loadtests.service.psp_clients import CLIENTS, make_client
 from loadtests.service.runtime import Limiter
 from loadtests.service.store import Job

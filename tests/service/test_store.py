@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from loadtests.service.http11 import HttpClient, HttpError
+from loadtests.service.httpclient import HttpClient, HttpError, WorkerClient
 from loadtests.service.store import LEDGER_SCHEMA, SqlLedger, Store, ledger_summary
 from sim.domain.ledger import CHARGE, REFUND, Txn, UnbalancedTransaction, transfer
 
@@ -138,5 +138,63 @@ def test_lean_client_keep_alive_chunked_and_close():
         await server.wait_closed()
         with pytest.raises(HttpError):
             await HttpClient().request("GET", url, timeout=2)
+
+    asyncio.run(scenario())
+
+
+def test_client_timeout_body_limit_and_stale_connection():
+    """A silent server times out as HttpError; an answer over the body limit (declared or chunked) is
+    refused; a pooled connection the server closed is replaced once, transparently."""
+
+    async def scenario() -> None:
+        silent = await asyncio.start_server(lambda r, w: asyncio.sleep(5), "127.0.0.1", 0)
+        client = HttpClient(max_body=16)
+        with pytest.raises(HttpError, match="timed out"):
+            await client.request("POST", f"http://127.0.0.1:{silent.sockets[0].getsockname()[1]}/", b"{}",
+                                 timeout=0.3)
+        silent.close()
+        server, port, connections = await _serve([
+            b"HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n" + b"x" * 17,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n11\r\n" + b"y" * 17 + b"\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ])
+        url = f"http://127.0.0.1:{port}/n"
+        for _ in range(2):
+            with pytest.raises(HttpError, match="exceeds the limit"):
+                await client.request("POST", url, b"{}")
+        assert (await client.request("POST", url, b"{}")).body == b"ok"
+        connections[-1].close()  # the server drops the idle keep-alive connection
+        await asyncio.sleep(0.05)
+        assert (await client.request("POST", url, b"{}")).text == "ok"
+        with pytest.raises(HttpError, match="only http"):
+            await client.request("GET", "ftp://127.0.0.1/x")
+        await client.aclose()
+        server.close()
+
+    asyncio.run(scenario())
+
+
+def test_worker_client_answers_fails_and_restarts():
+    """The worker-process client gives the same answers and errors, and survives its child's death."""
+
+    async def scenario() -> None:
+        server, port, _ = await _serve([b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsuccess"] * 3)
+        url = f"http://127.0.0.1:{port}/notify"
+        client = WorkerClient()
+        first = await client.request("POST", url, b'{"a":1}', {"Content-Type": "application/json"}, timeout=5)
+        assert (first.status, first.body) == (200, b"success")
+        with pytest.raises(HttpError, match="only http"):
+            await client.request("GET", "ftp://127.0.0.1/x")
+        client._proc.kill()  # the child dies: a new one serves the next request
+        await client._proc.wait()
+        second = await client.request("POST", url, b"{}", timeout=5)
+        assert second.text == "success"
+        await client.aclose()
+        server.close()
+        gone = WorkerClient()
+        with pytest.raises(HttpError):
+            await gone.request("GET", url, timeout=2)  # refused: the server is gone
+        await gone.aclose()
 
     asyncio.run(scenario())
