@@ -15,15 +15,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(images embedded, no network needed) with a written summary, the anomaly table and the scenario."
     )
     parser.epilog = (
-        "inputs: results JSON from simulate, check or load (docs/results.md), or a sweep document\n"
-        "(reports/documents.py). A simulation and a live result of the same scenario are also drawn\n"
-        "side by side.\n\n"
+        "inputs: results JSON from simulate, check or load (docs/results.md), a sweep document\n"
+        "(reports/documents.py), or an explain.json from checkout-chaos explain (what drives each rate,\n"
+        "docs/explain.md). A simulation and a live result of the same scenario are also drawn side by side.\n\n"
         "examples:\n"
         "  checkout-chaos report results/baseline/results.json --out results/baseline/report\n"
-        "  checkout-chaos report sim.json live.json --out report --example-class success_shown_then_closed"
+        "  checkout-chaos report sim.json live.json --out report --example-class success_shown_then_closed\n"
+        "  checkout-chaos report results/mall_pattern results/explain-mall_pattern --out report"
     )
     parser.add_argument("results", nargs="+", type=Path, metavar="RESULTS.json",
-                        help="results or sweep documents (schema_version 1), or directories holding a results.json")
+                        help="results, sweep or explain documents, or directories holding a results.json or explain.json")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="directory for the charts and index.html (created if missing)")
     parser.add_argument("--example-class", metavar="CLASS", default=None,

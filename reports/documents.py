@@ -41,6 +41,7 @@ SCHEMA_VERSION = 2
 SCHEMA_VERSIONS = (1, 2)  # a report still draws version 1 (unresolved rates only)
 RESULT_KINDS = ("simulation", "check", "live", "sweep_point")
 SWEEP_KIND = "sweep"
+EXPLAIN_KIND = "explain"  # checkout-chaos explain's explain.json (docs/explain.md)
 
 
 def load_document(path: str | Path) -> dict[str, Any]:
@@ -49,6 +50,8 @@ def load_document(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if p.is_dir() and (p / "results.json").is_file():
         p = p / "results.json"
+    elif p.is_dir() and (p / "explain.json").is_file():
+        p = p / "explain.json"
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -68,6 +71,9 @@ def check_document(doc: Any, source: str = "<results>") -> dict[str, Any]:
     """Check a parsed results or sweep document; return it unchanged, or raise :class:`ConfigError`."""
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: expected a JSON object (a results document), found {_kind_of(doc)}")
+    if doc.get("kind") == EXPLAIN_KIND:
+        _check_explain(doc, source)
+        return doc
     version = doc.get("schema_version")
     if version not in SCHEMA_VERSIONS or isinstance(version, bool):
         found = "no schema_version" if "schema_version" not in doc else f"schema_version {version!r}"
@@ -79,9 +85,34 @@ def check_document(doc: Any, source: str = "<results>") -> dict[str, Any]:
         _check_results(doc, source)
     else:
         raise ConfigError(
-            f"{source}: kind: expected one of {', '.join(RESULT_KINDS + (SWEEP_KIND,))}, found {kind!r}"
+            f"{source}: kind: expected one of {', '.join(RESULT_KINDS + (SWEEP_KIND, EXPLAIN_KIND))}, found {kind!r}"
         )
     return doc
+
+
+def is_explain(doc: Mapping[str, Any]) -> bool:
+    return doc.get("kind") == EXPLAIN_KIND
+
+
+def _check_explain(doc: Mapping[str, Any], source: str) -> None:
+    """What the report reads of an explain.json: its method, and per class and measure a ranking."""
+    _expect(doc.get("schema_version") == 1, source, "schema_version", "1 (an explain document)",
+            doc.get("schema_version"))
+    _expect(isinstance(doc.get("method"), dict), source, "method", "an object", doc.get("method"))
+    classes = doc.get("classes")
+    _expect(isinstance(classes, dict), source, "classes", "an object of anomaly classes", classes)
+    for cls, entry in classes.items():
+        _expect(isinstance(entry, dict), source, f"classes.{cls}", "an object", entry)
+        for measure in ("occurred", "unresolved"):
+            m = entry.get(measure)
+            _expect(isinstance(m, dict) and isinstance(m.get("ranking"), list), source,
+                    f"classes.{cls}.{measure}.ranking", "a list", (m or {}).get("ranking") if isinstance(m, dict) else m)
+            for j, row in enumerate(m["ranking"]):
+                ok = (isinstance(row, dict) and isinstance(row.get("key"), str) and _is_number(row.get("mu_star"))
+                      and isinstance(row.get("mu_star_ci95"), list) and len(row["mu_star_ci95"]) == 2
+                      and all(_is_number(x) for x in row["mu_star_ci95"]))
+                _expect(ok, source, f"classes.{cls}.{measure}.ranking[{j}]",
+                        "an object with key, mu_star and mu_star_ci95 [low, high]", row)
 
 
 def is_sweep(doc: Mapping[str, Any]) -> bool:

@@ -273,6 +273,32 @@ def sweep_section(i: int, sweep: Mapping[str, Any], charts: Sequence[Chart], sou
     return "\n".join(parts)
 
 
+def explain_lines(doc: Mapping[str, Any], top: int = 3) -> list[str]:
+    """Per class that occurred, its first inputs by mu* (what to fix first)."""
+    out = []
+    for cls, entry in (doc.get("classes") or {}).items():
+        ranking = (entry.get("occurred") or {}).get("ranking") or []
+        if not ranking:
+            continue
+        firsts = ", ".join(f"{r['key']} (mu* {fmt.rate(r['mu_star'])} {fmt.interval(r['mu_star_ci95'])}, "
+                           f"{r.get('direction', 'mixed')})" for r in ranking[:top])
+        out.append(f"{cls} (mean rate {fmt.rate((entry.get('occurred') or {}).get('mean_rate'))}): {firsts}")
+    return out
+
+
+def explain_section(i: int, doc: Mapping[str, Any], charts: Sequence[Chart], source: str | None) -> str:
+    parts = [f'<h2 id="doc-{i + 1}">What drives each rate: {esc(doc_name(doc))}</h2>']
+    if source:
+        parts.append(f'<p class="muted">source: {esc(source)}</p>')
+    lines = explain_lines(doc)
+    parts.append('<div class="summary"><b>Inputs that move each rate most (occurred; mu* per order, 95% CI)</b>'
+                 + _list(lines or ["no anomaly occurred at any sampled point"]) + "</div>")
+    parts.extend(figure(c) for c in charts)
+    parts.append(_json_details("method", doc.get("method")))
+    parts.append(_json_details("inputs screened", doc.get("inputs")))
+    return "\n".join(parts)
+
+
 def comparison_section(sim: Mapping[str, Any], live: Mapping[str, Any], charts: Sequence[Chart]) -> str:
     parts = [f'<h2 id="compare-{esc(slug(doc_name(sim)))}">Predicted vs measured: {esc(doc_name(sim))}</h2>',
              '<div class="summary">' + _list(comparison_summary(sim, live)) + "</div>"]
@@ -321,6 +347,9 @@ def render_index(docs: Sequence[Mapping[str, Any]], charts: Sequence[Chart], pai
         if doc.get("kind") == "sweep":
             sections.append(sweep_section(i, doc, mine, srcs[i]))
             toc.append((f"doc-{i + 1}", f"Sweep: {doc_name(doc)}"))
+        elif doc.get("kind") == "explain":
+            sections.append(explain_section(i, doc, mine, srcs[i]))
+            toc.append((f"doc-{i + 1}", f"What drives each rate: {doc_name(doc)}"))
         else:
             sections.append(results_section(i, doc, mine, srcs[i]))
             toc.append((f"doc-{i + 1}", doc_name(doc) if doc_name(doc) == doc.get("kind") else f"{doc_name(doc)} — {doc.get('kind')}"))

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from sim.errors import ConfigError
 
-from reports.documents import check_document, doc_name, is_sweep
+from reports.documents import check_document, doc_name, is_explain, is_sweep
 
 PNG_DPI = 110
 
@@ -120,6 +120,22 @@ def render_charts(docs: Sequence[Mapping[str, Any]], out_dir: Path, *,
 
     for i, doc in enumerate(docs):
         prefix = f"{i + 1}-{slug(doc_name(doc))}-" if many else ""
+        if is_explain(doc):
+            from sim.explain import active_classes, explain_figure
+
+            m = doc.get("method") or {}
+            for measure, what in (("occurred", "arose"), ("unresolved", "was left unresolved")):
+                if measure == "unresolved" and not active_classes(doc, measure):
+                    continue
+                emit("explain", f"What drives each rate: the share of orders where the class {what}",
+                     f"Morris screening ({m.get('points', '?')} points x {m.get('replications_per_point', '?')} "
+                     f"replication(s) on common random numbers, seed {doc.get('seed')}): per class, the inputs "
+                     "ranked by mu*, the mean absolute change in the rate per order as the input moves across its "
+                     "range (0.5x-2x unless --vary said otherwise), with 95% bootstrap intervals; red raises the "
+                     "rate as the input grows, blue lowers it, grey is mixed (interactions). Fix the top bar first.",
+                     explain_figure(dict(doc), measure), f"{prefix}explain" + ("-unresolved" if measure == "unresolved"
+                                                                                else ""), i)
+            continue
         if is_sweep(doc):
             xkey, lines = ch.sweep_axes(doc)
             results = [p["results"] for p in doc["points"]]

@@ -193,6 +193,15 @@ def top_summary(docs: Sequence[Mapping[str, Any]], pairs: Sequence[tuple[int, in
         if doc.get("kind") == "sweep":
             out.append((f"Sweep {doc_name(doc)}", " ".join(sweep_summary(doc)[:4])))
             continue
+        if doc.get("kind") == "explain":
+            firsts = []
+            for cls, entry in (doc.get("classes") or {}).items():
+                ranking = (entry.get("occurred") or {}).get("ranking") or []
+                if ranking:
+                    firsts.append(f"{cls}: {ranking[0]['key']} first")
+            out.append((f"What drives each rate, {doc_name(doc)}",
+                        ("; ".join(firsts) + ".") if firsts else "no anomaly occurred at any sampled point."))
+            continue
         found = _by_occurrence(doc)
         who, _, facts = headline(doc).partition(": ")
         if not found:

@@ -455,13 +455,26 @@ def active_classes(doc: dict[str, Any], measure: str) -> list[str]:
 def draw_chart(doc: dict[str, Any], out_dir: str | Path, measure: str = "occurred", top: int = 8) -> tuple[Path, Path]:
     """One panel per anomaly class that occurred: its ``top`` inputs by mu* with their 95% intervals.
     Writes ``explain.png`` and ``explain.svg`` in ``out_dir``."""
+    import matplotlib.pyplot as plt
+
+    fig = explain_figure(doc, measure, top)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    png, svg = out / f"{CHART_STEM}.png", out / f"{CHART_STEM}.svg"
+    fig.savefig(png, dpi=110, metadata={"Software": None})
+    fig.savefig(svg, metadata={"Date": None, "Creator": None})
+    plt.close(fig)
+    return png, svg
+
+
+def explain_figure(doc: dict[str, Any], measure: str = "occurred", top: int = 8) -> Any:
+    """The figure of :func:`draw_chart` (also drawn by ``checkout-chaos report`` for an explain.json)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     classes = active_classes(doc, measure)
-    out = Path(out_dir)
     n = max(1, len(classes))
     cols = 2 if n > 1 else 1
     rows = math.ceil(n / cols)
@@ -494,9 +507,4 @@ def draw_chart(doc: dict[str, Any], out_dir: str | Path, measure: str = "occurre
                  f"{m['points']} points x {m['replications_per_point']} replication(s), seed {doc['seed']}",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    out.mkdir(parents=True, exist_ok=True)
-    png, svg = out / f"{CHART_STEM}.png", out / f"{CHART_STEM}.svg"
-    fig.savefig(png, dpi=110, metadata={"Software": None})
-    fig.savefig(svg, metadata={"Date": None, "Creator": None})
-    plt.close(fig)
-    return png, svg
+    return fig

@@ -124,3 +124,29 @@ def test_cli_refuses_a_bad_option_before_running(tmp_path, capsys):
     assert main(["explain", str(MALL), "--vary", "order_service.order_ttl=15m..1h", "--out", str(tmp_path / "x")]) == 2
     assert "at least two inputs" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_report_draws_an_explain_document_beside_a_result(tiny_doc, tmp_path):
+    """`checkout-chaos report explain.json results.json`: the design review's "what do we fix first" chart
+    in the same self-contained report, with the top inputs written out."""
+    from reports.render import build_report
+
+    exp = tmp_path / "explain.json"
+    exp.write_text(json.dumps(tiny_doc))
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 0  # a directory with explain.json
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "What drives each rate" in html and "order_service.order_ttl" in html
+    assert "data:image/png;base64," in html
+    report = build_report([tiny_doc], tmp_path / "r2", sources=["explain.json"])
+    assert [c.kind for c in report.charts][:1] == ["explain"]
+
+
+def test_report_refuses_a_broken_explain_document_naming_the_field(tiny_doc, tmp_path, capsys):
+    bad = json.loads(json.dumps(tiny_doc))
+    cls = next(iter(bad["classes"]))
+    bad["classes"][cls]["occurred"]["ranking"] = [{"key": "x", "mu_star": "big"}]
+    path = tmp_path / "explain.json"
+    path.write_text(json.dumps(bad))
+    assert main(["report", str(path), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert f"classes.{cls}.occurred.ranking[0]" in err and "mu_star" in err
