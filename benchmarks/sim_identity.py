@@ -51,13 +51,15 @@ def _raw(reps: list) -> str:
 def fingerprint(name: str, jobs: int = 1, dask_workers: int | None = None) -> dict[str, str]:
     from sim.check import write_anomalies_csv
     from sim.results import canonical_json
-    from sim.runner import pool, replicate
+    from contextlib import nullcontext
+
+    from sim.runner import local_cluster, pool, replicate
     from sim.scenario import load_scenario
 
     file, overrides = CASES[name]
     s = load_scenario(ROOT / "scenarios" / file).with_overrides(overrides)
-    extra = {} if dask_workers is None else {"dask_workers": dask_workers}
-    reps = replicate(s, None, jobs, None, progress=False, **extra)
+    with local_cluster(dask_workers) if dask_workers else nullcontext(None) as address:
+        reps = replicate(s, None, jobs, address, progress=False)
     doc = pool(s, reps)
     doc.pop("run_info", None)
     with tempfile.TemporaryDirectory() as tmp:
