@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from sim.commands.common import add_scenario_args, positive_int, scenario_from_args, writable_dir
@@ -44,8 +45,6 @@ def run(args: argparse.Namespace) -> int:
 
     from sim.check import write_anomalies_csv
     from sim.results import canonical_json, print_summary, run_info, write_results
-    from contextlib import nullcontext
-
     from sim.runner import Interrupted, default_jobs, local_cluster, pool, replicate
 
     scenario = scenario_from_args(args)
