@@ -4,14 +4,17 @@ Prints, in one run:
   * simulated orders per second of the default scenario (scenarios/baseline.toml) on one core;
   * customers per second of a bare SimPy M/M/c loop (Poisson arrivals, c servers, exponential service,
     simpy.Resource) — the engine's own limit on this machine — and the ratio of the two;
-  * peak RSS of a fresh process simulating ~100k and ~1M orders (same arrival rate, longer horizon);
-  * the wall-time speed-up of --jobs 2 over --jobs 1 on four replications.
+  * peak RSS and time per order of a fresh process simulating ~10k, ~100k and ~1M orders (same arrival
+    rate, longer horizon; --quick stops at 100k); memory is judged between the two largest sizes;
+  * the wall-time speed-up of --jobs 2 and of a 2-worker Dask LocalCluster (--dask-workers 2) over
+    --jobs 1 on four replications (the cluster's start-up is timed apart, not in the speed-up).
 The last line is one JSON object. Run on purpose:  python benchmarks/sim_throughput.py [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import random
@@ -74,60 +77,103 @@ def model_rate(orders: int) -> tuple[float, int]:
 
 
 def child_rss(orders: int) -> None:
-    """Run in a fresh process: simulate ~orders orders, print peak RSS (MB) and orders."""
+    """Run in a fresh process: simulate ~orders orders, print peak RSS (MB), orders and CPU µs per order."""
     from sim.model.model import run_replication
 
     s = sized(load_default(), orders)
+    t = time.process_time()
     r = run_replication(s, 0)
+    cpu = time.process_time() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(json.dumps({"orders": r.orders_created, "peak_rss_mb": peak}))
+    print(json.dumps({"orders": r.orders_created, "peak_rss_mb": peak, "us_per_order": 1e6 * cpu / r.orders_created}))
 
 
-def peak_rss(orders: int) -> tuple[float, int]:
+def sized_run(orders: int) -> dict:
+    """Peak RSS, orders and CPU time per order of one replication of ~``orders`` orders in a fresh process."""
     out = subprocess.run([sys.executable, __file__, "--child", str(orders)], capture_output=True, text=True,
                          check=True, cwd=ROOT)
-    d = json.loads(out.stdout.strip().splitlines()[-1])
-    return d["peak_rss_mb"], d["orders"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def jobs_speedup(orders_per_rep: int) -> float:
-    from sim.runner import simulate
+def jobs_speedup(orders_per_rep: int) -> tuple[float, float | None, float | None]:
+    """Speed-ups over one process of ``--jobs 2`` and of a 2-worker Dask LocalCluster, and its start-up (s).
+
+    Dask's figures are None when the ``[dask]`` extra is not installed.
+    """
+    from sim.runner import local_cluster, pool, replicate
 
     s = sized(load_default(), orders_per_rep).with_overrides({"run.replications": 4})
-    times = {}
+    times, docs = {}, {}
     for jobs in (1, 2):
         t = time.perf_counter()
-        simulate(s, jobs=jobs, progress=False)
+        docs[jobs] = pool(s, replicate(s, jobs=jobs, progress=False))
         times[jobs] = time.perf_counter() - t
-    return times[1] / times[2]
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        return times[1] / times[2], None, None
+    t = time.perf_counter()
+    with local_cluster(2) as address:
+        from distributed import Client
+
+        with Client(address) as client:  # workers are fresh processes: import the model once, as start-up
+            client.run(importlib.import_module, "sim.model.model")
+        startup = time.perf_counter() - t
+        t = time.perf_counter()
+        docs["dask"] = pool(s, replicate(s, dask=address, progress=False))
+        times["dask"] = time.perf_counter() - t
+    from sim.results import canonical_json
+
+    if not canonical_json(docs[1]) == canonical_json(docs[2]) == canonical_json(docs["dask"]):
+        raise SystemExit("--jobs 1, --jobs 2 and Dask gave different results: a determinism bug")
+    return times[1] / times[2], times[1] / times["dask"], startup
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (10k/100k orders) for a fast look")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes that only show the script works (figures mean nothing)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child_rss(args.child)
         return
-    small, large = (10_000, 100_000) if args.quick else (100_000, 1_000_000)
-    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
-    bare = bare_simpy()
+    sizes = (10_000, 100_000) if args.quick else (10_000, 100_000, 1_000_000)
+    if args.smoke:
+        sizes = (1_000, 3_000)
+    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.1f}")
+    bare = bare_simpy(20_000 if args.smoke else 200_000)
     print(f"bare SimPy M/M/c:            {bare:12,.0f} customers/s")
-    rate, n = model_rate(50_000 if not args.quick else 20_000)
+    rate, n = model_rate(2_000 if args.smoke else 20_000 if args.quick else 50_000)
     print(f"full model (default, 1 core):{rate:12,.0f} orders/s   ({n:,} orders)")
     ratio = rate / bare
-    print(f"ratio model / bare SimPy:    {ratio:12.3f}   (target >= 0.15)")
-    rss_small, n_small = peak_rss(small)
-    rss_large, n_large = peak_rss(large)
-    print(f"peak RSS {n_small:>9,} orders:   {rss_small:9.1f} MB")
-    print(f"peak RSS {n_large:>9,} orders:   {rss_large:9.1f} MB   ({rss_large / rss_small:.2f}x; target <= 1.5x)")
-    speedup = jobs_speedup(20_000 if not args.quick else 5_000)
+    print(f"ratio model / bare SimPy:    {ratio:12.3f}   (target >= 0.20)")
+    runs = [sized_run(k) for k in sizes]
+    for r in runs:
+        print(f"{r['orders']:>9,} orders:  peak RSS {r['peak_rss_mb']:7.1f} MB   {r['us_per_order']:7.1f} µs CPU/order")
+    small, large = runs[-2], runs[-1]
+    rss_ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
+    print(f"peak RSS {large['orders']:,} / {small['orders']:,} orders: {rss_ratio:.2f}x   (target <= 1.5x)")
+    flat = runs[-1]["us_per_order"] / runs[0]["us_per_order"]
+    print(f"time per order {runs[-1]['orders']:,} / {runs[0]['orders']:,} orders: {flat:.2f}x   (target within 1.10x)")
+    speedup, dask_speedup, dask_startup = jobs_speedup(1_000 if args.smoke else 5_000 if args.quick else 20_000)
     print(f"--jobs 2 speed-up over 1:    {speedup:12.2f}   (target >= 1.8)")
+    if dask_speedup is not None:
+        print(f"Dask 2 workers over 1 core:  {dask_speedup:12.2f}   (target >= 1.7; cluster start-up "
+              f"{dask_startup:.1f} s, not counted)")
+    per_order = {f"us_per_order_{k // 1000}k" if k < 1_000_000 else "us_per_order_1m": round(r["us_per_order"], 1)
+                 for k, r in zip(sizes, runs)}
     print(json.dumps({"orders_per_s": round(rate, 1), "bare_simpy_per_s": round(bare, 1), "ratio": round(ratio, 4),
-                      "peak_rss_mb_100k": round(rss_small, 1), "peak_rss_mb_1m": round(rss_large, 1),
-                      "orders_small": n_small, "orders_large": n_large, "jobs2_speedup": round(speedup, 3),
-                      "quick": args.quick}))
+                      # the two largest sizes (keys kept from when they were always 100k and 1M)
+                      "peak_rss_mb_100k": round(small["peak_rss_mb"], 1), "peak_rss_mb_1m": round(large["peak_rss_mb"], 1),
+                      "orders_small": small["orders"], "orders_large": large["orders"],
+                      "peak_rss_ratio": round(rss_ratio, 3),
+                      **per_order, "time_per_order_ratio": round(flat, 3),
+                      "jobs2_speedup": round(speedup, 3),
+                      "dask2_speedup": None if dask_speedup is None else round(dask_speedup, 3),
+                      "dask_startup_s": None if dask_startup is None else round(dask_startup, 2),
+                      "quick": args.quick, "smoke": args.smoke}))
 
 
 if __name__ == "__main__":

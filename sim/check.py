@@ -1409,9 +1409,12 @@ class Checker:
         ids: set[Any] | None = None
         risk = 0
         i, n = 0, len(events)
+        known = _KNOWN_TYPES
+        heappop = heapq.heappop
+        ts = [e["t"] for e in events]  # sorted; read once instead of a dict look-up per comparison
         while True:
             if i < n:
-                now = events[i]["t"]
+                now = ts[i]
                 if timers and timers[0] < now:
                     now = timers[0]
             elif timers and timers[0] < end_hint:
@@ -1420,10 +1423,8 @@ class Checker:
                 break
             changed = False
             j = i
-            while i < n:
+            while i < n and ts[i] == now:
                 e = events[i]
-                if e["t"] != now:
-                    break
                 typ = e.get("type")
                 handler = handlers.get(typ)
                 if handler is not None:
@@ -1438,15 +1439,17 @@ class Checker:
                         ids.add(eid)
                     handler(self, st, e, now)
                     changed = True
-                elif typ not in _KNOWN_TYPES:
+                elif typ not in known:
                     self._count_unknown(typ)
                 i += 1
             while timers and timers[0] <= now:
-                heapq.heappop(timers)
+                heappop(timers)
                 changed = True
             if not changed:
                 continue  # only events no rule reads (notifications, client calls)
             active = _evaluate(st, now)
+            if not active and not open_:
+                continue  # fast path, nothing held before or now (risk is 0 then too): the usual healthy step
             for key in [k for k in open_ if k not in active]:
                 inst = open_.pop(key)
                 if inst[0] == _FSBC and st.closed:
@@ -1480,9 +1483,12 @@ class Checker:
         if old == state:
             return
         k = math.ceil(t / self._bs)
+        diff = self._state_diff
         if old is not None:
-            _add(self._state_diff[old], k, -1)
-        _add(self._state_diff[state], k, 1)
+            d = diff[old]
+            d[k] = d.get(k, 0) - 1
+        d = diff[state]
+        d[k] = d.get(k, 0) + 1
         st.ostate = state
 
     # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from sim.errors import ConfigError
@@ -60,6 +61,24 @@ def _execute_dask(tasks: list[Task], address: str) -> Iterator[tuple[int, Any]]:
             yield index[fut.key], fut.result()
     finally:
         client.close()
+
+
+@contextmanager
+def local_cluster(workers: int) -> Iterator[str]:
+    """A Dask ``LocalCluster`` of ``workers`` single-threaded worker processes on loopback; yields its address.
+
+    What ``simulate --dask-workers N`` runs on: the same tasks as ``--dask ADDRESS``, with a cluster
+    this process starts and stops (no dashboard, scheduler bound to 127.0.0.1).
+    """
+    if workers < 1:
+        raise ConfigError(f"--dask-workers: expected a positive integer, found {workers}")
+    try:
+        from distributed import LocalCluster
+    except ImportError:
+        raise ConfigError("--dask-workers needs the optional extra: pip install 'checkout-chaos[dask]'") from None
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=40) as cluster:
+        yield cluster.scheduler_address
 
 
 def progress_bar(total: int, label: str, enabled: bool = True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from sim.commands.common import add_scenario_args, positive_int, scenario_from_args, writable_dir
@@ -22,12 +23,17 @@ def configure(p: argparse.ArgumentParser) -> None:
         "examples:\n"
         "  checkout-chaos simulate scenarios/baseline.toml\n"
         "  checkout-chaos simulate scenarios/mall_pattern.toml -n 20 --jobs 2 --out results/mall\n"
+        "  checkout-chaos simulate scenarios/mall_pattern.toml -n 20 --dask-workers 2 --out results/mall\n"
         "  checkout-chaos simulate scenarios/mall_pattern.toml --set order_service.close_policy=close_trade_then_order\n"
     )
     add_scenario_args(p)
     p.add_argument("--jobs", "-j", type=int, default=None,
                    help="worker processes for replications (default: one per core); results do not depend on it")
-    p.add_argument("--dask", metavar="ADDRESS", default=None, help="run replications on this Dask scheduler")
+    dask = p.add_mutually_exclusive_group()
+    dask.add_argument("--dask", metavar="ADDRESS", default=None, help="run replications on this Dask scheduler")
+    dask.add_argument("--dask-workers", metavar="N", type=int, default=None,
+                      help="run replications on a Dask LocalCluster of N worker processes started for this run "
+                           "(pip install 'checkout-chaos[dask]'); results do not depend on it")
     p.add_argument("--out", metavar="DIR", default=None, help="results directory (default results/<scenario>)")
     p.add_argument("--report", action="store_true", help="also write charts and index.html into DIR/report")
     p.add_argument("--json", action="store_true", help="print the results JSON instead of the table")
@@ -39,10 +45,13 @@ def run(args: argparse.Namespace) -> int:
 
     from sim.check import write_anomalies_csv
     from sim.results import canonical_json, print_summary, run_info, write_results
-    from sim.runner import Interrupted, default_jobs, pool, replicate
+    from sim.runner import Interrupted, default_jobs, local_cluster, pool, replicate
 
     scenario = scenario_from_args(args)
     jobs = positive_int("--jobs", args.jobs) if args.jobs is not None else min(default_jobs(), scenario.run.replications)
+    dask_workers = getattr(args, "dask_workers", None)
+    if dask_workers is not None:
+        positive_int("--dask-workers", dask_workers)
     out = writable_dir(Path(args.out) if args.out else Path("results") / (scenario.name or "simulation"))
     if args.report:
         writable_dir(out / "report", "--report")
@@ -51,10 +60,13 @@ def run(args: argparse.Namespace) -> int:
     interrupted: Interrupted | None = None
     started = time.time()
     try:
-        reps = replicate(scenario, None, jobs, args.dask, not args.quiet)
+        with local_cluster(dask_workers) if dask_workers is not None else nullcontext(args.dask) as address:
+            reps = replicate(scenario, None, jobs, address, not args.quiet)
         doc = pool(scenario, reps)  # what sim.runner.simulate does, keeping the replications for anomalies.csv
         doc["run_info"] = run_info(started, command)
         doc["run_info"]["jobs"] = jobs
+        if dask_workers is not None:
+            doc["run_info"]["dask_workers"] = dask_workers
     except Interrupted as exc:
         if not exc.finished:
             err.print("interrupted: no replication had finished; nothing written")
