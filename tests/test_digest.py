@@ -3,7 +3,7 @@
 
 The digest is the SHA-256 of the canonical results JSON (``sim.results.canonical_json``) minus
 ``run_info`` (wall time, host, command), of the scenario and overrides stored in
-``tests/fixtures/digest.json`` (two small scenarios). When a change of results is intended, regenerate the fixture and commit
+``tests/fixtures/digest.json`` (three small scenarios). When a change of results is intended, regenerate the fixture and commit
 it with the change, saying why the results moved:
 
     CHECKOUT_CHAOS_UPDATE_DIGEST=1 .venv/bin/pytest tests/test_digest.py
@@ -24,9 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "digest.json"
 UPDATE_ENV = "CHECKOUT_CHAOS_UPDATE_DIGEST"
 
-# Two small scenarios whose anomalies come from different races (a retry with a new trade number after a
+# Small scenarios: the default one, and two whose anomalies come from different races (a retry with a new trade number after a
 # timeout; notifications lost while the order's TTL runs out), a fraction of a second each.
 CASES = {
+    # every mechanism of the default scenario, short
+    "baseline": {"run.replications": 2, "run.horizon": "2m", "run.warmup": "20s", "run.drain": "1h", "run.seed": 11},
     "impatient_retry": {"run.replications": 2, "run.horizon": "3m", "run.warmup": "30s", "run.drain": "30m",
                         "load.arrival_rate": 2.0, "run.seed": 20261201},
     "notifications_lost": {"run.replications": 2, "run.horizon": "3m", "run.warmup": "30s", "run.drain": "30m",
