@@ -118,8 +118,10 @@ class Station:
         arrived = self.env.now
         if busy < self.capacity:
             self.busy = busy + 1
-            self._start(arrived, service_time, done, started, deadline, held, dropped)
-            return STARTED
+            if self._start(arrived, service_time, done, started, deadline, held, dropped):
+                return STARTED
+            self.busy = busy  # dropped on arrival (its caller had already given up)
+            return QUEUED
         if self.queue_limit is not None and len(self.queue) >= self.queue_limit:
             self.rejected += 1
             return REJECTED
