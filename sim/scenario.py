@@ -509,9 +509,10 @@ class OrderServiceSection(_Section):
     workers: int = Field(16, ge=1, le=100_000, description="concurrent requests (create order, notifications); a "
                          "create holds its worker while its prepay call to the gateway is in flight")
     service_time: DurationDist = Field({"dist": "exponential", "mean": "5ms"}, description="per notification or query")
-    create_time: DurationDist = Field(
-        {"dist": "exponential", "mean": "5ms"}, description="a worker's own time per create-order request (then, "
-        "with gateway.create_time on, it waits for the gateway's prepay)")
+    create_time: DurationOrOffDist = Field(
+        "off", description='creating an order is a request from the app taking a worker this long (then, with '
+        'gateway.create_time on, the worker waits for the gateway\'s prepay), or "off" (instant at the buyer\'s '
+        'arrival, no worker, no prepay request)')
     gateway_timeout: Duration = Field(
         "10s", description="the create handler waits this long for the gateway's prepay answer (its worker held); "
         "past it the order is answered without a trade, created when the buyer pays")
@@ -535,8 +536,8 @@ class GatewaySection(_Section):
                          "prepay); a pay holds its worker while its bank call is in flight (up to timeout)")
     service_time: DurationDist = Field({"dist": "exponential", "mean": "20ms"}, description="per request, excluding the bank call")
     create_time: DurationOrOffDist = Field(
-        "off", description='trade creation (prepay, trade_creation = on_order): a request from the order service '
-        'taking a worker this long, or "off" (instant, no worker)')
+        "off", description='trade creation (prepay, trade_creation = on_order): a request from the order service\'s '
+        'create handler (order_service.create_time on) taking a worker this long, or "off" (instant, no worker)')
     queue_limit: CountOrOff = Field("off", description='requests waiting for a worker beyond which a new one is refused, or "off" (unbounded)')
     deadlines: bool = Field(
         False, description="server-side deadlines: a request whose caller has given up (app.request_timeout, "

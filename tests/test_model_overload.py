@@ -14,6 +14,7 @@ SMALL_D11 = {
     "run.horizon": "3m", "run.warmup": "1m", "run.drain": "5m",
     "user.payment_methods": {"wallet": 0.7, "card": 0.3},
     "bank.channels": 1, "gateway.workers": 8, "order_service.workers": 4,
+    "order_service.create_time": {"dist": "exponential", "mean": "5ms"},
     "gateway.create_time": {"dist": "exponential", "mean": "20ms"},
     "app.request_retry_schedule": ["1s", "2s"],
     "order_service.order_ttl": "15m",

@@ -14,7 +14,7 @@ later); the close job reads the expired order and writes it closed ``order_servi
 its read reads it again (:func:`sim.domain.policies.must_reread`); without it, it writes what it
 decided from the stale read — the lost update, and a duplicate notification fulfilled twice.
 
-Creating an order is a request too: it takes a worker for ``order_service.create_time`` and, when the
+With ``order_service.create_time`` on, creating an order is a request too: it takes a worker that long and, when the
 gateway's prepay is a request (``gateway.create_time``), holds that worker until the gateway answers
 or ``order_service.gateway_timeout`` passes — a slow gateway fills this pool. The request carries the
 buyer's checkout token, so a re-sent create returns the order already made. ``queue_limit``,
