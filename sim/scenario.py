@@ -326,6 +326,17 @@ DurationOrOffDist = Annotated[
     PlainSerializer(lambda v: "off" if v is None else _dump_dist(v)),
 ]
 
+def _count_or_off(value: Any) -> int | None:
+    if value in ("off", None):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f'expected "off" or a whole number >= 0, found {value!r}')
+    return value
+
+
+CountOrOff = Annotated[int | None, PlainValidator(_count_or_off), PlainSerializer(lambda v: "off" if v is None else v)]
+
+
 def _number_dist_or_off(value: Any) -> Dist | None:
     if value in ("off", None):
         return None
@@ -465,6 +476,9 @@ class AppSection(_Section):
     request_timeout: Duration = Field("15s", description="Alipay SDK read timeout")
     retry_trade_no: Literal["reuse", "new"] = Field("reuse", description="a retry reuses the trade number, or not")
     cashier_closes_at_expiry: bool = Field(True, description="the cashier countdown stops payment at the order TTL")
+    request_retry_schedule: RetrySchedule = Field(
+        [], description="the app re-sends a create-order or pay request that timed out or was refused (503, queue "
+        "full) after these gaps (the same request: same trade number); [] = never")
 
 
 class OrderServiceSection(_Section):
@@ -492,8 +506,22 @@ class OrderServiceSection(_Section):
     close_write_delay: DurationDist = Field(
         "0s", description="close job: it read the expired order, it writes it closed this long after "
         "(the rest of its transaction: stock, coupons); a notification handled inside it races the close")
-    workers: int = Field(16, ge=1, le=100_000, description="concurrent requests (notifications, queries)")
+    workers: int = Field(16, ge=1, le=100_000, description="concurrent requests (create order, notifications); a "
+                         "create holds its worker while its prepay call to the gateway is in flight")
     service_time: DurationDist = Field({"dist": "exponential", "mean": "5ms"}, description="per notification or query")
+    create_time: DurationOrOffDist = Field(
+        "off", description='creating an order is a request from the app taking a worker this long (then, with '
+        'gateway.create_time on, the worker waits for the gateway\'s prepay), or "off" (instant at the buyer\'s '
+        'arrival, no worker, no prepay request)')
+    gateway_timeout: Duration = Field(
+        "10s", description="the create handler waits this long for the gateway's prepay answer (its worker held); "
+        "past it the order is answered without a trade, created when the buyer pays")
+    queue_limit: CountOrOff = Field("off", description='requests waiting for a worker beyond which a new one is refused, or "off" (unbounded)')
+    deadlines: bool = Field(
+        False, description="server-side deadlines: a request (create order, notification) whose caller has given "
+        "up by the time a worker takes it is dropped, not executed")
+    load_shedding: bool = Field(False, description="answer 503 at once while shed_limit requests are in flight")
+    shed_limit: int = Field(32, ge=1, description="load shedding: requests in flight (running and queued) at which new ones get 503")
     stuck_grace: Duration = Field("1h", description="an order or trade undecided this long past its deadline is stuck")
     refund_retry_schedule: RetrySchedule = Field(
         ["10s", "30s", "1m", "2m", "5m", "10m", "30m", "1h", "2h", "6h", "12h", "24h"],
@@ -504,8 +532,18 @@ class OrderServiceSection(_Section):
 class GatewaySection(_Section):
     """The payment gateway: worker pool, bank-call timeout, trade lifetime, the notifier."""
 
-    workers: int = Field(64, ge=1, le=1_000_000, description="requests served at once (pay, query, close, refund)")
+    workers: int = Field(64, ge=1, le=1_000_000, description="requests served at once (pay, query, close, refund, "
+                         "prepay); a pay holds its worker while its bank call is in flight (up to timeout)")
     service_time: DurationDist = Field({"dist": "exponential", "mean": "20ms"}, description="per request, excluding the bank call")
+    create_time: DurationOrOffDist = Field(
+        "off", description='trade creation (prepay, trade_creation = on_order): a request from the order service\'s '
+        'create handler (order_service.create_time on) taking a worker this long, or "off" (instant, no worker)')
+    queue_limit: CountOrOff = Field("off", description='requests waiting for a worker beyond which a new one is refused, or "off" (unbounded)')
+    deadlines: bool = Field(
+        False, description="server-side deadlines: a request whose caller has given up (app.request_timeout, "
+        "order_service.gateway_timeout) by the time a worker takes it is dropped, not executed")
+    load_shedding: bool = Field(False, description="answer 503 at once while shed_limit requests are in flight")
+    shed_limit: int = Field(128, ge=1, description="load shedding: requests in flight (running and queued) at which new ones get 503")
     timeout: Duration = Field("8s", description="bank call timeout; the trade becomes 'unknown' (WeChat read 8s)")
     trade_ttl: Duration = Field("15d", description="Alipay timeout_express default")
     notify_schedule: RetrySchedule = Field("alipay", description="gaps between notification attempts until acknowledged")
@@ -540,6 +578,10 @@ class BankSection(_Section):
     risk_hold_duration: DurationDist = Field(_ln("10m", "2h"), description="how long a held debit waits before it goes through")
     single_payment_limit: float = Field(50_000.0, gt=0, description="CNY; larger payments are declined")
     response_loss: Probability = Field(0.0, description="the debit completes but its response never reaches the gateway")
+    queue_limit: CountOrOff = Field("off", description='debits and queries waiting for a channel beyond which a new one is refused, or "off"')
+    deadlines: bool = Field(
+        False, description="server-side deadlines: a debit whose caller (the gateway) has given up (gateway.timeout) "
+        "by the time a channel takes it is not executed; a later query learns it expired")
 
 
 class MerchantProfile(_Section):

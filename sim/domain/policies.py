@@ -238,3 +238,33 @@ def refund_delay(gaps: tuple[float, ...], failures: int) -> float | None:
     if failures < 1:
         raise ValueError(f"failures: expected at least 1, found {failures}")
     return gaps[failures - 1] if failures - 1 < len(gaps) else None
+
+
+# -- overload: server-side deadlines and load shedding -------------------------------------------------
+
+def deadline_passed(now: float, deadline: float) -> bool:
+    """Server-side deadline: has the caller of a request already given up on it?
+
+    ``deadline`` is when the caller stops waiting (the time it sent the request plus its own timeout,
+    propagated with the request like gRPC's ``grpc-timeout`` header). A server that enforces deadlines
+    checks this when a worker picks the request up and drops it rather than doing work — a debit, an
+    order — that nobody is waiting for any more.
+    """
+    return now >= deadline
+
+
+def should_shed(in_flight: int, limit: int) -> bool:
+    """Load shedding: answer 503 at once when ``in_flight`` requests (running and queued) already
+    reach ``limit``, so that the ones admitted are served while their callers still wait."""
+    return in_flight >= limit
+
+
+def request_deadline(sent_at: float, timeout: float) -> float:
+    """The deadline a caller attaches to a request it sends at ``sent_at`` and waits ``timeout`` for."""
+    return sent_at + timeout
+
+
+def resend_delay(gaps: tuple[float, ...], attempt: int) -> float | None:
+    """A client's automatic re-send of a request that timed out or was refused (503, queue full):
+    seconds before re-send number ``attempt`` (1-based); None when the schedule is spent."""
+    return gaps[attempt - 1] if 1 <= attempt <= len(gaps) else None

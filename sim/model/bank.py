@@ -5,7 +5,8 @@ is where latency grows first, as it did on Double 11 2011-2014. Each call draws 
 (declined, blocked by risk control, held for review, approved) and whether its *response* is lost on
 the way back. Money moves here, when the bank debits — not when the gateway hears about it — which is
 why a lost response or a held debit can leave a buyer charged while every other party thinks
-otherwise.
+otherwise. With ``bank.deadlines`` a debit that reaches a channel after the gateway stopped waiting for
+it (``gateway.timeout``) is not executed at all; without, it is — money moves for a caller long gone.
 """
 
 from __future__ import annotations
@@ -13,24 +14,33 @@ from __future__ import annotations
 from typing import Callable
 
 from sim.domain.ledger import CHARGE, transfer
-from sim.model.station import Station
+from sim.model.station import STARTED, Station
 from sim.model.world import World
 
 APPROVED, DECLINED, RISK_BLOCKED, LIMIT, HELD = "approved", "declined", "risk_blocked", "limit", "held"
 PENDING = "pending"  # a debit request is queued or in progress at the bank
-_FINAL_REFUSALS = (DECLINED, RISK_BLOCKED, LIMIT)
+EXPIRED = "expired"  # bank.deadlines: the debit reached a channel after its caller gave up; not executed
+BUSY = "busy"  # refused at the door (the channels' queue is full): not executed, answered at once
+_FINAL_REFUSALS = (DECLINED, RISK_BLOCKED, LIMIT, EXPIRED)
 
 
 class Bank:
     def __init__(self, w: World) -> None:
         self.w = w
         self.station = Station(w.env, "bank", w.p.bank.channels, w.warmup, w.horizon)
+        self.configure(w.p)
         self.record = w.bank_record  # trade -> the bank's own outcome (what a query returns)
         self.on_debit: Callable[[str, str, float], None] | None = None  # reconciliation statement hook
 
-    def debit(self, trade, respond: Callable[[str], None]) -> float | None:
+    def configure(self, p) -> None:
+        """The channels and overload policies of ``p`` (a fault window may change them)."""
+        self.station.configure(p.bank.channels, p.bank.queue_limit, p.bank.deadlines)
+
+    def debit(self, trade, respond: Callable[[str], None], deadline: float = float("inf")) -> float | None:
         """Try to debit ``trade.amount`` from the buyer; ``respond(outcome)`` unless the response is lost.
 
+        ``deadline``: when the gateway stops waiting (with ``bank.deadlines`` a debit reaching a channel
+        after it is not executed). A debit refused at the door (queue full) is answered ``busy`` at once.
         Returns the exact delay until ``respond`` is called when that is already certain (a free
         channel, no earlier attempt on this trade, a response that will not be lost or held), else
         None — so the gateway need only arm its timeout when the timeout can actually fire.
@@ -83,9 +93,20 @@ class Bank:
             if not lost:
                 respond(result)
 
+        def dropped() -> None:
+            if self.record.get(trade.id) == PENDING:
+                self.record[trade.id] = EXPIRED  # what a query learns: nothing was debited
+
         latency = w.s_bank_latency()
-        started = self.station.submit(latency, done)
-        return latency if started and earlier is None and not lost and outcome != HELD else None
+        started = self.station.submit(latency, done, deadline=deadline, dropped=dropped)
+        if started < 0:
+            if earlier is None:  # as if this attempt never reached the bank
+                self.record.pop(trade.id, None)
+            elif earlier in _FINAL_REFUSALS:
+                self.record[trade.id] = earlier
+            respond(BUSY)
+            return 0.0
+        return latency if started == STARTED and earlier is None and not lost and outcome != HELD else None
 
     def _release_hold(self, trade, respond: Callable[[str], None], lost: bool) -> None:
         self.record[trade.id] = APPROVED
@@ -103,5 +124,7 @@ class Bank:
             self.on_debit(trade.order, trade.id, w.env.now)
 
     def query(self, trade_id: str, respond: Callable[[str | None], None]) -> None:
-        """What the bank knows of a trade's latest debit (``None`` or ``pending``: nothing final yet)."""
-        self.station.submit(self.w.s_bank_latency(), lambda _w: respond(self.record.get(trade_id)))
+        """What the bank knows of a trade's latest debit (``None`` or ``pending``: nothing final yet;
+        ``busy``: the query was refused at the door)."""
+        if self.station.submit(self.w.s_bank_latency(), lambda _w: respond(self.record.get(trade_id))) < 0:
+            respond(BUSY)

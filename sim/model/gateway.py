@@ -6,6 +6,12 @@ and the gateway re-queries the bank on ``gateway.bank_query_schedule``. Once the
 trade succeeded, it notifies the order service on ``gateway.notify_schedule`` until acknowledged —
 each attempt with its latency, loss and duplication. A trade lives ``gateway.trade_ttl``,
 independently of the order it pays for: that gap is where paid-but-closed comes from.
+
+A pay request holds its worker for the whole bank call (until the bank answers or ``gateway.timeout``
+fires), so a congested bank fills the gateway's pool and the queue in front of it. With
+``gateway.deadlines`` a pay whose app has given up by the time a worker takes it is dropped (no bank
+call); with ``gateway.load_shedding`` requests beyond ``gateway.shed_limit`` in flight are answered 503
+(``overloaded``); a full queue (``gateway.queue_limit``) answers ``rejected``.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ from sim.domain.entities import Trade
 from sim.domain.ledger import REFUND, transfer
 from sim.domain.states import TradeState
 from sim.model import bank as B
-from sim.model.station import Station
+from sim.model.station import SHED, Station
 from sim.model.world import World
 
 T = TradeState
-_FAILED_REASON = {B.DECLINED: "declined", B.RISK_BLOCKED: "risk_blocked", B.LIMIT: "limit"}
+_FAILED_REASON = {B.DECLINED: "declined", B.RISK_BLOCKED: "risk_blocked", B.LIMIT: "limit",
+                  B.EXPIRED: "expired", B.BUSY: "error"}
+_INF = float("inf")
 
 
 class Gateway:
@@ -29,9 +37,15 @@ class Gateway:
         self.w = w
         self.bank = bank
         self.station = Station(w.env, "gateway", w.p.gateway.workers, w.warmup, w.horizon)
+        self.configure(w.p)
         self.order_service = None  # wired by the model (notifications go there)
         self.notify_seq = 0
         self.refunding: set[str] = set()  # trades whose accepted refund has not landed yet
+
+    def configure(self, p) -> None:
+        """The pool and overload policies of ``p`` (a fault window may change them)."""
+        g = p.gateway
+        self.station.configure(g.workers, g.queue_limit, g.deadlines, g.load_shedding, g.shed_limit)
 
     # -- trades --------------------------------------------------------------------------------------
     def create_trade(self, trade_id: str, order, user: str) -> Trade:
@@ -52,30 +66,61 @@ class Gateway:
                    expires_at=trade.expires_at)
         return trade
 
-    def pay(self, trade: Trade, reply: Callable[[str], None]) -> None:
-        """A buyer's pay request reached the gateway; ``reply`` gets the synchronous answer."""
+    def prepay(self, trade_id: str, order, service_time: float, reply: Callable[[str], None],
+               deadline: float = _INF) -> None:
+        """The order service asks for the trade (prepay, ``gateway.create_time``): ``reply('ok')`` once it
+        exists; ``rejected`` / ``overloaded`` when refused. A request dropped past its deadline is never
+        answered (its caller has stopped waiting)."""
+        w = self.w
+        w.hold(order.id)
+
+        def serve(_wait: float) -> None:
+            if order.id in w.orders:
+                self.create_trade(trade_id, order, order.user)
+            reply("ok")
+            w.release(order.id)
+
+        res = self.station.submit(service_time, serve, deadline=deadline, dropped=lambda: w.release(order.id))
+        if res < 0:
+            w.release(order.id)
+            reply("overloaded" if res == SHED else "rejected")
+
+    def pay(self, trade: Trade, reply: Callable[[str], None], deadline: float = _INF) -> None:
+        """A buyer's pay request reached the gateway; ``reply`` gets the synchronous answer.
+
+        ``deadline``: when the app stops waiting. The worker that takes the request is held until the
+        answer is known (the bank's, or the timeout's).
+        """
         w = self.w
         w.hold(trade.order)  # a queued pay request can still debit the buyer, whatever the app does meanwhile
 
-        def serve(_wait: float) -> None:
-            self._pay(trade, reply)
+        def serve(_wait: float, release: Callable[[], None]) -> None:
+            self._pay(trade, reply, release)
             w.release(trade.order)
 
-        self.station.submit(w.s_gw_service(), serve)
+        res = self.station.submit(w.s_gw_service(), serve, deadline=deadline, held=True,
+                                  dropped=lambda: w.release(trade.order))
+        if res < 0:
+            w.release(trade.order)
+            reply("overloaded" if res == SHED else "rejected")
 
-    def _pay(self, trade: Trade, reply: Callable[[str], None]) -> None:
+    def _pay(self, trade: Trade, reply: Callable[[str], None], release: Callable[[], None]) -> None:
         w = self.w
         s = trade.state
         if s is T.SUCCEEDED or s is T.REFUNDED:
+            release()
             reply("succeeded")  # same trade number: idempotent, no second debit
             return
         if s is T.PROCESSING or s is T.UNKNOWN:
+            release()
             reply("in_progress")
             return
         if s is T.CLOSED:
+            release()
             reply("closed")
             return
         if w.env.now >= trade.expires_at:
+            release()
             trade.to(T.CLOSED)
             w.emit("trade.closed", "gateway", trade.order, trade=trade.id)
             reply("closed")
@@ -94,6 +139,7 @@ class Gateway:
                     self._resolve(trade, outcome)
                 return
             call[0] = True
+            release()
             self._resolve(trade, outcome)
             reply("succeeded" if outcome == B.APPROVED else "failed")
             w.release(order)
@@ -102,6 +148,7 @@ class Gateway:
             if call[0]:
                 return
             call[0] = True
+            release()
             self.station.timeouts += 1
             trade.to(T.UNKNOWN)
             w.emit("trade.unknown", "gateway", order, trade=trade.id)
@@ -110,7 +157,7 @@ class Gateway:
             w.release(order)
 
         timeout = w.p.gateway.timeout
-        eta = self.bank.debit(trade, on_bank)
+        eta = self.bank.debit(trade, on_bank, w.env.now + timeout)
         if eta is None or eta >= timeout:
             w.at(timeout, on_timeout)
 
@@ -162,7 +209,7 @@ class Gateway:
         def ask() -> None:
             def answered(record: str | None) -> None:
                 if trade.state is T.UNKNOWN:
-                    if record is not None and record != B.HELD and record != B.PENDING:
+                    if record is not None and record != B.HELD and record != B.PENDING and record != B.BUSY:
                         self._resolve(trade, record)
                     else:
                         self._query_bank(trade, k + 1)
@@ -176,7 +223,8 @@ class Gateway:
     def query(self, trade_ids: list[str], reply: Callable[[list[TradeState]], None]) -> None:
         """The states of trades, as the gateway sees them when the request is served."""
         w = self.w
-        self.station.submit(w.s_gw_service(), lambda _w: reply([w.trades[t].state for t in trade_ids if t in w.trades]))
+        if self.station.submit(w.s_gw_service(), lambda _w: reply([w.trades[t].state for t in trade_ids if t in w.trades])) < 0:
+            reply(None)  # refused (503 / queue full): the caller looks again later
 
     def close(self, trade_ids: list[str], reply: Callable[[list[str]], None]) -> None:
         """Close unpaid trades (``alipay.trade.close``): per trade ``closed``, ``already_paid`` or ``in_progress``."""
@@ -197,7 +245,8 @@ class Gateway:
                 results.append(res)
             reply(results)
 
-        self.station.submit(w.s_gw_service(), serve)
+        if self.station.submit(w.s_gw_service(), serve) < 0:
+            reply(None)  # refused (503 / queue full): the caller looks again later
 
     def refund(self, trade: Trade, reply: Callable[[str], None]) -> None:
         """Refund a succeeded trade in full (WeChat v3: accepted, then PROCESSING -> SUCCESS / ABNORMAL).
@@ -236,7 +285,8 @@ class Gateway:
 
             w.at(latency, land)
 
-        self.station.submit(w.s_gw_service(), serve)
+        if self.station.submit(w.s_gw_service(), serve) < 0:
+            reply("failed")  # refused (503 / queue full): retried on the refund schedule
 
     def _refunded(self, trade: Trade, reply: Callable[[str], None]) -> None:
         w = self.w
@@ -284,14 +334,19 @@ class Gateway:
                 else:
                     self._next(trade, nid, attempt, arrived + g.notify_ack_timeout)
 
-            self.order_service.receive_notification(trade, handled)
+            def refused() -> None:  # 503, queue full, or dropped past its ack deadline: not acknowledged
+                self._next(trade, nid, attempt, arrived + g.notify_ack_timeout)
+
+            self.order_service.receive_notification(trade, handled, arrived + g.notify_ack_timeout, refused)
 
         w.at(latency, arrive)
         if duplicate:
             w.hold(order)
 
             def arrive_again() -> None:
-                self.order_service.receive_notification(trade, lambda _t: w.release(order))
+                arrived = w.env.now
+                self.order_service.receive_notification(trade, lambda _t: w.release(order),
+                                                        arrived + g.notify_ack_timeout)
 
             w.at(latency + w.s_notify_latency(), arrive_again)
 

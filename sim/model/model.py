@@ -88,7 +88,7 @@ def run_replication(scenario: Scenario, replication: int = 0, examples: bool = T
     order_service.app = buyers
     stations = {"gateway": gateway.station, "bank": bank.station, "order_service": order_service.station}
     for window in scenario.faults:
-        w.env.process(_fault_window(w, window, stations))
+        w.env.process(_fault_window(w, window, (gateway, bank, order_service)))
     w.env.process(arrivals(w, buyers.start))
     w.sink({"t": 0.0, "type": "run.start", "actor": "run", "warmup": w.warmup, "horizon": w.horizon,
             "end": w.end, "seed": scenario.run.seed, "replication": replication})
@@ -102,6 +102,7 @@ def run_replication(scenario: Scenario, replication: int = 0, examples: bool = T
     w.sink({"t": w.end, "type": "run.end", "actor": "run"})
     summary = checker.finish()
     metrics = {name: st.metrics() for name, st in stations.items()}
+    metrics["app"] = buyers_metrics(w, buyers)
     return ReplicationResult(replication, summary, metrics, order_service.seq, w.ledger.total())
 
 
@@ -124,25 +125,23 @@ def _few_collections():
             gc.enable()
 
 
-def _fault_window(w: World, window: Any, stations: dict):
+def buyers_metrics(w: World, buyers: Buyers) -> dict[str, float]:
+    """What the buyers got: goodput (pay calls answered 'succeeded' within the app's timeout, per second
+    of the measurement window), the offered arrival rate, buyers left without an order, re-sends."""
+    span = max(1e-12, w.horizon - w.warmup)
+    return {"goodput_per_s": buyers.confirmed / span, "offered_per_s": buyers.offered / span,
+            "create_failed": float(buyers.create_failed), "resends": float(buyers.resends)}
+
+
+def _fault_window(w: World, window: Any, actors: tuple):
     """Swap in the faulted parameters for the window, then restore them."""
     base = w.p
     faulted = base.faulted(window)
     yield w.env.timeout(window.start)
     w.apply(faulted)
-    _resize(stations, faulted)
+    for actor in actors:
+        actor.configure(faulted)
     yield w.env.timeout(window.end - window.start)
     w.apply(base)
-    _resize(stations, base)
-
-
-def _resize(stations: dict, p: Scenario) -> None:
-    for name, cap in (("gateway", p.gateway.workers), ("bank", p.bank.channels), ("order_service", p.order_service.workers)):
-        st = stations[name]
-        st._account()
-        st.capacity = cap
-        while st.queue and st.busy < st.capacity:  # more servers: start waiting jobs now
-            st.busy += 1
-            st._start(*st.queue.popleft())
-
-
+    for actor in actors:
+        actor.configure(base)

@@ -13,6 +13,12 @@ later); the close job reads the expired order and writes it closed ``order_servi
 (or a gateway round trip) later. With ``order_service.order_lock`` a writer whose order changed since
 its read reads it again (:func:`sim.domain.policies.must_reread`); without it, it writes what it
 decided from the stale read — the lost update, and a duplicate notification fulfilled twice.
+
+With ``order_service.create_time`` on, creating an order is a request too: it takes a worker that long and, when the
+gateway's prepay is a request (``gateway.create_time``), holds that worker until the gateway answers
+or ``order_service.gateway_timeout`` passes — a slow gateway fills this pool. The request carries the
+buyer's checkout token, so a re-sent create returns the order already made. ``queue_limit``,
+``deadlines`` and ``load_shedding`` act as on the gateway (:class:`~sim.model.station.Station`).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from sim.domain import policies
 from sim.domain.entities import Order, Trade
 from sim.domain.policies import NotifyAction, Step
 from sim.domain.states import OrderState, TradeState
-from sim.model.station import Station
+from sim.model.station import SHED, Station
 from sim.model.world import World
 
 O, T = OrderState, TradeState
@@ -35,6 +41,10 @@ class OrderService:
     def __init__(self, w: World) -> None:
         self.w = w
         self.station = Station(w.env, "order_service", w.p.order_service.workers, w.warmup, w.horizon)
+        self.configure(w.p)
+        self.tokens: dict[str, Order] = {}  # buyer's checkout token -> the order a create made for it
+        self.token_of: dict[str, str] = {}  # order -> token (dropped with the order)
+        w.on_forget.append(self._drop_token)
         self.gateway = None
         self.merchant = None
         self.app = None  # pushes to the buyer's app
@@ -48,6 +58,69 @@ class OrderService:
             w.env.process(self._sweeper())
         else:
             w.env.process(self._timers())
+
+    def configure(self, p) -> None:
+        """The pool and overload policies of ``p`` (a fault window may change them)."""
+        o = p.order_service
+        self.station.configure(o.workers, o.queue_limit, o.deadlines, o.load_shedding, o.shed_limit)
+
+    def _drop_token(self, order_id: str) -> None:
+        token = self.token_of.pop(order_id, None)
+        if token is not None:
+            self.tokens.pop(token, None)
+
+    def request_create(self, token: str, user: str, amount: int, method: str, merchant: str, sizes: tuple,
+                       deadline: float, reply: Callable[[str, Order | None], None]) -> None:
+        """A create-order request from the app: ``reply(status, order)`` with status ``ok``, ``rejected``
+        (queue full) or ``overloaded`` (503); a request dropped past its deadline is never answered.
+
+        ``sizes`` = (create time, network to the gateway, prepay time, network back), drawn from the
+        buyer's own stream so the buyer's work is the same in every compared setting.
+        """
+        w = self.w
+        create_time, there, prepay_time, back = sizes
+
+        def serve(_wait: float, release: Callable[[], None]) -> None:
+            order = self.tokens.get(token)
+            if order is not None:  # a re-sent request: the order exists already
+                release()
+                reply("ok", order)
+                return
+            order = self.create(user, amount, method, merchant)
+            self.tokens[token] = order
+            self.token_of[order.id] = token
+            if method == "bnpl" or w.p.gateway.trade_creation != "on_order":
+                release()
+                reply("ok", order)
+                return
+            trade_id = policies.retry_trade_no(w.p.app.retry_trade_no, order.id, 0, None)
+            if prepay_time is None:
+                self.gateway.create_trade(trade_id, order, order.user)  # instant, no worker
+                release()
+                reply("ok", order)
+                return
+            # The prepay call: this worker waits for the gateway, at most gateway_timeout.
+            w.hold(order.id)
+            answered = [False]
+            timeout = w.p.order_service.gateway_timeout
+
+            def finish() -> None:
+                if answered[0]:
+                    return
+                answered[0] = True
+                release()
+                reply("ok", order)  # without a trade (timeout, refused), it is created when the buyer pays
+                w.release(order.id)
+
+            def answer(_status: str) -> None:
+                w.at(back, finish)
+
+            w.at(there, lambda: self.gateway.prepay(trade_id, order, prepay_time, answer, w.env.now - there + timeout))
+            w.at(timeout, finish)
+
+        res = self.station.submit(create_time, serve, deadline=deadline, held=True)
+        if res < 0:
+            reply("overloaded" if res == SHED else "rejected", None)
 
     def create(self, user: str, amount: int, method: str, merchant: str = "m1") -> Order:
         w = self.w
@@ -151,8 +224,11 @@ class OrderService:
 
         w.at(w.s_os_net(), lambda: call(list(order.trades), back))
 
-    def _after_query(self, order: Order, states: list[TradeState], read: int) -> None:
+    def _after_query(self, order: Order, states: list[TradeState] | None, read: int) -> None:
         if not self._still_awaiting(order, read):
+            return
+        if states is None:  # the gateway refused the query (overloaded): look again later
+            self._apply(order, Step.RETRY_LATER)
             return
         # Several trades (retries with new numbers): any paid one pays the order; any in flight waits.
         if any(s is T.SUCCEEDED for s in states):
@@ -163,8 +239,11 @@ class OrderService:
             step = policies.after_trade_query(states[0] if states else None)
         self._apply(order, step)
 
-    def _after_close_trade(self, order: Order, results: list[str], read: int) -> None:
+    def _after_close_trade(self, order: Order, results: list[str] | None, read: int) -> None:
         if not self._still_awaiting(order, read):
+            return
+        if results is None:  # the gateway refused the close (overloaded): try again later
+            self._apply(order, Step.RETRY_LATER)
             return
         if "already_paid" in results:
             step = Step.MARK_PAID
@@ -208,10 +287,13 @@ class OrderService:
         self.merchant.fulfil(order)  # every 'order paid' the merchant hears starts a fulfilment
 
     # -- notifications -------------------------------------------------------------------------------
-    def receive_notification(self, trade: Trade, handled: Callable[[float], None]) -> None:
+    def receive_notification(self, trade: Trade, handled: Callable[[float], None],
+                             deadline: float = float("inf"), refused: Callable[[], None] | None = None) -> None:
         """A 'payment succeeded' notification arrived; ``handled(now)`` when it has been processed.
 
         The handler reads the order when a worker takes it and writes when its work is done.
+        ``deadline``: when the gateway stops waiting for the acknowledgement (with deadlines on, a
+        notification taken later is dropped: ``refused()`` then runs, as it does when it is refused).
         """
         w = self.w
         read: list = [None]
@@ -221,7 +303,11 @@ class OrderService:
             if order is not None:
                 read[0] = (order.state, order.version, order.paid_trade)
 
-        self.station.submit(w.s_os_service(), lambda _wait: self._on_notification(trade, handled, read[0]), started)
+        if refused is None:
+            refused = lambda: handled(float("inf"))  # noqa: E731  (never acknowledged)
+        if self.station.submit(w.s_os_service(), lambda _wait: self._on_notification(trade, handled, read[0]), started,
+                               deadline=deadline, dropped=refused) < 0:
+            refused()
 
     def _on_notification(self, trade: Trade, handled: Callable[[float], None], read) -> None:
         w = self.w

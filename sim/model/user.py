@@ -20,7 +20,9 @@ O = OrderState
 _ENDED = frozenset({O.REFUND_PENDING, O.REFUNDED})
 _UNSETTLED = frozenset({"payment_failed", "payment_unknown", "order_closed"})
 _SCREEN = {"succeeded": "payment_succeeded", "failed": "payment_failed", "closed": "payment_failed",
-           "unknown": "payment_unknown", "in_progress": "payment_unknown", "timeout": "payment_unknown"}
+           "unknown": "payment_unknown", "in_progress": "payment_unknown", "timeout": "payment_unknown",
+           "rejected": "payment_failed", "overloaded": "payment_failed"}  # refused at the door: nothing was done
+_RESEND = frozenset({"timeout", "rejected", "overloaded"})
 
 
 def arrivals(w: World, start_buyer):
@@ -40,6 +42,10 @@ class Buyers:
         self.gw = gateway
         self.bnpl = bnpl
         self.seq = 0
+        self.offered = 0  # buyers arriving in the measurement window
+        self.confirmed = 0  # pay calls answered 'succeeded' within the app's timeout, in the window: goodput
+        self.create_failed = 0  # buyers who got no order back
+        self.resends = 0  # automatic re-sends of a request (app.request_retry_schedule)
         self.unsettled: set[str] = set()  # orders whose last payment screen said failed, unknown or closed
         w.on_forget.append(self.unsettled.discard)
         pm = w.p.user.payment_methods
@@ -69,19 +75,81 @@ class Buyers:
             x = r.random()
             merchant = next((n for n, c in zip(self.merchants, self.merchant_cum) if x < c), self.merchants[-1])
         balance = u.wallet_balance.draw(r) if u.wallet_balance is not None else None
-        order = self.os.create(f"u{self.seq}", amount, method, merchant)
+        if w.warmup <= w.env.now < w.horizon:
+            self.offered += 1
+        w.env.process(self.checkout(f"u{self.seq}", amount, method, merchant, balance, pay_delay, walks_away,
+                                    cancels, retry_draws, r))
+
+    def checkout(self, user, amount, method, merchant, balance, pay_delay, walks_away, cancels, retry_draws, r):
+        """The buyer asks the order service for an order, then (with it) goes on to pay."""
+        w = self.w
+        if w.p.order_service.create_time is None:  # creation free and instant (no request)
+            order = self.os.create(user, amount, method, merchant)
+            if method != "bnpl" and w.p.gateway.trade_creation == "on_order":
+                self.gw.create_trade(policies.retry_trade_no(w.p.app.retry_trade_no, order.id, 0, None),
+                                     order, order.user)
+        else:
+            order = yield from self.create_order(user, amount, method, merchant, r)
+        if order is None or order.id not in w.orders:
+            self.create_failed += 1  # no order came back: the buyer leaves (one may exist, unseen)
+            return
         if balance is not None and method == "wallet":
             w.balances[order.user] = int(round(balance * 100))
         w.hold(order.id)
         trade_id = None
         if method != "bnpl":
             # The pay link (out_trade_no) exists from now on. With gateway.trade_creation = on_order
-            # the gateway trade (prepay) does too, living gateway.trade_ttl however long the order
-            # lives; with on_open it is created when the buyer opens the page or scans the code.
+            # the gateway trade (prepay) does too (made by the order service's create), living
+            # gateway.trade_ttl however long the order lives; with on_open it is created when the
+            # buyer opens the page or scans the code.
             trade_id = policies.retry_trade_no(w.p.app.retry_trade_no, order.id, 0, None)
-            if w.p.gateway.trade_creation == "on_order":
-                self.gw.create_trade(trade_id, order, order.user)
-        w.env.process(self.buyer(order, method, trade_id, pay_delay, walks_away, cancels, retry_draws, r))
+        yield from self.buyer(order, method, trade_id, pay_delay, walks_away, cancels, retry_draws, r)
+
+    def create_order(self, token, amount, method, merchant, r):
+        """The create-order request (re-sent on the app's schedule); the order, or None."""
+        w = self.w
+        app, osp, g = w.p.app, w.p.order_service, w.p.gateway
+        net = app.network_latency
+        answer = None
+        attempt = 0
+        while True:
+            # This buyer's own draws (their stream): the request's work is the same in every setting.
+            sizes = (osp.create_time.draw(r), net.draw(r),
+                     g.create_time.draw(r) if g.create_time is not None else None, net.draw(r))
+            there, back = net.draw(r), net.draw(r)
+            answer = yield from self.request(
+                lambda reply, deadline: self.os.request_create(
+                    token, token, amount, method, merchant, sizes, deadline, lambda st, o: reply((st, o))),
+                there, back)
+            status = answer[0] if isinstance(answer, tuple) else answer
+            if status == "ok":
+                return answer[1]
+            attempt += 1
+            gap = policies.resend_delay(app.request_retry_schedule.gaps, attempt)
+            if gap is None:
+                return None
+            self.resends += 1
+            yield w.env.timeout(gap)
+
+    def request(self, send, there: float, back: float):
+        """One request and its answer: ``there`` and ``back`` on the network, at most ``app.request_timeout``.
+
+        ``send(reply, deadline)`` delivers it; ``deadline`` is when the app stops waiting (the server
+        may enforce it). Returns the answer, or ``"timeout"``.
+        """
+        w = self.w
+        env = w.env
+        done = env.event()
+        timeout = w.p.app.request_timeout
+        deadline = policies.request_deadline(env.now, timeout)
+
+        def reply(outcome) -> None:
+            w.at(back, lambda: done.triggered or done.succeed(outcome))
+
+        w.at(there, lambda: send(reply, deadline))
+        w.at(timeout, lambda: done.triggered or done.succeed("timeout"))
+        outcome = yield done
+        return outcome
 
     def show(self, order, screen: str) -> None:
         self.w.emit("app.shown", "app", order.id, screen=screen)
@@ -133,7 +201,7 @@ class Buyers:
                     if state is O.CLOSED:
                         self.show(order, "order_closed")
                         return
-                    outcome = yield from self.call(lambda reply: self.bnpl.authorize(order, reply))
+                    outcome = yield from self.call(lambda reply, _deadline: self.bnpl.authorize(order, reply))
                 else:
                     previous = trade_id
                     trade_id = policies.retry_trade_no(app.retry_trade_no, order.id, attempt, trade_id)
@@ -146,9 +214,11 @@ class Buyers:
                     if attempt:
                         w.emit("user.retry", "user", order.id, trade=trade_id, attempt=attempt)
                     w.emit("user.pay", "user", order.id, trade=trade_id, attempt=attempt)
-                    outcome = yield from self.call(lambda reply: self.gw.pay(trade, reply))
+                    outcome = yield from self.call(lambda reply, deadline: self.gw.pay(trade, reply, deadline))
                 self.show(order, _SCREEN[outcome])
                 if outcome == "succeeded":
+                    if w.warmup <= env.now < w.horizon:
+                        self.confirmed += 1
                     return
                 if outcome in ("unknown", "in_progress", "timeout"):
                     settled = yield from self.poll(order, r)
@@ -160,18 +230,20 @@ class Buyers:
                 self.unsettled.discard(order.id)  # already paid: nothing more to push
 
     def call(self, send):
-        """One request through the app: network both ways, at most ``app.request_timeout``."""
+        """One request through the app: network both ways, at most ``app.request_timeout``; re-sent on
+        ``app.request_retry_schedule`` while it times out or is refused (the same request again)."""
         w = self.w
-        env = w.env
-        done = env.event()
-
-        def reply(outcome: str) -> None:
-            w.at(w.s_net(), lambda: done.triggered or done.succeed(outcome))
-
-        w.at(w.s_net(), lambda: send(reply))
-        w.at(w.p.app.request_timeout, lambda: done.triggered or done.succeed("timeout"))
-        outcome = yield done
-        return outcome
+        attempt = 0
+        while True:
+            outcome = yield from self.request(send, w.s_net(), w.s_net())
+            if outcome not in _RESEND:
+                return outcome
+            attempt += 1
+            gap = policies.resend_delay(w.p.app.request_retry_schedule.gaps, attempt)
+            if gap is None:
+                return outcome
+            self.resends += 1
+            yield w.env.timeout(gap)
 
     def poll(self, order, r):
         """After 'unknown', the app polls the order page; True once it shows paid or closed.
