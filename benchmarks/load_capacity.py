@@ -241,11 +241,16 @@ class Shop:
 
 FACES = ("alipay", "wechat", "stripe")
 # What each face's SDK needs to reach the mock provider (the shops read these; docs/psp/*.md)
-FACE_ENV = {"stripe": {"STRIPE_API_BASE": "{provider}", "STRIPE_KEY_FILE": "{psp_dir}/secret_key"}}
+FACE_ENV = {"stripe": {"STRIPE_API_BASE": "{provider}", "STRIPE_KEY_FILE": "{psp_dir}/secret_key"},
+            "alipay": {"ALIPAY_GATEWAY": "{provider}/gateway.do", "ALIPAY_KEY_DIR": "{psp_dir}",
+                       "SHOP_TIMEOUT_EXPRESS": "15m"}}
 
 
 # How the buyers pay at each face (Stripe's are cards)
-FACE_FLOW: dict[str, dict[str, object]] = {"stripe": {"user.payment_methods": {"wallet": 0.0, "card": 1.0, "bnpl": 0.0}}}
+FACE_FLOW: dict[str, dict[str, object]] = {
+    "stripe": {"user.payment_methods": {"wallet": 0.0, "card": 1.0, "bnpl": 0.0}},
+    "alipay": {"user.payment_methods": {"wallet": 1.0, "card": 0.0, "bnpl": 0.0}},
+}
 
 
 def _stop(proc: subprocess.Popen) -> None:
