@@ -125,7 +125,10 @@ def test_double11_incidence_is_reported_beside_its_unresolved_rate(tmp_path, cap
     doc = json.loads((out / "results.json").read_text())
     a = doc["anomalies"]["failure_shown_but_charged"]
     assert doc["schema_version"] == 2
-    assert a["occurred_orders"] > 0.15 * doc["orders"]  # a large share of buyers lived through it
+    # Since the gateway holds a worker for its whole bank call and bounds its queue (model v2's overload),
+    # most of the spike is refused before any debit (no charge), so far fewer buyers than the 70% of the old
+    # model live through it in this first minute — but some always do: debits outlive the 8 s timeout.
+    assert a["occurred_orders"] >= 10
     assert a["occurred_rate"] == pytest.approx(a["occurred_orders"] / doc["orders"])
     assert a["occurred_orders"] <= a["occurred_count"]  # instances: a buyer may be told twice
     lo, hi = a["occurred_ci95"]
