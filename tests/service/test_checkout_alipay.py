@@ -179,6 +179,19 @@ def test_close_policies_on_alipay(alipay_checkout: Any, policy: str, scanned: bo
     assert bool(closed_at_alipay) is (policy != "naive" and scanned)
 
 
+def test_pass_time_expire_closes_the_unscanned_qr_code_with_the_order(alipay_checkout: Any) -> None:
+    """order_service.pass_time_expire: the precreate carries timeout_express (the order's time left, whole
+    minutes rounded down), so a QR code nobody scanned before the order closed cannot be paid after."""
+    svc = alipay_checkout
+    svc.set_faults({"order_service.order_ttl": "150s", "order_service.close_policy": "close_trade_then_order",
+                    "order_service.late_payment": "ignore", "order_service.pass_time_expire": True})
+    started = _order_and_qr(svc, "oa6", 640)
+    _wait(lambda: _state(svc, "oa6") == "closed", timeout=20)
+    late = _scan(started["pay_url"])
+    assert late["code"] == "40004" and late["sub_code"] == "ACQ.TRADE_HAS_CLOSE", late
+    assert not [e for e in svc.history() if e["type"] == "trade.succeeded" and e["order"] == "oa6"]
+
+
 def test_a_paid_trade_found_by_close_first_marks_the_order_paid(alipay_checkout: Any) -> None:
     """Close-first, the buyer paid but the notification is late: alipay.trade.close answers
     ACQ.TRADE_STATUS_ERROR, the client queries (TRADE_SUCCESS) and answers ACQ.TRADE_HAS_SUCCESS, and the
@@ -198,7 +211,9 @@ def test_a_paid_trade_found_by_close_first_marks_the_order_paid(alipay_checkout:
 def _load(tmp_path: Path, name: str, *extra: str) -> dict:
     out = tmp_path / name
     main(["load", str(FIXTURE), "--psp", "alipay", "--out", str(out), "-q", *extra])
-    return json.loads((out / "results.json").read_text())
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["validity"]["valid"], doc["validity"]["reasons"]  # numbers from a run that measured the story
+    return doc
 
 
 @pytest.mark.slow

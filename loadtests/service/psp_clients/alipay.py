@@ -1,6 +1,7 @@
 """The reference checkout on Alipay: its native requests made as open-platform gateway calls, written
-from the protocol with httpx (form POSTs to ``/gateway.do``, RSA2 = SHA256withRSA PKCS#1 v1.5 with the
-``cryptography`` package), never with an Alipay SDK.
+from the protocol — form POSTs to ``/gateway.do`` through the checkout's own keep-alive client
+(``loadtests.service.httpclient``; httpx for an ``https://`` provider), RSA2 (SHA256withRSA, PKCS#1 v1.5)
+with the ``cryptography`` package — never with an Alipay SDK.
 
 ==========================  =============================================================================
 the checkout asks            this client does (and answers as the native API would)
@@ -51,7 +52,7 @@ import math
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import httpx
 from cryptography.exceptions import InvalidSignature
@@ -73,6 +74,7 @@ CREATE TABLE IF NOT EXISTS alipay_client_trades (
 APP_ID = "2021000000000001"  # the app id the mock's Alipay face serves (its face option app_id)
 BEIJING = timezone(timedelta(hours=8))
 MAX_ID = 64  # out_trade_no, out_request_no
+FORM = "application/x-www-form-urlencoded; charset=utf-8"
 
 
 class AlipayClient:
@@ -124,21 +126,32 @@ class AlipayClient:
             params["notify_url"] = notify_url
         params["sign"] = base64.b64encode(app_key.sign(_content(params, ("sign",)).encode(), padding.PKCS1v15(),
                                                        hashes.SHA256())).decode()
-        if self.http is None:
-            self.http = httpx.AsyncClient()
         timeout = self.svc.wall_timeout(self.svc.conditions.current().app.request_timeout)
+        form = urlencode(params).encode()
         try:
-            resp = await self.http.post(self._gateway_url(), data=params, timeout=timeout)
-        except httpx.HTTPError as exc:
+            resp = await self._post(form, timeout)
+        except Exception as exc:  # HttpError, httpx.HTTPError: the gateway did not answer
             raise _unavailable(f"{exc.__class__.__name__}: {exc}") from None
         if resp.status_code != 200:
             raise _unavailable(f"Alipay answered HTTP {resp.status_code}: {resp.text[:200]}")
-        body = _verified_response(resp.content, method.replace(".", "_") + "_response", alipay_key)
+        raw = resp.body if hasattr(resp, "body") else resp.content
+        body = _verified_response(raw, method.replace(".", "_") + "_response", alipay_key)
         if body is None:
             raise _unavailable(f"{method}: the answer's signature does not verify with the Alipay public key")
         if body.get("code") == "20000":
             raise _unavailable(f"{method}: {body.get('sub_code')} {body.get('sub_msg')} (result unknown)")
         return body
+
+    async def _post(self, form: bytes, timeout: float) -> Any:
+        """The form POST to the gateway: the checkout's own keep-alive client (aiohttp) for a plain
+        ``http://`` provider, httpx for an ``https://`` one."""
+        url = self._gateway_url()
+        headers = {"Content-Type": FORM}
+        if url.startswith("http://"):
+            return await self.svc.http.request("POST", url, form, headers, timeout)
+        if self.http is None:
+            self.http = httpx.AsyncClient()
+        return await self.http.post(url, content=form, headers=headers, timeout=timeout)
 
     async def aclose(self) -> None:
         if self.http is not None:
