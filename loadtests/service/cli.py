@@ -120,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
         elif reference_psp == "alipay":
             print(f"\nthe reference checkout pays through the Alipay face (alipay.trade.precreate QR codes, "
                   f"signed with app_private_key.pem; its notify_url: {services.checkout_url}/alipay/notify)")
+        elif "alipay" in faces:
+            print("\nthe reference checkout pays through the native API (with --merchant-public-key it has no "
+                  "private key the Alipay face accepts)")
         print(f"time scale {services.time_scale:g} scenario seconds per wall second; Ctrl-C stops both", flush=True)
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops both services as Ctrl-C does
         try:

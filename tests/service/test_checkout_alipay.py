@@ -232,3 +232,37 @@ def test_mall_pattern_live_on_alipay_naive_vs_close_first(tmp_path: Path) -> Non
     assert safe["anomalies"]["paid_but_closed"]["count"] == 0, safe["examples"].get("paid_but_closed")
     events = [json.loads(line) for line in (tmp_path / "safe" / "history.jsonl").read_text().splitlines()]
     assert sum(e["type"] == "order.paid" for e in events) >= 1  # buyers still paid
+
+
+def test_gateway_answers_are_read_only_once_their_signature_verifies() -> None:
+    """The client reads a gateway answer only if the Alipay public key verifies it over the exact bytes of
+    the ``<method>_response`` object: a changed byte, another key or no signature reads as nothing."""
+    from loadtests.service.psp_clients.alipay import _verified_response
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    inner = '{"code":"10000","msg":"Success","out_trade_no":"o1-t0","qr_code":"http://127.0.0.1/alipay/qr/1"}'
+    sign = base64.b64encode(key.sign(inner.encode(), padding.PKCS1v15(), hashes.SHA256())).decode()
+    raw = ('{"alipay_trade_precreate_response":%s,"sign":"%s"}' % (inner, sign)).encode()
+    name = "alipay_trade_precreate_response"
+    assert _verified_response(raw, name, key.public_key())["qr_code"].endswith("/qr/1")
+    assert _verified_response(raw.replace(b"o1-t0", b"o1-t9"), name, key.public_key()) is None
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    assert _verified_response(raw, name, other.public_key()) is None
+    assert _verified_response(('{"%s":%s}' % (name, inner)).encode(), name, key.public_key()) is None
+
+
+def test_the_checkout_cannot_pay_through_alipay_with_the_merchants_own_key(tmp_path: Path) -> None:
+    """--merchant-public-key: the face verifies with a key whose private half the reference checkout does
+    not have, so asking it to pay through Alipay is a usage error, said before anything starts."""
+    from sim.errors import ConfigError
+
+    from loadtests.service.runner import start_services
+
+    with pytest.raises(ConfigError, match="merchant-public-key"):
+        start_services(None, tmp_path / "d", 60.0, faces=("alipay",), checkout_psp="alipay",
+                       face_options={"alipay": {"merchant_public_key": str(tmp_path / "app_public_key.pem")}})
+    assert not (tmp_path / "d").exists()
+    from loadtests.service.psp_clients import checkout_psp
+
+    assert checkout_psp(("alipay",)) == "alipay" and checkout_psp(("alipay",), merchant_key_given=True) == "native"
+    assert checkout_psp(("alipay", "stripe")) == "stripe" and checkout_psp(("wechat",)) == "native"
