@@ -117,7 +117,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="the PSP protocol the target pays through: native (default), alipay, wechat or stripe; the "
                         "mock provider speaks it, its keys are in OUT/services/psp/NAME/, and the buyers complete "
                         "the hand-off the adapter declares for it (start_payment.handoff.NAME; docs/live.md, docs/psp/); "
-                        "without --target the reference checkout pays through native or stripe")
+                        "without --target the reference checkout pays through native, stripe (Checkout Sessions) or alipay "
+                        "(precreate QR codes the buyers scan)")
     p.add_argument("--json", action="store_true", help="print the results JSON instead of the tables")
 
 

@@ -53,6 +53,7 @@ from sim.scenario import Scenario, Threshold, format_duration
 
 from loadtests.adapter import Adapter, load_adapter
 from loadtests.history import CLIENT_GLOB, merge, write_jsonl
+from loadtests.service.psp_clients import HANDOFFS as CLIENT_HANDOFFS, checkout_psp
 from loadtests.validity import assess, preflight
 from loadtests.plan import (DEFAULT_LATE_TOLERANCE, DEFAULT_MAX_ORDERS, PLAN_ENV, ROLE_ENV, Plan, LiveWindow,
                             arrival_times, expected_arrivals, live_window, write_json_atomic)
@@ -102,6 +103,13 @@ def check_loopback(url: str, allow_remote: bool, what: str = "--target") -> None
                           "(mock) payments there: pass --allow-remote to confirm")
 
 
+def _with_handoff(adapter: Adapter, face: str, handoff: dict[str, str]) -> Adapter:
+    """The reference adapter with the hand-off the reference checkout gives when it pays through ``face``."""
+    data = dict(adapter.to_dict())
+    data["start_payment"] = {**data["start_payment"], "handoff": {face: dict(handoff)}}
+    return Adapter({**data, "psp": face}, adapter.source)
+
+
 def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
     """Run ``scenario`` live and return its results document (``kind = "live"``)."""
     started = time.time()
@@ -124,7 +132,10 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
                               "start from loadtests/adapters/reference.toml)")
     if opts.provider_host not in LOOPBACK and not opts.allow_remote:
         raise ConfigError(f"--provider-host {opts.provider_host}: not a loopback address; pass --allow-remote")
+    reference_psp = "native" if opts.target else checkout_psp(opts.psp)
     adapter = load_adapter(opts.target_config).for_psp(opts.psp)  # the buyers complete the --psp face's hand-off
+    if reference_psp in CLIENT_HANDOFFS:  # the reference checkout hands over that PSP's own hand-off
+        adapter = _with_handoff(adapter, reference_psp, CLIENT_HANDOFFS[reference_psp])
     pre = preflight(scenario, window, _slots(opts) if _slots(opts) > 1 else opts.workers)
     for warning in pre["warnings"] if opts.warn_preflight else ():
         opts.log(f"warning: this run {warning}")
@@ -139,7 +150,7 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
     services = start_services(scenario.model_copy(update={"faults": ()}), data_dir, window.time_scale,
                               host=opts.provider_host, allow_remote=opts.allow_remote,
                               notify_secret=opts.notify_secret, ports=(opts.provider_port, 0), faces=opts.psp,
-                              checkout_psp="stripe" if "stripe" in opts.psp and not opts.target else "native")
+                              checkout_psp=reference_psp)
     procs: list[subprocess.Popen] = []
     faults: FaultSchedule | None = None
     interrupted_at: float | None = None  # scenario time of a Ctrl-C during the load or the drain

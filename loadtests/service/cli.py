@@ -16,8 +16,10 @@ examples:
   checkout-chaos serve
   checkout-chaos serve --scenario scenarios/mall_pattern.toml --time-scale 120 --data run1/
   checkout-chaos serve --set order_service.close_policy=query_then_close --provider-port 8801 --checkout-port 8802
-  checkout-chaos serve --psp alipay --data staging-psp/ --provider-port 8801      # a drop-in Alipay gateway
+  checkout-chaos serve --psp alipay --data staging-psp/ --provider-port 8801      # a drop-in Alipay gateway;
+                                                          # the reference checkout pays through it too
   checkout-chaos serve --psp alipay --merchant-public-key app_public_key.pem     # your own app key pair
+                                                          # (the reference checkout then pays natively)
   checkout-chaos serve --psp stripe      # a Stripe gateway; the reference checkout pays through it too
 
 --psp prints what a merchant puts into its configuration (gateway URL, ids, key files, the SDK's
@@ -95,12 +97,15 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--merchant-public-key {args.merchant_public_key}: expected an RSA public key in PEM, "
                               f"found something else ({exc})") from None
         options = {face: {"merchant_public_key": str(path)} for face in faces}
+    from loadtests.service.psp_clients import checkout_psp
+
+    reference_psp = checkout_psp(faces, merchant_key_given=bool(args.merchant_public_key))
     print("starting the mock provider and the reference checkout ...", file=sys.stderr, flush=True)
     services = start_services(args.scenario, args.data, args.time_scale, args.overrides, token,
                               (args.provider_port, args.checkout_port), host=args.host,
                               allow_remote=args.allow_remote, notify_secret=secret,
                               synchronous=args.synchronous, faces=faces, face_options=options or None,
-                              checkout_psp="stripe" if "stripe" in faces else "native")
+                              checkout_psp=reference_psp)
     with services:
         print(f"provider   {services.provider_url}   (OpenAPI: {services.provider_url}/docs)")
         print(f"checkout   {services.checkout_url}   (OpenAPI: {services.checkout_url}/docs)")
@@ -109,9 +114,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"data       {services.data_dir}")
         for face in faces:
             _print_merchant_config(face, services, options.get(face))
-        if "stripe" in faces:
+        if reference_psp == "stripe":
             print(f"\nthe reference checkout pays through the Stripe face (Checkout Sessions; its webhook: "
                   f"{services.checkout_url}/stripe/webhook)")
+        elif reference_psp == "alipay":
+            print(f"\nthe reference checkout pays through the Alipay face (alipay.trade.precreate QR codes, "
+                  f"signed with app_private_key.pem; its notify_url: {services.checkout_url}/alipay/notify)")
+        elif "alipay" in faces:
+            print("\nthe reference checkout pays through the native API (with --merchant-public-key it has no "
+                  "private key the Alipay face accepts)")
         print(f"time scale {services.time_scale:g} scenario seconds per wall second; Ctrl-C stops both", flush=True)
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops both services as Ctrl-C does
         try:

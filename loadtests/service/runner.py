@@ -281,14 +281,17 @@ def start_services(
     ``ports`` = ``(provider, checkout)``; None or 0 picks free ports. ``faces``: the PSP protocols the
     provider serves beside ``native`` (``loadtests.service.psp.faces.FACES``); ``face_options`` per face
     (e.g. ``{"alipay": {"merchant_public_key": "path.pem"}}``). ``checkout_psp``: the protocol the
-    reference checkout pays through (``native``, or ``stripe``: its Checkout Sessions, which the provider
-    then serves too; ``loadtests.service.psp_clients``).
+    reference checkout pays through (``native``, ``stripe``: its Checkout Sessions, or ``alipay``: its
+    precreate QR codes, which the provider then serves too; ``loadtests.service.psp_clients``).
     """
     from loadtests.service.psp.faces import FACES
     from loadtests.service.psp_clients import CLIENTS
 
     if checkout_psp not in CLIENTS:
         raise ConfigError(f"--psp: the reference checkout pays through {', '.join(CLIENTS)}, not {checkout_psp!r}")
+    if checkout_psp == "alipay" and (face_options or {}).get("alipay", {}).get("merchant_public_key"):
+        raise ConfigError("--psp alipay with --merchant-public-key: the reference checkout signs with the app key "
+                          "pair generated in the data directory; drop --merchant-public-key to let it pay through Alipay")
     if checkout_psp != "native" and checkout_psp not in faces:
         faces = (*faces, checkout_psp)
     unknown = [f for f in faces if f not in FACES]

@@ -7,7 +7,8 @@ another provider's wire protocol: it answers the checkout's native requests — 
 own calls, and returns what the native API would have answered (status, JSON), so every decision in
 the checkout (``sim/domain/policies.py``) stays the same. It also mounts the provider's webhook route on
 the checkout (:meth:`PspClient.router`) and turns each verified webhook into the native notification
-the checkout handles (``Checkout.on_notification``). Paths it does not translate (BNPL agreements) go
+the checkout handles (``Checkout.on_notification``): ``stripe.py`` (Checkout Sessions, webhooks) and
+``alipay.py`` (``alipay.trade.precreate`` QR codes, RSA2-signed gateway calls and notifications). Paths it does not translate (BNPL agreements) go
 to the native API, which the mock provider always serves.
 """
 
@@ -15,7 +16,23 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-CLIENTS = ("native", "stripe")
+CLIENTS = ("native", "stripe", "alipay")
+# What the reference checkout's start-payment answer hands the buyer when it pays through a client, as an
+# adapter hand-off (``start_payment.handoff.<face>``, docs/live.md): the load's buyers complete it at the
+# face's buyer side. Stripe's ``pay_url`` is a Checkout URL the native buyer can POST to; Alipay's is the
+# precreate QR code, which the buyer scans and then confirms in the wallet.
+HANDOFFS: dict[str, dict[str, str]] = {"alipay": {"kind": "qr_code", "field": "pay_url"}}
+
+
+def checkout_psp(faces: tuple[str, ...] | list[str], merchant_key_given: bool = False) -> str:
+    """The protocol the reference checkout pays through when the provider serves ``faces``: Stripe if it
+    is served, else Alipay — unless the merchant brought its own app key pair (``--merchant-public-key``),
+    whose private half the checkout does not have — else the native API."""
+    if "stripe" in faces:
+        return "stripe"
+    if "alipay" in faces and not merchant_key_given:
+        return "alipay"
+    return "native"
 
 
 class Reply:
@@ -57,4 +74,8 @@ def make_client(name: str, checkout: Any) -> PspClient | None:
         from loadtests.service.psp_clients.stripe import StripeClient
 
         return StripeClient(checkout)
+    if name == "alipay":
+        from loadtests.service.psp_clients.alipay import AlipayClient
+
+        return AlipayClient(checkout)
     raise ValueError(f"--psp: expected one of {', '.join(CLIENTS)}, found {name!r}")

@@ -9,7 +9,8 @@
   exact bytes of the inner object with the mock's key (whose public PEM the merchant configures as its
   ``alipay_public_key``). Errors: ``code`` 40001 (missing), 40002 (invalid, bad signature), 40004 +
   ``ACQ.*`` sub-code (business), 20000 (unavailable), 10003 (the buyer is still paying).
-* **Trades** map onto the core with ``trade = order = out_trade_no``; ``trade_no`` is the mock's.
+* **Trades** map onto the core with ``trade = out_trade_no``, ``order = merchant_order_no`` (else
+  ``out_trade_no``); ``trade_no`` is the mock's.
   Page/wap pay and precreate trades are *lazy*: they exist for the merchant once the buyer opens the
   cashier or scans the QR code (the buyer's side below).
 * **Notifications**: form POSTs signed RSA2 over the sorted fields minus ``sign`` and ``sign_type``,
@@ -301,8 +302,11 @@ class AlipayFace(Face):
         if notify_url is not None and not re.match(r"^https?://\S{1,2000}$", notify_url):
             raise _bad("notify_url", "an http(s) URL")
         buyer = user or _optional_id(biz, "buyer_id") or "2088" + _digits("buyer:" + out_trade_no, 12)
+        # merchant_order_no (the merchant's original order, one of whose payments this is) names the
+        # order in the history; without it the trade is its own order
+        order = _optional_id(biz, "merchant_order_no") or out_trade_no
         view, _ = await self.core.create_trade(
-            out_trade_no, out_trade_no, buyer, amount, notify_url=notify_url, ttl=ttl, face=self.name,
+            out_trade_no, order, buyer, amount, notify_url=notify_url, ttl=ttl, face=self.name,
             trade_no=self._trade_no(out_trade_no), lazy=lazy,
             meta={"subject": subject, "app_id": self.app_id, **(extra_meta or {})})
         if view["state"] in ("succeeded", "refunded"):
