@@ -1,5 +1,5 @@
 """The reference checkout on Stripe: its native requests made as Stripe calls, written from the protocol
-with httpx (form-encoded ``/v1`` REST, ``Authorization: Bearer sk_...``, ``Idempotency-Key``), never
+with the checkout's own HTTP client (httpx for an ``https://`` provider; form-encoded ``/v1`` REST, ``Authorization: Bearer sk_...``, ``Idempotency-Key``), never
 with the ``stripe`` SDK.
 
 ========================  ===============================================================================
@@ -40,12 +40,14 @@ import asyncio
 import json
 import logging
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from loadtests.service import signing
+from loadtests.service.httpclient import HttpError
 from loadtests.service.psp_clients import Reply
 
 log = logging.getLogger("checkout_chaos.checkout.stripe")
@@ -101,18 +103,26 @@ class StripeClient:
         return ProviderUnavailable(why)
 
     async def _stripe(self, method: str, path: str, form: dict[str, Any] | None = None,
-                      idempotency_key: str | None = None) -> httpx.Response:
+                      idempotency_key: str | None = None) -> Any:
         """One Stripe call; the checkout's ``ProviderUnavailable`` on no answer, a 5xx or a 409 ``in use``."""
-        if self.http is None:
-            self.http = httpx.AsyncClient()
         headers = {"Authorization": f"Bearer {self._secret_key()}"}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
         timeout = self.svc.wall_timeout(self.svc.conditions.current().app.request_timeout)
+        url = self.svc.provider_url + path
         try:
-            resp = await self.http.request(method, self.svc.provider_url + path, data=form, headers=headers,
-                                           timeout=timeout)
-        except httpx.HTTPError as exc:
+            if url.startswith("http://"):
+                # the checkout's own pooled aiohttp client (httpx stalled the checkout under load: the
+                # Alipay client found it, docs/psp/alipay.md); httpx only for an https:// provider
+                body = urlencode(form).encode() if form else b""
+                if form:
+                    headers["Content-Type"] = "application/x-www-form-urlencoded"
+                resp = await self.svc.http.request(method, url, body, headers, timeout)
+            else:
+                if self.http is None:
+                    self.http = httpx.AsyncClient()
+                resp = await self.http.request(method, url, data=form, headers=headers, timeout=timeout)
+        except (HttpError, httpx.HTTPError) as exc:
             raise self._unavailable(f"{exc.__class__.__name__}: {exc}") from None
         if resp.status_code >= 500 or (resp.status_code == 409 and _code(resp) == "idempotency_key_in_use"):
             raise self._unavailable(f"Stripe answered {resp.status_code}: {resp.text[:200]}")
