@@ -81,6 +81,7 @@ class Story:
     product_text: str             # the calculator reading of the story
     product: Callable[[Scenario], float] | None
     file: str | None = None       # the scenario file's stem when the row's name is not it
+    measure: str = "occurred"     # which rate the product is read against (the story's headline)
 
 
 STORIES: dict[str, Story] = {
@@ -164,14 +165,14 @@ STORIES: dict[str, Story] = {
         "the credit side learns of a repayment after the 24-h compensation deadline",
         ["bnpl.sync_lag={dist=\"lognormal\",median=\"2s\",p99=\"1m\"}"],
         "P(BNPL)·P(sync lag > compensation_after)",
-        lambda s: s.user.payment_methods.bnpl * paying(s) * survival(s.bnpl.sync_lag, s.bnpl.compensation_after)),
+        lambda s: s.user.payment_methods.bnpl * paying(s) * survival(s.bnpl.sync_lag, s.bnpl.compensation_after), measure="unresolved"),
     "bnpl_low_balance": Story(
         "bnpl_deduction_failed",
         "deductions fail on low balances and retries stop after 24 h before the buyer repays by hand",
         ["bnpl.deduction_retry_schedule=[\"1h\",\"6h\",\"1d\",\"1d\",\"1d\"]"],
         "P(BNPL)·failure^(attempts)",
         lambda s: s.user.payment_methods.bnpl * paying(s)
-        * s.bnpl.deduction_failure ** (len(s.bnpl.deduction_retry_schedule.gaps) + 1)),
+        * s.bnpl.deduction_failure ** (len(s.bnpl.deduction_retry_schedule.gaps) + 1), measure="unresolved"),
     "reconciliation_daily": Story(
         "paid_but_closed",
         "lost notifications as notifications_lost; the T+1 reconciliation refunds the 长款 about a day later",
@@ -233,19 +234,25 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         w = r["as_written"]
         g = r.get("with_safeguard")
         prod = r.get("product")
-        occ = w["occurred_rate"] or 0.0
+        measure = STORIES[r["scenario"]].measure if r["scenario"] in STORIES else "occurred"
+        occ = w[f"{measure}_rate"] or 0.0
         if prod is None:
             read = "yardstick"
         elif occ == 0:
             read = "did not occur"
         else:
             ratio = prod / occ
-            lo, hi = w["occurred_ci95"]
-            read = ("**restates its inputs** (product inside the interval)" if lo <= prod <= hi
-                    else f"race: product is ×{ratio:.2g} the measured")
+            lo, hi = w[f"{measure}_ci95"]
+            if 0.8 <= ratio <= 1.25:
+                read = f"**restates its inputs** (the product is ×{ratio:.2g} the measured {measure} rate)"
+            elif lo <= prod <= hi:
+                read = f"cannot tell: the product (×{ratio:.2g}) is inside the measured interval, which is wide"
+            else:
+                read = f"race: the product is ×{ratio:.2g} the measured {measure} rate"
         sg = (f"{_fmt(g['unresolved_rate'], g['unresolved_ci95'])} — " + " ".join(f"`{x}`" for x in r["safeguard"])
               if g else "—")
-        if g and w.get("goodput_per_s") is not None and g.get("goodput_per_s") is not None:
+        if (g and w.get("goodput_per_s") and g.get("goodput_per_s")
+                and abs(g["goodput_per_s"] / w["goodput_per_s"] - 1) > 0.05):
             read += f"; goodput {w['goodput_per_s']:.3g}/s as written, {g['goodput_per_s']:.3g}/s with the safeguard"
         lines.append(
             f"| `{r['scenario']}` | {r['class']} | {r['mechanism']} | "
@@ -263,7 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                     help="an override applied to both runs (e.g. run.horizon=20m for a quick look)")
     ap.add_argument("--markdown", type=Path, help="also write the table to this file")
+    ap.add_argument("--from-json", type=Path, metavar="FILE",
+                    help="only redraw the table from a previous run's last line (its JSON), running nothing")
     args = ap.parse_args(argv)
+    if args.from_json:
+        rows = json.loads(args.from_json.read_text().strip().splitlines()[-1])["rows"]
+        table = markdown(rows)
+        print(table)
+        if args.markdown:
+            args.markdown.write_text(table, encoding="utf-8")
+        return 0
     names = args.names or list(STORIES)
     unknown = [n for n in names if n not in STORIES]
     if unknown:
