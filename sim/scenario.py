@@ -479,6 +479,11 @@ class AppSection(_Section):
     request_retry_schedule: RetrySchedule = Field(
         [], description="the app re-sends a create-order or pay request that timed out or was refused (503, queue "
         "full) after these gaps (the same request: same trade number); [] = never")
+    order_page_request: bool = Field(
+        False, description="before a retry the app reloads the order page: a request (network both ways, "
+        "request_timeout, order_service.read_time) answered from the read replica (order_service.read_lag), so a "
+        "stale page can offer to pay an order already paid; a page that does not load shows 'payment_unknown'. "
+        "false: the app knows the order's state at once")
 
 
 class OrderServiceSection(_Section):
@@ -496,6 +501,11 @@ class OrderServiceSection(_Section):
     read_lag: DurationDist = Field(
         "0s", description="the app's order-status reads are served by a replica this far behind the primary "
         "(per read): the buyer can see 'awaiting payment' after the order was paid")
+    read_time: DurationOrOffDist = Field(
+        "off", description='an order-status read (the app\'s poll, its order page) takes an order-service worker '
+        'this long, queueing with creates and notifications (queue_limit, deadlines, load_shedding apply); a read '
+        'refused or unanswered within app.request_timeout leaves the app polling on \'payment_unknown\'. "off": '
+        'reads cost the pool nothing')
     order_lock: bool = Field(
         True, description="the notification handler and the close job lock the order (row lock or version check) "
         "between reading and writing it; false: a write decided on a stale read overwrites what another wrote "

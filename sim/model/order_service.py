@@ -355,6 +355,16 @@ class OrderService:
 
         self._via_gateway(order, lambda _ids, back: self.gateway.refund(trade, back), after)
 
+    def request_status(self, order: Order, lag: float, service: float, deadline: float,
+                       reply: Callable[[object], None]) -> None:
+        """An order-status read from the app (``order_service.read_time`` on): a worker takes it for
+        ``service`` seconds and answers with the state the replica, ``lag`` behind, holds then
+        (None: not there yet); ``rejected`` / ``overloaded`` when refused at the door."""
+        w = self.w
+        res = self.station.submit(service, lambda _wait: reply(w.replica_state(order, lag)), deadline=deadline)
+        if res < 0:
+            reply("overloaded" if res == SHED else "rejected")
+
     def status(self, order_id: str) -> OrderState | None:
         order = self.w.orders.get(order_id)
         return order.state if order is not None else None

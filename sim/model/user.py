@@ -23,6 +23,7 @@ _SCREEN = {"succeeded": "payment_succeeded", "failed": "payment_failed", "closed
            "unknown": "payment_unknown", "in_progress": "payment_unknown", "timeout": "payment_unknown",
            "rejected": "payment_failed", "overloaded": "payment_failed"}  # refused at the door: nothing was done
 _RESEND = frozenset({"timeout", "rejected", "overloaded"})
+TIMED_OUT = "timeout"  # an order-status read that got no answer in time
 
 
 def arrivals(w: World, start_buyer):
@@ -188,6 +189,13 @@ class Buyers:
                         return
                     yield env.timeout(u.retry_delay.draw(r))
                 state = order.state
+                if attempt and app.order_page_request:
+                    # The app reloads the order page: what the replica says, when it answers.
+                    page = yield from self.read_status(order, r)
+                    if page == TIMED_OUT:
+                        self.show(order, "payment_unknown")  # the page did not load: this try is spent
+                        continue
+                    state = O.AWAITING_PAYMENT if page is None else page  # not replicated yet: as created
                 if state in _ENDED:
                     state = O.CLOSED  # refund pending or refunded: to the cashier, a closed order
                 if app.cashier_closes_at_expiry and (env.now >= order.expires_at or state is O.CLOSED):
@@ -270,14 +278,26 @@ class Buyers:
         return False
 
     def read_status(self, order, r):
-        """One order-status request: the replica's state when it arrives, or None on a timeout."""
+        """One order-status request: the replica's state when it arrives (None: not on the replica
+        yet), or ``TIMED_OUT`` when no answer came within ``app.request_timeout``.
+
+        With ``order_service.read_time`` on, the read is served by an order-service worker (queueing
+        with creates and notifications) and may be refused or dropped; else it costs the pool nothing.
+        """
         w = self.w
         app = w.p.app
         there = app.network_latency.draw(r)
         back = app.network_latency.draw(r)
+        read_time = w.p.order_service.read_time
+        if read_time is not None:
+            lag = w.p.order_service.read_lag.draw(r)
+            service = read_time.draw(r)
+            answer = yield from self.request(
+                lambda reply, deadline: self.os.request_status(order, lag, service, deadline, reply), there, back)
+            return TIMED_OUT if answer in _RESEND else answer
         if there + back > app.request_timeout:
             yield w.env.timeout(app.request_timeout)
-            return None
+            return TIMED_OUT
         yield w.env.timeout(there)
         state = w.replica_state(order, w.p.order_service.read_lag.draw(r))
         yield w.env.timeout(back)
