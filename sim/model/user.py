@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from sim.domain import policies
 from sim.domain.arrivals import arrival_steps
+from sim.domain.entities import BuyerAccount
 from sim.domain.states import ORDER_PAID_STATES, OrderState
 from sim.model.world import World
 
@@ -76,10 +77,37 @@ class Buyers:
             x = r.random()
             merchant = next((n for n, c in zip(self.merchants, self.merchant_cum) if x < c), self.merchants[-1])
         balance = u.wallet_balance.draw(r) if u.wallet_balance is not None else None
+        user = f"u{self.seq}"
+        if u.accounts is not None:
+            user = f"a{int(r.random() * u.accounts)}"  # a returning buyer: one of the accounts
         if w.warmup <= w.env.now < w.horizon:
             self.offered += 1
-        w.env.process(self.checkout(f"u{self.seq}", amount, method, merchant, balance, pay_delay, walks_away,
+        w.env.process(self.checkout(user, amount, method, merchant, balance, pay_delay, walks_away,
                                     cancels, retry_draws, r))
+
+    def account(self, user: str, method: str, balance: float | None) -> None:
+        """Open ``user``'s account the first time they order (when any account setting is on).
+
+        A new buyer of each arrival (``user.accounts`` off) keeps the wallet balance drawn with their
+        other decisions; a returning buyer's account is drawn once from the account's own stream.
+        """
+        w = self.w
+        u = w.p.user
+        if user in w.accounts or not (u.accounts is not None or u.wallet_balance is not None
+                                      or u.card_limit is not None or u.daily_limit is not None
+                                      or u.risk_flagged > 0 or w.p.bank.risk_freeze_after is not None):
+            return
+        r = w.account_rng(user)
+        if u.accounts is not None:
+            balance = u.wallet_balance.draw(r) if u.wallet_balance is not None else None
+        elif method != "wallet":
+            balance = None  # a one-order card or BNPL buyer: the wallet is never asked
+        fen = (lambda x: None if x is None else int(round(x * 100)))
+        w.accounts[user] = BuyerAccount(
+            balance=fen(balance),
+            card_left=fen(u.card_limit.draw(r)) if u.card_limit is not None else None,
+            daily_limit=fen(u.daily_limit.draw(r)) if u.daily_limit is not None else None,
+            flagged=u.risk_flagged > 0 and r.random() < u.risk_flagged)
 
     def checkout(self, user, amount, method, merchant, balance, pay_delay, walks_away, cancels, retry_draws, r):
         """The buyer asks the order service for an order, then (with it) goes on to pay."""
@@ -94,8 +122,7 @@ class Buyers:
         if order is None or order.id not in w.orders:
             self.create_failed += 1  # no order came back: the buyer leaves (one may exist, unseen)
             return
-        if balance is not None and method == "wallet":
-            w.balances[order.user] = int(round(balance * 100))
+        self.account(order.user, method, balance)
         w.hold(order.id)
         trade_id = None
         if method != "bnpl":
