@@ -342,16 +342,23 @@ class OrderService:
         if order.state is O.CLOSED:
             order.to(O.REFUND_PENDING)
             w.emit("order.refund_pending", "order_service", order.id, trade=trade.id, amount=trade.amount)
+            self.app.push_refund(order, "refund_pending")
 
         def after(result: str) -> None:
             if result == "done" and order.state is O.REFUND_PENDING:
                 order.to(O.REFUNDED)
                 w.emit("order.refunded", "order_service", order.id, trade=trade.id, amount=trade.amount)
+                self.app.push_refund(order, "refunded")
             elif result == "failed":
-                gaps = w.p.order_service.refund_retry_schedule.gaps
-                if attempt - 1 < len(gaps):
+                gap = policies.refund_delay(w.p.order_service.refund_retry_schedule.gaps, attempt)
+                if gap is not None:
                     w.hold(order.id)
-                    w.at(gaps[attempt - 1], lambda: (self.refund(order, trade, attempt + 1), w.release(order.id)))
+                    w.at(gap, lambda: (self.refund(order, trade, attempt + 1), w.release(order.id)))
+                elif trade.state is T.SUCCEEDED:
+                    # The schedule is spent and the money is still with the platform: a person must act.
+                    w.emit("order.refund_failed", "order_service", order.id, trade=trade.id, amount=trade.amount,
+                           attempts=attempt, error="refund_failed")
+                    self.app.push_refund(order, "refund_failed")
 
         self._via_gateway(order, lambda _ids, back: self.gateway.refund(trade, back), after)
 

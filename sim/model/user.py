@@ -19,7 +19,8 @@ from sim.model.world import World
 
 O = OrderState
 _ENDED = frozenset({O.REFUND_PENDING, O.REFUNDED})
-_UNSETTLED = frozenset({"payment_failed", "payment_unknown", "order_closed"})
+_UNSETTLED = frozenset({"payment_failed", "payment_unknown", "order_closed", "refund_pending", "refund_failed"})
+_REFUND_SCREENS = frozenset({"refund_pending", "refund_failed", "refunded"})
 _SCREEN = {"succeeded": "payment_succeeded", "failed": "payment_failed", "closed": "payment_failed",
            "unknown": "payment_unknown", "in_progress": "payment_unknown", "timeout": "payment_unknown",
            "rejected": "payment_failed", "overloaded": "payment_failed"}  # refused at the door: nothing was done
@@ -50,6 +51,7 @@ class Buyers:
         self.resends = 0  # automatic re-sends of a request (app.request_retry_schedule)
         self.unsettled: set[str] = set()  # orders whose last payment screen said failed, unknown or closed
         w.on_forget.append(self.unsettled.discard)
+        self.push_net = w.p.app.network_latency.sampler(w.rng["push"])
         pm = w.p.user.payment_methods
         self.cum = (pm.wallet, pm.wallet + pm.card)
         pop = w.p.merchant.population
@@ -197,6 +199,15 @@ class Buyers:
             w.hold(order.id)
             w.at(w.s_net(), lambda: (self.show(order, screen), w.release(order.id)))
 
+    def push_refund(self, order, screen: str) -> None:
+        """A refund of the buyer's payment moved on: the app's push says ``refund_pending``,
+        ``refund_failed`` or ``refunded``, whatever the buyer was told before (a payment shown
+        'succeeded' whose order was closed is refunded too). Its latency comes from a stream of its
+        own, so a refund policy does not shift anyone's payment draws."""
+        w = self.w
+        w.hold(order.id)
+        w.at(self.push_net(), lambda: (self.show(order, screen), w.release(order.id)))
+
     def buyer(self, order, method, trade_id, pay_delay, walks_away, cancels, retry_draws, r):
         w = self.w
         env = w.env
@@ -294,8 +305,9 @@ class Buyers:
             yield w.env.timeout(interval)
             waited += interval
             state = yield from self.read_status(order, r)
-            if state in _ENDED:
-                state = O.CLOSED
+            if state in _ENDED:  # a late payment being refunded: the order page says so
+                self.show(order, "refund_pending" if state is O.REFUND_PENDING else "refunded")
+                return True
             if state is O.PAID or state is O.SHIPPED or state is O.DELIVERED or state is O.COMPLETED:
                 self.show(order, "order_paid")
                 return True

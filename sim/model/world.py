@@ -31,7 +31,7 @@ _ORDER_WRITES = {"order.created": OrderState.AWAITING_PAYMENT, "order.paid": Ord
                  "order.shipped": OrderState.SHIPPED, "order.delivered": OrderState.DELIVERED,
                  "order.completed": OrderState.COMPLETED}
 
-STREAMS = ("arrivals", "user", "app", "gateway", "bank", "notify", "order_service")
+STREAMS = ("arrivals", "user", "app", "gateway", "bank", "notify", "order_service", "push")
 
 
 def make_streams(seed: int, replication: int, names: tuple[str, ...] = STREAMS) -> dict[str, random.Random]:
