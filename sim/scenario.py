@@ -467,6 +467,11 @@ class UserSection(_Section):
     wallet_balance: NumberOrOffDist = Field(
         "off", description='CNY in a wallet buyer\'s balance (a distribution), or "off" (always enough): a debit '
         'larger than the balance is declined, and stays declined on every retry (the balance persists)')
+    partial_refund_probability: Probability = Field(
+        0.0, description="a buyer whose (wallet or card) order was completed asks for part of the money back (one "
+        "item returned), decided with their other choices")
+    partial_refund_share: float = Field(0.3, gt=0.0, lt=1.0, description="the part of the order's amount a partial refund returns")
+    partial_refund_delay: DurationDist = Field("1d", description="order completed -> the buyer asks for the partial refund")
     accounts: CountOrOff = Field(
         "off", description='arrivals are buyers drawn (uniformly) from this many accounts, so a balance, card line, '
         'daily limit, risk status and BNPL debt carry over to the same buyer\'s next order; "off": every arrival '

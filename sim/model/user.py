@@ -79,13 +79,16 @@ class Buyers:
             x = r.random()
             merchant = next((n for n, c in zip(self.merchants, self.merchant_cum) if x < c), self.merchants[-1])
         balance = u.wallet_balance.draw(r) if u.wallet_balance is not None else None
+        partial = None
+        if u.partial_refund_probability > 0 and r.random() < u.partial_refund_probability:
+            partial = u.partial_refund_delay.draw(r)  # this buyer will return part of the order
         user = f"u{self.seq}"
         if u.accounts is not None:
             user = f"a{int(r.random() * u.accounts)}"  # a returning buyer: one of the accounts
         if w.warmup <= w.env.now < w.horizon:
             self.offered += 1
         w.env.process(self.checkout(user, amount, method, merchant, balance, pay_delay, walks_away,
-                                    cancels, retry_draws, r))
+                                    cancels, retry_draws, r, partial))
 
     def account(self, user: str, method: str, balance: float | None) -> None:
         """Open ``user``'s account the first time they order (when any account setting is on).
@@ -111,7 +114,8 @@ class Buyers:
             daily_limit=fen(u.daily_limit.draw(r)) if u.daily_limit is not None else None,
             flagged=u.risk_flagged > 0 and r.random() < u.risk_flagged)
 
-    def checkout(self, user, amount, method, merchant, balance, pay_delay, walks_away, cancels, retry_draws, r):
+    def checkout(self, user, amount, method, merchant, balance, pay_delay, walks_away, cancels, retry_draws, r,
+                 partial=None):
         """The buyer asks the order service for an order, then (with it) goes on to pay."""
         w = self.w
         if w.p.order_service.create_time is None:  # creation free and instant (no request)
@@ -125,6 +129,8 @@ class Buyers:
             self.create_failed += 1  # no order came back: the buyer leaves (one may exist, unseen)
             return
         self.account(order.user, method, balance)
+        if partial is not None and method != "bnpl":
+            self.os.partial_wishes[order.id] = partial
         w.hold(order.id)
         trade_id = None
         if method != "bnpl":
