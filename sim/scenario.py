@@ -467,6 +467,27 @@ class UserSection(_Section):
     wallet_balance: NumberOrOffDist = Field(
         "off", description='CNY in a wallet buyer\'s balance (a distribution), or "off" (always enough): a debit '
         'larger than the balance is declined, and stays declined on every retry (the balance persists)')
+    partial_refund_probability: Probability = Field(
+        0.0, description="a buyer whose (wallet or card) order was completed asks for part of the money back (one "
+        "item returned), decided with their other choices")
+    partial_refund_share: float = Field(0.3, gt=0.0, lt=1.0, description="the part of the order's amount a partial refund returns")
+    partial_refund_delay: DurationDist = Field("1d", description="order completed -> the buyer asks for the partial refund")
+    accounts: CountOrOff = Field(
+        "off", description='arrivals are buyers drawn (uniformly) from this many accounts, so a balance, card line, '
+        'daily limit, risk status and BNPL debt carry over to the same buyer\'s next order; "off": every arrival '
+        'is a new buyer')
+    card_limit: NumberOrOffDist = Field(
+        "off", description='CNY left on a card buyer\'s credit line (per buyer, a distribution), or "off": approved '
+        'card debits use it up, and a debit larger than what is left is declined on every retry and order')
+    daily_limit: NumberOrOffDist = Field(
+        "off", description='CNY a buyer may pay per day, wallet and card together (per buyer), or "off": a debit '
+        'that would pass it is refused (bank outcome limit) until the next day')
+    risk_flagged: Probability = Field(
+        0.0, description="share of buyers risk control has flagged: every debit of theirs is risk-blocked, on "
+        "every retry and every order")
+    top_up_delay: DurationOrOffDist = Field(
+        "off", description='a wallet buyer whose debit was declined for want of balance tops the wallet up (a fresh '
+        'wallet_balance) this long later, or "off" (never): until then every retry and order is declined again')
 
 
 class AppSection(_Section):
@@ -479,6 +500,11 @@ class AppSection(_Section):
     request_retry_schedule: RetrySchedule = Field(
         [], description="the app re-sends a create-order or pay request that timed out or was refused (503, queue "
         "full) after these gaps (the same request: same trade number); [] = never")
+    order_page_request: bool = Field(
+        False, description="before a retry the app reloads the order page: a request (network both ways, "
+        "request_timeout, order_service.read_time) answered from the read replica (order_service.read_lag), so a "
+        "stale page can offer to pay an order already paid; a page that does not load shows 'payment_unknown'. "
+        "false: the app knows the order's state at once")
 
 
 class OrderServiceSection(_Section):
@@ -496,6 +522,11 @@ class OrderServiceSection(_Section):
     read_lag: DurationDist = Field(
         "0s", description="the app's order-status reads are served by a replica this far behind the primary "
         "(per read): the buyer can see 'awaiting payment' after the order was paid")
+    read_time: DurationOrOffDist = Field(
+        "off", description='an order-status read (the app\'s poll, its order page) takes an order-service worker '
+        'this long, queueing with creates and notifications (queue_limit, deadlines, load_shedding apply); a read '
+        'refused or unanswered within app.request_timeout leaves the app polling on \'payment_unknown\'. "off": '
+        'reads cost the pool nothing')
     order_lock: bool = Field(
         True, description="the notification handler and the close job lock the order (row lock or version check) "
         "between reading and writing it; false: a write decided on a stale read overwrites what another wrote "
@@ -577,6 +608,9 @@ class BankSection(_Section):
     risk_hold_probability: Probability = Field(0.0, description="risk control holds a debit, then releases it")
     risk_hold_duration: DurationDist = Field(_ln("10m", "2h"), description="how long a held debit waits before it goes through")
     single_payment_limit: float = Field(50_000.0, gt=0, description="CNY; larger payments are declined")
+    risk_freeze_after: CountOrOff = Field(
+        "off", description='risk control freezes a buyer after this many refused debits in one day (declined, '
+        'blocked, over a limit): their later debits that day are risk-blocked, or "off"')
     response_loss: Probability = Field(0.0, description="the debit completes but its response never reaches the gateway")
     queue_limit: CountOrOff = Field("off", description='debits and queries waiting for a channel beyond which a new one is refused, or "off"')
     deadlines: bool = Field(
@@ -638,7 +672,9 @@ class MerchantSection(_Section):
 class BnplSection(_Section):
     """The BNPL (pay after use) provider: credit, sync lag, deductions, compensation."""
 
-    credit_limit: float = Field(3000.0, gt=0, description="CNY")
+    credit_limit: float = Field(
+        3000.0, gt=0, description="CNY per buyer: an authorization is declined when it and what the buyer still "
+        "owes on earlier agreements (authorized, not yet paid back) pass it")
     authorization_ttl: Duration = Field("28d", description="Klarna: 28 days")
     sync_lag: DurationDist = Field(_ln("2s", "1m"), description="provider payment side -> credit side")
     finish_limit: Duration = Field("24h", description="delivered but not finished after this = stuck")

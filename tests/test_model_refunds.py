@@ -30,8 +30,10 @@ def _run(**extra):
     seq: dict[str, list[str]] = defaultdict(list)
 
     def tap(ev: dict) -> None:
-        if ev["type"] in ("order.refund_pending", "order.refunded", "trade.refund_failed"):
+        if ev["type"] in ("order.refund_pending", "order.refunded", "trade.refund_failed", "order.refund_failed"):
             seq[ev["order"]].append(ev["type"])
+        elif ev["type"] == "app.shown":
+            seq[ev["order"]].append(ev["screen"])
 
     r = run_replication(s, 0, examples=False, tap=tap)
     assert r.ledger_total == 0
@@ -43,14 +45,69 @@ def test_refunds_take_days_and_the_order_shows_refund_pending_meanwhile():
     pbc = r.summary.per_class["paid_but_closed"]
     assert pbc.count == 0 and pbc.repaired >= 30, (pbc.count, pbc.repaired)
     assert sorted(pbc.windows)[len(pbc.windows) // 2] > 86400  # the money is away for days
-    assert seq and all(evs == ["order.refund_pending", "order.refunded"] for evs in seq.values())
+    refunds = {o: [e for e in evs if e.startswith("order.")] for o, evs in seq.items()}
+    refunds = {o: evs for o, evs in refunds.items() if evs}
+    assert refunds and all(evs == ["order.refund_pending", "order.refunded"] for evs in refunds.values())
 
 
-def test_failed_refunds_are_retried_and_left_pending_when_the_retries_run_out():
+def test_the_buyers_screen_follows_the_refund():
+    """A buyer whose payment reached a closed order (shown 'payment succeeded', then the order closed) is
+    shown 'refund pending' while the money is away, then 'refunded' (the app's pushes)."""
+    _r, seq = _run(gateway__refund_latency={"dist": "lognormal", "median": "3d", "p99": "7d"}, run__drain="12d")
+    refunded = [evs for evs in seq.values() if "order.refunded" in evs]
+    assert len(refunded) >= 30
+    for evs in refunded:
+        assert "refund_pending" in evs and "refunded" in evs, evs
+        assert evs.index("order.refund_pending") < evs.index("refund_pending") < evs.index("order.refunded") \
+            < evs.index("refunded"), evs
+
+
+def test_failed_refunds_are_retried_and_marked_refund_failed_when_the_retries_run_out():
     few, few_seq = _run(gateway__refund_failure=0.6, order_service__refund_retry_schedule=["1h"], run__drain="1d")
     many, _ = _run(gateway__refund_failure=0.6,
                    order_service__refund_retry_schedule=["1h"] * 20, run__drain="2d")
     assert few.summary.per_class["paid_but_closed"].count >= 5
-    assert few.summary.end_states.get("paid_closed_refund_pending", 0) >= 5
-    assert any(evs.count("trade.refund_failed") == 2 for evs in few_seq.values())
+    assert few.summary.end_states.get("paid_closed_refund_failed", 0) >= 5  # a person must act
+    gave_up = [evs for evs in few_seq.values() if "order.refund_failed" in evs]
+    assert gave_up and all(evs.count("trade.refund_failed") == 2 for evs in gave_up)
+    assert any("refund_failed" in evs for evs in gave_up)  # and the buyer's screen says so
     assert many.summary.per_class["paid_but_closed"].count == 0
+
+
+def test_a_partial_refund_returns_part_of_a_completed_order_and_the_screen_follows_it():
+    """user.partial_refund_probability: buyers return part of a completed order; the gateway refunds that
+    part days later, the trade stays succeeded, the order completed, the ledger balanced, and the
+    buyer's screen says 'refund pending' until the money is back."""
+    s = Scenario().with_overrides({
+        "user.payment_methods": {"wallet": 0.5, "card": 0.5}, "user.abandon_probability": 0.0,
+        "bank.decline_probability": 0.0, "bank.risk_block_probability": 0.0,
+        "merchant.delivery_time": "1h", "load.arrival_rate": 0.5, "run.horizon": "30m", "run.warmup": "1m",
+        "run.drain": "12d", "user.partial_refund_probability": 0.3, "user.partial_refund_delay": "2h",
+        "user.partial_refund_share": 0.25,
+        "gateway.refund_latency": {"dist": "lognormal", "median": "3d", "p99": "7d"}})
+    amount: dict[str, int] = {}
+    refunded: dict[str, list] = defaultdict(list)
+    screens: dict[str, list] = defaultdict(list)
+    other: list[str] = []
+
+    def tap(ev: dict) -> None:
+        t = ev["type"]
+        if t == "order.created":
+            amount[ev["order"]] = ev["amount"]
+        elif t == "ledger.txn" and ev["kind"] == "refund":
+            refunded[ev["order"]].append((ev["t"], -sum(p["amount"] for p in ev["postings"] if p["amount"] < 0)))
+        elif t == "app.shown" and ev["screen"].startswith("refund"):
+            screens[ev["order"]].append((ev["t"], ev["screen"]))
+        elif t in ("trade.refunded", "order.refund_pending", "order.refunded"):
+            other.append(t)
+
+    r = run_replication(s, 0, examples=False, tap=tap)
+    assert r.ledger_total == 0
+    assert 0.2 * len(amount) < len(refunded) < 0.4 * len(amount)
+    for o, txns in refunded.items():
+        assert [a for _, a in txns] == [max(1, int(amount[o] * 0.25))]
+        (t_back, _), = txns
+        (t_ask, first), (t_shown, last) = screens[o]
+        assert (first, last) == ("refund_pending", "refunded") and t_ask < t_back <= t_shown
+    assert other == []  # a part returned: neither the trade nor the order is refunded as a whole
+    assert not any(v.count for v in r.summary.per_class.values())

@@ -141,3 +141,59 @@ class Agreement:
         txn = transfer(txn_id, BNPL_COMPENSATION, "bnpl", f"merchant:{self.merchant}", self.amount)
         ledger.post(txn)
         return txn
+
+
+class BuyerAccount:
+    """What a buyer's bank, wallet and BNPL provider know of them, persisting across retries and orders.
+
+    Amounts in fen; ``None`` is "no such limit". ``debit`` is the bank's decision on one debit the
+    per-call outcome already approved: nothing here is drawn, so an empty wallet stays empty on
+    every retry and the next order until it is topped up, and a card line used up stays used up.
+    """
+
+    __slots__ = ("balance", "card_left", "daily_limit", "day", "spent_today", "declines_today", "flagged",
+                 "bnpl_outstanding", "topping_up")
+
+    def __init__(self, balance: int | None = None, card_left: int | None = None, daily_limit: int | None = None,
+                 flagged: bool = False) -> None:
+        self.balance, self.card_left, self.daily_limit, self.flagged = balance, card_left, daily_limit, flagged
+        self.day = 0
+        self.spent_today = 0
+        self.declines_today = 0
+        self.bnpl_outstanding = 0  # authorized pay-after-use amounts not yet paid back
+        self.topping_up = False
+
+    def _today(self, day: int) -> None:
+        if day != self.day:
+            self.day, self.spent_today, self.declines_today = day, 0, 0
+
+    def frozen(self, day: int, freeze_after: int | None) -> bool:
+        """Risk control refuses this buyer: flagged, or ``freeze_after`` debits declined today."""
+        self._today(day)
+        return self.flagged or (freeze_after is not None and self.declines_today >= freeze_after)
+
+    def declined(self, day: int) -> None:
+        """A debit of this buyer was refused (counted towards risk control's daily freeze)."""
+        self._today(day)
+        self.declines_today += 1
+
+    def debit(self, instrument: str, amount: int, day: int) -> str:
+        """Take ``amount`` from the wallet balance or the card line: ``approved``, ``declined``
+        (not enough balance or credit line) or ``limit`` (the day's limit would be exceeded)."""
+        self._today(day)
+        if self.daily_limit is not None and self.spent_today + amount > self.daily_limit:
+            return "limit"
+        if instrument == "wallet" and self.balance is not None:
+            if self.balance < amount:
+                return "declined"
+            self.balance -= amount
+        elif instrument == "card" and self.card_left is not None:
+            if self.card_left < amount:
+                return "declined"
+            self.card_left -= amount
+        self.spent_today += amount
+        return "approved"
+
+    def bnpl_room(self, amount: int, limit: int) -> bool:
+        """Pay after use: does ``amount`` fit the credit limit beside what the buyer still owes?"""
+        return self.bnpl_outstanding + amount <= limit

@@ -79,14 +79,7 @@ class Bank:
                 w.hold(trade.order)
                 w.at(w.s_risk_hold(), lambda: self._release_hold(trade, respond, lost))
                 return
-            result = outcome
-            balances = w.balances
-            if result == APPROVED and trade.user in balances:
-                # The buyer's wallet: a debit larger than what is left is declined, on every retry.
-                if balances[trade.user] < trade.amount:
-                    result = DECLINED
-                else:
-                    balances[trade.user] -= trade.amount
+            result = self._account_check(trade, outcome)
             self.record[trade.id] = result
             if result == APPROVED:
                 self._move_money(trade)
@@ -108,11 +101,35 @@ class Bank:
             return 0.0
         return latency if started == STARTED and earlier is None and not lost and outcome != HELD else None
 
+    def _account_check(self, trade, outcome: str) -> str:
+        """The buyer's account (when kept): risk status first, then balance or card line and the daily
+        limit of a debit the call's own outcome approved. What it finds persists: a wallet too small
+        is declined on every retry and every order until topped up."""
+        w = self.w
+        acct = w.accounts.get(trade.user)
+        if acct is None:
+            return outcome
+        day = int(w.env.now // 86400.0)
+        result = outcome
+        order = w.orders.get(trade.order)
+        instrument = order.method if order is not None else "card"
+        if acct.frozen(day, w.p.bank.risk_freeze_after):
+            result = RISK_BLOCKED
+        elif result == APPROVED:
+            result = acct.debit(instrument, trade.amount, day)
+            if result == DECLINED and instrument == "wallet":
+                w.top_up_later(trade.user)
+        if result in _FINAL_REFUSALS:
+            acct.declined(day)
+        return result
+
     def _release_hold(self, trade, respond: Callable[[str], None], lost: bool) -> None:
-        self.record[trade.id] = APPROVED
-        self._move_money(trade)
+        result = self._account_check(trade, APPROVED)  # the account as it is when the hold ends
+        self.record[trade.id] = result
+        if result == APPROVED:
+            self._move_money(trade)
         if not lost:
-            respond(APPROVED)
+            respond(result)
         self.w.release(trade.order)
 
     def _move_money(self, trade) -> None:

@@ -31,10 +31,14 @@ class BnplProvider:
     def authorize(self, order, reply) -> None:
         """Sign the credit order (pay after use): approved within the credit limit."""
         w = self.w
-        if order.amount > w.p.bnpl.credit_limit * 100:
+        acct = w.accounts.get(order.user)
+        limit = int(round(w.p.bnpl.credit_limit * 100))
+        if order.amount > w.p.bnpl.credit_limit * 100 or (acct is not None and not acct.bnpl_room(order.amount, limit)):
             w.emit("bnpl.declined", "bnpl", order.id, reason="credit_limit")
             reply("failed")
             return
+        if acct is not None:
+            acct.bnpl_outstanding += order.amount  # owed until deducted or repaid
         ag = Agreement(f"{order.id}-a", order.id, order.user, order.merchant, order.amount,
                        w.env.now + w.p.bnpl.authorization_ttl)
         w.agreements[order.id] = ag
@@ -49,6 +53,7 @@ class BnplProvider:
         if w.env.now >= ag.expires_at:
             ag.to(A.EXPIRED)
             w.emit("bnpl.expired", "bnpl", ag.order, agreement=ag.id)
+            self._settle_debt(ag)
             return
         ag.finish()
         w.emit("bnpl.finish_requested", "bnpl", ag.order, agreement=ag.id, amount=ag.amount)
@@ -93,8 +98,15 @@ class BnplProvider:
         w = self.w
         for txn in ag.deducted(w.ledger, w.next_txn("b"), by_hand=by_hand):
             w.post(txn, ag.order, "bnpl", agreement=ag.id)
+        self._settle_debt(ag)
         w.hold(ag.order)
         w.at(w.p.bnpl.sync_lag.draw(w.order_rng(ag.order)), lambda: self._synced(ag))
+
+    def _settle_debt(self, ag: Agreement) -> None:
+        """The buyer owes nothing more on ``ag``: its amount leaves their outstanding BNPL balance."""
+        acct = self.w.accounts.get(ag.user)
+        if acct is not None:
+            acct.bnpl_outstanding = max(0, acct.bnpl_outstanding - ag.amount)
 
     def _synced(self, ag: Agreement) -> None:
         w = self.w

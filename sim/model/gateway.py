@@ -248,21 +248,23 @@ class Gateway:
         if self.station.submit(w.s_gw_service(), serve) < 0:
             reply(None)  # refused (503 / queue full): the caller looks again later
 
-    def refund(self, trade: Trade, reply: Callable[[str], None]) -> None:
+    def refund(self, trade: Trade, reply: Callable[[str], None], part: int | None = None) -> None:
         """Refund a succeeded trade in full (WeChat v3: accepted, then PROCESSING -> SUCCESS / ABNORMAL).
 
         ``reply`` gets ``done`` once the money is back with the buyer (``gateway.refund_latency`` after
         acceptance), ``failed`` when this attempt failed (``gateway.refund_failure``), ``refused`` when
         the trade is not refundable, ``pending`` when a refund of it is already under way (the request
-        number makes a repeat idempotent).
+        number makes a repeat idempotent). ``part``: a partial refund of that many fen (Alipay: its own
+        ``out_request_no``), refused when it would pass what is left; the trade stays succeeded.
         """
         w = self.w
+        key = trade.id if part is None else f"{trade.id}/part"
 
         def serve(_wait: float) -> None:
-            if trade.id in self.refunding:
+            if key in self.refunding:
                 reply("pending")
                 return
-            if trade.state is not T.SUCCEEDED:
+            if trade.state is not T.SUCCEEDED or (part is not None and trade.refunded + part > trade.amount):
                 reply("refused")
                 return
             g = w.p.gateway
@@ -273,14 +275,14 @@ class Gateway:
                 return
             latency = g.refund_latency.draw(r)
             if latency <= 0.0:
-                self._refunded(trade, reply)
+                self._refunded(trade, reply, part)
                 return
-            self.refunding.add(trade.id)
+            self.refunding.add(key)
             w.hold(trade.order)
 
             def land() -> None:
-                self.refunding.discard(trade.id)
-                self._refunded(trade, reply)
+                self.refunding.discard(key)
+                self._refunded(trade, reply, part)
                 w.release(trade.order)
 
             w.at(latency, land)
@@ -288,16 +290,29 @@ class Gateway:
         if self.station.submit(w.s_gw_service(), serve) < 0:
             reply("failed")  # refused (503 / queue full): retried on the refund schedule
 
-    def _refunded(self, trade: Trade, reply: Callable[[str], None]) -> None:
+    def _refunded(self, trade: Trade, reply: Callable[[str], None], part: int | None = None) -> None:
         w = self.w
         if trade.state is not T.SUCCEEDED:
             reply("refused")
             return
+        if part is not None:
+            if trade.refunded + part > trade.amount:
+                reply("refused")
+                return
+            trade.refunded += part  # partially refunded: the trade stays succeeded
+            txn = transfer(w.next_txn("r"), REFUND, "clearing", f"user:{trade.user}", part)
+            w.ledger.post(txn)
+            w.post(txn, trade.order, "gateway", trade=trade.id)
+            reply("done")
+            return
         trade.to(T.REFUNDED)
-        txn = transfer(w.next_txn("r"), REFUND, "clearing", f"user:{trade.user}", trade.amount)
-        w.ledger.post(txn)
+        left = trade.amount - trade.refunded  # what partial refunds have not returned yet
+        trade.refunded = trade.amount
         w.emit("trade.refunded", "gateway", trade.order, trade=trade.id, amount=trade.amount)
-        w.post(txn, trade.order, "gateway", trade=trade.id)
+        if left > 0:
+            txn = transfer(w.next_txn("r"), REFUND, "clearing", f"user:{trade.user}", left)
+            w.ledger.post(txn)
+            w.post(txn, trade.order, "gateway", trade=trade.id)
         reply("done")
 
     # -- the notifier ----------------------------------------------------------------------------------

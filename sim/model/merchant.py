@@ -55,6 +55,7 @@ class Merchant:
     def __init__(self, w: World) -> None:
         self.w = w
         self.bnpl = None
+        self.order_service = None  # told when an order is completed (a buyer may then return part of it)
         self.profiles = {spec.name: _Profile(w, spec) for spec in w.p.merchant.population}
         self.shipments: dict[str, int] = {}
         w.on_forget.append(lambda oid: self.shipments.pop(oid, None))
@@ -86,6 +87,8 @@ class Merchant:
                 else:
                     order.to(O.COMPLETED)
                     w.emit("order.completed", "merchant", order.id)
+                    if self.order_service is not None:
+                        self.order_service.completed(order)
             w.release(order.id)
 
         w.at(delivery, delivered)

@@ -82,6 +82,7 @@ def run_replication(scenario: Scenario, replication: int = 0, examples: bool = T
     order_service.gateway = gateway
     order_service.merchant = merchant
     merchant.bnpl = provider
+    merchant.order_service = order_service
     provider.order_service = order_service
     Reconciler(w, order_service, gateway, bank)
     buyers = Buyers(w, order_service, gateway, provider)

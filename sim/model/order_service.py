@@ -42,6 +42,8 @@ class OrderService:
         self.w = w
         self.station = Station(w.env, "order_service", w.p.order_service.workers, w.warmup, w.horizon)
         self.configure(w.p)
+        self.partial_wishes: dict[str, float] = {}  # order -> delay after completion of its buyer's partial refund
+        w.on_forget.append(lambda oid: self.partial_wishes.pop(oid, None))
         self.tokens: dict[str, Order] = {}  # buyer's checkout token -> the order a create made for it
         self.token_of: dict[str, str] = {}  # order -> token (dropped with the order)
         w.on_forget.append(self._drop_token)
@@ -342,18 +344,70 @@ class OrderService:
         if order.state is O.CLOSED:
             order.to(O.REFUND_PENDING)
             w.emit("order.refund_pending", "order_service", order.id, trade=trade.id, amount=trade.amount)
+            self.app.push_refund(order, "refund_pending")
 
         def after(result: str) -> None:
             if result == "done" and order.state is O.REFUND_PENDING:
                 order.to(O.REFUNDED)
                 w.emit("order.refunded", "order_service", order.id, trade=trade.id, amount=trade.amount)
+                self.app.push_refund(order, "refunded")
             elif result == "failed":
-                gaps = w.p.order_service.refund_retry_schedule.gaps
-                if attempt - 1 < len(gaps):
+                gap = policies.refund_delay(w.p.order_service.refund_retry_schedule.gaps, attempt)
+                if gap is not None:
                     w.hold(order.id)
-                    w.at(gaps[attempt - 1], lambda: (self.refund(order, trade, attempt + 1), w.release(order.id)))
+                    w.at(gap, lambda: (self.refund(order, trade, attempt + 1), w.release(order.id)))
+                elif trade.state is T.SUCCEEDED:
+                    # The schedule is spent and the money is still with the platform: a person must act.
+                    w.emit("order.refund_failed", "order_service", order.id, trade=trade.id, amount=trade.amount,
+                           attempts=attempt, error="refund_failed")
+                    self.app.push_refund(order, "refund_failed")
 
         self._via_gateway(order, lambda _ids, back: self.gateway.refund(trade, back), after)
+
+    def request_status(self, order: Order, lag: float, service: float, deadline: float,
+                       reply: Callable[[object], None]) -> None:
+        """An order-status read from the app (``order_service.read_time`` on): a worker takes it for
+        ``service`` seconds and answers with the state the replica, ``lag`` behind, holds then
+        (None: not there yet); ``rejected`` / ``overloaded`` when refused at the door."""
+        w = self.w
+        res = self.station.submit(service, lambda _wait: reply(w.replica_state(order, lag)), deadline=deadline)
+        if res < 0:
+            reply("overloaded" if res == SHED else "rejected")
+
+    def completed(self, order: Order) -> None:
+        """The merchant completed ``order``: a buyer who returns part of it asks for that part back."""
+        delay = self.partial_wishes.pop(order.id, None)
+        if delay is None or order.paid_trade is None:
+            return
+        w = self.w
+        trade = w.trades.get(order.paid_trade)
+        if trade is None:
+            return
+        part = max(1, int(order.amount * w.p.user.partial_refund_share))
+        w.hold(order.id)
+        w.at(delay, lambda: (self.refund_part(order, trade, part), w.release(order.id)))
+
+    def refund_part(self, order: Order, trade: Trade, part: int, attempt: int = 1) -> None:
+        """Refund ``part`` of a completed order's trade (its own refund request number): the order stays
+        completed, the trade succeeded with ``refunded`` growing; retried on the refund schedule."""
+        w = self.w
+        if attempt == 1:
+            self.app.push_refund(order, "refund_pending")
+
+        def after(result: str) -> None:
+            if result == "done":
+                self.app.push_refund(order, "refunded")
+            elif result == "failed":
+                gap = policies.refund_delay(w.p.order_service.refund_retry_schedule.gaps, attempt)
+                if gap is not None:
+                    w.hold(order.id)
+                    w.at(gap, lambda: (self.refund_part(order, trade, part, attempt + 1), w.release(order.id)))
+                else:
+                    w.emit("order.refund_failed", "order_service", order.id, trade=trade.id, amount=part,
+                           attempts=attempt, error="refund_failed")
+                    self.app.push_refund(order, "refund_failed")
+
+        self._via_gateway(order, lambda _ids, back: self.gateway.refund(trade, back, part), after)
 
     def status(self, order_id: str) -> OrderState | None:
         order = self.w.orders.get(order_id)

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 from sim.domain import policies
 from sim.domain.arrivals import arrival_steps
+from sim.domain.entities import BuyerAccount
 from sim.domain.states import ORDER_PAID_STATES, OrderState
 from sim.model.world import World
 
 O = OrderState
 _ENDED = frozenset({O.REFUND_PENDING, O.REFUNDED})
-_UNSETTLED = frozenset({"payment_failed", "payment_unknown", "order_closed"})
+_UNSETTLED = frozenset({"payment_failed", "payment_unknown", "order_closed", "refund_pending", "refund_failed"})
+_REFUND_SCREENS = frozenset({"refund_pending", "refund_failed", "refunded"})
 _SCREEN = {"succeeded": "payment_succeeded", "failed": "payment_failed", "closed": "payment_failed",
            "unknown": "payment_unknown", "in_progress": "payment_unknown", "timeout": "payment_unknown",
            "rejected": "payment_failed", "overloaded": "payment_failed"}  # refused at the door: nothing was done
 _RESEND = frozenset({"timeout", "rejected", "overloaded"})
+TIMED_OUT = "timeout"  # an order-status read that got no answer in time
 
 
 def arrivals(w: World, start_buyer):
@@ -48,6 +51,7 @@ class Buyers:
         self.resends = 0  # automatic re-sends of a request (app.request_retry_schedule)
         self.unsettled: set[str] = set()  # orders whose last payment screen said failed, unknown or closed
         w.on_forget.append(self.unsettled.discard)
+        self.push_net = w.p.app.network_latency.sampler(w.rng["push"])
         pm = w.p.user.payment_methods
         self.cum = (pm.wallet, pm.wallet + pm.card)
         pop = w.p.merchant.population
@@ -75,12 +79,43 @@ class Buyers:
             x = r.random()
             merchant = next((n for n, c in zip(self.merchants, self.merchant_cum) if x < c), self.merchants[-1])
         balance = u.wallet_balance.draw(r) if u.wallet_balance is not None else None
+        partial = None
+        if u.partial_refund_probability > 0 and r.random() < u.partial_refund_probability:
+            partial = u.partial_refund_delay.draw(r)  # this buyer will return part of the order
+        user = f"u{self.seq}"
+        if u.accounts is not None:
+            user = f"a{int(r.random() * u.accounts)}"  # a returning buyer: one of the accounts
         if w.warmup <= w.env.now < w.horizon:
             self.offered += 1
-        w.env.process(self.checkout(f"u{self.seq}", amount, method, merchant, balance, pay_delay, walks_away,
-                                    cancels, retry_draws, r))
+        w.env.process(self.checkout(user, amount, method, merchant, balance, pay_delay, walks_away,
+                                    cancels, retry_draws, r, partial))
 
-    def checkout(self, user, amount, method, merchant, balance, pay_delay, walks_away, cancels, retry_draws, r):
+    def account(self, user: str, method: str, balance: float | None) -> None:
+        """Open ``user``'s account the first time they order (when any account setting is on).
+
+        A new buyer of each arrival (``user.accounts`` off) keeps the wallet balance drawn with their
+        other decisions; a returning buyer's account is drawn once from the account's own stream.
+        """
+        w = self.w
+        u = w.p.user
+        if user in w.accounts or not (u.accounts is not None or u.wallet_balance is not None
+                                      or u.card_limit is not None or u.daily_limit is not None
+                                      or u.risk_flagged > 0 or w.p.bank.risk_freeze_after is not None):
+            return
+        r = w.account_rng(user)
+        if u.accounts is not None:
+            balance = u.wallet_balance.draw(r) if u.wallet_balance is not None else None
+        elif method != "wallet":
+            balance = None  # a one-order card or BNPL buyer: the wallet is never asked
+        fen = (lambda x: None if x is None else int(round(x * 100)))
+        w.accounts[user] = BuyerAccount(
+            balance=fen(balance),
+            card_left=fen(u.card_limit.draw(r)) if u.card_limit is not None else None,
+            daily_limit=fen(u.daily_limit.draw(r)) if u.daily_limit is not None else None,
+            flagged=u.risk_flagged > 0 and r.random() < u.risk_flagged)
+
+    def checkout(self, user, amount, method, merchant, balance, pay_delay, walks_away, cancels, retry_draws, r,
+                 partial=None):
         """The buyer asks the order service for an order, then (with it) goes on to pay."""
         w = self.w
         if w.p.order_service.create_time is None:  # creation free and instant (no request)
@@ -93,8 +128,9 @@ class Buyers:
         if order is None or order.id not in w.orders:
             self.create_failed += 1  # no order came back: the buyer leaves (one may exist, unseen)
             return
-        if balance is not None and method == "wallet":
-            w.balances[order.user] = int(round(balance * 100))
+        self.account(order.user, method, balance)
+        if partial is not None and method != "bnpl":
+            self.os.partial_wishes[order.id] = partial
         w.hold(order.id)
         trade_id = None
         if method != "bnpl":
@@ -169,6 +205,15 @@ class Buyers:
             w.hold(order.id)
             w.at(w.s_net(), lambda: (self.show(order, screen), w.release(order.id)))
 
+    def push_refund(self, order, screen: str) -> None:
+        """A refund of the buyer's payment moved on: the app's push says ``refund_pending``,
+        ``refund_failed`` or ``refunded``, whatever the buyer was told before (a payment shown
+        'succeeded' whose order was closed is refunded too). Its latency comes from a stream of its
+        own, so a refund policy does not shift anyone's payment draws."""
+        w = self.w
+        w.hold(order.id)
+        w.at(self.push_net(), lambda: (self.show(order, screen), w.release(order.id)))
+
     def buyer(self, order, method, trade_id, pay_delay, walks_away, cancels, retry_draws, r):
         w = self.w
         env = w.env
@@ -188,6 +233,13 @@ class Buyers:
                         return
                     yield env.timeout(u.retry_delay.draw(r))
                 state = order.state
+                if attempt and app.order_page_request:
+                    # The app reloads the order page: what the replica says, when it answers.
+                    page = yield from self.read_status(order, r)
+                    if page == TIMED_OUT:
+                        self.show(order, "payment_unknown")  # the page did not load: this try is spent
+                        continue
+                    state = O.AWAITING_PAYMENT if page is None else page  # not replicated yet: as created
                 if state in _ENDED:
                     state = O.CLOSED  # refund pending or refunded: to the cashier, a closed order
                 if app.cashier_closes_at_expiry and (env.now >= order.expires_at or state is O.CLOSED):
@@ -259,8 +311,9 @@ class Buyers:
             yield w.env.timeout(interval)
             waited += interval
             state = yield from self.read_status(order, r)
-            if state in _ENDED:
-                state = O.CLOSED
+            if state in _ENDED:  # a late payment being refunded: the order page says so
+                self.show(order, "refund_pending" if state is O.REFUND_PENDING else "refunded")
+                return True
             if state is O.PAID or state is O.SHIPPED or state is O.DELIVERED or state is O.COMPLETED:
                 self.show(order, "order_paid")
                 return True
@@ -270,14 +323,26 @@ class Buyers:
         return False
 
     def read_status(self, order, r):
-        """One order-status request: the replica's state when it arrives, or None on a timeout."""
+        """One order-status request: the replica's state when it arrives (None: not on the replica
+        yet), or ``TIMED_OUT`` when no answer came within ``app.request_timeout``.
+
+        With ``order_service.read_time`` on, the read is served by an order-service worker (queueing
+        with creates and notifications) and may be refused or dropped; else it costs the pool nothing.
+        """
         w = self.w
         app = w.p.app
         there = app.network_latency.draw(r)
         back = app.network_latency.draw(r)
+        read_time = w.p.order_service.read_time
+        if read_time is not None:
+            lag = w.p.order_service.read_lag.draw(r)
+            service = read_time.draw(r)
+            answer = yield from self.request(
+                lambda reply, deadline: self.os.request_status(order, lag, service, deadline, reply), there, back)
+            return TIMED_OUT if answer in _RESEND else answer
         if there + back > app.request_timeout:
             yield w.env.timeout(app.request_timeout)
-            return None
+            return TIMED_OUT
         yield w.env.timeout(there)
         state = w.replica_state(order, w.p.order_service.read_lag.draw(r))
         yield w.env.timeout(back)

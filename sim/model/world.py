@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import simpy
 
+from sim.domain.entities import BuyerAccount
 from sim.domain.ledger import Ledger, Txn
 from sim.domain.states import OrderState
 from sim.scenario import Scenario
@@ -30,7 +31,7 @@ _ORDER_WRITES = {"order.created": OrderState.AWAITING_PAYMENT, "order.paid": Ord
                  "order.shipped": OrderState.SHIPPED, "order.delivered": OrderState.DELIVERED,
                  "order.completed": OrderState.COMPLETED}
 
-STREAMS = ("arrivals", "user", "app", "gateway", "bank", "notify", "order_service")
+STREAMS = ("arrivals", "user", "app", "gateway", "bank", "notify", "order_service", "push")
 
 
 def make_streams(seed: int, replication: int, names: tuple[str, ...] = STREAMS) -> dict[str, random.Random]:
@@ -73,7 +74,11 @@ class World:
         lag = scenario.order_service.read_lag
         self.state_log: dict[str, list] | None = (
             None if lag.kind == "constant" and lag.mean == 0 and not scenario.faults else {})
-        self.balances: dict[str, int] = {}  # buyer -> wallet balance (fen), when user.wallet_balance is on
+        # buyer -> their account (balance, card line, limits, risk status, BNPL debt) when any of it is on;
+        # kept for the whole run with user.accounts, else dropped with the buyer's one order.
+        self.accounts: dict[str, BuyerAccount] = {}
+        self.account_rngs: dict[str, random.Random] = {}
+        self.accounts_persist = scenario.user.accounts is not None
         self.order_rngs: dict[str, random.Random] = {}
         self.on_forget: list[Callable[[str], None]] = []  # actors' own per-order notes to drop
         self.txn_seq = 0
@@ -106,6 +111,32 @@ class World:
         key = hashlib.blake2b(b"buyer:%d:%d:%d" % (self.scenario.run.seed, self.replication, index),
                               digest_size=16).digest()
         return random.Random(int.from_bytes(key, "little"))
+
+    def account_rng(self, user: str) -> random.Random:
+        """The stream of buyer account ``user``: its limits, risk status and top-ups, whoever draws first."""
+        r = self.account_rngs.get(user)
+        if r is None:
+            key = hashlib.blake2b(b"account:%d:%d:%s" % (self.scenario.run.seed, self.replication, user.encode()),
+                                  digest_size=16).digest()
+            r = self.account_rngs[user] = random.Random(int.from_bytes(key, "little"))
+        return r
+
+    def top_up_later(self, user: str) -> None:
+        """A wallet buyer short of balance tops up ``user.top_up_delay`` later (a fresh ``wallet_balance``)."""
+        acct = self.accounts.get(user)
+        u = self.p.user
+        if acct is None or acct.topping_up or u.top_up_delay is None or u.wallet_balance is None:
+            return
+        acct.topping_up = True
+        r = self.account_rng(user)
+        amount = int(round(u.wallet_balance.draw(r) * 100))
+
+        def land() -> None:
+            if self.accounts.get(user) is acct:
+                acct.balance = (acct.balance or 0) + amount
+                acct.topping_up = False
+
+        self.at(u.top_up_delay.draw(r), land)
 
     def order_rng(self, order: str) -> random.Random:
         """A stream of this order's own, for what happens to it after it is paid (BNPL orders).
@@ -183,7 +214,9 @@ class World:
                 self.trades.pop(trade, None)
                 self.bank_record.pop(trade, None)
             self.order_rngs.pop(order, None)
-            self.balances.pop(o.user, None)
+            if not self.accounts_persist:
+                self.accounts.pop(o.user, None)
+                self.account_rngs.pop(o.user, None)
             if self.state_log is not None:
                 self.state_log.pop(order, None)
             ag = self.agreements.pop(order, None)

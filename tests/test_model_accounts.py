@@ -1,0 +1,122 @@
+"""Buyers with accounts: balance, card line, daily limit, risk status and BNPL debt persist across
+retries and orders (user.accounts); nothing about them is a per-call coin."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from sim.model.model import run_replication
+from sim.scenario import Scenario
+
+BASE = {
+    "user.abandon_probability": 0.0, "user.retry_probability": 1.0, "user.max_retries": 2,
+    "user.retry_delay": "20s",
+    "bank.decline_probability": 0.0, "bank.risk_block_probability": 0.0,
+    "load.arrival_rate": 1.0, "run.horizon": "15m", "run.warmup": "1m", "run.drain": "2h",
+    "user.accounts": 20,
+}
+
+
+def _run(over: dict):
+    s = Scenario().with_overrides({**BASE, **over})
+    user: dict[str, str] = {}
+    amount: dict[str, int] = {}
+    charged: dict[str, list] = defaultdict(list)  # user -> [(t, fen)]
+    attempts: dict[str, int] = defaultdict(int)
+    events: list[dict] = []
+
+    def tap(ev: dict) -> None:
+        t = ev["type"]
+        if t == "order.created":
+            user[ev["order"]], amount[ev["order"]] = ev["user"], ev["amount"]
+        elif t == "user.pay":
+            attempts[ev["order"]] += 1
+        elif t == "ledger.txn" and ev["kind"] == "charge":
+            charged[user[ev["order"]]].append((ev["t"], amount[ev["order"]]))
+        elif t.startswith("bnpl.") or t == "order.end":
+            events.append(ev)
+
+    r = run_replication(s, 0, examples=False, tap=tap)
+    assert r.ledger_total == 0
+    return r, user, amount, charged, attempts, events
+
+
+def test_a_used_up_card_line_is_declined_on_retry_and_on_the_next_order():
+    card = {"user.payment_methods": {"card": 1.0}, "user.card_limit": 500}
+    r, user, amount, charged, attempts, _ = _run(card)
+    assert len(set(user.values())) == 20 and len(user) > 800  # ~45 orders per buyer
+    for u, cs in charged.items():
+        assert sum(a for _, a in cs) <= 50_000, u  # never more than the line
+    declined = [o for o in attempts if attempts[o] == 3]  # first try and both retries refused
+    assert len(declined) > 500, len(declined)
+    # Off, every card debit goes through: the declines came from the line, not from a coin.
+    _r, user_off, _a, charged_off, attempts_off, _ = _run({"user.payment_methods": {"card": 1.0}})
+    assert sum(len(c) for c in charged_off.values()) == len([o for o in user_off if attempts_off[o]])
+
+
+def test_the_daily_limit_refuses_until_the_next_day():
+    day = {"user.payment_methods": {"wallet": 0.5, "card": 0.5}, "user.daily_limit": 300,
+           "load.arrival_rate": 0.02, "run.horizon": "30h", "run.drain": "1h"}
+    r, user, amount, charged, attempts, _ = _run(day)
+    per_day: dict[tuple, int] = defaultdict(int)
+    for u, cs in charged.items():
+        for t, a in cs:
+            per_day[u, int(t // 86400)] += a
+    assert max(per_day.values()) <= 30_000
+    assert sum(1 for (u, d) in per_day if d == 1) >= 10  # the limit was back the next day
+    assert sum(len(c) for c in charged.values()) < len([o for o in user if attempts[o]])  # some were refused
+
+
+def test_flagged_buyers_are_blocked_on_every_retry_and_order_and_freezes_follow_declines():
+    flagged, user, _a, charged, attempts, _ = _run({"user.payment_methods": {"wallet": 1.0}, "user.risk_flagged": 0.3,
+                                                    "user.accounts": 60})
+    buyers = set(user.values())
+    never = [u for u in buyers if u not in charged]
+    assert len(buyers) == 60 and 8 <= len(never) <= 30  # about 30% of 60 accounts: blocked on all ~15 orders each
+    for u in never:
+        assert all(attempts[o] == 3 for o, uu in user.items() if uu == u and attempts[o])
+    # Risk control freezes a buyer after 3 refused debits in a day: the coin declines (40%) add up per
+    # buyer, and after the freeze nothing of theirs goes through that day.
+    frozen, user_f, _a, charged_f, _att, _ = _run({"user.payment_methods": {"wallet": 1.0},
+                                                  "bank.decline_probability": 0.4, "bank.risk_freeze_after": 3})
+    loose, user_l, _a, charged_l, _att, _ = _run({"user.payment_methods": {"wallet": 1.0},
+                                                 "bank.decline_probability": 0.4})
+    assert user_f == user_l
+    n_f, n_l = sum(map(len, charged_f.values())), sum(map(len, charged_l.values()))
+    assert n_f < 0.2 * n_l, (n_f, n_l)
+
+
+def test_an_empty_wallet_stays_empty_until_topped_up():
+    wallet = {"user.payment_methods": {"wallet": 1.0}, "user.wallet_balance": 200, "run.horizon": "2h",
+              "load.arrival_rate": 0.1}
+    _r, user, _a, charged, _att, _ = _run(wallet)
+    _r, user_t, _a, charged_t, _att, _ = _run({**wallet, "user.top_up_delay": "30m"})
+    assert user == user_t
+    for u, cs in charged.items():
+        assert sum(a for _, a in cs) <= 20_000  # one 200-CNY balance, never topped up
+    spent_t = {u: sum(a for _, a in cs) for u, cs in charged_t.items()}
+    assert sum(v > 20_000 for v in spent_t.values()) >= 10  # topped up, they pay again
+    late = [t for cs in charged_t.values() for t, _ in cs if t > 1800]
+    assert late
+
+
+def test_bnpl_debt_counts_against_the_buyers_credit_limit():
+    bnpl = {"user.payment_methods": {"bnpl": 1.0}, "bnpl.credit_limit": 400, "bnpl.deduction_failure": 0.0,
+            "merchant.delivery_time": "1h", "merchant.bnpl_finish_delay": "0s", "run.horizon": "3h",
+            "load.arrival_rate": 0.1, "run.drain": "3h"}
+    _r, user, amount, _c, _att, events = _run(bnpl)
+    owed: dict[str, int] = defaultdict(int)
+    declined_for_debt = 0
+    for ev in events:
+        o = ev["order"]
+        u = user.get(o)
+        if ev["type"] == "bnpl.authorized":
+            owed[u] += ev["amount"]
+            assert owed[u] <= 40_000
+        elif ev["type"] == "bnpl.deduction" and ev["ok"] or ev["type"] in ("bnpl.repaid", "bnpl.expired"):
+            owed[u] -= amount[o]
+        elif ev["type"] == "bnpl.declined" and amount[o] <= 40_000:
+            declined_for_debt += 1
+    assert declined_for_debt >= 50
+    paid_back_then_more = sum(1 for ev in events if ev["type"] == "bnpl.authorized" and ev["t"] > 3 * 3600 - 1800)
+    assert paid_back_then_more >= 5  # deductions freed the limit again
