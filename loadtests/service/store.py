@@ -294,9 +294,12 @@ class Store:
         try:
             # A reader holding an old snapshot (a history export) would make it wait: never long.
             self.conn.execute("PRAGMA busy_timeout=50")
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if busy:  # the checkpoint thread or a reader held it: try again at the next commit, not 64 later
+                self._truncate_wanted = True
         except sqlite3.Error:
-            log.warning("WAL truncation failed", exc_info=True)
+            self._truncate_wanted = True
+            log.warning("WAL truncation failed; retried at the next commit", exc_info=True)
         finally:
             self.conn.execute("PRAGMA busy_timeout=5000")
 
