@@ -823,7 +823,11 @@ def summary_table(doc: dict[str, Any], compact: bool = False) -> "Table":
 # metric -> (header with unit, how replications are combined)
 _METRIC_HEADERS = {"utilization": ("util\n(share busy)", "mean"), "wait_mean_s": ("wait mean\n(time)", "mean"),
                    "wait_p99_s": ("wait p99\n(time)", "mean"), "queue_mean": ("queue\n(requests)", "mean"),
-                   "timeouts": ("timeouts\n(requests)", "total"), "served": ("served\n(requests)", "mean")}
+                   "timeouts": ("timeouts\n(requests)", "total"), "served": ("served\n(requests)", "mean"),
+                   "busy_mean": ("busy\n(workers)", "mean"), "rejected": ("queue full\n(requests)", "mean"),
+                   "shed": ("shed 503\n(requests)", "mean"), "dropped": ("dropped\n(requests)", "mean"),
+                   "goodput_per_s": ("goodput\n(pays/s)", "mean"), "offered_per_s": ("offered\n(pays/s)", "mean"),
+                   "create_failed": ("create failed\n(orders)", "mean"), "resends": ("re-sent\n(requests)", "mean")}
 
 
 def _metric_cell(name: str, v: Any) -> str:
@@ -831,6 +835,8 @@ def _metric_cell(name: str, v: Any) -> str:
         return "—"
     if not _is_number(v):
         return str(v)
+    if name.endswith("_per_s"):  # a rate, not a duration
+        return f"{v:,.2f}/s"
     if name.endswith("_s"):
         return human_duration(v)
     if name == "utilization":

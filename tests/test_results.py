@@ -377,3 +377,13 @@ def test_charges_without_an_order_are_a_share_of_the_orders_at_stake():
         assert a["count"] == uncreated and a["rate"] == pytest.approx(rate)
         lo, hi = a["ci95"]
         assert 0 < lo <= a["rate"] <= hi <= 1
+
+
+def test_the_actor_table_shows_rates_as_rates_and_names_the_overload_columns():
+    """goodput_per_s is pays per second, not a duration ("1.6s" was printed); the overload metrics get units."""
+    from sim.results import _METRIC_HEADERS, _metric_cell
+
+    assert _metric_cell("goodput_per_s", 1.6455) == "1.65/s"
+    assert _metric_cell("wait_mean_s", 48.0) == "48s"
+    for key in ("busy_mean", "rejected", "shed", "dropped", "goodput_per_s", "offered_per_s", "create_failed", "resends"):
+        assert "(" in _METRIC_HEADERS[key][0]  # a unit in the header
