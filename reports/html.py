@@ -25,7 +25,7 @@ from reports.charts import (
     value_key,
 )
 from reports.documents import doc_name
-from reports.render import Chart, slug
+from reports.chart import Chart, slug
 from reports.style import class_look, ordered_classes
 from reports.summary import comparison_summary, results_summary, sweep_summary, top_summary
 

@@ -7,28 +7,16 @@ the HTML report beside them.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from sim.errors import ConfigError
 
+from reports.chart import Chart, slug
 from reports.documents import check_document, doc_name, is_explain, is_sweep
 
 PNG_DPI = 110
-
-
-@dataclass(frozen=True)
-class Chart:
-    """One chart written to disk, and where it belongs in the report."""
-
-    kind: str  # "rates" | "sweep_rates" | "timeline" | "windows" | "story" | "predicted_vs_measured"
-    title: str
-    caption: str
-    png: Path
-    svg: Path
-    doc: int | None  # index of the document it belongs to; None when it compares documents
 
 
 @dataclass
@@ -53,10 +41,6 @@ def save_figure(fig: Any, out_dir: Path, stem: str) -> tuple[Path, Path]:
         fig.savefig(png, format="png", dpi=PNG_DPI, metadata={"Software": None})
         fig.savefig(svg, format="svg", metadata={"Date": None, "Creator": None})
     return png, svg
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "results"
 
 
 def comparisons(docs: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
