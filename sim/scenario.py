@@ -1101,7 +1101,9 @@ def schema_markdown() -> str:
              "table `{dist = \"exponential\", mean = ...}`, `{dist = \"lognormal\", median = ..., p99 = ...}`,",
              "`{dist = \"uniform\", low = ..., high = ...}`, `{dist = \"constant\", value = ...}`,",
              "`{dist = \"empirical\", values = [...]}`. Schedules: `\"alipay\"`, `\"wechat\"`, `\"stripe\"`, `\"adyen\"` or a",
-             "list of gaps. Probabilities are numbers in [0, 1]. Unknown keys are errors.", ""]
+             "list of gaps. Probabilities are numbers in [0, 1]. Unknown keys are errors.",
+             f"A result's resolved scenario leaves out {', '.join(f'`{a}.{b}`' for a, b in OMITTED_WHILE_OFF)} while",
+             "they are off (absent means off), so results of scenarios that do not use them are as before.", ""]
     for section, model in Scenario.model_fields.items():
         ann = model.annotation
         sub = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None)
