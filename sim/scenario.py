@@ -20,12 +20,14 @@ path, what was expected, what was found, and a suggestion for a misspelt key.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import difflib
 import math
 import re
 import tomllib
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -349,6 +351,58 @@ NumberOrOffDist = Annotated[
     PlainSerializer(lambda v: "off" if v is None else _dump_dist(v)),
 ]
 
+
+CALENDAR_HINT = 'a local date-time like "2026-11-06T18:00:00" (or a date, "2026-11-06": its midnight)'
+
+
+def _start_or_off(value: Any) -> datetime | None:
+    """The calendar date-time of the simulation's t = 0: a TOML date-time or date, or the ISO text."""
+    if value in ("off", None):
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f'expected "off" or {CALENDAR_HINT}, found {value!r}') from None
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            raise ValueError(f"expected {CALENDAR_HINT} without a time zone (working days are local days), "
+                             f"found {value.isoformat()!r}")
+        return value
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day)
+    raise ValueError(f'expected "off" or {CALENDAR_HINT}, found {value!r}')
+
+
+StartOrOff = Annotated[
+    datetime | None,
+    PlainValidator(_start_or_off),
+    PlainSerializer(lambda v: "off" if v is None else v.isoformat()),
+]
+
+
+def _holidays(value: Any) -> tuple[date, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f'expected a list of dates like ["2026-10-01", "2026-10-02"], found {value!r}')
+    out = []
+    for i, v in enumerate(value):
+        if isinstance(v, str):
+            try:
+                v = date.fromisoformat(v.strip())
+            except ValueError:
+                raise ValueError(f'[{i}]: expected a date like "2026-10-01", found {v!r}') from None
+        if isinstance(v, datetime) or not isinstance(v, date):
+            raise ValueError(f'[{i}]: expected a date like "2026-10-01", found {v!r}')
+        out.append(v)
+    return tuple(sorted(set(out)))
+
+
+Holidays = Annotated[
+    tuple[date, ...],
+    PlainValidator(_holidays),
+    PlainSerializer(lambda v: [d.isoformat() for d in v]),
+]
+
 # --------------------------------------------------------------------------------------------------
 # The schema
 
@@ -372,6 +426,11 @@ class RunSection(_Section):
         description="run on after the horizon so in-flight orders can end (Alipay retries notifications for ~25h)",
     )
     warmup: Duration = Field("5m", description="orders created before this are not counted in rates")
+    start: StartOrOff = Field(
+        "off", description='the calendar date-time (local) at which the simulated run starts, for what counts '
+        'in working days (gateway.refund_working_days), or "off": no calendar')
+    holidays: Holidays = Field(
+        (), description='dates (["2026-10-01", ...]) that are not working days besides Saturdays and Sundays')
 
     @model_validator(mode="after")
     def _warmup_before_horizon(self) -> "RunSection":
@@ -488,6 +547,10 @@ class UserSection(_Section):
     top_up_delay: DurationOrOffDist = Field(
         "off", description='a wallet buyer whose debit was declined for want of balance tops the wallet up (a fresh '
         'wallet_balance) this long later, or "off" (never): until then every retry and order is declined again')
+    refund_restores: bool = Field(
+        False, description="a refund that lands (in full, in part, or a reversed debit) gives its amount back to the "
+        "buyer's wallet balance or card line (user.wallet_balance, user.card_limit), so a buyer it emptied can pay "
+        "again; false: the account does not see refunds")
 
 
 class AppSection(_Section):
@@ -584,6 +647,11 @@ class GatewaySection(_Section):
     notify_ack_timeout: Duration = Field("5s", description="an attempt not acknowledged within this counts as failed")
     refund_latency: DurationDist = Field(
         "0s", description="a refund accepted -> the money is back with the buyer (2-7 working days by method)")
+    refund_working_days: NumberOrOffDist = Field(
+        "off", description='a refund accepted -> the money is back after this many working days (a number or a '
+        'distribution, e.g. {dist = "uniform", low = 2, high = 7}), counted on the calendar from run.start: '
+        'Saturdays, Sundays and run.holidays do not count; replaces refund_latency. "off": refund_latency. '
+        'Simulation only')
     refund_failure: Probability = Field(0.0, description="chance one refund attempt fails (WeChat ABNORMAL)")
     trade_creation: Literal["on_order", "on_open"] = Field(
         "on_order", description="on_order: the trade exists from order creation (prepay); on_open: a page-pay "
@@ -675,6 +743,10 @@ class BnplSection(_Section):
     credit_limit: float = Field(
         3000.0, gt=0, description="CNY per buyer: an authorization is declined when it and what the buyer still "
         "owes on earlier agreements (authorized, not yet paid back) pass it")
+    buyer_credit_limit: NumberOrOffDist = Field(
+        "off", description='CNY: a credit limit of each buyer\'s own (a distribution drawn once per buyer account, '
+        'from a stream of its own), used instead of credit_limit, or "off": every buyer has credit_limit. '
+        'Simulation only')
     authorization_ttl: Duration = Field("28d", description="Klarna: 28 days")
     sync_lag: DurationDist = Field(_ln("2s", "1m"), description="provider payment side -> credit side")
     finish_limit: Duration = Field("24h", description="delivered but not finished after this = stuck")
@@ -806,12 +878,18 @@ class Scenario(_Section):
     live: LiveSection = LiveSection()
 
     def resolved(self) -> dict[str, Any]:
-        """The scenario as plain data, defaults included (what every result echoes)."""
-        return self.model_dump(mode="json")
+        """The scenario as plain data, defaults included (what every result echoes), except the keys of
+        :data:`OMITTED_WHILE_OFF` while they are off: absent, they mean off."""
+        raw = self.model_dump(mode="json")
+        off = _off_values()
+        for section, key in OMITTED_WHILE_OFF:
+            if raw[section][key] == off[section, key]:
+                del raw[section][key]
+        return raw
 
     def with_overrides(self, overrides: dict[str, Any], source: str = "--set") -> "Scenario":
         """A new scenario with dotted-key overrides applied, validated like a file."""
-        raw = self.resolved()
+        raw = self.model_dump(mode="json")
         for key, value in overrides.items():
             _set_path(raw, key, value, source)
         return scenario_from_dict(raw, source)
@@ -819,11 +897,23 @@ class Scenario(_Section):
     def faulted(self, window: FaultWindow) -> "Scenario":
         """This scenario as it is inside a fault window (without fault windows of its own)."""
         source = f"faults[{window.label or format_duration(window.start)}]"
-        raw = self.resolved()
+        raw = self.model_dump(mode="json")
         raw["faults"] = []
         for key, value in window.set.items():
             _set_path(raw, key, value, source)
         return scenario_from_dict(raw, source)
+
+
+# Keys added after results were pinned (tests/test_digest.py): a resolved scenario leaves them out while
+# they are off, so a scenario that does not use them echoes, and results in, exactly what it did before.
+OMITTED_WHILE_OFF = (("run", "start"), ("run", "holidays"), ("user", "refund_restores"),
+                     ("gateway", "refund_working_days"), ("bnpl", "buyer_credit_limit"))
+
+
+@functools.cache
+def _off_values() -> dict[tuple[str, str], Any]:
+    full = Scenario().model_dump(mode="json")
+    return {(section, key): full[section][key] for section, key in OMITTED_WHILE_OFF}
 
 
 # Sections a fault window may change (run, load, live and reconciliation are fixed for a run).
@@ -896,12 +986,20 @@ def scenario_from_dict(data: dict[str, Any], source: str = "<scenario>") -> Scen
     except ValidationError as exc:
         lines = [f"{source}: {_describe(e)}" for e in exc.errors()]
         raise ConfigError("\n".join(lines)) from None
-    problems: list[str] = []
+    problems: list[str] = _calendar_problems(scenario, source)
     for i, window in enumerate(scenario.faults):
         problems.extend(_fault_window_problems(scenario, i, window, source))
     if problems:
         raise ConfigError("\n".join(problems))
     return scenario
+
+
+def _calendar_problems(scenario: Scenario, source: str) -> list[str]:
+    """Working days need a calendar: ``gateway.refund_working_days`` without ``run.start`` is an error."""
+    if scenario.gateway.refund_working_days is not None and scenario.run.start is None:
+        return [f'{source}: gateway.refund_working_days: counts working days on a calendar, but run.start is "off"; '
+                f'set run.start to {CALENDAR_HINT}, e.g. run.start = 2026-11-06T18:00:00']
+    return []
 
 
 def _fault_window_problems(scenario: Scenario, i: int, window: FaultWindow, source: str) -> list[str]:
@@ -912,7 +1010,7 @@ def _fault_window_problems(scenario: Scenario, i: int, window: FaultWindow, sour
     if window.end <= window.start:
         problems.append(f"{source}: faults[{i}]: end must be after start, found start={format_duration(window.start)}, "
                         f"end={format_duration(window.end)}")
-    raw = scenario.resolved()
+    raw = scenario.model_dump(mode="json")
     raw["faults"] = []
     for key, value in window.set.items():
         section = key.split(".", 1)[0]
@@ -925,7 +1023,7 @@ def _fault_window_problems(scenario: Scenario, i: int, window: FaultWindow, sour
         except ConfigError as exc:
             problems.append(str(exc))
     try:
-        Scenario.model_validate(raw)
+        problems.extend(_calendar_problems(Scenario.model_validate(raw), where))
     except ValidationError as exc:
         problems.extend(f"{where}: {_describe(e)}" for e in exc.errors())
     return problems
@@ -996,14 +1094,16 @@ def default_scenario() -> Scenario:
 
 def schema_markdown() -> str:
     """Every scenario key with its default and meaning, as Markdown (docs/scenario.md is generated from it)."""
-    defaults = Scenario().resolved()
+    defaults = Scenario().model_dump(mode="json")
     lines = ["# Scenario keys", "",
              "Generated from `sim/scenario.py` by `python -m sim.scenario > docs/scenario.md`; a test keeps it current.",
              "Durations: `\"250ms\"`, `\"15s\"`, `\"15m\"`, `\"2h\"`, `\"15d\"`. Distributions: a duration (constant) or a",
              "table `{dist = \"exponential\", mean = ...}`, `{dist = \"lognormal\", median = ..., p99 = ...}`,",
              "`{dist = \"uniform\", low = ..., high = ...}`, `{dist = \"constant\", value = ...}`,",
              "`{dist = \"empirical\", values = [...]}`. Schedules: `\"alipay\"`, `\"wechat\"`, `\"stripe\"`, `\"adyen\"` or a",
-             "list of gaps. Probabilities are numbers in [0, 1]. Unknown keys are errors.", ""]
+             "list of gaps. Probabilities are numbers in [0, 1]. Unknown keys are errors.",
+             f"A result's resolved scenario leaves out {', '.join(f'`{a}.{b}`' for a, b in OMITTED_WHILE_OFF)} while",
+             "they are off (absent means off), so results of scenarios that do not use them are as before.", ""]
     for section, model in Scenario.model_fields.items():
         ann = model.annotation
         sub = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None)

@@ -120,3 +120,106 @@ def test_bnpl_debt_counts_against_the_buyers_credit_limit():
     assert declined_for_debt >= 50
     paid_back_then_more = sum(1 for ev in events if ev["type"] == "bnpl.authorized" and ev["t"] > 3 * 3600 - 1800)
     assert paid_back_then_more >= 5  # deductions freed the limit again
+
+
+def _bnpl_debts(over: dict):
+    """Per buyer: the largest debt an authorization was allowed to reach, the smallest one refused."""
+    bnpl = {"user.payment_methods": {"bnpl": 1.0}, "bnpl.deduction_failure": 0.0, "merchant.delivery_time": "1h",
+            "merchant.bnpl_finish_delay": "0s", "run.horizon": "3h", "load.arrival_rate": 0.1, "run.drain": "3h",
+            **over}
+    _r, user, amount, _c, _att, events = _run(bnpl)
+    owed: dict[str, int] = defaultdict(int)
+    allowed: dict[str, int] = defaultdict(int)
+    refused: dict[str, int] = {}
+    for ev in events:
+        o = ev["order"]
+        u = user.get(o)
+        if ev["type"] == "bnpl.authorized":
+            owed[u] += ev["amount"]
+            allowed[u] = max(allowed[u], owed[u])
+        elif ev["type"] == "bnpl.deduction" and ev["ok"] or ev["type"] in ("bnpl.repaid", "bnpl.expired"):
+            owed[u] -= amount[o]
+        elif ev["type"] == "bnpl.declined":
+            refused[u] = min(refused.get(u, 1 << 62), owed[u] + amount[o])
+    return user, amount, allowed, refused
+
+
+def test_each_buyer_has_a_credit_limit_of_their_own():
+    """bnpl.buyer_credit_limit: a limit drawn once per buyer account. Every buyer is consistent (allowed
+    below, refused above their own limit), but some are refused at a debt others are allowed — which
+    one limit for everybody (bnpl.credit_limit) can never do. The draw has a stream of its own: the
+    buyers and their orders are the same with the feature on or off."""
+    user, amount, allowed, refused = _bnpl_debts({"bnpl.credit_limit": 1000,
+                                                  "bnpl.buyer_credit_limit": {"dist": "uniform", "low": 150,
+                                                                              "high": 2500}})
+    assert len(refused) >= 10
+    for u in refused:
+        assert allowed[u] < refused[u], (u, allowed[u], refused[u])  # one limit per buyer, kept across orders
+    assert min(refused.values()) < max(allowed.values()), (min(refused.values()), max(allowed.values()))
+    assert sum(1 for u in refused if refused[u] < 100_000) >= 3  # refused below the common limit ...
+    assert sum(1 for v in allowed.values() if v > 100_000) >= 3  # ... and allowed above it
+    user_c, amount_c, allowed_c, refused_c = _bnpl_debts({"bnpl.credit_limit": 1000})
+    assert (user_c, amount_c) == (user, amount)
+    assert refused_c and max(allowed_c.values()) <= 100_000 < min(refused_c.values())
+
+
+def _wallet_story(over: dict):
+    """Per account, in time order: +amount for each charge, -amount for each refund (fen)."""
+    base = {"user.payment_methods": {"wallet": 1.0}, "user.order_amount": 100, "user.wallet_balance": 100,
+            "user.accounts": 40, "user.retry_probability": 0.0, "user.pay_delay": {"dist": "exponential", "mean": "900s"},
+            "app.network_latency": "0s", "gateway.notify_latency": {"dist": "exponential", "mean": "600s"},
+            "order_service.order_ttl": "15m", "order_service.late_payment": "auto_refund",
+            "gateway.refund_latency": "10m", "load.arrival_rate": 0.2, "run.horizon": "1h", "run.drain": "3h", **over}
+    s = Scenario().with_overrides({**BASE, **base})
+    user: dict[str, str] = {}
+    story: dict[str, list[int]] = defaultdict(list)
+
+    def tap(ev: dict) -> None:
+        if ev["type"] == "order.created":
+            user[ev["order"]] = ev["user"]
+        elif ev["type"] == "ledger.txn" and ev["kind"] in ("charge", "refund"):
+            moved = sum(p["amount"] for p in ev["postings"] if p["amount"] > 0)
+            story[user[ev["order"]]].append(moved if ev["kind"] == "charge" else -moved)
+
+    r = run_replication(s, 0, examples=False, tap=tap)
+    assert r.ledger_total == 0
+    return user, story
+
+
+def test_a_refund_gives_the_wallet_back_so_the_buyer_can_pay_again():
+    """user.refund_restores: a refunded (late, auto-refunded) payment returns its amount to the wallet it
+    came from; a buyer whose one 100-CNY balance it had emptied pays again. Without it the wallet stays
+    empty: one charge per account, ever. Either way the wallet never pays more than it holds."""
+    user, off = _wallet_story({})
+    user_on, on = _wallet_story({"user.refund_restores": True})
+    assert user == user_on
+    assert all(sum(1 for x in xs if x > 0) == 1 for xs in off.values()), off
+    refunded_then_paid = 0
+    for xs in on.values():
+        balance = 10_000
+        for x in xs:
+            balance -= x
+            assert balance >= 0, xs
+        refunded_then_paid += sum(1 for a, b in zip(xs, xs[1:]) if a < 0 < b)
+    assert sum(1 for x in sum(off.values(), []) if x < 0) >= 3  # refunds happened without the restore too
+    assert refunded_then_paid >= 3, on
+
+
+def test_a_partial_refund_restores_its_part_of_the_card_line():
+    """A partial refund gives back only its part: a 100-CNY line spent on one 100-CNY order, half of it
+    returned, leaves room for a 50-CNY order but not for another 100-CNY one."""
+    over = {"user.payment_methods": {"card": 1.0}, "user.card_limit": 100, "user.wallet_balance": "off",
+            "order_service.late_payment": "ignore", "merchant.delivery_time": "5m", "gateway.refund_latency": "0s",
+            "user.partial_refund_probability": 1.0, "user.partial_refund_share": 0.5, "user.partial_refund_delay": "1m",
+            "user.refund_restores": True}
+    user, story = _wallet_story(over)
+    assert story
+    for u, xs in story.items():
+        assert xs[0] == 10_000 and all(x in (10_000, -5_000) for x in xs), (u, xs)
+        assert sum(1 for x in xs if x > 0) == 1  # the 50 CNY back are never enough for another 100-CNY order
+    assert sum(1 for xs in story.values() if -5_000 in xs) >= 3
+    user_h, story_h = _wallet_story({**over, "user.order_amount": {"dist": "empirical", "values": [100, 50]}})
+    assert any(xs[:3] == [10_000, -5_000, 5_000] for xs in story_h.values()), story_h
+    _u, story_kept = _wallet_story({**over, "user.order_amount": {"dist": "empirical", "values": [100, 50]},
+                                    "user.refund_restores": False})
+    assert not any(xs[:3] == [10_000, -5_000, 5_000] for xs in story_kept.values())  # the line stayed used up

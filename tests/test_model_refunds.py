@@ -111,3 +111,93 @@ def test_a_partial_refund_returns_part_of_a_completed_order_and_the_screen_follo
         assert (first, last) == ("refund_pending", "refunded") and t_ask < t_back <= t_shown
     assert other == []  # a part returned: neither the trade nor the order is refunded as a whole
     assert not any(v.count for v in r.summary.per_class.values())
+
+
+# -- refund latency in working days (gateway.refund_working_days on the run.start calendar) ---------------
+
+def test_working_days_skip_weekends_and_holidays():
+    from datetime import date, datetime
+
+    from sim.domain.calendar import add_working_days, working_days_delay
+
+    friday = datetime(2026, 11, 6, 18, 0)
+    assert add_working_days(friday, 1) == datetime(2026, 11, 9, 18, 0)  # Monday, same time
+    assert add_working_days(friday, 0.2) == datetime(2026, 11, 6, 22, 48)
+    assert add_working_days(friday, 0.5) == datetime(2026, 11, 9, 6, 0)  # Friday's last 6h, then Monday's first
+    assert add_working_days(datetime(2026, 11, 7, 10, 0), 1) == datetime(2026, 11, 10, 0, 0)  # asked on Saturday
+    assert add_working_days(friday, 1, frozenset({date(2026, 11, 9)})) == datetime(2026, 11, 10, 18, 0)
+    assert add_working_days(datetime(2026, 11, 10, 9, 0), 7) == datetime(2026, 11, 19, 9, 0)  # Tue + 7 = Thu next week
+    assert add_working_days(friday, 0) == friday
+    # on the simulation clock: 6h after a Thursday-noon start is Thursday 18:00; 2 working days = Monday 18:00
+    assert working_days_delay(datetime(2026, 11, 5, 12, 0), 6 * 3600.0, 2) == 4 * 86400.0
+
+
+def _refund_delays(**extra):
+    """(asked, landed) scenario times of every refund of the LATE scenario, and its ledger total."""
+    s = Scenario().with_overrides({**LATE, "run.drain": "8d", **{k.replace("__", "."): v for k, v in extra.items()}})
+    asked: dict[str, float] = {}
+    spans: list[tuple[float, float]] = []
+
+    def tap(ev: dict) -> None:
+        if ev["type"] == "order.refund_pending":
+            asked[ev["order"]] = ev["t"]
+        elif ev["type"] == "order.refunded":
+            spans.append((asked[ev["order"]], ev["t"]))
+
+    r = run_replication(s, 0, examples=False, tap=tap)
+    assert r.ledger_total == 0
+    return spans
+
+
+def test_a_refund_asked_on_a_friday_lands_after_the_weekend():
+    """One working day: asked on a Friday evening (run.start), the money is back on Monday evening, 3
+    calendar days later; asked on a Tuesday, the next day; with the Monday a holiday, on Tuesday."""
+    one = {"gateway__refund_working_days": 1}
+    friday = _refund_delays(run__start="2026-11-06T18:00:00", **one)
+    tuesday = _refund_delays(run__start="2026-11-10T18:00:00", **one)
+    holiday = _refund_delays(run__start="2026-11-06T18:00:00", run__holidays=["2026-11-09"], **one)
+    assert len(friday) >= 30 and len(friday) == len(tuesday) == len(holiday)
+    slack = 60.0  # the refund request's own way through the order service and the gateway
+    for spans, days in ((friday, 3), (tuesday, 1), (holiday, 4)):
+        for asked, landed in spans:
+            assert days * 86400 <= landed - asked <= days * 86400 + slack, (days, asked, landed)
+
+
+def test_two_to_seven_working_days_never_land_on_a_weekend():
+    from datetime import datetime, timedelta
+
+    start = datetime(2026, 11, 6, 18, 0)
+    spans = _refund_delays(run__start=start.isoformat(), run__drain="12d",
+                           gateway__refund_working_days={"dist": "uniform", "low": 2, "high": 7})
+    assert len(spans) >= 30
+    assert all(asked < 6 * 3600 for asked, _l in spans)  # every refund was asked on the Friday evening
+    landed_on = [(start + timedelta(seconds=landed)).weekday() for _a, landed in spans]
+    assert all(d < 5 for d in landed_on), landed_on
+    waits = [landed - asked for asked, landed in spans]
+    assert min(waits) >= 4 * 86400  # 2 working days from a Friday evening: Tuesday evening at the earliest
+    assert max(waits) <= 11 * 86400 + 60  # 7 working days: the Monday after next plus a weekend
+
+
+def test_working_days_are_validated_with_the_key_named():
+    import pytest
+
+    from sim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"gateway\.refund_working_days: .*run\.start is \"off\""):
+        Scenario().with_overrides({"gateway.refund_working_days": 3})
+    with pytest.raises(ConfigError, match=r"run\.start: expected .*local date-time.*found 'friday'"):
+        Scenario().with_overrides({"run.start": "friday"})
+    with pytest.raises(ConfigError, match=r"run\.holidays: \[1\]: expected a date"):
+        Scenario().with_overrides({"run.holidays": ["2026-10-01", "Oct 2"]})
+    with pytest.raises(ConfigError, match=r"gateway\.refund_working_days: expected dist = one of"):
+        Scenario().with_overrides({"run.start": "2026-11-06", "gateway.refund_working_days": {"dist": "normal"}})
+    s = Scenario().with_overrides({"run.start": "2026-11-06", "gateway.refund_working_days": {"dist": "uniform",
+                                   "low": 2, "high": 7}, "run.holidays": ["2026-11-09"]})
+    from sim.scenario import scenario_from_dict
+
+    assert s.resolved()["run"]["start"] == "2026-11-06T00:00:00"
+    assert scenario_from_dict(s.resolved()) == s
+    # off, the new keys are left out of the resolved scenario (absent means off): old results stay identical
+    plain = Scenario().resolved()
+    assert "start" not in plain["run"] and "refund_working_days" not in plain["gateway"]
+    assert scenario_from_dict(plain) == Scenario()

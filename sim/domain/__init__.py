@@ -2,7 +2,8 @@
 
 ``states`` (state machines), ``entities`` (orders, trades, agreements and the money each step moves),
 ``ledger`` (double entry in fen), ``policies`` (close, late payment, retries, idempotency,
-reconciliation, BNPL) and ``schedules`` (named notification retry schedules). The simulation and the
+reconciliation, BNPL), ``schedules`` (named notification retry schedules) and ``calendar`` (working
+days: weekends and holidays skipped on the clock). The simulation and the
 live reference checkout both call these, so a policy is written once.
 """
 

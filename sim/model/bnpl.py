@@ -11,6 +11,9 @@ not yet synced is marked overdue all the same — a false overdue that emerges f
 
 from __future__ import annotations
 
+import hashlib
+import random
+
 from sim.domain import policies
 from sim.domain.entities import Agreement
 from sim.domain.states import AgreementState
@@ -32,8 +35,9 @@ class BnplProvider:
         """Sign the credit order (pay after use): approved within the credit limit."""
         w = self.w
         acct = w.accounts.get(order.user)
-        limit = int(round(w.p.bnpl.credit_limit * 100))
-        if order.amount > w.p.bnpl.credit_limit * 100 or (acct is not None and not acct.bnpl_room(order.amount, limit)):
+        cny = w.p.bnpl.credit_limit if w.p.bnpl.buyer_credit_limit is None else self.buyer_limit(order.user)
+        limit = int(round(cny * 100))
+        if order.amount > cny * 100 or (acct is not None and not acct.bnpl_room(order.amount, limit)):
             w.emit("bnpl.declined", "bnpl", order.id, reason="credit_limit")
             reply("failed")
             return
@@ -45,6 +49,15 @@ class BnplProvider:
         w.emit("bnpl.authorized", "bnpl", order.id, agreement=ag.id, amount=order.amount, expires_at=ag.expires_at)
         self.order_service.mark_paid(order, ag.id, agreement=True)
         reply("succeeded")
+
+    def buyer_limit(self, user: str) -> float:
+        """``user``'s own credit limit in CNY (``bnpl.buyer_credit_limit``): the first draw of a stream
+        seeded from the root seed, the replication and the buyer account only, so it is the same on
+        every authorization of theirs and shifts none of their other draws."""
+        w = self.w
+        key = hashlib.blake2b(b"bnpl-limit:%d:%d:%s" % (w.scenario.run.seed, w.replication, user.encode()),
+                              digest_size=16).digest()
+        return w.p.bnpl.buyer_credit_limit.draw(random.Random(int.from_bytes(key, "little")))
 
     def finish(self, ag: Agreement) -> None:
         w = self.w

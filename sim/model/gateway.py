@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Callable
 
 from sim.domain import policies
+from sim.domain.calendar import working_days_delay
 from sim.domain.entities import Trade
 from sim.domain.ledger import REFUND, transfer
 from sim.domain.states import TradeState
@@ -192,6 +193,8 @@ class Gateway:
         w.ledger.post(txn)
         w.emit("trade.reversed", actor, trade.order, trade=trade.id, amount=trade.amount)
         w.post(txn, trade.order, actor, trade=trade.id)
+        if w.p.user.refund_restores:
+            self._give_back(trade, trade.amount)
         return True
 
     def _query_bank(self, trade: Trade, k: int) -> None:
@@ -273,7 +276,7 @@ class Gateway:
                 w.emit("trade.refund_failed", "gateway", trade.order, trade=trade.id, amount=trade.amount)
                 reply("failed")
                 return
-            latency = g.refund_latency.draw(r)
+            latency = g.refund_latency.draw(r) if g.refund_working_days is None else self._working_days(r)
             if latency <= 0.0:
                 self._refunded(trade, reply, part)
                 return
@@ -290,6 +293,27 @@ class Gateway:
         if self.station.submit(w.s_gw_service(), serve) < 0:
             reply("failed")  # refused (503 / queue full): retried on the refund schedule
 
+    def _working_days(self, r) -> float:
+        """Seconds from now until ``gateway.refund_working_days`` (drawn with ``r``) working days have
+        passed on the calendar that starts at ``run.start`` (weekends and ``run.holidays`` skipped)."""
+        w = self.w
+        run = w.scenario.run
+        return working_days_delay(run.start, w.env.now, w.p.gateway.refund_working_days.draw(r),
+                                  frozenset(run.holidays))
+
+    def _give_back(self, trade: Trade, amount: int) -> None:
+        """``user.refund_restores``: ``amount`` returned to the buyer goes back to the wallet balance or
+        card line the debit took it from (when the buyer's account keeps one)."""
+        w = self.w
+        acct = w.accounts.get(trade.user)
+        order = w.orders.get(trade.order)
+        if acct is None or order is None or not w.p.user.refund_restores:
+            return
+        if order.method == "wallet" and acct.balance is not None:
+            acct.balance += amount
+        elif order.method == "card" and acct.card_left is not None:
+            acct.card_left += amount
+
     def _refunded(self, trade: Trade, reply: Callable[[str], None], part: int | None = None) -> None:
         w = self.w
         if trade.state is not T.SUCCEEDED:
@@ -303,6 +327,8 @@ class Gateway:
             txn = transfer(w.next_txn("r"), REFUND, "clearing", f"user:{trade.user}", part)
             w.ledger.post(txn)
             w.post(txn, trade.order, "gateway", trade=trade.id)
+            if w.p.user.refund_restores:
+                self._give_back(trade, part)
             reply("done")
             return
         trade.to(T.REFUNDED)
@@ -313,6 +339,8 @@ class Gateway:
             txn = transfer(w.next_txn("r"), REFUND, "clearing", f"user:{trade.user}", left)
             w.ledger.post(txn)
             w.post(txn, trade.order, "gateway", trade=trade.id)
+            if w.p.user.refund_restores:
+                self._give_back(trade, left)
         reply("done")
 
     # -- the notifier ----------------------------------------------------------------------------------
