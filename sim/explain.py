@@ -185,7 +185,7 @@ def _field_kind(section: str, name: str) -> str | None:
 
 
 def _kind_of(scenario: Scenario, key: str) -> tuple[str, Any]:
-    resolved = scenario.model_dump(mode="json")  # every key, also those resolved() leaves out while off
+    resolved = scenario.resolved()
     parts = key.split(".")
     try:
         base = _node(resolved, key)

@@ -20,7 +20,6 @@ path, what was expected, what was found, and a suggestion for a misspelt key.
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import difflib
 import math
@@ -878,14 +877,8 @@ class Scenario(_Section):
     live: LiveSection = LiveSection()
 
     def resolved(self) -> dict[str, Any]:
-        """The scenario as plain data, defaults included (what every result echoes), except the keys of
-        :data:`OMITTED_WHILE_OFF` while they are off: absent, they mean off."""
-        raw = self.model_dump(mode="json")
-        off = _off_values()
-        for section, key in OMITTED_WHILE_OFF:
-            if raw[section][key] == off[section, key]:
-                del raw[section][key]
-        return raw
+        """The scenario as plain data, defaults included (what every result echoes)."""
+        return self.model_dump(mode="json")
 
     def with_overrides(self, overrides: dict[str, Any], source: str = "--set") -> "Scenario":
         """A new scenario with dotted-key overrides applied, validated like a file."""
@@ -902,18 +895,6 @@ class Scenario(_Section):
         for key, value in window.set.items():
             _set_path(raw, key, value, source)
         return scenario_from_dict(raw, source)
-
-
-# Keys added after results were pinned (tests/test_digest.py): a resolved scenario leaves them out while
-# they are off, so a scenario that does not use them echoes, and results in, exactly what it did before.
-OMITTED_WHILE_OFF = (("run", "start"), ("run", "holidays"), ("user", "refund_restores"),
-                     ("gateway", "refund_working_days"), ("bnpl", "buyer_credit_limit"))
-
-
-@functools.cache
-def _off_values() -> dict[tuple[str, str], Any]:
-    full = Scenario().model_dump(mode="json")
-    return {(section, key): full[section][key] for section, key in OMITTED_WHILE_OFF}
 
 
 # Sections a fault window may change (run, load, live and reconciliation are fixed for a run).
@@ -1101,9 +1082,7 @@ def schema_markdown() -> str:
              "table `{dist = \"exponential\", mean = ...}`, `{dist = \"lognormal\", median = ..., p99 = ...}`,",
              "`{dist = \"uniform\", low = ..., high = ...}`, `{dist = \"constant\", value = ...}`,",
              "`{dist = \"empirical\", values = [...]}`. Schedules: `\"alipay\"`, `\"wechat\"`, `\"stripe\"`, `\"adyen\"` or a",
-             "list of gaps. Probabilities are numbers in [0, 1]. Unknown keys are errors.",
-             f"A result's resolved scenario leaves out {', '.join(f'`{a}.{b}`' for a, b in OMITTED_WHILE_OFF)} while",
-             "they are off (absent means off), so results of scenarios that do not use them are as before.", ""]
+             "list of gaps. Probabilities are numbers in [0, 1]. Unknown keys are errors.", ""]
     for section, model in Scenario.model_fields.items():
         ann = model.annotation
         sub = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None)
