@@ -197,7 +197,7 @@ def test_working_days_are_validated_with_the_key_named():
 
     assert s.resolved()["run"]["start"] == "2026-11-06T00:00:00"
     assert scenario_from_dict(s.resolved()) == s
-    # off, the new keys are left out of the resolved scenario (absent means off): old results stay identical
+    # off, the keys are echoed as off (every result records its whole resolved scenario)
     plain = Scenario().resolved()
-    assert "start" not in plain["run"] and "refund_working_days" not in plain["gateway"]
+    assert plain["run"]["start"] == "off" and plain["gateway"]["refund_working_days"] == "off"
     assert scenario_from_dict(plain) == Scenario()
