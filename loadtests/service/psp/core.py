@@ -88,6 +88,8 @@ TRADE_IN_PROGRESS = "TRADE_IN_PROGRESS"  # a debit in flight, or its outcome unk
 TRADE_PARAMS_CONFLICT = "TRADE_PARAMS_CONFLICT"
 TRADE_NOT_PAID = "TRADE_NOT_PAID"
 TRADE_CLOSE_TOO_EARLY = "TRADE_CLOSE_TOO_EARLY"  # younger than the close's min_close_age (WeChat: 5 minutes)
+TRADE_NOT_CLOSED = "TRADE_NOT_CLOSED"  # a reversal asked for a trade that is not closed
+NO_DEBIT = "NO_DEBIT"  # a reversal asked for a trade the bank never debited
 REFUND_AMOUNT_EXCEEDED = "REFUND_AMOUNT_EXCEEDED"
 REFUND_PARAMS_CONFLICT = "REFUND_PARAMS_CONFLICT"
 INVALID = "INVALID"
@@ -468,7 +470,7 @@ class ProviderCore(base.ServiceBase):
                     trade.debit(ledger, f"{trade_id}-charge")
                     self._succeeded(row, now)
                 else:
-                    ledger.post(transfer(f"{trade_id}-charge", CHARGE, f"user:{row['usr']}", "clearing", row["amount"]))
+                    self._late_debit(row, now, ledger, lost)
             elif trade is not None:
                 trade.to(T.FAILED)
                 self._save_state(trade_id, T.FAILED, reason)
@@ -478,6 +480,76 @@ class ProviderCore(base.ServiceBase):
                 self.bank_declined[trade_id] = reason or "declined"
         if informed:
             waiting.set_result(outcome)
+
+    def _late_debit(self, row: Any, now: float, ledger: SqlLedger, lost: bool) -> None:
+        """In a tx: the bank debited after the gateway stopped waiting (its timeout fired, the answer was
+        lost, risk control released a held debit). The money moves. Unless the answer was lost, the
+        gateway hears it now and does what ``policies.on_late_approval`` says under
+        ``gateway.late_approval``: ``apply`` (the trade was unknown or failed: it succeeds and is
+        notified), ``reverse`` (the trade was closed meanwhile: the debit goes back to the buyer at once,
+        ``trade.reversed``), ``ignore`` (closed: the money stays in clearing, for a reconciliation that
+        reads the bank statement to find)."""
+        trade_id = row["trade"]
+        txn = f"{trade_id}-charge"
+        if not ledger.post(transfer(txn, CHARGE, f"user:{row['usr']}", "clearing", row["amount"])):
+            # A second debit of one trade (paid again after the gateway gave up on a held debit): the
+            # bank took the money twice, so the ledger records it twice.
+            ledger.post(transfer(f"{txn}-{now:.6f}", CHARGE, f"user:{row['usr']}", "clearing", row["amount"]))
+        if lost:
+            return
+        state = T(row["state"])
+        action = policies.on_late_approval(state, self.conditions.current().gateway.late_approval)
+        if action == "apply":
+            self._entity(row).to(T.SUCCEEDED)
+            self._succeeded(row, now)
+        elif action == "reverse":
+            self._reverse(row, now, "gateway")
+
+    def _reverse(self, row: Any, now: float, actor: str) -> bool:
+        """In a tx: return the debit made on the closed trade ``row`` to the buyer (``trade.reversed``,
+        then its ``refund`` txn); the trade stays closed, its ``refunded`` says the money went back.
+        False when it was returned already (a reversal is posted once: its txn id is the trade's)."""
+        trade_id = row["trade"]
+        if row["refunded"] or self.store.one("SELECT 1 FROM txns WHERE txn = ?", (f"{trade_id}-reversal",)):
+            return False
+        self.store.emit(now, "trade.reversed", actor, row["ord"], trade=trade_id, amount=row["amount"])
+        SqlLedger(self.store, now, row["ord"], actor, trade=trade_id).post(
+            transfer(f"{trade_id}-reversal", REFUND, "clearing", f"user:{row['usr']}", row["amount"]))
+        self.store.conn.execute("UPDATE trades SET refunded = ? WHERE trade = ?", (row["amount"], trade_id))
+        return True
+
+    async def reverse_debit(self, trade_id: str, actor: str = "reconciler") -> dict[str, Any]:
+        """Return a debit the bank made on a closed trade (a late approval the gateway ignored, found
+        on the bank statement): ``{"result": "reversed" | "already_reversed", ...trade}``. Refused
+        (``TRADE_NOT_CLOSED``) for a trade that is not closed — a paid one is refunded — and
+        (``NO_DEBIT``) when the bank never debited it."""
+        self._trade(trade_id)
+        await self.gateway_work()
+        row = self._trade(trade_id)
+        state = T(row["state"])
+        if state is not T.CLOSED:
+            raise CoreError(409, f"trade is {state.value}: only a debit on a closed trade is reversed "
+                            "(a paid trade is refunded)", "trade", TRADE_NOT_CLOSED, trade_state=state.value)
+        if self.store.one("SELECT 1 FROM txns WHERE txn = ?", (f"{trade_id}-charge",)) is None:
+            raise CoreError(409, "the bank never debited this trade: nothing to return", "trade", NO_DEBIT,
+                            trade_state=state.value)
+        with self.store.tx():
+            done = self._reverse(row, self.clock.now(), actor)
+        return {"result": "reversed" if done else "already_reversed", **self.view(self._trade(trade_id))}
+
+    def statement(self, since: float, until: float, offset: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """The bank's statement of debits (``charge`` txns) made in ``(since, until]`` scenario seconds,
+        oldest first, at most ``limit`` from ``offset``: per debit its ``trade``, ``order``, ``user``,
+        ``merchant``, ``amount`` (fen) and ``t`` (when the money moved). ``next_offset``: where the next
+        page starts, None on the last one. What a checkout reconciles against (``reconciliation``)."""
+        rows = self.store.all(
+            "SELECT txns.txn, txns.t, txns.ord, txns.trade, trades.usr, trades.merchant, trades.amount"
+            " FROM txns JOIN trades ON trades.trade = txns.trade WHERE txns.kind = ? AND txns.t > ? AND txns.t <= ?"
+            " ORDER BY txns.t, txns.txn LIMIT ? OFFSET ?", (CHARGE, since, until, limit + 1, offset))
+        debits = [{"trade": r["trade"], "order": r["ord"], "user": r["usr"], "merchant": r["merchant"],
+                   "amount": r["amount"], "t": r["t"], "txn": r["txn"]} for r in rows[:limit]]
+        return {"since": since, "until": until, "offset": offset, "debits": debits,
+                "next_offset": offset + limit if len(rows) > limit else None}
 
     def _succeeded(self, row: Any, now: float) -> None:
         """The gateway knows the trade is paid: state, event and the notification to send (in a tx)."""
@@ -533,16 +605,18 @@ class ProviderCore(base.ServiceBase):
         now = self.clock.now()
         charged = self.store.one("SELECT 1 FROM txns WHERE txn = ?", (f"{job.key}-charge",)) is not None
         pending = job.key in self.bank_inflight or job.key in self.bank_held
+        gap = policies.notify_delay(self.conditions.current().gateway.bank_query_schedule.gaps, job.attempt + 1)
         with self.store.tx():
             self.store.done(job)
             if charged:
                 self._entity(row).to(T.SUCCEEDED)
                 self._succeeded(row, now)
-            elif pending:
-                gap = policies.notify_delay(self.conditions.current().gateway.bank_query_schedule.gaps, job.attempt + 1)
-                if gap is not None:  # a spent schedule leaves the trade unknown: stuck
-                    self.store.schedule("bank_query", job.key, now + gap, job.attempt + 1)
-            else:  # the bank has no debit in flight: declined, or never reached it
+            elif pending and gap is not None:
+                self.store.schedule("bank_query", job.key, now + gap, job.attempt + 1)
+            else:
+                # No debit in flight (declined, or it never reached the bank) — or the schedule is spent
+                # while the bank still holds it: the gateway gives up (failed, as in the simulation); a
+                # later approval is then a late one (_late_debit).
                 reason = self.bank_declined.pop(job.key, "error")
                 self._entity(row).to(T.FAILED)
                 self._save_state(job.key, T.FAILED, reason)
