@@ -8,9 +8,14 @@ live history."""
 from __future__ import annotations
 
 import time
+from typing import Iterator
 
+import pytest
+
+from loadtests.service.runner import Services
 from sim.check import CheckConfig, check_events
 
+from .conftest import launch
 from .helpers import balance, events_of, http, new_order, order_state, start_payment, uid, wait_for
 
 # The gateway waits 30 s, asks the bank once 30 s later and gives up (failed); the order's 90 s close
@@ -80,3 +85,100 @@ def test_late_approval_reversed_by_the_gateway(services):
     summary = _checked(s, order)
     assert summary.per_class["paid_but_closed"].count == 0, summary.end_states
     assert "paid_closed_unrefunded" not in summary.end_states, summary.end_states
+
+
+@pytest.fixture(scope="module")
+def reconciling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """Services whose checkout reconciles every 2 minutes the debits older than 90 s (reconciliation is
+    fixed for a run: no fault override turns it on), at time scale 120. (The delay keeps a debit from
+    being read before its order's 60 s close: a debit of an open order is filled in, not refunded.)"""
+    s = launch(tmp_path_factory.mktemp("recon"), {"reconciliation.interval": "120s",
+                                                   "reconciliation.statement_delay": "90s"}, time_scale=120)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def recon(reconciling: Services) -> Services:
+    reconciling.set_faults({})
+    return reconciling
+
+
+def test_statement_reconciliation_returns_the_late_debit(recon):
+    """ignore + reconciliation every 2 minutes: the first run after the release that reads it finds the debit on the
+    statement — the trade is closed, nothing returned it: 长款 — and has the provider return it."""
+    s = recon
+    s.set_faults({**HELD, "gateway.late_approval": "ignore"})
+    order, trade, buyer = _held_then_released(s)
+    wait_for(lambda: "recon.repaired" in _types(s, order), timeout=10, what="the reconciliation's repair")
+    wait_for(lambda: balance(s, f"user:{buyer}") == 0, timeout=5, what="the debit returned")
+    events = events_of(s, order)
+    found = next(e for e in events if e["type"] == "recon.found")
+    repaired = next(e for e in events if e["type"] == "recon.repaired")
+    reversed_ = next(e for e in events if e["type"] == "trade.reversed")
+    assert (found["kind"], found["trade"], found["actor"]) == ("long", trade, "reconciler")
+    assert (repaired["action"], repaired["trade"]) == ("refund", trade)
+    assert reversed_["actor"] == "reconciler" and reversed_["amount"] == 2600
+    charge = next(e for e in events if e["type"] == "ledger.txn" and e["kind"] == "charge")
+    # at the first run (a multiple of 120 s) that reads debits this old (90 s)
+    assert charge["t"] + 90 < found["t"] <= ((charge["t"] + 90) // 120 + 1) * 120 + 60, (charge["t"], found["t"])
+    summary = _checked(s, order)
+    pbc = summary.per_class["paid_but_closed"]
+    assert pbc.count == 0 and pbc.repaired == 1, (pbc, summary.end_states)
+    # Run again over nothing new: the repaired debit is not found a second time.
+    t = _now(s)
+    wait_for(lambda: _now(s) > (t // 120 + 1) * 120 + 10, timeout=5, what="the next reconciliation")
+    time.sleep(0.2)
+    assert [e["type"] for e in events_of(s, order)].count("recon.found") == 1
+
+
+def test_statement_pages_and_reverse_refusals(services):
+    """The statement lists each debit once, oldest first, paged; a reversal is refused for a paid
+    trade (it is refunded instead) and for a closed trade the bank never debited."""
+    s = services
+    since = _now(s)
+    trades = []
+    for _ in range(3):
+        order = new_order(s, amount=700)["order"]
+        trade = start_payment(s, order)["trade"]
+        assert http.post(f"{s.provider_url}/trades/{trade}/pay").json()["state"] == "succeeded"
+        trades.append((trade, order))
+    seen, offset = [], 0
+    while offset is not None:
+        page = http.get(f"{s.provider_url}/statement", params={"since": since, "offset": offset, "limit": 2}).json()
+        seen += [(d["trade"], d["order"]) for d in page["debits"] if d["amount"] == 700]
+        assert all(since < d["t"] <= page["until"] for d in page["debits"])
+        offset = page["next_offset"]
+    assert [x for x in seen if x in trades] == trades
+    refused = http.post(f"{s.provider_url}/trades/{trades[0][0]}/reverse")
+    assert refused.status_code == 409 and refused.json()["code"] == "TRADE_NOT_CLOSED", refused.text
+    order = new_order(s)["order"]
+    unpaid = start_payment(s, order)["trade"]
+    assert http.post(f"{s.provider_url}/trades/{unpaid}/close").status_code == 200
+    refused = http.post(f"{s.provider_url}/trades/{unpaid}/reverse")
+    assert refused.status_code == 409 and refused.json()["code"] == "NO_DEBIT", refused.text
+    bad = http.get(f"{s.provider_url}/statement", params={"limit": 0})
+    assert bad.status_code == 422 and bad.json()["field"] == "limit", bad.text
+    bad = http.get(f"{s.provider_url}/statement", params={"since": "nan"})
+    assert bad.status_code == 422 and bad.json()["field"] == "since", bad.text
+
+
+def test_statement_reconciliation_refunds_an_ignored_late_payment(recon):
+    """The classic one: a naive close, the payment's notification after it, ignored (late_payment =
+    ignore). The trade succeeded, the order is closed: 长款 on the statement; the checkout refunds it."""
+    s = recon
+    s.set_faults({"order_service.order_ttl": "60s", "gateway.notify_latency": "120s",
+                  "gateway.notify_schedule": ["30s"] * 5, "order_service.close_policy": "naive",
+                  "order_service.late_payment": "ignore"})
+    buyer = uid("late")
+    order = new_order(s, amount=1900, user=buyer)["order"]
+    trade = start_payment(s, order)["trade"]
+    assert http.post(f"{s.provider_url}/trades/{trade}/pay").json()["state"] == "succeeded"
+    wait_for(lambda: order_state(s, order) == "refunded", timeout=15, what="refunded by reconciliation")
+    types = _types(s, order)
+    assert types.index("order.closed") < types.index("recon.found") < types.index("recon.repaired") \
+        < types.index("order.refund_pending") < types.index("order.refunded"), types
+    assert balance(s, f"user:{buyer}") == 0
+    summary = _checked(s, order)
+    pbc = summary.per_class["paid_but_closed"]
+    assert pbc.count == 0 and pbc.repaired == 1, (pbc, summary.end_states)
