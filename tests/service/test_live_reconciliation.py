@@ -182,3 +182,30 @@ def test_statement_reconciliation_refunds_an_ignored_late_payment(recon):
     summary = _checked(s, order)
     pbc = summary.per_class["paid_but_closed"]
     assert pbc.count == 0 and pbc.repaired == 1, (pbc, summary.end_states)
+
+
+def test_a_held_debit_is_not_made_again_when_its_failed_trade_is_paid_again(services):
+    """The buyer pays the same trade number again after the gateway gave up on it (failed) while risk
+    control still holds the first debit: the trade number is the bank's idempotency key, so the bank
+    debits once — when the hold is released — not twice."""
+    s = services
+    s.set_faults({**HELD, "order_service.order_ttl": "150s", "gateway.late_approval": "ignore"})
+    buyer = uid("again")
+    order = new_order(s, amount=3300, user=buyer)["order"]
+    trade = start_payment(s, order)["trade"]
+    pay_url = f"{s.provider_url}/trades/{trade}/pay"
+    assert http.post(pay_url).json()["state"] == "unknown"
+    wait_for(lambda: http.get(f"{s.provider_url}/trades/{trade}").json()["state"] == "failed", timeout=10,
+             what="the gateway giving up")
+    # Risk control would let a new debit through at once; but the held one is this trade's: the bank
+    # does not debit again, and has no answer until the hold is released.
+    s.set_faults({**HELD, "order_service.order_ttl": "150s", "gateway.late_approval": "ignore",
+                  "bank.risk_hold_probability": 0.0})
+    assert http.post(pay_url).json()["state"] == "unknown"
+    wait_for(lambda: any(e["type"] == "ledger.txn" for e in events_of(s, order)), timeout=15,
+             what="the held debit released")
+    time.sleep(0.3)
+    charges = [e for e in events_of(s, order) if e["type"] == "ledger.txn" and e["kind"] == "charge"]
+    assert len(charges) == 1, charges
+    assert balance(s, f"user:{buyer}") == -3300
+    assert _checked(s, order).per_class["double_charge"].count == 0

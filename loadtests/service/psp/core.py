@@ -434,7 +434,14 @@ class ProviderCore(base.ServiceBase):
                 await self.clock.sleep(c.sample("bank.latency"))
             bank = c.current().bank
             forced = self.card_outcome.pop(trade_id, None)
-            if forced is not None:  # a test card that the bank declines (Stripe's pm_card_chargeDeclined...)
+            if row["state"] == T.FAILED.value and self._debited_before(trade_id):
+                # A trade paid again after the gateway gave up on it (failed): the trade number is the
+                # bank's idempotency key, so a debit held for review is not made again (no answer until
+                # risk control releases it), and one already made is answered approved, not repeated.
+                if trade_id in self.bank_held:
+                    return
+                outcome, reason = "ok", None
+            elif forced is not None:  # a test card that the bank declines (Stripe's pm_card_chargeDeclined...)
                 outcome, reason = "failed", forced
             elif row["amount"] > round(bank.single_payment_limit * 100):
                 outcome, reason = "failed", "limit"
@@ -481,6 +488,11 @@ class ProviderCore(base.ServiceBase):
         if informed:
             waiting.set_result(outcome)
 
+    def _debited_before(self, trade_id: str) -> bool:
+        """Whether the bank holds a debit of this trade for review, or has made one already."""
+        return trade_id in self.bank_held or \
+            self.store.one("SELECT 1 FROM txns WHERE txn = ?", (f"{trade_id}-charge",)) is not None
+
     def _late_debit(self, row: Any, now: float, ledger: SqlLedger, lost: bool) -> None:
         """In a tx: the bank debited after the gateway stopped waiting (its timeout fired, the answer was
         lost, risk control released a held debit). The money moves. Unless the answer was lost, the
@@ -489,12 +501,7 @@ class ProviderCore(base.ServiceBase):
         notified), ``reverse`` (the trade was closed meanwhile: the debit goes back to the buyer at once,
         ``trade.reversed``), ``ignore`` (closed: the money stays in clearing, for a reconciliation that
         reads the bank statement to find)."""
-        trade_id = row["trade"]
-        txn = f"{trade_id}-charge"
-        if not ledger.post(transfer(txn, CHARGE, f"user:{row['usr']}", "clearing", row["amount"])):
-            # A second debit of one trade (paid again after the gateway gave up on a held debit): the
-            # bank took the money twice, so the ledger records it twice.
-            ledger.post(transfer(f"{txn}-{now:.6f}", CHARGE, f"user:{row['usr']}", "clearing", row["amount"]))
+        ledger.post(transfer(f"{row['trade']}-charge", CHARGE, f"user:{row['usr']}", "clearing", row["amount"]))
         if lost:
             return
         state = T(row["state"])
