@@ -414,7 +414,7 @@ class Checkout(base.ServiceBase):
                 path, what = "/bnpl/agreements", "BNPL provider"
             else:
                 payload = {"trade": trade, "order": order_id, "user": row["usr"], "merchant": row["merchant"],
-                           "amount": row["amount"], "notify_url": self.notify_url}
+                           "amount": row["amount"], "notify_url": self.notify_url, "method": row["method"]}
                 if self.conditions.current().order_service.pass_time_expire:
                     # time_expire = the order's expiry: a pay link opened later cannot outlive the order
                     left = max(row["expires_at"] - self.clock.now(), 0.001)

@@ -37,11 +37,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from sim.domain import policies
-from sim.domain.entities import Agreement, Trade
+from sim.domain.entities import Agreement, BuyerAccount, Trade
 from sim.domain.ledger import CHARGE, REFUND, transfer
 from sim.domain.states import TRADE_PAYABLE, AgreementState, TradeState
 
@@ -77,6 +78,11 @@ CREATE TABLE IF NOT EXISTS agreements (
     credit_paid INTEGER NOT NULL DEFAULT 0, finish_t REAL
 );
 CREATE INDEX IF NOT EXISTS agreements_user ON agreements (usr);
+CREATE TABLE IF NOT EXISTS bank_accounts (
+    usr TEXT PRIMARY KEY, balance INTEGER, card_left INTEGER, daily_limit INTEGER, flagged INTEGER NOT NULL,
+    day INTEGER NOT NULL, spent_today INTEGER NOT NULL, declines_today INTEGER NOT NULL,
+    topping_up INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 """
 
 # The core's refusals. A face maps each onto its protocol's own code (the native face keeps the
@@ -195,7 +201,7 @@ class ProviderCore(base.ServiceBase):
                 "trade_expire": self._trade_expire, "bnpl_deduct": self._bnpl_deduct,
                 "bnpl_sync": self._bnpl_sync, "bnpl_compensate": self._bnpl_compensate,
                 "bnpl_expire": self._bnpl_expire, "bnpl_repay": self._bnpl_repay,
-                "refund_settle": self._refund_settle, "refund_land": self._refund_land}
+                "refund_settle": self._refund_settle, "refund_land": self._refund_land, "top_up": self._top_up}
 
     def background(self) -> list:
         start = getattr(self.http, "start", None)  # the notification worker, ready before traffic comes
@@ -434,13 +440,14 @@ class ProviderCore(base.ServiceBase):
                 await self.clock.sleep(c.sample("bank.latency"))
             bank = c.current().bank
             forced = self.card_outcome.pop(trade_id, None)
+            fresh = True  # a new debit (not one the bank has already made or holds)
             if row["state"] == T.FAILED.value and self._debited_before(trade_id):
                 # A trade paid again after the gateway gave up on it (failed): the trade number is the
                 # bank's idempotency key, so a debit held for review is not made again (no answer until
                 # risk control releases it), and one already made is answered approved, not repeated.
                 if trade_id in self.bank_held:
                     return
-                outcome, reason = "ok", None
+                outcome, reason, fresh = "ok", None, False
             elif forced is not None:  # a test card that the bank declines (Stripe's pm_card_chargeDeclined...)
                 outcome, reason = "failed", forced
             elif row["amount"] > round(bank.single_payment_limit * 100):
@@ -457,6 +464,8 @@ class ProviderCore(base.ServiceBase):
                 return
             else:
                 outcome, reason = "ok", None
+            if fresh and self._accounts_kept():
+                outcome, reason = self._account_check(row, outcome, reason)
             self._bank_answer(trade_id, outcome, reason, lost=c.chance("bank.response_loss", bank.response_loss))
         finally:
             self.bank_inflight.discard(trade_id)
@@ -487,6 +496,90 @@ class ProviderCore(base.ServiceBase):
                 self.bank_declined[trade_id] = reason or "declined"
         if informed:
             waiting.set_result(outcome)
+
+    # -- buyer accounts at the bank (user.wallet_balance, card_limit, daily_limit, risk_flagged) -------
+
+    def _accounts_kept(self) -> bool:
+        """Whether the bank keeps buyer accounts: a wallet balance, card line, daily limit or risk flag is
+        set (``user.*``), or risk control freezes buyers (``bank.risk_freeze_after``) — as the simulation."""
+        cur = self.conditions.current()
+        u = cur.user
+        return (u.wallet_balance is not None or u.card_limit is not None or u.daily_limit is not None
+                or u.risk_flagged > 0 or cur.bank.risk_freeze_after is not None)
+
+    def _account_rng(self, user: str) -> random.Random:
+        """The account's own stream (seeded from the run's seed and the user id): its limits, risk flag
+        and top-ups do not shift any other draw."""
+        return random.Random(f"{self.conditions.base.run.seed}:provider:account:{user}")
+
+    def _account(self, user: str) -> BuyerAccount:
+        """The buyer's account as the bank keeps it (SQLite ``bank_accounts``); drawn at the first debit."""
+        r = self.store.one("SELECT * FROM bank_accounts WHERE usr = ?", (user,))
+        if r is not None:
+            acct = BuyerAccount(r["balance"], r["card_left"], r["daily_limit"], bool(r["flagged"]))
+            acct.day, acct.spent_today, acct.declines_today = r["day"], r["spent_today"], r["declines_today"]
+            acct.topping_up = bool(r["topping_up"])
+            return acct
+        u = self.conditions.current().user
+        rng = self._account_rng(user)
+        fen = (lambda x: None if x is None else int(round(x * 100)))  # noqa: E731
+        return BuyerAccount(
+            balance=fen(u.wallet_balance.draw(rng)) if u.wallet_balance is not None else None,
+            card_left=fen(u.card_limit.draw(rng)) if u.card_limit is not None else None,
+            daily_limit=fen(u.daily_limit.draw(rng)) if u.daily_limit is not None else None,
+            flagged=u.risk_flagged > 0 and rng.random() < u.risk_flagged)
+
+    def _save_account(self, user: str, a: BuyerAccount) -> None:
+        self.store.conn.execute(
+            "INSERT OR REPLACE INTO bank_accounts (usr, balance, card_left, daily_limit, flagged, day, spent_today,"
+            " declines_today, topping_up) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (user, a.balance, a.card_left, a.daily_limit, int(a.flagged), a.day, a.spent_today, a.declines_today,
+             int(a.topping_up)))
+
+    def _account_check(self, row: Any, outcome: str, reason: str | None) -> tuple[str, str | None]:
+        """The buyer's account on a debit whose own draws gave ``outcome``: risk status first (flagged, or
+        frozen after ``bank.risk_freeze_after`` refusals today: ``risk_blocked``), then the wallet
+        balance or card line (``declined``) and the daily limit (``limit``) — ``BuyerAccount`` decides,
+        as in the simulation's bank. What it finds persists: an empty wallet is declined on every retry
+        and every order until topped up (``user.top_up_delay``). The trade's method (``wallet`` /
+        ``card``, as the checkout created it; ``card`` when not said) picks the balance or the line."""
+        user = row["usr"]
+        now = self.clock.now()
+        day = int(now // 86400.0)
+        acct = self._account(user)
+        instrument = json.loads(row["meta"] or "{}").get("method") or "card"
+        if acct.frozen(day, self.conditions.current().bank.risk_freeze_after):
+            outcome, reason = "failed", "risk_blocked"
+        elif outcome == "ok":
+            result = acct.debit(instrument, row["amount"], day)
+            if result != "approved":
+                outcome, reason = "failed", result
+                if result == "declined" and instrument == "wallet":
+                    self._top_up_later(user, acct, now)
+        if outcome == "failed" and reason in ("declined", "risk_blocked", "limit"):
+            acct.declined(day)
+        with self.store.tx():
+            self._save_account(user, acct)
+        return outcome, reason
+
+    def _top_up_later(self, user: str, acct: BuyerAccount, now: float) -> None:
+        """A wallet buyer short of balance tops up ``user.top_up_delay`` later (a fresh ``wallet_balance``)."""
+        u = self.conditions.current().user
+        if acct.topping_up or u.top_up_delay is None or u.wallet_balance is None:
+            return
+        acct.topping_up = True
+        rng = random.Random(f"{self.conditions.base.run.seed}:provider:top_up:{user}:{now!r}")
+        amount = int(round(u.wallet_balance.draw(rng) * 100))
+        with self.store.tx():
+            self.store.schedule("top_up", user, now + u.top_up_delay.draw(rng), data={"amount": amount})
+
+    async def _top_up(self, job: Job) -> None:
+        with self.store.tx():
+            self.store.done(job)
+            acct = self._account(job.key)
+            acct.balance = (acct.balance or 0) + int((job.data or {}).get("amount", 0))
+            acct.topping_up = False
+            self._save_account(job.key, acct)
 
     def _debited_before(self, trade_id: str) -> bool:
         """Whether the bank holds a debit of this trade for review, or has made one already."""
@@ -596,7 +689,10 @@ class ProviderCore(base.ServiceBase):
         try:
             with self.store.tx():
                 self.store.done(job)
-            self._bank_answer(job.key, "ok", None, lost=False)
+            outcome, reason = "ok", None
+            if self._accounts_kept():  # the buyer's account as it is when the hold ends
+                outcome, reason = self._account_check(self._trade(job.key, merchant_view=False), outcome, reason)
+            self._bank_answer(job.key, outcome, reason, lost=False)
         finally:
             self.bank_inflight.discard(job.key)
 

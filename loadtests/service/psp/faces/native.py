@@ -44,6 +44,9 @@ class TradeCreate(BaseModel):
     notify_url: Annotated[str, Field(pattern=r"^https?://\S+$", max_length=2048)] | None = None
     timeout_express: Annotated[str, Field(pattern=r"^[0-9]{1,9}(\.[0-9]{1,6})?(ms|s|min|m|h|d)$",
                                           description='trade lifetime, e.g. "15m"; default gateway.trade_ttl')] | None = None
+    method: Literal["wallet", "card"] | None = Field(
+        None, description="what the buyer pays with: the bank's buyer account debits the wallet balance or the "
+        "card line (user.wallet_balance / card_limit); default card")
 
 
 class RefundBody(BaseModel):
@@ -134,7 +137,8 @@ class NativeFace(Face):
             # gateway.trade_creation = on_open: a pay link, created at the gateway when the buyer opens it
             lazy = svc.conditions.current().gateway.trade_creation == "on_open"
             view, created = await call(svc.create_trade(body.trade, body.order, body.user, body.amount, body.merchant,
-                                                        body.notify_url, ttl, lazy=lazy))
+                                                        body.notify_url, ttl, lazy=lazy,
+                                                        meta={"method": body.method} if body.method else None))
             return json_response(_view(view), 201 if created else 200)
 
         @r.get("/trades/{trade}", tags=["trades"], response_model=TradeView, summary="query a trade")
