@@ -19,6 +19,8 @@
   (``policies.must_reread``), without it the stale decision is written: the lost update and the double
   fulfilment, live.
 * **The order page** is served by a read replica ``order_service.read_lag`` behind the primary.
+* **Reconciliation** (``reconciliation.interval``, off by default): a durable job reads the provider's
+  statement of debits and repairs what ``policies.reconcile`` finds, as the simulation's reconciler.
 * **The merchant** (as in the simulation, for pay-after-use orders only): delivers after
   ``merchant.delivery_time``, then calls *finish* after ``bnpl_finish_delay`` — or forgets to
   (``bnpl_finish_forget``), or fails (``bnpl_finish_failure``) and retries ``bnpl_finish_retries`` times.

@@ -17,7 +17,12 @@ failure rates (scaled by the time scale):
 * **The bank**: ``bank.channels`` concurrent debits, ``bank.latency``, declines, risk-control blocks
   and holds, the single-payment limit, and ``bank.response_loss`` — the debit happens but the gateway
   never hears, times out after ``gateway.timeout`` and leaves the trade ``unknown`` until its
-  ``gateway.bank_query_schedule`` asks the bank again.
+  ``gateway.bank_query_schedule`` asks the bank again (a spent schedule fails the trade). A debit made
+  after the gateway stopped waiting is handled by ``policies.on_late_approval`` under
+  ``gateway.late_approval`` (applied, reversed on a closed trade, or left for reconciliation); the
+  statement of debits (:meth:`ProviderCore.statement`) is what a checkout reconciles against. With
+  ``user.wallet_balance`` / ``card_limit`` / ``daily_limit`` / ``risk_flagged`` or
+  ``bank.risk_freeze_after`` the bank keeps buyer accounts (``BuyerAccount``) per user.
 * **Notifications**: a durable outbox; each attempt is a real HTTP POST whose body, headers and
   acknowledgement rule come from the trade's face, with ``gateway.notify_latency``, ``notify_loss`` and
   ``notify_duplicate``, within ``notify_ack_timeout``, retried on ``gateway.notify_schedule``
