@@ -19,6 +19,8 @@
   (``policies.must_reread``), without it the stale decision is written: the lost update and the double
   fulfilment, live.
 * **The order page** is served by a read replica ``order_service.read_lag`` behind the primary.
+* **Reconciliation** (``reconciliation.interval``, off by default): a durable job reads the provider's
+  statement of debits and repairs what ``policies.reconcile`` finds, as the simulation's reconciler.
 * **The merchant** (as in the simulation, for pay-after-use orders only): delivers after
   ``merchant.delivery_time``, then calls *finish* after ``bnpl_finish_delay`` — or forgets to
   (``bnpl_finish_forget``), or fails (``bnpl_finish_failure``) and retries ``bnpl_finish_retries`` times.
@@ -34,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -168,6 +171,7 @@ class Checkout(base.ServiceBase):
         """Bring a data directory of an older checkout to this schema: trade numbers keyed by order (the
         old rows unverified: the close job asks the provider whose they are before using them) and the
         ``refund_failed`` mark."""
+        self._plan_reconciliation()
         order_cols = {r[1] for r in self.store.all("PRAGMA table_info(orders)")}
         trade_cols = {r[1] for r in self.store.all("PRAGMA table_info(order_trades)")}
         added = [c for c in ("refund_failed", "version", "refund_failures") if c not in order_cols]
@@ -186,7 +190,7 @@ class Checkout(base.ServiceBase):
 
     def job_handlers(self) -> dict:
         return {"expire": self._expire, "deliver": self._deliver,
-                "bnpl_finish": self._bnpl_finish, "refund": self._refund}
+                "bnpl_finish": self._bnpl_finish, "refund": self._refund, "reconcile": self._reconcile}
 
     def background(self) -> list:
         return [self._sweep_loop]
@@ -412,7 +416,7 @@ class Checkout(base.ServiceBase):
                 path, what = "/bnpl/agreements", "BNPL provider"
             else:
                 payload = {"trade": trade, "order": order_id, "user": row["usr"], "merchant": row["merchant"],
-                           "amount": row["amount"], "notify_url": self.notify_url}
+                           "amount": row["amount"], "notify_url": self.notify_url, "method": row["method"]}
                 if self.conditions.current().order_service.pass_time_expire:
                     # time_expire = the order's expiry: a pay link opened later cannot outlive the order
                     left = max(row["expires_at"] - self.clock.now(), 0.001)
@@ -907,6 +911,121 @@ class Checkout(base.ServiceBase):
             self._save(o)
             conn.execute("UPDATE orders SET refund_failed = 0 WHERE ord = ?", (job.key,))
             self.store.emit(now, "order.refunded", "order_service", job.key, amount=row["amount"], **self._ref(row, trade))
+
+    # -- reconciliation -----------------------------------------------------------------------------
+
+    def _next_reconciliation(self, now: float) -> float | None:
+        """The next multiple of ``reconciliation.interval`` after ``now`` (None: reconciliation is off)."""
+        interval = self.config.scenario.reconciliation.interval
+        if interval is None or interval <= 0:
+            return None
+        return (math.floor(now / interval) + 1) * interval
+
+    def _plan_reconciliation(self) -> None:
+        """At start: the reconciliation job, at the next multiple of ``reconciliation.interval`` (as the
+        simulation's reconciler runs), unless one is pending already (a restart keeps it)."""
+        due = self._next_reconciliation(self.clock.now())
+        if due is None or self.store.one("SELECT 1 FROM jobs WHERE kind = 'reconcile'"):
+            return
+        with self.store.tx():
+            self.store.schedule("reconcile", "statement", due)
+
+    async def _reconcile(self, job: Job) -> None:
+        """Reconciliation (对账): read the bank statement's debits older than
+        ``reconciliation.statement_delay`` not reconciled yet, classify each against its order and trade
+        (``policies.reconcile``) and repair it per ``reconciliation.repair`` — as the simulation's
+        reconciler (``sim/model/reconciliation.py``), emitting the same ``recon.*`` events. Where it
+        got to is kept (meta ``recon_until``); a provider that does not answer leaves it there, and the
+        next run reads the same debits again (the repairs are idempotent)."""
+        rc = self.config.scenario.reconciliation
+        now = self.clock.now()
+        since = float(self.store.meta("recon_until") or "-1")
+        until = now - rc.statement_delay
+        reached = None
+        if until > since:
+            try:
+                offset: int | None = 0
+                while offset is not None:
+                    resp = await self._call("GET", f"/statement?since={since!r}&until={until!r}&offset={offset}")
+                    if resp.status_code != 200:
+                        raise ProviderUnavailable(f"statement answered {resp.status_code}: {resp.text[:200]}")
+                    page = _json(resp)
+                    for debit in page.get("debits") or []:
+                        if isinstance(debit, dict):
+                            await self._reconcile_debit(debit, rc.repair)
+                    offset = page.get("next_offset") if isinstance(page.get("next_offset"), int) else None
+                reached = until
+            except ProviderUnavailable as exc:
+                log.warning("reconciliation of the statement after %.3f stopped, again next time: %s", since, exc)
+        nxt = self._next_reconciliation(self.clock.now())
+        with self.store.tx():
+            self.store.done(job)
+            if reached is not None:
+                self.store.set_meta("recon_until", repr(reached))
+            if nxt is not None:
+                self.store.schedule("reconcile", "statement", nxt)
+
+    async def _reconcile_debit(self, debit: dict[str, Any], repair: str) -> None:
+        """One debit of the statement against the order and the trade the provider reports now."""
+        order_id, trade = debit.get("order"), debit.get("trade")
+        if not isinstance(order_id, str) or not isinstance(trade, str) or self._trade_of(order_id, trade) is None:
+            return  # not a trade this checkout sent: another merchant's, or made at the provider directly
+        async with self._order_lock(order_id):
+            resp = await self._call("GET", f"/trades/{trade}")
+            if resp.status_code == 404:
+                return
+            if resp.status_code != 200:
+                raise ProviderUnavailable(f"query answered {resp.status_code}")
+            view = _json(resp)
+            try:
+                state = TradeState(view.get("state"))
+            except ValueError:
+                raise ProviderUnavailable(f"query answered an unknown trade state {view.get('state')!r}") from None
+            if state in (TradeState.UNKNOWN, TradeState.FAILED):
+                state = TradeState.SUCCEEDED  # the bank debited it: the statement is the truth
+            row = self._order_row(order_id)
+            o = self._entity(row)
+            refunded = view.get("refunded")
+            returned = isinstance(refunded, int) and not isinstance(refunded, bool) and refunded > 0
+            kind, action = policies.reconcile(o.state, state, repair, debit_returned=returned)
+            if kind is None:
+                return
+            with self.store.tx():
+                self.store.emit(self.clock.now(), "recon.found", "reconciler", order_id, kind=kind.value, trade=trade)
+            if action == "refund" and state is TradeState.CLOSED:
+                # A debit on a closed trade (a late approval the gateway ignored): no trade accounts for
+                # the money; the provider returns it to the buyer.
+                resp = await self._call("POST", f"/trades/{trade}/reverse")
+                if resp.status_code == 200:
+                    with self.store.tx():
+                        self.store.emit(self.clock.now(), "recon.repaired", "reconciler", order_id, action="refund",
+                                        trade=trade)
+                elif resp.status_code == 409:
+                    log.warning("reconciliation: the provider would not reverse the debit of %s (order %s): %s",
+                                trade, order_id, resp.text[:200])
+                else:
+                    raise ProviderUnavailable(f"reverse answered {resp.status_code}")
+            elif action == "refund":
+                with self.store.tx():
+                    self.store.emit(self.clock.now(), "recon.repaired", "reconciler", order_id, action="refund",
+                                    trade=trade)
+                self._request_refund(row, trade)
+            elif action == "fill_order" and policies.trade_pays_order(TradeFacts.of(trade, view), o):
+                if o.state is O.AWAITING_PAYMENT:
+                    with self.store.tx():
+                        self.store.emit(self.clock.now(), "recon.repaired", "reconciler", order_id,
+                                        action="fill_order", trade=trade)
+                    self._mark_paid(order_id, TradeFacts.of(trade, view))
+                elif o.state is O.CLOSED:  # fill in a closed order: it is reopened, paid
+                    now = self.clock.now()
+                    with self.store.tx():
+                        o.mark_paid(trade)
+                        self._save(o)
+                        self.store.emit(now, "order.reopened", "reconciler", order_id, trade=trade,
+                                        stock_released=o.stock_released)
+                        self.store.emit(now, "recon.repaired", "reconciler", order_id, action="fill_order",
+                                        trade=trade)
+                        self._fulfil(row, now)
 
     # -- admin --------------------------------------------------------------------------------------
 

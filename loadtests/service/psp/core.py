@@ -17,7 +17,12 @@ failure rates (scaled by the time scale):
 * **The bank**: ``bank.channels`` concurrent debits, ``bank.latency``, declines, risk-control blocks
   and holds, the single-payment limit, and ``bank.response_loss`` — the debit happens but the gateway
   never hears, times out after ``gateway.timeout`` and leaves the trade ``unknown`` until its
-  ``gateway.bank_query_schedule`` asks the bank again.
+  ``gateway.bank_query_schedule`` asks the bank again (a spent schedule fails the trade). A debit made
+  after the gateway stopped waiting is handled by ``policies.on_late_approval`` under
+  ``gateway.late_approval`` (applied, reversed on a closed trade, or left for reconciliation); the
+  statement of debits (:meth:`ProviderCore.statement`) is what a checkout reconciles against. With
+  ``user.wallet_balance`` / ``card_limit`` / ``daily_limit`` / ``risk_flagged`` or
+  ``bank.risk_freeze_after`` the bank keeps buyer accounts (``BuyerAccount``) per user.
 * **Notifications**: a durable outbox; each attempt is a real HTTP POST whose body, headers and
   acknowledgement rule come from the trade's face, with ``gateway.notify_latency``, ``notify_loss`` and
   ``notify_duplicate``, within ``notify_ack_timeout``, retried on ``gateway.notify_schedule``
@@ -37,11 +42,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from sim.domain import policies
-from sim.domain.entities import Agreement, Trade
+from sim.domain.entities import Agreement, BuyerAccount, Trade
 from sim.domain.ledger import CHARGE, REFUND, transfer
 from sim.domain.states import TRADE_PAYABLE, AgreementState, TradeState
 
@@ -77,6 +83,11 @@ CREATE TABLE IF NOT EXISTS agreements (
     credit_paid INTEGER NOT NULL DEFAULT 0, finish_t REAL
 );
 CREATE INDEX IF NOT EXISTS agreements_user ON agreements (usr);
+CREATE TABLE IF NOT EXISTS bank_accounts (
+    usr TEXT PRIMARY KEY, balance INTEGER, card_left INTEGER, daily_limit INTEGER, flagged INTEGER NOT NULL,
+    day INTEGER NOT NULL, spent_today INTEGER NOT NULL, declines_today INTEGER NOT NULL,
+    topping_up INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 """
 
 # The core's refusals. A face maps each onto its protocol's own code (the native face keeps the
@@ -88,6 +99,8 @@ TRADE_IN_PROGRESS = "TRADE_IN_PROGRESS"  # a debit in flight, or its outcome unk
 TRADE_PARAMS_CONFLICT = "TRADE_PARAMS_CONFLICT"
 TRADE_NOT_PAID = "TRADE_NOT_PAID"
 TRADE_CLOSE_TOO_EARLY = "TRADE_CLOSE_TOO_EARLY"  # younger than the close's min_close_age (WeChat: 5 minutes)
+TRADE_NOT_CLOSED = "TRADE_NOT_CLOSED"  # a reversal asked for a trade that is not closed
+NO_DEBIT = "NO_DEBIT"  # a reversal asked for a trade the bank never debited
 REFUND_AMOUNT_EXCEEDED = "REFUND_AMOUNT_EXCEEDED"
 REFUND_PARAMS_CONFLICT = "REFUND_PARAMS_CONFLICT"
 INVALID = "INVALID"
@@ -193,7 +206,7 @@ class ProviderCore(base.ServiceBase):
                 "trade_expire": self._trade_expire, "bnpl_deduct": self._bnpl_deduct,
                 "bnpl_sync": self._bnpl_sync, "bnpl_compensate": self._bnpl_compensate,
                 "bnpl_expire": self._bnpl_expire, "bnpl_repay": self._bnpl_repay,
-                "refund_settle": self._refund_settle, "refund_land": self._refund_land}
+                "refund_settle": self._refund_settle, "refund_land": self._refund_land, "top_up": self._top_up}
 
     def background(self) -> list:
         start = getattr(self.http, "start", None)  # the notification worker, ready before traffic comes
@@ -432,7 +445,15 @@ class ProviderCore(base.ServiceBase):
                 await self.clock.sleep(c.sample("bank.latency"))
             bank = c.current().bank
             forced = self.card_outcome.pop(trade_id, None)
-            if forced is not None:  # a test card that the bank declines (Stripe's pm_card_chargeDeclined...)
+            fresh = True  # a new debit (not one the bank has already made or holds)
+            if row["state"] == T.FAILED.value and self._debited_before(trade_id):
+                # A trade paid again after the gateway gave up on it (failed): the trade number is the
+                # bank's idempotency key, so a debit held for review is not made again (no answer until
+                # risk control releases it), and one already made is answered approved, not repeated.
+                if trade_id in self.bank_held:
+                    return
+                outcome, reason, fresh = "ok", None, False
+            elif forced is not None:  # a test card that the bank declines (Stripe's pm_card_chargeDeclined...)
                 outcome, reason = "failed", forced
             elif row["amount"] > round(bank.single_payment_limit * 100):
                 outcome, reason = "failed", "limit"
@@ -448,6 +469,8 @@ class ProviderCore(base.ServiceBase):
                 return
             else:
                 outcome, reason = "ok", None
+            if fresh and self._accounts_kept():
+                outcome, reason = self._account_check(row, outcome, reason)
             self._bank_answer(trade_id, outcome, reason, lost=c.chance("bank.response_loss", bank.response_loss))
         finally:
             self.bank_inflight.discard(trade_id)
@@ -468,7 +491,7 @@ class ProviderCore(base.ServiceBase):
                     trade.debit(ledger, f"{trade_id}-charge")
                     self._succeeded(row, now)
                 else:
-                    ledger.post(transfer(f"{trade_id}-charge", CHARGE, f"user:{row['usr']}", "clearing", row["amount"]))
+                    self._late_debit(row, now, ledger, lost)
             elif trade is not None:
                 trade.to(T.FAILED)
                 self._save_state(trade_id, T.FAILED, reason)
@@ -478,6 +501,160 @@ class ProviderCore(base.ServiceBase):
                 self.bank_declined[trade_id] = reason or "declined"
         if informed:
             waiting.set_result(outcome)
+
+    # -- buyer accounts at the bank (user.wallet_balance, card_limit, daily_limit, risk_flagged) -------
+
+    def _accounts_kept(self) -> bool:
+        """Whether the bank keeps buyer accounts: a wallet balance, card line, daily limit or risk flag is
+        set (``user.*``), or risk control freezes buyers (``bank.risk_freeze_after``) — as the simulation."""
+        cur = self.conditions.current()
+        u = cur.user
+        return (u.wallet_balance is not None or u.card_limit is not None or u.daily_limit is not None
+                or u.risk_flagged > 0 or cur.bank.risk_freeze_after is not None)
+
+    def _account_rng(self, user: str) -> random.Random:
+        """The account's own stream (seeded from the run's seed and the user id): its limits, risk flag
+        and top-ups do not shift any other draw."""
+        return random.Random(f"{self.conditions.base.run.seed}:provider:account:{user}")
+
+    def _account(self, user: str) -> BuyerAccount:
+        """The buyer's account as the bank keeps it (SQLite ``bank_accounts``); drawn at the first debit."""
+        r = self.store.one("SELECT * FROM bank_accounts WHERE usr = ?", (user,))
+        if r is not None:
+            acct = BuyerAccount(r["balance"], r["card_left"], r["daily_limit"], bool(r["flagged"]))
+            acct.day, acct.spent_today, acct.declines_today = r["day"], r["spent_today"], r["declines_today"]
+            acct.topping_up = bool(r["topping_up"])
+            return acct
+        u = self.conditions.current().user
+        rng = self._account_rng(user)
+        fen = (lambda x: None if x is None else int(round(x * 100)))  # noqa: E731
+        return BuyerAccount(
+            balance=fen(u.wallet_balance.draw(rng)) if u.wallet_balance is not None else None,
+            card_left=fen(u.card_limit.draw(rng)) if u.card_limit is not None else None,
+            daily_limit=fen(u.daily_limit.draw(rng)) if u.daily_limit is not None else None,
+            flagged=u.risk_flagged > 0 and rng.random() < u.risk_flagged)
+
+    def _save_account(self, user: str, a: BuyerAccount) -> None:
+        self.store.conn.execute(
+            "INSERT OR REPLACE INTO bank_accounts (usr, balance, card_left, daily_limit, flagged, day, spent_today,"
+            " declines_today, topping_up) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (user, a.balance, a.card_left, a.daily_limit, int(a.flagged), a.day, a.spent_today, a.declines_today,
+             int(a.topping_up)))
+
+    def _account_check(self, row: Any, outcome: str, reason: str | None) -> tuple[str, str | None]:
+        """The buyer's account on a debit whose own draws gave ``outcome``: risk status first (flagged, or
+        frozen after ``bank.risk_freeze_after`` refusals today: ``risk_blocked``), then the wallet
+        balance or card line (``declined``) and the daily limit (``limit``) — ``BuyerAccount`` decides,
+        as in the simulation's bank. What it finds persists: an empty wallet is declined on every retry
+        and every order until topped up (``user.top_up_delay``). The trade's method (``wallet`` /
+        ``card``, as the checkout created it; ``card`` when not said) picks the balance or the line."""
+        user = row["usr"]
+        now = self.clock.now()
+        day = int(now // 86400.0)
+        acct = self._account(user)
+        instrument = json.loads(row["meta"] or "{}").get("method") or "card"
+        if acct.frozen(day, self.conditions.current().bank.risk_freeze_after):
+            outcome, reason = "failed", "risk_blocked"
+        elif outcome == "ok":
+            result = acct.debit(instrument, row["amount"], day)
+            if result != "approved":
+                outcome, reason = "failed", result
+                if result == "declined" and instrument == "wallet":
+                    self._top_up_later(user, acct, now)
+        if outcome == "failed" and reason in ("declined", "risk_blocked", "limit"):
+            acct.declined(day)
+        with self.store.tx():
+            self._save_account(user, acct)
+        return outcome, reason
+
+    def _top_up_later(self, user: str, acct: BuyerAccount, now: float) -> None:
+        """A wallet buyer short of balance tops up ``user.top_up_delay`` later (a fresh ``wallet_balance``)."""
+        u = self.conditions.current().user
+        if acct.topping_up or u.top_up_delay is None or u.wallet_balance is None:
+            return
+        acct.topping_up = True
+        rng = random.Random(f"{self.conditions.base.run.seed}:provider:top_up:{user}:{now!r}")
+        amount = int(round(u.wallet_balance.draw(rng) * 100))
+        with self.store.tx():
+            self.store.schedule("top_up", user, now + u.top_up_delay.draw(rng), data={"amount": amount})
+
+    async def _top_up(self, job: Job) -> None:
+        with self.store.tx():
+            self.store.done(job)
+            acct = self._account(job.key)
+            acct.balance = (acct.balance or 0) + int((job.data or {}).get("amount", 0))
+            acct.topping_up = False
+            self._save_account(job.key, acct)
+
+    def _debited_before(self, trade_id: str) -> bool:
+        """Whether the bank holds a debit of this trade for review, or has made one already."""
+        return trade_id in self.bank_held or \
+            self.store.one("SELECT 1 FROM txns WHERE txn = ?", (f"{trade_id}-charge",)) is not None
+
+    def _late_debit(self, row: Any, now: float, ledger: SqlLedger, lost: bool) -> None:
+        """In a tx: the bank debited after the gateway stopped waiting (its timeout fired, the answer was
+        lost, risk control released a held debit). The money moves. Unless the answer was lost, the
+        gateway hears it now and does what ``policies.on_late_approval`` says under
+        ``gateway.late_approval``: ``apply`` (the trade was unknown or failed: it succeeds and is
+        notified), ``reverse`` (the trade was closed meanwhile: the debit goes back to the buyer at once,
+        ``trade.reversed``), ``ignore`` (closed: the money stays in clearing, for a reconciliation that
+        reads the bank statement to find)."""
+        ledger.post(transfer(f"{row['trade']}-charge", CHARGE, f"user:{row['usr']}", "clearing", row["amount"]))
+        if lost:
+            return
+        state = T(row["state"])
+        action = policies.on_late_approval(state, self.conditions.current().gateway.late_approval)
+        if action == "apply":
+            self._entity(row).to(T.SUCCEEDED)
+            self._succeeded(row, now)
+        elif action == "reverse":
+            self._reverse(row, now, "gateway")
+
+    def _reverse(self, row: Any, now: float, actor: str) -> bool:
+        """In a tx: return the debit made on the closed trade ``row`` to the buyer (``trade.reversed``,
+        then its ``refund`` txn); the trade stays closed, its ``refunded`` says the money went back.
+        False when it was returned already (a reversal is posted once: its txn id is the trade's)."""
+        trade_id = row["trade"]
+        if row["refunded"] or self.store.one("SELECT 1 FROM txns WHERE txn = ?", (f"{trade_id}-reversal",)):
+            return False
+        self.store.emit(now, "trade.reversed", actor, row["ord"], trade=trade_id, amount=row["amount"])
+        SqlLedger(self.store, now, row["ord"], actor, trade=trade_id).post(
+            transfer(f"{trade_id}-reversal", REFUND, "clearing", f"user:{row['usr']}", row["amount"]))
+        self.store.conn.execute("UPDATE trades SET refunded = ? WHERE trade = ?", (row["amount"], trade_id))
+        return True
+
+    async def reverse_debit(self, trade_id: str, actor: str = "reconciler") -> dict[str, Any]:
+        """Return a debit the bank made on a closed trade (a late approval the gateway ignored, found
+        on the bank statement): ``{"result": "reversed" | "already_reversed", ...trade}``. Refused
+        (``TRADE_NOT_CLOSED``) for a trade that is not closed — a paid one is refunded — and
+        (``NO_DEBIT``) when the bank never debited it."""
+        self._trade(trade_id)
+        await self.gateway_work()
+        row = self._trade(trade_id)
+        state = T(row["state"])
+        if state is not T.CLOSED:
+            raise CoreError(409, f"trade is {state.value}: only a debit on a closed trade is reversed "
+                            "(a paid trade is refunded)", "trade", TRADE_NOT_CLOSED, trade_state=state.value)
+        if self.store.one("SELECT 1 FROM txns WHERE txn = ?", (f"{trade_id}-charge",)) is None:
+            raise CoreError(409, "the bank never debited this trade: nothing to return", "trade", NO_DEBIT,
+                            trade_state=state.value)
+        with self.store.tx():
+            done = self._reverse(row, self.clock.now(), actor)
+        return {"result": "reversed" if done else "already_reversed", **self.view(self._trade(trade_id))}
+
+    def statement(self, since: float, until: float, offset: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """The bank's statement of debits (``charge`` txns) made in ``(since, until]`` scenario seconds,
+        oldest first, at most ``limit`` from ``offset``: per debit its ``trade``, ``order``, ``user``,
+        ``merchant``, ``amount`` (fen) and ``t`` (when the money moved). ``next_offset``: where the next
+        page starts, None on the last one. What a checkout reconciles against (``reconciliation``)."""
+        rows = self.store.all(
+            "SELECT txns.txn, txns.t, txns.ord, txns.trade, trades.usr, trades.merchant, trades.amount"
+            " FROM txns JOIN trades ON trades.trade = txns.trade WHERE txns.kind = ? AND txns.t > ? AND txns.t <= ?"
+            " ORDER BY txns.t, txns.txn LIMIT ? OFFSET ?", (CHARGE, since, until, limit + 1, offset))
+        debits = [{"trade": r["trade"], "order": r["ord"], "user": r["usr"], "merchant": r["merchant"],
+                   "amount": r["amount"], "t": r["t"], "txn": r["txn"]} for r in rows[:limit]]
+        return {"since": since, "until": until, "offset": offset, "debits": debits,
+                "next_offset": offset + limit if len(rows) > limit else None}
 
     def _succeeded(self, row: Any, now: float) -> None:
         """The gateway knows the trade is paid: state, event and the notification to send (in a tx)."""
@@ -517,7 +694,10 @@ class ProviderCore(base.ServiceBase):
         try:
             with self.store.tx():
                 self.store.done(job)
-            self._bank_answer(job.key, "ok", None, lost=False)
+            outcome, reason = "ok", None
+            if self._accounts_kept():  # the buyer's account as it is when the hold ends
+                outcome, reason = self._account_check(self._trade(job.key, merchant_view=False), outcome, reason)
+            self._bank_answer(job.key, outcome, reason, lost=False)
         finally:
             self.bank_inflight.discard(job.key)
 
@@ -533,16 +713,18 @@ class ProviderCore(base.ServiceBase):
         now = self.clock.now()
         charged = self.store.one("SELECT 1 FROM txns WHERE txn = ?", (f"{job.key}-charge",)) is not None
         pending = job.key in self.bank_inflight or job.key in self.bank_held
+        gap = policies.notify_delay(self.conditions.current().gateway.bank_query_schedule.gaps, job.attempt + 1)
         with self.store.tx():
             self.store.done(job)
             if charged:
                 self._entity(row).to(T.SUCCEEDED)
                 self._succeeded(row, now)
-            elif pending:
-                gap = policies.notify_delay(self.conditions.current().gateway.bank_query_schedule.gaps, job.attempt + 1)
-                if gap is not None:  # a spent schedule leaves the trade unknown: stuck
-                    self.store.schedule("bank_query", job.key, now + gap, job.attempt + 1)
-            else:  # the bank has no debit in flight: declined, or never reached it
+            elif pending and gap is not None:
+                self.store.schedule("bank_query", job.key, now + gap, job.attempt + 1)
+            else:
+                # No debit in flight (declined, or it never reached the bank) — or the schedule is spent
+                # while the bank still holds it: the gateway gives up (failed, as in the simulation); a
+                # later approval is then a late one (_late_debit).
                 reason = self.bank_declined.pop(job.key, "error")
                 self._entity(row).to(T.FAILED)
                 self._save_state(job.key, T.FAILED, reason)

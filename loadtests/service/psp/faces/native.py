@@ -10,9 +10,10 @@ app confirming the payment).
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,6 +44,9 @@ class TradeCreate(BaseModel):
     notify_url: Annotated[str, Field(pattern=r"^https?://\S+$", max_length=2048)] | None = None
     timeout_express: Annotated[str, Field(pattern=r"^[0-9]{1,9}(\.[0-9]{1,6})?(ms|s|min|m|h|d)$",
                                           description='trade lifetime, e.g. "15m"; default gateway.trade_ttl')] | None = None
+    method: Literal["wallet", "card"] | None = Field(
+        None, description="what the buyer pays with: the bank's buyer account debits the wallet balance or the "
+        "card line (user.wallet_balance / card_limit); default card")
 
 
 class RefundBody(BaseModel):
@@ -133,7 +137,8 @@ class NativeFace(Face):
             # gateway.trade_creation = on_open: a pay link, created at the gateway when the buyer opens it
             lazy = svc.conditions.current().gateway.trade_creation == "on_open"
             view, created = await call(svc.create_trade(body.trade, body.order, body.user, body.amount, body.merchant,
-                                                        body.notify_url, ttl, lazy=lazy))
+                                                        body.notify_url, ttl, lazy=lazy,
+                                                        meta={"method": body.method} if body.method else None))
             return json_response(_view(view), 201 if created else 200)
 
         @r.get("/trades/{trade}", tags=["trades"], response_model=TradeView, summary="query a trade")
@@ -169,6 +174,25 @@ class NativeFace(Face):
 
         async def _row(trade: str) -> Any:
             return svc.trade_row(trade)
+
+        @r.post("/trades/{trade}/reverse", tags=["trades"],
+                summary="return a debit the bank made on a closed trade (a 长款 found by reconciliation); "
+                        "409 TRADE_NOT_CLOSED, NO_DEBIT")
+        async def reverse(trade: TradePath) -> Response:
+            out = await call(svc.reverse_debit(trade))
+            return json_response({"result": out["result"], **_view(out)})
+
+        @r.get("/statement", tags=["statement"],
+               summary="the bank's statement: debits made in (since, until] (scenario s), oldest first, paged")
+        async def statement(since: float = Query(-1.0, description="exclusive lower bound, scenario seconds"),
+                            until: float | None = Query(None, description="inclusive upper bound; default now"),
+                            offset: int = Query(0, ge=0), limit: int = Query(1000, ge=1, le=10000)) -> Response:
+            now = svc.clock.now()
+            until = now if until is None else until
+            for name, value in (("since", since), ("until", until)):
+                if not math.isfinite(value):
+                    raise ApiError(422, f"{name}: expected a finite number of scenario seconds, found {value!r}", name)
+            return json_response(svc.statement(since, until, offset, limit))
 
         @r.post("/bnpl/agreements", tags=["bnpl"], status_code=201,
                 summary="authorize pay-after-use within the credit limit")
