@@ -23,6 +23,8 @@ from loadtests.service.psp import core as C
 from loadtests.service.psp.faces import Face
 from loadtests.service.web import ID_PATTERN, MAX_AMOUNT, ApiError, json_response
 
+_compact = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(separators=...) builds one per call
+
 Id = Annotated[str, Field(pattern=ID_PATTERN, description="letters, digits and _.:- ; at most 64")]
 Amount = Annotated[int, Field(gt=0, le=MAX_AMOUNT, description="fen (1/100 CNY), at most 10 million CNY")]
 TradePath = Annotated[str, Path(pattern=ID_PATTERN)]
@@ -94,14 +96,14 @@ class NativeFace(Face):
     def notification(self, note: C.Note) -> tuple[bytes, dict[str, str]]:
         t = note.trade
         if note.kind in ("refund.succeeded", "refund.failed"):
-            body = json.dumps({"notify_id": note.notify_id, "notify_type": "refund_status_sync", "trade": t["trade"],
+            body = _compact({"notify_id": note.notify_id, "notify_type": "refund_status_sync", "trade": t["trade"],
                                "order": t["order"], "amount": t["amount"], "trade_status": _TRADE_STATUS[t["state"]],
                                "refund_status": "REFUND_SUCCESS" if note.kind == "refund.succeeded" else "REFUND_FAILED",
-                               "refund_id": note.ref, "attempt": note.attempt}, separators=(",", ":")).encode()
+                               "refund_id": note.ref, "attempt": note.attempt}).encode()
             return body, {"Content-Type": "application/json", signing.HEADER: signing.sign(self.core.secret, body)}
-        body = json.dumps({"notify_id": note.notify_id, "notify_type": "trade_status_sync", "trade": t["trade"],
+        body = _compact({"notify_id": note.notify_id, "notify_type": "trade_status_sync", "trade": t["trade"],
                            "order": t["order"], "amount": t["amount"], "trade_status": "TRADE_SUCCESS",
-                           "attempt": note.attempt}, separators=(",", ":")).encode()
+                           "attempt": note.attempt}).encode()
         return body, {"Content-Type": "application/json", signing.HEADER: signing.sign(self.core.secret, body)}
 
     def acknowledged(self, status: int, body: bytes) -> bool:
