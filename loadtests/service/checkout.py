@@ -52,7 +52,7 @@ from loadtests.service import base, signing
 from loadtests.service.httpclient import HttpClient
 from loadtests.service.psp_clients import CLIENTS, make_client
 from loadtests.service.runtime import Limiter
-from loadtests.service.store import Job
+from loadtests.service.store import Job, StorageError
 from loadtests.service.web import (ID_PATTERN, MAX_AMOUNT, ApiError, InFlightLimit, admin_router,
                                    install_error_handlers, json_response, require_admin)
 
@@ -940,6 +940,40 @@ def _combine(decisions: list[tuple[str | None, Step]]) -> tuple[Step, str | None
     return step, trade
 
 
+class FastNotify:
+    """ASGI middleware: the provider's signed notification (``POST /notify``), the checkout's busiest
+    route under load, answered without FastAPI's routing (as ``psp.app.FastPay`` on the provider).
+    Same answers as the route: ``success``, or a refusal ``{error, field, code?}`` (401 unsigned, 400
+    malformed, 404/409 ...), 503 on a storage failure, 500 (logged) on a bug. Sits inside
+    :class:`InFlightLimit`, so overload, body limits and the durable send still apply."""
+
+    _SIGNATURE = signing.HEADER.lower().encode()
+
+    def __init__(self, app: Any, svc: "Checkout") -> None:
+        self.app, self.svc = app, svc
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/notify":
+            await self.app(scope, receive, send)
+            return
+        message = await receive()  # InFlightLimit has read the whole body: one message
+        raw = message.get("body", b"")
+        header = next((v.decode("latin-1") for k, v in scope["headers"] if k == self._SIGNATURE), None)
+        try:
+            problem = signing.verify(self.svc.secret, raw, header)
+            if problem:
+                raise ApiError(401, problem, signing.HEADER)
+            response = await self.svc.on_notification(raw)
+        except ApiError as exc:
+            response = json_response(exc.body(), exc.status)
+        except StorageError as exc:
+            response = json_response({"error": f"storage unavailable: {exc}", "field": None}, 503, {"Retry-After": "5"})
+        except Exception as exc:  # the app's own handler would answer the same
+            log.exception("unhandled error on POST /notify")
+            response = json_response({"error": f"internal error: {exc.__class__.__name__}", "field": None}, 500)
+        await response(scope, receive, send)
+
+
 def create_app(config: base.ServiceConfig, psp: str = "native") -> FastAPI:
     svc = Checkout(config, psp)
     app = FastAPI(title="checkout-chaos reference checkout", version="1", lifespan=svc.lifespan,
@@ -947,6 +981,7 @@ def create_app(config: base.ServiceConfig, psp: str = "native") -> FastAPI:
                               "Amounts are integer fen. Errors: {error, field, code?}.")
     app.state.service = svc
     install_error_handlers(app)
+    app.add_middleware(FastNotify, svc=svc)  # added first: inside InFlightLimit
     app.add_middleware(InFlightLimit, limit=config.scenario.live.max_in_flight,
                        before_response=lambda: svc.store.durable())
 
