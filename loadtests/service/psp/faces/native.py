@@ -90,6 +90,26 @@ def _api_error(exc: C.CoreError) -> ApiError:
     return ApiError(exc.status, exc.error, exc.field, _CODES.get(exc.code or "", exc.code), **exc.extra)
 
 
+async def create_trade_response(svc: C.ProviderCore, body: TradeCreate) -> Response:
+    """``POST /trades`` once its body is validated (the route's, and ``psp.app.FastPay``'s)."""
+    ttl = None
+    if body.timeout_express is not None:
+        try:
+            ttl = parse_duration(body.timeout_express)
+        except ValueError as exc:
+            raise ApiError(422, f"timeout_express: {exc}", "timeout_express") from None
+        if ttl <= 0:
+            raise ApiError(422, "timeout_express: expected a positive duration", "timeout_express")
+    # gateway.trade_creation = on_open: a pay link, created at the gateway when the buyer opens it
+    lazy = svc.conditions.current().gateway.trade_creation == "on_open"
+    try:
+        view, created = await svc.create_trade(body.trade, body.order, body.user, body.amount, body.merchant,
+                                               body.notify_url, ttl, lazy=lazy)
+    except C.CoreError as exc:
+        raise _api_error(exc) from None
+    return json_response(_view(view), 201 if created else 200)
+
+
 class NativeFace(Face):
     name = "native"
 
@@ -124,19 +144,7 @@ class NativeFace(Face):
 
         @r.post("/trades", tags=["trades"], status_code=201, summary="create a trade (idempotent on the same parameters)")
         async def create_trade(body: TradeCreate) -> Response:
-            ttl = None
-            if body.timeout_express is not None:
-                try:
-                    ttl = parse_duration(body.timeout_express)
-                except ValueError as exc:
-                    raise ApiError(422, f"timeout_express: {exc}", "timeout_express") from None
-                if ttl <= 0:
-                    raise ApiError(422, "timeout_express: expected a positive duration", "timeout_express")
-            # gateway.trade_creation = on_open: a pay link, created at the gateway when the buyer opens it
-            lazy = svc.conditions.current().gateway.trade_creation == "on_open"
-            view, created = await call(svc.create_trade(body.trade, body.order, body.user, body.amount, body.merchant,
-                                                        body.notify_url, ttl, lazy=lazy))
-            return json_response(_view(view), 201 if created else 200)
+            return await create_trade_response(svc, body)
 
         @r.get("/trades/{trade}", tags=["trades"], response_model=TradeView, summary="query a trade")
         async def query_trade(trade: TradePath) -> Response:
