@@ -2,7 +2,7 @@
 
     python benchmarks/load_capacity.py [--start 40] [--load 15] [--drain 8] [--workers 0] [--distributed 2]
                                        [--shop ADAPTER [--shop-script PY] [--shop-env KEY=VALUE ...]]
-                                       [--time-scale 1] [--max-probes 9] [--set KEY=VALUE ...]
+                                       [--time-scale 1] [--max-probes 9] [--bisect 4] [--set KEY=VALUE ...]
 
 End to end means the whole live harness on this machine: the Locust arrival scheduler playing buyers
 (``loadtests/locustfile.py``), the reference checkout, the mock provider with its bank and its
@@ -25,7 +25,9 @@ The result is stored (``$XDG_CACHE_HOME/checkout-chaos/load_capacity.json``, one
 ``--no-store`` to skip) and ``checkout-chaos load`` warns before a run that plans more arrivals per wall
 second than the stored figure (or a conservative 100 without one).
 
-The search doubles the rate from ``--start`` until a rate fails, then bisects (to within 5%). For each
+The search doubles the rate from ``--start`` until a rate fails (``--max-probes`` probes at most), then
+bisects between the last sustained and the first failing rate (to within 5%, ``--bisect`` probes at
+most, counted apart: a small doubling budget still leaves the bracket narrowed). For each
 probe it prints the figures and where the CPU went: CPU seconds of each process of the run (read from
 ``/proc`` during the run) per flow and in cores, so the bottleneck is visible.
 
@@ -63,6 +65,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -353,13 +356,40 @@ def probe(rate: float, args: argparse.Namespace, workdir: Path, mode: Mode | Non
     return result
 
 
+def bracket(probe_at: Callable[[float], bool], start: float, max_doublings: int, bisections: int,
+            tolerance: float = 0.05) -> tuple[float, float | None, list[float]]:
+    """Double from ``start`` (at most ``max_doublings`` probes) until a rate fails, then bisect between
+    the last sustained rate and the first failing one (at most ``bisections`` more probes, stopping
+    once the two are within ``tolerance`` of the failing rate). ``probe_at(rate)`` says whether the rate
+    was sustained. Returns ``(last sustained or 0, first failing or None, rates probed in order)``."""
+    low, high, rates = 0.0, None, []
+    rate = start
+    for _ in range(max_doublings):
+        rates.append(rate)
+        if not probe_at(rate):
+            high = rate
+            break
+        low, rate = rate, rate * 2
+    if high is None:
+        return low, None, rates
+    for _ in range(bisections):
+        if high - low <= tolerance * high:
+            break
+        rate = (low + high) / 2 if low else high / 2
+        rates.append(rate)
+        if probe_at(rate):
+            low = rate
+        else:
+            high = rate
+    return low, high, rates
+
+
 def search(args: argparse.Namespace, workdir: Path, mode: Mode) -> dict:
-    """Double from ``--start`` until a rate fails, then bisect; the summary of one mode."""
+    """Double from ``--start`` until a rate fails, then bisect (:func:`bracket`); the summary of one mode."""
     probes: list[dict] = []
-    best: dict | None = None
-    low, high = 0.0, None
-    rate = args.start
-    for _ in range(args.max_probes):
+    sustained: dict[float, dict] = {}
+
+    def probe_at(rate: float) -> bool:
         r = probe(rate, args, workdir, mode)
         probes.append(r)
         print(f"[{mode.name}] rate {rate:7.1f}/s  {'ok  ' if r['sustained'] else 'FAIL'}  achieved "
@@ -368,15 +398,11 @@ def search(args: argparse.Namespace, workdir: Path, mode: Mode) -> dict:
               f"p50/p99 {r['latency_p50_ms']}/{r['latency_p99_ms']}ms  page samples {r['order_page_samples']}  "
               f"cores {r['cpu_cores']}  cpu ms/flow {r['cpu_ms_per_flow']}", flush=True)
         if r["sustained"]:
-            low, best = rate, r
-        else:
-            high = rate
-        if high is None:
-            rate *= 2
-        elif high - low <= 0.05 * high:
-            break
-        else:
-            rate = (low + high) / 2 if low else high / 2
+            sustained[rate] = r
+        return r["sustained"]
+
+    low, high, _ = bracket(probe_at, args.start, args.max_probes, args.bisect)
+    best = sustained.get(low)
     return {
         "max_flows_per_s": low,
         "achieved_ratio": best["achieved_ratio"] if best else None,
@@ -390,6 +416,8 @@ def search(args: argparse.Namespace, workdir: Path, mode: Mode) -> dict:
         "workers": mode.workers,
         "cpus": os.cpu_count(),
         "probes": len(probes),
+        "probed": [{"rate": r["rate"], "sustained": r["sustained"], "achieved_ratio": r["achieved_ratio"],
+                    "completed_ratio": r["completed_ratio"], "cpu_ms_per_flow": r["cpu_ms_per_flow"]} for r in probes],
     }
 
 
@@ -408,12 +436,16 @@ def main() -> None:
                    help="environment for the shop ({provider}, {psp_dir}, {url}, {port}, {db} are filled in)")
     p.add_argument("--shop-start", type=float, help="first rate probed through the shop (default --start)")
     p.add_argument("--time-scale", type=float, default=1.0)
-    p.add_argument("--max-probes", type=int, default=9)
+    p.add_argument("--max-probes", type=int, default=9, help="probes of the doubling phase at most")
+    p.add_argument("--bisect", type=int, default=4, metavar="N",
+                   help="probes between the last sustained and the first failing rate at most (default 4)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="scenario override")
     p.add_argument("--no-store", action="store_true", help="do not keep the figure for 'load' to warn against")
     args = p.parse_args()
     if args.distributed < 0:
         p.error(f"--distributed: expected 0 or more, found {args.distributed}")
+    if args.max_probes < 1 or args.bisect < 0:
+        p.error(f"--max-probes: expected 1 or more, --bisect 0 or more; found {args.max_probes}, {args.bisect}")
     args.warmup_s = 2.0 * args.time_scale
     shop = Shop.from_args(args) if args.shop else None
     with tempfile.TemporaryDirectory(prefix="load-capacity-") as tmp:

@@ -36,7 +36,11 @@ import asyncio
 import contextlib
 import json
 import logging
+<<<<<<< HEAD
 import math
+=======
+import re
+>>>>>>> svcspeed
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -55,7 +59,7 @@ from loadtests.service import base, signing
 from loadtests.service.httpclient import HttpClient
 from loadtests.service.psp_clients import CLIENTS, make_client
 from loadtests.service.runtime import Limiter
-from loadtests.service.store import Job
+from loadtests.service.store import Job, StorageError
 from loadtests.service.web import (ID_PATTERN, MAX_AMOUNT, ApiError, InFlightLimit, admin_router,
                                    install_error_handlers, json_response, require_admin)
 
@@ -1059,6 +1063,92 @@ def _combine(decisions: list[tuple[str | None, Step]]) -> tuple[Step, str | None
     return step, trade
 
 
+_PAY_PATH = re.compile(r"^/orders/(" + ID_PATTERN.strip("^$") + r")/pay$")
+
+
+class FastRoutes:
+    """ASGI middleware: the checkout's busiest routes under load answered without FastAPI's routing and
+    dependency machinery (as ``psp.app.FastPay`` on the provider): the provider's signed notification
+    (``POST /notify``), and a well-formed ``POST /orders`` or ``POST /orders/{order}/pay`` (a JSON body
+    that its model accepts). Same answers as the routes: the view or ``success``, a refusal
+    ``{error, field, code?}``, 503 on a storage failure, 500 (logged) on a bug. A create or pay request
+    whose body does not parse or validate goes on to FastAPI unchanged, so its 422 stays FastAPI's. Sits
+    inside :class:`InFlightLimit`, so overload, body limits and the durable send still apply."""
+
+    _SIGNATURE = signing.HEADER.lower().encode()
+
+    def __init__(self, app: Any, svc: "Checkout") -> None:
+        self.app, self.svc = app, svc
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path == "/notify":
+            call = self._notify
+        elif path == "/orders" or (path.endswith("/pay") and _PAY_PATH.match(path)):
+            call = self._order
+        else:
+            await self.app(scope, receive, send)
+            return
+        message = await receive()  # InFlightLimit has read the whole body: one message
+        raw = message.get("body", b"")
+        try:
+            handled = call(scope, raw)
+            if handled is None:  # not the happy shape: FastAPI answers it (its validation errors)
+                await self.app(scope, _replay(message, receive), send)
+                return
+            response = await handled
+        except ApiError as exc:
+            response = json_response(exc.body(), exc.status)
+        except StorageError as exc:
+            response = json_response({"error": f"storage unavailable: {exc}", "field": None}, 503, {"Retry-After": "5"})
+        except Exception as exc:  # the app's own handler would answer the same
+            log.exception("unhandled error on POST %s", path)
+            response = json_response({"error": f"internal error: {exc.__class__.__name__}", "field": None}, 500)
+        await response(scope, receive, send)
+
+    def _notify(self, scope: dict, raw: bytes) -> Any:
+        header = next((v.decode("latin-1") for k, v in scope["headers"] if k == self._SIGNATURE), None)
+        problem = signing.verify(self.svc.secret, raw, header)
+        if problem:
+            raise ApiError(401, problem, signing.HEADER)
+        return self.svc.on_notification(raw)
+
+    def _order(self, scope: dict, raw: bytes) -> Any:
+        """The handler's coroutine for a body its model accepts, else None."""
+        json_type = any(k == b"content-type" and v.split(b";")[0].strip().lower() == b"application/json"
+                        for k, v in scope["headers"])
+        pay = scope["path"] != "/orders"
+        if pay and not raw:
+            return self.svc.start_payment(scope["path"][8:-4], None)
+        if not json_type:
+            return None
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                return None
+            if pay:
+                return self.svc.start_payment(scope["path"][8:-4], PayBody.model_validate(data))
+            return self.svc.create_order(OrderCreate.model_validate(data))
+        except (ValueError, RecursionError):  # pydantic's ValidationError is a ValueError
+            return None
+
+
+def _replay(message: dict, receive: Any) -> Any:
+    replayed = False
+
+    async def replay() -> dict:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return message
+        return await receive()
+
+    return replay
+
+
 def create_app(config: base.ServiceConfig, psp: str = "native") -> FastAPI:
     svc = Checkout(config, psp)
     app = FastAPI(title="checkout-chaos reference checkout", version="1", lifespan=svc.lifespan,
@@ -1066,6 +1156,7 @@ def create_app(config: base.ServiceConfig, psp: str = "native") -> FastAPI:
                               "Amounts are integer fen. Errors: {error, field, code?}.")
     app.state.service = svc
     install_error_handlers(app)
+    app.add_middleware(FastRoutes, svc=svc)  # added first: inside InFlightLimit
     app.add_middleware(InFlightLimit, limit=config.scenario.live.max_in_flight,
                        before_response=lambda: svc.store.durable())
 

@@ -79,6 +79,9 @@ class Job:
     attempt: int = 0
     data: dict[str, Any] | None = None
     done: bool = field(default=False, compare=False)
+    # What the process that scheduled the job already had in hand (never stored: a job loaded after a
+    # restart has none, and its handler reads the rows instead).
+    memo: Any = field(default=None, compare=False, repr=False)
 
 
 class Store:
@@ -244,14 +247,16 @@ class Store:
 
     # -- jobs ---------------------------------------------------------------------------------------
 
-    def schedule(self, kind: str, key: str, due: float, attempt: int = 0, data: dict | None = None) -> None:
-        """Add a durable job in the current transaction; the scheduler sees it once committed."""
+    def schedule(self, kind: str, key: str, due: float, attempt: int = 0, data: dict | None = None,
+                 memo: Any = None) -> None:
+        """Add a durable job in the current transaction; the scheduler sees it once committed.
+        ``memo``: what the handler may use instead of reading it back (in memory only, see :class:`Job`)."""
         assert self._in_tx, "jobs are scheduled inside a transaction"
         cur = self.conn.execute(
             "INSERT INTO jobs (kind, key, due, attempt, data) VALUES (?, ?, ?, ?, ?)",
             (kind, key, due, attempt, _dumps(data) if data is not None else None),
         )
-        job = Job(cur.lastrowid, kind, key, due, attempt, data)
+        job = Job(cur.lastrowid, kind, key, due, attempt, data, memo=memo)
         if self.scheduler is not None:
             self._after_tx.append(lambda: self.scheduler.push(job))
 

@@ -16,10 +16,10 @@ from fastapi_offline import FastAPIOffline
 from loadtests.service import base
 from loadtests.service.psp.core import SCHEMA, CoreError, ProviderCore
 from loadtests.service.psp.faces import FACES, load_faces
-from loadtests.service.psp.faces.native import _api_error, _view
+from loadtests.service.psp.faces.native import TradeCreate, _api_error, _view, create_trade_response
 from loadtests.service.store import StorageError, ledger_summary
-from loadtests.service.web import (ID_PATTERN, InFlightLimit, _dumps, admin_router, install_error_handlers,
-                                   json_response, require_admin)
+from loadtests.service.web import (ID_PATTERN, ApiError, InFlightLimit, _dumps, admin_router,
+                                   install_error_handlers, json_response, require_admin)
 
 log = logging.getLogger("checkout_chaos.service")
 
@@ -32,18 +32,57 @@ class FastPay:
     that request's CPU). Same answers as the face's route: the trade view, a refusal in the
     ``{error, field, code}`` shape, 503 on a storage failure, 500 (logged) on a bug. Anything else —
     another method, a trade id the pattern refuses (FastAPI's 422) — goes on to the app unchanged.
-    Sits inside :class:`InFlightLimit`, so overload, body limits and the durable send still apply."""
+    Sits inside :class:`InFlightLimit`, so overload, body limits and the durable send still apply.
+    Also the merchant's ``POST /trades`` (native face) when its body is JSON the route's model accepts."""
 
     def __init__(self, app: Any, svc: ProviderCore) -> None:
         self.app, self.svc = app, svc
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
+            if scope["path"] == "/trades" and "native" in self.svc.faces:
+                await self._create(scope, receive, send)
+                return
             match = _PAY_PATH.match(scope["path"])
             if match is not None:
                 await self._pay(match.group(1), scope, send)
                 return
         await self.app(scope, receive, send)
+
+    async def _create(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """``POST /trades`` with a JSON body its model accepts; any other body goes on to FastAPI (whose
+        422 answers it, unchanged)."""
+        message = await receive()  # InFlightLimit has read the whole body: one message
+        body = None
+        if any(k == b"content-type" and v.split(b";")[0].strip().lower() == b"application/json"
+               for k, v in scope["headers"]):
+            try:
+                data = json.loads(message.get("body", b""))
+                body = TradeCreate.model_validate(data) if isinstance(data, dict) else None
+            except (ValueError, RecursionError):  # pydantic's ValidationError is a ValueError
+                body = None
+        if body is None:
+            replayed = False
+
+            async def replay() -> dict:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return message
+                return await receive()
+
+            await self.app(scope, replay, send)
+            return
+        try:
+            response = await create_trade_response(self.svc, body)
+        except ApiError as exc:
+            response = json_response(exc.body(), exc.status)
+        except StorageError as exc:
+            response = json_response({"error": f"storage unavailable: {exc}", "field": None}, 503, {"retry-after": "5"})
+        except Exception as exc:  # the app's own handler would answer the same
+            log.exception("unhandled error on POST /trades")
+            response = json_response({"error": f"internal error: {exc.__class__.__name__}", "field": None}, 500)
+        await response(scope, receive, send)
 
     async def _pay(self, trade: str, scope: dict, send: Callable) -> None:
         headers: dict[str, str] | None = None

@@ -148,13 +148,30 @@ class Note:
     url: str = ""  # where this attempt goes
 
 
+@dataclass(frozen=True, slots=True)
+class _Outbox:
+    """A pending notification as the process that queued it knows it (a ``notify`` job's memo)."""
+
+    notify_id: str
+    kind: str
+    ref: str | None
+    url: str
+    order: str
+    trade: str
+    face: str
+
+
 def trade_view(row: Any, state: str | None = None) -> dict[str, Any]:
     """The core's view of a trade (what every face builds its answer from)."""
     return {"trade": row["trade"], "order": row["ord"], "user": row["usr"], "merchant": row["merchant"],
             "amount": row["amount"], "state": state or row["state"], "reason": row["reason"],
             "expires_at": row["expires_at"], "refunded": row["refunded"], "face": row["face"],
             "trade_no": row["trade_no"], "created_t": row["created_t"], "paid_t": row["paid_t"],
-            "opened": bool(row["opened"]), "meta": json.loads(row["meta"] or "{}")}
+            "opened": bool(row["opened"]), "meta": _meta(row["meta"])}
+
+
+def _meta(text: str | None) -> dict[str, Any]:
+    return {} if not text or text == "{}" else json.loads(text)  # most trades have none: no parse
 
 
 def agreement_view(row: Any) -> dict[str, Any]:
@@ -198,6 +215,7 @@ class ProviderCore(base.ServiceBase):
         self.http = client_for_notifications()
         self._timed_out = object()  # what a gateway's wait resolves to when gateway.timeout fires
         self._tasks: set[asyncio.Task] = set()
+        self._attempts: list[tuple] = []  # delivery attempts ended in this turn, recorded together
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -239,6 +257,7 @@ class ProviderCore(base.ServiceBase):
                 self.store.schedule("bank_query", row["trade"], now + (gaps[0] if gaps else 0.0), 1)
 
     async def aclose(self) -> None:
+        self._record_attempts()
         for task in list(self._tasks):  # bank debits in flight: lost, as in a crash (see recover)
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -685,7 +704,8 @@ class ProviderCore(base.ServiceBase):
                 (nid, row["trade"], row["ord"], url, row["amount"], now, kind, own_ref),
             )
             if cur.rowcount:
-                self.store.schedule("notify", nid, now, 1)
+                self.store.schedule("notify", nid, now, 1,
+                                    memo=_Outbox(nid, kind, own_ref, url, row["ord"], row["trade"], row["face"]))
 
     async def _bank_release(self, job: Job) -> None:
         """Risk control releases a held debit: it completes now."""
@@ -1033,44 +1053,70 @@ class ProviderCore(base.ServiceBase):
 
     async def _deliver(self, job: Job) -> None:
         """One delivery attempt of a notification (the outbox row ``job.key``): the face of the trade
-        writes its body and headers and says what acknowledges it."""
-        n = self.store.one("SELECT * FROM notifications WHERE notify_id = ?", (job.key,))
-        if n is None or n["state"] != "pending":
-            return
+        writes its body and headers and says what acknowledges it. The attempt's outcome is recorded
+        with the others that end in the same turn of the event loop (:meth:`_record_attempts`)."""
+        memo: _Outbox | None = job.memo
+        if memo is None:  # a job loaded after a restart (or retried after an error): read its row
+            n = self.store.one("SELECT * FROM notifications WHERE notify_id = ?", (job.key,))
+            if n is None or n["state"] != "pending":
+                return
+            memo = _Outbox(n["notify_id"], n["kind"] or "trade.succeeded", n["ref"], n["url"], n["ord"], n["trade"],
+                           self._face_of(n["trade"]))
+        # else: scheduled by this process with its row (pending: only this job's attempts change it)
         c = self.conditions
         gw = c.current().gateway
         attempt = job.attempt
         sent_at = self.clock.now()
         lost = c.chance("gateway.notify_loss", gw.notify_loss)
         acked = False
-        row = self.store.one("SELECT * FROM trades WHERE trade = ?", (n["trade"],))
-        face = self.faces[row["face"]]
+        face = self.faces[memo.face]
         if not lost:
             await self.clock.sleep(c.sample("gateway.notify_latency"))
-            row = self.store.one("SELECT * FROM trades WHERE trade = ?", (n["trade"],))
-            note = Note(n["notify_id"], n["kind"] or "trade.succeeded", attempt, n["ref"], self.view(row), row, n["url"])
+            row = self.store.one("SELECT * FROM trades WHERE trade = ?", (memo.trade,))
+            note = Note(memo.notify_id, memo.kind, attempt, memo.ref, self.view(row), row, memo.url)
             body, headers = face.notification(note)
             timeout = self.wall_timeout(gw.notify_ack_timeout)
             if c.chance("gateway.notify_duplicate", gw.notify_duplicate):
-                self._spawn(self._post(n["url"], body, headers, timeout, face.acknowledged))
-            acked = await self._post(n["url"], body, headers, timeout, face.acknowledged)
-        now = self.clock.now()
+                self._spawn(self._post(memo.url, body, headers, timeout, face.acknowledged))
+            acked = await self._post(memo.url, body, headers, timeout, face.acknowledged)
         gap = policies.notify_delay(face.notify_gaps(gw.notify_schedule), attempt)
+        if not self._attempts:
+            asyncio.get_running_loop().call_soon(self._record_attempts)
+        self._attempts.append((job, memo, sent_at, self.clock.now(), lost, acked, gap))
+        job.done = True  # removed by _record_attempts, in the transaction that records the attempt
+
+    def _record_attempts(self) -> None:
+        """The delivery attempts that ended in this turn of the event loop, in one transaction: each
+        one's job removed, its ``notify.sent`` (and ``notify.lost``) event, the outbox row acked, given
+        up or counted, and the next attempt's job. (If this commit fails the service stops, and the
+        jobs still in the database make the attempts again after the restart: at least once.)"""
+        batch, self._attempts = self._attempts, []
+        if not batch:
+            return
+        emit, acked, given_up, counted = self.store.emit, [], [], []
         with self.store.tx() as conn:
-            self.store.done(job)
-            ev = {"trade": n["trade"], "notify_id": job.key, "attempt": attempt}
-            self.store.emit(sent_at, "notify.sent", "gateway", n["ord"], **ev)
-            if lost:
-                self.store.emit(sent_at, "notify.lost", "gateway", n["ord"], **ev)
+            conn.executemany("DELETE FROM jobs WHERE id = ?", [(a[0].id,) for a in batch])
+            for job, memo, sent_at, now, lost, ok, gap in batch:
+                emit(sent_at, "notify.sent", "gateway", memo.order, trade=memo.trade, notify_id=job.key,
+                     attempt=job.attempt)
+                if lost:
+                    emit(sent_at, "notify.lost", "gateway", memo.order, trade=memo.trade, notify_id=job.key,
+                         attempt=job.attempt)
+                if ok:
+                    acked.append((job.attempt, now, job.key))
+                elif gap is None:
+                    given_up.append((job.attempt, job.key))
+                else:
+                    counted.append((job.attempt, job.key))
+                    self.store.schedule("notify", job.key, sent_at + gap, job.attempt + 1, memo=memo)
             if acked:
-                conn.execute("UPDATE notifications SET state = 'acked', attempts = ?, acked_t = ? WHERE notify_id = ?",
-                             (attempt, now, job.key))
-            elif gap is None:
-                conn.execute("UPDATE notifications SET state = 'given_up', attempts = ? WHERE notify_id = ?",
-                             (attempt, job.key))
-            else:
-                conn.execute("UPDATE notifications SET attempts = ? WHERE notify_id = ?", (attempt, job.key))
-                self.store.schedule("notify", job.key, sent_at + gap, attempt + 1)
+                conn.executemany("UPDATE notifications SET state = 'acked', attempts = ?, acked_t = ? "
+                                 "WHERE notify_id = ?", acked)
+            if given_up:
+                conn.executemany("UPDATE notifications SET state = 'given_up', attempts = ? WHERE notify_id = ?",
+                                 given_up)
+            if counted:
+                conn.executemany("UPDATE notifications SET attempts = ? WHERE notify_id = ?", counted)
 
     # -- BNPL ---------------------------------------------------------------------------------------
 

@@ -24,6 +24,8 @@ from loadtests.service.psp import core as C
 from loadtests.service.psp.faces import Face
 from loadtests.service.web import ID_PATTERN, MAX_AMOUNT, ApiError, json_response
 
+_compact = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(separators=...) builds one per call
+
 Id = Annotated[str, Field(pattern=ID_PATTERN, description="letters, digits and _.:- ; at most 64")]
 Amount = Annotated[int, Field(gt=0, le=MAX_AMOUNT, description="fen (1/100 CNY), at most 10 million CNY")]
 TradePath = Annotated[str, Path(pattern=ID_PATTERN)]
@@ -92,20 +94,41 @@ def _api_error(exc: C.CoreError) -> ApiError:
     return ApiError(exc.status, exc.error, exc.field, _CODES.get(exc.code or "", exc.code), **exc.extra)
 
 
+async def create_trade_response(svc: C.ProviderCore, body: TradeCreate) -> Response:
+    """``POST /trades`` once its body is validated (the route's, and ``psp.app.FastPay``'s)."""
+    ttl = None
+    if body.timeout_express is not None:
+        try:
+            ttl = parse_duration(body.timeout_express)
+        except ValueError as exc:
+            raise ApiError(422, f"timeout_express: {exc}", "timeout_express") from None
+        if ttl <= 0:
+            raise ApiError(422, "timeout_express: expected a positive duration", "timeout_express")
+    # gateway.trade_creation = on_open: a pay link, created at the gateway when the buyer opens it
+    lazy = svc.conditions.current().gateway.trade_creation == "on_open"
+    try:
+        view, created = await svc.create_trade(body.trade, body.order, body.user, body.amount, body.merchant,
+                                               body.notify_url, ttl, lazy=lazy,
+                                               meta={"method": body.method} if body.method else None)
+    except C.CoreError as exc:
+        raise _api_error(exc) from None
+    return json_response(_view(view), 201 if created else 200)
+
+
 class NativeFace(Face):
     name = "native"
 
     def notification(self, note: C.Note) -> tuple[bytes, dict[str, str]]:
         t = note.trade
         if note.kind in ("refund.succeeded", "refund.failed"):
-            body = json.dumps({"notify_id": note.notify_id, "notify_type": "refund_status_sync", "trade": t["trade"],
+            body = _compact({"notify_id": note.notify_id, "notify_type": "refund_status_sync", "trade": t["trade"],
                                "order": t["order"], "amount": t["amount"], "trade_status": _TRADE_STATUS[t["state"]],
                                "refund_status": "REFUND_SUCCESS" if note.kind == "refund.succeeded" else "REFUND_FAILED",
-                               "refund_id": note.ref, "attempt": note.attempt}, separators=(",", ":")).encode()
+                               "refund_id": note.ref, "attempt": note.attempt}).encode()
             return body, {"Content-Type": "application/json", signing.HEADER: signing.sign(self.core.secret, body)}
-        body = json.dumps({"notify_id": note.notify_id, "notify_type": "trade_status_sync", "trade": t["trade"],
+        body = _compact({"notify_id": note.notify_id, "notify_type": "trade_status_sync", "trade": t["trade"],
                            "order": t["order"], "amount": t["amount"], "trade_status": "TRADE_SUCCESS",
-                           "attempt": note.attempt}, separators=(",", ":")).encode()
+                           "attempt": note.attempt}).encode()
         return body, {"Content-Type": "application/json", signing.HEADER: signing.sign(self.core.secret, body)}
 
     def acknowledged(self, status: int, body: bytes) -> bool:
@@ -126,20 +149,7 @@ class NativeFace(Face):
 
         @r.post("/trades", tags=["trades"], status_code=201, summary="create a trade (idempotent on the same parameters)")
         async def create_trade(body: TradeCreate) -> Response:
-            ttl = None
-            if body.timeout_express is not None:
-                try:
-                    ttl = parse_duration(body.timeout_express)
-                except ValueError as exc:
-                    raise ApiError(422, f"timeout_express: {exc}", "timeout_express") from None
-                if ttl <= 0:
-                    raise ApiError(422, "timeout_express: expected a positive duration", "timeout_express")
-            # gateway.trade_creation = on_open: a pay link, created at the gateway when the buyer opens it
-            lazy = svc.conditions.current().gateway.trade_creation == "on_open"
-            view, created = await call(svc.create_trade(body.trade, body.order, body.user, body.amount, body.merchant,
-                                                        body.notify_url, ttl, lazy=lazy,
-                                                        meta={"method": body.method} if body.method else None))
-            return json_response(_view(view), 201 if created else 200)
+            return await create_trade_response(svc, body)
 
         @r.get("/trades/{trade}", tags=["trades"], response_model=TradeView, summary="query a trade")
         async def query_trade(trade: TradePath) -> Response:
