@@ -36,11 +36,8 @@ import asyncio
 import contextlib
 import json
 import logging
-<<<<<<< HEAD
 import math
-=======
 import re
->>>>>>> svcspeed
 import secrets
 import uuid
 from dataclasses import dataclass
