@@ -63,6 +63,11 @@ def url_for(host: str, port: int) -> str:
     return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
 
 
+class ProviderUnavailable(Exception):
+    """The provider did not answer within the checkout's timeout, or answered 5xx (raised by the
+    reference checkout and by its PSP clients, ``loadtests.service.psp_clients``)."""
+
+
 @dataclass
 class ServiceConfig:
     scenario: Scenario

@@ -53,6 +53,7 @@ from sim.domain.policies import NotifyAction, Step
 from sim.domain.states import OrderState, TradeState, can_advance
 
 from loadtests.service import base, signing
+from loadtests.service.base import ProviderUnavailable
 from loadtests.service.httpclient import HttpClient
 from loadtests.service.psp_clients import CLIENTS, make_client
 from loadtests.service.runtime import Limiter
@@ -141,10 +142,6 @@ class OrderView(BaseModel):
     close_reason: str | None
     stock_released: bool
     refund_failed: bool
-
-
-class ProviderUnavailable(Exception):
-    """The provider did not answer within the checkout's timeout, or answered 5xx."""
 
 
 class Checkout(base.ServiceBase):

@@ -308,7 +308,7 @@ class AlipayClient:
 
 
 def _unavailable(why: str) -> Exception:
-    from loadtests.service.checkout import ProviderUnavailable
+    from loadtests.service.base import ProviderUnavailable
 
     return ProviderUnavailable(why)
 

@@ -98,7 +98,7 @@ class StripeClient:
 
     @staticmethod
     def _unavailable(why: str) -> Exception:
-        from loadtests.service.checkout import ProviderUnavailable
+        from loadtests.service.base import ProviderUnavailable
 
         return ProviderUnavailable(why)
 
