@@ -22,8 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from sim.cli import main
+from live_load import load, side_by_side
 
 ROOT = Path(__file__).parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "live_mall.toml"
@@ -80,11 +79,13 @@ def _run_shop(tmp_path: Path, shop: Path, adapter: Path, psp: str, env: dict[str
                 "--run-time", f"{240 / SCALE:g}s", "--drain", f"{240 / SCALE:g}s"]
         for item in sets:
             argv += ["--set", item]
-        rc = main(argv)
+        rc = load(argv, tmp_path / "load.log")
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    return rc, json.loads((out / "results.json").read_text())
+    results = out / "results.json"
+    assert results.exists(), (rc, (tmp_path / "load.log").read_text()[-3000:])
+    return rc, json.loads(results.read_text())
 
 
 def _assert_exit(rc: int, results: dict) -> None:
@@ -113,14 +114,17 @@ def test_alipay_shop_with_a_naive_close_loses_money_and_the_safe_one_does_not(tm
     payable; buyers who try again after the TTL pay a closed order (paid_but_closed). Safe: the trade
     is queried and closed at Alipay first; the late tries are refused: none."""
     adapter = ADAPTERS / "alipay_shop.toml"
-    rc, naive = _run_shop(tmp_path / "naive", SHOPS / "alipay_shop.py", adapter, "alipay",
-                          {**ALIPAY_ENV, "SHOP_CLOSE": "naive"}, LATE_RETRIES)
+    runs = side_by_side(
+        naive=lambda: _run_shop(tmp_path / "naive", SHOPS / "alipay_shop.py", adapter, "alipay",
+                                {**ALIPAY_ENV, "SHOP_CLOSE": "naive"}, LATE_RETRIES),
+        safe=lambda: _run_shop(tmp_path / "safe", SHOPS / "alipay_shop.py", adapter, "alipay",
+                               {**ALIPAY_ENV, "SHOP_CLOSE": "safe"}, LATE_RETRIES))
+    rc, naive = runs["naive"]
     assert naive["live"]["adapter"] == "alipay_shop"
     assert _late_payers(tmp_path / "naive" / "run") >= 1
     assert naive["anomalies"]["paid_but_closed"]["count"] >= 1, naive["anomalies"]["paid_but_closed"]
     _assert_exit(rc, naive)
-    rc, safe = _run_shop(tmp_path / "safe", SHOPS / "alipay_shop.py", adapter, "alipay",
-                         {**ALIPAY_ENV, "SHOP_CLOSE": "safe"}, LATE_RETRIES)
+    rc, safe = runs["safe"]
     assert safe["anomalies"]["paid_but_closed"]["count"] == 0, safe["anomalies"]["paid_but_closed"]
     assert sum(v for k, v in safe["end_states"].items() if k.startswith("paid")) > 0
 
@@ -162,14 +166,15 @@ def test_wechat_shop_with_a_naive_close_loses_money_and_the_safe_one_does_not(tm
     tries are refused or find the order still open: none."""
     adapter = ADAPTERS / "wechat_shop.toml"
     shop = SHOPS / "wechat_shop.py"
-    rc, naive = _run_shop(tmp_path / "naive", shop, adapter, "wechat",
-                          {**_wechat_env(tmp_path / "naive"), "SHOP_CLOSE": "naive"}, LATE_RETRIES)
+    envs = {arm: {**_wechat_env(tmp_path / arm), "SHOP_CLOSE": arm} for arm in ("naive", "safe")}
+    runs = side_by_side(naive=lambda: _run_shop(tmp_path / "naive", shop, adapter, "wechat", envs["naive"], LATE_RETRIES),
+                        safe=lambda: _run_shop(tmp_path / "safe", shop, adapter, "wechat", envs["safe"], LATE_RETRIES))
+    rc, naive = runs["naive"]
     assert naive["live"]["adapter"] == "wechat_shop"
     assert _late_payers(tmp_path / "naive" / "run") >= 1
     assert naive["anomalies"]["paid_but_closed"]["count"] >= 1, naive["anomalies"]["paid_but_closed"]
     _assert_exit(rc, naive)
-    rc, safe = _run_shop(tmp_path / "safe", shop, adapter, "wechat",
-                         {**_wechat_env(tmp_path / "safe"), "SHOP_CLOSE": "safe"}, LATE_RETRIES)
+    rc, safe = runs["safe"]
     assert safe["anomalies"]["paid_but_closed"]["count"] == 0, safe["anomalies"]["paid_but_closed"]
     assert sum(v for k, v in safe["end_states"].items() if k.startswith("paid")) > 0
 
@@ -181,12 +186,15 @@ def test_stripe_shop_with_a_naive_close_loses_money_and_the_safe_one_does_not(tm
     keeps the paid ones: none."""
     card = [x.replace("wallet = 1.0, card = 0.0", "wallet = 0.0, card = 1.0") for x in LATE_RETRIES]
     env = {"STRIPE_API_BASE": "{provider}", "STRIPE_KEY_FILE": "{keys}/secret_key"}
-    rc, naive = _run_shop(tmp_path / "naive", STRIPE_SHOP, STRIPE_ADAPTER, "stripe", {**env, "SHOP_CLOSE": "naive"}, card)
+    runs = side_by_side(
+        naive=lambda: _run_shop(tmp_path / "naive", STRIPE_SHOP, STRIPE_ADAPTER, "stripe", {**env, "SHOP_CLOSE": "naive"}, card),
+        safe=lambda: _run_shop(tmp_path / "safe", STRIPE_SHOP, STRIPE_ADAPTER, "stripe", {**env, "SHOP_CLOSE": "safe"}, card))
+    rc, naive = runs["naive"]
     assert naive["live"]["adapter"] == "stripe_shop"
     assert _late_payers(tmp_path / "naive" / "run") >= 1
     assert naive["anomalies"]["paid_but_closed"]["count"] >= 1, naive["anomalies"]["paid_but_closed"]
     _assert_exit(rc, naive)
-    rc, safe = _run_shop(tmp_path / "safe", STRIPE_SHOP, STRIPE_ADAPTER, "stripe", {**env, "SHOP_CLOSE": "safe"}, card)
+    rc, safe = runs["safe"]
     assert safe["anomalies"]["paid_but_closed"]["count"] == 0, safe["anomalies"]["paid_but_closed"]
     assert sum(v for k, v in safe["end_states"].items() if k.startswith("paid")) > 0  # payments did go through
 
