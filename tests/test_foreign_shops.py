@@ -106,6 +106,29 @@ def _late_payers(results_dir: Path) -> int:
                and ev["t"] > expires.get(ev["order"], float("inf")))
 
 
+def _assert_naive_loses(run: tuple[int, dict], run_dir: Path, adapter: str | None = None) -> None:
+    """A naive run: buyers paid after their order's TTL, paid_but_closed counted them, the threshold failed."""
+    rc, doc = run
+    if adapter is not None:
+        assert doc["live"]["adapter"] == adapter
+    assert _late_payers(run_dir) >= 1
+    assert doc["anomalies"]["paid_but_closed"]["count"] >= 1, doc["anomalies"]["paid_but_closed"]
+    _assert_exit(rc, doc)
+
+
+def _assert_safe_keeps(run: tuple[int, dict]) -> None:
+    """A safe run: no paid_but_closed, and payments did go through."""
+    _, doc = run
+    assert doc["anomalies"]["paid_but_closed"]["count"] == 0, doc["anomalies"]["paid_but_closed"]
+    assert sum(v for k, v in doc["end_states"].items() if k.startswith("paid")) > 0
+
+
+def _client_ok_ops(run_dir: Path) -> set[str]:
+    """The operations the buyers' clients completed (``client.ok`` events), as their histories say."""
+    return {e.get("op") for f in (run_dir / "client").glob("*.jsonl") for line in f.read_text().splitlines()
+            for e in [json.loads(line)] if e["type"] == "client.ok"}
+
+
 ALIPAY_ENV = {"ALIPAY_GATEWAY": "{provider}/gateway.do", "ALIPAY_KEY_DIR": "{keys}", "SHOP_TIMEOUT_EXPRESS": "3m"}
 
 
@@ -135,23 +158,11 @@ def test_alipay_shop_with_a_naive_close_loses_money_and_the_safe_one_does_not(tm
         safe=lambda: _run_shop(tmp_path / "safe", SHOPS / "alipay_shop.py", adapter, "alipay",
                                {**ALIPAY_ENV, "SHOP_CLOSE": "safe"}, LATE_RETRIES),
         form=lambda: _alipay_form_naive(tmp_path / "form"))
-    rc, naive = runs["naive"]
-    assert naive["live"]["adapter"] == "alipay_shop"
-    assert _late_payers(tmp_path / "naive" / "run") >= 1
-    assert naive["anomalies"]["paid_but_closed"]["count"] >= 1, naive["anomalies"]["paid_but_closed"]
-    _assert_exit(rc, naive)
-    rc, safe = runs["safe"]
-    assert safe["anomalies"]["paid_but_closed"]["count"] == 0, safe["anomalies"]["paid_but_closed"]
-    assert sum(v for k, v in safe["end_states"].items() if k.startswith("paid")) > 0
+    _assert_naive_loses(runs["naive"], tmp_path / "naive" / "run", "alipay_shop")
+    _assert_safe_keeps(runs["safe"])
     # page pay by form
-    rc, form = runs["form"]
-    client = [json.loads(line) for f in (tmp_path / "form" / "naive" / "run" / "client").glob("*.jsonl")
-              for line in f.read_text().splitlines()]
-    opened = [e for e in client if e["type"] == "client.ok" and e.get("op") == "open_payment"]
-    assert opened, "no buyer submitted the page-pay form"
-    assert _late_payers(tmp_path / "form" / "naive" / "run") >= 1
-    assert form["anomalies"]["paid_but_closed"]["count"] >= 1, form["anomalies"]["paid_but_closed"]
-    _assert_exit(rc, form)
+    assert "open_payment" in _client_ok_ops(tmp_path / "form" / "naive" / "run"), "no buyer submitted the page-pay form"
+    _assert_naive_loses(runs["form"], tmp_path / "form" / "naive" / "run")
 
 
 def _wechat_env(tmp_path: Path) -> dict[str, str]:
@@ -176,14 +187,8 @@ def test_wechat_shop_with_a_naive_close_loses_money_and_the_safe_one_does_not(tm
     envs = {arm: {**_wechat_env(tmp_path / arm), "SHOP_CLOSE": arm} for arm in ("naive", "safe")}
     runs = side_by_side(naive=lambda: _run_shop(tmp_path / "naive", shop, adapter, "wechat", envs["naive"], LATE_RETRIES),
                         safe=lambda: _run_shop(tmp_path / "safe", shop, adapter, "wechat", envs["safe"], LATE_RETRIES))
-    rc, naive = runs["naive"]
-    assert naive["live"]["adapter"] == "wechat_shop"
-    assert _late_payers(tmp_path / "naive" / "run") >= 1
-    assert naive["anomalies"]["paid_but_closed"]["count"] >= 1, naive["anomalies"]["paid_but_closed"]
-    _assert_exit(rc, naive)
-    rc, safe = runs["safe"]
-    assert safe["anomalies"]["paid_but_closed"]["count"] == 0, safe["anomalies"]["paid_but_closed"]
-    assert sum(v for k, v in safe["end_states"].items() if k.startswith("paid")) > 0
+    _assert_naive_loses(runs["naive"], tmp_path / "naive" / "run", "wechat_shop")
+    _assert_safe_keeps(runs["safe"])
 
 
 def _stripe_intent_naive(tmp_path: Path) -> tuple[int, dict]:
@@ -218,19 +223,8 @@ def test_stripe_shop_with_a_naive_close_loses_money_and_the_safe_one_does_not(tm
         naive=lambda: _run_shop(tmp_path / "naive", STRIPE_SHOP, STRIPE_ADAPTER, "stripe", {**env, "SHOP_CLOSE": "naive"}, card),
         safe=lambda: _run_shop(tmp_path / "safe", STRIPE_SHOP, STRIPE_ADAPTER, "stripe", {**env, "SHOP_CLOSE": "safe"}, card),
         intent=lambda: _stripe_intent_naive(tmp_path / "intent"))
-    rc, naive = runs["naive"]
-    assert naive["live"]["adapter"] == "stripe_shop"
-    assert _late_payers(tmp_path / "naive" / "run") >= 1
-    assert naive["anomalies"]["paid_but_closed"]["count"] >= 1, naive["anomalies"]["paid_but_closed"]
-    _assert_exit(rc, naive)
-    rc, safe = runs["safe"]
-    assert safe["anomalies"]["paid_but_closed"]["count"] == 0, safe["anomalies"]["paid_but_closed"]
-    assert sum(v for k, v in safe["end_states"].items() if k.startswith("paid")) > 0  # payments did go through
+    _assert_naive_loses(runs["naive"], tmp_path / "naive" / "run", "stripe_shop")
+    _assert_safe_keeps(runs["safe"])
     # PaymentIntents confirmed by the buyer's browser
-    rc, intent = runs["intent"]
-    client = [json.loads(line) for f in (tmp_path / "intent" / "naive" / "run" / "client").glob("*.jsonl")
-              for line in f.read_text().splitlines()]
-    assert any(e["type"] == "client.ok" and e.get("op") == "confirm_payment" for e in client)
-    assert _late_payers(tmp_path / "intent" / "naive" / "run") >= 1
-    assert intent["anomalies"]["paid_but_closed"]["count"] >= 1, intent["anomalies"]["paid_but_closed"]
-    _assert_exit(rc, intent)
+    assert "confirm_payment" in _client_ok_ops(tmp_path / "intent" / "naive" / "run")
+    _assert_naive_loses(runs["intent"], tmp_path / "intent" / "naive" / "run")
