@@ -190,6 +190,23 @@ def _mark_floor(ax: Any, floor: float, axis: str = "y") -> None:
             ax.plot([mid * d / 1.05, mid * d * 1.05], [-0.012, 0.012], transform=trans, **kw)
 
 
+def _class_rate_axes(ax: Any, names: Sequence[str], floor: float | None, xlabel: str) -> None:
+    """One row per anomaly class (named in its colour, the first on top), rates along x: linear from 0,
+    or on a log scale above ``floor`` where one is given."""
+    ax.set_yticks(range(len(names)), names)
+    for lab, cls in zip(ax.get_yticklabels(), names):
+        lab.set_color(class_look(cls).color)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.grid(axis="y", visible=False)
+    if floor is not None:
+        ax.set_xscale("log")
+        _mark_floor(ax, floor, axis="x")
+    else:
+        ax.set_xlim(left=0)
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: fmt.rate(v)))
+    ax.set_xlabel(xlabel + (" — log scale" if floor is not None else ""))
+
+
 def _shade_faults(ax: Any, faults: Sequence[Mapping[str, Any]], div: float, label: bool = True) -> None:
     trans = blended_transform_factory(ax.transData, ax.transAxes)
     for f in faults or ():
@@ -408,18 +425,7 @@ def anomaly_rates(doc: Mapping[str, Any], classes: Sequence[str] | None = None) 
                 notes.append(f"{fmt.count(orders)}")
         if notes:
             ax.text(1.01, row, " / ".join(notes), transform=trans, va="center", fontsize=8.5, color="#333333")
-    ax.set_yticks(range(len(names)), names)
-    for lab, cls in zip(ax.get_yticklabels(), names):
-        lab.set_color(class_look(cls).color)
-    ax.set_ylim(len(names) - 0.5, -0.5)
-    ax.grid(axis="y", visible=False)
-    if floor is not None:
-        ax.set_xscale("log")
-        _mark_floor(ax, floor, axis="x")
-    else:
-        ax.set_xlim(left=0)
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: fmt.rate(v)))
-    ax.set_xlabel("share of counted orders" + (" — log scale" if floor is not None else ""))
+    _class_rate_axes(ax, names, floor, "share of counted orders")
     ax.text(1.01, 1.0, "orders\noccurred / unresolved", transform=ax.transAxes, fontsize=8, color="#555555",
             va="bottom")
     methods = sorted({str(anomaly(doc, c).get(f"{m}_ci_method")) for c in names for m, _, _ in MEASURE_LOOKS
@@ -1060,18 +1066,7 @@ def predicted_vs_measured(simulation: Mapping[str, Any], live: Mapping[str, Any]
         agree = intervals_overlap(*ivs)
         ax.text(1.01, row, "✓ agree" if agree else "✗ differ", transform=trans, va="center", fontsize=9,
                 color="#117733" if agree else "#B00000", fontweight="bold")
-    ax.set_yticks(range(len(names)), names)
-    for lab, cls in zip(ax.get_yticklabels(), names):
-        lab.set_color(class_look(cls).color)
-    ax.set_ylim(len(names) - 0.5, -0.5)
-    ax.grid(axis="y", visible=False)
-    if floor is not None:
-        ax.set_xscale("log")
-        _mark_floor(ax, floor, axis="x")
-    else:
-        ax.set_xlim(left=0)
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: fmt.rate(v)))
-    ax.set_xlabel(RATE_LABEL + (" — log scale" if floor is not None else ""))
+    _class_rate_axes(ax, names, floor, RATE_LABEL)
     ax.text(1.01, 1.0, "intervals\noverlap?", transform=ax.transAxes, fontsize=8, color="#555555", va="bottom")
 
     def method(doc: Mapping[str, Any]) -> str:

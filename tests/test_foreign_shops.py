@@ -22,8 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from sim.cli import main
+from live_load import load, side_by_side
 
 ROOT = Path(__file__).parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "live_mall.toml"
@@ -80,11 +79,13 @@ def _run_shop(tmp_path: Path, shop: Path, adapter: Path, psp: str, env: dict[str
                 "--run-time", f"{240 / SCALE:g}s", "--drain", f"{240 / SCALE:g}s"]
         for item in sets:
             argv += ["--set", item]
-        rc = main(argv)
+        rc = load(argv, tmp_path / "load.log")
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    return rc, json.loads((out / "results.json").read_text())
+    results = out / "results.json"
+    assert results.exists(), (rc, (tmp_path / "load.log").read_text()[-3000:])
+    return rc, json.loads(results.read_text())
 
 
 def _assert_exit(rc: int, results: dict) -> None:
@@ -105,42 +106,63 @@ def _late_payers(results_dir: Path) -> int:
                and ev["t"] > expires.get(ev["order"], float("inf")))
 
 
+def _assert_naive_loses(run: tuple[int, dict], run_dir: Path, adapter: str | None = None) -> None:
+    """A naive run: buyers paid after their order's TTL, paid_but_closed counted them, the threshold failed."""
+    rc, doc = run
+    if adapter is not None:
+        assert doc["live"]["adapter"] == adapter
+    assert _late_payers(run_dir) >= 1
+    assert doc["anomalies"]["paid_but_closed"]["count"] >= 1, doc["anomalies"]["paid_but_closed"]
+    _assert_exit(rc, doc)
+
+
+def _assert_safe_keeps(run: tuple[int, dict]) -> None:
+    """A safe run: no paid_but_closed, and payments did go through."""
+    _, doc = run
+    assert doc["anomalies"]["paid_but_closed"]["count"] == 0, doc["anomalies"]["paid_but_closed"]
+    assert sum(v for k, v in doc["end_states"].items() if k.startswith("paid")) > 0
+
+
+def _client_ok_ops(run_dir: Path) -> set[str]:
+    """The operations the buyers' clients completed (``client.ok`` events), as their histories say."""
+    return {e.get("op") for f in (run_dir / "client").glob("*.jsonl") for line in f.read_text().splitlines()
+            for e in [json.loads(line)] if e["type"] == "client.ok"}
+
+
 ALIPAY_ENV = {"ALIPAY_GATEWAY": "{provider}/gateway.do", "ALIPAY_KEY_DIR": "{keys}", "SHOP_TIMEOUT_EXPRESS": "3m"}
+
+
+def _alipay_form_naive(tmp_path: Path) -> tuple[int, dict]:
+    """The Alipay shop answering page pay as the HTML form Alipay's SDKs render (``SHOP_PAY_MODE=form``),
+    the adapter declaring ``kind = "form"``, closing naively; the run in ``tmp_path / "naive"``."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    adapter = tmp_path / "alipay_form.toml"
+    adapter.write_text((ADAPTERS / "alipay_shop.toml").read_text()
+                       .replace('kind = "qr_code"', 'kind = "form"').replace('field = "qr_code"', 'field = "pay_form"'))
+    return _run_shop(tmp_path / "naive", SHOPS / "alipay_shop.py", adapter, "alipay",
+                     {**ALIPAY_ENV, "SHOP_CLOSE": "naive", "SHOP_PAY_MODE": "form"}, LATE_RETRIES)
 
 
 def test_alipay_shop_with_a_naive_close_loses_money_and_the_safe_one_does_not(tmp_path):
     """QR-code trades (precreate) on python-alipay-sdk. Naive: the order is closed, the QR code stays
     payable; buyers who try again after the TTL pay a closed order (paid_but_closed). Safe: the trade
-    is queried and closed at Alipay first; the late tries are refused: none."""
+    is queried and closed at Alipay first; the late tries are refused: none.
+
+    Beside them (a third run at the same time), page pay by form: the same shop answering the HTML form
+    Alipay's SDKs render, the buyers submit it (the gateway sends them to the cashier) and confirm; the
+    naive close still loses money."""
     adapter = ADAPTERS / "alipay_shop.toml"
-    rc, naive = _run_shop(tmp_path / "naive", SHOPS / "alipay_shop.py", adapter, "alipay",
-                          {**ALIPAY_ENV, "SHOP_CLOSE": "naive"}, LATE_RETRIES)
-    assert naive["live"]["adapter"] == "alipay_shop"
-    assert _late_payers(tmp_path / "naive" / "run") >= 1
-    assert naive["anomalies"]["paid_but_closed"]["count"] >= 1, naive["anomalies"]["paid_but_closed"]
-    _assert_exit(rc, naive)
-    rc, safe = _run_shop(tmp_path / "safe", SHOPS / "alipay_shop.py", adapter, "alipay",
-                         {**ALIPAY_ENV, "SHOP_CLOSE": "safe"}, LATE_RETRIES)
-    assert safe["anomalies"]["paid_but_closed"]["count"] == 0, safe["anomalies"]["paid_but_closed"]
-    assert sum(v for k, v in safe["end_states"].items() if k.startswith("paid")) > 0
-
-
-def test_alipay_page_pay_form_is_submitted_by_the_buyer_s_browser(tmp_path):
-    """The same shop answering page pay as the HTML form Alipay's SDKs render (``SHOP_PAY_MODE=form``), the
-    adapter declaring ``kind = "form"``: the buyers submit it (the gateway sends them to the cashier) and
-    confirm; the naive close still loses money."""
-    adapter = tmp_path / "alipay_form.toml"
-    adapter.write_text((ADAPTERS / "alipay_shop.toml").read_text()
-                       .replace('kind = "qr_code"', 'kind = "form"').replace('field = "qr_code"', 'field = "pay_form"'))
-    rc, naive = _run_shop(tmp_path / "naive", SHOPS / "alipay_shop.py", adapter, "alipay",
-                          {**ALIPAY_ENV, "SHOP_CLOSE": "naive", "SHOP_PAY_MODE": "form"}, LATE_RETRIES)
-    client = [json.loads(line) for f in (tmp_path / "naive" / "run" / "client").glob("*.jsonl")
-              for line in f.read_text().splitlines()]
-    opened = [e for e in client if e["type"] == "client.ok" and e.get("op") == "open_payment"]
-    assert opened, "no buyer submitted the page-pay form"
-    assert _late_payers(tmp_path / "naive" / "run") >= 1
-    assert naive["anomalies"]["paid_but_closed"]["count"] >= 1, naive["anomalies"]["paid_but_closed"]
-    _assert_exit(rc, naive)
+    runs = side_by_side(
+        naive=lambda: _run_shop(tmp_path / "naive", SHOPS / "alipay_shop.py", adapter, "alipay",
+                                {**ALIPAY_ENV, "SHOP_CLOSE": "naive"}, LATE_RETRIES),
+        safe=lambda: _run_shop(tmp_path / "safe", SHOPS / "alipay_shop.py", adapter, "alipay",
+                               {**ALIPAY_ENV, "SHOP_CLOSE": "safe"}, LATE_RETRIES),
+        form=lambda: _alipay_form_naive(tmp_path / "form"))
+    _assert_naive_loses(runs["naive"], tmp_path / "naive" / "run", "alipay_shop")
+    _assert_safe_keeps(runs["safe"])
+    # page pay by form
+    assert "open_payment" in _client_ok_ops(tmp_path / "form" / "naive" / "run"), "no buyer submitted the page-pay form"
+    _assert_naive_loses(runs["form"], tmp_path / "form" / "naive" / "run")
 
 
 def _wechat_env(tmp_path: Path) -> dict[str, str]:
@@ -162,51 +184,47 @@ def test_wechat_shop_with_a_naive_close_loses_money_and_the_safe_one_does_not(tm
     tries are refused or find the order still open: none."""
     adapter = ADAPTERS / "wechat_shop.toml"
     shop = SHOPS / "wechat_shop.py"
-    rc, naive = _run_shop(tmp_path / "naive", shop, adapter, "wechat",
-                          {**_wechat_env(tmp_path / "naive"), "SHOP_CLOSE": "naive"}, LATE_RETRIES)
-    assert naive["live"]["adapter"] == "wechat_shop"
-    assert _late_payers(tmp_path / "naive" / "run") >= 1
-    assert naive["anomalies"]["paid_but_closed"]["count"] >= 1, naive["anomalies"]["paid_but_closed"]
-    _assert_exit(rc, naive)
-    rc, safe = _run_shop(tmp_path / "safe", shop, adapter, "wechat",
-                         {**_wechat_env(tmp_path / "safe"), "SHOP_CLOSE": "safe"}, LATE_RETRIES)
-    assert safe["anomalies"]["paid_but_closed"]["count"] == 0, safe["anomalies"]["paid_but_closed"]
-    assert sum(v for k, v in safe["end_states"].items() if k.startswith("paid")) > 0
+    envs = {arm: {**_wechat_env(tmp_path / arm), "SHOP_CLOSE": arm} for arm in ("naive", "safe")}
+    runs = side_by_side(naive=lambda: _run_shop(tmp_path / "naive", shop, adapter, "wechat", envs["naive"], LATE_RETRIES),
+                        safe=lambda: _run_shop(tmp_path / "safe", shop, adapter, "wechat", envs["safe"], LATE_RETRIES))
+    _assert_naive_loses(runs["naive"], tmp_path / "naive" / "run", "wechat_shop")
+    _assert_safe_keeps(runs["safe"])
+
+
+def _stripe_intent_naive(tmp_path: Path) -> tuple[int, dict]:
+    """The Stripe shop on PaymentIntents (``SHOP_PAY_MODE=intent``): it answers the ``client_secret`` and its
+    publishable key, the adapter declares ``kind = "client_secret"``; closing naively; the run in
+    ``tmp_path / "naive"``."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    adapter = tmp_path / "stripe_intent.toml"
+    adapter.write_text((STRIPE_ADAPTER).read_text()
+                       .replace('response = { trade = "session" }', 'response = { trade = "intent" }')
+                       .replace('kind = "checkout_url"', 'kind = "client_secret"\npublishable_key = "publishable_key"')
+                       .replace('field = "checkout_url"', 'field = "client_secret"'))
+    env = {"STRIPE_API_BASE": "{provider}", "STRIPE_KEY_FILE": "{keys}/secret_key", "SHOP_PAY_MODE": "intent",
+           "STRIPE_PUBLISHABLE_KEY_FILE": "{keys}/publishable_key", "SHOP_CLOSE": "naive"}
+    return _run_shop(tmp_path / "naive", STRIPE_SHOP, adapter, "stripe", env, CARD_RETRIES)
+
+
+CARD_RETRIES = [x.replace("wallet = 1.0, card = 0.0", "wallet = 0.0, card = 1.0") for x in LATE_RETRIES]
 
 
 def test_stripe_shop_with_a_naive_close_loses_money_and_the_safe_one_does_not(tmp_path):
     """Checkout Sessions on the stripe SDK, paid by card. Naive: the shop closes orders whose Checkout
     Session stays open; buyers who try again after the TTL, and payments whose webhook lands after the
     close, are charged for closed orders (paid_but_closed). Safe: it expires the session first and
-    keeps the paid ones: none."""
-    card = [x.replace("wallet = 1.0, card = 0.0", "wallet = 0.0, card = 1.0") for x in LATE_RETRIES]
+    keeps the paid ones: none.
+
+    Beside them (a third run at the same time), PaymentIntents: the buyers confirm the ``client_secret``
+    as Stripe.js does; the naive close still loses money."""
+    card = CARD_RETRIES
     env = {"STRIPE_API_BASE": "{provider}", "STRIPE_KEY_FILE": "{keys}/secret_key"}
-    rc, naive = _run_shop(tmp_path / "naive", STRIPE_SHOP, STRIPE_ADAPTER, "stripe", {**env, "SHOP_CLOSE": "naive"}, card)
-    assert naive["live"]["adapter"] == "stripe_shop"
-    assert _late_payers(tmp_path / "naive" / "run") >= 1
-    assert naive["anomalies"]["paid_but_closed"]["count"] >= 1, naive["anomalies"]["paid_but_closed"]
-    _assert_exit(rc, naive)
-    rc, safe = _run_shop(tmp_path / "safe", STRIPE_SHOP, STRIPE_ADAPTER, "stripe", {**env, "SHOP_CLOSE": "safe"}, card)
-    assert safe["anomalies"]["paid_but_closed"]["count"] == 0, safe["anomalies"]["paid_but_closed"]
-    assert sum(v for k, v in safe["end_states"].items() if k.startswith("paid")) > 0  # payments did go through
-
-
-def test_stripe_payment_intents_are_confirmed_by_the_buyer_s_browser(tmp_path):
-    """The Stripe shop on PaymentIntents (``SHOP_PAY_MODE=intent``): it answers the ``client_secret`` and
-    its publishable key, the adapter declares ``kind = "client_secret"``, and the buyers confirm as
-    Stripe.js does; the naive close still loses money."""
-    adapter = tmp_path / "stripe_intent.toml"
-    adapter.write_text((STRIPE_ADAPTER).read_text()
-                       .replace('response = { trade = "session" }', 'response = { trade = "intent" }')
-                       .replace('kind = "checkout_url"', 'kind = "client_secret"\npublishable_key = "publishable_key"')
-                       .replace('field = "checkout_url"', 'field = "client_secret"'))
-    card = [x.replace("wallet = 1.0, card = 0.0", "wallet = 0.0, card = 1.0") for x in LATE_RETRIES]
-    env = {"STRIPE_API_BASE": "{provider}", "STRIPE_KEY_FILE": "{keys}/secret_key", "SHOP_PAY_MODE": "intent",
-           "STRIPE_PUBLISHABLE_KEY_FILE": "{keys}/publishable_key", "SHOP_CLOSE": "naive"}
-    rc, naive = _run_shop(tmp_path / "naive", STRIPE_SHOP, adapter, "stripe", env, card)
-    client = [json.loads(line) for f in (tmp_path / "naive" / "run" / "client").glob("*.jsonl")
-              for line in f.read_text().splitlines()]
-    assert any(e["type"] == "client.ok" and e.get("op") == "confirm_payment" for e in client)
-    assert _late_payers(tmp_path / "naive" / "run") >= 1
-    assert naive["anomalies"]["paid_but_closed"]["count"] >= 1, naive["anomalies"]["paid_but_closed"]
-    _assert_exit(rc, naive)
+    runs = side_by_side(
+        naive=lambda: _run_shop(tmp_path / "naive", STRIPE_SHOP, STRIPE_ADAPTER, "stripe", {**env, "SHOP_CLOSE": "naive"}, card),
+        safe=lambda: _run_shop(tmp_path / "safe", STRIPE_SHOP, STRIPE_ADAPTER, "stripe", {**env, "SHOP_CLOSE": "safe"}, card),
+        intent=lambda: _stripe_intent_naive(tmp_path / "intent"))
+    _assert_naive_loses(runs["naive"], tmp_path / "naive" / "run", "stripe_shop")
+    _assert_safe_keeps(runs["safe"])
+    # PaymentIntents confirmed by the buyer's browser
+    assert "confirm_payment" in _client_ok_ops(tmp_path / "intent" / "naive" / "run")
+    _assert_naive_loses(runs["intent"], tmp_path / "intent" / "naive" / "run")

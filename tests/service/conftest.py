@@ -32,20 +32,31 @@ def launch(data_dir: Any, overrides: dict[str, Any] | None = None, time_scale: f
                           **kwargs)
 
 
-@pytest.fixture(scope="session")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    services = launch(tmp_path_factory.mktemp("shared"))
+def launched(tmp_path_factory: pytest.TempPathFactory, name: str, **kwargs: Any) -> Iterator[Services]:
+    """For a fixture shared by many tests: services in a fresh ``name`` directory, stopped at its end."""
+    services = launch(tmp_path_factory.mktemp(name), **kwargs)
     yield services
     services.stop()
+
+
+def reset(shared: Services, faults: dict[str, Any]) -> Services:
+    """Shared services for the next test: still alive (else the test fails, naming their logs), with
+    exactly ``faults`` as the run-time fault overrides."""
+    if not (shared.alive("provider") and shared.alive("checkout")):
+        pytest.fail("the shared services died; see their logs in " + str(shared.data_dir))
+    shared.set_faults(faults)
+    return shared
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    yield from launched(tmp_path_factory, "shared")
 
 
 @pytest.fixture
 def services(shared: Services) -> Services:
     """The session's services with every run-time fault override cleared."""
-    if not (shared.alive("provider") and shared.alive("checkout")):
-        pytest.fail("the shared services died; see their logs in " + str(shared.data_dir))
-    shared.set_faults({})
-    return shared
+    return reset(shared, {})
 
 
 @pytest.fixture

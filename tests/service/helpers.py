@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import httpx
@@ -63,3 +65,21 @@ def events_of(s: Services, order: str) -> list[dict]:
 
 def balance(s: Services, account: str) -> int:
     return s.admin("provider", "GET", "/admin/ledger").json()["balances"].get(account, 0)
+
+
+LIVE_MALL = Path(__file__).parents[1] / "fixtures" / "live_mall.toml"
+
+
+def mall_runs(tmp_path: Path, psp: str, **arms: list[str]) -> dict[str, dict]:
+    """``load`` of the compressed mall scenario through the reference checkout on ``psp``, once per arm (its
+    extra arguments), each in ``tmp_path / <arm>``; their results documents. The arms run one after the
+    other: at time scale 60 a run's few seconds of load keep a core busy (two at once, on a shared
+    two-core machine under load, made an Alipay arm invalid: 38% of the buyers' calls timed out)."""
+    from sim.cli import main
+
+    docs = {}
+    for name, extra in arms.items():
+        out = tmp_path / name
+        main(["load", str(LIVE_MALL), "--psp", psp, "--out", str(out), "-q", *extra])
+        docs[name] = json.loads((out / "results.json").read_text())
+    return docs

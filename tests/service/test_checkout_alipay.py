@@ -18,26 +18,10 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from sim.cli import main
+from .conftest import launched, reset
+from .helpers import mall_runs, order_state, wait_for
 
-from .conftest import launch
-
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "live_mall.toml"
 JSON = {"Accept": "application/json"}
-
-
-def _wait(predicate: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
-
-def _state(svc: Any, order: str) -> str:
-    return httpx.get(f"{svc.checkout_url}/orders/{order}", timeout=10).json()["state"]
 
 
 def _scan(qr_code: str) -> dict[str, Any]:
@@ -60,18 +44,13 @@ def _order_and_qr(svc: Any, order: str, amount: int, user: str = "ua") -> dict[s
 
 @pytest.fixture(scope="module")
 def shared_alipay(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    services = launch(tmp_path_factory.mktemp("alipay-checkout"), checkout_psp="alipay")
-    yield services
-    services.stop()
+    yield from launched(tmp_path_factory, "alipay-checkout", checkout_psp="alipay")
 
 
 @pytest.fixture
 def alipay_checkout(shared_alipay: Any) -> Any:
     """The module's services (the checkout on Alipay), run-time faults reset."""
-    if not (shared_alipay.alive("provider") and shared_alipay.alive("checkout")):
-        pytest.fail("the shared services died; see their logs in " + str(shared_alipay.data_dir))
-    shared_alipay.set_faults({})
-    return shared_alipay
+    return reset(shared_alipay, {})
 
 
 def test_happy_path_qr_notification_then_refund_after_cancel(alipay_checkout: Any) -> None:
@@ -88,7 +67,7 @@ def test_happy_path_qr_notification_then_refund_after_cancel(alipay_checkout: An
     assert scanned["code"] == "10000" and scanned["out_trade_no"] == "oa1-t0", scanned
     paid = _confirm(svc, scanned["trade_no"])
     assert paid["code"] == "10000" and paid["trade_status"] == "TRADE_SUCCESS", paid
-    _wait(lambda: _state(svc, "oa1") == "paid")
+    wait_for(lambda: order_state(svc, "oa1") == "paid", timeout=20)
     history = svc.history()
     received = [e for e in history if e["type"] == "notify.received" and e["order"] == "oa1"]
     assert received and received[0]["acked"] and received[0]["trade"] == "oa1-t0"
@@ -97,7 +76,7 @@ def test_happy_path_qr_notification_then_refund_after_cancel(alipay_checkout: An
     assert [e["order"] for e in history if e["type"] == "trade.succeeded" and e.get("trade") == "oa1-t0"] == ["oa1"]
 
     assert httpx.post(f"{c}/orders/oa1/cancel", timeout=10).json()["state"] in ("refund_pending", "refunded")
-    _wait(lambda: _state(svc, "oa1") == "refunded")
+    wait_for(lambda: order_state(svc, "oa1") == "refunded", timeout=20)
     history = svc.history()
     assert [e["amount"] for e in history if e["type"] == "trade.refunded" and e.get("trade") == "oa1-t0"] == [2500]
     assert [e["order"] for e in history if e["type"] == "order.refunded"].count("oa1") == 1
@@ -133,7 +112,7 @@ def test_a_forged_notification_moves_nothing(alipay_checkout: Any) -> None:
                        headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=10)
         assert r.status_code == 400 and r.text.strip() != "success", r.text
         assert r.json()["field"] == "sign"
-    assert _state(svc, "oa2") == "awaiting_payment"
+    assert order_state(svc, "oa2") == "awaiting_payment"
     assert not [e for e in svc.history() if e["type"] in ("notify.received", "order.paid") and e["order"] == "oa2"]
 
 
@@ -159,7 +138,7 @@ def test_close_policies_on_alipay(alipay_checkout: Any, policy: str, scanned: bo
         opened = _scan(started["pay_url"])
         assert opened["code"] == "10000", opened
         trade_no = opened["trade_no"]
-    _wait(lambda: _state(svc, order) == "closed", timeout=20)
+    wait_for(lambda: order_state(svc, order) == "closed", timeout=20)
     time.sleep(0.3)  # query_then_close closes the trade just after the order
     if not scanned:
         opened = _scan(started["pay_url"])
@@ -168,10 +147,10 @@ def test_close_policies_on_alipay(alipay_checkout: Any, policy: str, scanned: bo
     late = _confirm(svc, trade_no)
     if paid_but_closed:
         assert late["code"] == "10000" and late["trade_status"] == "TRADE_SUCCESS", late
-        _wait(lambda: any(e["type"] == "notify.received" and e["order"] == order for e in svc.history()))
+        wait_for(lambda: any(e["type"] == "notify.received" and e["order"] == order for e in svc.history()), timeout=20)
     else:
         assert late["code"] == "40004" and late["sub_code"] == "ACQ.TRADE_HAS_CLOSE", late
-    assert _state(svc, order) == "closed"
+    assert order_state(svc, order) == "closed"
     history = svc.history()
     charged = [e for e in history if e["type"] == "trade.succeeded" and e["order"] == order]
     assert bool(charged) is paid_but_closed
@@ -186,7 +165,7 @@ def test_pass_time_expire_closes_the_unscanned_qr_code_with_the_order(alipay_che
     svc.set_faults({"order_service.order_ttl": "150s", "order_service.close_policy": "close_trade_then_order",
                     "order_service.late_payment": "ignore", "order_service.pass_time_expire": True})
     started = _order_and_qr(svc, "oa6", 640)
-    _wait(lambda: _state(svc, "oa6") == "closed", timeout=20)
+    wait_for(lambda: order_state(svc, "oa6") == "closed", timeout=20)
     late = _scan(started["pay_url"])
     assert late["code"] == "40004" and late["sub_code"] == "ACQ.TRADE_HAS_CLOSE", late
     assert not [e for e in svc.history() if e["type"] == "trade.succeeded" and e["order"] == "oa6"]
@@ -202,18 +181,10 @@ def test_a_paid_trade_found_by_close_first_marks_the_order_paid(alipay_checkout:
     started = _order_and_qr(svc, "oa5", 1200)
     opened = _scan(started["pay_url"])
     assert _confirm(svc, opened["trade_no"])["trade_status"] == "TRADE_SUCCESS"
-    _wait(lambda: _state(svc, "oa5") == "paid", timeout=20)
+    wait_for(lambda: order_state(svc, "oa5") == "paid", timeout=20)
     history = svc.history()
     assert not [e for e in history if e["type"] == "notify.received" and e["order"] == "oa5"]  # not by a notification
     assert any(e["type"] == "trade.close_refused" and e["order"] == "oa5" for e in history)
-
-
-def _load(tmp_path: Path, name: str, *extra: str) -> dict:
-    out = tmp_path / name
-    main(["load", str(FIXTURE), "--psp", "alipay", "--out", str(out), "-q", *extra])
-    doc = json.loads((out / "results.json").read_text())
-    assert doc["validity"]["valid"], doc["validity"]["reasons"]  # numbers from a run that measured the story
-    return doc
 
 
 @pytest.mark.slow
@@ -225,14 +196,17 @@ def test_mall_pattern_live_on_alipay_naive_vs_close_first(tmp_path: Path) -> Non
     answers "does not exist" and a buyer who scans afterwards still pays (the lazy-trade race; under CPU
     contention a CI run found 11 such orders with close_trade_then_order alone). With the refund none
     stays unresolved."""
-    naive = _load(tmp_path, "naive")
+    runs = mall_runs(tmp_path, "alipay", naive=[],
+                     safe=["--set", "order_service.close_policy=close_trade_then_order",
+                           "--set", "order_service.late_payment=auto_refund"])
+    for doc in runs.values():
+        assert doc["validity"]["valid"], doc["validity"]["reasons"]  # numbers from a run that measured the story
+    naive, safe = runs["naive"], runs["safe"]
     assert naive["live"]["harness_errors"] == 0
     assert naive["anomalies"]["paid_but_closed"]["count"] >= 1, naive["anomalies"]["paid_but_closed"]
     events = [json.loads(line) for line in (tmp_path / "naive" / "history.jsonl").read_text().splitlines()]
     assert any(e["type"] == "client.ok" and e.get("op") == "open_payment" for e in events)  # the QR was scanned
     assert any(e["type"] == "notify.received" and e.get("acked") for e in events)
-    safe = _load(tmp_path, "safe", "--set", "order_service.close_policy=close_trade_then_order",
-                 "--set", "order_service.late_payment=auto_refund")
     assert safe["live"]["harness_errors"] == 0
     assert safe["anomalies"]["paid_but_closed"]["unresolved_count"] == 0, safe["examples"].get("paid_but_closed")
     events = [json.loads(line) for line in (tmp_path / "safe" / "history.jsonl").read_text().splitlines()]

@@ -15,41 +15,20 @@ from typing import Any
 import httpx
 import pytest
 
-from sim.cli import main
+from .conftest import launched, reset
+from .helpers import mall_runs, order_state, wait_for
 
-from .conftest import launch
-
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "live_mall.toml"
-
-
-def _wait(predicate: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
-
-def _state(svc: Any, order: str) -> str:
-    return httpx.get(f"{svc.checkout_url}/orders/{order}", timeout=10).json()["state"]
 
 
 @pytest.fixture(scope="module")
 def shared_stripe(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    services = launch(tmp_path_factory.mktemp("stripe-checkout"), checkout_psp="stripe")
-    yield services
-    services.stop()
+    yield from launched(tmp_path_factory, "stripe-checkout", checkout_psp="stripe")
 
 
 @pytest.fixture
 def stripe_checkout(shared_stripe: Any) -> Any:
     """The module's services (the checkout on Stripe), faults reset, a refund latency of 60 s (1 s wall)."""
-    if not (shared_stripe.alive("provider") and shared_stripe.alive("checkout")):
-        pytest.fail("the shared services died; see their logs in " + str(shared_stripe.data_dir))
-    shared_stripe.set_faults({"gateway.refund_latency": "60s"})
-    return shared_stripe
+    return reset(shared_stripe, {"gateway.refund_latency": "60s"})
 
 
 def test_happy_path_session_webhook_then_pending_refund(stripe_checkout: Any) -> None:
@@ -66,7 +45,7 @@ def test_happy_path_session_webhook_then_pending_refund(stripe_checkout: Any) ->
     assert again["pay_url"] == started["pay_url"]  # the same trade number: the same session (Idempotency-Key)
     paid = httpx.post(started["pay_url"], timeout=20).json()
     assert paid["state"] == "succeeded"
-    _wait(lambda: _state(svc, "os1") == "paid")
+    wait_for(lambda: order_state(svc, "os1") == "paid", timeout=20)
     history = svc.history()
     received = [e for e in history if e["type"] == "notify.received" and e["order"] == "os1"]
     assert received and received[0]["notify_id"].startswith("evt_") and received[0]["acked"]
@@ -74,8 +53,8 @@ def test_happy_path_session_webhook_then_pending_refund(stripe_checkout: Any) ->
 
     assert httpx.post(f"{c}/orders/os1/cancel", timeout=10).json()["state"] == "refund_pending"
     time.sleep(0.3)
-    assert _state(svc, "os1") == "refund_pending"  # the refund is pending at Stripe (60 s = 1 s wall)
-    _wait(lambda: _state(svc, "os1") == "refunded", timeout=30)
+    assert order_state(svc, "os1") == "refund_pending"  # the refund is pending at Stripe (60 s = 1 s wall)
+    wait_for(lambda: order_state(svc, "os1") == "refunded", timeout=30)
     history = svc.history()
     pi = paid["trade"]
     assert [e["amount"] for e in history if e["type"] == "trade.refunded" and e.get("trade") == pi] == [2500]
@@ -99,7 +78,7 @@ def test_a_webhook_with_a_bad_signature_moves_nothing(stripe_checkout: Any) -> N
                        timeout=10)
         assert r.status_code == 400, r.text
         assert "Stripe-Signature" in r.json()["error"]
-    assert _state(svc, "os2") == "awaiting_payment"
+    assert order_state(svc, "os2") == "awaiting_payment"
 
 
 def test_a_restarted_checkout_keeps_its_sessions_and_webhook_secret(start: Any) -> None:
@@ -115,7 +94,7 @@ def test_a_restarted_checkout_keeps_its_sessions_and_webhook_secret(start: Any) 
     svc.restart("checkout")
     svc.set_faults({"order_service.close_policy": "close_trade_then_order"}, which=("checkout",))
     assert httpx.post(first["pay_url"], timeout=20).json()["state"] == "succeeded"
-    _wait(lambda: _state(svc, "os5") == "paid")
+    wait_for(lambda: order_state(svc, "os5") == "paid", timeout=20)
     assert httpx.post(f"{c}/orders/os6/cancel", timeout=10).json()["state"] == "closed"
     assert any(e["type"] == "trade.closed" and e["order"] == "os6" for e in svc.history())  # session expired
     endpoints = [e for e in svc.history() if e["type"] == "notify.received" and e["order"] == "os5"]
@@ -133,12 +112,12 @@ def test_a_failed_refund_is_made_again_until_it_succeeds(stripe_checkout: Any) -
     httpx.post(f"{c}/orders", json={"order": "os3", "user": "u3", "amount": 1500}, timeout=10)
     started = httpx.post(f"{c}/orders/os3/pay", json={"trade": "os3-t0"}, timeout=10).json()
     pi = httpx.post(started["pay_url"], timeout=20).json()["trade"]
-    _wait(lambda: _state(svc, "os3") == "paid")
+    wait_for(lambda: order_state(svc, "os3") == "paid", timeout=20)
     httpx.post(f"{c}/orders/os3/cancel", timeout=10)
-    _wait(lambda: any(e["type"] == "trade.refund_failed" and e.get("trade") == pi for e in svc.history()))
-    assert _state(svc, "os3") == "refund_pending"
+    wait_for(lambda: any(e["type"] == "trade.refund_failed" and e.get("trade") == pi for e in svc.history()), timeout=20)
+    assert order_state(svc, "os3") == "refund_pending"
     svc.set_faults({"gateway.refund_failure": 0.0}, which=("provider",))
-    _wait(lambda: _state(svc, "os3") == "refunded", timeout=30)
+    wait_for(lambda: order_state(svc, "os3") == "refunded", timeout=30)
     history = svc.history()
     assert [e["amount"] for e in history if e["type"] == "trade.refunded" and e.get("trade") == pi] == [1500]
     assert svc.admin("provider", "GET", "/admin/ledger").json()["balanced"]
@@ -157,23 +136,17 @@ def test_close_policies_on_stripe(stripe_checkout: Any, policy: str, paid_but_cl
     order = f"os4-{policy}"
     httpx.post(f"{c}/orders", json={"order": order, "user": "u4", "amount": 990}, timeout=10)
     started = httpx.post(f"{c}/orders/{order}/pay", json={"trade": f"{order}-t0"}, timeout=10).json()
-    _wait(lambda: _state(svc, order) == "closed", timeout=20)
+    wait_for(lambda: order_state(svc, order) == "closed", timeout=20)
     time.sleep(0.3)  # the session is expired just after (query_then_close) or before (expire-first) the close
     late = httpx.post(started["pay_url"], timeout=20)
     if paid_but_closed:
         assert late.status_code == 200 and late.json()["state"] == "succeeded", late.text
-        _wait(lambda: any(e["type"] == "notify.received" and e["order"] == order for e in svc.history()))
+        wait_for(lambda: any(e["type"] == "notify.received" and e["order"] == order for e in svc.history()), timeout=20)
     else:
         assert late.status_code == 409 and late.json()["code"] == "ACQ.TRADE_HAS_CLOSE", late.text
-    assert _state(svc, order) == "closed"
+    assert order_state(svc, order) == "closed"
     charged = [e for e in svc.history() if e["type"] == "trade.succeeded" and e["order"] == order]
     assert bool(charged) is paid_but_closed
-
-
-def _load(tmp_path: Path, name: str, *extra: str) -> dict:
-    out = tmp_path / name
-    main(["load", str(FIXTURE), "--psp", "stripe", "--out", str(out), "-q", *extra])
-    return json.loads((out / "results.json").read_text())
 
 
 @pytest.mark.slow
@@ -181,12 +154,12 @@ def test_mall_pattern_live_on_stripe_naive_vs_expire_first(tmp_path: Path) -> No
     """A short real `load --psp stripe` of the compressed mall scenario: the reference checkout pays
     through Checkout Sessions. Naive close (the session is left open) loses money: paid_but_closed;
     expiring the session first (close_trade_then_order) finds none."""
-    naive = _load(tmp_path, "naive")
+    runs = mall_runs(tmp_path, "stripe", naive=[], safe=["--set", "order_service.close_policy=close_trade_then_order"])
+    naive, safe = runs["naive"], runs["safe"]
     assert naive["live"]["harness_errors"] == 0
     assert naive["anomalies"]["paid_but_closed"]["count"] >= 1, naive["anomalies"]["paid_but_closed"]
     events = [json.loads(line) for line in (tmp_path / "naive" / "history.jsonl").read_text().splitlines()]
     assert any(e["type"] == "trade.succeeded" and e.get("trade", "").startswith("pi_") for e in events)
-    safe = _load(tmp_path, "safe", "--set", "order_service.close_policy=close_trade_then_order")
     assert safe["live"]["harness_errors"] == 0
     assert safe["anomalies"]["paid_but_closed"]["count"] == 0, safe["examples"].get("paid_but_closed")
     events = [json.loads(line) for line in (tmp_path / "safe" / "history.jsonl").read_text().splitlines()]

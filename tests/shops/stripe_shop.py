@@ -19,57 +19,37 @@ python tests/shops/stripe_shop.py``.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
-import threading
-import time
 from pathlib import Path
 
 import stripe
-from flask import Flask, abort, jsonify, request
+from flask import jsonify, request
+
+from _common import Shop
 
 API_BASE = os.environ.get("STRIPE_API_BASE", "https://api.stripe.com")
 KEY_FILE = os.environ.get("STRIPE_KEY_FILE", "")
-CLOSE = os.environ.get("SHOP_CLOSE", "naive")
-ORDER_TTL = float(os.environ.get("SHOP_ORDER_TTL", "15"))
-CLOSE_EVERY = float(os.environ.get("SHOP_CLOSE_EVERY", "2"))
-DB = os.environ.get("SHOP_DB", "shop.db")
-PUBLIC_URL = os.environ.get("SHOP_PUBLIC_URL", "")
 PAY_MODE = os.environ.get("SHOP_PAY_MODE", "checkout")  # checkout | intent
 PK_FILE = os.environ.get("STRIPE_PUBLISHABLE_KEY_FILE", "")
 
-app = Flask(__name__)
-_lock = threading.Lock()  # one writer at a time (SQLite), and the shop's per-order critical sections
+shop = Shop(__name__, "session TEXT, expires REAL, intent TEXT", order_ttl="15", close_every="2", public_url="",
+            synchronous_normal=False)
+app, CLOSE, PUBLIC_URL = shop.app, shop.close, shop.public_url
 _webhook_secret: list[str] = []
 
 
-_client: list[stripe.StripeClient] = []
-
-
+@functools.cache
 def client() -> stripe.StripeClient:
     """The SDK client, made at first use (the key file appears when the PSP first starts)."""
-    if not _client:
-        key = os.environ.get("STRIPE_SECRET_KEY") or "sk_test_" + Path(KEY_FILE).read_text().strip()
-        _client.append(stripe.StripeClient(key, base_addresses={"api": API_BASE}, max_network_retries=2))
-    return _client[0]
-
-
-def db() -> sqlite3.Connection:
-    conn = sqlite3.connect(DB, timeout=30, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
-def init() -> None:
-    with db() as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, usr TEXT, amount INTEGER, state TEXT,"
-                     " session TEXT, expires REAL, intent TEXT)")
+    key = os.environ.get("STRIPE_SECRET_KEY") or "sk_test_" + Path(KEY_FILE).read_text().strip()
+    return stripe.StripeClient(key, base_addresses={"api": API_BASE}, max_network_retries=2)
 
 
 def webhook_secret() -> str:
     """Register this shop's webhook endpoint once (at the first order: the PSP may start after us)."""
-    with _lock:
+    with shop.lock:
         if not _webhook_secret:
             endpoint = client().v1.webhook_endpoints.create(params={
                 "url": f"{PUBLIC_URL}/stripe/webhook",
@@ -78,24 +58,12 @@ def webhook_secret() -> str:
     return _webhook_secret[0]
 
 
-@app.post("/orders")
-def create_order():
-    body = request.get_json(force=True)
-    webhook_secret()
-    with _lock, db() as conn:
-        conn.execute("INSERT OR IGNORE INTO orders (id, usr, amount, state, expires) VALUES (?, ?, ?, 'awaiting_payment', ?)",
-                     (body["order"], body["user"], int(body["amount"]), time.time() + ORDER_TTL))
-    return jsonify(order=body["order"], state="awaiting_payment"), 201
+shop.before_create = webhook_secret
 
 
 @app.post("/orders/<order>/pay")
 def pay(order: str):
-    with db() as conn:
-        row = conn.execute("SELECT * FROM orders WHERE id = ?", (order,)).fetchone()
-    if row is None:
-        abort(404)
-    if row["state"] != "awaiting_payment":
-        return jsonify(code="ORDER_NOT_PAYABLE", state=row["state"]), 409
+    row = shop.payable(order)
     if PAY_MODE == "intent":
         return pay_intent(order, row)
     session = client().v1.checkout.sessions.create(params={
@@ -103,7 +71,7 @@ def pay(order: str):
         "line_items": [{"quantity": 1, "price_data": {"currency": "cny", "unit_amount": row["amount"],
                                                       "product_data": {"name": f"order {order}"}}}],
         "success_url": f"{PUBLIC_URL}/orders/{order}"})
-    with _lock, db() as conn:
+    with shop.lock, shop.db() as conn:
         conn.execute("UPDATE orders SET session = ? WHERE id = ?", (session.id, order))
     return jsonify(order=order, checkout_url=session.url, session=session.id)
 
@@ -115,19 +83,10 @@ def pay_intent(order: str, row: sqlite3.Row):
     else:
         intent = client().v1.payment_intents.create(params={
             "amount": row["amount"], "currency": "cny", "metadata": {"order_id": order, "user": row["usr"]}})
-        with _lock, db() as conn:
+        with shop.lock, shop.db() as conn:
             conn.execute("UPDATE orders SET intent = ? WHERE id = ?", (intent.id, order))
     pk = "pk_test_" + Path(PK_FILE).read_text().strip()
     return jsonify(order=order, intent=intent.id, client_secret=intent.client_secret, publishable_key=pk)
-
-
-@app.get("/orders/<order>")
-def status(order: str):
-    with db() as conn:
-        row = conn.execute("SELECT state FROM orders WHERE id = ?", (order,)).fetchone()
-    if row is None:
-        abort(404)
-    return jsonify(order=order, state=row["state"])
 
 
 @app.post("/stripe/webhook")
@@ -145,7 +104,7 @@ def webhook():
             order, intent = obj["metadata"]["order_id"], obj["id"]
         else:
             return "", 200  # a Checkout payment: its checkout.session.completed says so
-        with _lock, db() as conn:
+        with shop.lock, shop.db() as conn:
             row = conn.execute("SELECT state FROM orders WHERE id = ?", (order,)).fetchone()
             if row is not None and row["state"] == "awaiting_payment":
                 conn.execute("UPDATE orders SET state = 'paid' WHERE id = ?", (order,))
@@ -156,27 +115,13 @@ def webhook():
     return "", 200
 
 
-def close_job() -> None:
-    while True:
-        time.sleep(CLOSE_EVERY)
-        with db() as conn:
-            due = conn.execute("SELECT id, session, intent FROM orders WHERE state = 'awaiting_payment' AND expires <= ?",
-                               (time.time(),)).fetchall()
-        for row in due:
-            try:
-                close_one(row["id"], row["session"], row["intent"])
-            except Exception as exc:  # a close that failed is tried again at the next run
-                app.logger.warning("close of %s failed: %s", row["id"], exc)
-
-
 def close_one(order: str, session: str | None, intent: str | None = None) -> None:
     if CLOSE == "safe" and intent:
         try:
             client().v1.payment_intents.cancel(intent)
         except stripe.InvalidRequestError:
             if client().v1.payment_intents.retrieve(intent).status == "succeeded":
-                with _lock, db() as conn:
-                    conn.execute("UPDATE orders SET state = 'paid' WHERE id = ? AND state = 'awaiting_payment'", (order,))
+                shop.set_state(order, "paid")
                 return
             raise  # processing, or Stripe did not say: look again at the next run
     if CLOSE == "safe" and session:
@@ -184,15 +129,11 @@ def close_one(order: str, session: str | None, intent: str | None = None) -> Non
             client().v1.checkout.sessions.expire(session)
         except stripe.InvalidRequestError:
             if client().v1.checkout.sessions.retrieve(session).status == "complete":
-                with _lock, db() as conn:
-                    conn.execute("UPDATE orders SET state = 'paid' WHERE id = ? AND state = 'awaiting_payment'", (order,))
+                shop.set_state(order, "paid")
                 return
             raise
-    with _lock, db() as conn:
-        conn.execute("UPDATE orders SET state = 'closed' WHERE id = ? AND state = 'awaiting_payment'", (order,))
+    shop.set_state(order, "closed")
 
 
 if __name__ == "__main__":
-    init()
-    threading.Thread(target=close_job, daemon=True).start()
-    app.run(host="127.0.0.1", port=int(os.environ.get("SHOP_PORT", "9000")), threaded=True)
+    shop.serve("id, session, intent", lambda row: close_one(row["id"], row["session"], row["intent"]))
