@@ -596,6 +596,9 @@ class GatewaySection(_Section):
     bank_query_schedule: RetrySchedule = Field(
         ["60s", "5m", "5m", "5m", "5m"], description="the gateway re-queries an 'unknown' debit (Hyperswitch)"
     )
+    late_response: Literal["heard", "dropped"] = Field(
+        "heard", description="a bank answer that comes after the gateway's timeout: still heard (heard), or lost "
+        "with the connection the timeout closed (dropped: only the gateway's query learns what the bank did)")
 
 
 class BankSection(_Section):
