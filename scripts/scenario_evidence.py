@@ -73,6 +73,21 @@ def late_payer(s: Scenario) -> float:
     return survival(s.user.pay_delay, ttl)
 
 
+def _profile_share(s: Scenario, multiplier: float) -> float:
+    """The share of the measured arrivals (warmup to horizon) that come while the profile is at ``multiplier``."""
+    pieces = s.load.rate_pieces(s.run.horizon)
+    total = hit = 0.0
+    for start, end, r0, r1 in pieces:
+        lo, hi = max(start, s.run.warmup), min(end, s.run.horizon)
+        if hi <= lo:
+            continue
+        mass = (hi - lo) * (r0 + r1) / 2
+        total += mass
+        if abs(r0 - multiplier * s.load.arrival_rate) < 1e-9 and abs(r1 - r0) < 1e-9:
+            hit += mass
+    return hit / total if total else 0.0
+
+
 @dataclass
 class Story:
     cls: str                      # the headline anomaly class
@@ -149,10 +164,13 @@ STORIES: dict[str, Story] = {
         lambda s: s.gateway.notify_loss * approved(s) * paying(s) * not_bnpl(s)),
     "impatient_retry": Story(
         "double_charge",
-        "a lost debit response; the impatient buyer retries with a new trade number before the query resolves the first",
+        "a x6 push fills the gateway's held workers; pay requests wait past the app's 15-s timeout, the buyer "
+        "retries with a new trade number while the first is still queued, and both debit",
         ["app.retry_trade_no=reuse"],
-        "response_loss·P(retry)·P(approved)²·P(not BNPL)",
-        lambda s: s.bank.response_loss * s.user.retry_probability * approved(s) ** 2 * not_bnpl(s) * paying(s)),
+        "P(bank latency > gateway timeout)·P(retry)·P(approved)²·P(not BNPL)·P(pays) (no input loses a response: "
+        "response_loss 0; the only late answer an input gives is the latency tail)",
+        lambda s: survival(s.bank.latency, s.gateway.timeout) * s.user.retry_probability * approved(s) ** 2
+        * not_bnpl(s) * paying(s)),
     "risk_control_hold": Story(
         "paid_but_closed",
         "risk control releases held debits after the 30-min close; the gateway had closed the trade and ignores the late approval",
