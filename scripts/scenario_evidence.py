@@ -88,6 +88,13 @@ def _profile_share(s: Scenario, multiplier: float) -> float:
     return hit / total if total else 0.0
 
 
+def _fault_share(s: Scenario) -> float:
+    """The share of the measured window (warmup to horizon) inside the scenario's fault windows."""
+    span = s.run.horizon - s.run.warmup
+    inside = sum(max(0.0, min(f.end, s.run.horizon) - max(f.start, s.run.warmup)) for f in s.faults)
+    return inside / span if span > 0 else 0.0
+
+
 @dataclass
 class Story:
     cls: str                      # the headline anomaly class
@@ -97,6 +104,7 @@ class Story:
     product: Callable[[Scenario], float] | None
     file: str | None = None       # the scenario file's stem when the row's name is not it
     measure: str = "occurred"     # which rate the product is read against (the story's headline)
+    guard_measure: str = "unresolved"  # which rate of the safeguarded run the table shows
 
 
 STORIES: dict[str, Story] = {
@@ -146,10 +154,13 @@ STORIES: dict[str, Story] = {
         lambda s: approved(s) * paying(s) * not_bnpl(s) * late_payer(s)),
     "bank_timeout_storm": Story(
         "failure_shown_but_charged",
-        "lost debit responses make trades 'unknown'; the buyer is told it failed before the gateway's query learns it was debited",
-        ["gateway.bank_query_schedule=[\"5s\",\"5s\",\"10s\",\"30s\",\"1m\",\"5m\",\"5m\"]"],
-        "P(in the 15-min window)·response_loss·P(approved)·P(not BNPL)",
-        lambda s: (15 / 55) * 0.5 * approved(s) * not_bnpl(s) * paying(s)),
+        "a one-channel bank for 15 min: debits time out in its queue and still go through; the timed-out connection "
+        "drops the answer, so the buyer is told it did not complete until the gateway's query (60 s) finds the debit",
+        ["bank.deadlines=true"],
+        "P(in the 15-min window)·P(bank latency > gateway timeout)·P(approved)·P(not BNPL)·P(pays) (no input loses "
+        "a response; the only slow answer an input gives is the latency tail)",
+        lambda s: _fault_share(s) * survival(s.bank.latency, s.gateway.timeout) * approved(s) * not_bnpl(s)
+        * paying(s), guard_measure="occurred"),
     "notification_backlog": Story(
         "paid_but_closed",
         "a slow 4-worker notification handler acks too late; the 15-min naive close beats the queued 'paid' notification",
@@ -267,7 +278,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 read = f"cannot tell: the product (×{ratio:.2g}) is inside the measured interval, which is wide"
             else:
                 read = f"race: the product is ×{ratio:.2g} the measured {measure} rate"
-        sg = (f"{_fmt(g['unresolved_rate'], g['unresolved_ci95'])} — " + " ".join(f"`{x}`" for x in r["safeguard"])
+        gm = STORIES[r["scenario"]].guard_measure if r["scenario"] in STORIES else "unresolved"
+        sg = ((f"occurred {g['occurred_orders']:,}: " if gm == "occurred" else "")
+              + f"{_fmt(g[f'{gm}_rate'], g[f'{gm}_ci95'])} — " + " ".join(f"`{x}`" for x in r["safeguard"])
               if g else "—")
         if (g and w.get("goodput_per_s") and g.get("goodput_per_s")
                 and abs(g["goodput_per_s"] / w["goodput_per_s"] - 1) > 0.05):
