@@ -88,6 +88,15 @@ def _profile_share(s: Scenario, multiplier: float) -> float:
     return hit / total if total else 0.0
 
 
+def _short_wallet(s: Scenario) -> float:
+    """P(a wallet balance is less than the order amount), both lognormal (0 without balances)."""
+    wb, amt = s.user.wallet_balance, s.user.order_amount
+    if wb is None:
+        return 0.0
+    (m1, s1), (m2, s2) = wb.lognormal_mu_sigma(), amt.lognormal_mu_sigma()
+    return 0.5 * math.erfc((m1 - m2) / math.sqrt(2.0 * (s1 * s1 + s2 * s2)))
+
+
 def _fault_share(s: Scenario) -> float:
     """The share of the measured window (warmup to horizon) inside the scenario's fault windows."""
     span = s.run.horizon - s.run.warmup
@@ -184,11 +193,12 @@ STORIES: dict[str, Story] = {
         * not_bnpl(s) * paying(s)),
     "risk_control_hold": Story(
         "paid_but_closed",
-        "risk control releases held debits after the 30-min close; the gateway had closed the trade and ignores the late approval",
+        "a short wallet's retries are declined; the topped-up third debit trips risk control's velocity rule "
+        "(2 refusals a day) and is held; released after the 30-min close, the gateway applies it and the close ignores it",
         ["order_service.late_payment=auto_refund"],
-        "risk_hold·P(hold > TTL − pay delay)·P(pays)·P(not BNPL)",
-        lambda s: s.bank.risk_hold_probability * survival(s.bank.risk_hold_duration, s.order_service.order_ttl)
-        * paying(s) * not_bnpl(s)),
+        "P(wallet)·P(balance < amount)·P(retry)²·P(hold > TTL)·P(pays) (risk_hold_probability 0: no input holds a debit)",
+        lambda s: s.user.payment_methods.wallet * _short_wallet(s) * s.user.retry_probability ** 2
+        * survival(s.bank.risk_hold_duration, s.order_service.order_ttl) * paying(s)),
     "bnpl_sync_lag": Story(
         "bnpl_false_overdue",
         "the credit side learns of a repayment after the 24-h compensation deadline",
