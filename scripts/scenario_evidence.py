@@ -73,21 +73,6 @@ def late_payer(s: Scenario) -> float:
     return survival(s.user.pay_delay, ttl)
 
 
-def _profile_share(s: Scenario, multiplier: float) -> float:
-    """The share of the measured arrivals (warmup to horizon) that come while the profile is at ``multiplier``."""
-    pieces = s.load.rate_pieces(s.run.horizon)
-    total = hit = 0.0
-    for start, end, r0, r1 in pieces:
-        lo, hi = max(start, s.run.warmup), min(end, s.run.horizon)
-        if hi <= lo:
-            continue
-        mass = (hi - lo) * (r0 + r1) / 2
-        total += mass
-        if abs(r0 - multiplier * s.load.arrival_rate) < 1e-9 and abs(r1 - r0) < 1e-9:
-            hit += mass
-    return hit / total if total else 0.0
-
-
 def _short_wallet(s: Scenario) -> float:
     """P(a wallet balance is less than the order amount), both lognormal (0 without balances)."""
     wb, amt = s.user.wallet_balance, s.user.order_amount
