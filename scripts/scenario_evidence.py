@@ -73,6 +73,22 @@ def late_payer(s: Scenario) -> float:
     return survival(s.user.pay_delay, ttl)
 
 
+def _short_wallet(s: Scenario) -> float:
+    """P(a wallet balance is less than the order amount), both lognormal (0 without balances)."""
+    wb, amt = s.user.wallet_balance, s.user.order_amount
+    if wb is None:
+        return 0.0
+    (m1, s1), (m2, s2) = wb.lognormal_mu_sigma(), amt.lognormal_mu_sigma()
+    return 0.5 * math.erfc((m1 - m2) / math.sqrt(2.0 * (s1 * s1 + s2 * s2)))
+
+
+def _fault_share(s: Scenario) -> float:
+    """The share of the measured window (warmup to horizon) inside the scenario's fault windows."""
+    span = s.run.horizon - s.run.warmup
+    inside = sum(max(0.0, min(f.end, s.run.horizon) - max(f.start, s.run.warmup)) for f in s.faults)
+    return inside / span if span > 0 else 0.0
+
+
 @dataclass
 class Story:
     cls: str                      # the headline anomaly class
@@ -82,6 +98,7 @@ class Story:
     product: Callable[[Scenario], float] | None
     file: str | None = None       # the scenario file's stem when the row's name is not it
     measure: str = "occurred"     # which rate the product is read against (the story's headline)
+    guard_measure: str = "unresolved"  # which rate of the safeguarded run the table shows
 
 
 STORIES: dict[str, Story] = {
@@ -131,10 +148,13 @@ STORIES: dict[str, Story] = {
         lambda s: approved(s) * paying(s) * not_bnpl(s) * late_payer(s)),
     "bank_timeout_storm": Story(
         "failure_shown_but_charged",
-        "lost debit responses make trades 'unknown'; the buyer is told it failed before the gateway's query learns it was debited",
-        ["gateway.bank_query_schedule=[\"5s\",\"5s\",\"10s\",\"30s\",\"1m\",\"5m\",\"5m\"]"],
-        "P(in the 15-min window)·response_loss·P(approved)·P(not BNPL)",
-        lambda s: (15 / 55) * 0.5 * approved(s) * not_bnpl(s) * paying(s)),
+        "a one-channel bank for 15 min: debits time out in its queue and still go through; the timed-out connection "
+        "drops the answer, so the buyer is told it did not complete until the gateway's query (60 s) finds the debit",
+        ["bank.deadlines=true"],
+        "P(in the 15-min window)·P(bank latency > gateway timeout)·P(approved)·P(not BNPL)·P(pays) (no input loses "
+        "a response; the only slow answer an input gives is the latency tail)",
+        lambda s: _fault_share(s) * survival(s.bank.latency, s.gateway.timeout) * approved(s) * not_bnpl(s)
+        * paying(s), guard_measure="occurred"),
     "notification_backlog": Story(
         "paid_but_closed",
         "a slow 4-worker notification handler acks too late; the 15-min naive close beats the queued 'paid' notification",
@@ -149,17 +169,21 @@ STORIES: dict[str, Story] = {
         lambda s: s.gateway.notify_loss * approved(s) * paying(s) * not_bnpl(s)),
     "impatient_retry": Story(
         "double_charge",
-        "a lost debit response; the impatient buyer retries with a new trade number before the query resolves the first",
+        "a x6 push fills the gateway's held workers; pay requests wait past the app's 15-s timeout, the buyer "
+        "retries with a new trade number while the first is still queued, and both debit",
         ["app.retry_trade_no=reuse"],
-        "response_loss·P(retry)·P(approved)²·P(not BNPL)",
-        lambda s: s.bank.response_loss * s.user.retry_probability * approved(s) ** 2 * not_bnpl(s) * paying(s)),
+        "P(bank latency > gateway timeout)·P(retry)·P(approved)²·P(not BNPL)·P(pays) (no input loses a response: "
+        "response_loss 0; the only late answer an input gives is the latency tail)",
+        lambda s: survival(s.bank.latency, s.gateway.timeout) * s.user.retry_probability * approved(s) ** 2
+        * not_bnpl(s) * paying(s)),
     "risk_control_hold": Story(
         "paid_but_closed",
-        "risk control releases held debits after the 30-min close; the gateway had closed the trade and ignores the late approval",
+        "a short wallet's retries are declined; the topped-up third debit trips risk control's velocity rule "
+        "(2 refusals a day) and is held; released after the 30-min close, the gateway applies it and the close ignores it",
         ["order_service.late_payment=auto_refund"],
-        "risk_hold·P(hold > TTL − pay delay)·P(pays)·P(not BNPL)",
-        lambda s: s.bank.risk_hold_probability * survival(s.bank.risk_hold_duration, s.order_service.order_ttl)
-        * paying(s) * not_bnpl(s)),
+        "P(wallet)·P(balance < amount)·P(retry)²·P(hold > TTL)·P(pays) (risk_hold_probability 0: no input holds a debit)",
+        lambda s: s.user.payment_methods.wallet * _short_wallet(s) * s.user.retry_probability ** 2
+        * survival(s.bank.risk_hold_duration, s.order_service.order_ttl) * paying(s)),
     "bnpl_sync_lag": Story(
         "bnpl_false_overdue",
         "the credit side learns of a repayment after the 24-h compensation deadline",
@@ -249,7 +273,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 read = f"cannot tell: the product (×{ratio:.2g}) is inside the measured interval, which is wide"
             else:
                 read = f"race: the product is ×{ratio:.2g} the measured {measure} rate"
-        sg = (f"{_fmt(g['unresolved_rate'], g['unresolved_ci95'])} — " + " ".join(f"`{x}`" for x in r["safeguard"])
+        gm = STORIES[r["scenario"]].guard_measure if r["scenario"] in STORIES else "unresolved"
+        sg = ((f"occurred {g['occurred_orders']:,}: " if gm == "occurred" else "")
+              + f"{_fmt(g[f'{gm}_rate'], g[f'{gm}_ci95'])} — " + " ".join(f"`{x}`" for x in r["safeguard"])
               if g else "—")
         if (g and w.get("goodput_per_s") and g.get("goodput_per_s")
                 and abs(g["goodput_per_s"] / w["goodput_per_s"] - 1) > 0.05):

@@ -663,6 +663,9 @@ class GatewaySection(_Section):
     bank_query_schedule: RetrySchedule = Field(
         ["60s", "5m", "5m", "5m", "5m"], description="the gateway re-queries an 'unknown' debit (Hyperswitch)"
     )
+    late_response: Literal["heard", "dropped"] = Field(
+        "heard", description="a bank answer that comes after the gateway's timeout: still heard (heard), or lost "
+        "with the connection the timeout closed (dropped: only the gateway's query learns what the bank did)")
 
 
 class BankSection(_Section):
@@ -678,6 +681,10 @@ class BankSection(_Section):
     risk_freeze_after: CountOrOff = Field(
         "off", description='risk control freezes a buyer after this many refused debits in one day (declined, '
         'blocked, over a limit): their later debits that day are risk-blocked, or "off"')
+    risk_hold_after: CountOrOff = Field(
+        "off", description='risk control holds a buyer\'s debit for review (risk_hold_duration, then it goes '
+        'through) once this many of their debits were refused that day (a velocity rule: retries after declines '
+        'trip it), or "off"')
     response_loss: Probability = Field(0.0, description="the debit completes but its response never reaches the gateway")
     queue_limit: CountOrOff = Field("off", description='debits and queries waiting for a channel beyond which a new one is refused, or "off"')
     deadlines: bool = Field(

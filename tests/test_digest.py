@@ -29,8 +29,10 @@ UPDATE_ENV = "CHECKOUT_CHAOS_UPDATE_DIGEST"
 CASES = {
     # every mechanism of the default scenario, short
     "baseline": {"run.replications": 2, "run.horizon": "2m", "run.warmup": "20s", "run.drain": "1h", "run.seed": 11},
+    # the file's push scaled to 3 minutes (x10 for 45 s, 3 gateway workers): requests queue past the app's timeout
     "impatient_retry": {"run.replications": 2, "run.horizon": "3m", "run.warmup": "30s", "run.drain": "30m",
-                        "load.arrival_rate": 2.0, "run.seed": 20261201},
+                        "load.arrival_rate": 1.0, "run.seed": 20261201, "gateway.workers": 3,
+                        "load.profile": [{"at": "60s", "multiplier": 10.0}, {"at": "105s", "multiplier": 1.0}]},
     "notifications_lost": {"run.replications": 2, "run.horizon": "3m", "run.warmup": "30s", "run.drain": "30m",
                            "load.arrival_rate": 2.0, "run.seed": 20261201},
 }

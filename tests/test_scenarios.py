@@ -86,13 +86,13 @@ def _hourly_windows(hourly: dict, daily: dict) -> None:
     _windows(daily, hourly)
 
 
-def _told_failed_for_a_minute(storm: dict, fast_queries: dict) -> None:
-    """Every debited buyer told 'unknown' learns the truth once the gateway's query finds the debit:
-    after ~a minute (first query at 60 s), or ~seconds when the gateway queries at once."""
-    s, f = storm["anomalies"]["failure_shown_but_charged"], fast_queries["anomalies"]["failure_shown_but_charged"]
-    assert s["repaired"] >= 100 and s["count"] == 0 and f["count"] == 0, (s["repaired"], s["count"], f["count"])
-    assert 45 <= s["window_s"]["median"] <= 120, s["window_s"]
-    assert f["window_s"]["median"] <= 20, f["window_s"]
+def _told_failed_for_a_minute(storm: dict, deadlines: dict) -> None:
+    """Debits that time out in the bank's queue still go through: every such buyer told 'unknown' learns
+    the truth once the gateway's query (60 s) finds the debit; with bank deadlines a fifth or fewer are debited at all."""
+    s, d = storm["anomalies"]["failure_shown_but_charged"], deadlines["anomalies"]["failure_shown_but_charged"]
+    assert s["repaired"] >= 100 and s["count"] == 0 and d["count"] == 0, (s["repaired"], s["count"], d["count"])
+    assert 30 <= s["window_s"]["median"] <= 120, s["window_s"]
+    assert d["occurred_orders"] * 5 <= s["occurred_orders"], (d["occurred_orders"], s["occurred_orders"])
 
 
 STORIES: dict[str, Story] = {
@@ -157,10 +157,11 @@ STORIES: dict[str, Story] = {
         absent=("double_charge", "charge_without_order", "ledger_imbalance"),
     ),
     "bank_timeout_storm": Story(
+        # The storm from 4 to 10 min (the file: 20 to 35 min).
         scale={"run.horizon": "12m", "run.drain": "26h",
-               "faults": [{"label": "bank responses lost", "start": "4m", "end": "10m",
-                           "set": {"bank.response_loss": 0.5}}]},
-        mitigation={"gateway.bank_query_schedule": ["5s", "5s", "10s", "30s", "1m", "5m", "5m"]},
+               "faults": [{"label": "bank on a one-channel standby", "start": "4m", "end": "10m",
+                           "set": {"bank.channels": 1}}]},
+        mitigation={"bank.deadlines": True},
         check=_told_failed_for_a_minute,
         absent=MONEY,
     ),
@@ -181,7 +182,10 @@ STORIES: dict[str, Story] = {
         absent=("double_charge", "charge_without_order", "ledger_imbalance"),
     ),
     "impatient_retry": Story(
-        scale={"run.horizon": "8m", "run.drain": "26h"},
+        # A quarter of the arrivals and of the gateway's workers; a x10 push for 1 min from 2 min (the
+        # file: x6 for 2 min from 20 min), so the queue passes the app's timeout in a 5-minute run.
+        scale={"run.horizon": "5m", "run.drain": "1h", "load.arrival_rate": 1.0, "gateway.workers": 4,
+               "load.profile": [{"at": "2m", "multiplier": 10.0}, {"at": "3m", "multiplier": 1.0}]},
         mitigation={"app.retry_trade_no": "reuse"},
         anomaly="double_charge",
         absent=("charge_without_order", "ledger_imbalance"),

@@ -72,7 +72,7 @@ class Bank:
                 if previous == APPROVED and not lost:
                     respond(APPROVED)
                 return
-            if outcome == HELD:
+            if outcome == HELD or (outcome == APPROVED and p.risk_hold_after is not None and self._velocity(trade)):
                 # Risk control holds the debit for review, then releases it: the money moves late,
                 # and the gateway hears nothing until then (its own timeout will have fired).
                 self.record[trade.id] = HELD
@@ -100,6 +100,13 @@ class Bank:
             respond(BUSY)
             return 0.0
         return latency if started == STARTED and earlier is None and not lost and outcome != HELD else None
+
+    def _velocity(self, trade) -> bool:
+        """Risk control's velocity rule (``bank.risk_hold_after``): this buyer's debits refused today
+        have reached the limit, so the next one is held for review rather than made."""
+        w = self.w
+        acct = w.accounts.get(trade.user)
+        return acct is not None and acct.frozen(int(w.env.now // 86400.0), w.p.bank.risk_hold_after)
 
     def _account_check(self, trade, outcome: str) -> str:
         """The buyer's account (when kept): risk status first, then balance or card line and the daily

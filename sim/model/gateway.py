@@ -133,7 +133,10 @@ class Gateway:
 
         def on_bank(outcome: str) -> None:
             if call[0]:
-                # A late response after the timeout: it still tells the gateway what happened.
+                # A late response after the timeout: it still tells the gateway what happened, unless
+                # the timeout closed the connection it would come back on (late_response = dropped).
+                if w.p.gateway.late_response == "dropped":
+                    return
                 if outcome == B.APPROVED:
                     self._late_approval(trade)
                 elif trade.state in (T.UNKNOWN, T.FAILED):

@@ -100,7 +100,8 @@ class Buyers:
         u = w.p.user
         if user in w.accounts or not (u.accounts is not None or u.wallet_balance is not None
                                       or u.card_limit is not None or u.daily_limit is not None
-                                      or u.risk_flagged > 0 or w.p.bank.risk_freeze_after is not None):
+                                      or u.risk_flagged > 0 or w.p.bank.risk_freeze_after is not None
+                                      or w.p.bank.risk_hold_after is not None):
             return
         r = w.account_rng(user)
         if u.accounts is not None:
