@@ -48,10 +48,11 @@ class Station:
 
     __slots__ = ("env", "name", "capacity", "busy", "queue", "t0", "t1", "_last", "_q_area", "_busy_area", "_cap_area",
                  "waits_n", "waits_sum", "hist", "timeouts", "served", "queue_limit", "deadlines", "shedding",
-                 "shed_limit", "rejected", "shed", "dropped")
+                 "shed_limit", "rejected", "shed", "dropped", "_call_at")
 
     def __init__(self, env: simpy.Environment, name: str, capacity: int, t0: float, t1: float) -> None:
         self.env, self.name, self.capacity = env, name, capacity
+        self._call_at = getattr(env, "call_at", None)  # the model's FastEnvironment: bare callbacks
         self.busy = 0
         self.queue: deque = deque()
         self.t0, self.t1 = t0, t1  # measurement window
@@ -145,11 +146,17 @@ class Station:
             self.waits_n += 1
             self.waits_sum += wait
             self.hist[_bin(wait)] += 1
-        ev = self.env.timeout(service_time)
-        if held:
-            ev.callbacks.append(lambda _e: self._hand_over(wait, done))
+        call_at = self._call_at
+        if call_at is None:  # a plain simpy.Environment
+            ev = self.env.timeout(service_time)
+            if held:
+                ev.callbacks.append(lambda _e: self._hand_over(wait, done))
+            else:
+                ev.callbacks.append(lambda _e: self._finish(wait, done))
+        elif held:
+            call_at(service_time, lambda: self._hand_over(wait, done))
         else:
-            ev.callbacks.append(lambda _e: self._finish(wait, done))
+            call_at(service_time, lambda: self._finish(wait, done))
         return True
 
     def _next(self) -> None:
