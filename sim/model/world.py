@@ -53,6 +53,19 @@ class FastEnvironment(simpy.Environment):
             fn = _as_function(fn)
         heappush(self._queue, (self._now + delay, 1, next(self._eid), fn))
 
+    def timeout(self, delay: float, value: Any = None) -> simpy.Timeout:
+        """``simpy.Timeout(self, delay, value)``, built without its two Python-level calls."""
+        if delay < 0:
+            raise ValueError(f"Negative delay {delay}")
+        ev = _new_timeout(simpy.Timeout)
+        ev.env = self
+        ev.callbacks = []
+        ev._value = value
+        ev._delay = delay
+        ev._ok = True
+        heappush(self._queue, (self._now + delay, 1, next(self._eid), ev))
+        return ev
+
     def step(self) -> None:
         entry = self._queue[0] if self._queue else None
         if entry is not None and entry[3].__class__ is FunctionType:
@@ -94,6 +107,9 @@ class FastEnvironment(simpy.Environment):
         if stop is not None:
             self._now = stop[0]
         return None
+
+
+_new_timeout = object.__new__
 
 
 def _as_function(fn: Callable[[], None]) -> FunctionType:
