@@ -30,3 +30,24 @@ def test_spawn_seeds_equal_numpy_seed_sequence():
 def test_spawn_seeds_with_a_longer_prefix():
     seeds = SpawnSeeds(5, (3, 2**33 + 5), 1)
     assert seeds.seed(99) == _numpy_seed(5, (3, 2**33 + 5, 99, 1))
+
+
+def test_a_parked_order_stream_goes_on_with_the_same_draws():
+    from sim.model.world import World
+    from sim.scenario import Scenario
+
+    w = World(Scenario(), 0, lambda ev: None)
+    for k, first in enumerate(([], ["random"], ["gauss"], ["gauss", "gauss"], ["choice"], ["expo", "gauss"])):
+        order = f"r0-o{k}"
+        assert w.new_order_rng(order)
+        ref = random.Random()  # a copy of the order's stream, never parked
+        ref.setstate(w.order_rng(order).getstate())
+        for name in first:
+            for r in (w.order_rng(order), ref):
+                {"random": r.random, "gauss": lambda r=r: r.gauss(0.0, 1.0), "choice": lambda r=r: r.choice(range(7)),
+                 "expo": lambda r=r: r.expovariate(2.0)}[name]()
+        w.park_order_rng(order)
+        assert w.order_rngs[order].__class__ is tuple  # parked: no Mersenne Twister kept
+        after = w.order_rng(order)
+        assert [after.gauss(0.0, 1.0) for _ in range(3)] + [after.random() for _ in range(700)] == \
+               [ref.gauss(0.0, 1.0) for _ in range(3)] + [ref.random() for _ in range(700)], first
