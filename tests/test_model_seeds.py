@@ -51,3 +51,25 @@ def test_a_parked_order_stream_goes_on_with_the_same_draws():
         after = w.order_rng(order)
         assert [after.gauss(0.0, 1.0) for _ in range(3)] + [after.random() for _ in range(700)] == \
                [ref.gauss(0.0, 1.0) for _ in range(3)] + [ref.random() for _ in range(700)], first
+
+
+def test_parking_after_one_known_draw_needs_no_getstate():
+    from sim.model.world import World
+    from sim.scenario import Scenario, _make_dist
+
+    w = World(Scenario(), 0, lambda ev: None)
+    dists = [_make_dist({"dist": "lognormal", "median": "2h", "p99": "30h"}, "duration"),
+             _make_dist({"dist": "exponential", "mean": "60s"}, "duration"),
+             _make_dist({"dist": "exponential", "mean": "0s"}, "duration"),
+             _make_dist({"dist": "uniform", "low": "1s", "high": "9s"}, "duration"),
+             _make_dist("5s", "duration")]
+    for k, dist in enumerate(dists):
+        order = f"r0-o{100 + k}"
+        ref = random.Random()
+        ref.setstate(w.order_rng(order).getstate())
+        assert dist.draw(w.order_rng(order)) == dist.draw(ref)
+        w.park_order_rng(order, dist)
+        assert w.order_rngs[order].__class__ is tuple
+        after = w.order_rng(order)
+        assert [dist.draw(after) for _ in range(5)] + [after.random() for _ in range(700)] == \
+               [dist.draw(ref) for _ in range(5)] + [ref.random() for _ in range(700)], dist.kind

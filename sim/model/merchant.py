@@ -76,7 +76,7 @@ class Merchant:
         w.emit("merchant.fulfilment", "merchant", order.id, merchant=order.merchant, shipment=n)
         delivery = m.delivery_time.draw(r)
         if fresh:
-            w.park_order_rng(order.id)  # hours until delivery: keep its stream small meanwhile
+            w.park_order_rng(order.id, m.delivery_time)  # hours until delivery: keep its stream small
         w.hold(order.id)
 
         def delivered() -> None:

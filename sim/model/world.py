@@ -120,6 +120,9 @@ class FastEnvironment(simpy.Environment):
 
 
 _new_timeout = object.__new__
+# 32-bit words one draw of a fresh stream takes, by Dist kind (exponential, uniform: one random();
+# lognormal: gauss, two random() for a pair, the second value cached in gauss_next)
+_DRAW_WORDS = {"constant": 0, "exponential": 2, "uniform": 2, "lognormal": 4}
 _MT_N = 624  # Mersenne Twister state words: a fresh stream stands at position 624 (twists at its first draw)
 
 
@@ -377,19 +380,30 @@ class World:
         """True when ``order`` has no stream yet (its first draw will be the stream's first)."""
         return order not in self.order_rngs
 
-    def park_order_rng(self, order: str) -> None:
+    def park_order_rng(self, order: str, drew: Any = None) -> None:
         """Keep ``order``'s stream as (position, cached gauss) instead of a Mersenne Twister (2.5 KB).
 
         Only for a stream made since :meth:`new_order_rng` said so and drawn from a few times: its
         state is then the seed's first twist plus a position, which :meth:`order_rng` rebuilds
         exactly when the order draws again (most orders never do: their fulfilment drew once, then
         they wait hours for delivery). Orders in flight are what the run's memory follows.
+
+        ``drew``: the one :class:`~sim.scenario.Dist` drawn since, when its words are known (CPython's
+        ``random()`` takes two 32-bit words, ``gauss`` two ``random()`` for a pair): the position is
+        then known without ``getstate`` (625 integers built, more than the seeding costs).
         """
         r = self.order_rngs.get(order)
         if r is None or r.__class__ is tuple:
             return
-        _version, internal, gauss_next = r.getstate()
-        position = internal[-1]
+        words = _DRAW_WORDS.get(drew.kind) if drew is not None else None
+        if words == 2 and drew.kind == "exponential" and drew.p("mean") == 0:
+            words = 0  # Dist.draw answers 0.0 without drawing
+        if words is not None:
+            gauss_next = r.gauss_next
+            position = words if words else _MT_N
+        else:
+            _version, internal, gauss_next = r.getstate()
+            position = internal[-1]
         if position < _MT_N // 2 or position == _MT_N:  # one twist and few words used, or none yet
             self.order_rngs[order] = (position, gauss_next)
 
