@@ -155,6 +155,9 @@ class _Process:
             try:
                 callbacks = event.callbacks
             except AttributeError:
+                if isinstance(event, _Process):
+                    raise RuntimeError("a model process cannot wait on another process (FastEnvironment.process "
+                                       "keeps no end event): wait on an event the other one succeeds") from None
                 raise RuntimeError(f'Invalid yield value "{event}"') from None
             if callbacks is not None:
                 callbacks.append(self.resume)
