@@ -129,11 +129,10 @@ _MT_N = 624  # Mersenne Twister state words: a fresh stream stands at position 6
 class _Process:
     """A generator driven by :class:`FastEnvironment` (see :meth:`FastEnvironment.process`)."""
 
-    __slots__ = ("gen", "resume")
+    __slots__ = ("gen",)
 
     def __init__(self, gen: Any) -> None:
-        self.gen = gen
-        self.resume = self._resume  # the callback appended to every event it waits on
+        self.gen = gen  # no bound method kept on self: a cycle the paused collector would never free
 
     def _resume(self, event: Any) -> None:
         if event._ok:
@@ -160,7 +159,7 @@ class _Process:
                                        "keeps no end event): wait on an event the other one succeeds") from None
                 raise RuntimeError(f'Invalid yield value "{event}"') from None
             if callbacks is not None:
-                callbacks.append(self.resume)
+                callbacks.append(self._resume)
                 return
             if event._ok:  # already processed: go on at once with its value, as SimPy does
                 value = event._value
