@@ -170,7 +170,32 @@ class Dist:
 
     def draw(self, rng: Any) -> float:
         """One value drawn with ``rng`` (for one-off draws; hot paths keep a :meth:`sampler`)."""
-        return self.sampler(rng)()
+        f = _DRAWERS.get(self)
+        if f is None:
+            f = _DRAWERS[self] = self._drawer()
+        return f(rng)
+
+    def _drawer(self):
+        """``rng -> value``: the same calls on ``rng`` as :meth:`sampler`, parameters read once."""
+        k = self.kind
+        if k == "constant":
+            v = self.p("value")
+            return lambda rng: v
+        if k == "exponential":
+            mean = self.p("mean")
+            if mean == 0:
+                return lambda rng: 0.0
+            rate = 1.0 / mean
+            return lambda rng: rng.expovariate(rate)
+        if k == "lognormal":
+            mu, sigma = self.lognormal_mu_sigma()
+            exp = math.exp
+            return lambda rng: exp(mu + sigma * rng.gauss(0.0, 1.0))
+        if k == "uniform":
+            lo, hi = self.p("low"), self.p("high")
+            return lambda rng: rng.uniform(lo, hi)
+        values = self.p("values")
+        return lambda rng: rng.choice(values)
 
     def scaled(self, factor: float) -> "Dist":
         """The same shape with every value multiplied by ``factor`` (used by fault windows and time scaling)."""
@@ -179,6 +204,9 @@ class Dist:
         )
         return Dist(self.kind, params, self.unit)
 
+
+# Dist -> its drawer (Dist is frozen and hashable); a few hundred entries at most in a process.
+_DRAWERS: dict[Dist, Any] = {}
 
 _DIST_KEYS = {
     "constant": ("value",),

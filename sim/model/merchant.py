@@ -68,12 +68,15 @@ class Merchant:
     def fulfil(self, order) -> None:
         """The merchant heard 'order paid': start a fulfilment; ship and deliver, then finish (BNPL)."""
         w = self.w
+        fresh = w.new_order_rng(order.id)
         r = w.order_rng(order.id)
         m = w.p.merchant
         n = self.shipments.get(order.id, 0) + 1
         self.shipments[order.id] = n
         w.emit("merchant.fulfilment", "merchant", order.id, merchant=order.merchant, shipment=n)
         delivery = m.delivery_time.draw(r)
+        if fresh:
+            w.park_order_rng(order.id, m.delivery_time)  # hours until delivery: keep its stream small
         w.hold(order.id)
 
         def delivered() -> None:

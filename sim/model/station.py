@@ -48,10 +48,11 @@ class Station:
 
     __slots__ = ("env", "name", "capacity", "busy", "queue", "t0", "t1", "_last", "_q_area", "_busy_area", "_cap_area",
                  "waits_n", "waits_sum", "hist", "timeouts", "served", "queue_limit", "deadlines", "shedding",
-                 "shed_limit", "rejected", "shed", "dropped")
+                 "shed_limit", "rejected", "shed", "dropped", "_call_at")
 
     def __init__(self, env: simpy.Environment, name: str, capacity: int, t0: float, t1: float) -> None:
         self.env, self.name, self.capacity = env, name, capacity
+        self._call_at = getattr(env, "call_at", None)  # the model's FastEnvironment: bare callbacks
         self.busy = 0
         self.queue: deque = deque()
         self.t0, self.t1 = t0, t1  # measurement window
@@ -84,10 +85,11 @@ class Station:
 
     def _account(self) -> None:
         # Integrate queue length and busy servers over [t0, t1] since the last change.
-        now = self.env.now
-        if now <= self.t0:
+        now = self.env._now
+        t0 = self.t0
+        if now <= t0:
             return
-        start = self._last if self._last > self.t0 else self.t0
+        start = self._last if self._last > t0 else t0
         end = now if now < self.t1 else self.t1
         if end > start:
             self._q_area += len(self.queue) * (end - start)
@@ -115,7 +117,7 @@ class Station:
         if self.shedding and policies.should_shed(busy + len(self.queue), self.shed_limit):
             self.shed += 1
             return SHED
-        arrived = self.env.now
+        arrived = self.env._now
         if busy < self.capacity:
             self.busy = busy + 1
             if self._start(arrived, service_time, done, started, deadline, held, dropped):
@@ -132,7 +134,7 @@ class Station:
                started: Callable[[], None] | None, deadline: float, held: bool,
                dropped: Callable[[], None] | None) -> bool:
         """Give the job a server; False (and the server stays free for the caller) when it is dropped."""
-        now = self.env.now
+        now = self.env._now
         if self.deadlines and policies.deadline_passed(now, deadline):
             self.dropped += 1
             if dropped is not None:
@@ -145,11 +147,17 @@ class Station:
             self.waits_n += 1
             self.waits_sum += wait
             self.hist[_bin(wait)] += 1
-        ev = self.env.timeout(service_time)
-        if held:
-            ev.callbacks.append(lambda _e: self._hand_over(wait, done))
+        call_at = self._call_at
+        if call_at is None:  # a plain simpy.Environment
+            ev = self.env.timeout(service_time)
+            if held:
+                ev.callbacks.append(lambda _e: self._hand_over(wait, done))
+            else:
+                ev.callbacks.append(lambda _e: self._finish(wait, done))
+        elif held:
+            call_at(service_time, lambda: self._hand_over(wait, done))
         else:
-            ev.callbacks.append(lambda _e: self._finish(wait, done))
+            call_at(service_time, lambda: self._finish(wait, done))
         return True
 
     def _next(self) -> None:
@@ -191,7 +199,7 @@ class Station:
         queue_mean, timeouts, served, and the requests refused (rejected, shed) or dropped past their
         caller's deadline, over the measurement window (the counts: over the whole run)."""
         self._account()
-        span = max(1e-12, min(self.env.now, self.t1) - self.t0)
+        span = max(1e-12, min(self.env._now, self.t1) - self.t0)
         p99 = 0.0
         if self.waits_n:
             target = 0.99 * self.waits_n

@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import random
 import zlib
+from heapq import heappop, heappush
+from types import FunctionType
 from typing import Any, Callable
 
 import numpy as np
@@ -32,6 +34,227 @@ _ORDER_WRITES = {"order.created": OrderState.AWAITING_PAYMENT, "order.paid": Ord
                  "order.completed": OrderState.COMPLETED}
 
 STREAMS = ("arrivals", "user", "app", "gateway", "bank", "notify", "order_service", "push")
+
+
+class FastEnvironment(simpy.Environment):
+    """``simpy.Environment`` with a leaner run loop and bare scheduled callbacks (:meth:`call_at`).
+
+    The order in which events are processed is SimPy's own, eid for eid: ``run(until)`` takes the eid
+    SimPy's until-event would take and stops exactly where that event would stand in the queue
+    (``(until, URGENT, eid)``). A callback scheduled with :meth:`call_at` is the plain function in the
+    queue entry (no ``Timeout`` object, no callback list, no lambda around it).
+    """
+
+    def call_at(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` ``delay`` seconds from now, ordered like ``timeout(delay)`` with ``fn`` as callback."""
+        if delay < 0:
+            raise ValueError(f"Negative delay {delay}")
+        if fn.__class__ is not FunctionType:
+            fn = _as_function(fn)
+        heappush(self._queue, (self._now + delay, 1, next(self._eid), fn))
+
+    def process(self, generator: Any) -> "_Process":
+        """Run ``generator`` as a process, driven like ``simpy.Process`` (the same events in the same
+        order) without its ``Initialize`` object, its per-step bookkeeping or its end event: the model
+        never waits on a process, so the end event (which SimPy schedules, with no callbacks) changed
+        nothing but the eid counter, whose values only break ties in order. A process that raises
+        stops the run, as in SimPy."""
+        proc = _Process(generator)
+        heappush(self._queue, (self._now, 0, next(self._eid), lambda: proc.step(None)))  # Initialize: URGENT
+        return proc
+
+    def timeout(self, delay: float, value: Any = None) -> simpy.Timeout:
+        """``simpy.Timeout(self, delay, value)``, built without its two Python-level calls."""
+        if delay < 0:
+            raise ValueError(f"Negative delay {delay}")
+        ev = _new_timeout(simpy.Timeout)
+        ev.env = self
+        ev.callbacks = []
+        ev._value = value
+        ev._delay = delay
+        ev._ok = True
+        heappush(self._queue, (self._now + delay, 1, next(self._eid), ev))
+        return ev
+
+    def step(self) -> None:
+        entry = self._queue[0] if self._queue else None
+        if entry is not None and entry[3].__class__ is FunctionType:
+            heappop(self._queue)
+            self._now = entry[0]
+            entry[3]()
+            return
+        super().step()
+
+    def run(self, until: Any = None) -> Any:
+        if until is not None and isinstance(until, simpy.Event):
+            return super().run(until)
+        if until is not None:
+            at = until if isinstance(until, int) else float(until)
+            if at <= self._now:
+                raise ValueError(f"until ({at}) must be greater than the current simulation time")
+            stop = (at, 0, next(self._eid))  # where SimPy's until event (URGENT) would stand
+        else:
+            stop = None
+        queue = self._queue
+        function = FunctionType
+        while queue:
+            entry = heappop(queue)
+            if stop is not None and entry > stop:
+                heappush(queue, entry)
+                break
+            self._now = entry[0]
+            ev = entry[3]
+            if ev.__class__ is function:
+                ev()
+                continue
+            callbacks, ev.callbacks = ev.callbacks, None
+            for callback in callbacks:
+                callback(ev)
+            if not ev._ok and not hasattr(ev, "_defused"):
+                exc = type(ev._value)(*ev._value.args)
+                exc.__cause__ = ev._value
+                raise exc
+        if stop is not None:
+            self._now = stop[0]
+        return None
+
+
+_new_timeout = object.__new__
+# 32-bit words one draw of a fresh stream takes, by Dist kind (exponential, uniform: one random();
+# lognormal: gauss, two random() for a pair, the second value cached in gauss_next)
+_DRAW_WORDS = {"constant": 0, "exponential": 2, "uniform": 2, "lognormal": 4}
+_MT_N = 624  # Mersenne Twister state words: a fresh stream stands at position 624 (twists at its first draw)
+
+
+class _Process:
+    """A generator driven by :class:`FastEnvironment` (see :meth:`FastEnvironment.process`)."""
+
+    __slots__ = ("gen",)
+
+    def __init__(self, gen: Any) -> None:
+        self.gen = gen  # no bound method kept on self: a cycle the paused collector would never free
+
+    def _resume(self, event: Any) -> None:
+        if event._ok:
+            self.step(event._value)
+        else:
+            event._defused = True
+            exc = type(event._value)(*event._value.args)
+            exc.__cause__ = event._value
+            self.step(None, exc)
+
+    def step(self, value: Any, exc: BaseException | None = None) -> None:
+        gen = self.gen
+        while True:
+            try:
+                event = gen.send(value) if exc is None else gen.throw(exc)
+            except StopIteration:
+                return
+            exc = None
+            try:
+                callbacks = event.callbacks
+            except AttributeError:
+                if isinstance(event, _Process):
+                    raise RuntimeError("a model process cannot wait on another process (FastEnvironment.process "
+                                       "keeps no end event): wait on an event the other one succeeds") from None
+                raise RuntimeError(f'Invalid yield value "{event}"') from None
+            if callbacks is not None:
+                callbacks.append(self._resume)
+                return
+            if event._ok:  # already processed: go on at once with its value, as SimPy does
+                value = event._value
+            else:
+                event._defused = True
+                exc = type(event._value)(*event._value.args)
+                exc.__cause__ = event._value
+
+
+def _as_function(fn: Callable[[], None]) -> FunctionType:
+    return lambda: fn()
+
+
+# numpy's SeedSequence (hashmix, mix and generate_state of numpy/random/bit_generator.pyx), uint32 words
+_M32 = 0xFFFFFFFF
+_INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_MIX_L, _MIX_R = 0xCA01F9DD, 0x4973F715
+_POOL = 4
+
+
+def _words(x: int) -> list[int]:
+    out = []
+    while True:
+        out.append(x & _M32)
+        x >>= 32
+        if not x:
+            return out
+
+
+class SpawnSeeds:
+    """``SeedSequence(entropy, spawn_key=prefix + (w, tail)).generate_state(2)`` as one integer, fast.
+
+    Exactly numpy's value (tests/test_model_seeds.py compares them), computed without building a
+    ``SeedSequence``: the pool after the root entropy and the fixed spawn-key prefix is mixed once,
+    and each call mixes only its last two words (one uint32 each) and draws two output words. numpy's
+    own construction (an object, an ``errstate`` context, array conversions) cost ~10 % of a
+    replication when done once per paid order.
+    """
+
+    __slots__ = ("pool", "hash_a", "tail")
+
+    def __init__(self, entropy: int, prefix: tuple[int, ...], tail: int) -> None:
+        if entropy < 0 or tail < 0 or tail > _M32 or any(k < 0 for k in prefix):
+            raise ValueError("SpawnSeeds: entropy and spawn-key words must be non-negative (tail one uint32)")
+        run = _words(entropy)
+        if len(run) < _POOL:  # with a spawn key, numpy pads the run entropy to the pool size
+            run += [0] * (_POOL - len(run))
+        ent = run + [x for k in prefix for x in _words(k)]
+        h = _INIT_A
+
+        def hashmix(v: int) -> int:
+            nonlocal h
+            v = ((v ^ h) * ((h * _MULT_A) & _M32)) & _M32
+            h = (h * _MULT_A) & _M32
+            return v ^ (v >> 16)
+
+        pool = [hashmix(ent[i] if i < len(ent) else 0) for i in range(_POOL)]
+        for src in range(_POOL):
+            for dst in range(_POOL):
+                if src != dst:
+                    r = (_MIX_L * pool[dst] - _MIX_R * hashmix(pool[src])) & _M32
+                    pool[dst] = r ^ (r >> 16)
+        for src in range(_POOL, len(ent)):
+            for dst in range(_POOL):
+                r = (_MIX_L * pool[dst] - _MIX_R * hashmix(ent[src])) & _M32
+                pool[dst] = r ^ (r >> 16)
+        self.pool = tuple(pool)
+        consts = []  # the hash constants of the next eight hashmix calls (they do not depend on values)
+        for _ in range(2 * _POOL):
+            consts.append((h, (h * _MULT_A) & _M32))
+            h = (h * _MULT_A) & _M32
+        self.hash_a = tuple(consts)
+        self.tail = tail
+
+    def seed(self, word: int) -> int:
+        """The 64-bit seed for spawn key ``prefix + (word, tail)`` (``word`` one uint32, e.g. a crc32)."""
+        q = list(self.pool)
+        hs = self.hash_a
+        k = 0
+        for w in (word, self.tail):
+            for d in range(_POOL):
+                h, m = hs[k]
+                k += 1
+                v = ((w ^ h) * m) & _M32
+                v ^= v >> 16
+                r = (_MIX_L * q[d] - _MIX_R * v) & _M32
+                q[d] = r ^ (r >> 16)
+        a = ((q[0] ^ _INIT_B) * _OUT_M0) & _M32
+        b = ((q[1] ^ _OUT_H1) * _OUT_M1) & _M32
+        return (a ^ (a >> 16)) | ((b ^ (b >> 16)) << 32)
+
+
+_OUT_H1 = (_INIT_B * _MULT_B) & _M32
+_OUT_M0 = _OUT_H1
+_OUT_M1 = (_OUT_H1 * _MULT_B) & _M32
 
 
 def make_streams(seed: int, replication: int, names: tuple[str, ...] = STREAMS) -> dict[str, random.Random]:
@@ -53,7 +276,7 @@ class World:
     """Clock, parameters, streams, entity tables, the ledger and the history sink of one replication."""
 
     def __init__(self, scenario: Scenario, replication: int, sink: Callable[[dict], None]) -> None:
-        self.env = simpy.Environment()
+        self.env = FastEnvironment()
         self.scenario = scenario
         self.replication = replication
         self.rng = make_streams(scenario.run.seed, replication)
@@ -80,6 +303,7 @@ class World:
         self.account_rngs: dict[str, random.Random] = {}
         self.accounts_persist = scenario.user.accounts is not None
         self.order_rngs: dict[str, random.Random] = {}
+        self._order_seeds = SpawnSeeds(scenario.run.seed, (replication,), 1)
         self.on_forget: list[Callable[[str], None]] = []  # actors' own per-order notes to drop
         self.txn_seq = 0
         self.orders_created = 0
@@ -148,9 +372,51 @@ class World:
         """
         r = self.order_rngs.get(order)
         if r is None:
-            ss = np.random.SeedSequence(entropy=self.scenario.run.seed,
-                                        spawn_key=(self.replication, zlib.crc32(order.encode()), 1))
-            r = self.order_rngs[order] = random.Random(int.from_bytes(ss.generate_state(2, np.uint32).tobytes(), "little"))
+            # = SeedSequence(seed, spawn_key=(replication, crc32(order), 1)).generate_state(2) as an int
+            r = self.order_rngs[order] = random.Random(self._order_seeds.seed(zlib.crc32(order.encode())))
+        elif r.__class__ is tuple:  # parked: rebuild the stream exactly where it stood
+            r = self.order_rngs[order] = self._unpark(order, *r)
+        return r
+
+    def new_order_rng(self, order: str) -> bool:
+        """True when ``order`` has no stream yet (its first draw will be the stream's first)."""
+        return order not in self.order_rngs
+
+    def park_order_rng(self, order: str, drew: Any = None) -> None:
+        """Keep ``order``'s stream as (position, cached gauss) instead of a Mersenne Twister (2.5 KB).
+
+        Only for a stream made since :meth:`new_order_rng` said so and drawn from a few times: its
+        state is then the seed's first twist plus a position, which :meth:`order_rng` rebuilds
+        exactly when the order draws again (most orders never do: their fulfilment drew once, then
+        they wait hours for delivery). Orders in flight are what the run's memory follows.
+
+        ``drew``: the one :class:`~sim.scenario.Dist` drawn since, when its words are known (CPython's
+        ``random()`` takes two 32-bit words, ``gauss`` two ``random()`` for a pair): the position is
+        then known without ``getstate`` (625 integers built, more than the seeding costs).
+        """
+        r = self.order_rngs.get(order)
+        if r is None or r.__class__ is tuple:
+            return
+        words = _DRAW_WORDS.get(drew.kind) if drew is not None else None
+        if words == 2 and drew.kind == "exponential" and drew.p("mean") == 0:
+            words = 0  # Dist.draw answers 0.0 without drawing
+        if words is not None:
+            gauss_next = r.gauss_next
+            position = words if words else _MT_N
+        else:
+            _version, internal, gauss_next = r.getstate()
+            position = internal[-1]
+        if position < _MT_N // 2 or position == _MT_N:  # one twist and few words used, or none yet
+            self.order_rngs[order] = (position, gauss_next)
+
+    def _unpark(self, order: str, position: int, gauss_next: float | None) -> random.Random:
+        r = random.Random(self._order_seeds.seed(zlib.crc32(order.encode())))
+        if position != _MT_N:  # the stream had drawn: redo its first twist, then stand where it stood
+            r.getrandbits(32)
+            version, internal, _gauss = r.getstate()
+            r.setstate((version, internal[:-1] + (position,), gauss_next))
+        elif gauss_next is not None:
+            r.setstate(r.getstate()[:2] + (gauss_next,))
         return r
 
     # -- the order service's read replica ------------------------------------------------------------
@@ -191,8 +457,7 @@ class World:
     # -- scheduling helpers --------------------------------------------------------------------------
     def at(self, delay: float, fn: Callable[[], None]) -> None:
         """Run ``fn`` after ``delay`` seconds (a bare callback: cheaper than a process)."""
-        ev = self.env.timeout(delay)
-        ev.callbacks.append(lambda _e: fn())
+        self.env.call_at(delay, fn)
 
     # -- order lifetime ------------------------------------------------------------------------------
     def hold(self, order: str) -> None:
