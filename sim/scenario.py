@@ -1097,11 +1097,27 @@ def load_scenario(path: str | Path, overrides: list[str] | dict[str, Any] | None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
     data.setdefault("name", p.stem)
-    scenario = scenario_from_dict(data, str(p))
-    if overrides:
-        pairs = dict(parse_override(o) for o in overrides) if isinstance(overrides, list) else overrides
-        scenario = scenario.with_overrides(pairs)
-    return scenario
+    pairs = (dict(parse_override(o) for o in overrides) if isinstance(overrides, list) else overrides) or {}
+    try:
+        scenario = scenario_from_dict(data, str(p))
+    except ConfigError as file_error:
+        # A file that is only valid with its overrides (run.start given by --set for the file's working-day
+        # refunds): accept the two together; otherwise the file's own error is the one to read.
+        if not pairs:
+            raise
+        raw = Scenario().model_dump(mode="json")
+        for section, value in data.items():
+            if isinstance(value, dict) and isinstance(raw.get(section), dict):
+                raw[section].update(value)
+            else:
+                raw[section] = value
+        try:
+            for key, value in pairs.items():
+                _set_path(raw, key, value, "--set")
+            return scenario_from_dict(raw, f"{p} with --set")
+        except ConfigError:
+            raise file_error from None
+    return scenario.with_overrides(pairs) if pairs else scenario
 
 
 def default_scenario() -> Scenario:

@@ -201,3 +201,22 @@ def test_working_days_are_validated_with_the_key_named():
     plain = Scenario().resolved()
     assert plain["run"]["start"] == "off" and plain["gateway"]["refund_working_days"] == "off"
     assert scenario_from_dict(plain) == Scenario()
+
+
+def test_a_file_needing_run_start_loads_when_set_gives_it(tmp_path):
+    """A file with working-day refunds and no calendar is refused on its own, and loads when --set gives
+    run.start; a --set that does not repair it leaves the file's own error."""
+    import pytest
+
+    from sim.errors import ConfigError
+    from sim.scenario import load_scenario
+
+    f = tmp_path / "wd.toml"
+    f.write_text('[gateway]\nrefund_working_days = { dist = "uniform", low = 2, high = 7 }\n[load]\narrival_rate = 3.0\n')
+    with pytest.raises(ConfigError, match=r"wd\.toml: gateway\.refund_working_days: .*run\.start is \"off\""):
+        load_scenario(f)
+    with pytest.raises(ConfigError, match=r"wd\.toml: gateway\.refund_working_days: .*run\.start is \"off\""):
+        load_scenario(f, ["run.seed=3"])
+    s = load_scenario(f, ["run.start=2026-11-06"])
+    assert s.run.start is not None and s.run.start.day == 6
+    assert s.load.arrival_rate == 3.0 and s.name == "wd"
