@@ -58,7 +58,7 @@ from loadtests.service.httpclient import HttpClient
 from loadtests.service.psp_clients import CLIENTS, make_client
 from loadtests.service.runtime import Limiter
 from loadtests.service.store import Job, StorageError
-from loadtests.service.web import (ID_PATTERN, MAX_AMOUNT, ApiError, InFlightLimit, admin_router,
+from loadtests.service.web import (ID_PATTERN, replay_body, MAX_AMOUNT, ApiError, InFlightLimit, admin_router,
                                    install_error_handlers, json_response, require_admin)
 
 log = logging.getLogger("checkout_chaos.checkout")
@@ -1091,7 +1091,7 @@ class FastRoutes:
         try:
             handled = call(scope, raw)
             if handled is None:  # not the happy shape: FastAPI answers it (its validation errors)
-                await self.app(scope, _replay(message, receive), send)
+                await self.app(scope, replay_body(message, receive), send)
                 return
             response = await handled
         except ApiError as exc:
@@ -1128,19 +1128,6 @@ class FastRoutes:
             return self.svc.create_order(OrderCreate.model_validate(data))
         except (ValueError, RecursionError):  # pydantic's ValidationError is a ValueError
             return None
-
-
-def _replay(message: dict, receive: Any) -> Any:
-    replayed = False
-
-    async def replay() -> dict:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return message
-        return await receive()
-
-    return replay
 
 
 def create_app(config: base.ServiceConfig, psp: str = "native") -> FastAPI:

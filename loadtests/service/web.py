@@ -274,3 +274,18 @@ def admin_router(service: Any) -> APIRouter:
         return StreamingResponse(service.store.history_chunks(), media_type="application/x-ndjson")
 
     return router
+
+
+def replay_body(message: dict, receive: Any) -> Any:
+    """An ASGI ``receive`` that gives ``message`` (a body already read by a fast route) once, then defers
+    to the real ``receive``: how a fast route hands a request it does not answer on to the app."""
+    replayed = False
+
+    async def replay() -> dict:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return message
+        return await receive()
+
+    return replay

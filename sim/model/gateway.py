@@ -327,11 +327,7 @@ class Gateway:
                 reply("refused")
                 return
             trade.refunded += part  # partially refunded: the trade stays succeeded
-            txn = transfer(w.next_txn("r"), REFUND, "clearing", f"user:{trade.user}", part)
-            w.ledger.post(txn)
-            w.post(txn, trade.order, "gateway", trade=trade.id)
-            if w.p.user.refund_restores:
-                self._give_back(trade, part)
+            self._pay_back(trade, part)
             reply("done")
             return
         trade.to(T.REFUNDED)
@@ -339,12 +335,18 @@ class Gateway:
         trade.refunded = trade.amount
         w.emit("trade.refunded", "gateway", trade.order, trade=trade.id, amount=trade.amount)
         if left > 0:
-            txn = transfer(w.next_txn("r"), REFUND, "clearing", f"user:{trade.user}", left)
-            w.ledger.post(txn)
-            w.post(txn, trade.order, "gateway", trade=trade.id)
-            if w.p.user.refund_restores:
-                self._give_back(trade, left)
+            self._pay_back(trade, left)
         reply("done")
+
+    def _pay_back(self, trade: Trade, amount: float) -> None:
+        """A refund's money: clearing back to the buyer, posted and recorded (and given back to the
+        buyer's wallet or card line with ``user.refund_restores``)."""
+        w = self.w
+        txn = transfer(w.next_txn("r"), REFUND, "clearing", f"user:{trade.user}", amount)
+        w.ledger.post(txn)
+        w.post(txn, trade.order, "gateway", trade=trade.id)
+        if w.p.user.refund_restores:
+            self._give_back(trade, amount)
 
     # -- the notifier ----------------------------------------------------------------------------------
     def notify(self, trade: Trade) -> None:

@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from fastapi_offline import FastAPIOffline
 
 from loadtests.service import base
+from loadtests.service.web import replay_body
 from loadtests.service.psp.core import SCHEMA, CoreError, ProviderCore
 from loadtests.service.psp.faces import FACES, load_faces
 from loadtests.service.psp.faces.native import TradeCreate, _api_error, _view, create_trade_response
@@ -62,16 +63,7 @@ class FastPay:
             except (ValueError, RecursionError):  # pydantic's ValidationError is a ValueError
                 body = None
         if body is None:
-            replayed = False
-
-            async def replay() -> dict:
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return message
-                return await receive()
-
-            await self.app(scope, replay, send)
+            await self.app(scope, replay_body(message, receive), send)
             return
         try:
             response = await create_trade_response(self.svc, body)
