@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 from urllib.parse import urlencode
 
-from sim.domain import policies
+from sim.domain import policies, population
 from sim.scenario import Scenario
 
 from loadtests.adapter import Adapter, Handoff, dig
@@ -257,6 +257,8 @@ class Buyer:
         walks_away = r.random() < u.abandon_probability
         cancels = r.random() < u.cancel_probability
         retry_draws = [r.random() for _ in range(u.max_retries)]
+        if u.accounts is not None:
+            self.user = returning_buyer(ctx, s, self.index)
         name, phone, address = ctx.profiles[self.index % len(ctx.profiles)]
         values = {"order": self.order, "user": self.user, "amount": amount, "amount_yuan": f"{amount / 100:.2f}",
                   "method": method, "trade": "", "buyer_name": name, "buyer_phone": phone, "buyer_address": address}
@@ -395,6 +397,14 @@ class Buyer:
                 self.show(_POLL_SCREEN[cls])
                 return True
         return False
+
+
+def returning_buyer(ctx: Context, s: Scenario, index: int) -> str:
+    """With ``user.accounts``: the account live arrival ``index`` (from 0) pays from, ``<run>-a<k>`` —
+    the one the simulation's arrival ``index + 1`` of replication 0 is (``sim.domain.population``), so the
+    live run meets the simulation's population; the provider's bank draws that account's balance,
+    card line, daily limit and risk flag from the simulation's stream of ``a<k>``."""
+    return f"{ctx.run_id}-{population.account_of(s, index + 1)}"
 
 
 # --------------------------------------------------------------------------------------------------

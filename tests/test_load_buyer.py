@@ -456,3 +456,23 @@ def test_a_wechat_h5_buyer_opens_the_page_then_pays_with_the_h5_url():
     events, tr, ending = play_psp(shop({"trade": "r1-7", "h5_url": h5}, psp), ad, {"user": {"max_retries": 0}})
     assert [e["screen"] for e in events if e["type"] == "app.shown"][0] == "payment_unknown"  # then it polls
     assert tr.headers[[u for _, u, _ in tr.sent].index(h5)] == {"Accept": "application/json"}
+
+
+def test_with_accounts_live_arrivals_are_the_simulations_returning_buyers():
+    """``user.accounts``: live arrival ``i`` orders as ``<run>-a<k>``, the account the simulation's arrival
+    ``i + 1`` (replication 0, same seed, same scenario) is — the same population, so a short wallet
+    stays short across the buyer's orders."""
+    from sim.model.model import run_replication
+
+    cfg = {"user": {"accounts": 4, "payment_methods": {"wallet": 0.5, "card": 0.5, "bnpl": 0.0}, "max_retries": 1},
+           "run": {"seed": 77, "horizon": "1m", "warmup": "0s", "drain": "1m"}, "load": {"arrival_rate": 1.0}}
+    live = [play(reference_checkout(), scenario=cfg, index=i)[1].sent[0][2]["user"] for i in range(20)]
+    # the simulation of the very scenario play() gives the live buyer
+    base = {"user": {"abandon_probability": 0.0, "pay_delay": "30s", **cfg["user"]}, "app": {"network_latency": "0s"},
+            "run": cfg["run"], "load": cfg["load"]}
+    simulated: dict[str, str] = {}
+    run_replication(scenario_from_dict(base), 0, examples=False,
+                    tap=lambda ev: ev["type"] == "order.created" and simulated.setdefault(ev["order"], ev["user"]))
+    assert len(simulated) >= 20
+    assert live == [f"r1-{simulated[f'r0-o{i + 1}']}" for i in range(20)]
+    assert len(set(live)) <= 4 < len(live)

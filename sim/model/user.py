@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from sim.domain import policies
 from sim.domain.arrivals import arrival_steps
-from sim.domain.entities import BuyerAccount
+from sim.domain.population import draw_account, draw_buyer
 from sim.domain.states import ORDER_PAID_STATES, OrderState
 from sim.model.world import World
 
@@ -67,24 +67,9 @@ class Buyers:
         u = w.p.user
         self.seq += 1
         r = w.buyer_rng(self.seq)  # this buyer's own stream, for every decision of theirs
-        m = r.random()
-        method = "wallet" if m < self.cum[0] else ("card" if m < self.cum[1] else "bnpl")
-        amount = max(1, int(round(u.order_amount.draw(r) * 100)))
-        pay_delay = u.pay_delay.draw(r)
-        walks_away = r.random() < u.abandon_probability
-        cancels = r.random() < u.cancel_probability
-        retry_draws = [r.random() for _ in range(u.max_retries)]
-        merchant = self.merchants[0]
-        if len(self.merchants) > 1:
-            x = r.random()
-            merchant = next((n for n, c in zip(self.merchants, self.merchant_cum) if x < c), self.merchants[-1])
-        balance = u.wallet_balance.draw(r) if u.wallet_balance is not None else None
-        partial = None
-        if u.partial_refund_probability > 0 and r.random() < u.partial_refund_probability:
-            partial = u.partial_refund_delay.draw(r)  # this buyer will return part of the order
-        user = f"u{self.seq}"
-        if u.accounts is not None:
-            user = f"a{int(r.random() * u.accounts)}"  # a returning buyer: one of the accounts
+        (method, amount, pay_delay, walks_away, cancels, retry_draws, merchant, balance, partial,
+         account) = draw_buyer(u, r, self.cum, self.merchants, self.merchant_cum)
+        user = f"u{self.seq}" if account is None else f"a{account}"  # a returning buyer: one of the accounts
         if w.warmup <= w.env.now < w.horizon:
             self.offered += 1
         w.env.process(self.checkout(user, amount, method, merchant, balance, pay_delay, walks_away,
@@ -104,16 +89,10 @@ class Buyers:
                                       or w.p.bank.risk_hold_after is not None):
             return
         r = w.account_rng(user)
-        if u.accounts is not None:
-            balance = u.wallet_balance.draw(r) if u.wallet_balance is not None else None
-        elif method != "wallet":
+        if u.accounts is None and method != "wallet":
             balance = None  # a one-order card or BNPL buyer: the wallet is never asked
-        fen = (lambda x: None if x is None else int(round(x * 100)))
-        w.accounts[user] = BuyerAccount(
-            balance=fen(balance),
-            card_left=fen(u.card_limit.draw(r)) if u.card_limit is not None else None,
-            daily_limit=fen(u.daily_limit.draw(r)) if u.daily_limit is not None else None,
-            flagged=u.risk_flagged > 0 and r.random() < u.risk_flagged)
+        # a returning buyer's balance is drawn once from the account's own stream (draw_balance)
+        w.accounts[user] = draw_account(u, r, balance=balance, draw_balance=u.accounts is not None)
 
     def checkout(self, user, amount, method, merchant, balance, pay_delay, walks_away, cancels, retry_draws, r,
                  partial=None):

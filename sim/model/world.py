@@ -13,7 +13,6 @@ notification, a fulfilment step) holds a reference on it; when the last one lets
 
 from __future__ import annotations
 
-import hashlib
 import random
 import zlib
 from heapq import heappop, heappush
@@ -25,6 +24,7 @@ import simpy
 
 from sim.domain.entities import BuyerAccount
 from sim.domain.ledger import Ledger, Txn
+from sim.domain.population import account_stream, buyer_stream
 from sim.domain.states import OrderState
 from sim.scenario import Scenario
 
@@ -332,17 +332,13 @@ class World:
         one buyer draw more (a decline, then a retry and its think time) leaves every other buyer's
         draws as they were (common random numbers that hold across compared settings).
         """
-        key = hashlib.blake2b(b"buyer:%d:%d:%d" % (self.scenario.run.seed, self.replication, index),
-                              digest_size=16).digest()
-        return random.Random(int.from_bytes(key, "little"))
+        return buyer_stream(self.scenario.run.seed, self.replication, index)
 
     def account_rng(self, user: str) -> random.Random:
         """The stream of buyer account ``user``: its limits, risk status and top-ups, whoever draws first."""
         r = self.account_rngs.get(user)
         if r is None:
-            key = hashlib.blake2b(b"account:%d:%d:%s" % (self.scenario.run.seed, self.replication, user.encode()),
-                                  digest_size=16).digest()
-            r = self.account_rngs[user] = random.Random(int.from_bytes(key, "little"))
+            r = self.account_rngs[user] = account_stream(self.scenario.run.seed, self.replication, user)
         return r
 
     def top_up_later(self, user: str) -> None:

@@ -68,3 +68,28 @@ def test_a_declined_wallet_is_topped_up_later(services):
     declined_at = _now(s)
     wait_for(lambda: _now(s) > declined_at + 40, timeout=5, what="the top-up")
     assert _pay(s, order, first["trade"])["state"] == "succeeded"  # 50 + 50 CNY now
+
+
+def test_with_accounts_the_bank_draws_the_simulations_account_and_its_top_ups(services):
+    """``user.accounts``: the live user ``<run>-a3`` is the simulation's account ``a3`` — the same wallet
+    balance from the same stream, and the same top-up (amount, then delay) continuing it."""
+    from sim.domain.population import account_stream, draw_account, fen
+    from sim.scenario import Scenario
+
+    s = services
+    over = {"user.accounts": 5, "user.wallet_balance": {"dist": "uniform", "low": 20, "high": 80},
+            "user.top_up_delay": "30s"}
+    s.set_faults(over)
+    u = Scenario().with_overrides(over).user
+    r = account_stream(Scenario().run.seed, 0, "a3")
+    balance = draw_account(u, r).balance
+    top_up = fen(u.wallet_balance.draw(r))
+    buyer = uid("run") + "-a3"
+    over_by_one = _pay(s, new_order(s, amount=balance + 1, user=buyer, method="wallet")["order"])
+    assert (over_by_one["state"], over_by_one["reason"]) == ("failed", "declined"), (balance, over_by_one)
+    declined_at = _now(s)
+    wait_for(lambda: _now(s) > declined_at + 40, timeout=5, what="the top-up")
+    # The wallet now holds exactly balance + top_up: one fen more is declined, the sum is paid.
+    more = _pay(s, new_order(s, amount=balance + top_up + 1, user=buyer, method="wallet")["order"])
+    assert (more["state"], more["reason"]) == ("failed", "declined"), (balance, top_up, more)
+    assert _pay(s, new_order(s, amount=balance + top_up, user=buyer, method="wallet")["order"])["state"] == "succeeded"

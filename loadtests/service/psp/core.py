@@ -46,7 +46,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sim.domain import policies
+from sim.domain import policies, population
 from sim.domain.entities import Agreement, BuyerAccount, Trade
 from sim.domain.ledger import CHARGE, REFUND, transfer
 from sim.domain.states import TRADE_PAYABLE, AgreementState, TradeState
@@ -210,6 +210,7 @@ class ProviderCore(base.ServiceBase):
         self.bank_held: set[str] = set()  # debits risk control holds (a durable bank_release job each)
         self.sent_at: dict[str, float] = {}  # trade -> when its debit left for the bank (scenario s)
         self.card_outcome: dict[str, str] = {}  # trade -> the decline its test card asks for (see pay)
+        self._account_streams: dict[str, random.Random] = {}  # user.accounts: each account's stream, for top-ups
         # Notification POSTs are made by a child process (httpclient.WorkerClient): their HTTP work
         # stays off this event loop, which serves the requests.
         self.http = client_for_notifications()
@@ -533,8 +534,16 @@ class ProviderCore(base.ServiceBase):
 
     def _account_rng(self, user: str) -> random.Random:
         """The account's own stream (seeded from the run's seed and the user id): its limits, risk flag
-        and top-ups do not shift any other draw."""
-        return random.Random(f"{self.conditions.base.run.seed}:provider:account:{user}")
+        and top-ups do not shift any other draw. With ``user.accounts`` it is the simulation's stream of
+        that account (``sim.domain.population.account_stream``, replication 0, the user id without the
+        run's prefix), kept for its top-ups as the simulation keeps it: account ``a17`` has the same
+        balance, card line, daily limit and risk flag, and tops up by the same amounts, live and simulated."""
+        seed = self.conditions.base.run.seed
+        if self.conditions.current().user.accounts is None:
+            return random.Random(f"{seed}:provider:account:{user}")
+        r = population.account_stream(seed, 0, population.account_name(user))
+        self._account_streams[user] = r
+        return r
 
     def _account(self, user: str) -> BuyerAccount:
         """The buyer's account as the bank keeps it (SQLite ``bank_accounts``); drawn at the first debit."""
@@ -544,14 +553,7 @@ class ProviderCore(base.ServiceBase):
             acct.day, acct.spent_today, acct.declines_today = r["day"], r["spent_today"], r["declines_today"]
             acct.topping_up = bool(r["topping_up"])
             return acct
-        u = self.conditions.current().user
-        rng = self._account_rng(user)
-        fen = (lambda x: None if x is None else int(round(x * 100)))  # noqa: E731
-        return BuyerAccount(
-            balance=fen(u.wallet_balance.draw(rng)) if u.wallet_balance is not None else None,
-            card_left=fen(u.card_limit.draw(rng)) if u.card_limit is not None else None,
-            daily_limit=fen(u.daily_limit.draw(rng)) if u.daily_limit is not None else None,
-            flagged=u.risk_flagged > 0 and rng.random() < u.risk_flagged)
+        return population.draw_account(self.conditions.current().user, self._account_rng(user))
 
     def _save_account(self, user: str, a: BuyerAccount) -> None:
         self.store.conn.execute(
@@ -592,7 +594,12 @@ class ProviderCore(base.ServiceBase):
         if acct.topping_up or u.top_up_delay is None or u.wallet_balance is None:
             return
         acct.topping_up = True
-        rng = random.Random(f"{self.conditions.base.run.seed}:provider:top_up:{user}:{now!r}")
+        if u.accounts is not None:  # the account's own stream, continued
+            rng = self._account_streams.get(user)
+            if rng is None:  # drawn before this process started: the same stream, past the account's draws
+                population.draw_account(u, rng := self._account_rng(user))
+        else:
+            rng = random.Random(f"{self.conditions.base.run.seed}:provider:top_up:{user}:{now!r}")
         amount = int(round(u.wallet_balance.draw(rng) * 100))
         with self.store.tx():
             self.store.schedule("top_up", user, now + u.top_up_delay.draw(rng), data={"amount": amount})
