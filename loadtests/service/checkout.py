@@ -952,6 +952,9 @@ class Checkout(base.ServiceBase):
                         if isinstance(debit, dict):
                             await self._reconcile_debit(debit, rc.repair)
                     offset = page.get("next_offset") if isinstance(page.get("next_offset"), int) else None
+                    got = page.get("until")  # a statement read in whole days (Alipay's bills) may stop short
+                    if isinstance(got, (int, float)) and not isinstance(got, bool) and since <= got < until:
+                        until = float(got)
                 reached = until
             except ProviderUnavailable as exc:
                 log.warning("reconciliation of the statement after %.3f stopped, again next time: %s", since, exc)

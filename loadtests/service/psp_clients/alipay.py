@@ -62,6 +62,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from loadtests.service import alipay_bill as bill
 from loadtests.service.psp_clients import Reply
 
 log = logging.getLogger("checkout_chaos.checkout.alipay")
@@ -75,6 +76,7 @@ APP_ID = "2021000000000001"  # the app id the mock's Alipay face serves (its fac
 BEIJING = timezone(timedelta(hours=8))
 MAX_ID = 64  # out_trade_no, out_request_no
 FORM = "application/x-www-form-urlencoded; charset=utf-8"
+MAX_BILL_DAYS = 31  # trade bills read by one reconciliation run at most (the next run goes on)
 
 
 class AlipayClient:
@@ -174,6 +176,8 @@ class AlipayClient:
                 return await self.close(parts[1])
             if method == "POST" and len(parts) == 3 and parts[2] == "refund":
                 return await self.refund(parts[1], (body or {}).get("refund_id") or f"{parts[1]}-refund")
+        if method == "GET" and parts[0].startswith("statement?"):
+            return await self.statement(dict(parse_qsl(parts[0].partition("?")[2])))
         return await self.svc.native_call(method, path, body)  # BNPL: the mock provider's native API
 
     async def create(self, body: dict[str, Any]) -> Reply:
@@ -268,6 +272,69 @@ class AlipayClient:
         return Reply(409, {"error": _message(answer), "code": sub or "ALIPAY_REFUSED"})
 
     # -- notifications ------------------------------------------------------------------------------
+
+    async def statement(self, q: dict[str, str]) -> Reply:
+        """The statement of debits, from Alipay's own trade bills: for each calendar day after ``since``
+        that is over by ``until`` (Alipay's bills are T+1; the scenario's calendar,
+        ``loadtests.service.alipay_bill``), ``alipay.data.dataservice.bill.downloadurl.query``
+        (``bill_type`` trade), then the zip at ``bill_download_url``; its 交易 rows of this checkout's
+        trades are the debits. Answers in the native statement's shape, with ``until`` = the end of the
+        last day read (the reconciler goes on from there), on one page."""
+        try:
+            since, until = float(q.get("since", "-1")), float(q.get("until", "0"))
+        except ValueError:
+            return Reply(400, {"code": "INVALID_REQUEST", "message": "since/until: expected scenario seconds"})
+        o = bill.origin(self.svc.config.scenario.run.start, self.svc.clock.start_epoch)
+        day = bill.day_of(o, max(since, 0.0))
+        _start, end = bill.day_bounds(o, day)  # a since inside a day (not where this stopped): read it again
+        reached, debits = since, []
+        for _ in range(MAX_BILL_DAYS):
+            if end > until:
+                break
+            rows = await self._bill(day)
+            if rows is None:
+                break  # not there yet
+            for r in rows:
+                if r.get("业务类型") != bill.PAID:
+                    continue
+                trade = r.get("商户订单号", "")
+                mapped = self._mapped(trade)
+                amount = _fen(r.get("商家实收（元）"))
+                debits.append({"trade": trade, "order": mapped["ord"] if mapped is not None else None,
+                               "amount": amount, "trade_no": r.get("支付宝交易号"), "paid_at": r.get("完成时间")})
+            reached = end
+            day += timedelta(days=1)
+            end += 86400.0
+        return Reply(200, {"since": since, "until": reached, "offset": 0, "debits": debits, "next_offset": None})
+
+    async def _bill(self, day: Any) -> list[dict[str, str]] | None:
+        """The detail rows of ``day``'s trade bill; None while Alipay says it does not exist yet."""
+        answer = await self._alipay(bill.METHOD, {"bill_type": "trade", "bill_date": day.isoformat()})
+        if answer.get("code") != "10000":
+            if answer.get("sub_code") == "isp.bill_not_exist":
+                return None
+            raise _unavailable(f"{bill.METHOD}: {_message(answer)}")
+        url = answer.get("bill_download_url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise _unavailable(f"{bill.METHOD}: no bill_download_url in the answer")
+        timeout = self.svc.wall_timeout(self.svc.conditions.current().app.request_timeout)
+        try:
+            if url.startswith("http://"):
+                resp = await self.svc.http.request("GET", url, b"", None, timeout)
+                data = resp.body if hasattr(resp, "body") else resp.content
+            else:
+                if self.http is None:
+                    self.http = httpx.AsyncClient()
+                resp = await self.http.get(url, timeout=timeout)
+                data = resp.content
+        except Exception as exc:  # HttpError, httpx.HTTPError
+            raise _unavailable(f"bill download: {exc.__class__.__name__}: {exc}") from None
+        if resp.status_code != 200:
+            raise _unavailable(f"bill download answered HTTP {resp.status_code}")
+        try:
+            return bill.read_zip(data)
+        except ValueError as exc:
+            raise _unavailable(f"bill download: {exc}") from None
 
     def router(self) -> APIRouter:
         r = APIRouter(tags=["notifications"])

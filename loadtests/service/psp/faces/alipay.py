@@ -27,13 +27,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
 import html
 import json
 import logging
 import re
 import secrets
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from loadtests.service import alipay_bill as bill
 from loadtests.service.psp import core as C
 from loadtests.service.psp import keys
 from loadtests.service.psp.faces import Face
@@ -62,11 +64,13 @@ SELLER_ID = "2088000000000001"
 MSG = {"10000": "Success", "10003": "order success pay inprocess", "20000": "Service Currently Unavailable",
        "40001": "Missing Required Arguments", "40002": "Invalid Arguments", "40004": "Business Failed"}
 PZ = "zhima.credit.payafteruse."
+BILL_METHOD = "alipay.data.dataservice.bill.downloadurl.query"
+BILL_URL_TTL = 30.0  # wall seconds a bill_download_url stays valid (Alipay: 30 s)
 TRADE_METHODS = ("page.pay", "wap.pay", "precreate", "create", "pay", "query", "close", "cancel", "refund",
                  "fastpay.refund.query")
 METHODS = {f"alipay.trade.{m}" for m in TRADE_METHODS} | {
     PZ + "creditagreement.sign", PZ + "creditbizorder.order", PZ + "creditbizorder.finish",
-    PZ + "creditbizorder.query"}
+    PZ + "creditbizorder.query", BILL_METHOD}
 PAGE_METHODS = {"alipay.trade.page.pay", "alipay.trade.wap.pay"}
 
 SCHEMA = """
@@ -347,7 +351,83 @@ class AlipayFace(Face):
             return await self._refund(biz)
         if method == "alipay.trade.fastpay.refund.query":
             return self._refund_query(biz)
+        if method == BILL_METHOD:
+            return self._bill_url(biz, base)
         return await self._credit(method, biz)
+
+    # -- the trade bill (alipay.data.dataservice.bill.downloadurl.query) -------------------------------
+
+    def _bill_origin(self) -> datetime:
+        return bill.origin(self.core.conditions.base.run.start, self.core.clock.start_epoch)
+
+    def _bill_day(self, biz: dict[str, Any]) -> date:
+        """The day asked for: ``bill_type`` trade, ``bill_date`` yyyy-MM-dd of a scenario day that is over."""
+        kind = biz.get("bill_type")
+        if kind is None:
+            raise Refusal("40002", "isv.missing-parameter", "bill_type: missing")
+        if kind != "trade":
+            raise _bad("bill_type", "trade (the mock serves the trade bill only; signcustomer is not modelled)")
+        text = biz.get("bill_date")
+        if text is None:
+            raise Refusal("40002", "isv.missing-parameter", "bill_date: missing")
+        try:
+            day = datetime.strptime(str(text), "%Y-%m-%d").date() if re.match(r"^\d{4}-\d{2}-\d{2}$", str(text)) \
+                else None
+        except ValueError:
+            day = None
+        if day is None:
+            raise _bad("bill_date", "a day as yyyy-MM-dd (monthly bills, yyyy-MM, are not served)")
+        _start, end = bill.day_bounds(self._bill_origin(), day)
+        if self.core.clock.now() < end:
+            raise Refusal("40004", "isp.bill_not_exist",
+                          "账单不存在 the bill of a day exists once the day is over (T+1)")
+        return day
+
+    def _bill_token(self, stamp: str, expires: str) -> str:
+        return hmac.new(self.core.secret, f"bill:{stamp}:{expires}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    def _bill_url(self, biz: dict[str, Any], base: str) -> dict[str, Any]:
+        stamp = self._bill_day(biz).strftime("%Y%m%d")
+        expires = f"{time.time() + BILL_URL_TTL:.3f}"
+        query = urlencode({"bizType": "trade", "userId": SELLER_ID + "0156", "fileType": "csv.zip",
+                           "bizDates": stamp, "downloadFileName": f"{SELLER_ID}0156_{stamp}.csv.zip",
+                           "timestamp": expires, "token": self._bill_token(stamp, expires)})
+        return {"bill_download_url": f"{base}/alipay/bill/download?{query}"}
+
+    def _bill_rows(self, day: date) -> list[dict[str, Any]]:
+        """The trades of this face paid (``charge``) and refunded in ``day``, oldest first."""
+        start, end = bill.day_bounds(self._bill_origin(), day)
+        rows = self.core.store.all(
+            "SELECT txns.txn, txns.kind, txns.t, trades.trade, trades.trade_no, trades.usr, trades.created_t,"
+            " trades.meta, (SELECT SUM(amount) FROM postings WHERE postings.txn = txns.txn AND amount > 0) AS amount"
+            " FROM txns JOIN trades ON trades.trade = txns.trade WHERE trades.face = ? AND txns.kind IN (?, ?)"
+            " AND txns.t >= ? AND txns.t < ? ORDER BY txns.t, txns.txn", (self.name, C.CHARGE, C.REFUND, start, end))
+        out = []
+        for r in rows:
+            paid = r["kind"] == C.CHARGE
+            out.append({"kind": bill.PAID if paid else bill.REFUND, "trade_no": r["trade_no"] or "",
+                        "out_trade_no": r["trade"], "subject": json.loads(r["meta"] or "{}").get("subject") or "",
+                        "created_t": r["created_t"], "t": r["t"], "amount": (r["amount"] or 0) * (1 if paid else -1),
+                        "buyer": r["usr"], "request_no": "" if paid else r["txn"]})
+        return out
+
+    def _bill_download(self, params: dict[str, str]) -> Response:
+        stamp, expires, token = params.get("bizDates", ""), params.get("timestamp", ""), params.get("token", "")
+        try:
+            fresh = float(expires) >= time.time()
+            day = datetime.strptime(stamp, "%Y%m%d").date()
+        except ValueError:
+            fresh, day = False, None
+        if day is None or not hmac.compare_digest(token, self._bill_token(stamp, expires)):
+            return Response("账单下载地址无效 invalid bill download URL".encode(), status_code=404,
+                            media_type="text/plain;charset=utf-8")
+        if not fresh:
+            return Response("下载超时，请重新下载 the URL is valid for 30 s: ask for a new one".encode(), status_code=410,
+                            media_type="text/plain;charset=utf-8")
+        name, data = bill.make_zip(self._bill_origin(), day, SELLER_ID + "0156", self._bill_rows(day),
+                                   datetime.now(BEIJING).strftime("%Y年%m月%d日 %H:%M:%S"))
+        return Response(data, media_type="application/zip",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     async def _barcode_pay(self, biz: dict[str, Any], notify_url: str | None) -> dict[str, Any]:
         scene = biz.get("scene", "bar_code")
@@ -532,6 +612,11 @@ class AlipayFace(Face):
                 summary="the buyer confirms: bank debit; answers success, failure or unknown")
         async def confirm(trade_no: str, request: Request) -> Response:
             return await self._buyer(request, trade_no, confirm=True)
+
+        @r.get("/alipay/bill/download", tags=["alipay"],
+               summary="the trade bill a bill_download_url names: a zip of GBK CSV (valid 30 s)")
+        async def bill_download(request: Request) -> Response:
+            return self._bill_download(dict(request.query_params))
 
         @r.get("/alipay/barcode", tags=["alipay buyer"], summary="the buyer's payment code for alipay.trade.pay")
         async def barcode(buyer_id: str | None = None) -> Response:
