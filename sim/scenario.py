@@ -678,7 +678,7 @@ class GatewaySection(_Section):
         "off", description='a refund accepted -> the money is back after this many working days (a number or a '
         'distribution, e.g. {dist = "uniform", low = 2, high = 7}), counted on the calendar from run.start: '
         'Saturdays, Sundays and run.holidays do not count; replaces refund_latency. "off": refund_latency. '
-        'Simulation only')
+        'Live: where the mock provider applies refund_latency (its native API, Stripe refunds)')
     refund_failure: Probability = Field(0.0, description="chance one refund attempt fails (WeChat ABNORMAL)")
     trade_creation: Literal["on_order", "on_open"] = Field(
         "on_order", description="on_order: the trade exists from order creation (prepay); on_open: a page-pay "
@@ -780,7 +780,7 @@ class BnplSection(_Section):
     buyer_credit_limit: NumberOrOffDist = Field(
         "off", description='CNY: a credit limit of each buyer\'s own (a distribution drawn once per buyer account, '
         'from a stream of its own), used instead of credit_limit, or "off": every buyer has credit_limit. '
-        'Simulation only')
+        'Live too: the mock provider draws the same limit per account')
     authorization_ttl: Duration = Field("28d", description="Klarna: 28 days")
     sync_lag: DurationDist = Field(_ln("2s", "1m"), description="provider payment side -> credit side")
     finish_limit: Duration = Field("24h", description="delivered but not finished after this = stuck")

@@ -35,6 +35,13 @@ def account_stream(seed: int, replication: int, user: str) -> random.Random:
     return random.Random(int.from_bytes(key, "little"))
 
 
+def credit_limit_stream(seed: int, replication: int, user: str) -> random.Random:
+    """The stream of buyer account ``user``'s own BNPL credit limit (``bnpl.buyer_credit_limit``: its
+    first draw), apart from the account's other draws."""
+    key = hashlib.blake2b(b"bnpl-limit:%d:%d:%s" % (seed, replication, user.encode()), digest_size=16).digest()
+    return random.Random(int.from_bytes(key, "little"))
+
+
 class BuyerDraws(NamedTuple):
     method: str  # wallet, card or bnpl
     amount: int  # fen

@@ -11,11 +11,10 @@ not yet synced is marked overdue all the same — a false overdue that emerges f
 
 from __future__ import annotations
 
-import hashlib
-import random
 
 from sim.domain import policies
 from sim.domain.entities import Agreement
+from sim.domain.population import credit_limit_stream
 from sim.domain.states import AgreementState
 from sim.model.world import World
 
@@ -55,9 +54,7 @@ class BnplProvider:
         seeded from the root seed, the replication and the buyer account only, so it is the same on
         every authorization of theirs and shifts none of their other draws."""
         w = self.w
-        key = hashlib.blake2b(b"bnpl-limit:%d:%d:%s" % (w.scenario.run.seed, w.replication, user.encode()),
-                              digest_size=16).digest()
-        return w.p.bnpl.buyer_credit_limit.draw(random.Random(int.from_bytes(key, "little")))
+        return w.p.bnpl.buyer_credit_limit.draw(credit_limit_stream(w.scenario.run.seed, w.replication, user))
 
     def finish(self, ag: Agreement) -> None:
         w = self.w

@@ -44,9 +44,11 @@ import json
 import logging
 import random
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from sim.domain import policies, population
+from sim.domain.calendar import working_days_delay
 from sim.domain.entities import Agreement, BuyerAccount, Trade
 from sim.domain.ledger import CHARGE, REFUND, transfer
 from sim.domain.states import TRADE_PAYABLE, AgreementState, TradeState
@@ -809,16 +811,43 @@ class ProviderCore(base.ServiceBase):
         raise CoreError(409, "a debit for this trade is in progress or unknown: cannot close yet", "trade",
                         TRADE_IN_PROGRESS, result=result, trade_state=state.value)
 
+    def _credit_limit(self, user: str) -> float:
+        """CNY of pay-after-use credit ``user`` has: ``bnpl.credit_limit``, or with
+        ``bnpl.buyer_credit_limit`` the buyer's own — the first draw of the simulation's stream of that
+        buyer account (``bnpl-limit:<seed>:<replication 0>:<account>``, the id after the run's prefix), so
+        it is the same on every authorization and the same as the simulated buyer's."""
+        cond = self.conditions.current().bnpl
+        if cond.buyer_credit_limit is None:
+            return cond.credit_limit
+        return cond.buyer_credit_limit.draw(
+            population.credit_limit_stream(self.conditions.base.run.seed, 0, population.account_name(user)))
+
     def refund_terms(self) -> dict[str, Any]:
         """The scenario's refund, drawn now: ``{"pending_for": s, "fail": bool}`` from
         ``gateway.refund_latency`` and ``gateway.refund_failure`` — or ``{}`` when the scenario has
         instant, infallible refunds (the default), so ``refund(trade, **core.refund_terms())`` keeps a
         face's synchronous refunds unless the scenario says otherwise."""
         g = self.conditions.current().gateway
-        if g.refund_failure <= 0 and g.refund_latency.kind == "constant" and g.refund_latency.mean == 0:
+        if g.refund_working_days is None and g.refund_failure <= 0 and g.refund_latency.kind == "constant" \
+                and g.refund_latency.mean == 0:
             return {}
-        return {"pending_for": max(0.0, self.conditions.sample("gateway.refund_latency")),
-                "fail": self.conditions.chance("gateway.refund_failure", g.refund_failure)}
+        if g.refund_working_days is not None:
+            pending_for = self._working_days(self.conditions.sample("gateway.refund_working_days"))
+        else:
+            pending_for = max(0.0, self.conditions.sample("gateway.refund_latency"))
+        return {"pending_for": pending_for, "fail": self.conditions.chance("gateway.refund_failure", g.refund_failure)}
+
+    def _working_days(self, days: float) -> float:
+        """Scenario seconds from now until ``days`` working days have passed (``gateway.refund_working_days``)
+        on the calendar from ``run.start`` — weekends and ``run.holidays`` skipped
+        (``sim.domain.calendar.working_days_delay``, as the simulation's gateway). A scenario given no
+        ``run.start`` (working days set by ``PUT /admin/faults``) counts from the Beijing date-time the
+        services started at."""
+        run = self.conditions.current().run
+        start = run.start
+        if start is None:
+            start = datetime.fromtimestamp(self.clock.start_epoch, timezone(timedelta(hours=8))).replace(tzinfo=None)
+        return working_days_delay(start.replace(tzinfo=None), self.clock.now(), max(0.0, days), frozenset(run.holidays))
 
     async def refund(self, trade_id: str, amount: int | None = None, request_no: str | None = None,
                      notify: bool = False, settle_after: float | None = None,
@@ -1168,7 +1197,7 @@ class ProviderCore(base.ServiceBase):
             "SELECT COALESCE(SUM(amount), 0) FROM agreements WHERE usr = ? AND credit_paid = 0 AND state NOT IN (?, ?)",
             (body.user, A.CANCELLED.value, A.EXPIRED.value))[0]
         now = self.clock.now()
-        if outstanding + body.amount > round(cond.credit_limit * 100):
+        if outstanding + body.amount > round(self._credit_limit(body.user) * 100):
             with self.store.tx():
                 self.store.emit(now, "bnpl.declined", "bnpl", body.order, agreement=body.agreement, reason="credit_limit")
             return {"agreement": body.agreement, "order": body.order, "state": "declined", "reason": "credit_limit"}
