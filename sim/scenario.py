@@ -458,6 +458,20 @@ class RunSection(_Section):
         'in working days (gateway.refund_working_days), or "off": no calendar')
     holidays: Holidays = Field(
         (), description='dates (["2026-10-01", ...]) that are not working days besides Saturdays and Sundays')
+    workdays: Holidays = Field(
+        (), description='Saturdays and Sundays (["2025-09-28", "2025-10-11"]) that are working days: make-up '
+        'working days (调休), as China\'s State Council sets around public holidays')
+
+    @model_validator(mode="after")
+    def _calendar(self) -> "RunSection":
+        both = sorted(set(self.holidays) & set(self.workdays))
+        if both:
+            raise ValueError(f"workdays: {both[0].isoformat()} is also in holidays: a day is one or the other")
+        weekday = next((d for d in self.workdays if d.weekday() < 5), None)
+        if weekday is not None:
+            raise ValueError(f"workdays: {weekday.isoformat()} is a {weekday.strftime('%A')}, a working day already: "
+                             "workdays lists Saturdays and Sundays that are worked (make-up working days)")
+        return self
 
     @model_validator(mode="after")
     def _warmup_before_horizon(self) -> "RunSection":
@@ -677,7 +691,7 @@ class GatewaySection(_Section):
     refund_working_days: NumberOrOffDist = Field(
         "off", description='a refund accepted -> the money is back after this many working days (a number or a '
         'distribution, e.g. {dist = "uniform", low = 2, high = 7}), counted on the calendar from run.start: '
-        'Saturdays, Sundays and run.holidays do not count; replaces refund_latency. "off": refund_latency. '
+        'Saturdays, Sundays and run.holidays do not count (run.workdays do); replaces refund_latency. "off": refund_latency. '
         'Live: where the mock provider applies refund_latency (its native API, Stripe refunds)')
     refund_failure: Probability = Field(0.0, description="chance one refund attempt fails (WeChat ABNORMAL)")
     trade_creation: Literal["on_order", "on_open"] = Field(

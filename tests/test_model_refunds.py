@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import date
 
 from sim.model.model import run_replication
 from sim.scenario import Scenario
@@ -220,3 +221,54 @@ def test_a_file_needing_run_start_loads_when_set_gives_it(tmp_path):
     s = load_scenario(f, ["run.start=2026-11-06"])
     assert s.run.start is not None and s.run.start.day == 6
     assert s.load.arrival_rate == 3.0 and s.name == "wd"
+
+
+# -- make-up working days (run.workdays, 调休) ------------------------------------------------------
+# The State Council's 2025 holiday notice (国办发明电〔2024〕12号): National Day and Mid-Autumn, 1-8 October
+# 2025 off; Sunday 28 September and Saturday 11 October worked.
+NATIONAL_DAY_OFF = frozenset(date(2025, 10, d) for d in range(1, 9))
+NATIONAL_DAY_WORKED = frozenset({date(2025, 9, 28), date(2025, 10, 11)})
+
+
+def test_make_up_working_days_count_and_holidays_do_not():
+    from datetime import datetime
+
+    from sim.domain.calendar import add_working_days, is_working_day
+
+    assert is_working_day(date(2025, 9, 28), NATIONAL_DAY_OFF, NATIONAL_DAY_WORKED)  # a Sunday, worked
+    assert not is_working_day(date(2025, 9, 28), NATIONAL_DAY_OFF)
+    assert not is_working_day(date(2025, 10, 1), NATIONAL_DAY_OFF, NATIONAL_DAY_WORKED)
+    friday = datetime(2025, 9, 26, 18, 0)
+    assert add_working_days(friday, 1, NATIONAL_DAY_OFF, NATIONAL_DAY_WORKED) == datetime(2025, 9, 28, 18, 0)
+    assert add_working_days(friday, 1, NATIONAL_DAY_OFF) == datetime(2025, 9, 29, 18, 0)  # no make-up day: Monday
+    tuesday = datetime(2025, 9, 30, 18, 0)  # the eve of the holiday
+    assert add_working_days(tuesday, 1, NATIONAL_DAY_OFF, NATIONAL_DAY_WORKED) == datetime(2025, 10, 9, 18, 0)
+    assert add_working_days(tuesday, 2, NATIONAL_DAY_OFF, NATIONAL_DAY_WORKED) == datetime(2025, 10, 10, 18, 0)
+    assert add_working_days(tuesday, 3, NATIONAL_DAY_OFF, NATIONAL_DAY_WORKED) == datetime(2025, 10, 11, 18, 0)
+    assert add_working_days(tuesday, 3, NATIONAL_DAY_OFF) == datetime(2025, 10, 13, 18, 0)
+
+
+def test_a_refund_asked_before_a_make_up_sunday_lands_on_it():
+    """One working day asked on Friday 26 September 2025 evening: Sunday 28th is worked (调休), so the
+    money is back on the Sunday evening, 2 days later; without run.workdays, on the Monday."""
+    one = {"gateway__refund_working_days": 1, "run__start": "2025-09-26T18:00:00"}
+    worked = _refund_delays(run__workdays=["2025-09-28", "2025-10-11"], **one)
+    plain = _refund_delays(**one)
+    assert len(worked) >= 30 and len(worked) == len(plain)
+    for spans, days in ((worked, 2), (plain, 3)):
+        for asked, landed in spans:
+            assert days * 86400 <= landed - asked <= days * 86400 + 60.0, (days, asked, landed)
+
+
+def test_workdays_are_validated_with_the_key_named():
+    import pytest
+
+    from sim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"run.*workdays: 2025-09-29 is a Monday, a working day already"):
+        Scenario().with_overrides({"run.workdays": ["2025-09-29"]})
+    with pytest.raises(ConfigError, match=r"run.*workdays: 2025-09-28 is also in holidays"):
+        Scenario().with_overrides({"run.workdays": ["2025-09-28"], "run.holidays": ["2025-09-28"]})
+    with pytest.raises(ConfigError, match=r"run\.workdays: \[0\]: expected a date"):
+        Scenario().with_overrides({"run.workdays": ["Sunday"]})
+    assert Scenario().resolved()["run"]["workdays"] == []

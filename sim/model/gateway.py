@@ -298,11 +298,11 @@ class Gateway:
 
     def _working_days(self, r) -> float:
         """Seconds from now until ``gateway.refund_working_days`` (drawn with ``r``) working days have
-        passed on the calendar that starts at ``run.start`` (weekends and ``run.holidays`` skipped)."""
+        passed on the calendar that starts at ``run.start`` (weekends and ``run.holidays`` skipped, ``run.workdays`` counted)."""
         w = self.w
         run = w.scenario.run
         return working_days_delay(run.start, w.env.now, w.p.gateway.refund_working_days.draw(r),
-                                  frozenset(run.holidays))
+                                  frozenset(run.holidays), frozenset(run.workdays))
 
     def _give_back(self, trade: Trade, amount: int) -> None:
         """``user.refund_restores``: ``amount`` returned to the buyer goes back to the wallet balance or

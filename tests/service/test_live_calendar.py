@@ -16,11 +16,13 @@ from .helpers import events_of, http, new_order, start_payment, uid, wait_for
 
 
 def test_refunds_land_working_days_later_skipping_the_weekend_and_holidays(start):
-    """``run.start`` is a Friday 18:00 and Monday a holiday: a refund of 1 working day asked on the
-    Friday evening is due on Tuesday at the same time of day (4 calendar days); one of 0.0002 working
-    days (17.28 s) asked on the Friday lands that much later — observed."""
-    s = start({"run.start": "2026-11-06T18:00:00", "run.holidays": ["2026-11-09"],
-               "gateway.refund_working_days": 1})
+    """``run.start`` is a Friday 18:00, the Sunday a make-up working day (``run.workdays``) and the
+    Monday a holiday: a refund of 2 working days asked on the Friday evening is due on Tuesday at the
+    same time of day (Friday's last 6 h, the Sunday, Tuesday's first 18 h: 4 calendar days; without the
+    Sunday it would be 5); one of 0.0002 working days (17.28 s) asked on the Friday lands that much
+    later — observed."""
+    s = start({"run.start": "2026-11-06T18:00:00", "run.holidays": ["2026-11-09"], "run.workdays": ["2026-11-08"],
+               "gateway.refund_working_days": 2})
     friday = datetime(2026, 11, 6, 18, 0, 0)
 
     def paid() -> tuple[str, str]:
@@ -36,7 +38,9 @@ def test_refunds_land_working_days_later_skipping_the_weekend_and_holidays(start
         asked = db.execute("SELECT created_t FROM refunds WHERE trade = ?", (trade,)).fetchone()[0]
         due = db.execute("SELECT due FROM jobs WHERE kind = 'refund_land' AND key = ?", (f"{trade}\nfull",)).fetchone()[0]
     assert (friday + timedelta(seconds=asked)).weekday() == 4  # still the Friday
-    assert due - asked == working_days_delay(friday, asked, 1, frozenset({date(2026, 11, 9)})) == 4 * 86400.0
+    off, worked = frozenset({date(2026, 11, 9)}), frozenset({date(2026, 11, 8)})
+    assert due - asked == working_days_delay(friday, asked, 2, off, worked) == 4 * 86400.0
+    assert working_days_delay(friday, asked, 2, off) == 5 * 86400.0
 
     s.set_faults({"gateway.refund_working_days": 0.0002})
     order, trade = paid()

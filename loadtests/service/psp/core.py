@@ -839,7 +839,7 @@ class ProviderCore(base.ServiceBase):
 
     def _working_days(self, days: float) -> float:
         """Scenario seconds from now until ``days`` working days have passed (``gateway.refund_working_days``)
-        on the calendar from ``run.start`` — weekends and ``run.holidays`` skipped
+        on the calendar from ``run.start`` — weekends and ``run.holidays`` skipped, ``run.workdays`` counted
         (``sim.domain.calendar.working_days_delay``, as the simulation's gateway). A scenario given no
         ``run.start`` (working days set by ``PUT /admin/faults``) counts from the Beijing date-time the
         services started at."""
@@ -847,7 +847,8 @@ class ProviderCore(base.ServiceBase):
         start = run.start
         if start is None:
             start = datetime.fromtimestamp(self.clock.start_epoch, timezone(timedelta(hours=8))).replace(tzinfo=None)
-        return working_days_delay(start.replace(tzinfo=None), self.clock.now(), max(0.0, days), frozenset(run.holidays))
+        return working_days_delay(start.replace(tzinfo=None), self.clock.now(), max(0.0, days),
+                                  frozenset(run.holidays), frozenset(run.workdays))
 
     async def refund(self, trade_id: str, amount: int | None = None, request_no: str | None = None,
                      notify: bool = False, settle_after: float | None = None,
