@@ -20,6 +20,9 @@
   ``GET /alipay/barcode`` (a payment code for ``alipay.trade.pay``). JSON when asked
   (``Accept: application/json``), else HTML a person can click through.
 * **Pay after use** (``zhima.credit.payafteruse.*``) on the core's BNPL (authorize, finish, query).
+* **The trade bill** (``alipay.data.dataservice.bill.downloadurl.query``, ``bill_type`` trade): a day's
+  bill once the day is over, on the scenario calendar, as a 30-second signed ``bill_download_url``
+  (``GET /alipay/bill/download``) to a zip of GBK CSV (``loadtests.service.alipay_bill``).
 """
 
 from __future__ import annotations
