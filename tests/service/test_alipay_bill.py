@@ -83,8 +83,9 @@ def test_the_sdk_gets_a_signed_bill_url_whose_zip_lists_the_days_payments(billed
     pre = a.api_alipay_trade_precreate("coffee", no, "12.50")
     before = _now(s)
     trade_no = _pay_qr(s, pre["qr_code"])
+    assert a.api_alipay_trade_refund("2.50", out_trade_no=no, out_request_no=f"{no}-r1")["fund_change"] == "Y"
     after = _now(s)
-    days = sorted({_date(before), _date(after)})  # the debit was made on one of these (one, nearly always)
+    days = sorted({_date(before), _date(after)})  # the debit and the refund were made on these (one, nearly always)
     today = a.server_api("alipay.data.dataservice.bill.downloadurl.query",
                          biz_content={"bill_type": "trade", "bill_date": days[-1]})
     if today.get("code") == "40004":  # the usual case: the day is not over yet (T+1)
@@ -102,8 +103,11 @@ def test_the_sdk_gets_a_signed_bill_url_whose_zip_lists_the_days_payments(billed
         comments, rows = _detail(got.content)
         assert comments[0] == "#支付宝业务明细查询" and any(c.startswith("#交易合计：") for c in comments)
         found += [(paid_day, r) for r in rows if r["商户订单号"] == no]
-    assert len(found) == 1, found
-    paid_day, row = found[0]
+    paid = [(d, r) for d, r in found if r["业务类型"] == "交易"]
+    refunds = [r for _d, r in found if r["业务类型"] == "退款"]
+    assert len(paid) == 1 and len(refunds) == 1, found
+    assert (refunds[0]["商家实收（元）"], refunds[0]["支付宝交易号"]) == ("-2.50", trade_no) and refunds[0]["退款批次号/请求号"]
+    paid_day, row = paid[0]
     assert (row["支付宝交易号"], row["业务类型"], row["订单金额（元）"], row["商家实收（元）"]) == \
         (trade_no, "交易", "12.50", "12.50")
     assert row["完成时间"].startswith(paid_day)
