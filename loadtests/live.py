@@ -177,6 +177,7 @@ def run_live(scenario: Scenario, opts: LiveOptions) -> dict[str, Any]:
         epoch = time.time() + GO_AHEAD
         write_json_atomic(client_dir / "go.json", {"load_epoch": epoch})
         which = ("provider",) if opts.target else ("provider", "checkout")
+        services.set_calendar(epoch, which)  # run.start is the date-time of the load's t = 0
         faults = FaultSchedule(services, scenario, epoch, window.time_scale, which)
         faults.start()
         opts.log(f"load: {expected:,.0f} orders expected over {window.load_wall:.1f}s, then {window.drain_wall:.1f}s "

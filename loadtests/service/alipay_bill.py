@@ -8,10 +8,10 @@
 tab, as in Alipay's files (so spreadsheets keep long numbers as text); readers strip it. Sources in
 docs/psp/alipay.md ("The trade bill").
 
-Bill days run on the *scenario* calendar: the date-time of scenario ``t`` is ``origin + t`` seconds,
-``origin`` being ``run.start`` when the scenario sets it, else the Beijing date-time of the services'
-start epoch (:func:`origin`); a day's bill covers the scenario seconds of that Beijing calendar day, and
-exists once that day is over (Alipay: "T+1").
+Bill days run on the *scenario* calendar: the date-time of a service's clock reading ``t`` is
+``origin + t`` seconds, ``origin`` being the service's ``calendar_origin()`` (``run.start`` at the
+scenario's t = 0, else the Beijing date-time of the services' start); a day's bill covers the scenario
+seconds of that Beijing calendar day, and exists once that day is over (Alipay: "T+1").
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from typing import Any, Iterable
 
 METHOD = "alipay.data.dataservice.bill.downloadurl.query"
-BEIJING = timezone(timedelta(hours=8))
 ENCODING = "gbk"
 DETAIL_START = "#-----------------------------------------业务明细列表----------------------------------------"
 DETAIL_END = "#-----------------------------------------业务明细列表结束------------------------------------"
@@ -32,13 +31,6 @@ COLUMNS = ("支付宝交易号", "商户订单号", "业务类型", "商品名�
            "支付宝优惠（元）", "商家优惠（元）", "券核销金额（元）", "券名称", "商家红包消费金额（元）",
            "卡消费金额（元）", "退款批次号/请求号", "服务费（元）", "分润（元）", "备注")
 PAID, REFUND = "交易", "退款"
-
-
-def origin(run_start: datetime | None, start_epoch: float) -> datetime:
-    """The calendar date-time (Beijing, naive) of scenario ``t = 0``."""
-    if run_start is not None:
-        return run_start.replace(tzinfo=None)
-    return datetime.fromtimestamp(start_epoch, BEIJING).replace(tzinfo=None)
 
 
 def day_bounds(o: datetime, day: date) -> tuple[float, float]:

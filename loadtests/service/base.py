@@ -28,12 +28,15 @@ import sys
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from sim.scenario import Scenario, scenario_from_dict
 
 from loadtests.service.runtime import Clock, Conditions
+
+BEIJING = timezone(timedelta(hours=8))
 from loadtests.service.store import Scheduler, Store
 
 log = logging.getLogger("checkout_chaos.service")
@@ -95,6 +98,20 @@ class ServiceBase:
         self.store: Store = None  # type: ignore[assignment]  # opened in the lifespan
         self.scheduler: Scheduler = None  # type: ignore[assignment]
         self._background: list[asyncio.Task] = []
+        self.calendar_epoch: float | None = None  # wall time of the scenario's t = 0 (PUT /admin/calendar)
+
+    def calendar_origin(self) -> datetime:
+        """The calendar date-time (local, naive) of this service's clock at 0, for what counts in calendar
+        days: working-day refunds, Alipay's daily bills. ``run.start`` is the date-time of the
+        *scenario's* t = 0; under ``load`` that is the load epoch, which ``load`` tells both services
+        (``PUT /admin/calendar``) a moment before it comes — a few scenario minutes after the services'
+        own clocks started at K = 60 —, so the origin is ``run.start`` minus that lead. Without
+        ``run.start`` it is the Beijing date-time of the service's start."""
+        start = self.config.scenario.run.start
+        if start is None:
+            return datetime.fromtimestamp(self.clock.start_epoch, BEIJING).replace(tzinfo=None)
+        lead = 0.0 if self.calendar_epoch is None else (self.calendar_epoch - self.clock.start_epoch) * self.clock.scale
+        return start.replace(tzinfo=None) - timedelta(seconds=lead)
 
     def job_handlers(self) -> dict[str, Callable]:
         return {}

@@ -141,6 +141,14 @@ class Services:
         headers = {"Authorization": f"Bearer {self.admin_token}", **kwargs.pop("headers", {})}
         return self._client.request(method, self.url(which) + path, headers=headers, **kwargs)
 
+    def set_calendar(self, epoch: float, which: tuple[str, ...] = SERVICES) -> None:
+        """Tell the services the wall time of the scenario's t = 0 (``PUT /admin/calendar``): ``run.start``
+        is the calendar date-time of that moment."""
+        for name in which:
+            resp = self.admin(name, "PUT", "/admin/calendar", json={"epoch": epoch})
+            if resp.status_code != 200:
+                raise ConfigError(f"{name}: calendar refused: {resp.text[:200]}")
+
     def set_faults(self, overrides: dict[str, Any], which: tuple[str, ...] = SERVICES) -> None:
         """Replace the run-time fault overrides on the given services (``PUT /admin/faults``)."""
         for name in which:

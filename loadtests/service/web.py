@@ -11,7 +11,7 @@
   not arrive within ``BODY_TIMEOUT`` gets ``408``. It also holds every response until the store's group
   commit has made the request's writes durable, and answers ``503`` if that commit failed.
 * The admin token (``Authorization: Bearer <token>``) and the admin routes both services expose:
-  ``GET/PUT /admin/faults`` and ``GET /admin/history``.
+  ``GET/PUT /admin/faults``, ``PUT /admin/calendar`` and ``GET /admin/history``.
 """
 
 from __future__ import annotations
@@ -246,6 +246,13 @@ class FaultsBody(BaseModel):
     )
 
 
+class CalendarBody(BaseModel):
+    """Where the scenario's t = 0 is on the wall clock, for its calendar (``run.start``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    epoch: float = Field(description="Unix time of the scenario's t = 0 (the load epoch)", ge=0, allow_inf_nan=False)
+
+
 def admin_router(service: Any) -> APIRouter:
     """``/admin/faults`` and ``/admin/history`` for a service with ``conditions`` and ``store``."""
     from fastapi import Depends
@@ -267,6 +274,11 @@ def admin_router(service: Any) -> APIRouter:
         except Exception as exc:  # a value pydantic could not even describe: still the caller's mistake
             raise ApiError(422, f"invalid fault overrides: {exc}", "set") from None
         return json_response(service.conditions.describe())
+
+    @router.put("/calendar", summary="the wall time of the scenario's t = 0, for run.start's calendar")
+    async def put_calendar(body: CalendarBody) -> Response:
+        service.calendar_epoch = body.epoch
+        return json_response({"epoch": body.epoch, "origin": service.calendar_origin().isoformat()})
 
     @router.get("/history", summary="every history event of this service, ordered by t, as JSON Lines",
                 response_class=StreamingResponse)

@@ -24,6 +24,13 @@ def test_refunds_land_working_days_later_skipping_the_weekend_and_holidays(start
     s = start({"run.start": "2026-11-06T18:00:00", "run.holidays": ["2026-11-09"], "run.workdays": ["2026-11-08"],
                "gateway.refund_working_days": 2})
     friday = datetime(2026, 11, 6, 18, 0, 0)
+    # `load` tells the services where the scenario's t = 0 is (the load epoch, after their own start):
+    # run.start is that moment's date-time, so the services' clock origin moves back by the lead
+    told = s.admin("provider", "PUT", "/admin/calendar", json={"epoch": s.start_epoch + 2.0})
+    assert told.json()["origin"] == (friday - timedelta(seconds=2.0 * 60)).isoformat(), told.text
+    assert s.admin("provider", "PUT", "/admin/calendar", json={"epoch": -1}).status_code == 422
+    assert s.admin("provider", "PUT", "/admin/calendar", json={"epoch": s.start_epoch}).json()["origin"] == \
+        friday.isoformat()
 
     def paid() -> tuple[str, str]:
         order = new_order(s, amount=700)["order"]

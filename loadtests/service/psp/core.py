@@ -44,7 +44,6 @@ import json
 import logging
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from sim.domain import policies, population
@@ -844,10 +843,7 @@ class ProviderCore(base.ServiceBase):
         ``run.start`` (working days set by ``PUT /admin/faults``) counts from the Beijing date-time the
         services started at."""
         run = self.conditions.current().run
-        start = run.start
-        if start is None:
-            start = datetime.fromtimestamp(self.clock.start_epoch, timezone(timedelta(hours=8))).replace(tzinfo=None)
-        return working_days_delay(start.replace(tzinfo=None), self.clock.now(), max(0.0, days),
+        return working_days_delay(self.calendar_origin(), self.clock.now(), max(0.0, days),
                                   frozenset(run.holidays), frozenset(run.workdays))
 
     async def refund(self, trade_id: str, amount: int | None = None, request_no: str | None = None,

@@ -284,7 +284,7 @@ class AlipayClient:
             since, until = float(q.get("since", "-1")), float(q.get("until", "0"))
         except ValueError:
             return Reply(400, {"code": "INVALID_REQUEST", "message": "since/until: expected scenario seconds"})
-        o = bill.origin(self.svc.config.scenario.run.start, self.svc.clock.start_epoch)
+        o = self.svc.calendar_origin()
         day = bill.day_of(o, max(since, 0.0))
         _start, end = bill.day_bounds(o, day)  # a since inside a day (not where this stopped): read it again
         reached, debits = since, []

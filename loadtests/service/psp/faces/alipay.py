@@ -361,7 +361,7 @@ class AlipayFace(Face):
     # -- the trade bill (alipay.data.dataservice.bill.downloadurl.query) -------------------------------
 
     def _bill_origin(self) -> datetime:
-        return bill.origin(self.core.conditions.base.run.start, self.core.clock.start_epoch)
+        return self.core.calendar_origin()
 
     def _bill_day(self, biz: dict[str, Any]) -> date:
         """The day asked for: ``bill_type`` trade, ``bill_date`` yyyy-MM-dd of a scenario day that is over."""
