@@ -839,9 +839,10 @@ class ProviderCore(base.ServiceBase):
     def _working_days(self, days: float) -> float:
         """Scenario seconds from now until ``days`` working days have passed (``gateway.refund_working_days``)
         on the calendar from ``run.start`` — weekends and ``run.holidays`` skipped, ``run.workdays`` counted
-        (``sim.domain.calendar.working_days_delay``, as the simulation's gateway). A scenario given no
-        ``run.start`` (working days set by ``PUT /admin/faults``) counts from the Beijing date-time the
-        services started at."""
+        (``sim.domain.calendar.working_days_delay``, as the simulation's gateway), ``run.start`` being the
+        date-time of the scenario's t = 0 (:meth:`calendar_origin`). A scenario given no ``run.start``
+        (working days set by ``PUT /admin/faults``) counts from the Beijing date-time the services
+        started at."""
         run = self.conditions.current().run
         return working_days_delay(self.calendar_origin(), self.clock.now(), max(0.0, days),
                                   frozenset(run.holidays), frozenset(run.workdays))
