@@ -131,8 +131,9 @@ STORIES: dict[str, Story] = {
         absent=("paid_but_closed", "double_charge", "charge_without_order", "ledger_imbalance"),
     ),
     "bnpl_forgotten_finish": Story(
-        # Only pay-after-use buyers, and the small shop's worker restarts every 3 h (the file: 12 h): a
-        # restart loses every message held at that moment, so a few restarts make the count vary widely.
+        # Only pay-after-use buyers, and one small shop whose worker restarts every 3 h (the file: 30
+        # small shops, 12 h each): a restart loses every message held at that moment, so in 8 minutes
+        # one fast-restarting worker shows the loss where 30 slow ones would show few.
         scale={"run.horizon": "8m", "run.drain": "3d", "run.replications": 4,
                "user.payment_methods": {"wallet": 0.0, "card": 0.0, "bnpl": 1.0},
                "merchant.population": [
