@@ -123,10 +123,12 @@ STORIES: dict[str, Story] = {
         lambda s: approved(s) * paying(s) * not_bnpl(s) * s.bank.response_loss, file="double11_midnight"),
     "mall_pattern": Story(
         "paid_but_closed",
-        "the 10-min sweep closes the order without closing the Alipay trade; a buyer on the live cashier pays after it",
+        "the delayed cancel at the TTL closes the order without asking Alipay; a payment still in flight (a lost "
+        "notification's retry 4 min later, a lost response's query at 60 s) lands after it and is ignored",
         ["order_service.close_policy=close_trade_then_order"],
-        "P(pay delay > TTL + sweep lag)·P(pays)·P(approved)·P(not BNPL)",
-        lambda s: late_payer(s) * paying(s) * approved(s) * not_bnpl(s)),
+        "(notify_loss + response_loss)·P(approved)·P(pays)·P(not BNPL) (the countdown stops late buyers: "
+        "no input makes a payment late at the TTL)",
+        lambda s: (s.gateway.notify_loss + s.bank.response_loss) * approved(s) * paying(s) * not_bnpl(s)),
     "litemall_pattern": Story(
         "oversold",
         "the close releases stock but not the WeChat order; a late notification reopens the order after its stock was sold",

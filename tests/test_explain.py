@@ -35,8 +35,9 @@ def tiny_doc() -> dict:
 
 
 def test_the_ttl_and_the_pay_delay_drive_paid_but_closed_not_a_bnpl_key(tiny_doc):
-    """mall_pattern's paid_but_closed comes from buyers paying after the sweep closed their order: the
-    TTL and the pay delay move it, the BNPL deduction failure cannot (no BNPL order is ever closed-paid)."""
+    """mall_pattern's paid_but_closed comes from payments still in flight when the order's TTL runs out:
+    the TTL and the pay delay move it (how many buyers pay in the order's last minutes), the BNPL
+    deduction failure cannot (no BNPL order is ever closed-paid)."""
     pbc = tiny_doc["classes"]["paid_but_closed"]["occurred"]
     assert pbc["mean_rate"] > 0
     first = pbc["ranking"][0]
@@ -75,13 +76,13 @@ def test_same_seed_same_document(tiny_doc):
 
 
 def test_default_inputs_skip_what_the_scenario_leaves_off():
-    s = load_scenario(MALL)
+    s = load_scenario(MALL, ["order_service.close_mode=sweep"])  # the file closes by timer (its delayed message)
     keys = [i.key for i in default_inputs(s)]
     assert "order_service.order_ttl" in keys and "user.pay_delay" in keys and "order_service.sweep_interval" in keys
     assert "gateway.notify_duplicate" not in keys  # 0 in mall_pattern
     assert "reconciliation.interval" not in keys  # off
     assert "bank.risk_hold_duration" not in keys  # no debit is held
-    timer = load_scenario(MALL, ["order_service.close_mode=timer", "user.payment_methods={wallet=1.0}"])
+    timer = load_scenario(MALL, ["user.payment_methods={wallet=1.0}"])
     keys = [i.key for i in default_inputs(timer)]
     assert "order_service.sweep_interval" not in keys
     assert not [k for k in keys if k.startswith(("bnpl.", "merchant.bnpl_"))]

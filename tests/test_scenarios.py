@@ -116,9 +116,10 @@ STORIES: dict[str, Story] = {
         absent=("charge_without_order", "ledger_imbalance", "bnpl_false_overdue"),
     ),
     "mall_pattern": Story(
-        # Time-compressed: 10-minute flash orders on a 2-minute sweep (the file: 60 min, 10 min).
-        scale={"run.horizon": "10m", "run.drain": "26h", "order_service.order_ttl": "10m",
-               "order_service.sweep_interval": "2m"},
+        # Time-compressed: 5-minute orders (the file: 60 min), so more buyers pay in the order's last
+        # minutes, where a lost notification's retry (4 min) or a lost response's query (60 s) lands
+        # after the delayed cancel.
+        scale={"run.horizon": "10m", "run.drain": "26h", "order_service.order_ttl": "5m"},
         mitigation={"order_service.close_policy": "close_trade_then_order"},
         anomaly="paid_but_closed",
         absent=("double_charge", "charge_without_order", "ledger_imbalance"),
@@ -130,8 +131,9 @@ STORIES: dict[str, Story] = {
         absent=("paid_but_closed", "double_charge", "charge_without_order", "ledger_imbalance"),
     ),
     "bnpl_forgotten_finish": Story(
-        # Only pay-after-use buyers, and the small shop's worker restarts every 3 h (the file: 12 h): a
-        # restart loses every message held at that moment, so a few restarts make the count vary widely.
+        # Only pay-after-use buyers, and one small shop whose worker restarts every 3 h (the file: 30
+        # small shops, 12 h each): a restart loses every message held at that moment, so in 8 minutes
+        # one fast-restarting worker shows the loss where 30 slow ones would show few.
         scale={"run.horizon": "8m", "run.drain": "3d", "run.replications": 4,
                "user.payment_methods": {"wallet": 0.0, "card": 0.0, "bnpl": 1.0},
                "merchant.population": [
@@ -313,3 +315,18 @@ def test_mitigations_are_the_ones_the_files_name():
             if name == "reconciliation_hourly":
                 continue  # its "mitigation" runs the other way (hourly is the mitigation of daily)
             assert re.search(rf"--set '?{re.escape(key)}=", block), f"{name}: {key} not named in its Mitigation"
+
+
+def test_mall_pattern_is_a_race_with_payments_in_flight_not_the_pay_delay_tail():
+    """mall_pattern's paid_but_closed comes from payments still in flight when the delayed cancel runs:
+    on the same seed, with no notification attempt and no debit response lost (nothing stays in flight
+    for minutes) almost none remain, while a cashier that outlives the order (buyers paying after the
+    cancel, the pay-delay tail) gives many times more."""
+    base = _run("mall_pattern", {})
+    nothing_lost = _run("mall_pattern", {"gateway.notify_loss": 0.0, "bank.response_loss": 0.0})
+    stale = _run("mall_pattern", {"app.cashier_closes_at_expiry": False})
+    n = base["anomalies"]["paid_but_closed"]["count"]
+    assert base["orders_per_replication"] == nothing_lost["orders_per_replication"] == stale["orders_per_replication"]
+    assert n >= 30, base["anomalies"]["paid_but_closed"]
+    assert nothing_lost["anomalies"]["paid_but_closed"]["count"] <= n / 10
+    assert stale["anomalies"]["paid_but_closed"]["count"] >= 5 * n
