@@ -132,11 +132,14 @@ class GeventTransport:
             timer.close()
 
     def _send_lean(self, base: str, method: str, url: str, body: Any, timeout: float, name: str) -> Reply:
-        client = self._clients.get(base)
-        if client is None:
+        known = self._clients.get(base)
+        if known is None:
             from geventhttpclient import HTTPClient
 
-            client = self._clients[base] = HTTPClient.from_url(base, **self._client_args)
+            parts = urlparse(base)  # the request line carries everything after the origin (a base path too)
+            known = self._clients[base] = (HTTPClient.from_url(base, **self._client_args),
+                                           len(f"{parts.scheme}://{parts.netloc}"))
+        client, origin = known
         if body is None:
             payload, headers = b"", _ACCEPT_JSON
         else:
@@ -147,7 +150,7 @@ class GeventTransport:
         timer = gevent.Timeout(timeout)
         timer.start()
         try:
-            resp = client.request(method, url[len(base) - 1:], body=payload, headers=headers)
+            resp = client.request(method, url[origin:], body=payload, headers=headers)
             try:
                 content = resp.read()
             finally:

@@ -25,6 +25,9 @@ import loadtests.locustfile as lf
 
 def app(environ, start):
     path, body = environ["PATH_INFO"], environ["wsgi.input"].read()
+    if path == "/api/v1/ok":  # a service under a base path: the whole path is on the request line
+        start("200 OK", [("Content-Type", "application/json")])
+        return [b'{"under": true}']
     if path == "/slow":
         gevent.sleep(2)
     echo = json.loads(body or b"null") if environ.get("CONTENT_TYPE") == "application/json" else body.decode()
@@ -53,6 +56,9 @@ for key, url, body in (("ok", base + "/ok", {"a": "买家"}), ("get", base + "/p
     out[key] = [r.kind, r.status, r.body, r.error]
 r = lean.send("POST", base + "/ok", "a=1", 1.0, "form", {"Content-Type": "application/x-www-form-urlencoded"})
 out["form"] = [r.kind, r.status, r.body, None]
+under = lf.GeventTransport(session, env.events.request, (base + "/api/v1",), 8, 2.0, 10.0)
+r = under.send("POST", base + "/api/v1/ok", {"b": 1}, 1.0, "under a path")
+out["under"] = [r.kind, r.status, r.body, None]
 out["stats"] = {name: [e.num_requests, e.num_failures] for (name, _), e in env.stats.entries.items()}
 print(json.dumps(out))
 '''
@@ -72,7 +78,8 @@ def test_lean_calls_are_classified_and_reported_to_locust() -> None:
     assert out["slow"][0] == "timeout" and out["slow"][1] == 0
     assert out["closed"][0] == "unreachable" and "ConnectionRefusedError" in out["closed"][3]
     assert out["form"][:3] == ["ok", 201, {"echo": "a=1", "type": "application/x-www-form-urlencoded"}]  # a form (a str body with its headers) goes through the session
+    assert out["under"][:3] == ["ok", 200, {"under": True}]
     stats = out["stats"]
     # every call in Locust's statistics; failures: 5xx, timeouts, refused connections and malformed requests
     assert stats == {"ok": [1, 0], "get": [1, 0], "refused": [1, 0], "malformed": [1, 1], "boom": [1, 1],
-                     "slow": [1, 1], "closed": [1, 1], "form": [1, 0]}
+                     "slow": [1, 1], "closed": [1, 1], "form": [1, 0], "under a path": [1, 0]}
