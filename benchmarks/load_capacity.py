@@ -91,8 +91,18 @@ ROLES = ("locust", "provider", "checkout", "shop", "harness")
 # -- CPU accounting ----------------------------------------------------------------------------------
 
 
+def _role(cmdline: str) -> str:
+    return ("provider" if "loadtests.service.provider" in cmdline else
+            "checkout" if "loadtests.service.checkout" in cmdline else
+            "shop" if "/tests/shops/" in cmdline else
+            "locust" if "locust" in cmdline else "other")
+
+
 def _children_of(root: int) -> dict[int, str]:
-    """Every live descendant of ``root``: pid -> role."""
+    """Every live descendant of ``root``: pid -> role. A process takes the role of its nearest ancestor
+    that has one (the provider's notification worker, ``python -m loadtests.service.httpclient``, is the
+    provider's); "other" for the rest, and for a child caught between its fork and its exec (its command
+    line is still this process's: :class:`CpuMeter` looks again)."""
     parent: dict[int, int] = {}
     cmd: dict[int, str] = {}
     for entry in os.listdir("/proc"):
@@ -108,15 +118,13 @@ def _children_of(root: int) -> dict[int, str]:
             continue
     out = {}
     for pid in parent:
-        p, seen = pid, 0
+        p, seen, role = pid, 0, "other"
         while p in parent and p != root and seen < 50:
+            if role == "other":
+                role = _role(cmd.get(p, ""))
             p, seen = parent[p], seen + 1
         if p == root and pid != root:
-            c = cmd.get(pid, "")
-            out[pid] = ("provider" if "loadtests.service.provider" in c else
-                        "checkout" if "loadtests.service.checkout" in c else
-                        "shop" if "/tests/shops/" in c else
-                        "locust" if "locust" in c else "other")
+            out[pid] = role
     return out
 
 
@@ -145,7 +153,10 @@ class CpuMeter(threading.Thread):
                     cpu = _cpu_seconds(pid)
                 except OSError:
                     continue
-                self.samples.setdefault(pid, (role, []))[1].append((now, cpu))
+                known = self.samples.get(pid)
+                if known is None or (known[0] == "other" and role != "other"):  # (first seen before its exec)
+                    known = self.samples[pid] = (role, known[1] if known else [])
+                known[1].append((now, cpu))
 
     def between(self, start: float, end: float) -> dict[str, float]:
         """CPU seconds each role used from ``start`` to ``end`` (wall times): the load and the drain only,

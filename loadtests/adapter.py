@@ -88,6 +88,9 @@ class Adapter:
         self.order_id: str = data.get("order_id", "client")
         self.endpoints = {op: Endpoint(spec["method"], spec["path"], spec.get("body"), dict(spec.get("response", {})))
                           for op, spec in data.items() if op in OPERATIONS}
+        # each request's path and body as a function of the values, built once (every buyer fills them)
+        self._fillers = {op: (_filler(ep.path, quote=True), None if ep.body is None else _filler(ep.body))
+                         for op, ep in self.endpoints.items()}
         self.bnpl_paid = frozenset(data["start_payment"].get("bnpl_paid", ("authorized",)))
         states = data["order_status"].get("states", {})
         self.states = {raw: cls for cls, raws in states.items() for raw in raws}
@@ -127,8 +130,8 @@ class Adapter:
 
     def request(self, op: str, values: dict[str, Any]) -> tuple[str, str, Any]:
         """``(method, path, body)`` of ``op`` with the placeholders filled from ``values``."""
-        ep = self.endpoints[op]
-        return ep.method, _fill(ep.path, values, quote=True), None if ep.body is None else _fill(ep.body, values)
+        path, body = self._fillers[op]
+        return self.endpoints[op].method, path(values), None if body is None else body(values)
 
     def field(self, op: str, name: str, answer: Any) -> Any:
         """The value at the response path named ``name`` of ``op`` (None when absent)."""
@@ -157,20 +160,44 @@ def dig(answer: Any, path: str) -> Any:
 
 
 def _fill(template: Any, values: dict[str, Any], quote: bool = False) -> Any:
+    """``template`` with its placeholders filled from ``values`` (a value that is exactly one placeholder
+    keeps its type; path values, ``quote``, are URL-encoded)."""
+    return _filler(template, quote)(values)
+
+
+def _filler(template: Any, quote: bool = False) -> Any:
+    """A function of the values filling ``template`` (see :func:`_fill`), the template read once."""
     if isinstance(template, str):
         m = _PLACEHOLDER_RE.fullmatch(template)
         if m and not quote:
-            return values[m.group(1)]
+            key = m.group(1)
+            return lambda values: values[key]
+        parts = _PLACEHOLDER_RE.split(template)  # literal, name, literal, name, ..., literal
+        if len(parts) == 1:
+            return lambda values: template
+        literals, names = parts[0::2], parts[1::2]
         if quote:
             from urllib.parse import quote as q
 
-            return _PLACEHOLDER_RE.sub(lambda mm: q(str(values[mm.group(1)]), safe=""), template)
-        return _PLACEHOLDER_RE.sub(lambda mm: str(values[mm.group(1)]), template)
+            text = lambda v: q(str(v), safe="")  # noqa: E731
+        else:
+            text = str
+
+        def fill(values: dict[str, Any]) -> str:
+            out = [literals[0]]
+            for name, literal in zip(names, literals[1:]):
+                out.append(text(values[name]))
+                out.append(literal)
+            return "".join(out)
+
+        return fill
     if isinstance(template, dict):
-        return {k: _fill(v, values) for k, v in template.items()}
+        items = [(k, _filler(v)) for k, v in template.items()]
+        return lambda values: {k: f(values) for k, f in items}
     if isinstance(template, list):
-        return [_fill(v, values) for v in template]
-    return template
+        fillers = [_filler(v) for v in template]
+        return lambda values: [f(values) for f in fillers]
+    return lambda values: template
 
 
 # --------------------------------------------------------------------------------------------------

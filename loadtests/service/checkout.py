@@ -357,7 +357,12 @@ class Checkout(base.ServiceBase):
             if cond.order_service.close_mode == "timer":
                 self.store.schedule("expire", order_id, expires_at)
         self._replicate(order_id, (O.AWAITING_PAYMENT.value, None, None, False))
-        return json_response(self._view(order_id), 201)
+        # the page of the order just written (what _view reads back: no trade yet, nothing refunded)
+        return json_response({"order": order_id, "user": body.user, "merchant": body.merchant, "amount": body.amount,
+                              "method": body.method, "state": O.AWAITING_PAYMENT.value,
+                              "screen": SCREENS[O.AWAITING_PAYMENT], "expires_at": expires_at, "paid_trade": None,
+                              "trades": [], "close_reason": None, "stock_released": False, "refund_failed": False},
+                             201)
 
     @contextlib.asynccontextmanager
     async def _order_lock(self, order_id: str):
@@ -402,8 +407,10 @@ class Checkout(base.ServiceBase):
             trade = policies.retry_trade_no(policy, order_id, len(tried), tried[-1] if tried else None)
         kind = "agreement" if row["method"] == "bnpl" else "trade"
         order = self._entity(row)
-        for _ in range(2):
-            if self._trade_of(order_id, trade) is None:
+        for again in range(2):
+            # first pass: the order's trades just read (under its lock) say whether this one is noted already
+            unnoted = self._trade_of(order_id, trade) is None if again else trade not in tried
+            if unnoted:
                 with self.store.tx() as conn:  # noted before the provider hears of it: a crash leaves no orphan
                     conn.execute("INSERT INTO order_trades (ord, trade, attempt, kind, created_t) VALUES (?, ?, ?, ?, ?)",
                                  (order_id, trade, len(tried), kind, self.clock.now()))
