@@ -44,6 +44,31 @@ def test_group_commit_isolates_a_failing_transaction(store):
     assert [e["type"] for e in events] == ["x.one"]
 
 
+def test_first_transaction_of_a_batch_rolls_back_alone(store):
+    """The first transaction of a turn has no savepoint of its own: when it raises, the batch is
+    rolled back (it held nothing else), and the next transaction of the same turn commits as usual."""
+
+    async def scenario() -> list:
+        with pytest.raises(RuntimeError):
+            with store.tx() as c:
+                c.execute("INSERT INTO kv VALUES ('a', '1')")
+                store.emit(1.0, "x.one", "test", "o1")
+                raise RuntimeError("boom")
+        assert not store._batch_open and not store.conn.in_transaction
+        with store.tx() as c:
+            c.execute("INSERT INTO kv VALUES ('b', '2')")
+            store.emit(2.0, "x.two", "test", "o2")
+        with store.tx() as c:
+            c.execute("INSERT INTO kv VALUES ('c', '3')")
+        await store.durable()
+        assert not store._batch_open
+        return [r[0] for r in store.all("SELECT k FROM kv ORDER BY k")]
+
+    assert asyncio.run(scenario()) == ["b", "c"]
+    events = [json.loads(line) for chunk in store.history_chunks() for line in chunk.splitlines()]
+    assert [e["type"] for e in events] == ["x.two"]
+
+
 def test_jobs_reach_the_scheduler_only_after_commit(store):
     """A scheduled job is pushed to the scheduler by the commit, never before (nor after a rollback)."""
     pushed: list = []
