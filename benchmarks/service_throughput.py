@@ -161,9 +161,23 @@ def generate() -> None:
 # -- the orchestrator ---------------------------------------------------------------------------------
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # gone (a notification worker that exited)
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _notifier_pid(provider: int) -> int | None:
+    """The provider's notification worker (its child process, ``httpclient.WorkerClient``), if any."""
+    try:
+        children = Path(f"/proc/{provider}/task/{provider}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
 
 
 class Bench:
@@ -173,6 +187,8 @@ class Bench:
 
     def phase(self, name: str, requests: list[tuple[str, str, str]], rate: float | None = None) -> dict:
         pids = {n: self.s.pid(n) for n in ("provider", "checkout")}
+        # the worker that makes the provider's notification POSTs: a process of its own, on the same cores
+        pids["notifier"] = _notifier_pid(pids["provider"])
         cpu0 = {n: _cpu_seconds(p) for n, p in pids.items()}
         gen = subprocess.Popen([sys.executable, __file__, "--generate"], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -184,7 +200,8 @@ class Bench:
         ok = sum(v for k, v in result["statuses"].items() if k.startswith("2"))
         print(f"{name:<13} {result['n']:>6} requests  {result['rps']:>8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
               f"p99 {result['p99_ms']:6.2f} ms  2xx {ok}/{result['n']}  cores: provider {result['provider_cores']:.2f} "
-              f"checkout {result['checkout_cores']:.2f} generator {result['generator_cores']:.2f}", flush=True)
+              f"checkout {result['checkout_cores']:.2f} notifier {result['notifier_cores']:.2f} "
+              f"generator {result['generator_cores']:.2f}", flush=True)
         return result
 
 
@@ -569,7 +586,10 @@ def main() -> int:
         "trivial_p99_ms": med("p99_ms", "trivial"),
         "cores_trivial": {"provider": med("provider_cores", "trivial"), "generator": med("generator_cores", "trivial")},
         "cores_confirm": {"provider": med("provider_cores", "confirm"), "checkout": med("checkout_cores", "confirm"),
-                          "generator": med("generator_cores", "confirm")},
+                          "notifier": med("notifier_cores", "confirm"), "generator": med("generator_cores", "confirm")},
+        # CPU ms per confirm of every process on the path (the 2 cores they share bound the wall-clock rate)
+        "cpu_ms_per_confirm_all": {n: round(statistics.median(x[f"{n}_cores"] / x["rps"] * 1e3 for x in runs["confirm"]), 3)
+                                   for n in ("provider", "notifier", "checkout", "generator")},
         "ledger_balanced": ledger["balanced"],
         "load_average_at_start": round(load, 2),
         "time_scale": args.time_scale,
