@@ -430,7 +430,12 @@ class ProviderCore(base.ServiceBase):
         sent = False
         try:
             await self.gateway_work()
-            row = self._trade(trade_id)  # it may have been closed while queued
+            # It may have been closed, or paid by a late answer to an earlier debit, while queued. Its
+            # state alone tells (the full row is read again only if the state moved): a payable trade
+            # with a gateway waiting changes no other column without changing its state.
+            now_state = self.store.one("SELECT state FROM trades WHERE trade = ?", (trade_id,))[0]
+            if now_state != row["state"]:
+                row = self._trade(trade_id)
             state = T(row["state"])
             if state not in TRADE_PAYABLE:
                 raise self._refuse_pay(trade_id, state)
