@@ -21,7 +21,10 @@ capacity: its CPU share is printed for every phase, see ``generator`` below):
 
 For every phase it reports requests/s, p50/p99 latency and the CPU each process used (cores), which
 shows where the bottleneck is: the provider is one Python process, so it saturates at 1.0 core; the
-generator staying well below that shows it is not what limits the figures. The last line is one JSON
+generator staying well below that shows it is not what limits the figures. ``notifier`` is the
+provider's notification worker (a child process making the POSTs): with the checkout that receives
+them and the generator it shares the machine's cores, so the last line also gives every process's CPU
+milliseconds per confirm (``cpu_ms_per_confirm_all``), whose sum bounds the confirm rate on 2 cores. The last line is one JSON
 object with ``confirm_rps``, ``trivial_rps``, ``ratio`` and ``confirm_p99_ms_at_half`` (the issue's
 targets: ratio >= 0.4, p99 < 50 ms), and the provider's CPU milliseconds per request of each route with
 their ratio (``cpu_ratio`` = trivial's / confirm's), which a loaded machine disturbs much less.

@@ -23,7 +23,9 @@ failure rates (scaled by the time scale):
   statement of debits (:meth:`ProviderCore.statement`) is what a checkout reconciles against. With
   ``user.wallet_balance`` / ``card_limit`` / ``daily_limit`` / ``risk_flagged`` or
   ``bank.risk_freeze_after`` the bank keeps buyer accounts (``BuyerAccount``) per user.
-* **Notifications**: a durable outbox; each attempt is a real HTTP POST whose body, headers and
+* **Notifications**: a durable outbox, one row per notification that is also its job (``due``: when
+  the next attempt is due; queued with ``Store.queue``, loaded again by ``_recover_outbox`` after a
+  restart), written in the payment's transaction; each attempt is a real HTTP POST whose body, headers and
   acknowledgement rule come from the trade's face, with ``gateway.notify_latency``, ``notify_loss`` and
   ``notify_duplicate``, within ``notify_ack_timeout``, retried on ``gateway.notify_schedule``
   (``policies.notify_delay``).
