@@ -480,6 +480,75 @@ def profile_pay(orders: int, connections: int, time_scale: float, prefix: str, t
     return {"profiled_confirm_rps": round(confirm["rps"], 1), "profile": f"{prefix}.provider.prof"}
 
 
+def _ack_forever() -> None:
+    """``--ack-server``: a merchant endpoint answering every POST ``success``, in its own process
+    (its port on stdout), so that what ``--core`` measures is the provider's side alone."""
+    url, _ = _ack_server()  # served by a thread of this process
+    print(url.rsplit(":", 1)[1].split("/")[0], flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def core_cost(orders: int, rounds: int, time_scale: float) -> dict:
+    """``--core``: the provider's core alone, in this process (no HTTP server, no uvicorn): ``pay`` on
+    ``orders`` trades, 32 at a time, each awaited until durable, the notifications drained (POSTed by
+    the notification worker to an acknowledging endpoint in another process); then the same on trades
+    without a ``notify_url``; ``rounds`` times, alternated. CPU milliseconds per confirm of this process
+    (its threads included: the WAL checkpointer), medians over the rounds: steadier than the HTTP
+    figures on a shared machine, and what the pay path's own code costs."""
+    import uvloop
+
+    from loadtests.service import base
+    from loadtests.service.psp.app import create_app
+    from sim.scenario import default_scenario
+
+    ack = subprocess.Popen([sys.executable, __file__, "--ack-server"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    url = f"http://127.0.0.1:{int(ack.stdout.readline())}/notify"
+    config = base.ServiceConfig(scenario=default_scenario().with_overrides(NO_FAULTS),
+                                data_dir=Path(tempfile.mkdtemp(prefix="cc-bench-core-")), start_epoch=time.time(),
+                                time_scale=time_scale, admin_token="bench", notify_secret="bench")
+    app = create_app(config)
+    svc = app.state.service
+    runs: dict[str, list[float]] = {"confirm": [], "bare": []}
+
+    async def run() -> None:
+        acked = 0
+        async with svc.lifespan(app):
+            await asyncio.sleep(0.5)  # the notification worker started
+            for r in range(rounds):
+                for kind in ("confirm", "bare"):
+                    trades = [f"{kind}-{r}-{i}" for i in range(orders)]
+                    for i, t in enumerate(trades):
+                        await svc.create_trade(t, "o" + t, f"u{i % 500}", 100 + i % 9000,
+                                               notify_url=url if kind == "confirm" else None, meta={"method": "card"})
+                    await svc.store.durable()
+                    it = iter(trades)
+
+                    async def worker() -> None:
+                        for t in it:
+                            await svc.pay(t)
+                            await svc.store.durable()
+
+                    cpu0 = time.process_time()
+                    await asyncio.gather(*(worker() for _ in range(32)))
+                    if kind == "confirm":
+                        acked += orders
+                        while svc.store.one("SELECT COUNT(*) FROM notifications WHERE state = 'acked'")[0] < acked:
+                            await asyncio.sleep(0.02)
+                    runs[kind].append((time.process_time() - cpu0) / orders * 1e3)
+                    print(f"core {kind:<8} round {r + 1}: {runs[kind][-1]:.3f} ms CPU per confirm", flush=True)
+
+    uvloop.install()
+    try:
+        asyncio.run(run())
+    finally:
+        ack.kill()
+    return {"core_cpu_ms_per_confirm": round(statistics.median(runs["confirm"]), 3),
+            "core_cpu_ms_per_bare_confirm": round(statistics.median(runs["bare"]), 3),
+            "core_rounds": {k: [round(x, 3) for x in v] for k, v in runs.items()},
+            "orders": orders}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--orders", type=int, default=8000, help="orders created, started and confirmed")
@@ -496,10 +565,23 @@ def main() -> int:
     parser.add_argument("--only-faces", action="store_true", help="run the PSP-face figures only")
     parser.add_argument("--profile", metavar="PREFIX", help="profile the provider's pay path only: write "
                         "PREFIX.provider.prof and print its top lines (no other figures)")
+    parser.add_argument("--core", action="store_true", help="measure the provider's core alone, in process "
+                        "(CPU per confirm with and without notification; --orders per round, --rounds)")
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ack-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.generate:
         generate()
+        return 0
+    if args.ack_server:
+        _ack_forever()
+        return 0
+    if args.core:
+        load = round(os.getloadavg()[0], 2)
+        print(f"cores: {os.cpu_count()}  load average: {load:.2f}  core alone, {args.orders} confirms per round", flush=True)
+        out = core_cost(args.orders, args.rounds, args.time_scale)
+        out["load_average_at_start"] = load
+        print(json.dumps(out))
         return 0
 
     if args.profile:
