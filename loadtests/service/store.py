@@ -439,6 +439,7 @@ class Scheduler:
         self.store, self.clock, self.handlers = store, clock, handlers
         self.retry_delay = retry_delay
         self._heap: list[tuple[float, int, Job]] = []
+        self._pushed = 0
         self._wake = asyncio.Event()
         self._sem = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task] = set()
@@ -446,7 +447,10 @@ class Scheduler:
         store.scheduler = self
 
     def push(self, job: Job) -> None:
-        heapq.heappush(self._heap, (job.due, job.id, job))
+        # Jobs due at the same time run in the order they were pushed (committed, or loaded): a
+        # counter, not the job's id (a queued job's id is negative, the opposite of its row's order)
+        self._pushed += 1
+        heapq.heappush(self._heap, (job.due, self._pushed, job))
         if self._heap[0][2] is job:
             self._wake.set()
 
