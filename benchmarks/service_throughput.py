@@ -31,7 +31,9 @@ their ratio (``cpu_ratio`` = trivial's / confirm's), which a loaded machine dist
 
 The provider sends its notifications from a worker process (``loadtests.service.httpclient``);
 ``CHECKOUT_CHAOS_HTTP_IN_PROCESS=1`` in the environment makes it send them from its own event loop, as
-before, for comparison. ``--profile PREFIX`` profiles the provider's pay path instead (docs/performance.md).
+before, for comparison. ``--profile PREFIX`` profiles the provider's pay path instead (docs/performance.md);
+``--core`` measures the provider's core alone, in this process (CPU per confirm with and without its
+notification, no HTTP server: the pay path's own cost, steadier on a shared machine).
 
 Then, on a provider of its own with the Alipay face (``alipay_face``; ``--alipay-orders 0`` skips it,
 ``--only-alipay`` runs only it): signed ``alipay.trade.create`` calls through ``/gateway.do``, the
