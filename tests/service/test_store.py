@@ -223,3 +223,19 @@ def test_worker_client_answers_fails_and_restarts():
         await gone.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_draw_follows_overrides_replaced_many_times():
+    """Conditions.sample after set_overrides draws from the distribution now in force, however often
+    the overrides are replaced (a sampler cached by the id of a scenario that was freed, and whose id
+    a new scenario got, would draw from the old one)."""
+    import time
+
+    from loadtests.service.runtime import Clock, Conditions
+    from sim.scenario import default_scenario
+
+    conditions = Conditions(default_scenario(), Clock(time.time(), 60.0), "provider")
+    for i in range(200):
+        latency = 1.0 + i % 7
+        conditions.set_overrides({"bank.latency": f"{latency:g}s"})
+        assert conditions.sample("bank.latency") == latency, i
