@@ -21,14 +21,19 @@ capacity: its CPU share is printed for every phase, see ``generator`` below):
 
 For every phase it reports requests/s, p50/p99 latency and the CPU each process used (cores), which
 shows where the bottleneck is: the provider is one Python process, so it saturates at 1.0 core; the
-generator staying well below that shows it is not what limits the figures. The last line is one JSON
+generator staying well below that shows it is not what limits the figures. ``notifier`` is the
+provider's notification worker (a child process making the POSTs): with the checkout that receives
+them and the generator it shares the machine's cores, so the last line also gives every process's CPU
+milliseconds per confirm (``cpu_ms_per_confirm_all``), whose sum bounds the confirm rate on 2 cores. The last line is one JSON
 object with ``confirm_rps``, ``trivial_rps``, ``ratio`` and ``confirm_p99_ms_at_half`` (the issue's
 targets: ratio >= 0.4, p99 < 50 ms), and the provider's CPU milliseconds per request of each route with
 their ratio (``cpu_ratio`` = trivial's / confirm's), which a loaded machine disturbs much less.
 
 The provider sends its notifications from a worker process (``loadtests.service.httpclient``);
 ``CHECKOUT_CHAOS_HTTP_IN_PROCESS=1`` in the environment makes it send them from its own event loop, as
-before, for comparison. ``--profile PREFIX`` profiles the provider's pay path instead (docs/performance.md).
+before, for comparison. ``--profile PREFIX`` profiles the provider's pay path instead (docs/performance.md);
+``--core`` measures the provider's core alone, in this process (CPU per confirm with and without its
+notification, no HTTP server: the pay path's own cost, steadier on a shared machine).
 
 Then, on a provider of its own with the Alipay face (``alipay_face``; ``--alipay-orders 0`` skips it,
 ``--only-alipay`` runs only it): signed ``alipay.trade.create`` calls through ``/gateway.do``, the
@@ -161,9 +166,23 @@ def generate() -> None:
 # -- the orchestrator ---------------------------------------------------------------------------------
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # gone (a notification worker that exited)
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _notifier_pid(provider: int) -> int | None:
+    """The provider's notification worker (its child process, ``httpclient.WorkerClient``), if any."""
+    try:
+        children = Path(f"/proc/{provider}/task/{provider}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
 
 
 class Bench:
@@ -173,6 +192,8 @@ class Bench:
 
     def phase(self, name: str, requests: list[tuple[str, str, str]], rate: float | None = None) -> dict:
         pids = {n: self.s.pid(n) for n in ("provider", "checkout")}
+        # the worker that makes the provider's notification POSTs: a process of its own, on the same cores
+        pids["notifier"] = _notifier_pid(pids["provider"])
         cpu0 = {n: _cpu_seconds(p) for n, p in pids.items()}
         gen = subprocess.Popen([sys.executable, __file__, "--generate"], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -184,7 +205,8 @@ class Bench:
         ok = sum(v for k, v in result["statuses"].items() if k.startswith("2"))
         print(f"{name:<13} {result['n']:>6} requests  {result['rps']:>8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
               f"p99 {result['p99_ms']:6.2f} ms  2xx {ok}/{result['n']}  cores: provider {result['provider_cores']:.2f} "
-              f"checkout {result['checkout_cores']:.2f} generator {result['generator_cores']:.2f}", flush=True)
+              f"checkout {result['checkout_cores']:.2f} notifier {result['notifier_cores']:.2f} "
+              f"generator {result['generator_cores']:.2f}", flush=True)
         return result
 
 
@@ -460,6 +482,75 @@ def profile_pay(orders: int, connections: int, time_scale: float, prefix: str, t
     return {"profiled_confirm_rps": round(confirm["rps"], 1), "profile": f"{prefix}.provider.prof"}
 
 
+def _ack_forever() -> None:
+    """``--ack-server``: a merchant endpoint answering every POST ``success``, in its own process
+    (its port on stdout), so that what ``--core`` measures is the provider's side alone."""
+    url, _ = _ack_server()  # served by a thread of this process
+    print(url.rsplit(":", 1)[1].split("/")[0], flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def core_cost(orders: int, rounds: int, time_scale: float) -> dict:
+    """``--core``: the provider's core alone, in this process (no HTTP server, no uvicorn): ``pay`` on
+    ``orders`` trades, 32 at a time, each awaited until durable, the notifications drained (POSTed by
+    the notification worker to an acknowledging endpoint in another process); then the same on trades
+    without a ``notify_url``; ``rounds`` times, alternated. CPU milliseconds per confirm of this process
+    (its threads included: the WAL checkpointer), medians over the rounds: steadier than the HTTP
+    figures on a shared machine, and what the pay path's own code costs."""
+    import uvloop
+
+    from loadtests.service import base
+    from loadtests.service.psp.app import create_app
+    from sim.scenario import default_scenario
+
+    ack = subprocess.Popen([sys.executable, __file__, "--ack-server"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    url = f"http://127.0.0.1:{int(ack.stdout.readline())}/notify"
+    config = base.ServiceConfig(scenario=default_scenario().with_overrides(NO_FAULTS),
+                                data_dir=Path(tempfile.mkdtemp(prefix="cc-bench-core-")), start_epoch=time.time(),
+                                time_scale=time_scale, admin_token="bench", notify_secret="bench")
+    app = create_app(config)
+    svc = app.state.service
+    runs: dict[str, list[float]] = {"confirm": [], "bare": []}
+
+    async def run() -> None:
+        acked = 0
+        async with svc.lifespan(app):
+            await asyncio.sleep(0.5)  # the notification worker started
+            for r in range(rounds):
+                for kind in ("confirm", "bare"):
+                    trades = [f"{kind}-{r}-{i}" for i in range(orders)]
+                    for i, t in enumerate(trades):
+                        await svc.create_trade(t, "o" + t, f"u{i % 500}", 100 + i % 9000,
+                                               notify_url=url if kind == "confirm" else None, meta={"method": "card"})
+                    await svc.store.durable()
+                    it = iter(trades)
+
+                    async def worker() -> None:
+                        for t in it:
+                            await svc.pay(t)
+                            await svc.store.durable()
+
+                    cpu0 = time.process_time()
+                    await asyncio.gather(*(worker() for _ in range(32)))
+                    if kind == "confirm":
+                        acked += orders
+                        while svc.store.one("SELECT COUNT(*) FROM notifications WHERE state = 'acked'")[0] < acked:
+                            await asyncio.sleep(0.02)
+                    runs[kind].append((time.process_time() - cpu0) / orders * 1e3)
+                    print(f"core {kind:<8} round {r + 1}: {runs[kind][-1]:.3f} ms CPU per confirm", flush=True)
+
+    uvloop.install()
+    try:
+        asyncio.run(run())
+    finally:
+        ack.kill()
+    return {"core_cpu_ms_per_confirm": round(statistics.median(runs["confirm"]), 3),
+            "core_cpu_ms_per_bare_confirm": round(statistics.median(runs["bare"]), 3),
+            "core_rounds": {k: [round(x, 3) for x in v] for k, v in runs.items()},
+            "orders": orders}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--orders", type=int, default=8000, help="orders created, started and confirmed")
@@ -476,10 +567,23 @@ def main() -> int:
     parser.add_argument("--only-faces", action="store_true", help="run the PSP-face figures only")
     parser.add_argument("--profile", metavar="PREFIX", help="profile the provider's pay path only: write "
                         "PREFIX.provider.prof and print its top lines (no other figures)")
+    parser.add_argument("--core", action="store_true", help="measure the provider's core alone, in process "
+                        "(CPU per confirm with and without notification; --orders per round, --rounds)")
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ack-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.generate:
         generate()
+        return 0
+    if args.ack_server:
+        _ack_forever()
+        return 0
+    if args.core:
+        load = round(os.getloadavg()[0], 2)
+        print(f"cores: {os.cpu_count()}  load average: {load:.2f}  core alone, {args.orders} confirms per round", flush=True)
+        out = core_cost(args.orders, args.rounds, args.time_scale)
+        out["load_average_at_start"] = load
+        print(json.dumps(out))
         return 0
 
     if args.profile:
@@ -569,7 +673,10 @@ def main() -> int:
         "trivial_p99_ms": med("p99_ms", "trivial"),
         "cores_trivial": {"provider": med("provider_cores", "trivial"), "generator": med("generator_cores", "trivial")},
         "cores_confirm": {"provider": med("provider_cores", "confirm"), "checkout": med("checkout_cores", "confirm"),
-                          "generator": med("generator_cores", "confirm")},
+                          "notifier": med("notifier_cores", "confirm"), "generator": med("generator_cores", "confirm")},
+        # CPU ms per confirm of every process on the path (the 2 cores they share bound the wall-clock rate)
+        "cpu_ms_per_confirm_all": {n: round(statistics.median(x[f"{n}_cores"] / x["rps"] * 1e3 for x in runs["confirm"]), 3)
+                                   for n in ("provider", "notifier", "checkout", "generator")},
         "ledger_balanced": ledger["balanced"],
         "load_average_at_start": round(load, 2),
         "time_scale": args.time_scale,

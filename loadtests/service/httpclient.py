@@ -151,7 +151,11 @@ class WorkerClient:
     its answer, while aiohttp's request machinery (a few hundred microseconds of CPU per request,
     ``benchmarks/http_client.py``) runs in the child, off the loop that serves the provider's requests. The child is started on first use,
     and again after it died (its requests in flight then fail as :class:`HttpError`, like a reset
-    connection: the caller's retry schedule applies); it exits when the pipe closes (the parent died)."""
+    connection: the caller's retry schedule applies); it exits when the pipe closes (the parent died).
+
+    Both ends batch the pipe: the requests framed in one turn of the event loop go down in one write,
+    and each read takes every complete frame it holds (one wake-up and one system call for a batch of
+    attempts or answers, rather than two awaits per frame)."""
 
     def __init__(self, max_per_origin: int = 64, max_body: int = MAX_RESPONSE_BODY) -> None:
         self.max_per_origin, self.max_body = max_per_origin, max_body
@@ -160,6 +164,7 @@ class WorkerClient:
         self._reader_task: asyncio.Task | None = None
         self._pending: dict[int, asyncio.Future] = {}
         self._next = 0
+        self._out: list[bytes] = []  # frames of this turn of the event loop, written together
 
     async def start(self) -> None:
         """Start the child now (a service calls it at start-up, so the first request does not wait for
@@ -182,19 +187,27 @@ class WorkerClient:
         return self._proc
 
     async def _read_answers(self, proc: asyncio.subprocess.Process) -> None:
+        """Answers as they come, every complete one of each read (one wake-up for a batch of answers)."""
+        buf, size, pending = b"", _ANS.size, self._pending
         try:
-            while True:
-                head = await proc.stdout.readexactly(_ANS.size)
-                rid, status, n = _ANS.unpack(head)
-                body = await proc.stdout.readexactly(n) if n else b""
-                fut = self._pending.pop(rid, None)
-                if fut is None or fut.done():
-                    continue
-                if status < 0:
-                    fut.set_exception(HttpError(body.decode("utf-8", "replace")))
-                else:
-                    fut.set_result(Response(status, {}, body))
-        except (asyncio.IncompleteReadError, ConnectionError):
+            while chunk := await proc.stdout.read(1 << 16):
+                buf = buf + chunk if buf else chunk
+                at, end = 0, len(buf)
+                while end - at >= size:
+                    rid, status, n = _ANS.unpack_from(buf, at)
+                    if end - at - size < n:
+                        break
+                    body = buf[at + size:at + size + n]
+                    at += size + n
+                    fut = pending.pop(rid, None)
+                    if fut is None or fut.done():
+                        continue
+                    if status < 0:
+                        fut.set_exception(HttpError(body.decode("utf-8", "replace")))
+                    else:
+                        fut.set_result(Response(status, {}, body))
+                buf = buf[at:]
+        except ConnectionError:
             pass
         finally:
             pending, self._pending = self._pending, {}
@@ -212,7 +225,9 @@ class WorkerClient:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._pending[rid] = fut
-        proc.stdin.write(_REQ.pack(rid, timeout, len(m), len(u), len(h), len(body)) + m + u + h + body)
+        if not self._out:  # the requests of this turn go down the pipe in one write
+            loop.call_soon(self._flush)
+        self._out.append(_REQ.pack(rid, timeout, len(m), len(u), len(h), len(body)) + m + u + h + body)
         # The child enforces the timeout (waiting for a free connection excluded); this bound only
         # guards against a child that hangs (a timer: cheaper than asyncio.timeout on this hot path).
         guard = 2 * timeout + 30
@@ -222,6 +237,16 @@ class WorkerClient:
         finally:
             timer.cancel()
             self._pending.pop(rid, None)
+
+    def _flush(self) -> None:
+        out, self._out, proc = self._out, [], self._proc
+        if proc is not None and proc.returncode is None and not proc.stdin.is_closing():
+            proc.stdin.write(b"".join(out))
+            return
+        for frame in out:  # the child is gone: these requests fail now, like a reset connection
+            fut = self._pending.pop(_REQ.unpack_from(frame)[0], None)
+            if fut is not None and not fut.done():
+                fut.set_exception(HttpError("the HTTP worker process exited"))
 
     async def aclose(self) -> None:
         proc, self._proc = self._proc, None
@@ -263,6 +288,12 @@ def _worker(max_per_origin: int, max_body: int) -> None:
         transport, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout.buffer)
         client = HttpClient(max_per_origin, max_body)
         tasks: set[asyncio.Task] = set()
+        out: list[bytes] = []
+
+        def flush() -> None:  # the answers of one turn of the loop, in one write
+            if not transport.is_closing():
+                transport.write(b"".join(out))
+            out.clear()
 
         async def one(rid: int, method: str, url: str, headers: dict, body: bytes, timeout: float) -> None:
             try:
@@ -272,22 +303,31 @@ def _worker(max_per_origin: int, max_body: int) -> None:
                 status, data = -1, str(exc).encode()
             except Exception as exc:  # never let one request take the worker down
                 status, data = -1, f"{exc.__class__.__name__}: {exc}".encode()
-            if not transport.is_closing():
-                transport.write(_ANS.pack(rid, status, len(data)) + data)
+            if not out:
+                loop.call_soon(flush)
+            out.append(_ANS.pack(rid, status, len(data)) + data)
 
+        buf, size = b"", _REQ.size
         try:
-            while True:
-                head = await reader.readexactly(_REQ.size)
-                rid, timeout, lm, lu, lh, lb = _REQ.unpack(head)
-                raw = await reader.readexactly(lm + lu + lh + lb)
-                method, url = raw[:lm].decode(), raw[lm:lm + lu].decode()
-                headers = dict(line.split(":", 1) for line in raw[lm + lu:lm + lu + lh].decode().split("\r\n")) \
-                    if lh else {}
-                task = loop.create_task(one(rid, method, url, headers, raw[lm + lu + lh:], timeout))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the parent closed the pipe (or died)
+            while chunk := await reader.read(1 << 20):  # every complete request of each read
+                buf = buf + chunk if buf else chunk
+                at, end = 0, len(buf)
+                while end - at >= size:
+                    rid, timeout, lm, lu, lh, lb = _REQ.unpack_from(buf, at)
+                    start = at + size
+                    if end - start < lm + lu + lh + lb:
+                        break
+                    raw = buf[start:start + lm + lu + lh + lb]
+                    at = start + lm + lu + lh + lb
+                    method, url = raw[:lm].decode(), raw[lm:lm + lu].decode()
+                    headers = dict(line.split(":", 1) for line in raw[lm + lu:lm + lu + lh].decode().split("\r\n")) \
+                        if lh else {}
+                    task = loop.create_task(one(rid, method, url, headers, raw[lm + lu + lh:], timeout))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                buf = buf[at:]
+        except ConnectionError:
+            pass  # the parent closed the pipe (or died); end of input: the loop above ends
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

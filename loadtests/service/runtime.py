@@ -73,7 +73,7 @@ class Conditions:
         self.overrides: dict[str, Any] = {}
         self._version = 0
         self._cache: dict[tuple, Scenario] = {}
-        self._samplers: dict[tuple, Callable[[], float]] = {}
+        self._samplers: dict[tuple, tuple[Scenario, Callable[[], float]]] = {}
         self._rngs: dict[str, random.Random] = {}
         self._seed = scenario.run.seed
         self._prefix = stream_prefix
@@ -119,14 +119,17 @@ class Conditions:
         """A draw (scenario seconds or CNY) from the distribution at dotted ``path`` as in force now."""
         scenario = self.current()
         key = (id(scenario), path)
-        sampler = self._samplers.get(key)
-        if sampler is None:
+        entry = self._samplers.get(key)
+        # The entry holds its scenario: while it exists no other scenario can get that id (an id is
+        # reused once its object is freed, as a scenario replaced by new overrides is, and a sampler
+        # keyed by the bare id would then draw from the old distribution)
+        if entry is None or entry[0] is not scenario:
             section, name = path.split(".", 1)
             dist = getattr(getattr(scenario, section), name)
             if len(self._samplers) > 4096:
                 self._samplers.clear()
-            sampler = self._samplers[key] = dist.sampler(self.rng(path))
-        return sampler()
+            entry = self._samplers[key] = (scenario, dist.sampler(self.rng(path)))
+        return entry[1]()
 
     def describe(self) -> dict[str, Any]:
         current = self.current()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 from typing import Any, Callable
 
@@ -30,14 +29,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sim.errors import ConfigError
 
-from loadtests.service.store import StorageError
+from loadtests.service.store import StorageError, json_text
 
 log = logging.getLogger("checkout_chaos.service")
 
 MAX_BODY = 1 << 20  # 1 MiB: no request of either service is anywhere near it
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$"
 MAX_AMOUNT = 1_000_000_000  # fen: 10 million CNY, beyond any single payment
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_dumps = json_text  # compact JSON text (orjson when installed)
 
 
 def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -146,8 +145,11 @@ class InFlightLimit:
             # The whole body, counted as it arrives, before the app sees any of it: Content-Length is
             # only a claim, and a chunked body has none.
             try:
-                read = await asyncio.wait_for(self._read_body(receive), self.body_timeout)
-            except asyncio.TimeoutError:
+                # asyncio.timeout, not wait_for: no task of its own per request (and no extra turn of
+                # the event loop before a body that is already there is read)
+                async with asyncio.timeout(self.body_timeout):
+                    read = await self._read_body(receive)
+            except TimeoutError:
                 await self._refuse(send, 408, {"error": f"request body not received within {self.body_timeout:g}s",
                                                "field": "body"})
                 return

@@ -420,3 +420,33 @@ def test_the_wal_stays_bounded_under_continuous_writes(tmp_path):
 
     biggest = asyncio.run(scenario())
     assert biggest < 8 * limit, biggest
+
+
+def test_a_body_that_never_arrives_gets_408_and_the_app_never_runs():
+    """InFlightLimit's body deadline (asyncio.timeout around the read): 408, the app not called, the
+    request no longer counted in flight."""
+    from loadtests.service.web import InFlightLimit
+
+    called: list = []
+
+    async def app(scope, receive, send):
+        called.append(scope["path"])
+
+    async def scenario() -> list:
+        limit = InFlightLimit(app, limit=4, body_timeout=0.05)
+        sent: list = []
+
+        async def receive():
+            await asyncio.sleep(3600)  # the body never comes
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/trades", "headers": [(b"content-length", b"10")]}
+        await asyncio.wait_for(limit(scope, receive, send), 5)
+        assert limit.in_flight == 0
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert sent[0]["status"] == 408 and b"not received" in sent[1]["body"]
+    assert called == []

@@ -158,3 +158,31 @@ def test_lost_and_duplicated_notifications_are_recorded(services):
     wait_for(lambda: len([e for e in services.history() if e.get("order") in orders and e["type"] == "notify.received"])
              > len(paid), what="duplicate deliveries")
     assert lost, "with notify_loss=0.5 over >= 6 attempts at least one is lost"
+
+
+def test_outbox_row_is_the_job_and_survives_a_kill_9(start, receiver_factory):
+    """A notification is one outbox row and no jobs row; after a failed attempt the row holds the next
+    attempt's due time, and a provider killed then restarted makes that attempt from the row."""
+    import sqlite3
+
+    s = start({"gateway.notify_schedule": ["150s", "6s"]}, name="outbox")  # 2.5 s wall to the retry
+    rx = receiver_factory(s.notify_secret, fail=1)
+    trade = new_trade(s, amount=500, notify_url=rx.url)["trade"]
+    assert http.post(f"{s.provider_url}/trades/{trade}/pay").json()["state"] == "succeeded"
+    wait_for(lambda: len(rx.received) >= 1, timeout=10, what="the first attempt")
+    db = sqlite3.connect(s.data_dir / "provider.db")
+
+    def row() -> tuple:
+        return db.execute("SELECT state, attempts, due FROM notifications WHERE notify_id = ?", (f"{trade}-n",)).fetchone()
+
+    wait_for(lambda: row()[1] == 1, timeout=10, what="the failed attempt counted")
+    state, attempts, due = row()
+    assert state == "pending" and due is not None
+    assert db.execute("SELECT COUNT(*) FROM jobs WHERE kind = 'notify'").fetchone()[0] == 0
+    db.close()
+    s.kill("provider")
+    s.restart("provider")
+    wait_for(lambda: len(rx.received) >= 2, timeout=15, what="the second attempt, after the restart")
+    assert [m["attempt"] for m in rx.received] == [1, 2]
+    wait_for(lambda: s.admin("provider", "GET", "/admin/stats").json()["notifications"] == {"acked": 1},
+             timeout=10, what="the notification acknowledged")

@@ -44,6 +44,31 @@ def test_group_commit_isolates_a_failing_transaction(store):
     assert [e["type"] for e in events] == ["x.one"]
 
 
+def test_first_transaction_of_a_batch_rolls_back_alone(store):
+    """The first transaction of a turn has no savepoint of its own: when it raises, the batch is
+    rolled back (it held nothing else), and the next transaction of the same turn commits as usual."""
+
+    async def scenario() -> list:
+        with pytest.raises(RuntimeError):
+            with store.tx() as c:
+                c.execute("INSERT INTO kv VALUES ('a', '1')")
+                store.emit(1.0, "x.one", "test", "o1")
+                raise RuntimeError("boom")
+        assert not store._batch_open and not store.conn.in_transaction
+        with store.tx() as c:
+            c.execute("INSERT INTO kv VALUES ('b', '2')")
+            store.emit(2.0, "x.two", "test", "o2")
+        with store.tx() as c:
+            c.execute("INSERT INTO kv VALUES ('c', '3')")
+        await store.durable()
+        assert not store._batch_open
+        return [r[0] for r in store.all("SELECT k FROM kv ORDER BY k")]
+
+    assert asyncio.run(scenario()) == ["b", "c"]
+    events = [json.loads(line) for chunk in store.history_chunks() for line in chunk.splitlines()]
+    assert [e["type"] for e in events] == ["x.two"]
+
+
 def test_jobs_reach_the_scheduler_only_after_commit(store):
     """A scheduled job is pushed to the scheduler by the commit, never before (nor after a rollback)."""
     pushed: list = []
@@ -198,3 +223,19 @@ def test_worker_client_answers_fails_and_restarts():
         await gone.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_draw_follows_overrides_replaced_many_times():
+    """Conditions.sample after set_overrides draws from the distribution now in force, however often
+    the overrides are replaced (a sampler cached by the id of a scenario that was freed, and whose id
+    a new scenario got, would draw from the old one)."""
+    import time
+
+    from loadtests.service.runtime import Clock, Conditions
+    from sim.scenario import default_scenario
+
+    conditions = Conditions(default_scenario(), Clock(time.time(), 60.0), "provider")
+    for i in range(200):
+        latency = 1.0 + i % 7
+        conditions.set_overrides({"bank.latency": f"{latency:g}s"})
+        assert conditions.sample("bank.latency") == latency, i

@@ -23,7 +23,9 @@ failure rates (scaled by the time scale):
   statement of debits (:meth:`ProviderCore.statement`) is what a checkout reconciles against. With
   ``user.wallet_balance`` / ``card_limit`` / ``daily_limit`` / ``risk_flagged`` or
   ``bank.risk_freeze_after`` the bank keeps buyer accounts (``BuyerAccount``) per user.
-* **Notifications**: a durable outbox; each attempt is a real HTTP POST whose body, headers and
+* **Notifications**: a durable outbox, one row per notification that is also its job (``due``: when
+  the next attempt is due; queued with ``Store.queue``, loaded again by ``_recover_outbox`` after a
+  restart), written in the payment's transaction; each attempt is a real HTTP POST whose body, headers and
   acknowledgement rule come from the trade's face, with ``gateway.notify_latency``, ``notify_loss`` and
   ``notify_duplicate``, within ``notify_ack_timeout``, retried on ``gateway.notify_schedule``
   (``policies.notify_delay``).
@@ -75,7 +77,8 @@ CREATE TABLE IF NOT EXISTS refunds (
 CREATE TABLE IF NOT EXISTS notifications (
     notify_id TEXT PRIMARY KEY, trade TEXT NOT NULL, ord TEXT NOT NULL, url TEXT NOT NULL,
     amount INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-    created_t REAL NOT NULL, acked_t REAL, kind TEXT NOT NULL DEFAULT 'trade.succeeded', ref TEXT
+    created_t REAL NOT NULL, acked_t REAL, kind TEXT NOT NULL DEFAULT 'trade.succeeded', ref TEXT,
+    due REAL
 );
 CREATE TABLE IF NOT EXISTS agreements (
     agreement TEXT PRIMARY KEY, ord TEXT NOT NULL, usr TEXT NOT NULL, merchant TEXT NOT NULL,
@@ -123,7 +126,7 @@ _NOT_PAYABLE = {
 _MIGRATIONS = {
     "trades": (("face", "TEXT NOT NULL DEFAULT 'native'"), ("trade_no", "TEXT"), ("meta", "TEXT NOT NULL DEFAULT '{}'"),
                ("opened", "INTEGER NOT NULL DEFAULT 1"), ("paid_t", "REAL")),
-    "notifications": (("kind", "TEXT NOT NULL DEFAULT 'trade.succeeded'"), ("ref", "TEXT")),
+    "notifications": (("kind", "TEXT NOT NULL DEFAULT 'trade.succeeded'"), ("ref", "TEXT"), ("due", "REAL")),
 }
 
 
@@ -171,8 +174,23 @@ def trade_view(row: Any, state: str | None = None) -> dict[str, Any]:
             "opened": bool(row["opened"]), "meta": _meta(row["meta"])}
 
 
+_META: dict[str, dict[str, Any]] = {}  # meta text -> its parse, for the few texts most trades share
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def _meta(text: str | None) -> dict[str, Any]:
-    return {} if not text or text == "{}" else json.loads(text)  # most trades have none: no parse
+    """The trade's face metadata, parsed (a fresh dict each call). Most trades have none, or one of
+    a few texts (the native face's ``{"method":"card"}``): those parses are kept, and copied."""
+    if not text or text == "{}":
+        return {}
+    parsed = _META.get(text)
+    if parsed is None:
+        parsed = json.loads(text)
+        if len(_META) < 256 and isinstance(parsed, dict) and all(isinstance(v, _SCALARS) for v in parsed.values()):
+            _META[text] = parsed  # only flat ones: a copy then shares nothing mutable
+        else:
+            return parsed
+    return dict(parsed)
 
 
 def agreement_view(row: Any) -> dict[str, Any]:
@@ -235,6 +253,20 @@ class ProviderCore(base.ServiceBase):
     def recover(self) -> None:
         self.migrate()
         self._recover_debits()
+        self._recover_outbox()
+
+    def _recover_outbox(self) -> None:
+        """After a restart: every pending notification whose row is its own job (``due`` set) is
+        queued again for its next attempt (``attempts + 1``) at its due time. A row without ``due``
+        (written by an earlier version), or one with a ``notify`` job in ``jobs`` (an attempt retried
+        after an error), is served by that job instead, already loaded."""
+        if self.scheduler is None:
+            return
+        keyed = {job.key for job in self.store.load_jobs() if job.kind == "notify"}
+        for r in self.store.all("SELECT rowid, notify_id, due, attempts FROM notifications "
+                                "WHERE state = 'pending' AND due IS NOT NULL"):
+            if r["notify_id"] not in keyed:
+                self.scheduler.push(Job(-r["rowid"], "notify", r["notify_id"], r["due"], r["attempts"] + 1))
 
     def _recover_debits(self) -> None:
         """After a crash: a debit that was in flight either never reached the bank (its trade is still
@@ -402,7 +434,12 @@ class ProviderCore(base.ServiceBase):
         sent = False
         try:
             await self.gateway_work()
-            row = self._trade(trade_id)  # it may have been closed while queued
+            # It may have been closed, or paid by a late answer to an earlier debit, while queued. Its
+            # state alone tells (the full row is read again only if the state moved): a payable trade
+            # with a gateway waiting changes no other column without changing its state.
+            now_state = self.store.one("SELECT state FROM trades WHERE trade = ?", (trade_id,))[0]
+            if now_state != row["state"]:
+                row = self._trade(trade_id)
             state = T(row["state"])
             if state not in TRADE_PAYABLE:
                 raise self._refuse_pay(trade_id, state)
@@ -410,7 +447,7 @@ class ProviderCore(base.ServiceBase):
             if decline is not None:
                 self.card_outcome[trade_id] = decline
             sent = True
-            self._spawn(self._bank_debit(row))
+            self._spawn(self._bank_debit(row, answer))
             # The gateway waits at most gateway.timeout; the bank task goes on regardless (a timer that
             # completes a future is much cheaper than wait_for + shield on this hot path).
             timer = loop.call_later(self.wall_timeout(self.conditions.current().gateway.timeout),
@@ -456,8 +493,9 @@ class ProviderCore(base.ServiceBase):
             if gaps:
                 self.store.schedule("bank_query", trade_id, now + gaps[0], 1)
 
-    async def _bank_debit(self, row: Any) -> None:
-        """The simulated bank: a channel for ``bank.latency``, then approve, decline, block or hold."""
+    async def _bank_debit(self, row: Any, waiter: asyncio.Future | None = None) -> None:
+        """The simulated bank: a channel for ``bank.latency``, then approve, decline, block or hold.
+        ``waiter``: the future of the :meth:`pay` that read ``row`` and sent this debit."""
         trade_id = row["trade"]
         self.bank_inflight.add(trade_id)
         try:
@@ -492,15 +530,24 @@ class ProviderCore(base.ServiceBase):
                 outcome, reason = "ok", None
             if fresh and self._accounts_kept():
                 outcome, reason = self._account_check(row, outcome, reason)
-            self._bank_answer(trade_id, outcome, reason, lost=c.chance("bank.response_loss", bank.response_loss))
+            self._bank_answer(trade_id, outcome, reason, lost=c.chance("bank.response_loss", bank.response_loss),
+                              row=row, waiter=waiter)
         finally:
             self.bank_inflight.discard(trade_id)
 
-    def _bank_answer(self, trade_id: str, outcome: str, reason: str | None, lost: bool) -> None:
+    def _bank_answer(self, trade_id: str, outcome: str, reason: str | None, lost: bool, row: Any = None,
+                     waiter: asyncio.Future | None = None) -> None:
         """The bank's result: applied to the trade if the gateway is still waiting for it, otherwise
-        only the money moves (the gateway learns it from a later query)."""
+        only the money moves (the gateway learns it from a later query).
+
+        ``row``, ``waiter``: the row the paying gateway read before sending this debit, and the future
+        it waits on. While that same future is still pending, nothing else can have changed the
+        trade's state (queries, closes and expiries leave a trade with a gateway waiting alone, and any
+        other bank answer for it would have resolved the future): the row is used as it is, without
+        reading it again. In every other case the trade is read now."""
         waiting = None if lost else self.waiting.get(trade_id)
-        row = self._trade(trade_id)
+        if row is None or waiter is None or waiting is not waiter or waiter.done():
+            row = self._trade(trade_id)
         now = self.clock.now()
         # (a timed-out gateway has resolved its future with _timed_out already: not informed)
         informed = waiting is not None and not waiting.done() and T(row["state"]) in TRADE_PAYABLE
@@ -706,14 +753,16 @@ class ProviderCore(base.ServiceBase):
             # a face may name a target as (url, ref): its own reference per delivery (Stripe's event id)
             url, own_ref = target if isinstance(target, tuple) else (target, ref)
             nid = notify_id if i == 0 else f"{notify_id}{i}"
+            # The outbox row is the notification's job too (``due``: when its next attempt is due):
+            # one row per notification, written with the payment, no jobs row to add and remove.
             cur = self.store.conn.execute(
-                "INSERT OR IGNORE INTO notifications (notify_id, trade, ord, url, amount, state, created_t, kind, ref)"
-                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                (nid, row["trade"], row["ord"], url, row["amount"], now, kind, own_ref),
+                "INSERT OR IGNORE INTO notifications (notify_id, trade, ord, url, amount, state, created_t, kind, ref,"
+                " due) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                (nid, row["trade"], row["ord"], url, row["amount"], now, kind, own_ref, now),
             )
             if cur.rowcount:
-                self.store.schedule("notify", nid, now, 1,
-                                    memo=_Outbox(nid, kind, own_ref, url, row["ord"], row["trade"], row["face"]))
+                self.store.queue(Job(-cur.lastrowid, "notify", nid, now, 1,
+                                     memo=_Outbox(nid, kind, own_ref, url, row["ord"], row["trade"], row["face"])))
 
     async def _bank_release(self, job: Job) -> None:
         """Risk control releases a held debit: it completes now."""
@@ -1121,15 +1170,20 @@ class ProviderCore(base.ServiceBase):
 
     def _record_attempts(self) -> None:
         """The delivery attempts that ended in this turn of the event loop, in one transaction: each
-        one's job removed, its ``notify.sent`` (and ``notify.lost``) event, the outbox row acked, given
-        up or counted, and the next attempt's job. (If this commit fails the service stops, and the
-        jobs still in the database make the attempts again after the restart: at least once.)"""
+        one's ``notify.sent`` (and ``notify.lost``) event, and its outbox row acked, given up, or
+        counted with the next attempt's due time (the row is the job: the next attempt is queued
+        when this commits). An attempt made by a ``jobs`` row (one written by an earlier version, or
+        retried after an error) has that row removed and its next attempt scheduled as a ``jobs`` row.
+        (If this commit fails the service stops, and the rows still pending in the database make the
+        attempts again after the restart: at least once.)"""
         batch, self._attempts = self._attempts, []
         if not batch:
             return
-        emit, acked, given_up, counted = self.store.emit, [], [], []
-        with self.store.tx() as conn:
-            conn.executemany("DELETE FROM jobs WHERE id = ?", [(a[0].id,) for a in batch])
+        emit, acked, given_up, counted, store = self.store.emit, [], [], [], self.store
+        with store.tx() as conn:
+            rows = [(a[0].id,) for a in batch if a[0].id >= 0]
+            if rows:
+                conn.executemany("DELETE FROM jobs WHERE id = ?", rows)
             for job, memo, sent_at, now, lost, ok, gap in batch:
                 emit(sent_at, "notify.sent", "gateway", memo.order, trade=memo.trade, notify_id=job.key,
                      attempt=job.attempt)
@@ -1140,9 +1194,12 @@ class ProviderCore(base.ServiceBase):
                     acked.append((job.attempt, now, job.key))
                 elif gap is None:
                     given_up.append((job.attempt, job.key))
+                elif job.id < 0:
+                    counted.append((job.attempt, sent_at + gap, job.key))
+                    store.queue(Job(job.id, "notify", job.key, sent_at + gap, job.attempt + 1, memo=memo))
                 else:
-                    counted.append((job.attempt, job.key))
-                    self.store.schedule("notify", job.key, sent_at + gap, job.attempt + 1, memo=memo)
+                    counted.append((job.attempt, None, job.key))
+                    store.schedule("notify", job.key, sent_at + gap, job.attempt + 1, memo=memo)
             if acked:
                 conn.executemany("UPDATE notifications SET state = 'acked', attempts = ?, acked_t = ? "
                                  "WHERE notify_id = ?", acked)
@@ -1150,7 +1207,7 @@ class ProviderCore(base.ServiceBase):
                 conn.executemany("UPDATE notifications SET state = 'given_up', attempts = ? WHERE notify_id = ?",
                                  given_up)
             if counted:
-                conn.executemany("UPDATE notifications SET attempts = ? WHERE notify_id = ?", counted)
+                conn.executemany("UPDATE notifications SET attempts = ?, due = ? WHERE notify_id = ?", counted)
 
     # -- BNPL ---------------------------------------------------------------------------------------
 
@@ -1351,11 +1408,15 @@ class ProviderCore(base.ServiceBase):
 
     def stats(self) -> dict[str, Any]:
         count = lambda sql: {r[0]: r[1] for r in self.store.all(sql)}  # noqa: E731
+        jobs = count("SELECT kind, COUNT(*) FROM jobs GROUP BY kind")
+        queued = self.store.one("SELECT COUNT(*) FROM notifications WHERE state = 'pending' AND due IS NOT NULL")[0]
+        if queued:  # the outbox rows that are their own notify jobs
+            jobs["notify"] = jobs.get("notify", 0) + queued
         return {
             "trades": count("SELECT state, COUNT(*) FROM trades GROUP BY state"),
             "notifications": count("SELECT state, COUNT(*) FROM notifications GROUP BY state"),
             "agreements": count("SELECT state, COUNT(*) FROM agreements GROUP BY state"),
-            "jobs": count("SELECT kind, COUNT(*) FROM jobs GROUP BY kind"),
+            "jobs": jobs,
             "in_flight_debits": len(self.bank_inflight),
             "now": self.clock.now(),
         }

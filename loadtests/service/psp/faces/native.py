@@ -9,7 +9,6 @@ app confirming the payment).
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Annotated, Any, Literal
 
@@ -22,9 +21,10 @@ from sim.scenario import parse_duration
 from loadtests.service import signing
 from loadtests.service.psp import core as C
 from loadtests.service.psp.faces import Face
+from loadtests.service.store import json_text
 from loadtests.service.web import ID_PATTERN, MAX_AMOUNT, ApiError, json_response
 
-_compact = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(separators=...) builds one per call
+_compact = json_text  # compact JSON (orjson when installed); the bodies hold ASCII ids and integers only
 
 Id = Annotated[str, Field(pattern=ID_PATTERN, description="letters, digits and _.:- ; at most 64")]
 Amount = Annotated[int, Field(gt=0, le=MAX_AMOUNT, description="fen (1/100 CNY), at most 10 million CNY")]
