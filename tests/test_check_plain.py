@@ -100,6 +100,31 @@ def closed_order(o="o1"):
     ]
 
 
+def bnpl_order(o="o1", amount=5000):
+    ag = f"{o}-a"
+    return [
+        {"t": 0.0, "type": "order.created", "order": o, "user": "u1", "amount": amount, "method": "bnpl",
+         "expires_at": 1800.0},
+        {"t": 10.0, "type": "bnpl.authorized", "order": o, "agreement": ag, "amount": amount, "expires_at": 9e5},
+        {"t": 10.0, "type": "order.paid", "order": o, "agreement": ag},
+        {"t": 10.0, "type": "merchant.fulfilment", "order": o, "shipment": 1},
+        {"t": 10.5, "type": "app.shown", "order": o, "screen": "payment_succeeded"},
+        {"t": 900.0, "type": "order.shipped", "order": o},
+        {"t": 900.0, "type": "order.delivered", "order": o},
+        {"t": 1000.0, "type": "bnpl.finish_sent", "order": o, "agreement": ag, "attempt": 1},
+        {"t": 1000.1, "type": "bnpl.finish_requested", "order": o, "agreement": ag, "amount": amount},
+        {"t": 1000.1, "type": "bnpl.deduction", "order": o, "agreement": ag, "ok": True, "attempt": 1},
+        {"t": 1000.1, "type": "ledger.txn", "order": o, "agreement": ag, "txn": f"b1-{o}", "kind": "bnpl_deduction",
+         "postings": [{"account": "user:u1", "amount": -amount}, {"account": "bnpl", "amount": amount}]},
+        {"t": 1000.1, "type": "ledger.txn", "order": o, "agreement": ag, "txn": f"b2-{o}", "kind": "bnpl_payout",
+         "postings": [{"account": "bnpl", "amount": -amount}, {"account": "merchant:m1", "amount": amount}]},
+        {"t": 1000.2, "type": "order.completed", "order": o},
+        {"t": 1100.0, "type": "bnpl.synced", "order": o, "agreement": ag, "paid": True},
+        {"t": 1100.0, "type": "bnpl.settled", "order": o, "agreement": ag},
+        {"t": 1100.0, "type": "order.end", "order": o},
+    ]
+
+
 def _edit(events, k, **fields):
     out = [dict(e) for e in events]
     out[k].update(fields)
@@ -112,6 +137,8 @@ def _without(events, k):
 
 PAID = paid_order()
 CLOSED = closed_order()
+BNPL = bnpl_order()
+LATE = 900.0 + 86_400.0 + 5.0  # past bnpl_finish_limit after delivery
 # (history, taken by the fast path, an end state or anomaly class the sweep finds)
 CASES = {
     "plain paid": (PAID, True, "paid_open"),
@@ -134,7 +161,18 @@ CASES = {
     "closed past the deadline": (_edit(_edit(CLOSED, 3, t=5500.0), 4, t=5500.0), False, "stuck_pending"),
     "out of time order": ([PAID[0], PAID[2], PAID[1]] + PAID[3:], False, "paid_open"),
     "an event with an id": (_edit(PAID, 4, id="e4"), False, "paid_open"),
-    "bnpl": (_edit(PAID, 0, method="bnpl"), False, None),
+    "card order paid by an agreement": (_edit(PAID, 7, agreement="x", trade=None), False, None),
+    "plain bnpl": (BNPL, True, "bnpl_settled"),
+    "bnpl not finished yet": (BNPL[:7] + [dict(BNPL[-1], t=1200.0)], False, "bnpl_unfinished"),
+    "bnpl finish past the limit": ([dict(e, t=e["t"] + (LATE - 1000.0 if e["t"] >= 1000.0 else 0.0))
+                                    for e in BNPL], False, "bnpl_stuck_unfinished"),
+    "bnpl deduction failed once": (BNPL[:9] + [dict(BNPL[9], ok=False), dict(BNPL[9], t=1000.15, attempt=2)]
+                                   + BNPL[10:], False, "bnpl_deduction_failed"),
+    "bnpl deducted twice": (BNPL[:10] + [dict(BNPL[9], t=1000.15, attempt=2)] + BNPL[10:], False,
+                            "bnpl_double_deduction"),
+    "bnpl ledger unbalanced": (_edit(BNPL, 11, postings=[{"account": "bnpl", "amount": -5000}]), False,
+                               "ledger_imbalance"),
+    "bnpl txn recorded twice": (BNPL[:11] + [dict(BNPL[10], t=1000.1)] + BNPL[11:], False, "bnpl_settled"),
     "never paid": (PAID[:3] + [dict(PAID[-1], t=600.0)], False, "awaiting_payment"),
 }
 
