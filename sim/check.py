@@ -8,6 +8,10 @@ the buyer saw, the BNPL agreement) and evaluating every anomaly rule at each eve
 deadline (``expires_at + stuck_grace``, ``delivered + bnpl_finish_limit`` …). An anomaly *instance* is
 an interval ``[start, stop)`` during which a rule holds: ``stop`` is when the parties agreed again
 (repaired), or ``None`` when they still disagree at the end of observation (counted in ``count``).
+A *plain* order — paid by one charge of its amount (or one BNPL deduction, finish sent in time) and
+fulfilled, or closed unpaid, its events in time order and no rule holding after any of them — is
+judged without the sweep (:meth:`Checker._judge_plain`, about nine in ten of a simulation's orders),
+with exactly the sweep's result; anything else goes through the sweep.
 
 Memory is bounded by the orders in flight: ``feed`` appends to a per-order list, and an order's events
 are dropped once it is judged. :meth:`Checker.feed` trusts its events (the simulation's are well
