@@ -1536,7 +1536,7 @@ class Checker:
         way (tests/test_check_plain.py compares both on simulated and hand-made histories).
         """
         e = events[0]
-        if e["type"] != "order.created" or "id" in e:
+        if e.get("type") != "order.created" or "id" in e:
             return False
         bnpl = e.get("method") == "bnpl"
         amount = _num(e.get("amount"))
@@ -1558,7 +1558,7 @@ class Checker:
         changes = [(t0, "awaiting_payment")]
         for k in range(1, len(events)):
             e = events[k]
-            code = codes.get(e["type"])
+            code = codes.get(e.get("type"))
             if code is None:
                 return False
             t = e["t"]

@@ -161,6 +161,7 @@ CASES = {
     "closed past the deadline": (_edit(_edit(CLOSED, 3, t=5500.0), 4, t=5500.0), False, "stuck_pending"),
     "out of time order": ([PAID[0], PAID[2], PAID[1]] + PAID[3:], False, "paid_open"),
     "an event with an id": (_edit(PAID, 4, id="e4"), False, "paid_open"),
+    "an event without a type": (PAID[:5] + [{"t": 11.0, "order": "o1"}] + PAID[5:], False, "paid_open"),
     "card order paid by an agreement": (_edit(PAID, 7, agreement="x", trade=None), False, None),
     "plain bnpl": (BNPL, True, "bnpl_settled"),
     "bnpl not finished yet": (BNPL[:7] + [dict(BNPL[-1], t=1200.0)], False, "bnpl_unfinished"),
