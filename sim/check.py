@@ -8,6 +8,10 @@ the buyer saw, the BNPL agreement) and evaluating every anomaly rule at each eve
 deadline (``expires_at + stuck_grace``, ``delivered + bnpl_finish_limit`` …). An anomaly *instance* is
 an interval ``[start, stop)`` during which a rule holds: ``stop`` is when the parties agreed again
 (repaired), or ``None`` when they still disagree at the end of observation (counted in ``count``).
+A *plain* order — paid by one charge of its amount (or one BNPL deduction, finish sent in time) and
+fulfilled, or closed unpaid, its events in time order and no rule holding after any of them — is
+judged without the sweep (:meth:`Checker._judge_plain`, about nine in ten of a simulation's orders),
+with exactly the sweep's result; anything else goes through the sweep.
 
 Memory is bounded by the orders in flight: ``feed`` appends to a per-order list, and an order's events
 are dropped once it is judged. :meth:`Checker.feed` trusts its events (the simulation's are well
@@ -1075,6 +1079,36 @@ _HANDLERS: dict[str, Any] = {
 }
 
 
+# What :meth:`Checker._judge_plain` takes of each event type (any other type: the order goes to the sweep).
+(_PP_TCREATED, _PP_LEDGER, _PP_TSUCCEEDED, _PP_TFAILED, _PP_TCLOSED, _PP_SCREEN, _PP_ATTEMPT, _PP_PAID, _PP_FULFIL,
+ _PP_SHIPPED, _PP_DELIVERED, _PP_COMPLETED, _PP_CLOSED, _PP_BNPL_AUTH, _PP_BNPL_FINISH, _PP_BNPL_DEDUCT,
+ _PP_BNPL_SETTLED, _PP_PASS) = range(18)
+_PLAIN_CODES: dict[str, int] = {
+    "trade.created": _PP_TCREATED, "ledger.txn": _PP_LEDGER, "trade.succeeded": _PP_TSUCCEEDED,
+    "trade.failed": _PP_TFAILED, "trade.closed": _PP_TCLOSED, "app.shown": _PP_SCREEN, "user.pay": _PP_ATTEMPT,
+    "user.retry": _PP_ATTEMPT, "order.paid": _PP_PAID, "merchant.fulfilment": _PP_FULFIL,
+    "order.shipped": _PP_SHIPPED, "order.delivered": _PP_DELIVERED, "order.completed": _PP_COMPLETED,
+    "order.closed": _PP_CLOSED, "bnpl.authorized": _PP_BNPL_AUTH, "bnpl.finish_requested": _PP_BNPL_FINISH,
+    "bnpl.deduction": _PP_BNPL_DEDUCT, "bnpl.settled": _PP_BNPL_SETTLED,
+    # no handler: no rule reads them
+    "notify.sent": _PP_PASS, "notify.received": _PP_PASS, "notify.lost": _PP_PASS, "order.end": _PP_PASS,
+    "user.abandon": _PP_PASS, "user.cancel": _PP_PASS, "bnpl.finish_sent": _PP_PASS, "bnpl.synced": _PP_PASS,
+}
+_PLAIN_NEXT = {_PP_SHIPPED: "shipped", _PP_DELIVERED: "delivered", _PP_COMPLETED: "completed"}
+_PLAIN_BEFORE = {"shipped": "paid", "delivered": "shipped", "completed": "delivered"}
+_UNSET = object()
+# The fast path restates these handlers: it is used only while the table still has them.
+_PLAIN_HANDLERS = {"trade.created": _h_trade, "ledger.txn": _h_ledger, "trade.succeeded": _h_trade,
+                   "trade.failed": _h_trade, "trade.closed": _h_trade, "app.shown": _h_screen,
+                   "user.pay": _h_attempt, "user.retry": _h_attempt, "order.paid": _h_paid,
+                   "merchant.fulfilment": _h_merchant_fulfilment, "order.shipped": _h_fulfilment,
+                   "order.delivered": _h_fulfilment, "order.completed": _h_fulfilment, "order.closed": _h_closed,
+                   "order.created": _h_created, "bnpl.authorized": _h_bnpl, "bnpl.finish_requested": _h_bnpl,
+                   "bnpl.deduction": _h_bnpl, "bnpl.settled": _h_bnpl}
+assert all(_HANDLERS.get(typ) is h for typ, h in _PLAIN_HANDLERS.items()), "update Checker._judge_plain"
+assert all(typ in _KNOWN_TYPES and typ not in _HANDLERS for typ, c in _PLAIN_CODES.items() if c == _PP_PASS)
+
+
 def _evaluate(st: _OrderState, now: float) -> dict[Any, int]:
     """Every rule that holds now for this order: instance key -> money it holds (fen)."""
     grace, limit = st.grace, st.limit
@@ -1148,6 +1182,8 @@ class Checker:
     once it is known to start before the end of observation), so a caller can stream them to a file;
     the summary then holds none. Otherwise ``CheckConfig.instances`` keeps them in the summary.
     """
+
+    _plain = True  # judge plain orders without the sweep (:meth:`_judge_plain`; False: always sweep)
 
     def __init__(self, config: CheckConfig | None = None, respect_run_start: bool = True,
                  on_instance: Callable[[Instance], None] | None = None) -> None:
@@ -1393,8 +1429,12 @@ class Checker:
         cfg = self.config
         self._judgements += 1
         self._judged += 1
-        events.sort(key=_BY_T)  # stable: equal times keep arrival order
         created_t = self._created.pop(order, None)
+        if self._plain and created_t is not None and self._handlers is _HANDLERS and not self._flags[0]:
+            counted = created_t >= cfg.warmup and (cfg.horizon is None or created_t < cfg.horizon)
+            if self._judge_plain(events, counted):
+                return
+        events.sort(key=_BY_T)  # stable: equal times keep arrival order
         first_t = created_t if created_t is not None else events[0]["t"]
         counted = first_t >= cfg.warmup and (cfg.horizon is None or first_t < cfg.horizon)
         st = _OrderState(cfg.stuck_grace, cfg.bnpl_finish_limit, self._flags)
@@ -1477,6 +1517,194 @@ class Checker:
                 self._end_states[name] = self._end_states.get(name, 0) + 1
         elif counted and self._last_recorded == self._judgements:
             self._uncreated += 1  # a charge without an order: an order the buyer believes in, for rates
+
+    def _judge_plain(self, events: list[dict[str, Any]], counted: bool) -> bool:
+        """Judge a *plain* order without the sweep; False (and nothing done) when it is not one.
+
+        A plain order is one paid by a single charge of its amount and fulfilled, one paid after use
+        (BNPL) whose merchant sent finish in time and whose one deduction succeeded, or one closed
+        unpaid, whose events come in time order and of which no rule holds at any step: the usual
+        healthy order of a simulation (nine in ten of the default scenario's). Its judgement is then
+        known without the sweep: no instance, its state changes in the timeline, its end state
+        (``paid_open``, ``bnpl_settled``, ``unpaid_closed`` or ``unpaid_closed_trade_payable``). Each event is
+        checked as the sweep's handlers would take it, and the rules are checked after *every*
+        event (the sweep checks after every step of equal times: a subset of these states), so an
+        order for which the sweep could find anything — a rule that holds at one step, a deadline
+        (stuck awaiting payment, finish past ``bnpl_finish_limit`` after delivery) reached, a second
+        trade, charge, deduction or fulfilment, a refund, a failed deduction, an event delivered
+        twice, an unknown type — is left to the sweep. Results are the same either
+        way (tests/test_check_plain.py compares both on simulated and hand-made histories).
+        """
+        e = events[0]
+        if e.get("type") != "order.created" or "id" in e:
+            return False
+        bnpl = e.get("method") == "bnpl"
+        amount = _num(e.get("amount"))
+        exp = e.get("expires_at")
+        if amount <= 0 or not isinstance(exp, (int, float)) or isinstance(exp, bool):
+            return False
+        t0 = last = e["t"]
+        deadline = exp + self.config.stuck_grace  # stuck awaiting payment from here on
+        codes = _PLAIN_CODES
+        trade: Any = _UNSET
+        tstate = None  # the one trade's state
+        charged = 0
+        closed = told_failed = success = False
+        agreement = delivered = None  # BNPL: the agreement, and the finish deadline once delivered
+        finished = deducted = False
+        txns: list[Any] = []
+        limit = self.config.bnpl_finish_limit
+        ostate = "awaiting_payment"
+        changes = [(t0, "awaiting_payment")]
+        for k in range(1, len(events)):
+            e = events[k]
+            code = codes.get(e.get("type"))
+            if code is None:
+                return False
+            t = e["t"]
+            if t < last:
+                return False  # out of time order: the sweep sorts
+            last = t
+            if code == _PP_PASS:
+                continue
+            if "id" in e:
+                return False
+            if bnpl:
+                if code <= _PP_TCLOSED:
+                    if code != _PP_LEDGER or e.get("kind") not in ("bnpl_deduction", "bnpl_payout"):
+                        return False  # a BNPL order with a trade, a charge or a refund
+                    txn = e.get("txn")
+                    if txn is not None:
+                        if txn in txns:
+                            return False
+                        txns.append(txn)
+                    total = 0
+                    for p in e.get("postings") or ():
+                        if isinstance(p, dict):
+                            total += _num(p.get("amount"))
+                    if total != 0:
+                        return False
+                    continue
+                if code >= _PP_BNPL_AUTH:
+                    if code == _PP_BNPL_AUTH:
+                        if agreement is not None or e.get("agreement") is None:
+                            return False
+                        agreement = e.get("agreement")
+                    elif code == _PP_BNPL_FINISH:
+                        if agreement is None or (delivered is not None and t >= delivered):
+                            return False  # finish after the limit: bnpl_stuck_unfinished
+                        finished = True
+                    elif code == _PP_BNPL_DEDUCT:
+                        if deducted or e.get("ok") is not True:
+                            return False  # a failed deduction, or a second one
+                        deducted = True
+                    continue  # (settled changes no rule)
+            elif code >= _PP_BNPL_AUTH:
+                return False
+            if code <= _PP_TCLOSED:  # about the trade: one trade only
+                tr = e.get("trade")
+                if trade is _UNSET:
+                    if tr is None:
+                        return False
+                    trade = tr
+                elif tr != trade:
+                    return False
+                if code == _PP_LEDGER:
+                    if charged or e.get("kind") != "charge":
+                        return False
+                    total = user = 0
+                    for p in e.get("postings") or ():
+                        if not isinstance(p, dict):
+                            continue
+                        a = _num(p.get("amount"))
+                        total += a
+                        acct = p.get("account")
+                        if isinstance(acct, str) and acct.startswith("user:"):
+                            user += a
+                    if total != 0 or -user != amount:
+                        return False  # unbalanced, or not the order's amount
+                    charged = amount
+                elif code == _PP_TCREATED:
+                    tstate = "created"
+                elif code == _PP_TSUCCEEDED:
+                    tstate = "succeeded"
+                elif code == _PP_TFAILED:
+                    tstate = "closed" if e.get("reason") == "expired" else "failed"
+                else:
+                    tstate = "closed"
+            elif code == _PP_SCREEN:
+                screen = e.get("screen")
+                if screen in _SUCCESS_SCREENS:
+                    told_failed = False
+                    success = True
+                elif screen in _FAILURE_SCREENS:
+                    told_failed = True
+            elif code == _PP_ATTEMPT:
+                told_failed = False
+            elif code == _PP_PAID:
+                if ostate != "awaiting_payment" or closed or t >= deadline:
+                    return False
+                if bnpl:
+                    if agreement is None or e.get("agreement") is None:
+                        return False
+                elif e.get("agreement") is not None:
+                    return False
+                ostate = "paid"
+                changes.append((t, ostate))
+            elif code == _PP_FULFIL:
+                shipment = e.get("shipment")
+                if isinstance(shipment, int) and not isinstance(shipment, bool) and shipment >= 2:
+                    return False
+                continue
+            elif code == _PP_CLOSED:
+                if ostate != "awaiting_payment" or t >= deadline:
+                    return False
+                closed = True
+                ostate = "closed"
+                changes.append((t, ostate))
+            else:  # shipped, delivered, completed: in this order, once each, after paid
+                new = _PLAIN_NEXT[code]
+                if ostate != _PLAIN_BEFORE[new]:
+                    return False
+                ostate = new
+                changes.append((t, ostate))
+                if code == _PP_DELIVERED and bnpl:
+                    delivered = t + limit
+            # the rules this order's state can meet (everything else was refused above)
+            if closed:
+                if charged or success:
+                    return False  # paid_but_closed / success_shown_then_closed
+            elif charged:
+                if told_failed:
+                    return False  # failure_shown_but_charged
+            elif ostate != "awaiting_payment" and not bnpl:
+                return False  # order_paid_without_charge
+        if ostate == "awaiting_payment":
+            return False  # whether it is stuck depends on the deadlines: the sweep decides
+        if bnpl and not closed and not (finished and deducted):
+            return False  # not finished or not deducted (yet): the sweep decides
+        bs = self._bs
+        diff = self._state_diff
+        old = None
+        for t, state in changes:
+            k = math.ceil(t / bs)
+            if old is not None:
+                d = diff[old]
+                d[k] = d.get(k, 0) - 1
+            d = diff[state]
+            d[k] = d.get(k, 0) + 1
+            old = state
+        _add(self._arrivals, math.floor(t0 / bs), 1)
+        if bnpl:
+            self._bnpl_orders += 1
+        if counted:
+            self._orders += 1
+            if closed:
+                name = "unpaid_closed_trade_payable" if tstate in _PAYABLE_TRADE else "unpaid_closed"
+            else:
+                name = "bnpl_settled" if bnpl else "paid_open"
+            self._end_states[name] = self._end_states.get(name, 0) + 1
+        return True
 
     def _set_ostate(self, st: _OrderState, state: str, t: float) -> None:
         old = st.ostate
