@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections import deque
 from heapq import heappop, heappush
 from types import FunctionType
 from typing import Any, Callable
@@ -45,6 +46,10 @@ class FastEnvironment(simpy.Environment):
     queue entry (no ``Timeout`` object, no callback list, no lambda around it).
     """
 
+    def __init__(self, initial_time: float = 0) -> None:
+        super().__init__(initial_time)
+        self._ready: deque = deque()  # processes to start now, in order (see :meth:`process`)
+
     def call_at(self, delay: float, fn: Callable[[], None]) -> None:
         """Run ``fn()`` ``delay`` seconds from now, ordered like ``timeout(delay)`` with ``fn`` as callback."""
         if delay < 0:
@@ -60,7 +65,12 @@ class FastEnvironment(simpy.Environment):
         nothing but the eid counter, whose values only break ties in order. A process that raises
         stops the run, as in SimPy."""
         proc = _Process(generator)
-        heappush(self._queue, (self._now, 0, next(self._eid), lambda: proc.step(None)))  # Initialize: URGENT
+        # SimPy's Initialize is (now, URGENT, eid) in the queue: it runs right after the callback that
+        # made it, before anything else due now (nothing else is URGENT: the other processes' starts
+        # come before or after it in the same order). Kept in a FIFO instead of the heap; the eid is
+        # taken all the same, so every later entry keeps its number.
+        next(self._eid)
+        self._ready.append(proc)
         return proc
 
     def timeout(self, delay: float, value: Any = None) -> simpy.Timeout:
@@ -76,7 +86,13 @@ class FastEnvironment(simpy.Environment):
         heappush(self._queue, (self._now + delay, 1, next(self._eid), ev))
         return ev
 
+    def peek(self) -> float:
+        return self._now if self._ready else super().peek()
+
     def step(self) -> None:
+        if self._ready:
+            self._ready.popleft().step(None)
+            return
         entry = self._queue[0] if self._queue else None
         if entry is not None and entry[3].__class__ is FunctionType:
             heappop(self._queue)
@@ -97,7 +113,17 @@ class FastEnvironment(simpy.Environment):
             stop = None
         queue = self._queue
         function = FunctionType
-        while queue:
+        ready = self._ready
+        limit = stop[0] if stop is not None else float("inf")
+        while True:
+            if ready:  # processes started by the last callback (URGENT at now: before anything else)
+                if self._now >= limit:  # at the stop time they stand after the until event
+                    break
+                while ready:  # (a process's first step does not move the clock)
+                    ready.popleft().step(None)
+                continue
+            if not queue:
+                break
             entry = heappop(queue)
             if stop is not None and entry > stop:
                 heappush(queue, entry)
@@ -167,6 +193,33 @@ class _Process:
                 event._defused = True
                 exc = type(event._value)(*event._value.args)
                 exc.__cause__ = event._value
+
+
+_UNSET = object()
+
+
+class Answer:
+    """A one-shot event a model process waits on (``yield answer``): ``simpy.Event`` cut to what the
+    model uses. :meth:`settle` is ``triggered or succeed(value)``: the first value wins and the event
+    is queued as ``succeed`` queues it, (now, NORMAL, eid), so it is processed in SimPy's order."""
+
+    __slots__ = ("env", "callbacks", "_ok", "_value")
+
+    def __init__(self, env: FastEnvironment) -> None:
+        self.env = env
+        self.callbacks: list | None = []
+        self._ok = True
+        self._value = _UNSET
+
+    @property
+    def triggered(self) -> bool:
+        return self._value is not _UNSET
+
+    def settle(self, value: Any) -> None:
+        if self._value is _UNSET:
+            self._value = value
+            env = self.env
+            heappush(env._queue, (env._now, 1, next(env._eid), self))
 
 
 def _as_function(fn: Callable[[], None]) -> FunctionType:
