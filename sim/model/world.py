@@ -128,10 +128,11 @@ class FastEnvironment(simpy.Environment):
             if not queue:
                 break
             entry = heappop(queue)
-            if stop is not None and entry > stop:
+            t = entry[0]
+            if t >= limit and stop is not None and entry > stop:  # a float first, the tuple at the stop time
                 heappush(queue, entry)
                 break
-            self._now = entry[0]
+            self._now = t
             ev = entry[3]
             if ev.__class__ is function:
                 ev()
