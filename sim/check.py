@@ -1556,8 +1556,9 @@ class Checker:
         limit = self.config.bnpl_finish_limit
         ostate = "awaiting_payment"
         changes = [(t0, "awaiting_payment")]
-        for k in range(1, len(events)):
-            e = events[k]
+        rest = iter(events)
+        next(rest)
+        for e in rest:
             code = codes.get(e.get("type"))
             if code is None:
                 return False
@@ -1685,9 +1686,10 @@ class Checker:
             return False  # not finished or not deducted (yet): the sweep decides
         bs = self._bs
         diff = self._state_diff
+        ceil = math.ceil
         old = None
         for t, state in changes:
-            k = math.ceil(t / bs)
+            k = ceil(t / bs)
             if old is not None:
                 d = diff[old]
                 d[k] = d.get(k, 0) - 1

@@ -73,6 +73,8 @@ def run_replication(scenario: Scenario, replication: int = 0, examples: bool = T
         feed(ev)
 
     w = World(scenario, replication, feed if tap is None else tapped)
+    if tap is None:
+        w.feed_directly(checker)
     bank = Bank(w)
     gateway = Gateway(w, bank)
     order_service = OrderService(w)

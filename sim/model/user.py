@@ -15,7 +15,7 @@ from sim.domain import policies
 from sim.domain.arrivals import arrival_steps
 from sim.domain.population import draw_account, draw_buyer
 from sim.domain.states import ORDER_PAID_STATES, OrderState
-from sim.model.world import World
+from sim.model.world import Answer, World
 
 O = OrderState
 _ENDED = frozenset({O.REFUND_PENDING, O.REFUNDED})
@@ -31,11 +31,24 @@ TIMED_OUT = "timeout"  # an order-status read that got no answer in time
 def arrivals(w: World, start_buyer):
     """Poisson arrivals following the profile (steps and ramps) until the horizon: the schedule the live
     plan replays too (``sim.domain.arrivals``)."""
-    env = w.env
-    for step in arrival_steps(w.p.load.rate_pieces(w.horizon), w.rng["arrivals"].expovariate):
-        yield env.timeout(step.delay)
-        if step.arrive:
-            start_buyer()
+    # Run as a process for its first step (as before), then as a chain of bare callbacks: each wait is
+    # the queue entry ``timeout(step.delay)`` would be, (now + delay, NORMAL, eid), without the Timeout
+    # object and the generator's resumption.
+    call_at = w.env.call_at
+    steps = arrival_steps(w.p.load.rate_pieces(w.horizon), w.rng["arrivals"].expovariate)
+
+    def arrive() -> None:
+        start_buyer()
+        go()
+
+    def go() -> None:
+        for step in steps:
+            call_at(step.delay, arrive if step.arrive else go)
+            return
+
+    go()
+    return
+    yield  # (a generator: started with env.process)
 
 
 class Buyers:
@@ -155,15 +168,16 @@ class Buyers:
         """
         w = self.w
         env = w.env
-        done = env.event()
+        done = Answer(env)
+        settle = done.settle
         timeout = w.p.app.request_timeout
-        deadline = policies.request_deadline(env.now, timeout)
+        deadline = policies.request_deadline(env._now, timeout)
 
         def reply(outcome) -> None:
-            w.at(back, lambda: done.triggered or done.succeed(outcome))
+            w.at(back, lambda: settle(outcome))
 
         w.at(there, lambda: send(reply, deadline))
-        w.at(timeout, lambda: done.triggered or done.succeed("timeout"))
+        w.at(timeout, lambda: settle("timeout"))
         outcome = yield done
         return outcome
 

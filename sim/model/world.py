@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections import deque
 from heapq import heappop, heappush
 from types import FunctionType
 from typing import Any, Callable
@@ -33,6 +34,9 @@ _ORDER_WRITES = {"order.created": OrderState.AWAITING_PAYMENT, "order.paid": Ord
                  "order.shipped": OrderState.SHIPPED, "order.delivered": OrderState.DELIVERED,
                  "order.completed": OrderState.COMPLETED}
 
+# events :meth:`World.emit` always passes to the checker's feed (they open or close an order's list)
+_FEED_ITSELF = frozenset({"order.created", "order.end"})
+
 STREAMS = ("arrivals", "user", "app", "gateway", "bank", "notify", "order_service", "push")
 
 
@@ -44,6 +48,10 @@ class FastEnvironment(simpy.Environment):
     (``(until, URGENT, eid)``). A callback scheduled with :meth:`call_at` is the plain function in the
     queue entry (no ``Timeout`` object, no callback list, no lambda around it).
     """
+
+    def __init__(self, initial_time: float = 0) -> None:
+        super().__init__(initial_time)
+        self._ready: deque = deque()  # processes to start now, in order (see :meth:`process`)
 
     def call_at(self, delay: float, fn: Callable[[], None]) -> None:
         """Run ``fn()`` ``delay`` seconds from now, ordered like ``timeout(delay)`` with ``fn`` as callback."""
@@ -60,7 +68,12 @@ class FastEnvironment(simpy.Environment):
         nothing but the eid counter, whose values only break ties in order. A process that raises
         stops the run, as in SimPy."""
         proc = _Process(generator)
-        heappush(self._queue, (self._now, 0, next(self._eid), lambda: proc.step(None)))  # Initialize: URGENT
+        # SimPy's Initialize is (now, URGENT, eid) in the queue: it runs right after the callback that
+        # made it, before anything else due now (nothing else is URGENT: the other processes' starts
+        # come before or after it in the same order). Kept in a FIFO instead of the heap; the eid is
+        # taken all the same, so every later entry keeps its number.
+        next(self._eid)
+        self._ready.append(proc)
         return proc
 
     def timeout(self, delay: float, value: Any = None) -> simpy.Timeout:
@@ -76,7 +89,13 @@ class FastEnvironment(simpy.Environment):
         heappush(self._queue, (self._now + delay, 1, next(self._eid), ev))
         return ev
 
+    def peek(self) -> float:
+        return self._now if self._ready else super().peek()
+
     def step(self) -> None:
+        if self._ready:
+            self._ready.popleft().step(None)
+            return
         entry = self._queue[0] if self._queue else None
         if entry is not None and entry[3].__class__ is FunctionType:
             heappop(self._queue)
@@ -97,12 +116,23 @@ class FastEnvironment(simpy.Environment):
             stop = None
         queue = self._queue
         function = FunctionType
-        while queue:
+        ready = self._ready
+        limit = stop[0] if stop is not None else float("inf")
+        while True:
+            if ready:  # processes started by the last callback (URGENT at now: before anything else)
+                if self._now >= limit:  # at the stop time they stand after the until event
+                    break
+                while ready:  # (a process's first step does not move the clock)
+                    ready.popleft().step(None)
+                continue
+            if not queue:
+                break
             entry = heappop(queue)
-            if stop is not None and entry > stop:
+            t = entry[0]
+            if t >= limit and stop is not None and entry > stop:  # a float first, the tuple at the stop time
                 heappush(queue, entry)
                 break
-            self._now = entry[0]
+            self._now = t
             ev = entry[3]
             if ev.__class__ is function:
                 ev()
@@ -167,6 +197,33 @@ class _Process:
                 event._defused = True
                 exc = type(event._value)(*event._value.args)
                 exc.__cause__ = event._value
+
+
+_UNSET = object()
+
+
+class Answer:
+    """A one-shot event a model process waits on (``yield answer``): ``simpy.Event`` cut to what the
+    model uses. :meth:`settle` is ``triggered or succeed(value)``: the first value wins and the event
+    is queued as ``succeed`` queues it, (now, NORMAL, eid), so it is processed in SimPy's order."""
+
+    __slots__ = ("env", "callbacks", "_ok", "_value")
+
+    def __init__(self, env: FastEnvironment) -> None:
+        self.env = env
+        self.callbacks: list | None = []
+        self._ok = True
+        self._value = _UNSET
+
+    @property
+    def triggered(self) -> bool:
+        return self._value is not _UNSET
+
+    def settle(self, value: Any) -> None:
+        if self._value is _UNSET:
+            self._value = value
+            env = self.env
+            heappush(env._queue, (env._now, 1, next(env._eid), self))
 
 
 def _as_function(fn: Callable[[], None]) -> FunctionType:
@@ -235,20 +292,21 @@ class SpawnSeeds:
         self.tail = tail
 
     def seed(self, word: int) -> int:
-        """The 64-bit seed for spawn key ``prefix + (word, tail)`` (``word`` one uint32, e.g. a crc32)."""
-        q = list(self.pool)
-        hs = self.hash_a
-        k = 0
-        for w in (word, self.tail):
-            for d in range(_POOL):
-                h, m = hs[k]
-                k += 1
-                v = ((w ^ h) * m) & _M32
-                v ^= v >> 16
-                r = (_MIX_L * q[d] - _MIX_R * v) & _M32
-                q[d] = r ^ (r >> 16)
-        a = ((q[0] ^ _INIT_B) * _OUT_M0) & _M32
-        b = ((q[1] ^ _OUT_H1) * _OUT_M1) & _M32
+        """The 64-bit seed for spawn key ``prefix + (word, tail)`` (``word`` one uint32, e.g. a crc32).
+
+        numpy's loop (8 hashmix/mix steps) unrolled: the two output words read pool words 0 and 1 only, and pool word
+        ``d`` is mixed with its own two hash constants only, so words 2 and 3 need not be computed."""
+        q0, q1, _, _ = self.pool
+        (h0, m0), (h1, m1), _, _, (h4, m4), (h5, m5), _, _ = self.hash_a
+        L, R, M = _MIX_L, _MIX_R, _M32
+        w = word
+        v = ((w ^ h0) * m0) & M; v ^= v >> 16; r = (L * q0 - R * v) & M; q0 = r ^ (r >> 16)  # noqa: E702
+        v = ((w ^ h1) * m1) & M; v ^= v >> 16; r = (L * q1 - R * v) & M; q1 = r ^ (r >> 16)  # noqa: E702
+        w = self.tail
+        v = ((w ^ h4) * m4) & M; v ^= v >> 16; r = (L * q0 - R * v) & M; q0 = r ^ (r >> 16)  # noqa: E702
+        v = ((w ^ h5) * m5) & M; v ^= v >> 16; r = (L * q1 - R * v) & M; q1 = r ^ (r >> 16)  # noqa: E702
+        a = ((q0 ^ _INIT_B) * _OUT_M0) & M
+        b = ((q1 ^ _OUT_H1) * _OUT_M1) & M
         return (a ^ (a >> 16)) | ((b ^ (b >> 16)) << 32)
 
 
@@ -277,10 +335,13 @@ class World:
 
     def __init__(self, scenario: Scenario, replication: int, sink: Callable[[dict], None]) -> None:
         self.env = FastEnvironment()
+        self.at = self.env.call_at  # World.at without its own call (the model's most frequent one)
         self.scenario = scenario
         self.replication = replication
         self.rng = make_streams(scenario.run.seed, replication)
         self.sink = sink
+        self._checker: Any = None  # a Checker fed directly by emit (see :meth:`feed_directly`)
+        self._held: dict | None = None
         self.ledger = Ledger(by_kind=True)  # constant memory; per-buyer money is in the history
         self.horizon = scenario.run.horizon
         self.end = scenario.run.horizon + scenario.run.drain
@@ -432,14 +493,36 @@ class World:
         return state
 
     # -- history -----------------------------------------------------------------------------------
+    def feed_directly(self, checker: Any) -> None:
+        """Let :meth:`emit` hand an event of an order the checker already holds straight to that
+        order's list, doing what ``checker.feed`` would do with it (count it; nothing else applies to
+        an event that neither creates nor ends its order, of a source already seen). The sink must be
+        ``checker.feed`` itself (no tap) and the checker's end of observation set: its ``_last_t`` is
+        then only read at ``finish``, after ``run.end`` (the latest time of the run) went through
+        ``feed``."""
+        if checker.config.end is None or self.sink != checker.feed:
+            raise ValueError("feed_directly: the sink must be the checker's feed and its end set")
+        self._checker = checker
+        self._held = checker._open
+
     def emit(self, type_: str, actor: str, order: str, **fields: Any) -> None:
+        now = self.env._now
         log = self.state_log
         if log is not None and type_ in _ORDER_WRITES:
-            log.setdefault(order, []).append((self.env._now, _ORDER_WRITES[type_]))
-        fields["t"] = self.env._now
+            log.setdefault(order, []).append((now, _ORDER_WRITES[type_]))
+        fields["t"] = now
         fields["type"] = type_
         fields["actor"] = actor
         fields["order"] = order
+        held = self._held
+        if held is not None and type_ not in _FEED_ITSELF:
+            events = held.get(order)
+            if events is not None:
+                chk = self._checker
+                if type_ not in chk._unseen:
+                    chk._events += 1
+                    events.append(fields)
+                    return
         self.sink(fields)
 
     def post(self, txn: Txn, order: str, actor: str, **fields: Any) -> None:
