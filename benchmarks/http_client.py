@@ -1,6 +1,7 @@
 """The CPU an async HTTP client spends per request on loopback keep-alive (a benchmark, run on purpose).
 
-    .venv/bin/python benchmarks/http_client.py [--requests 20000] [--connections 32] [--clients aiohttp,httpx]
+    .venv/bin/python benchmarks/http_client.py [--requests 20000] [--connections 32]
+        [--clients aiohttp,httpx,geventhttpclient,service]
 
 Chooses the client of the services' hot paths (the provider's notifications, the checkout's calls to
 the provider, the service benchmark's load generator): each client in turn sends ``--requests`` POSTs
@@ -99,8 +100,12 @@ async def _run(kind: str, url: str, n: int, connections: int) -> dict:
             return (await wrapper.request("POST", url, body, headers, timeout=30)).status
 
         close = wrapper.aclose
+    elif kind == "geventhttpclient":  # gevent's own hub, not asyncio: measured in a process of its own
+        out = subprocess.run([sys.executable, __file__, "--gevent-client", url, str(n), str(connections)],
+                             capture_output=True, text=True, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
     else:
-        raise SystemExit(f"--clients: unknown client {kind!r}; expected aiohttp, httpx or service")
+        raise SystemExit(f"--clients: unknown client {kind!r}; expected aiohttp, httpx, geventhttpclient or service")
     for _ in range(50):  # connections opened, imports and caches warm
         await send()
     latencies: list[float] = []
@@ -123,16 +128,60 @@ async def _run(kind: str, url: str, n: int, connections: int) -> dict:
             "errors": errors[0]}
 
 
+def gevent_client(url: str, n: int, connections: int) -> dict:
+    """``--gevent-client URL N C``: the same measurement with geventhttpclient (Locust's FastHttpUser
+    client: a C parser on gevent's hub), ``C`` greenlets sharing one pooled ``HTTPClient``."""
+    import gevent
+    from geventhttpclient import HTTPClient
+    from geventhttpclient.url import URL
+
+    target = URL(url)
+    client = HTTPClient(target.host, target.port, concurrency=connections, connection_timeout=30, network_timeout=30)
+    body, headers = b'{"trade":"t1","amount":100}', {"Content-Type": "application/json"}
+
+    def send() -> int:
+        r = client.request("POST", target.request_uri, body=body, headers=headers)
+        r.read()
+        r.release()
+        return r.status_code
+
+    for _ in range(50):
+        send()
+    latencies: list[float] = []
+    it = iter(range(n))
+    errors = [0]
+
+    def worker() -> None:
+        for _ in it:
+            t0 = time.perf_counter()
+            if send() != 200:
+                errors[0] += 1
+            latencies.append(time.perf_counter() - t0)
+
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    gevent.joinall([gevent.spawn(worker) for _ in range(connections)])
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    client.close()
+    return {"rps": round(n / elapsed, 1), "cpu_us_per_request": round(cpu / n * 1e6, 1),
+            "p50_ms": round(_percentile(latencies, 0.5) * 1e3, 2), "p99_ms": round(_percentile(latencies, 0.99) * 1e3, 2),
+            "errors": errors[0]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--clients", default="aiohttp,httpx,service",
-                        help="comma-separated, of: aiohttp, httpx, service (the services' wrapper)")
+    parser.add_argument("--clients", default="aiohttp,httpx,geventhttpclient,service",
+                        help="comma-separated, of: aiohttp, httpx, geventhttpclient, service (the services' wrapper)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--gevent-client", nargs=3, metavar=("URL", "N", "C"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve()
+        return 0
+    if args.gevent_client:
+        url, n, c = args.gevent_client
+        print(json.dumps(gevent_client(url, int(n), int(c))))
         return 0
     if args.requests < 1 or args.connections < 1:
         parser.error("--requests and --connections: expected positive integers")
@@ -154,6 +203,8 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait()
+    # the candidates for the services' event loops: asyncio clients (geventhttpclient is shown beside
+    # them: it needs gevent's hub, which a uvicorn service's asyncio loop is not)
     libs = {k: v for k, v in out.items() if k in ("aiohttp", "httpx")}
     if libs:
         out["chosen"] = min(libs, key=lambda k: libs[k]["cpu_us_per_request"])

@@ -5,9 +5,9 @@
 
 Starts the mock provider and the reference checkout (no injected faults: no declines, blocks, holds,
 losses; the scenario's latencies scaled by ``--time-scale``), then drives them from a **separate load
-generator process** (this file with ``--generate``: asyncio + uvloop + the services' own client,
-``loadtests.service.httpclient`` over aiohttp, a few thousand requests per second per core of its own
-capacity: its CPU share is printed for every phase, see ``generator`` below):
+generator process** (this file with ``--generate``: asyncio + uvloop + one aiohttp session, about
+ten thousand requests per second per core of its own capacity: its CPU share is printed for every
+phase, see ``generator`` below):
 
 1. ``create``   — ``POST /orders`` on the checkout;
 2. ``start``    — ``POST /orders/{id}/pay`` on the checkout (creates the provider trade);
@@ -79,10 +79,26 @@ def _percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-async def _closed_loop(requests: list[tuple[str, str, bytes]], connections: int) -> dict:
-    from loadtests.service.httpclient import HttpClient
+def _session(connections: int):
+    """The generator's client: one aiohttp session, ``connections`` keep-alive connections per origin.
+    aiohttp itself, not the services' wrapper around it (``loadtests.service.httpclient.HttpClient``:
+    its per-origin slots, timeout and error mapping cost about a third more CPU per request,
+    ``benchmarks/http_client.py``): what the generator spends is taken from the cores the services
+    share, so the leaner it is, the less it weighs on the figures (trivial and confirm alike)."""
+    import aiohttp
 
-    client = HttpClient(max_per_origin=connections)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=connections, keepalive_timeout=15)
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
+                                 timeout=aiohttp.ClientTimeout(total=30))
+
+
+async def _send(session, method: str, url: str, body: bytes, headers: dict) -> tuple[int, bytes]:
+    async with session.request(method, url, data=body or None, headers=headers, allow_redirects=False) as r:
+        return r.status, await r.read()
+
+
+async def _closed_loop(requests: list[tuple[str, str, bytes]], connections: int) -> dict:
+    session = _session(connections)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     bodies: list[bytes | None] = [None] * len(requests)
@@ -94,8 +110,7 @@ async def _closed_loop(requests: list[tuple[str, str, bytes]], connections: int)
             method, url, body = requests[i]
             t0 = time.perf_counter()
             try:
-                resp = await client.request(method, url, body, headers, timeout=30)
-                status, bodies[i] = resp.status, resp.body
+                status, bodies[i] = await _send(session, method, url, body, headers)
             except Exception:
                 status = 0
             latencies.append(time.perf_counter() - t0)
@@ -104,7 +119,7 @@ async def _closed_loop(requests: list[tuple[str, str, bytes]], connections: int)
     cpu0, t0 = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(connections)))
     elapsed = time.perf_counter() - t0
-    await client.aclose()
+    await session.close()
     return {"n": len(requests), "elapsed": elapsed, "rps": len(requests) / elapsed,
             "p50_ms": _percentile(latencies, 0.5) * 1e3, "p99_ms": _percentile(latencies, 0.99) * 1e3,
             "statuses": statuses, "generator_cores": (time.process_time() - cpu0) / elapsed,
@@ -113,9 +128,7 @@ async def _closed_loop(requests: list[tuple[str, str, bytes]], connections: int)
 
 async def _open_loop(requests: list[tuple[str, str, bytes]], rate: float, max_outstanding: int) -> dict:
     """Requests at a fixed rate; latency from each request's *scheduled* start (no coordinated omission)."""
-    from loadtests.service.httpclient import HttpClient
-
-    client = HttpClient(max_per_origin=max_outstanding)
+    session = _session(max_outstanding)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     limit = asyncio.Semaphore(max_outstanding)
@@ -124,7 +137,7 @@ async def _open_loop(requests: list[tuple[str, str, bytes]], rate: float, max_ou
     async def one(method: str, url: str, body: bytes, scheduled: float) -> None:
         async with limit:
             try:
-                status = (await client.request(method, url, body, headers, timeout=30)).status
+                status = (await _send(session, method, url, body, headers))[0]
             except Exception:
                 status = 0
         latencies.append(time.perf_counter() - scheduled)
@@ -140,7 +153,7 @@ async def _open_loop(requests: list[tuple[str, str, bytes]], rate: float, max_ou
         tasks.append(asyncio.ensure_future(one(method, url, body, scheduled)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - t0
-    await client.aclose()
+    await session.close()
     return {"n": len(requests), "elapsed": elapsed, "rps": len(requests) / elapsed, "target_rps": rate,
             "p50_ms": _percentile(latencies, 0.5) * 1e3, "p99_ms": _percentile(latencies, 0.99) * 1e3,
             "statuses": statuses, "generator_cores": (time.process_time() - cpu0) / elapsed, "bodies": []}

@@ -233,10 +233,47 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
     )
 
 
+class _OneWrite:
+    """A connection's transport whose writes of one turn of the event loop go out as one.
+
+    uvicorn writes a response's status line and headers, then its body: two ``send`` system calls,
+    two segments on loopback, and a client woken for each. Here the first write of a turn is held
+    until the next (the body, written in the same step of the same task: joined with it, one system
+    call) or, at the latest, until the end of the turn (a body sent later, a streamed one). Closing
+    writes what is held first. Everything else is the transport's own."""
+
+    __slots__ = ("_transport", "_held", "_loop")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport, self._held, self._loop = transport, None, loop
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            self._held = data
+            self._loop.call_soon(self._flush)
+        else:  # the second write of the turn: both in one system call
+            self._held = None
+            self._transport.write(held + data)
+
+    def _flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 def _guarded_http_protocol() -> type:
     """uvicorn's httptools protocol with a deadline on each request's head: uvicorn closes idle
     keep-alive connections, but a client that connects and sends nothing (or a header a byte at a
-    time) would otherwise hold its connection for ever."""
+    time) would otherwise hold its connection for ever. Its transport writes a response's head and
+    body together (:class:`_OneWrite`)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -257,7 +294,7 @@ def _guarded_http_protocol() -> type:
                 self.transport.close()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            super().connection_made(_OneWrite(transport, self.loop))  # type: ignore[arg-type]
             self._arm_head_timer()
 
         def connection_lost(self, exc: Exception | None) -> None:
