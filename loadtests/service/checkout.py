@@ -58,7 +58,7 @@ from loadtests.service.httpclient import HttpClient
 from loadtests.service.psp_clients import CLIENTS, make_client
 from loadtests.service.runtime import Limiter
 from loadtests.service.store import Job, StorageError
-from loadtests.service.web import (ID_PATTERN, replay_body, MAX_AMOUNT, ApiError, InFlightLimit, admin_router,
+from loadtests.service.web import (ID_PATTERN, _dumps, replay_body, MAX_AMOUNT, ApiError, InFlightLimit, admin_router,
                                    install_error_handlers, json_response, require_admin)
 
 log = logging.getLogger("checkout_chaos.checkout")
@@ -1071,85 +1071,156 @@ _PAY_PATH = re.compile(r"^/orders/(" + ID_PATTERN.strip("^$") + r")/pay$")
 
 
 class FastRoutes:
-    """ASGI middleware: the checkout's busiest routes under load answered without FastAPI's routing and
-    dependency machinery (as ``psp.app.FastPay`` on the provider): the provider's signed notification
-    (``POST /notify``), and a well-formed ``POST /orders`` or ``POST /orders/{order}/pay`` (a JSON body
-    that its model accepts). Same answers as the routes: the view or ``success``, a refusal
-    ``{error, field, code?}``, 503 on a storage failure, 500 (logged) on a bug. A create or pay request
-    whose body does not parse or validate goes on to FastAPI unchanged, so its 422 stays FastAPI's. Sits
-    inside :class:`InFlightLimit`, so overload, body limits and the durable send still apply."""
+    """The checkout's outermost ASGI app: its busiest routes under load answered ahead of FastAPI (as
+    ``psp.app.FastPay`` on the provider, but outside FastAPI's own middleware stack as well as its
+    routing): the provider's signed notification (``POST /notify``), and a well-formed ``POST /orders``
+    or ``POST /orders/{order}/pay`` (a JSON body that its model accepts). Everything else goes to
+    ``limit``, the :class:`InFlightLimit` in front of the FastAPI app.
+
+    A fast route keeps what ``limit`` guarantees, with its own counter and limits: at most
+    ``limit.limit`` requests in flight (shared with the other routes; beyond it, and for a declared body
+    larger than ``limit.max_body``, ``limit`` answers the 503 or 413 itself), the body within
+    ``limit.body_timeout`` (else 408), and no answer before the store's commit (a failed commit
+    answers 503). Same answers as the routes: the view or ``success``, a refusal ``{error, field,
+    code?}``, 503 on a storage failure, 500 (logged) on a bug. A body that is not complete in the first
+    message, or a create or pay request whose body does not parse or validate, goes on to ``limit``
+    and FastAPI unchanged, so its limits and its 422 stay theirs.
+
+    What this saves per request, against the same handlers behind FastAPI's stack (Starlette's
+    error and telemetry middlewares, FastAPI's body limit, ``InFlightLimit``'s wrapped send, the
+    response object's own send): about a tenth of the checkout's CPU under load
+    (``docs/performance.md``, ``load_capacity.py``)."""
 
     _SIGNATURE = signing.HEADER.lower().encode()
 
-    def __init__(self, app: Any, svc: "Checkout") -> None:
-        self.app, self.svc = app, svc
+    def __init__(self, app: Any, svc: "Checkout", limit: InFlightLimit) -> None:
+        self.app, self.svc, self.limit = app, svc, limit
+        self.state = getattr(app, "state", None)  # the FastAPI app's (base.serve names a profile from it)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
+            await self.limit(scope, receive, send)
             return
         path = scope["path"]
         if path == "/notify":
-            call = self._notify
-        elif path == "/orders" or (path.endswith("/pay") and _PAY_PATH.match(path)):
-            call = self._order
+            pay = None
+        elif path == "/orders":
+            pay = False
+        elif path.endswith("/pay") and _PAY_PATH.match(path):
+            pay = True
         else:
-            await self.app(scope, receive, send)
+            await self.limit(scope, receive, send)
             return
-        message = await receive()  # InFlightLimit has read the whole body: one message
-        raw = message.get("body", b"")
+        lim = self.limit
+        length = ctype = signature = None
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                length = v
+            elif k == b"content-type":
+                ctype = v
+            elif k == self._SIGNATURE:
+                signature = v
+        if lim.in_flight >= lim.limit or (length is not None and _declared_too_big(length, lim.max_body)):
+            await lim(scope, receive, send)  # it answers 503 or 413, as for any route
+            return
+        lim.in_flight += 1
+        counted = True
         try:
-            handled = call(scope, raw)
-            if handled is None:  # not the happy shape: FastAPI answers it (its validation errors)
-                await self.app(scope, replay_body(message, receive), send)
+            try:
+                async with asyncio.timeout(lim.body_timeout):
+                    message = await receive()
+            except TimeoutError:
+                await _refuse(send, 408, {"error": f"request body not received within {lim.body_timeout:g}s",
+                                          "field": "body"})
                 return
-            response = await handled
-        except ApiError as exc:
-            response = json_response(exc.body(), exc.status)
-        except StorageError as exc:
-            response = json_response({"error": f"storage unavailable: {exc}", "field": None}, 503, {"Retry-After": "5"})
-        except Exception as exc:  # the app's own handler would answer the same
-            log.exception("unhandled error on POST %s", path)
-            response = json_response({"error": f"internal error: {exc.__class__.__name__}", "field": None}, 500)
-        await response(scope, receive, send)
+            raw = message.get("body", b"")
+            handled = None
+            if message["type"] == "http.request" and not message.get("more_body") and len(raw) <= lim.max_body:
+                if pay is None:
+                    handled = self._notify(signature, raw)
+                else:
+                    handled = self._order(scope["path"], pay, ctype, raw)
+            if handled is None:  # not the happy shape: InFlightLimit and FastAPI answer it (their limits, 422)
+                lim.in_flight -= 1
+                counted = False
+                await lim(scope, replay_body(message, receive), send)
+                return
+            try:
+                response = await handled
+            except ApiError as exc:
+                response = json_response(exc.body(), exc.status)
+            except StorageError as exc:
+                response = json_response({"error": f"storage unavailable: {exc}", "field": None}, 503,
+                                         {"Retry-After": "5"})
+            except Exception as exc:  # the app's own handler would answer the same
+                log.exception("unhandled error on POST %s", path)
+                response = json_response({"error": f"internal error: {exc.__class__.__name__}", "field": None}, 500)
+            try:
+                await self.svc.store.durable()  # nothing is acknowledged before it is on disk
+            except StorageError as exc:
+                await _refuse(send, 503, {"error": f"storage unavailable: {exc}", "field": None}, lim.retry_after)
+                return
+            await send({"type": "http.response.start", "status": response.status_code,
+                        "headers": response.raw_headers})
+            await send({"type": "http.response.body", "body": response.body})
+        finally:
+            if counted:
+                lim.in_flight -= 1
 
-    def _notify(self, scope: dict, raw: bytes) -> Any:
-        header = next((v.decode("latin-1") for k, v in scope["headers"] if k == self._SIGNATURE), None)
-        problem = signing.verify(self.svc.secret, raw, header)
+    def _notify(self, header: bytes | None, raw: bytes) -> Any:
+        problem = signing.verify(self.svc.secret, raw, header.decode("latin-1") if header is not None else None)
         if problem:
-            raise ApiError(401, problem, signing.HEADER)
+            return _raising(ApiError(401, problem, signing.HEADER))
         return self.svc.on_notification(raw)
 
-    def _order(self, scope: dict, raw: bytes) -> Any:
+    def _order(self, path: str, pay: bool, ctype: bytes | None, raw: bytes) -> Any:
         """The handler's coroutine for a body its model accepts, else None."""
-        json_type = any(k == b"content-type" and v.split(b";")[0].strip().lower() == b"application/json"
-                        for k, v in scope["headers"])
-        pay = scope["path"] != "/orders"
         if pay and not raw:
-            return self.svc.start_payment(scope["path"][8:-4], None)
-        if not json_type:
+            return self.svc.start_payment(path[8:-4], None)
+        if ctype is None or ctype.split(b";")[0].strip().lower() != b"application/json":
             return None
         try:
             data = json.loads(raw)
             if not isinstance(data, dict):
                 return None
             if pay:
-                return self.svc.start_payment(scope["path"][8:-4], PayBody.model_validate(data))
+                return self.svc.start_payment(path[8:-4], PayBody.model_validate(data))
             return self.svc.create_order(OrderCreate.model_validate(data))
         except (ValueError, RecursionError):  # pydantic's ValidationError is a ValueError
             return None
 
 
-def create_app(config: base.ServiceConfig, psp: str = "native") -> FastAPI:
+def _declared_too_big(length: bytes, limit: int) -> bool:
+    try:
+        return int(length) > limit
+    except ValueError:
+        return False
+
+
+async def _raising(exc: Exception) -> Any:
+    raise exc
+
+
+async def _refuse(send: Any, status: int, body: dict, retry_after: bytes | None = None) -> None:
+    """A refusal as :class:`InFlightLimit` answers one (the connection closed after it)."""
+    payload = _dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+               (b"connection", b"close")]
+    if retry_after is not None:
+        headers.append((b"retry-after", retry_after))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def create_app(config: base.ServiceConfig, psp: str = "native") -> "FastRoutes":
+    """The checkout's ASGI app: :class:`FastRoutes` in front of the FastAPI app (``.app``; its
+    ``.state.service`` is the :class:`Checkout`)."""
     svc = Checkout(config, psp)
     app = FastAPI(title="checkout-chaos reference checkout", version="1", lifespan=svc.lifespan,
                   description="Order service and merchant; closes orders with the simulation's policies. "
                               "Amounts are integer fen. Errors: {error, field, code?}.")
     app.state.service = svc
     install_error_handlers(app)
-    app.add_middleware(FastRoutes, svc=svc)  # added first: inside InFlightLimit
-    app.add_middleware(InFlightLimit, limit=config.scenario.live.max_in_flight,
-                       before_response=lambda: svc.store.durable())
 
     @app.get("/healthz", tags=["health"], summary="liveness")
     async def healthz() -> Response:
@@ -1192,7 +1263,10 @@ def create_app(config: base.ServiceConfig, psp: str = "native") -> FastAPI:
     async def stats() -> Response:
         return json_response(svc.stats())
 
-    return app
+    # FastRoutes in front of everything (its own in-flight count and limits: InFlightLimit's), then
+    # InFlightLimit around the FastAPI app for every other request.
+    limit = InFlightLimit(app, limit=config.scenario.live.max_in_flight, before_response=lambda: svc.store.durable())
+    return FastRoutes(app, svc, limit)
 
 
 def _provider_from_port_file(path: str, host: str, timeout: float = 30.0) -> str:
