@@ -38,10 +38,15 @@ import json
 import logging
 import math
 import re
+import os
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import httptools
 
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.responses import PlainTextResponse, Response
@@ -54,7 +59,8 @@ from sim.domain.states import OrderState, TradeState, can_advance
 
 from loadtests.service import base, signing
 from loadtests.service.base import ProviderUnavailable
-from loadtests.service.httpclient import HttpClient
+from loadtests.service.httpclient import KEEPALIVE, HttpClient, HttpError
+from loadtests.service.httpclient import Response as HttpResponse
 from loadtests.service.psp_clients import CLIENTS, make_client
 from loadtests.service.runtime import Limiter
 from loadtests.service.store import Job, StorageError
@@ -81,6 +87,7 @@ CREATE TABLE IF NOT EXISTS orders (
 CREATE INDEX IF NOT EXISTS orders_state_expiry ON orders (state, expires_at);
 """ + ORDER_TRADES
 
+PROVIDER_CLIENT_ENV = "CHECKOUT_CHAOS_PROVIDER_CLIENT"  # "aiohttp": the provider calls through HttpClient
 CLOSE_RETRY = 60.0  # scenario seconds before the close job looks again at an order it could not decide
 REPLICA_HORIZON = 3600.0  # scenario s: orders not written for this long are served from the primary
 
@@ -156,6 +163,9 @@ class Checkout(base.ServiceBase):
         self.notify_url = config.public_url.rstrip("/") + "/notify"
         self.workers = Limiter(lambda: self.conditions.current().order_service.workers)
         self.http = HttpClient(max_per_origin=64)
+        # the native API of a plain http:// provider (the mock): ProviderLink, unless told otherwise
+        self.link = ProviderLink(self.provider_url, max_conns=64) if self.provider_url.startswith("http://") \
+            and os.environ.get(PROVIDER_CLIENT_ENV) != "aiohttp" else None
         self.client: Any = None  # httpx, only for an https:// provider
         self._locks: dict[str, list] = {}  # order id -> [asyncio.Lock, users]: see _order_lock
         # order id -> [(t, (state, paid_trade, close_reason, stock_released)), ...]: every write while
@@ -195,6 +205,8 @@ class Checkout(base.ServiceBase):
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        if self.link is not None:
+            self.link.close()
         if self.client is not None:
             await self.client.aclose()
         if self.psp is not None:
@@ -218,7 +230,9 @@ class Checkout(base.ServiceBase):
         payload = json.dumps(body).encode() if body is not None else b""
         headers = {"Content-Type": "application/json"} if body is not None else None
         try:
-            if url.startswith("http://"):
+            if self.link is not None:
+                resp = await self.link.request(method, path, payload, headers, timeout)
+            elif url.startswith("http://"):
                 resp = await self.http.request(method, url, payload, headers, timeout)
             else:
                 import httpx
@@ -1043,6 +1057,188 @@ class Checkout(base.ServiceBase):
                                 f"THEN '{REFUND_FAILED}' ELSE state END AS s, COUNT(*) FROM orders GROUP BY s"),
                 "jobs": count("SELECT kind, COUNT(*) FROM jobs GROUP BY kind"),
                 "now": self.clock.now()}
+
+
+class ProviderLink:
+    """The checkout's keep-alive HTTP/1.1 connections to a plain ``http://`` provider (the mock), for
+    :meth:`Checkout.native_call`: requests written as bytes, answers parsed by ``httptools`` (the
+    maintained parser under uvicorn, which serves these very requests), at most ``max_conns``
+    connections. It does what :class:`HttpClient` (aiohttp) does for these calls, and no more:
+
+    * ``timeout`` wall seconds for the whole exchange (connect, send, answer); waiting for a free
+      connection is not part of it; a connection whose exchange timed out or failed is closed, never
+      reused;
+    * one retry on a fresh connection when a pooled one turns out to have been closed by the server
+      before any byte of the answer came (the provider's writes are idempotent on the merchant's keys,
+      as for aiohttp's retry); a refusal (nothing listening) is not retried;
+    * an idle connection is dropped after :data:`KEEPALIVE` seconds (the services close theirs at 30 s),
+      and one the server answered ``Connection: close`` on (or closed) is not reused;
+    * every failure below HTTP raises :class:`HttpError`; an answer larger than ``max_body`` is refused.
+
+    Why not aiohttp here: under ``benchmarks/load_capacity.py`` the aiohttp call was a fifth of the
+    checkout's CPU (cProfile), about 150 µs of the provider call's CPU per flow; this link spends a
+    fraction of it (``docs/performance.md``, ``load_capacity.py``). ``CHECKOUT_CHAOS_PROVIDER_CLIENT=
+    aiohttp`` in the checkout's environment sends these calls through :class:`HttpClient` again."""
+
+    def __init__(self, url: str, max_conns: int = 64, max_body: int = 1 << 20) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"ProviderLink: expected an http:// URL, found {url!r}")
+        self.host, self.port = parts.hostname, parts.port or 80
+        self.prefix = parts.path.rstrip("/")
+        self.head = f"Host: {parts.netloc}\r\n".encode("latin-1")
+        self.max_body = max_body
+        self._idle: list[_Link] = []
+        self._slots = asyncio.Semaphore(max_conns)
+        self._open: set[_Link] = set()
+
+    async def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
+                      timeout: float = 10.0) -> HttpResponse:
+        head = [f"{method} {self.prefix}{path} HTTP/1.1\r\n".encode("latin-1"), self.head,
+                b"Content-Length: %d\r\n" % len(body)]
+        if headers:
+            head.extend(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.items())
+        head.append(b"\r\n")
+        if body:
+            head.append(body)
+        data = b"".join(head)
+        async with self._slots:
+            link = None
+            try:
+                async with asyncio.timeout(timeout):
+                    link, reused = self._take()
+                    if link is None:
+                        link = await self._connect()
+                    try:
+                        answer = await link.exchange(data)
+                    except _Stale:
+                        if not reused:
+                            raise HttpError("the provider closed the connection before answering") from None
+                        link = await self._connect()
+                        answer = await link.exchange(data)
+            except TimeoutError:
+                if link is not None:
+                    link.close()
+                raise HttpError(f"timed out after {timeout:.3g}s") from None
+            except (OSError, HttpError) as exc:
+                if link is not None:
+                    link.close()
+                if isinstance(exc, HttpError):
+                    raise
+                raise HttpError(f"{exc.__class__.__name__}: {exc}") from None
+            except BaseException:  # cancelled mid-exchange: the connection's state is unknown
+                if link is not None:
+                    link.close()
+                raise
+            if link.reusable:
+                link.idle_since = time.monotonic()
+                self._idle.append(link)
+            else:
+                link.close()
+            return answer
+
+    def _take(self) -> tuple["_Link | None", bool]:
+        now = time.monotonic()
+        while self._idle:
+            link = self._idle.pop()
+            if link.reusable and now - link.idle_since < KEEPALIVE:
+                return link, True
+            link.close()
+        return None, False
+
+    async def _connect(self) -> "_Link":
+        loop = asyncio.get_running_loop()
+        try:
+            _, link = await loop.create_connection(lambda: _Link(self), self.host, self.port)
+        except OSError as exc:
+            raise HttpError(f"cannot connect to {self.host}:{self.port}: {exc}") from None
+        self._open.add(link)
+        return link
+
+    def close(self) -> None:
+        for link in list(self._open):
+            link.close()
+        self._idle.clear()
+
+
+class _Stale(Exception):
+    """A pooled connection was found closed before any byte of the answer arrived."""
+
+
+class _Link(asyncio.Protocol):
+    """One keep-alive connection of :class:`ProviderLink`: one exchange at a time."""
+
+    def __init__(self, owner: ProviderLink) -> None:
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future | None = None
+        self.reusable = True
+        self.idle_since = 0.0
+        self._received = False
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self._size = 0
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(HttpError(f"unparsable answer from the provider: {exc}"))
+        except HttpError as exc:  # (raised by on_body: too large)
+            self._fail(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.reusable = False
+        self.owner._open.discard(self)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(_Stale() if not self._received else
+                                      HttpError("the provider closed the connection mid-answer"))
+
+    # -- httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > self.owner.max_body:
+            raise HttpError(f"answer exceeds the limit of {self.owner.max_body} bytes")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if not self.parser.should_keep_alive():
+            self.reusable = False
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(HttpResponse(self.parser.get_status_code(), self._headers, b"".join(self._body)))
+
+    # --
+    async def exchange(self, data: bytes) -> HttpResponse:
+        if self.transport is None or self.transport.is_closing():
+            raise _Stale()
+        self._received, self._headers, self._body, self._size = False, {}, [], 0
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        try:
+            return await self.waiter
+        finally:
+            self.waiter = None
+
+    def _fail(self, exc: Exception) -> None:
+        self.reusable = False
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+        self.close()
+
+    def close(self) -> None:
+        self.reusable = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self.owner._open.discard(self)
 
 
 def _fresh_trade_no(order_id: str) -> str:
