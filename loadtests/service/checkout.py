@@ -1176,6 +1176,7 @@ class _Link(asyncio.Protocol):
         self.reusable = True
         self.idle_since = 0.0
         self._received = False
+        self._error: HttpError | None = None
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._size = 0
@@ -1188,10 +1189,8 @@ class _Link(asyncio.Protocol):
         self._received = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(HttpError(f"unparsable answer from the provider: {exc}"))
-        except HttpError as exc:  # (raised by on_body: too large)
-            self._fail(exc)
+        except httptools.HttpParserError as exc:  # (also a callback's error: on_body's "too large")
+            self._fail(self._error or HttpError(f"unparsable answer from the provider: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
@@ -1207,7 +1206,8 @@ class _Link(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
         if self._size > self.owner.max_body:
-            raise HttpError(f"answer exceeds the limit of {self.owner.max_body} bytes")
+            self._error = HttpError(f"answer exceeds the limit of {self.owner.max_body} bytes")
+            raise self._error  # stops the parser (which raises its own error: data_received)
         self._body.append(body)
 
     def on_message_complete(self) -> None:
