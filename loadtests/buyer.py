@@ -72,6 +72,22 @@ class Reply:
     error: str | None = None
 
 
+_CONSTANT: dict[Any, float | None] = {}  # Dist -> its value if constant, else None
+
+
+def _draw(dist: Any, rng: random.Random) -> float:
+    """One draw of ``dist`` with ``rng``, as ``dist.sampler(rng)()`` draws it (the same values and the
+    same use of ``rng``); a constant one (``app.network_latency`` is ``0s`` by default) without
+    building a sampler per call."""
+    try:
+        value = _CONSTANT[dist]
+    except KeyError:
+        value = _CONSTANT[dist] = dist.p("value") if dist.kind == "constant" else None
+    except TypeError:  # unhashable (an empirical distribution's list of values)
+        value = None
+    return dist.sampler(rng)() if value is None else value
+
+
 class Transport(Protocol):
     def send(self, method: str, url: str, body: Any, timeout: float, name: str,
              headers: dict[str, str] | None = None) -> Reply:
@@ -196,7 +212,7 @@ class Buyer:
         app = ctx.current(ctx.now()).app
         due = self.due
         deadline = due + max(app.request_timeout / k, MIN_CLIENT_TIMEOUT)
-        out_net, back_net = app.network_latency.sampler(self.rng)() / k, app.network_latency.sampler(self.rng)() / k
+        out_net, back_net = _draw(app.network_latency, self.rng) / k, _draw(app.network_latency, self.rng) / k
         left = due + out_net - tr.time()
         if left > 0:
             tr.sleep(left)

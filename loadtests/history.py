@@ -18,7 +18,27 @@ from typing import Any, Iterable, Iterator
 
 from loadtests.plan import LiveWindow
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_json_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+try:  # orjson writes the same compact JSON (non-ASCII kept) several times faster: one line per event
+    import orjson as _orjson
+
+    _NEWLINE = _orjson.OPT_APPEND_NEWLINE | _orjson.OPT_NON_STR_KEYS
+
+    def _line(event: dict[str, Any]) -> bytes:
+        """One event as a JSON Lines line (UTF-8 bytes, newline included)."""
+        try:
+            return _orjson.dumps(event, option=_NEWLINE)
+        except TypeError:  # what orjson refuses (an integer beyond 64 bits): the standard library's text
+            return (_json_dumps(event) + "\n").encode()
+except ImportError:  # pragma: no cover - orjson is a dependency; the standard library still works
+    def _line(event: dict[str, Any]) -> bytes:
+        return (_json_dumps(event) + "\n").encode()
+
+
+def _dumps(event: dict[str, Any]) -> str:
+    """One event as compact JSON text (no spaces, non-ASCII kept), without the newline."""
+    return _line(event)[:-1].decode()
 CLIENT_GLOB = "client-*.jsonl"
 # Fields holding a scenario time (besides ``t``) that must move with a rebase (docs/events.md).
 TIME_FIELDS = ("expires_at",)
@@ -30,7 +50,7 @@ class HistoryWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh = open(self.path, "ab")  # UTF-8 lines
         self._buf: list[dict[str, Any]] = []
         self.written = 0
 
@@ -41,7 +61,7 @@ class HistoryWriter:
         if not self._buf:
             return
         buf, self._buf = self._buf, []
-        self._fh.write("".join(_dumps(e) + "\n" for e in buf))
+        self._fh.write(b"".join(map(_line, buf)))
         self._fh.flush()
         self.written += len(buf)
 
@@ -134,6 +154,6 @@ def write_jsonl(events: Iterable[dict[str, Any]], path: str | Path) -> int:
     n = 0
     with open(path, "w", encoding="utf-8") as fh:
         for e in events:
-            fh.write(_dumps(e) + "\n")
+            fh.write(_json_dumps(e) + "\n")
             n += 1
     return n

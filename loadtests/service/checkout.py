@@ -38,10 +38,15 @@ import json
 import logging
 import math
 import re
+import os
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import httptools
 
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.responses import PlainTextResponse, Response
@@ -54,11 +59,12 @@ from sim.domain.states import OrderState, TradeState, can_advance
 
 from loadtests.service import base, signing
 from loadtests.service.base import ProviderUnavailable
-from loadtests.service.httpclient import HttpClient
+from loadtests.service.httpclient import KEEPALIVE, HttpClient, HttpError
+from loadtests.service.httpclient import Response as HttpResponse
 from loadtests.service.psp_clients import CLIENTS, make_client
 from loadtests.service.runtime import Limiter
 from loadtests.service.store import Job, StorageError
-from loadtests.service.web import (ID_PATTERN, replay_body, MAX_AMOUNT, ApiError, InFlightLimit, admin_router,
+from loadtests.service.web import (ID_PATTERN, _dumps, replay_body, MAX_AMOUNT, ApiError, InFlightLimit, admin_router,
                                    install_error_handlers, json_response, require_admin)
 
 log = logging.getLogger("checkout_chaos.checkout")
@@ -81,6 +87,7 @@ CREATE TABLE IF NOT EXISTS orders (
 CREATE INDEX IF NOT EXISTS orders_state_expiry ON orders (state, expires_at);
 """ + ORDER_TRADES
 
+PROVIDER_CLIENT_ENV = "CHECKOUT_CHAOS_PROVIDER_CLIENT"  # "aiohttp": the provider calls through HttpClient
 CLOSE_RETRY = 60.0  # scenario seconds before the close job looks again at an order it could not decide
 REPLICA_HORIZON = 3600.0  # scenario s: orders not written for this long are served from the primary
 
@@ -156,6 +163,9 @@ class Checkout(base.ServiceBase):
         self.notify_url = config.public_url.rstrip("/") + "/notify"
         self.workers = Limiter(lambda: self.conditions.current().order_service.workers)
         self.http = HttpClient(max_per_origin=64)
+        # the native API of a plain http:// provider (the mock): ProviderLink, unless told otherwise
+        self.link = ProviderLink(self.provider_url, max_conns=64) if self.provider_url.startswith("http://") \
+            and os.environ.get(PROVIDER_CLIENT_ENV) != "aiohttp" else None
         self.client: Any = None  # httpx, only for an https:// provider
         self._locks: dict[str, list] = {}  # order id -> [asyncio.Lock, users]: see _order_lock
         # order id -> [(t, (state, paid_trade, close_reason, stock_released)), ...]: every write while
@@ -195,6 +205,8 @@ class Checkout(base.ServiceBase):
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        if self.link is not None:
+            self.link.close()
         if self.client is not None:
             await self.client.aclose()
         if self.psp is not None:
@@ -218,7 +230,9 @@ class Checkout(base.ServiceBase):
         payload = json.dumps(body).encode() if body is not None else b""
         headers = {"Content-Type": "application/json"} if body is not None else None
         try:
-            if url.startswith("http://"):
+            if self.link is not None:
+                resp = await self.link.request(method, path, payload, headers, timeout)
+            elif url.startswith("http://"):
                 resp = await self.http.request(method, url, payload, headers, timeout)
             else:
                 import httpx
@@ -1045,6 +1059,188 @@ class Checkout(base.ServiceBase):
                 "now": self.clock.now()}
 
 
+class ProviderLink:
+    """The checkout's keep-alive HTTP/1.1 connections to a plain ``http://`` provider (the mock), for
+    :meth:`Checkout.native_call`: requests written as bytes, answers parsed by ``httptools`` (the
+    maintained parser under uvicorn, which serves these very requests), at most ``max_conns``
+    connections. It does what :class:`HttpClient` (aiohttp) does for these calls, and no more:
+
+    * ``timeout`` wall seconds for the whole exchange (connect, send, answer); waiting for a free
+      connection is not part of it; a connection whose exchange timed out or failed is closed, never
+      reused;
+    * one retry on a fresh connection when a pooled one turns out to have been closed by the server
+      before any byte of the answer came (the provider's writes are idempotent on the merchant's keys,
+      as for aiohttp's retry); a refusal (nothing listening) is not retried;
+    * an idle connection is dropped after :data:`KEEPALIVE` seconds (the services close theirs at 30 s),
+      and one the server answered ``Connection: close`` on (or closed) is not reused;
+    * every failure below HTTP raises :class:`HttpError`; an answer larger than ``max_body`` is refused.
+
+    Why not aiohttp here: under ``benchmarks/load_capacity.py`` the aiohttp call was a fifth of the
+    checkout's CPU (cProfile), about 150 µs of the provider call's CPU per flow; this link spends a
+    fraction of it (``docs/performance.md``, ``load_capacity.py``). ``CHECKOUT_CHAOS_PROVIDER_CLIENT=
+    aiohttp`` in the checkout's environment sends these calls through :class:`HttpClient` again."""
+
+    def __init__(self, url: str, max_conns: int = 64, max_body: int = 1 << 20) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"ProviderLink: expected an http:// URL, found {url!r}")
+        self.host, self.port = parts.hostname, parts.port or 80
+        self.prefix = parts.path.rstrip("/")
+        self.head = f"Host: {parts.netloc}\r\n".encode("latin-1")
+        self.max_body = max_body
+        self._idle: list[_Link] = []
+        self._slots = asyncio.Semaphore(max_conns)
+        self._open: set[_Link] = set()
+
+    async def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
+                      timeout: float = 10.0) -> HttpResponse:
+        head = [f"{method} {self.prefix}{path} HTTP/1.1\r\n".encode("latin-1"), self.head,
+                b"Content-Length: %d\r\n" % len(body)]
+        if headers:
+            head.extend(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.items())
+        head.append(b"\r\n")
+        if body:
+            head.append(body)
+        data = b"".join(head)
+        async with self._slots:
+            link = None
+            try:
+                async with asyncio.timeout(timeout):
+                    link, reused = self._take()
+                    if link is None:
+                        link = await self._connect()
+                    try:
+                        answer = await link.exchange(data)
+                    except _Stale:
+                        if not reused:
+                            raise HttpError("the provider closed the connection before answering") from None
+                        link = await self._connect()
+                        answer = await link.exchange(data)
+            except TimeoutError:
+                if link is not None:
+                    link.close()
+                raise HttpError(f"timed out after {timeout:.3g}s") from None
+            except (OSError, HttpError) as exc:
+                if link is not None:
+                    link.close()
+                if isinstance(exc, HttpError):
+                    raise
+                raise HttpError(f"{exc.__class__.__name__}: {exc}") from None
+            except BaseException:  # cancelled mid-exchange: the connection's state is unknown
+                if link is not None:
+                    link.close()
+                raise
+            if link.reusable:
+                link.idle_since = time.monotonic()
+                self._idle.append(link)
+            else:
+                link.close()
+            return answer
+
+    def _take(self) -> tuple["_Link | None", bool]:
+        now = time.monotonic()
+        while self._idle:
+            link = self._idle.pop()
+            if link.reusable and now - link.idle_since < KEEPALIVE:
+                return link, True
+            link.close()
+        return None, False
+
+    async def _connect(self) -> "_Link":
+        loop = asyncio.get_running_loop()
+        try:
+            _, link = await loop.create_connection(lambda: _Link(self), self.host, self.port)
+        except OSError as exc:
+            raise HttpError(f"cannot connect to {self.host}:{self.port}: {exc}") from None
+        self._open.add(link)
+        return link
+
+    def close(self) -> None:
+        for link in list(self._open):
+            link.close()
+        self._idle.clear()
+
+
+class _Stale(Exception):
+    """A pooled connection was found closed before any byte of the answer arrived."""
+
+
+class _Link(asyncio.Protocol):
+    """One keep-alive connection of :class:`ProviderLink`: one exchange at a time."""
+
+    def __init__(self, owner: ProviderLink) -> None:
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future | None = None
+        self.reusable = True
+        self.idle_since = 0.0
+        self._received = False
+        self._error: HttpError | None = None
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self._size = 0
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:  # (also a callback's error: on_body's "too large")
+            self._fail(self._error or HttpError(f"unparsable answer from the provider: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.reusable = False
+        self.owner._open.discard(self)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(_Stale() if not self._received else
+                                      HttpError("the provider closed the connection mid-answer"))
+
+    # -- httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > self.owner.max_body:
+            self._error = HttpError(f"answer exceeds the limit of {self.owner.max_body} bytes")
+            raise self._error  # stops the parser (which raises its own error: data_received)
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if not self.parser.should_keep_alive():
+            self.reusable = False
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(HttpResponse(self.parser.get_status_code(), self._headers, b"".join(self._body)))
+
+    # --
+    async def exchange(self, data: bytes) -> HttpResponse:
+        if self.transport is None or self.transport.is_closing():
+            raise _Stale()
+        self._received, self._headers, self._body, self._size = False, {}, [], 0
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        try:
+            return await self.waiter
+        finally:
+            self.waiter = None
+
+    def _fail(self, exc: Exception) -> None:
+        self.reusable = False
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+        self.close()
+
+    def close(self) -> None:
+        self.reusable = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self.owner._open.discard(self)
+
+
 def _fresh_trade_no(order_id: str) -> str:
     """A trade number for ``order_id`` that nobody can have taken in advance (at most 64 characters)."""
     return f"{order_id[:40]}-r{secrets.token_hex(8)}"
@@ -1071,85 +1267,156 @@ _PAY_PATH = re.compile(r"^/orders/(" + ID_PATTERN.strip("^$") + r")/pay$")
 
 
 class FastRoutes:
-    """ASGI middleware: the checkout's busiest routes under load answered without FastAPI's routing and
-    dependency machinery (as ``psp.app.FastPay`` on the provider): the provider's signed notification
-    (``POST /notify``), and a well-formed ``POST /orders`` or ``POST /orders/{order}/pay`` (a JSON body
-    that its model accepts). Same answers as the routes: the view or ``success``, a refusal
-    ``{error, field, code?}``, 503 on a storage failure, 500 (logged) on a bug. A create or pay request
-    whose body does not parse or validate goes on to FastAPI unchanged, so its 422 stays FastAPI's. Sits
-    inside :class:`InFlightLimit`, so overload, body limits and the durable send still apply."""
+    """The checkout's outermost ASGI app: its busiest routes under load answered ahead of FastAPI (as
+    ``psp.app.FastPay`` on the provider, but outside FastAPI's own middleware stack as well as its
+    routing): the provider's signed notification (``POST /notify``), and a well-formed ``POST /orders``
+    or ``POST /orders/{order}/pay`` (a JSON body that its model accepts). Everything else goes to
+    ``limit``, the :class:`InFlightLimit` in front of the FastAPI app.
+
+    A fast route keeps what ``limit`` guarantees, with its own counter and limits: at most
+    ``limit.limit`` requests in flight (shared with the other routes; beyond it, and for a declared body
+    larger than ``limit.max_body``, ``limit`` answers the 503 or 413 itself), the body within
+    ``limit.body_timeout`` (else 408), and no answer before the store's commit (a failed commit
+    answers 503). Same answers as the routes: the view or ``success``, a refusal ``{error, field,
+    code?}``, 503 on a storage failure, 500 (logged) on a bug. A body that is not complete in the first
+    message, or a create or pay request whose body does not parse or validate, goes on to ``limit``
+    and FastAPI unchanged, so its limits and its 422 stay theirs.
+
+    What this saves per request, against the same handlers behind FastAPI's stack (Starlette's
+    error and telemetry middlewares, FastAPI's body limit, ``InFlightLimit``'s wrapped send, the
+    response object's own send): about a tenth of the checkout's CPU under load
+    (``docs/performance.md``, ``load_capacity.py``)."""
 
     _SIGNATURE = signing.HEADER.lower().encode()
 
-    def __init__(self, app: Any, svc: "Checkout") -> None:
-        self.app, self.svc = app, svc
+    def __init__(self, app: Any, svc: "Checkout", limit: InFlightLimit) -> None:
+        self.app, self.svc, self.limit = app, svc, limit
+        self.state = getattr(app, "state", None)  # the FastAPI app's (base.serve names a profile from it)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
+            await self.limit(scope, receive, send)
             return
         path = scope["path"]
         if path == "/notify":
-            call = self._notify
-        elif path == "/orders" or (path.endswith("/pay") and _PAY_PATH.match(path)):
-            call = self._order
+            pay = None
+        elif path == "/orders":
+            pay = False
+        elif path.endswith("/pay") and _PAY_PATH.match(path):
+            pay = True
         else:
-            await self.app(scope, receive, send)
+            await self.limit(scope, receive, send)
             return
-        message = await receive()  # InFlightLimit has read the whole body: one message
-        raw = message.get("body", b"")
+        lim = self.limit
+        length = ctype = signature = None
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                length = v
+            elif k == b"content-type":
+                ctype = v
+            elif k == self._SIGNATURE:
+                signature = v
+        if lim.in_flight >= lim.limit or (length is not None and _declared_too_big(length, lim.max_body)):
+            await lim(scope, receive, send)  # it answers 503 or 413, as for any route
+            return
+        lim.in_flight += 1
+        counted = True
         try:
-            handled = call(scope, raw)
-            if handled is None:  # not the happy shape: FastAPI answers it (its validation errors)
-                await self.app(scope, replay_body(message, receive), send)
+            try:
+                async with asyncio.timeout(lim.body_timeout):
+                    message = await receive()
+            except TimeoutError:
+                await _refuse(send, 408, {"error": f"request body not received within {lim.body_timeout:g}s",
+                                          "field": "body"})
                 return
-            response = await handled
-        except ApiError as exc:
-            response = json_response(exc.body(), exc.status)
-        except StorageError as exc:
-            response = json_response({"error": f"storage unavailable: {exc}", "field": None}, 503, {"Retry-After": "5"})
-        except Exception as exc:  # the app's own handler would answer the same
-            log.exception("unhandled error on POST %s", path)
-            response = json_response({"error": f"internal error: {exc.__class__.__name__}", "field": None}, 500)
-        await response(scope, receive, send)
+            raw = message.get("body", b"")
+            handled = None
+            if message["type"] == "http.request" and not message.get("more_body") and len(raw) <= lim.max_body:
+                if pay is None:
+                    handled = self._notify(signature, raw)
+                else:
+                    handled = self._order(scope["path"], pay, ctype, raw)
+            if handled is None:  # not the happy shape: InFlightLimit and FastAPI answer it (their limits, 422)
+                lim.in_flight -= 1
+                counted = False
+                await lim(scope, replay_body(message, receive), send)
+                return
+            try:
+                response = await handled
+            except ApiError as exc:
+                response = json_response(exc.body(), exc.status)
+            except StorageError as exc:
+                response = json_response({"error": f"storage unavailable: {exc}", "field": None}, 503,
+                                         {"Retry-After": "5"})
+            except Exception as exc:  # the app's own handler would answer the same
+                log.exception("unhandled error on POST %s", path)
+                response = json_response({"error": f"internal error: {exc.__class__.__name__}", "field": None}, 500)
+            try:
+                await self.svc.store.durable()  # nothing is acknowledged before it is on disk
+            except StorageError as exc:
+                await _refuse(send, 503, {"error": f"storage unavailable: {exc}", "field": None}, lim.retry_after)
+                return
+            await send({"type": "http.response.start", "status": response.status_code,
+                        "headers": response.raw_headers})
+            await send({"type": "http.response.body", "body": response.body})
+        finally:
+            if counted:
+                lim.in_flight -= 1
 
-    def _notify(self, scope: dict, raw: bytes) -> Any:
-        header = next((v.decode("latin-1") for k, v in scope["headers"] if k == self._SIGNATURE), None)
-        problem = signing.verify(self.svc.secret, raw, header)
+    def _notify(self, header: bytes | None, raw: bytes) -> Any:
+        problem = signing.verify(self.svc.secret, raw, header.decode("latin-1") if header is not None else None)
         if problem:
-            raise ApiError(401, problem, signing.HEADER)
+            return _raising(ApiError(401, problem, signing.HEADER))
         return self.svc.on_notification(raw)
 
-    def _order(self, scope: dict, raw: bytes) -> Any:
+    def _order(self, path: str, pay: bool, ctype: bytes | None, raw: bytes) -> Any:
         """The handler's coroutine for a body its model accepts, else None."""
-        json_type = any(k == b"content-type" and v.split(b";")[0].strip().lower() == b"application/json"
-                        for k, v in scope["headers"])
-        pay = scope["path"] != "/orders"
         if pay and not raw:
-            return self.svc.start_payment(scope["path"][8:-4], None)
-        if not json_type:
+            return self.svc.start_payment(path[8:-4], None)
+        if ctype is None or ctype.split(b";")[0].strip().lower() != b"application/json":
             return None
         try:
             data = json.loads(raw)
             if not isinstance(data, dict):
                 return None
             if pay:
-                return self.svc.start_payment(scope["path"][8:-4], PayBody.model_validate(data))
+                return self.svc.start_payment(path[8:-4], PayBody.model_validate(data))
             return self.svc.create_order(OrderCreate.model_validate(data))
         except (ValueError, RecursionError):  # pydantic's ValidationError is a ValueError
             return None
 
 
-def create_app(config: base.ServiceConfig, psp: str = "native") -> FastAPI:
+def _declared_too_big(length: bytes, limit: int) -> bool:
+    try:
+        return int(length) > limit
+    except ValueError:
+        return False
+
+
+async def _raising(exc: Exception) -> Any:
+    raise exc
+
+
+async def _refuse(send: Any, status: int, body: dict, retry_after: bytes | None = None) -> None:
+    """A refusal as :class:`InFlightLimit` answers one (the connection closed after it)."""
+    payload = _dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+               (b"connection", b"close")]
+    if retry_after is not None:
+        headers.append((b"retry-after", retry_after))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def create_app(config: base.ServiceConfig, psp: str = "native") -> "FastRoutes":
+    """The checkout's ASGI app: :class:`FastRoutes` in front of the FastAPI app (``.app``; its
+    ``.state.service`` is the :class:`Checkout`)."""
     svc = Checkout(config, psp)
     app = FastAPI(title="checkout-chaos reference checkout", version="1", lifespan=svc.lifespan,
                   description="Order service and merchant; closes orders with the simulation's policies. "
                               "Amounts are integer fen. Errors: {error, field, code?}.")
     app.state.service = svc
     install_error_handlers(app)
-    app.add_middleware(FastRoutes, svc=svc)  # added first: inside InFlightLimit
-    app.add_middleware(InFlightLimit, limit=config.scenario.live.max_in_flight,
-                       before_response=lambda: svc.store.durable())
 
     @app.get("/healthz", tags=["health"], summary="liveness")
     async def healthz() -> Response:
@@ -1192,7 +1459,10 @@ def create_app(config: base.ServiceConfig, psp: str = "native") -> FastAPI:
     async def stats() -> Response:
         return json_response(svc.stats())
 
-    return app
+    # FastRoutes in front of everything (its own in-flight count and limits: InFlightLimit's), then
+    # InFlightLimit around the FastAPI app for every other request.
+    limit = InFlightLimit(app, limit=config.scenario.live.max_in_flight, before_response=lambda: svc.store.durable())
+    return FastRoutes(app, svc, limit)
 
 
 def _provider_from_port_file(path: str, host: str, timeout: float = 30.0) -> str:
