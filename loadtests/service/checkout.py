@@ -87,7 +87,7 @@ CREATE TABLE IF NOT EXISTS orders (
 CREATE INDEX IF NOT EXISTS orders_state_expiry ON orders (state, expires_at);
 """ + ORDER_TRADES
 
-PROVIDER_CLIENT_ENV = "CHECKOUT_CHAOS_PROVIDER_CLIENT"  # "aiohttp": the provider calls through HttpClient
+PROVIDER_CLIENT_ENV = "CHECKOUT_CHAOS_PROVIDER_CLIENT"  # "link": the provider calls through ProviderLink (opt-in)
 CLOSE_RETRY = 60.0  # scenario seconds before the close job looks again at an order it could not decide
 REPLICA_HORIZON = 3600.0  # scenario s: orders not written for this long are served from the primary
 
@@ -163,9 +163,9 @@ class Checkout(base.ServiceBase):
         self.notify_url = config.public_url.rstrip("/") + "/notify"
         self.workers = Limiter(lambda: self.conditions.current().order_service.workers)
         self.http = HttpClient(max_per_origin=64)
-        # the native API of a plain http:// provider (the mock): ProviderLink, unless told otherwise
+        # the native API of a plain http:// provider (the mock): aiohttp (HttpClient) unless told "link"
         self.link = ProviderLink(self.provider_url, max_conns=64) if self.provider_url.startswith("http://") \
-            and os.environ.get(PROVIDER_CLIENT_ENV) != "aiohttp" else None
+            and os.environ.get(PROVIDER_CLIENT_ENV) == "link" else None
         self.client: Any = None  # httpx, only for an https:// provider
         self._locks: dict[str, list] = {}  # order id -> [asyncio.Lock, users]: see _order_lock
         # order id -> [(t, (state, paid_trade, close_reason, stock_released)), ...]: every write while
@@ -1075,10 +1075,12 @@ class ProviderLink:
       and one the server answered ``Connection: close`` on (or closed) is not reused;
     * every failure below HTTP raises :class:`HttpError`; an answer larger than ``max_body`` is refused.
 
-    Why not aiohttp here: under ``benchmarks/load_capacity.py`` the aiohttp call was a fifth of the
-    checkout's CPU (cProfile), about 150 µs of the provider call's CPU per flow; this link spends a
-    fraction of it (``docs/performance.md``, ``load_capacity.py``). ``CHECKOUT_CHAOS_PROVIDER_CLIENT=
-    aiohttp`` in the checkout's environment sends these calls through :class:`HttpClient` again."""
+    **Opt-in** (``CHECKOUT_CHAOS_PROVIDER_CLIENT=link`` in the checkout's environment); by default the
+    calls go through :class:`HttpClient` (aiohttp), a maintained client. Why it exists: under
+    ``benchmarks/load_capacity.py`` the aiohttp call was about a fifth of the checkout's CPU (cProfile,
+    loaded machine). No benchmark in ``benchmarks/`` yet shows that aiohttp keeps the end-to-end target
+    out of reach (alternated probes moved the CPU per flow by less than their noise), so it is not the
+    default; a hand-written client becomes the default only with that figure printed by a benchmark."""
 
     def __init__(self, url: str, max_conns: int = 64, max_body: int = 1 << 20) -> None:
         parts = urlsplit(url)
