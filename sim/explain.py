@@ -53,7 +53,6 @@ DEFAULT_KEYS = (
     "bank.latency", "bank.decline_probability", "bank.risk_block_probability", "bank.risk_hold_probability",
     "bank.risk_hold_duration", "bank.response_loss",
     "merchant.delivery_time", "merchant.bnpl_finish_delay", "merchant.bnpl_finish_failure",
-    "merchant.bnpl_finish_forget",
     "bnpl.sync_lag", "bnpl.deduction_failure", "bnpl.compensation_after", "bnpl.user_repay_delay",
     "reconciliation.interval", "reconciliation.statement_delay",
 )
