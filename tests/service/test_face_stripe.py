@@ -407,9 +407,12 @@ def test_refund_pending_then_failed_gives_failure_reason(env: Any) -> None:
                                                    "confirm": True})
     refund = env.client.v1.refunds.create(params={"payment_intent": pi.id})
     assert refund.status == "pending" and refund.amount == 700
-    events = env.receiver.wait_for(env.secret, lambda ev: ("refund.failed", "failed") in _refund_events(ev, refund.id))
-    assert _refund_events(events, refund.id) == [("refund.created", "pending"), ("refund.updated", "failed"),
-                                                 ("refund.failed", "failed")]
+    # refund.updated and refund.failed are made together and sent concurrently; Stripe does not promise
+    # that events arrive in the order they were generated, so only their set is fixed.
+    landed = {("refund.updated", "failed"), ("refund.failed", "failed")}
+    events = env.receiver.wait_for(env.secret, lambda ev: landed <= set(_refund_events(ev, refund.id)))
+    seen = _refund_events(events, refund.id)
+    assert seen[0] == ("refund.created", "pending") and sorted(seen[1:]) == sorted(landed)
     failed = env.client.v1.refunds.retrieve(refund.id)
     assert failed.status == "failed" and failed.failure_reason == "declined"
     history = env.services.history()
