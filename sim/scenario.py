@@ -803,7 +803,9 @@ class MerchantSection(_Section):
     population: tuple[MerchantProfile, ...] = Field(
         (MerchantProfile(name="m1", share=1.0),),
         description="the merchants, each with its share and finish integration (a list of tables)")
-    delivery_time: DurationDist = Field(_ln("2h", "24h"), description="paid -> goods delivered (every order)")
+    ship_time: DurationDist = Field("0s", description="paid -> shipped (待发货 -> 待收货): the window in which a paid "
+                                    "order is cancelled by asking the merchant")
+    delivery_time: DurationDist = Field(_ln("2h", "24h"), description="shipped -> goods delivered (every order)")
     bnpl_finish_delay: DurationDist = Field(_ln("10m", "6h"), description="delivered -> merchant calls finish (sync), or the queue worker sends it (queue)")
     bnpl_finish_failure: Probability = Field(0.01, description="chance one finish call fails")
     bnpl_finish_forget: Probability = Field(
