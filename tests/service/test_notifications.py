@@ -113,8 +113,12 @@ def _notify_events(s, trade: str) -> list[dict]:
     return [e for e in s.history() if e.get("trade") == trade and e["type"].startswith("notify.")]
 
 
-def test_notification_retried_until_acknowledged(services, receiver_factory):
-    """A receiver that fails twice gets attempts 1, 2, 3 on the notify schedule, then no more."""
+def test_notification_retried_until_acknowledged(start, receiver_factory):
+    """A receiver that fails twice gets attempts 1, 2, 3 on the notify schedule, then no more.
+
+    At a time scale of 15 (not the suite's 60) the 6 s of slack allowed past the schedule are 400 ms of
+    wall time: at 60 they were 100 ms, which a loaded CI machine's scheduling delay once took (13.1 s)."""
+    services = start(time_scale=15.0)
     services.set_faults({"gateway.notify_schedule": ["6s", "6s", "6s", "6s"]})
     rx = receiver_factory(services.notify_secret, fail=2)
     trade = new_trade(services, amount=900, notify_url=rx.url)["trade"]
