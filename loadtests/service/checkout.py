@@ -749,8 +749,9 @@ class Checkout(base.ServiceBase):
                 decisions = [(None, step)]
                 if reason == "ttl":  # the rest of the close job's transaction (stock, coupons): its window
                     window = self.conditions.sample("order_service.close_write_delay")
-                    if window > 0:
-                        await self.clock.sleep(window)
+                    if window > 0:  # modelled: a close job gives its scheduler slot back meanwhile
+                        async with self.scheduler.unslotted():
+                            await self.clock.sleep(window)
         except ProviderUnavailable:
             return "retry"
         step, trade = _combine(decisions)
