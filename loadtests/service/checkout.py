@@ -749,8 +749,9 @@ class Checkout(base.ServiceBase):
                 decisions = [(None, step)]
                 if reason == "ttl":  # the rest of the close job's transaction (stock, coupons): its window
                     window = self.conditions.sample("order_service.close_write_delay")
-                    if window > 0:
-                        await self.clock.sleep(window)
+                    if window > 0:  # modelled: a close job gives its scheduler slot back meanwhile
+                        async with self.scheduler.unslotted():
+                            await self.clock.sleep(window)
         except ProviderUnavailable:
             return "retry"
         step, trade = _combine(decisions)
@@ -1334,10 +1335,13 @@ class FastRoutes:
             raw = message.get("body", b"")
             handled = None
             if message["type"] == "http.request" and not message.get("more_body") and len(raw) <= lim.max_body:
-                if pay is None:
-                    handled = self._notify(signature, raw)
-                else:
-                    handled = self._order(scope["path"], pay, ctype, raw)
+                try:
+                    if pay is None:
+                        handled = self._notify(signature, raw)
+                    else:
+                        handled = self._order(scope["path"], pay, ctype, raw)
+                except Exception as exc:  # answered below as the handler's own error would be (never
+                    handled = _raising(exc)  # uvicorn's bare 500: this app is outside FastAPI's handlers)
             if handled is None:  # not the happy shape: InFlightLimit and FastAPI answer it (their limits, 422)
                 lim.in_flight -= 1
                 counted = False

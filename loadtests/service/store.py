@@ -33,6 +33,7 @@ its notification's job), which the service loads again itself after a restart.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import json
 import logging
@@ -426,12 +427,64 @@ Handler = Callable[[Job], Awaitable[None]]
 MAX_JOB_FAILURES = 10  # a job whose handler keeps raising is dropped (and logged) after this many tries
 
 
+class _Slot:
+    """The slot of the scheduler a running job's task holds (or, in a modelled wait, gave back)."""
+
+    __slots__ = ("scheduler", "task", "held")
+
+    def __init__(self, scheduler: "Scheduler", task: asyncio.Task | None) -> None:
+        self.scheduler, self.task, self.held = scheduler, task, True
+
+
+_SLOT: contextvars.ContextVar[_Slot | None] = contextvars.ContextVar("checkout_chaos_job_slot", default=None)
+
+
+class _Unslotted:
+    """``async with scheduler.unslotted():`` — see :meth:`Scheduler.unslotted`."""
+
+    __slots__ = ("_slot",)
+
+    def __init__(self) -> None:
+        self._slot: _Slot | None = None
+
+    async def __aenter__(self) -> None:
+        slot = _SLOT.get()
+        # Only the job's own task gives its slot back (a task it spawned inherits the context, not the slot)
+        if slot is None or not slot.held or slot.task is not asyncio.current_task():
+            return
+        sched = slot.scheduler
+        slot.held = False
+        sched._in_slots -= 1
+        sched._waiting += 1
+        sched._sem.release()
+        self._slot = slot
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        slot, self._slot = self._slot, None
+        if slot is None:
+            return
+        sched = slot.scheduler
+        sched._waiting -= 1
+        if exc_type is not None:  # cancelled (a stop) or failed in the wait: it ends without its slot
+            return
+        await sched._sem.acquire()  # cancelled here: not acquired, and the job ends without its slot
+        slot.held = True
+        sched._in_slots += 1
+
+
 class Scheduler:
     """Runs durable jobs when due (scenario time), at most ``concurrency`` at once.
 
     A handler removes its job with ``store.done(job)`` inside the transaction that applies its effects;
     a handler that returns without doing so has its job removed afterwards, and one that raises has it
     retried after ``retry_delay`` scenario seconds (the error is logged), at most ``MAX_JOB_FAILURES`` times.
+
+    The ``concurrency`` slots bound the jobs doing real work at once (their statements, their HTTP
+    calls). A job waiting out a *modelled* delay (a notification's network latency, a gateway worker's
+    service time) gives its slot back for the wait (:meth:`unslotted`): otherwise the slots, not the
+    scenario, would cap such jobs at ``concurrency`` per delay (128 notifications per half second of
+    ``gateway.notify_latency``). The job stays what it was: its durable record is untouched by the
+    wait, so a restart during it makes the job again, as before.
     """
 
     def __init__(self, store: Store, clock: Any, handlers: dict[str, Handler], concurrency: int = 128,
@@ -443,7 +496,9 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._sem = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task] = set()
-        self._running = 0
+        self._running = 0  # jobs started and not ended (holding a slot or in a modelled wait)
+        self._in_slots = 0  # of which holding a slot
+        self._waiting = 0  # of which in a modelled wait, their slot given back (unslotted)
         store.scheduler = self
 
     def push(self, job: Job) -> None:
@@ -457,6 +512,18 @@ class Scheduler:
     @property
     def pending(self) -> int:
         return len(self._heap) + self._running
+
+    def counts(self) -> dict[str, int]:
+        """``queued``: jobs not due yet or waiting for a slot; ``in_slots``: jobs holding a slot;
+        ``modelled_waits``: jobs in a modelled delay, holding none (:meth:`unslotted`)."""
+        return {"queued": len(self._heap), "in_slots": self._in_slots, "modelled_waits": self._waiting}
+
+    def unslotted(self) -> _Unslotted:
+        """``async with scheduler.unslotted(): await clock.sleep(modelled)`` — the running job gives its
+        slot back for a modelled wait and takes one again (queueing like a job that is due) before
+        going on; nothing durable changes. Outside a job's own task (a request handler, a task a job
+        spawned) it does nothing, so code shared with request handlers may use it."""
+        return _Unslotted()
 
     def load(self) -> None:
         """Queue every job the database holds (call once, before anything schedules new ones)."""
@@ -485,6 +552,9 @@ class Scheduler:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, job: Job) -> None:
+        slot = _Slot(self, asyncio.current_task())
+        _SLOT.set(slot)  # this task's own context (create_task copied it)
+        self._in_slots += 1
         try:
             await self.handlers[job.kind](job)
             if not job.done:
@@ -507,7 +577,9 @@ class Scheduler:
                 log.exception("could not reschedule job %s", job.id)
         finally:
             self._running -= 1
-            self._sem.release()
+            if slot.held:
+                self._in_slots -= 1
+                self._sem.release()
 
     async def stop(self) -> None:
         for task in list(self._tasks):

@@ -66,6 +66,11 @@ def _field_of(loc: tuple | list) -> str:
     return ".".join(parts)
 
 
+# What FastAPI answers (400) when a route's body fails to decode before validation (UnicodeDecodeError,
+# a JSON integer past Python's 4300-digit limit): a JSONDecodeError is its 422 json_invalid instead.
+_UNPARSABLE = "There was an error parsing the body"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
@@ -83,6 +88,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and exc.detail == _UNPARSABLE:  # FastAPI's: the body could not be decoded
+            return json_response({"error": "malformed body: it could not be decoded (not UTF-8, or a number "
+                                           "of more than 4300 digits)", "field": "body"}, 400)
         field = "path" if exc.status_code == 404 else ("method" if exc.status_code == 405 else None)
         error = {404: "no such route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
         return json_response({"error": error, "field": field}, exc.status_code, getattr(exc, "headers", None))

@@ -190,3 +190,56 @@ def test_outbox_row_is_the_job_and_survives_a_kill_9(start, receiver_factory):
     assert [m["attempt"] for m in rx.received] == [1, 2]
     wait_for(lambda: s.admin("provider", "GET", "/admin/stats").json()["notifications"] == {"acked": 1},
              timeout=10, what="the notification acknowledged")
+
+
+def _scheduler(s) -> dict:
+    return s.admin("provider", "GET", "/admin/stats").json()["scheduler"]
+
+
+def test_notification_latency_holds_no_scheduler_slot(start, receiver_factory):
+    """``gateway.notify_latency`` is the network's, modelled: a notification waiting it out holds none of
+    the provider's 128 job slots (which capped notifications at 128 per latency), so more notifications
+    than slots wait at once, and each is posted once its latency is over."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = 150  # more notifications waiting at once than the scheduler has slots
+    s = start({"gateway.notify_latency": "900s"}, name="latency")  # 15 s of wall time at x60
+    rx = receiver_factory(s.notify_secret, fail=0)
+    trades = [new_trade(s, amount=100 + i, notify_url=rx.url)["trade"] for i in range(n)]
+    with ThreadPoolExecutor(16) as pool:  # all paid within a few seconds, well inside the latency
+        states = list(pool.map(lambda t: httpx.post(f"{s.provider_url}/trades/{t}/pay", timeout=30).json()["state"],
+                               trades))
+    assert states == ["succeeded"] * n
+    waiting = wait_for(lambda: (c := _scheduler(s))["modelled_waits"] == n and c, timeout=10,
+                       what=f"all {n} notifications in their latency at once")
+    assert waiting["in_slots"] == 0, waiting  # none of them holds a slot while it waits
+    assert not rx.received  # and none has been posted before its latency
+    wait_for(lambda: len(rx.received) >= n, timeout=60, what="every notification, after its latency")
+    assert sorted(m["notify_id"] for m in rx.received) == sorted(f"{t}-n" for t in trades)
+    assert {m["attempt"] for m in rx.received} == {1}
+    wait_for(lambda: s.admin("provider", "GET", "/admin/stats").json()["notifications"] == {"acked": n},
+             timeout=15, what="every notification acknowledged")
+    after = _scheduler(s)
+    assert after["in_slots"] == 0 and after["modelled_waits"] == 0, after
+
+
+def test_restart_during_notification_latency_still_delivers(start, receiver_factory):
+    """A provider killed while notifications wait out their latency makes those attempts after its
+    restart, from the outbox rows: each notification is delivered once, as the same attempt 1 (the
+    interrupted attempt left no record: no notify.sent, no attempt counted)."""
+    s = start({"gateway.notify_latency": "480s"}, name="latency-restart")  # 8 s of wall time at x60
+    rx = receiver_factory(s.notify_secret, fail=0)
+    trades = [new_trade(s, amount=300 + i, notify_url=rx.url)["trade"] for i in range(3)]
+    for trade in trades:
+        assert http.post(f"{s.provider_url}/trades/{trade}/pay").json()["state"] == "succeeded"
+    wait_for(lambda: _scheduler(s)["modelled_waits"] == 3, timeout=5, what="the notifications in their latency")
+    s.kill("provider")
+    assert not rx.received
+    s.restart("provider")
+    wait_for(lambda: len(rx.received) >= 3, timeout=30, what="the notifications, after the restart")
+    assert sorted(m["notify_id"] for m in rx.received) == sorted(f"{t}-n" for t in trades)
+    assert [m["attempt"] for m in rx.received] == [1, 1, 1]
+    wait_for(lambda: s.admin("provider", "GET", "/admin/stats").json()["notifications"] == {"acked": 3},
+             timeout=15, what="the notifications acknowledged")
+    sent = [e for e in s.history() if e["type"] == "notify.sent" and e.get("trade") in trades]
+    assert sorted((e["trade"], e["attempt"]) for e in sent) == sorted((t, 1) for t in trades)

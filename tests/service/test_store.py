@@ -239,3 +239,75 @@ def test_a_draw_follows_overrides_replaced_many_times():
         latency = 1.0 + i % 7
         conditions.set_overrides({"bank.latency": f"{latency:g}s"})
         assert conditions.sample("bank.latency") == latency, i
+
+
+def test_a_job_in_a_modelled_wait_gives_its_slot_back(store):
+    """``Scheduler.unslotted``: jobs waiting out a modelled delay hold none of the scheduler's slots (more
+    of them wait at once than there are slots, and a job of real work still gets one), each takes a slot
+    again to go on, and the slots all come back whether the jobs end or are stopped mid-wait. A task a
+    job spawns, or code outside a job, gives nothing back (it holds nothing)."""
+    from loadtests.service.runtime import Clock
+    from loadtests.service.store import Scheduler
+
+    gate, done, seen = asyncio.Event(), [], {}
+
+    async def waits(job) -> None:
+        async with sched.unslotted():
+            await gate.wait()
+        seen.setdefault("slots_after_wait", []).append(sched.counts()["in_slots"])
+        done.append(job.key)
+
+    async def works(job) -> None:
+        seen["while_waiting"] = sched.counts()
+        done.append(job.key)
+
+    async def spawns(job) -> None:
+        async def child() -> None:
+            async with sched.unslotted():  # not the job's own task: a no-op
+                seen["child"] = sched.counts()
+        await asyncio.get_running_loop().create_task(child())
+        done.append(job.key)
+
+    sched = Scheduler(store, Clock(0.0, 1.0), {"wait": waits, "work": works, "spawn": spawns}, concurrency=2)
+
+    async def until(predicate) -> None:
+        for _ in range(2000):
+            if predicate():
+                return
+            await asyncio.sleep(0.001)
+        raise AssertionError(f"not reached: {sched.counts()}, done {done}")
+
+    async def scenario() -> None:
+        runner = asyncio.get_running_loop().create_task(sched.run())
+        async with sched.unslotted():  # outside any job: nothing to give back
+            assert sched.counts()["modelled_waits"] == 0
+        with store.tx():
+            for i in range(5):
+                store.schedule("wait", f"w{i}", 0.0)
+        await until(lambda: sched.counts()["modelled_waits"] == 5)
+        assert sched.counts()["in_slots"] == 0 and sched._sem._value == 2
+        with store.tx():
+            store.schedule("work", "real", 0.0)
+        await until(lambda: "real" in done)
+        assert seen["while_waiting"] == {"queued": 0, "in_slots": 1, "modelled_waits": 5}  # its own slot
+        with store.tx():
+            store.schedule("spawn", "parent", 0.0)
+        await until(lambda: "parent" in done)
+        assert seen["child"] == {"queued": 0, "in_slots": 1, "modelled_waits": 5}  # the parent's slot kept
+        gate.set()
+        await until(lambda: len(done) == 7)
+        assert max(seen["slots_after_wait"]) <= 2  # each took a slot again, never more than there are
+        assert sched.counts() == {"queued": 0, "in_slots": 0, "modelled_waits": 0} and sched._sem._value == 2
+        # stopped while jobs wait: they end without a slot, and none is given back twice
+        gate.clear()
+        with store.tx():
+            for i in range(3):
+                store.schedule("wait", f"s{i}", 0.0)
+        await until(lambda: sched.counts()["modelled_waits"] == 3)
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await sched.stop()
+        assert sched.counts() == {"queued": 0, "in_slots": 0, "modelled_waits": 0} and sched._sem._value == 2
+        assert sorted(j.key for j in store.load_jobs()) == ["s0", "s1", "s2"]  # still to do after a restart
+
+    asyncio.run(scenario())

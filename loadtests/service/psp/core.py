@@ -783,7 +783,8 @@ class ProviderCore(base.ServiceBase):
         row = self._trade(job.key)
         if T(row["state"]) is not T.UNKNOWN:
             return
-        await self.gateway_work()
+        async with self.scheduler.unslotted():  # a gateway worker's queue and service time: modelled
+            await self.gateway_work()
         row = self._trade(job.key)
         if T(row["state"]) is not T.UNKNOWN:
             return
@@ -1154,7 +1155,11 @@ class ProviderCore(base.ServiceBase):
         acked = False
         face = self.faces[memo.face]
         if not lost:
-            await self.clock.sleep(c.sample("gateway.notify_latency"))
+            # The network's latency is modelled: the job gives its scheduler slot back meanwhile (a
+            # slot held through it capped notifications at 128 per latency) and takes one for the POST.
+            latency = c.sample("gateway.notify_latency")
+            async with self.scheduler.unslotted():
+                await self.clock.sleep(latency)
             row = self.store.one("SELECT * FROM trades WHERE trade = ?", (memo.trade,))
             note = Note(memo.notify_id, memo.kind, attempt, memo.ref, self.view(row), row, memo.url)
             body, headers = face.notification(note)
@@ -1418,6 +1423,7 @@ class ProviderCore(base.ServiceBase):
             "agreements": count("SELECT state, COUNT(*) FROM agreements GROUP BY state"),
             "jobs": jobs,
             "in_flight_debits": len(self.bank_inflight),
+            "scheduler": self.scheduler.counts() if self.scheduler is not None else {},
             "now": self.clock.now(),
         }
 
