@@ -203,7 +203,9 @@ def test_notification_latency_holds_no_scheduler_slot(start, receiver_factory):
     from concurrent.futures import ThreadPoolExecutor
 
     n = 150  # more notifications waiting at once than the scheduler has slots
-    s = start({"gateway.notify_latency": "900s"}, name="latency")  # 15 s of wall time at x60
+    # 15 s of wall time at x60; the ack timeout at 10 min (10 s of wall time), not 5 s (83 ms), so that 150
+    # posts landing at once on the test's receiver are not retried for its slowness (this test is about slots)
+    s = start({"gateway.notify_latency": "900s", "gateway.notify_ack_timeout": "600s"}, name="latency")
     rx = receiver_factory(s.notify_secret, fail=0)
     trades = [new_trade(s, amount=100 + i, notify_url=rx.url)["trade"] for i in range(n)]
     with ThreadPoolExecutor(16) as pool:  # all paid within a few seconds, well inside the latency
