@@ -21,9 +21,14 @@
 * **The order page** is served by a read replica ``order_service.read_lag`` behind the primary.
 * **Reconciliation** (``reconciliation.interval``, off by default): a durable job reads the provider's
   statement of debits and repairs what ``policies.reconcile`` finds, as the simulation's reconciler.
-* **The merchant** (as in the simulation, for pay-after-use orders only): delivers after
-  ``merchant.delivery_time``, then calls *finish* after ``bnpl_finish_delay`` — or forgets to
-  (``bnpl_finish_forget``), or fails (``bnpl_finish_failure``) and retries ``bnpl_finish_retries`` times.
+* **The merchant** (as in the simulation): every paid order is shipped ``merchant.ship_time`` after
+  payment, delivered ``merchant.delivery_time`` after that and completed (wallet, card: at delivery;
+  BNPL: when its *finish* is accepted). The order's merchant of ``merchant.population`` sends the finish
+  its way: ``sync`` (a job ``bnpl_finish_delay`` after delivery), ``batch`` (a job every
+  ``batch_interval``, sequential, skipped while the previous run still runs) or ``queue`` (held in the
+  worker's memory, lost when the worker restarts every ``restart_every`` unless
+  ``merchant.finish_outbox``). A finish call fails with ``bnpl_finish_failure`` and is retried
+  ``bnpl_finish_retries`` times; no per-order coin forgets one (``bnpl_finish_forget`` is not read).
 
 No decision here is re-implemented: every branch that matters comes from ``sim/domain/policies.py`` and
 every state change goes through the domain's ``Order`` entity, so an illegal step raises.
