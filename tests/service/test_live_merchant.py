@@ -163,3 +163,34 @@ def test_a_batch_merchant_sends_finishes_in_runs_and_skips_a_run_while_one_runs(
     assert _merchant_stats(s, "b1")["batch_skipped"] >= 1
     summary = _checked(s, first + [late], 86400.0)
     assert summary.end_states == {"bnpl_settled": 4}, summary.end_states
+
+
+HELD = {"merchant.population": [{"name": "q1", "share": 1.0, "finish": "queue"}], "merchant.ship_time": "0s",
+        "merchant.delivery_time": "10s", "merchant.bnpl_finish_delay": "3m", "merchant.bnpl_finish_failure": 0.0,
+        "bnpl.deduction_failure": 0.0}
+
+
+def test_a_checkout_crash_empties_the_queue_workers_memory_and_the_outbox_survives_it(start):
+    """The worker's memory is the process's: a crash while it holds finishes loses them (nothing says
+    so but the order that never completes); with the outbox the restarted checkout sends them again."""
+    for outbox in (False, True):
+        s = start({**HELD, "merchant.finish_outbox": outbox}, name=f"outbox-{outbox}")
+        orders = [_paid_order(s, "bnpl") for _ in range(2)]
+        for order in orders:
+            wait_for(lambda o=order: order_state(s, o) == "delivered", timeout=10, what="delivered")
+        assert _merchant_stats(s, "q1")["held"] == 2
+        killed_at = _now(s)
+        s.kill("checkout")
+        s.restart("checkout")
+        if outbox:
+            for order in orders:
+                wait_for(lambda o=order: order_state(s, o) == "completed", timeout=10, what="sent again at start")
+                # sent by the restarted process (the dead one's timers died with it), from its outbox
+                assert killed_at < _t(events_of(s, order), "bnpl.finish_sent")
+        else:
+            last_delivered = max(_t(events_of(s, o), "order.delivered") for o in orders)
+            wait_for(lambda: _now(s) > last_delivered + 240, timeout=15, what="past the hold")
+            for order in orders:
+                assert order_state(s, order) == "delivered"
+                assert "bnpl.finish_sent" not in [e["type"] for e in events_of(s, order)]
+            assert _checked(s, orders, 200.0).per_class["bnpl_stuck_unfinished"].count == 2
