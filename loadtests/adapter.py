@@ -29,7 +29,7 @@ from sim.errors import ConfigError
 REFERENCE = Path(__file__).parent / "adapters" / "reference.toml"
 
 OPERATIONS = ("create_order", "start_payment", "order_status", "cancel")
-PLACEHOLDERS = ("order", "user", "amount", "amount_yuan", "method", "trade", "buyer_name", "buyer_phone",
+PLACEHOLDERS = ("order", "user", "amount", "amount_yuan", "method", "merchant", "trade", "buyer_name", "buyer_phone",
                 "buyer_address")
 STATE_CLASSES = ("awaiting_payment", "paid", "closed", "refunded")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")

@@ -136,6 +136,8 @@ class Context:
         self.profiles = profiles or [("买家", "13800000000", "北京市")]
         self.synthesize_orders = synthesize_orders  # a --target writes no history: the client says what it created
         self.counters = Counters()
+        # merchant.population's names and cumulative shares (the scenario's own: faults do not change it)
+        self.merchants = population.merchant_table(scenario)
         self._windows = tuple(scenario.faults)
         self._unfaulted = scenario.model_copy(update={"faults": ()})  # what a window's overrides apply to
         self._faulted: dict[tuple[int, ...], Scenario] = {}
@@ -273,11 +275,19 @@ class Buyer:
         walks_away = r.random() < u.abandon_probability
         cancels = r.random() < u.cancel_probability
         retry_draws = [r.random() for _ in range(u.max_retries)]
+        # The merchant, by share, where the simulation's buyer draws it (``population.draw_buyer``: after
+        # the retry draws, and only when the population has more than one merchant, so a one-merchant
+        # scenario's buyers draw exactly what they drew before merchants were a population).
+        names, merchant_cum = ctx.merchants
+        merchant = names[0]
+        if len(names) > 1:
+            x = r.random()
+            merchant = next((n for n, c in zip(names, merchant_cum) if x < c), names[-1])
         if u.accounts is not None:
             self.user = returning_buyer(ctx, s, self.index)
         name, phone, address = ctx.profiles[self.index % len(ctx.profiles)]
         values = {"order": self.order, "user": self.user, "amount": amount, "amount_yuan": f"{amount / 100:.2f}",
-                  "method": method, "trade": "", "buyer_name": name, "buyer_phone": phone, "buyer_address": address}
+                  "method": method, "merchant": merchant, "trade": "", "buyer_name": name, "buyer_phone": phone, "buyer_address": address}
 
         lag = max(0.0, ctx.transport.time() - self.due)
         created = self.api("create_order", values, "create order", scheduled=round((self.due - ctx.epoch) * ctx.k, 6),

@@ -809,8 +809,8 @@ class MerchantSection(_Section):
     bnpl_finish_delay: DurationDist = Field(_ln("10m", "6h"), description="delivered -> merchant calls finish (sync), or the queue worker sends it (queue)")
     bnpl_finish_failure: Probability = Field(0.01, description="chance one finish call fails")
     bnpl_finish_forget: Probability = Field(
-        0.0, description="deprecated, ignored by the simulation (finish losses come from the population's "
-        "integrations); still read by the live reference checkout until it implements merchant.population")
+        0.0, description="deprecated, ignored by the simulation and by the live reference checkout (finish "
+        "losses come from the population's integrations: queue restarts, skipped batch runs, spent retries)")
     bnpl_finish_retries: int = Field(3, ge=0, le=100, description="retries of a failed finish call")
     bnpl_finish_retry_delay: DurationDist = Field("10m", description="between finish retries")
     finish_outbox: bool = Field(False, description="queue merchants write finish messages to a durable outbox: a restarted worker sends again what it held")

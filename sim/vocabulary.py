@@ -36,7 +36,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "order.observed",
     "trade.created", "trade.processing", "trade.succeeded", "trade.failed", "trade.unknown", "trade.closed",
     "trade.close_refused", "trade.refunded", "trade.refund_failed", "trade.reversed",
-    "merchant.fulfilment",
+    "merchant.fulfilment", "merchant.worker_restarted",
     "ledger.txn",
     "notify.sent", "notify.lost", "notify.received",
     "app.shown", "user.pay", "user.retry", "user.abandon", "user.cancel",

@@ -8,15 +8,15 @@ from sim.errors import ConfigError
 
 from loadtests.adapter import REFERENCE, Adapter, load_adapter, validate
 
-VALUES = {"order": "o 1", "user": "u1", "amount": 1234, "amount_yuan": "12.34", "method": "card", "trade": "o1-t0",
-          "buyer_name": "李娜", "buyer_phone": "13800000000", "buyer_address": "杭州市"}
+VALUES = {"order": "o 1", "user": "u1", "amount": 1234, "amount_yuan": "12.34", "method": "card", "merchant": "m2",
+          "trade": "o1-t0", "buyer_name": "李娜", "buyer_phone": "13800000000", "buyer_address": "杭州市"}
 
 
 def test_the_reference_adapter_describes_the_reference_checkout():
     ad = load_adapter()
     assert ad.name == "reference" and ad.order_id == "client"
     assert ad.request("create_order", VALUES) == (
-        "POST", "/orders", {"order": "o 1", "user": "u1", "amount": 1234, "method": "card",
+        "POST", "/orders", {"order": "o 1", "user": "u1", "merchant": "m2", "amount": 1234, "method": "card",
                             "buyer": {"name": "李娜", "phone": "13800000000", "address": "杭州市"}})
     assert ad.request("start_payment", VALUES) == ("POST", "/orders/o%201/pay", {"trade": "o1-t0"})
     assert ad.request("order_status", VALUES) == ("GET", "/orders/o%201", None)

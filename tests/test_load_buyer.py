@@ -476,3 +476,22 @@ def test_with_accounts_live_arrivals_are_the_simulations_returning_buyers():
     assert len(simulated) >= 20
     assert live == [f"r1-{simulated[f'r0-o{i + 1}']}" for i in range(20)]
     assert len(set(live)) <= 4 < len(live)
+
+
+def test_the_buyer_names_a_merchant_of_the_population_drawn_by_share():
+    """The merchant comes from the buyer's own stream, by share (where the simulation's buyer draws it);
+    with one merchant nothing more is drawn, so every other draw stays what it was."""
+    pop = {"merchant": {"population": [{"name": "big", "share": 0.7}, {"name": "mid", "share": 0.2},
+                                       {"name": "tiny", "share": 0.1}]}}
+    picked = {}
+    for index in range(200):
+        _, tr, _ = play(reference_checkout(), scenario=pop, index=index)
+        picked[index] = tr.sent[0][2]["merchant"]
+    counts = {m: list(picked.values()).count(m) for m in ("big", "mid", "tiny")}
+    assert sum(counts.values()) == 200 and counts["big"] > counts["mid"] > counts["tiny"] > 0, counts
+    _, again, _ = play(reference_checkout(), scenario=pop, index=17)
+    assert again.sent[0][2]["merchant"] == picked[17]  # the same buyer, the same merchant
+    one, tr_one, _ = play(reference_checkout(), index=17)
+    plain, tr_plain, _ = play(reference_checkout(), index=17, scenario={"merchant": {"population": [
+        {"name": "m1", "share": 1.0}]}})
+    assert tr_one.sent[0][2]["merchant"] == "m1" and one == plain

@@ -21,9 +21,14 @@
 * **The order page** is served by a read replica ``order_service.read_lag`` behind the primary.
 * **Reconciliation** (``reconciliation.interval``, off by default): a durable job reads the provider's
   statement of debits and repairs what ``policies.reconcile`` finds, as the simulation's reconciler.
-* **The merchant** (as in the simulation, for pay-after-use orders only): delivers after
-  ``merchant.delivery_time``, then calls *finish* after ``bnpl_finish_delay`` — or forgets to
-  (``bnpl_finish_forget``), or fails (``bnpl_finish_failure``) and retries ``bnpl_finish_retries`` times.
+* **The merchant** (as in the simulation): every paid order is shipped ``merchant.ship_time`` after
+  payment, delivered ``merchant.delivery_time`` after that and completed (wallet, card: at delivery;
+  BNPL: when its *finish* is accepted). The order's merchant of ``merchant.population`` sends the finish
+  its way: ``sync`` (a job ``bnpl_finish_delay`` after delivery), ``batch`` (a job every
+  ``batch_interval``, sequential, skipped while the previous run still runs) or ``queue`` (held in the
+  worker's memory, lost when the worker restarts every ``restart_every`` unless
+  ``merchant.finish_outbox``). A finish call fails with ``bnpl_finish_failure`` and is retried
+  ``bnpl_finish_retries`` times; no per-order coin forgets one (``bnpl_finish_forget`` is not read).
 
 No decision here is re-implemented: every branch that matters comes from ``sim/domain/policies.py`` and
 every state change goes through the domain's ``Order`` entity, so an illegal step raises.
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -85,6 +91,12 @@ CREATE TABLE IF NOT EXISTS orders (
     refund_failures INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS orders_state_expiry ON orders (state, expires_at);
+CREATE TABLE IF NOT EXISTS merchant_batch (
+    ord TEXT PRIMARY KEY, merchant TEXT NOT NULL, agreement TEXT, t REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS merchant_outbox (
+    ord TEXT PRIMARY KEY, merchant TEXT NOT NULL, agreement TEXT, t REAL NOT NULL
+);
 """ + ORDER_TRADES
 
 PROVIDER_CLIENT_ENV = "CHECKOUT_CHAOS_PROVIDER_CLIENT"  # "link": the provider calls through ProviderLink (opt-in)
@@ -125,7 +137,7 @@ class OrderCreate(BaseModel):
     model_config = ConfigDict(strict=True)
     order: Id | None = Field(None, description="the order id; generated when absent (same id + same fields = replay)")
     user: Id
-    merchant: Id = "m1"
+    merchant: Id | None = Field(None, description="one of merchant.population's names; default its first")
     amount: Amount
     method: Literal["wallet", "card", "bnpl"] = "wallet"
 
@@ -172,6 +184,14 @@ class Checkout(base.ServiceBase):
         # order_service.read_lag is on, for the lagging read replica the order page is served from.
         self._replica: dict[str, list[tuple[float, tuple]]] = {}
         self._replica_writes = 0
+        # The merchant (see "the merchant"): what each queue merchant's worker holds in memory (merchant ->
+        # order -> [alive]), the batch merchants whose run is running, and counts for /admin/stats.
+        self._held: dict[str, dict[str, list]] = {}
+        self._merchant_tasks: set[asyncio.Task] = set()
+        self._batch_running: set[str] = set()
+        self._merchant_samplers: dict[tuple[str, str], Any] = {}
+        self._merchant_stats: dict[str, collections.Counter] = {}
+        self._merchants: dict[str, Any] | None = None
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -180,6 +200,7 @@ class Checkout(base.ServiceBase):
         old rows unverified: the close job asks the provider whose they are before using them) and the
         ``refund_failed`` mark."""
         self._plan_reconciliation()
+        self._plan_merchants()
         order_cols = {r[1] for r in self.store.all("PRAGMA table_info(orders)")}
         trade_cols = {r[1] for r in self.store.all("PRAGMA table_info(order_trades)")}
         added = [c for c in ("refund_failed", "version", "refund_failures") if c not in order_cols]
@@ -197,13 +218,17 @@ class Checkout(base.ServiceBase):
         log.warning("checkout: data directory migrated to the current schema")
 
     def job_handlers(self) -> dict:
-        return {"expire": self._expire, "deliver": self._deliver,
-                "bnpl_finish": self._bnpl_finish, "refund": self._refund, "reconcile": self._reconcile}
+        return {"expire": self._expire, "ship": self._ship, "deliver": self._deliver,
+                "bnpl_finish": self._bnpl_finish, "merchant_batch": self._merchant_batch,
+                "merchant_restart": self._merchant_restart, "refund": self._refund, "reconcile": self._reconcile}
 
     def background(self) -> list:
-        return [self._sweep_loop]
+        return [self._sweep_loop, self._merchant_start]
 
     async def aclose(self) -> None:
+        for task in list(self._merchant_tasks):  # the queue workers' memory goes with the process
+            task.cancel()
+        await asyncio.gather(*self._merchant_tasks, return_exceptions=True)
         await self.http.aclose()
         if self.link is not None:
             self.link.close()
@@ -351,9 +376,10 @@ class Checkout(base.ServiceBase):
 
     async def create_order(self, body: OrderCreate) -> Response:
         order_id = body.order or f"o{uuid.uuid4().hex[:20]}"
+        merchant = self._merchant_of(body.merchant)
         row = self.store.one("SELECT * FROM orders WHERE ord = ?", (order_id,))
         if row is not None:
-            same = (row["usr"], row["merchant"], row["amount"], row["method"]) == (body.user, body.merchant,
+            same = (row["usr"], row["merchant"], row["amount"], row["method"]) == (body.user, merchant,
                                                                                   body.amount, body.method)
             if not same:
                 raise ApiError(409, f"order {order_id!r} exists with other parameters", "order", "ORDER_PARAMS_CONFLICT")
@@ -364,15 +390,15 @@ class Checkout(base.ServiceBase):
         with self.store.tx() as conn:
             conn.execute("INSERT INTO orders (ord, usr, merchant, amount, method, state, created_t, expires_at)"
                          " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         (order_id, body.user, body.merchant, body.amount, body.method, O.AWAITING_PAYMENT.value,
+                         (order_id, body.user, merchant, body.amount, body.method, O.AWAITING_PAYMENT.value,
                           now, expires_at))
             self.store.emit(now, "order.created", "order_service", order_id, user=body.user, amount=body.amount,
-                            method=body.method, expires_at=round(expires_at, 6), merchant=body.merchant)
+                            method=body.method, expires_at=round(expires_at, 6), merchant=merchant)
             if cond.order_service.close_mode == "timer":
                 self.store.schedule("expire", order_id, expires_at)
         self._replicate(order_id, (O.AWAITING_PAYMENT.value, None, None, False))
         # the page of the order just written (what _view reads back: no trade yet, nothing refunded)
-        return json_response({"order": order_id, "user": body.user, "merchant": body.merchant, "amount": body.amount,
+        return json_response({"order": order_id, "user": body.user, "merchant": merchant, "amount": body.amount,
                               "method": body.method, "state": O.AWAITING_PAYMENT.value,
                               "screen": SCREENS[O.AWAITING_PAYMENT], "expires_at": expires_at, "paid_trade": None,
                               "trades": [], "close_reason": None, "stock_released": False, "refund_failed": False},
@@ -818,41 +844,242 @@ class Checkout(base.ServiceBase):
                 log.exception("sweep failed")
 
     # -- the merchant -------------------------------------------------------------------------------
+    #
+    # As the simulation's merchant (``sim/model/merchant.py``): every paid order is fulfilled — shipped
+    # ``merchant.ship_time`` after it is paid, delivered ``merchant.delivery_time`` after that, completed
+    # at delivery (wallet, card) or when its BNPL *finish* is accepted. How the finish is sent is the
+    # integration of the order's merchant in ``merchant.population`` (read from the scenario the
+    # checkout started with): ``sync`` (a durable job ``bnpl_finish_delay`` after delivery), ``batch``
+    # (a durable job every ``batch_interval`` sends everything delivered since, one call per
+    # ``batch_item_time``; a run that finds the previous one still running is skipped) or ``queue`` (the
+    # worker holds each message in this process's memory, ``_held``, ``bnpl_finish_delay``; a durable
+    # restart job every ``restart_every`` clears that memory — what it held is lost, unless
+    # ``merchant.finish_outbox`` kept a row of it, which the restarted worker sends again).
+
+    def _population(self) -> dict[str, Any]:
+        """``merchant.population`` of the scenario the checkout started with, by name."""
+        pop = self._merchants
+        if pop is None:
+            pop = self._merchants = {m.name: m for m in self.conditions.base.merchant.population}
+        return pop
+
+    def _merchant_of(self, name: str | None) -> str:
+        """The order's merchant: a name of ``merchant.population`` (its first when the order names none)."""
+        pop = self.conditions.base.merchant.population
+        if name is None:
+            return pop[0].name
+        if name not in self._population():
+            shown = ", ".join(m.name for m in pop[:10]) + (", …" if len(pop) > 10 else "")
+            raise ApiError(422, f"merchant: {name!r} is not a merchant of merchant.population ({shown})",
+                           "merchant", "MERCHANT_UNKNOWN")
+        return name
+
+    def _merchant_draw(self, name: str, what: str) -> float:
+        """A draw of merchant ``name``'s ``batch_item_time`` or ``restart_every``, from its own stream."""
+        key = (name, what)
+        sampler = self._merchant_samplers.get(key)
+        if sampler is None:
+            dist = getattr(self._population()[name], what)
+            sampler = self._merchant_samplers[key] = dist.sampler(self.conditions.rng(f"merchant.{name}.{what}"))
+        return sampler()
+
+    def _plan_merchants(self) -> None:
+        """At start: each batch merchant's job at the next multiple of its ``batch_interval`` and each
+        restarting queue merchant's first worker restart, unless pending already (a restart keeps them)."""
+        now = self.clock.now()
+        pending = {(r[0], r[1]) for r in self.store.all(
+            "SELECT kind, key FROM jobs WHERE kind IN ('merchant_batch', 'merchant_restart')")}
+        with self.store.tx():
+            for m in self.conditions.base.merchant.population:
+                if m.finish == "batch" and ("merchant_batch", m.name) not in pending:
+                    self.store.schedule("merchant_batch", m.name,
+                                        (math.floor(now / m.batch_interval) + 1) * m.batch_interval)
+                elif m.finish == "queue" and m.restart_every is not None \
+                        and ("merchant_restart", m.name) not in pending:
+                    self.store.schedule("merchant_restart", m.name, now + self._merchant_draw(m.name, "restart_every"))
+
+    async def _merchant_start(self) -> None:
+        """At start the queue workers' memory is empty (this process just started): what was held is
+        lost, but the outbox rows (``merchant.finish_outbox``) are sent again."""
+        rows = self.store.all("SELECT ord, merchant, agreement FROM merchant_outbox")
+        for r in rows:
+            self._hold(r["merchant"], r["ord"], r["agreement"], 0.0)
 
     def _fulfil(self, row: Any, now: float) -> None:
-        """In a tx: a newly paid order goes to the merchant. As in the simulation (``sim/model/merchant``),
-        only pay-after-use orders are followed further — delivered after ``merchant.delivery_time``,
-        then *finish* — since what happens to a paid wallet or card order cannot change an anomaly."""
-        if row["method"] == "bnpl":
-            self.store.schedule("deliver", row["ord"], now + self.conditions.sample("merchant.delivery_time"))
+        """In a tx: a newly paid order goes to the merchant, who ships it ``merchant.ship_time`` later."""
+        self.store.schedule("ship", row["ord"], now + self.conditions.sample("merchant.ship_time"))
 
-    async def _deliver(self, job: Job) -> None:
-        row = self._order_row(job.key)
-        o = self._entity(row)
+    async def _ship(self, job: Job) -> None:
+        """Paid -> shipped; delivered ``merchant.delivery_time`` later."""
+        o = self._entity(self._order_row(job.key))
         if o.state is not O.PAID:
-            return
-        c = self.conditions
+            return  # refunded before it shipped, or shipped already (a second fulfilment of the order)
         now = self.clock.now()
         with self.store.tx():
             self.store.done(job)
             o.to(O.SHIPPED)
-            o.to(O.DELIVERED)
             self._save(o)
             self.store.emit(now, "order.shipped", "merchant", job.key)
-            self.store.emit(now, "order.delivered", "merchant", job.key)
-            if not c.chance("merchant.bnpl_finish_forget", c.current().merchant.bnpl_finish_forget):
-                self.store.schedule("bnpl_finish", job.key, now + c.sample("merchant.bnpl_finish_delay"), 1,
-                                    {"agreement": o.paid_trade})
+            self.store.schedule("deliver", job.key, now + self.conditions.sample("merchant.delivery_time"))
 
-    async def _bnpl_finish(self, job: Job) -> None:
-        """The merchant calls the BNPL provider's *finish* (may fail; retried a few times)."""
+    async def _deliver(self, job: Job) -> None:
+        """Shipped -> delivered; a wallet or card order is then completed, a BNPL one waits for its finish
+        (sent as the order's merchant's integration sends it)."""
         row = self._order_row(job.key)
         o = self._entity(row)
-        if o.state is not O.DELIVERED:
+        old = o.state is O.PAID  # a job of an older checkout, which shipped and delivered at once
+        if o.state is not O.SHIPPED and not old:
             return
         c = self.conditions
+        now = self.clock.now()
+        prof = self._population().get(row["merchant"])
+        mode = prof.finish if prof is not None else "sync"  # an order of a merchant no longer in the population
+        hold: float | None = None
+        with self.store.tx() as conn:
+            self.store.done(job)
+            if old:
+                o.to(O.SHIPPED)
+                self.store.emit(now, "order.shipped", "merchant", job.key)
+            o.to(O.DELIVERED)
+            self._save(o)
+            self.store.emit(now, "order.delivered", "merchant", job.key)
+            if row["method"] != "bnpl":
+                o.to(O.COMPLETED)
+                self._save(o)
+                self.store.emit(now, "order.completed", "merchant", job.key)
+            elif mode == "sync":
+                self.store.schedule("bnpl_finish", job.key, now + c.sample("merchant.bnpl_finish_delay"), 1,
+                                    {"agreement": o.paid_trade})
+            elif mode == "batch":
+                conn.execute("INSERT OR REPLACE INTO merchant_batch (ord, merchant, agreement, t) VALUES (?, ?, ?, ?)",
+                             (job.key, row["merchant"], o.paid_trade, now))
+            else:
+                hold = c.sample("merchant.bnpl_finish_delay")
+                if c.current().merchant.finish_outbox:
+                    conn.execute("INSERT OR REPLACE INTO merchant_outbox (ord, merchant, agreement, t)"
+                                 " VALUES (?, ?, ?, ?)", (job.key, row["merchant"], o.paid_trade, now))
+        if hold is not None:
+            self._hold(row["merchant"], job.key, o.paid_trade, hold)
+
+    # queue: the worker's memory
+
+    def _hold(self, merchant: str, order_id: str, agreement: str, delay: float) -> None:
+        """The queue worker of ``merchant`` takes the finish message of ``order_id``: held in memory
+        (``_held``) for ``delay`` scenario seconds, then sent (and retried) while the worker still has it."""
+        token = [True]
+        self._held.setdefault(merchant, {})[order_id] = token
+        task = asyncio.get_running_loop().create_task(self._queued_finish(merchant, order_id, agreement, delay, token))
+        self._merchant_tasks.add(task)
+        task.add_done_callback(self._merchant_tasks.discard)
+
+    async def _queued_finish(self, merchant: str, order_id: str, agreement: str, delay: float, token: list) -> None:
+        c = self.conditions
+        try:
+            await self.clock.sleep(delay)
+            attempt = 1
+            while token[0]:  # a restart took the message from the worker's memory: nothing more is sent
+                ok = await self._send_finish(order_id, agreement, attempt, durable_retry=False)
+                if ok is None or ok or attempt > c.current().merchant.bnpl_finish_retries:
+                    break
+                attempt += 1
+                await self.clock.sleep(c.sample("merchant.bnpl_finish_retry_delay"))
+            if token[0]:  # answered, or given up: the message is done with, its outbox row too
+                with self.store.tx() as conn:
+                    conn.execute("DELETE FROM merchant_outbox WHERE ord = ?", (order_id,))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the queue worker of merchant %s failed on the finish of %s", merchant, order_id)
+        finally:
+            held = self._held.get(merchant, {})
+            if held.get(order_id) is token:
+                del held[order_id]
+
+    async def _merchant_restart(self, job: Job) -> None:
+        """A queue merchant's worker restarts: every finish message it holds in memory is lost — with
+        ``merchant.finish_outbox`` the restarted worker reads the outbox and sends them again."""
+        name = job.key
+        held = self._held.pop(name, {})
+        for token in held.values():
+            token[0] = False
+        now = self.clock.now()
+        outbox = {r["ord"]: r["agreement"] for r in self.store.all(
+            "SELECT ord, agreement FROM merchant_outbox WHERE merchant = ?", (name,))}
+        prof = self._population().get(name)
+        with self.store.tx():
+            self.store.done(job)
+            for order_id in held:
+                self.store.emit(now, "merchant.worker_restarted", "merchant", order_id, merchant=name,
+                                lost=order_id not in outbox)
+            if prof is not None and prof.finish == "queue" and prof.restart_every is not None:
+                self.store.schedule("merchant_restart", name, now + self._merchant_draw(name, "restart_every"))
+        st = self._merchant_stats.setdefault(name, collections.Counter())
+        st["restarts"] += 1
+        st["lost"] += sum(1 for o in held if o not in outbox)
+        for order_id, agreement in outbox.items():  # the new worker re-reads the outbox
+            token = self._held.get(name, {}).get(order_id)
+            if token is None:
+                self._hold(name, order_id, agreement, 0.0)
+        log.info("merchant %s: queue worker restarted, %d held finish message(s), %d lost", name, len(held),
+                 sum(1 for o in held if o not in outbox))
+
+    # batch
+
+    async def _merchant_batch(self, job: Job) -> None:
+        """A batch merchant's finish job: every ``batch_interval``; sends finish for what was delivered
+        since, one call per ``batch_item_time``, unless the previous run still runs (then it is skipped)."""
+        name = job.key
+        prof = self._population().get(name)
+        now = self.clock.now()
+        with self.store.tx():
+            self.store.done(job)
+            if prof is not None and prof.finish == "batch":
+                nxt = job.due + prof.batch_interval
+                if nxt <= now:  # the checkout was down across runs: the next multiple from now
+                    nxt = (math.floor(now / prof.batch_interval) + 1) * prof.batch_interval
+                self.store.schedule("merchant_batch", name, nxt)
+        st = self._merchant_stats.setdefault(name, collections.Counter())
+        rows = self.store.all("SELECT ord, agreement FROM merchant_batch WHERE merchant = ? AND t <= ? ORDER BY t",
+                              (name, now))
+        if not rows:
+            return
+        if name in self._batch_running:
+            st["batch_skipped"] += 1
+            log.info("merchant %s: batch run at %.1f skipped, the previous run still runs", name, now)
+            return
+        self._batch_running.add(name)
+        st["batch_runs"] += 1
+        try:
+            for r in rows:
+                await self.clock.sleep(self._merchant_draw(name, "batch_item_time"))
+                await self._send_finish(r["ord"], r["agreement"], 1)
+                with self.store.tx() as conn:
+                    conn.execute("DELETE FROM merchant_batch WHERE ord = ?", (r["ord"],))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the rows not sent stay for the next run
+            log.exception("merchant %s: batch run failed", name)
+        finally:
+            self._batch_running.discard(name)
+
+    # the finish call
+
+    async def _bnpl_finish(self, job: Job) -> None:
+        """A sync merchant's finish (or a retry of a sync or batch one)."""
+        agreement = (job.data or {}).get("agreement") or self._order_row(job.key)["paid_trade"]
+        await self._send_finish(job.key, agreement, job.attempt, job=job)
+
+    async def _send_finish(self, order_id: str, agreement: str, attempt: int, job: Job | None = None,
+                           durable_retry: bool = True) -> bool | None:
+        """The merchant calls the BNPL provider's *finish* (it may fail: ``merchant.bnpl_finish_failure``).
+        True: accepted (the order is completed); False: failed — with ``durable_retry`` tried again as a
+        durable job after ``bnpl_finish_retry_delay``, at most ``bnpl_finish_retries`` times; None: the
+        order is no longer delivered (nothing sent)."""
+        o = self._entity(self._order_row(order_id))
+        if o.state is not O.DELIVERED:
+            return None
+        c = self.conditions
         merchant = c.current().merchant
-        agreement = (job.data or {}).get("agreement") or o.paid_trade
         sent_at = self.clock.now()
         ok = False
         if not c.chance("merchant.bnpl_finish_failure", merchant.bnpl_finish_failure):
@@ -863,20 +1090,22 @@ class Checkout(base.ServiceBase):
                 ok = False
         now = self.clock.now()
         with self.store.tx():
-            self.store.done(job)
-            ev = {"agreement": agreement, "attempt": job.attempt}
-            self.store.emit(sent_at, "bnpl.finish_sent", "merchant", job.key, **ev)
-            o = self._entity(self._order_row(job.key))
+            if job is not None:
+                self.store.done(job)
+            ev = {"agreement": agreement, "attempt": attempt}
+            self.store.emit(sent_at, "bnpl.finish_sent", "merchant", order_id, **ev)
+            o = self._entity(self._order_row(order_id))
             if ok:
                 if o.state is O.DELIVERED:
                     o.to(O.COMPLETED)
                     self._save(o)
-                    self.store.emit(now, "order.completed", "merchant", job.key)
+                    self.store.emit(now, "order.completed", "merchant", order_id)
             else:
-                self.store.emit(now, "bnpl.finish_failed", "merchant", job.key, **ev)
-                if job.attempt <= merchant.bnpl_finish_retries:
-                    self.store.schedule("bnpl_finish", job.key, now + c.sample("merchant.bnpl_finish_retry_delay"),
-                                        job.attempt + 1, job.data)
+                self.store.emit(now, "bnpl.finish_failed", "merchant", order_id, **ev)
+                if durable_retry and attempt <= merchant.bnpl_finish_retries:
+                    self.store.schedule("bnpl_finish", order_id, now + c.sample("merchant.bnpl_finish_retry_delay"),
+                                        attempt + 1, {"agreement": agreement})
+        return ok
 
     async def _refund(self, job: Job) -> None:
         """One refund attempt. A refusal or no answer is tried again on ``order_service.refund_retry_schedule``;
@@ -1057,6 +1286,8 @@ class Checkout(base.ServiceBase):
         return {"orders": count(f"SELECT CASE WHEN refund_failed AND state = '{O.REFUND_PENDING.value}' "
                                 f"THEN '{REFUND_FAILED}' ELSE state END AS s, COUNT(*) FROM orders GROUP BY s"),
                 "jobs": count("SELECT kind, COUNT(*) FROM jobs GROUP BY kind"),
+                "merchants": {name: {"held": len(self._held.get(name, {})), **self._merchant_stats.get(name, {})}
+                              for name in self._population()},
                 "now": self.clock.now()}
 
 
