@@ -1093,6 +1093,8 @@ _PLAIN_CODES: dict[str, int] = {
     # no handler: no rule reads them
     "notify.sent": _PP_PASS, "notify.received": _PP_PASS, "notify.lost": _PP_PASS, "order.end": _PP_PASS,
     "user.abandon": _PP_PASS, "user.cancel": _PP_PASS, "bnpl.finish_sent": _PP_PASS, "bnpl.synced": _PP_PASS,
+    "user.complaint": _PP_PASS, "after_sales.requested": _PP_PASS, "after_sales.accepted": _PP_PASS,
+    "after_sales.refused": _PP_PASS,
 }
 _PLAIN_NEXT = {_PP_SHIPPED: "shipped", _PP_DELIVERED: "delivered", _PP_COMPLETED: "completed"}
 _PLAIN_BEFORE = {"shipped": "paid", "delivered": "shipped", "completed": "delivered"}
