@@ -611,7 +611,8 @@ class UserSection(_Section):
         'larger than the balance is declined, and stays declined on every retry (the balance persists)')
     partial_refund_probability: Probability = Field(
         0.0, description="a buyer whose (wallet or card) order was completed asks for part of the money back (one "
-        "item returned), decided with their other choices")
+        "item returned, a return the platform's customer service agreed to: seed 003 allows a refund after "
+        "completion only that way), decided with their other choices")
     partial_refund_share: float = Field(0.3, gt=0.0, lt=1.0, description="the part of the order's amount a partial refund returns")
     partial_refund_delay: DurationDist = Field("1d", description="order completed -> the buyer asks for the partial refund")
     after_sales_probability: Probability = Field(
@@ -819,7 +820,9 @@ class MerchantSection(_Section):
 
     population: tuple[MerchantProfile, ...] = Field(
         (MerchantProfile(name="m1", share=1.0),),
-        description="the merchants, each with its share and finish integration (a list of tables)")
+        description="the merchants, each with its share, finish integration (finish, batch_interval, "
+        "batch_item_time, restart_every) and after-sales answers (cancel_agree, defect_rate, answer_time, "
+        "cancel_check = at_answer | at_request) (a list of tables)")
     ship_time: DurationDist = Field("0s", description="paid -> shipped (待发货 -> 待收货): the window in which a paid "
                                     "order is cancelled by asking the merchant")
     delivery_time: DurationDist = Field(_ln("2h", "24h"), description="shipped -> goods delivered (every order)")

@@ -2,7 +2,8 @@
 
 Every order belongs to one merchant of ``merchant.population`` (drawn by share). Each paid order is
 fulfilled: a ``merchant.fulfilment`` request per 'order paid' the merchant receives (two, if the order
-service marked the order paid twice), then shipped and delivered ``merchant.delivery_time`` later.
+service marked the order paid twice), shipped ``merchant.ship_time`` after 'paid' (the default ``0s``:
+at once, with no event of its own) and delivered ``merchant.delivery_time`` after shipping.
 For a pay-after-use (BNPL) order the merchant must then call *finish* so the provider deducts the
 buyer's money; how it does that is its integration quality (``finish`` of its profile):
 
@@ -18,6 +19,13 @@ buyer's money; how it does that is its integration quality (``finish`` of its pr
 A finish call fails with ``merchant.bnpl_finish_failure`` and is retried ``bnpl_finish_retries``
 times. Nothing decides per order that a finish is forgotten: a finish is lost when a restart meets it
 in the worker's memory, and late when batch runs are skipped.
+
+After-sales (seed 003, :mod:`sim.domain.after_sales`): a wallet or card buyer with an after-sales
+request (``user.after_sales_probability``, drawn on arrival from the buyer's own after-sales stream,
+with the answer's draws) sends it ``user.after_sales_delay`` after 'paid'. It is routed by the
+order's state then; the merchant (or customer service) answers ``answer_time`` (its profile's) later,
+on the state its ``cancel_check`` reads. The shipment does not wait for the answer: a request sent
+before shipping can be answered after it, and a stale check then refunds goods already gone.
 """
 
 from __future__ import annotations
