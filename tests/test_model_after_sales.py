@@ -229,3 +229,29 @@ def test_after_sales_off_adds_no_metrics_and_ship_time_splits_shipping_from_deli
         at = {e[0]: e[2] for e in evs}
         assert at["order.shipped"] - at["order.paid"] == pytest.approx(1800.0)
         assert at["order.delivered"] - at["order.shipped"] == pytest.approx(7200.0)
+
+
+def test_turning_after_sales_on_leaves_every_buyers_draws_unchanged():
+    """Common random numbers (issue 15 item 8): the requests and their answers are drawn from a stream of
+    each buyer's own, so turning them on changes no buyer's amount, method, merchant or first pay time."""
+    def firsts(p: float) -> dict:
+        s = Scenario().with_overrides({**BASE, "user.after_sales_probability": p, "merchant.ship_time": "1h",
+                                       "user.payment_methods": {"wallet": 0.4, "card": 0.3, "bnpl": 0.3},
+                                       "merchant.population": [
+                                           {"name": "m1", "share": 0.6, "answer_time": "20m"},
+                                           {"name": "m2", "share": 0.4, "answer_time": "2h", "cancel_check": "at_request"}]})
+        seen: dict[str, list] = {}
+
+        def tap(ev: dict) -> None:
+            if ev["type"] == "order.created":
+                seen[ev["order"]] = [ev["amount"], ev["method"], ev["merchant"], ev["t"]]
+            elif ev["type"] == "user.pay" and ev["attempt"] == 0:
+                seen[ev["order"]].append(ev["t"])
+
+        r = run_replication(s, 0, examples=False, tap=tap)
+        return seen, r
+
+    off, r_off = firsts(0.0)
+    on, r_on = firsts(0.6)
+    assert len(off) >= 250 and off == on
+    assert "after_sales" not in r_off.metrics and r_on.metrics["after_sales"]["accepted"] >= 50
