@@ -138,7 +138,8 @@ class Merchant:
         w = self.w
         state = order.state
         rt = after_sales.route(state)
-        st = self.after_sales
+        # counted like the rates: orders created in [warmup, horizon) only
+        st = self.after_sales if w.warmup <= order.created_at < w.horizon else dict.fromkeys(AFTER_SALES_COUNTS, 0)
         st["requested"] += 1
         w.emit("after_sales.requested", "user", order.id, state=state.value, route=rt.value)
         if rt is Route.COMPLAINT:
