@@ -197,6 +197,9 @@ def test_the_ship_cancel_race_arises_from_timing_and_vanishes_with_a_prompt_answ
     # The race: with a 1-h median answer against a 20 min – 1 h 50 min remaining ship window, a share of answers is late.
     assert 0.1 * a["requested"] <= a["refunded_and_shipped"] <= 0.9 * a["requested"], a
     assert a["refunded_and_shipped_fen"] > 0
+    # The checker finds the same orders in the history alone (order.shipped before an accepted cancel).
+    assert stale.summary.end_states.get("refunded_and_shipped") == a["refunded_and_shipped"]
+    assert "refunded_and_shipped" not in fresh.summary.end_states and "refunded_and_shipped" not in prompt.summary.end_states
     for o, evs in seq.items():
         t = _types(evs)
         if "after_sales.accepted" in t and "order.shipped" in t:
