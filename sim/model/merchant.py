@@ -164,7 +164,7 @@ class Merchant:
                 st["accepted"] += 1
                 loss = after_sales.refunds_shipped_goods(rt, ans, actual)
                 w.emit("after_sales.accepted", "merchant", order.id, route=rt.value, checked=checked.value,
-                       state=actual.value, shipped=loss or actual is not O.PAID)
+                       state=actual.value, shipped=actual is not O.PAID)
                 if loss:
                     st["refunded_and_shipped"] += 1
                     st["refunded_and_shipped_fen"] += order.amount
