@@ -28,6 +28,7 @@ from reports.documents import doc_name
 from reports.chart import Chart, slug
 from reports.style import class_look, ordered_classes
 from reports.summary import comparison_summary, results_summary, sweep_summary, top_summary
+from sim.results import after_sales_line
 
 CSS = """
 :root { --ink: #1f2328; --muted: #59636e; --line: #d1d9e0; --soft: #f6f8fa; --accent: #0072B2; }
@@ -231,8 +232,12 @@ def results_section(i: int, doc: Mapping[str, Any], charts: Sequence[Chart], sou
     parts.extend(figure(c) for c in first)  # the report of one result opens with its rates
     parts.append("<h3>Anomalies</h3>" + anomaly_table(doc))
     parts.extend(figure(c) for c in charts if c.kind != "rates")
-    if doc.get("metrics"):
-        parts.append("<h3>Queues and latency per actor</h3>" + _metrics_table(doc["metrics"], doc.get("replications") or 1))
+    metrics = dict(doc.get("metrics") or {})
+    after = metrics.pop("after_sales", None)
+    if metrics:
+        parts.append("<h3>Queues and latency per actor</h3>" + _metrics_table(metrics, doc.get("replications") or 1))
+    if isinstance(after, Mapping) and after:
+        parts.append(f'<p class="muted">{esc(after_sales_line(after))}.</p>')
     if doc.get("end_states"):
         states = ", ".join(f"{k} {fmt.count(v)}" for k, v in doc["end_states"].items())
         parts.append(f'<p class="muted">Order end states: {esc(states)}.</p>')

@@ -85,6 +85,7 @@ END_STATES: tuple[str, ...] = (
     "paid_refund_pending",
     "paid_refund_failed",
     "paid_refunded",
+    "refunded_and_shipped",
     "order_paid_no_charge",
     "paid_closed_unrefunded",
     "paid_closed_refund_pending",
@@ -713,7 +714,7 @@ class _OrderState:
         "bnpl_paid", "ded_failed", "false_overdue", "compensated", "settled", "agreement_end", "imbalances",
         "payer", "wrong", "wrong_total", "over_refunded", "mismatch", "txns", "infer", "charged_amt",
         "refunded_amt", "shipped", "dup_fulfil", "bnpl_payments", "ok_attempts", "bnpl_refund", "money_ok",
-        "checkout_ok", "bnpl_ok", "refund_failed", "own",
+        "checkout_ok", "bnpl_ok", "refund_failed", "own", "cancel_after_ship",
     )
 
     def __init__(self, grace: float, limit: float, flags: tuple[bool, bool, bool, bool]) -> None:
@@ -770,6 +771,7 @@ class _OrderState:
         self.ok_attempts: set[Any] | None = None
         self.bnpl_refund = 0  # refunds of BNPL payments (ledger refunds carrying an agreement)
         self.refund_failed = False  # the order service gave up retrying a refund (order.refund_failed)
+        self.cancel_after_ship = False  # a cancel request accepted after the goods shipped (after_sales.accepted)
         self.own: bool | None = None  # the checkout's own events tell this order's state (None: not asked yet)
 
     def recompute_money(self) -> None:
@@ -991,6 +993,13 @@ def _h_refund_failed(chk: "Checker", st: _OrderState, e: dict[str, Any], t: floa
     st.refund_failed = True
 
 
+def _h_after_sales_accepted(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> None:
+    """A cancel request (``route = ask_merchant``) accepted after ``order.shipped``: the refund that
+    follows pays back goods already gone (end state ``refunded_and_shipped``)."""
+    if e.get("route") == "ask_merchant" and st.shipped:
+        st.cancel_after_ship = True
+
+
 def _h_refund_pending(chk: "Checker", st: _OrderState, e: dict[str, Any], t: float) -> None:
     st.refund_failed = False  # asked again: retrying
     _h_fulfilment(chk, st, e, t)
@@ -1074,6 +1083,7 @@ _HANDLERS: dict[str, Any] = {
     "order.refund_pending": _h_refund_pending,
     "order.refund_failed": _h_refund_failed,
     "merchant.fulfilment": _h_merchant_fulfilment,
+    "after_sales.accepted": _h_after_sales_accepted,
     **{f"bnpl.{x}": _h_bnpl for x in ("authorized", "finish_requested", "deduction", "repaid", "overdue",
                                       "overdue_cleared", "compensated", "settled", "cancelled", "expired")},
 }
@@ -1093,6 +1103,7 @@ _PLAIN_CODES: dict[str, int] = {
     # no handler: no rule reads them
     "notify.sent": _PP_PASS, "notify.received": _PP_PASS, "notify.lost": _PP_PASS, "order.end": _PP_PASS,
     "user.abandon": _PP_PASS, "user.cancel": _PP_PASS, "bnpl.finish_sent": _PP_PASS, "bnpl.synced": _PP_PASS,
+    "user.complaint": _PP_PASS, "after_sales.requested": _PP_PASS, "after_sales.refused": _PP_PASS,
 }
 _PLAIN_NEXT = {_PP_SHIPPED: "shipped", _PP_DELIVERED: "delivered", _PP_COMPLETED: "completed"}
 _PLAIN_BEFORE = {"shipped": "paid", "delivered": "shipped", "completed": "delivered"}
@@ -1968,9 +1979,11 @@ def _end_state(st: _OrderState) -> str:
             return "order_paid_no_charge"
         return "paid_open"
     if st.ostate == "refund_pending":
-        return "paid_refund_failed" if st.refund_failed and st.total > 0 else "paid_refund_pending"
+        if st.refund_failed and st.total > 0:
+            return "paid_refund_failed"
+        return "refunded_and_shipped" if st.cancel_after_ship else "paid_refund_pending"
     if st.ostate == "refunded":
-        return "paid_refunded"
+        return "refunded_and_shipped" if st.cancel_after_ship else "paid_refunded"
     if any(s in _PENDING_TRADE for s, _ in st.trade_state.values()):
         return "unknown_past_timeout"
     return "awaiting_payment"

@@ -868,6 +868,20 @@ def _metrics_table(metrics: dict[str, Any], replications: int = 1) -> "Table":
     return table
 
 
+def after_sales_line(a: dict[str, Any]) -> str:
+    """The after-sales metrics (seed 003; means per replication) as one sentence."""
+    def n(key: str) -> str:
+        v = a.get(key) or 0
+        return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.1f}"
+
+    fen = a.get("refunded_and_shipped_fen") or 0
+    return (f"after-sales (mean per replication): {n('requested')} requests, {n('accepted')} refunded "
+            f"({n('defect_refunds')} for a defect), refused {n('refused_shipped')} as shipped, "
+            f"{n('refused_declined')} by the merchant, {n('refused_no_defect')} without a defect; "
+            f"{n('complaints')} complaints; {n('refunded_and_shipped')} refunded and shipped "
+            f"(¥{fen / 100:,.2f}, the merchant's loss)")
+
+
 def print_summary(doc: dict[str, Any], console: "Console | None" = None) -> None:
     """The summary table (and the metrics table when present) on ``console``."""
     from rich.console import Console
@@ -892,9 +906,12 @@ def print_summary(doc: dict[str, Any], console: "Console | None" = None) -> None
     lines = [buyer_sentence(c, anomalies[c]) for c in sorted(anomalies, key=lambda c: -(anomalies[c].get("occurred_rate") or 0))]
     for line in filter(None, lines):
         console.print(f"{line}.", highlight=False)
-    metrics = doc.get("metrics")
+    metrics = dict(doc.get("metrics") or {})
+    after = metrics.pop("after_sales", None)
     if metrics:
         console.print(_metrics_table(metrics, doc.get("replications") or 1))
+    if isinstance(after, dict) and after:
+        console.print(after_sales_line(after), highlight=False)
     states = doc.get("end_states") or {}
     if states:
         console.print("end states: " + ", ".join(f"{k} {v:,}" for k, v in sorted(states.items(), key=lambda kv: -kv[1])))

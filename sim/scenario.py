@@ -611,9 +611,15 @@ class UserSection(_Section):
         'larger than the balance is declined, and stays declined on every retry (the balance persists)')
     partial_refund_probability: Probability = Field(
         0.0, description="a buyer whose (wallet or card) order was completed asks for part of the money back (one "
-        "item returned), decided with their other choices")
+        "item returned, a return the platform's customer service agreed to: seed 003 allows a refund after "
+        "completion only that way), decided with their other choices")
     partial_refund_share: float = Field(0.3, gt=0.0, lt=1.0, description="the part of the order's amount a partial refund returns")
     partial_refund_delay: DurationDist = Field("1d", description="order completed -> the buyer asks for the partial refund")
+    after_sales_probability: Probability = Field(
+        0.0, description="a (wallet or card) buyer asks, after paying, for the order to be cancelled and refunded "
+        "(seed 003's after-sales: what the request becomes depends on the order's state when it is sent), drawn "
+        "from an after-sales stream of the buyer's own")
+    after_sales_delay: DurationDist = Field("30m", description="order paid -> the buyer sends the after-sales request")
     accounts: CountOrOff = Field(
         "off", description='arrivals are buyers drawn (uniformly) from this many accounts, so a balance, card line, '
         'daily limit, risk status and BNPL debt carry over to the same buyer\'s next order; "off": every arrival '
@@ -789,6 +795,18 @@ class MerchantProfile(_Section):
     batch_item_time: DurationDist = Field("2s", description="batch: one finish call of a run (the run is sequential)")
     restart_every: DurationOrOffDist = Field(
         "off", description='queue: time between the worker\'s restarts (a distribution), or "off"')
+    cancel_agree: Probability = Field(
+        1.0, description="after-sales: asked to cancel a paid, unshipped order, the merchant agrees (cancels and "
+        "refunds); else it refuses")
+    defect_rate: Probability = Field(
+        0.0, description="after-sales: share of this merchant's goods with a serious quality defect; a refund "
+        "asked for a shipped order is granted (by customer service) only for these")
+    answer_time: DurationDist = Field(
+        "1h", description="after-sales: the buyer's request -> the merchant's (or customer service's) answer")
+    cancel_check: Literal["at_answer", "at_request"] = Field(
+        "at_answer", description="after-sales: the order state the merchant's cancel answer is based on: read when "
+        "it answers (a shipment meanwhile: refused), or the one read when the request came in (a stale read: a "
+        "request that raced the shipment is refunded and the goods are gone)")
 
     @model_validator(mode="after")
     def _gt_zero_interval(self) -> "MerchantProfile":
@@ -802,7 +820,9 @@ class MerchantSection(_Section):
 
     population: tuple[MerchantProfile, ...] = Field(
         (MerchantProfile(name="m1", share=1.0),),
-        description="the merchants, each with its share and finish integration (a list of tables)")
+        description="the merchants, each with its share, finish integration (finish, batch_interval, "
+        "batch_item_time, restart_every) and after-sales answers (cancel_agree, defect_rate, answer_time, "
+        "cancel_check = at_answer | at_request) (a list of tables)")
     ship_time: DurationDist = Field("0s", description="paid -> shipped (待发货 -> 待收货): the window in which a paid "
                                     "order is cancelled by asking the merchant")
     delivery_time: DurationDist = Field(_ln("2h", "24h"), description="shipped -> goods delivered (every order)")

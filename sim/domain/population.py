@@ -83,6 +83,35 @@ def draw_buyer(u: Any, r: random.Random, cum: tuple[float, float], merchants: Se
                       account)
 
 
+def after_sales_stream(seed: int, replication: int, index: int) -> random.Random:
+    """The after-sales stream of buyer number ``index``: whether and when they ask, and how their merchant
+    (or customer service) answers them. Apart from the buyer's own stream, so turning after-sales on
+    changes no other draw of this buyer or of anyone else."""
+    key = hashlib.blake2b(b"after-sales:%d:%d:%d" % (seed, replication, index), digest_size=16).digest()
+    return random.Random(int.from_bytes(key, "little"))
+
+
+class AfterSalesDraws(NamedTuple):
+    delay: float  # order paid -> the request is sent
+    defect: bool  # the goods have a serious quality defect (the merchant's defect_rate)
+    agrees: bool  # asked to cancel an unshipped order, the merchant agrees (its cancel_agree)
+    answer_time: float  # request -> the merchant's (or customer service's) answer
+
+
+def draw_after_sales(u: Any, profile: Any, r: random.Random) -> AfterSalesDraws | None:
+    """Buyer ``r``'s after-sales request under ``user`` section ``u`` with merchant ``profile``, or None.
+
+    Always the same five draws in the same order, whatever the probabilities: a compared setting (a
+    longer answer time, a merchant that agrees less) meets the same requests at the same times.
+    """
+    asks = r.random() < u.after_sales_probability
+    delay = u.after_sales_delay.draw(r)
+    defect = r.random() < profile.defect_rate
+    agrees = r.random() < profile.cancel_agree
+    answer_time = profile.answer_time.draw(r)
+    return AfterSalesDraws(delay, defect, agrees, answer_time) if asks else None
+
+
 def payment_cum(u: Any) -> tuple[float, float]:
     pm = u.payment_methods
     return (pm.wallet, pm.wallet + pm.card)

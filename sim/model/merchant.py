@@ -2,7 +2,8 @@
 
 Every order belongs to one merchant of ``merchant.population`` (drawn by share). Each paid order is
 fulfilled: a ``merchant.fulfilment`` request per 'order paid' the merchant receives (two, if the order
-service marked the order paid twice), then shipped and delivered ``merchant.delivery_time`` later.
+service marked the order paid twice), shipped ``merchant.ship_time`` after 'paid' (the default ``0s``:
+at once, with no event of its own) and delivered ``merchant.delivery_time`` after shipping.
 For a pay-after-use (BNPL) order the merchant must then call *finish* so the provider deducts the
 buyer's money; how it does that is its integration quality (``finish`` of its profile):
 
@@ -18,6 +19,13 @@ buyer's money; how it does that is its integration quality (``finish`` of its pr
 A finish call fails with ``merchant.bnpl_finish_failure`` and is retried ``bnpl_finish_retries``
 times. Nothing decides per order that a finish is forgotten: a finish is lost when a restart meets it
 in the worker's memory, and late when batch runs are skipped.
+
+After-sales (seed 003, :mod:`sim.domain.after_sales`): a wallet or card buyer with an after-sales
+request (``user.after_sales_probability``, drawn on arrival from the buyer's own after-sales stream,
+with the answer's draws) sends it ``user.after_sales_delay`` after 'paid'. It is routed by the
+order's state then; the merchant (or customer service) answers ``answer_time`` (its profile's) later,
+on the state its ``cancel_check`` reads. The shipment does not wait for the answer: a request sent
+before shipping can be answered after it, and a stale check then refunds goods already gone.
 """
 
 from __future__ import annotations
@@ -27,10 +35,15 @@ import zlib
 
 import numpy as np
 
+from sim.domain import after_sales
+from sim.domain.after_sales import Answer, Route
 from sim.domain.states import OrderState
 from sim.model.world import World
 
 O = OrderState
+_REFUNDABLE = frozenset({O.PAID, O.SHIPPED, O.DELIVERED, O.COMPLETED})
+AFTER_SALES_COUNTS = ("requested", "accepted", "refused_shipped", "refused_declined", "refused_no_defect",
+                      "nothing", "defect_refunds", "complaints", "refunded_and_shipped", "refunded_and_shipped_fen")
 
 
 def _stream(seed: int, replication: int, name: str) -> random.Random:
@@ -58,6 +71,10 @@ class Merchant:
         self.order_service = None  # told when an order is completed (a buyer may then return part of it)
         self.profiles = {spec.name: _Profile(w, spec) for spec in w.p.merchant.population}
         self.shipments: dict[str, int] = {}
+        # order -> its buyer's after-sales request (sim.domain.population.draw_after_sales), until paid
+        self.after_sales_wishes: dict = {}
+        w.on_forget.append(lambda oid: self.after_sales_wishes.pop(oid, None))
+        self.after_sales = dict.fromkeys(AFTER_SALES_COUNTS, 0)
         w.on_forget.append(lambda oid: self.shipments.pop(oid, None))
         for prof in self.profiles.values():
             if prof.spec.finish == "batch":
@@ -66,7 +83,12 @@ class Merchant:
                 w.env.process(self._restarts(prof))
 
     def fulfil(self, order) -> None:
-        """The merchant heard 'order paid': start a fulfilment; ship and deliver, then finish (BNPL)."""
+        """The merchant heard 'order paid': start a fulfilment; ship, deliver, then finish (BNPL).
+
+        Shipped ``merchant.ship_time`` after 'paid' (待发货 -> 待收货), delivered ``merchant.delivery_time``
+        after shipping. Each step goes ahead only if the order is still where the step expects it: a
+        paid order the merchant cancelled (after-sales) is not shipped, a refunded one is not delivered.
+        """
         w = self.w
         fresh = w.new_order_rng(order.id)
         r = w.order_rng(order.id)
@@ -74,16 +96,21 @@ class Merchant:
         n = self.shipments.get(order.id, 0) + 1
         self.shipments[order.id] = n
         w.emit("merchant.fulfilment", "merchant", order.id, merchant=order.merchant, shipment=n)
-        delivery = m.delivery_time.draw(r)
+        delivery = m.delivery_time.draw(r)  # first, as before ship_time existed: the same draw either way
+        ship = m.ship_time.draw(r)  # a constant (the default 0s) draws nothing
         if fresh:
-            w.park_order_rng(order.id, m.delivery_time)  # hours until delivery: keep its stream small
+            # hours until delivery: keep its stream small (its position is known when only delivery drew)
+            w.park_order_rng(order.id, m.delivery_time if m.ship_time.kind == "constant" else None)
         w.hold(order.id)
+        if n == 1 and self.after_sales_wishes:
+            wish = self.after_sales_wishes.pop(order.id, None)
+            if wish is not None:
+                w.hold(order.id)
+                w.at(wish.delay, lambda: self._after_sales_request(order, wish))
 
         def delivered() -> None:
-            if order.state is O.PAID:
-                order.to(O.SHIPPED)
+            if order.state is O.SHIPPED:
                 order.to(O.DELIVERED)
-                w.emit("order.shipped", "merchant", order.id)
                 w.emit("order.delivered", "merchant", order.id)
                 if order.method == "bnpl":
                     self._after_delivery(order)
@@ -94,7 +121,63 @@ class Merchant:
                         self.order_service.completed(order)
             w.release(order.id)
 
-        w.at(delivery, delivered)
+        def shipped() -> None:
+            if order.state is O.PAID:
+                order.to(O.SHIPPED)
+                w.emit("order.shipped", "merchant", order.id)
+            w.at(delivery, delivered)  # (a second fulfilment's delivery may come first, as before)
+
+        if ship <= 0.0:
+            shipped()  # no event of its own: with ship_time 0s the run's events are the ones it had before
+        else:
+            w.at(ship, shipped)
+
+    # -- after-sales (seed 003) ----------------------------------------------------------------------
+    def _after_sales_request(self, order, wish) -> None:
+        """The buyer's after-sales request reaches the platform: routed by the order's state now."""
+        w = self.w
+        state = order.state
+        rt = after_sales.route(state)
+        # counted like the rates: orders created in [warmup, horizon) only
+        st = self.after_sales if w.warmup <= order.created_at < w.horizon else dict.fromkeys(AFTER_SALES_COUNTS, 0)
+        st["requested"] += 1
+        w.emit("after_sales.requested", "user", order.id, state=state.value, route=rt.value)
+        if rt is Route.COMPLAINT:
+            st["complaints"] += 1
+            w.emit("user.complaint", "user", order.id, state=state.value)
+        if rt is not Route.ASK_MERCHANT and rt is not Route.DEFECT_ONLY:
+            w.release(order.id)  # a complaint, or an order already closed or refunded: no money moves
+            return
+        prof = self.profiles[order.merchant]
+
+        def answer() -> None:
+            actual = order.state
+            if rt is Route.ASK_MERCHANT:
+                checked = after_sales.checked_state(prof.spec.cancel_check, state, actual)
+                ans = after_sales.merchant_answer(checked, wish.agrees)
+            else:
+                checked = actual
+                ans = after_sales.defect_answer(wish.defect)
+            if ans is Answer.ACCEPTED and actual not in _REFUNDABLE:
+                ans = Answer.NOTHING  # refunded or closed meanwhile by another path
+            if ans is Answer.ACCEPTED:
+                st["accepted"] += 1
+                loss = after_sales.refunds_shipped_goods(rt, ans, actual)
+                w.emit("after_sales.accepted", "merchant", order.id, route=rt.value, checked=checked.value,
+                       state=actual.value, shipped=actual is not O.PAID)
+                if loss:
+                    st["refunded_and_shipped"] += 1
+                    st["refunded_and_shipped_fen"] += order.amount
+                elif rt is Route.DEFECT_ONLY:
+                    st["defect_refunds"] += 1
+                self.order_service.refund_order(order, "after_sales_" + rt.value)
+            else:
+                st[ans.value] += 1
+                w.emit("after_sales.refused", "merchant", order.id, route=rt.value, checked=checked.value,
+                       state=actual.value, reason=ans.value)
+            w.release(order.id)
+
+        w.at(wish.answer_time, answer)
 
     # -- how the finish is sent ----------------------------------------------------------------------
     def _after_delivery(self, order) -> None:

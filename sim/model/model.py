@@ -106,6 +106,8 @@ def run_replication(scenario: Scenario, replication: int = 0, examples: bool = T
     summary = checker.finish()
     metrics = {name: st.metrics() for name, st in stations.items()}
     metrics["app"] = buyers_metrics(w, buyers)
+    if w.p.user.after_sales_probability > 0:  # (absent when off: the results of every other run are as they were)
+        metrics["after_sales"] = {k: float(v) for k, v in merchant.after_sales.items()}
     return ReplicationResult(replication, summary, metrics, order_service.seq, w.ledger.total())
 
 

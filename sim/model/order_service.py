@@ -364,6 +364,20 @@ class OrderService:
 
         self._via_gateway(order, lambda _ids, back: self.gateway.refund(trade, back), after)
 
+    def refund_order(self, order: Order, reason: str) -> None:
+        """Refund a paid order in full because its after-sales request was accepted (seed 003): the
+        order goes to ``refund_pending`` now (cancelled, or refunded for a defect; fulfilment stops at
+        its next step) and to ``refunded`` when the money is back, through :meth:`refund` (its latency,
+        failures and retries)."""
+        w = self.w
+        trade = w.trades.get(order.paid_trade) if order.paid_trade is not None else None
+        if trade is None or trade.state is not T.SUCCEEDED:
+            return
+        order.to(O.REFUND_PENDING)
+        w.emit("order.refund_pending", "order_service", order.id, trade=trade.id, amount=trade.amount, reason=reason)
+        self.app.push_refund(order, "refund_pending")
+        self.refund(order, trade)
+
     def request_status(self, order: Order, lag: float, service: float, deadline: float,
                        reply: Callable[[object], None]) -> None:
         """An order-status read from the app (``order_service.read_time`` on): a worker takes it for

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from sim.domain import policies
 from sim.domain.arrivals import arrival_steps
-from sim.domain.population import draw_account, draw_buyer
+from sim.domain.population import after_sales_stream, draw_account, draw_after_sales, draw_buyer
 from sim.domain.states import ORDER_PAID_STATES, OrderState
 from sim.model.world import Answer, World
 
@@ -69,6 +69,7 @@ class Buyers:
         self.cum = (pm.wallet, pm.wallet + pm.card)
         pop = w.p.merchant.population
         self.merchants = [m.name for m in pop]
+        self.profiles = {m.name: m for m in pop}
         self.merchant_cum = []
         acc = 0.0
         for m in pop:
@@ -83,10 +84,14 @@ class Buyers:
         (method, amount, pay_delay, walks_away, cancels, retry_draws, merchant, balance, partial,
          account) = draw_buyer(u, r, self.cum, self.merchants, self.merchant_cum)
         user = f"u{self.seq}" if account is None else f"a{account}"  # a returning buyer: one of the accounts
+        wish = None
+        if u.after_sales_probability > 0 and method != "bnpl":
+            wish = draw_after_sales(u, self.profiles[merchant],
+                                    after_sales_stream(w.scenario.run.seed, w.replication, self.seq))
         if w.warmup <= w.env.now < w.horizon:
             self.offered += 1
         w.env.process(self.checkout(user, amount, method, merchant, balance, pay_delay, walks_away,
-                                    cancels, retry_draws, r, partial))
+                                    cancels, retry_draws, r, partial, wish))
 
     def account(self, user: str, method: str, balance: float | None) -> None:
         """Open ``user``'s account the first time they order (when any account setting is on).
@@ -108,7 +113,7 @@ class Buyers:
         w.accounts[user] = draw_account(u, r, balance=balance, draw_balance=u.accounts is not None)
 
     def checkout(self, user, amount, method, merchant, balance, pay_delay, walks_away, cancels, retry_draws, r,
-                 partial=None):
+                 partial=None, wish=None):
         """The buyer asks the order service for an order, then (with it) goes on to pay."""
         w = self.w
         if w.p.order_service.create_time is None:  # creation free and instant (no request)
@@ -124,6 +129,8 @@ class Buyers:
         self.account(order.user, method, balance)
         if partial is not None and method != "bnpl":
             self.os.partial_wishes[order.id] = partial
+        if wish is not None:
+            self.os.merchant.after_sales_wishes[order.id] = wish  # sent once the order is paid (if it is)
         w.hold(order.id)
         trade_id = None
         if method != "bnpl":
