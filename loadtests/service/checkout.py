@@ -58,7 +58,8 @@ from fastapi import Depends, FastAPI, Path, Request
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from sim.domain import policies
+from sim.domain import after_sales, policies
+from sim.domain.after_sales import Answer, Route
 from sim.domain.entities import Order
 from sim.domain.policies import NotifyAction, Step
 from sim.domain.states import OrderState, TradeState, can_advance
@@ -75,6 +76,8 @@ from loadtests.service.web import (ID_PATTERN, _dumps, replay_body, MAX_AMOUNT, 
 
 log = logging.getLogger("checkout_chaos.checkout")
 O = OrderState
+# an order an accepted after-sales request refunds (anything else was refunded or closed meanwhile)
+_AFTER_SALES_REFUNDABLE = frozenset({O.PAID, O.SHIPPED, O.DELIVERED, O.COMPLETED})
 
 ORDER_TRADES = """
 CREATE TABLE IF NOT EXISTS order_trades (
@@ -220,7 +223,8 @@ class Checkout(base.ServiceBase):
     def job_handlers(self) -> dict:
         return {"expire": self._expire, "ship": self._ship, "deliver": self._deliver,
                 "bnpl_finish": self._bnpl_finish, "merchant_batch": self._merchant_batch,
-                "merchant_restart": self._merchant_restart, "refund": self._refund, "reconcile": self._reconcile}
+                "merchant_restart": self._merchant_restart, "after_sales": self._after_sales_answer,
+                "refund": self._refund, "reconcile": self._reconcile}
 
     def background(self) -> list:
         return [self._sweep_loop, self._merchant_start]
@@ -536,6 +540,71 @@ class Checkout(base.ServiceBase):
             return json_response(self._view(order_id))
         raise ApiError(409, f"order is {state.value}: it can no longer be cancelled", "order",
                        "ORDER_NOT_CANCELLABLE", order_state=state.value)
+
+    # -- after-sales (seed 003, sim.domain.after_sales) ----------------------------------------------
+
+    async def after_sales(self, order_id: str) -> Response:
+        """The buyer's after-sales request, routed by the order's state now (``after_sales.route``):
+        unpaid -> the cancel of ``POST /orders/{id}/cancel``; paid, not shipped -> the merchant answers
+        ``answer_time`` later (``cancel_agree``, on the state its ``cancel_check`` reads); shipped or
+        delivered -> refunded only for a defect (``defect_rate``), answered ``answer_time`` later;
+        completed -> a complaint, no money moves; closed or refunded -> nothing to ask. 202 with the
+        route; the answer is a durable job, its outcome in the history (``after_sales.accepted`` /
+        ``after_sales.refused``) and, when accepted, the order's refund."""
+        row = self._order_row(order_id)
+        state = O(row["state"])
+        if row["method"] == "bnpl":
+            raise ApiError(409, "after-sales requests are for wallet and card orders (a pay-after-use order is "
+                           "cancelled through its agreement: POST /orders/{id}/cancel)", "order",
+                           "AFTER_SALES_NOT_SUPPORTED", order_state=state.value)
+        rt = after_sales.route(state)
+        if rt is Route.CANCEL:
+            return await self.cancel(order_id)
+        now = self.clock.now()
+        with self.store.tx():
+            self.store.emit(now, "after_sales.requested", "user", order_id, state=state.value, route=rt.value)
+            if rt is Route.COMPLAINT:
+                self.store.emit(now, "user.complaint", "user", order_id, state=state.value)
+            elif rt in (Route.ASK_MERCHANT, Route.DEFECT_ONLY):
+                merchant = row["merchant"] if row["merchant"] in self._population() else None
+                wait = self._merchant_draw(merchant, "answer_time") if merchant is not None else 0.0
+                self.store.schedule("after_sales", order_id, now + wait,
+                                    data={"route": rt.value, "state": state.value})
+        return json_response({"order": order_id, "route": rt.value, "state": state.value,
+                              "answer": "pending" if rt in (Route.ASK_MERCHANT, Route.DEFECT_ONLY) else "nothing"},
+                             status=202)
+
+    async def _after_sales_answer(self, job: Job) -> None:
+        """The merchant's (or customer service's) answer to an after-sales request (see :meth:`after_sales`)."""
+        row = self._order_row(job.key)
+        data = job.data or {}
+        rt, at_request = Route(data["route"]), O(data["state"])
+        actual = O(row["state"])
+        prof = self._population().get(row["merchant"])
+        name = prof.name if prof is not None else "?"
+        c = self.conditions
+        if rt is Route.ASK_MERCHANT:
+            checked = after_sales.checked_state(prof.cancel_check if prof is not None else "at_answer",
+                                                at_request, actual)
+            ans = after_sales.merchant_answer(
+                checked, prof is not None and c.chance(f"merchant.{name}.cancel_agree", prof.cancel_agree))
+        else:
+            checked = actual
+            ans = after_sales.defect_answer(prof is not None and c.chance(f"merchant.{name}.defect_rate",
+                                                                          prof.defect_rate))
+        if ans is Answer.ACCEPTED and actual not in _AFTER_SALES_REFUNDABLE:
+            ans = Answer.NOTHING  # refunded or closed meanwhile by another path
+        now = self.clock.now()
+        with self.store.tx():
+            self.store.done(job)
+            if ans is Answer.ACCEPTED:
+                self.store.emit(now, "after_sales.accepted", "merchant", job.key, route=rt.value,
+                                checked=checked.value, state=actual.value, shipped=actual is not O.PAID)
+            else:
+                self.store.emit(now, "after_sales.refused", "merchant", job.key, route=rt.value,
+                                checked=checked.value, state=actual.value, reason=ans.value)
+        if ans is Answer.ACCEPTED:
+            self._request_refund(row, row["paid_trade"])
 
     def _request_refund(self, row: Any, trade: str, extra: bool = False, again: bool = False) -> None:
         """Ask the provider for a refund (a durable job, retried on ``order_service.refund_retry_schedule``).
@@ -1676,6 +1745,13 @@ def create_app(config: base.ServiceConfig, psp: str = "native") -> "FastRoutes":
               summary="cancel: closes an unpaid order (close policy), refunds a paid, unshipped one")
     async def cancel(order: OrderPath) -> Response:
         return await svc.cancel(order)
+
+    @app.post("/orders/{order}/after-sales", tags=["orders"], status_code=202,
+              summary="after-sales request (seed 003): routed by the order's state — the merchant may cancel a "
+                      "paid, unshipped order; a shipped one is refunded only for a defect; a completed one "
+                      "gets a complaint; answered later (202)")
+    async def after_sales_request(order: OrderPath) -> Response:
+        return await svc.after_sales(order)
 
     @app.post("/notify", tags=["notifications"], response_class=PlainTextResponse,
               summary="the provider's signed payment notification; answers 'success' to acknowledge",
