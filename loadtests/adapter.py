@@ -28,7 +28,8 @@ from sim.errors import ConfigError
 
 REFERENCE = Path(__file__).parent / "adapters" / "reference.toml"
 
-OPERATIONS = ("create_order", "start_payment", "order_status", "cancel")
+OPERATIONS = ("create_order", "start_payment", "order_status", "cancel", "after_sales")
+OPTIONAL = ("cancel", "after_sales")  # a checkout without them: its buyers never cancel / ask for after-sales
 PLACEHOLDERS = ("order", "user", "amount", "amount_yuan", "method", "merchant", "trade", "buyer_name", "buyer_phone",
                 "buyer_address")
 STATE_CLASSES = ("awaiting_payment", "paid", "closed", "refunded")
@@ -38,6 +39,7 @@ _RESPONSE_FIELDS = {
     "start_payment": ("trade", "pay_url", "bnpl_state"),
     "order_status": ("state",),
     "cancel": (),
+    "after_sales": (),
 }
 _TOP = ("name", "order_id", "psp", "errors", *OPERATIONS)
 _OP_KEYS = ("method", "path", "body", "response", "bnpl_paid", "states", "handoff")
@@ -236,7 +238,7 @@ def validate(data: dict[str, Any]) -> list[str]:
     for op in OPERATIONS:
         spec = data.get(op)
         if spec is None:
-            if op != "cancel":
+            if op not in OPTIONAL:
                 out.append(f"{op}: missing table (expected [{op}] with method and path)")
             continue
         if not isinstance(spec, dict):

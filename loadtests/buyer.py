@@ -325,10 +325,25 @@ class Buyer:
                 return "not_payable"
             self.show(SCREEN[outcome])
             if outcome == "succeeded":
+                self.after_sales(values)
                 return "paid"
             if outcome in ("unknown", "in_progress", "timeout") and self.poll():
                 return "settled_by_poll"
         return "gave_up"
+
+    def after_sales(self, values: dict[str, Any]) -> None:
+        """A paying wallet or card buyer asks for after-sales (``user.after_sales_probability``)
+        ``user.after_sales_delay`` after paying, from a stream of their own (turning it on changes none of
+        their other draws); the checkout routes and answers it (seed 003). Only where the adapter has
+        ``[after_sales]``."""
+        u = self.ctx.current(self.ctx.now()).user
+        if u.after_sales_probability <= 0 or values["method"] == "bnpl" or not self.ctx.adapter.has("after_sales"):
+            return
+        r = random.Random(f"{self.ctx.seed}:live:after_sales:{self.index}")
+        if r.random() >= u.after_sales_probability:
+            return
+        self.sleep(u.after_sales_delay.sampler(r)())
+        self.api("after_sales", values, "after-sales request")
 
     def pay(self, method: str, values: dict[str, Any], attempt: int, previous: str | None,
             retry_trade_no: str) -> tuple[str | None, str | None]:

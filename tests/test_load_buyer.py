@@ -63,6 +63,8 @@ def reference_checkout(pay_state: str | list[str] = "succeeded", order_states: l
             return Reply(OK, 200, {"state": state}), 0.001
         if url.endswith("/cancel"):
             return Reply(OK, 200, {"state": "closed"}), 0.001
+        if url.endswith("/after-sales"):
+            return Reply(OK, 202, {"route": "ask_merchant", "answer": "pending"}), 0.001
         raise AssertionError(f"unexpected call {method} {url}")
 
     return handler
@@ -192,6 +194,23 @@ def test_bnpl_is_paid_by_its_authorization():
     assert [e["screen"] for e in events if e["type"] == "app.shown"] == ["payment_succeeded"]
     assert not [e for e in events if e["type"] == "user.pay"]
     assert tr.sent[0][2]["method"] == "bnpl" and len(tr.sent) == 2
+
+
+def test_a_paying_buyer_asks_for_after_sales_after_the_delay_and_draws_nothing_else_differently():
+    """user.after_sales_probability: after "payment succeeded" the buyer waits after_sales_delay and sends
+    the adapter's [after_sales] call; off, no such call. Every other call is the same either way."""
+    on = {"user": {"after_sales_probability": 1.0, "after_sales_delay": "10m"}}
+    events, tr, ending = play(reference_checkout(), scenario=on)
+    assert ending == "paid"
+    assert tr.sent[-1][0] == "POST" and tr.sent[-1][1] == f"{CHECKOUT}/orders/r1-7/after-sales"
+    asked = [e for e in events if e["type"] == "client.invoke" and e["op"] == "after_sales"]
+    shown = next(e for e in events if e.get("screen") == "payment_succeeded")
+    assert len(asked) == 1 and asked[0]["t"] == pytest.approx(shown["t"] + 600, abs=0.5)
+    _, off, _ = play(reference_checkout())
+    assert [c[:3] for c in off.sent] == [c[:3] for c in tr.sent[:-1]]  # the same calls, bodies included
+    without = Adapter({k: v for k, v in load_adapter().data.items() if k != "after_sales"})
+    _, tr2, _ = play(reference_checkout(), scenario=on, adapter=without)  # no [after_sales]: the buyer does not ask
+    assert [c[:3] for c in tr2.sent] == [c[:3] for c in off.sent]
 
 
 def test_a_buyer_who_walks_away_may_cancel():
