@@ -80,3 +80,26 @@ def test_load_shedding_answers_at_once(services):
         r1 = first.result()
     assert r1.json()["state"] == "succeeded"
     assert r2.status_code == 503 and r2.json()["code"] == "SYSTEM_BUSY" and r2.json()["overload"] == "shed"
+
+
+def test_a_full_bank_queue_fails_the_debit_at_once_and_moves_no_money(services):
+    """bank.channels 1 and bank.queue_limit 1: with one debit at the bank and one waiting, a third is
+    refused at the bank's door: its trade fails (reason error, the simulation's busy), no debit."""
+    s = services
+    s.set_faults({"gateway.workers": 8, "bank.channels": 1, "bank.queue_limit": 1, "bank.latency": "30s",
+                  "gateway.timeout": "120s"})
+    trades = [new_trade(s)["trade"] for _ in range(3)]
+    before = _pools(s)["bank"]
+    charges = s.admin("provider", "GET", "/admin/ledger").json()["txns"].get("charge", 0)
+    with cf.ThreadPoolExecutor(2) as ex:
+        first = ex.submit(_pay, s, trades[0])
+        wait_for(lambda: _pools(s)["bank"]["busy"] == 1, what="first debit at the bank")
+        second = ex.submit(_pay, s, trades[1])
+        wait_for(lambda: _pools(s)["bank"]["queued"] == 1, what="second debit waiting for a channel")
+        third = _pay(s, trades[2])
+        r1, r2 = first.result(), second.result()
+    assert r1.json()["state"] == "succeeded" and r2.json()["state"] == "succeeded"
+    assert third.status_code == 200 and third.json()["state"] == "failed", third.text
+    assert _pools(s)["bank"]["rejected"] - before["rejected"] == 1
+    ledger = s.admin("provider", "GET", "/admin/ledger").json()
+    assert ledger["balanced"] and ledger["txns"].get("charge", 0) - charges == 2  # the two debits made, not the third
