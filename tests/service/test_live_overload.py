@@ -103,3 +103,23 @@ def test_a_full_bank_queue_fails_the_debit_at_once_and_moves_no_money(services):
     assert _pools(s)["bank"]["rejected"] - before["rejected"] == 1
     ledger = s.admin("provider", "GET", "/admin/ledger").json()
     assert ledger["balanced"] and ledger["txns"].get("charge", 0) - charges == 2  # the two debits made, not the third
+
+
+def test_without_gateway_deadlines_a_pay_is_executed_after_its_caller_gave_up(services):
+    """The cascade: gateway.deadlines off, the second pay's caller gives up (its client times out)
+    while it waits for the one worker; the gateway still executes it later — a debit nobody awaits."""
+    s = services
+    s.set_faults({"gateway.workers": 1, "bank.latency": "30s", "gateway.timeout": "60s"})
+    a, b = new_trade(s)["trade"], new_trade(s)["trade"]
+    with cf.ThreadPoolExecutor(1) as ex:
+        first = ex.submit(_pay, s, a)
+        wait_for(lambda: _pools(s)["gateway"]["busy"] == 1, what="first pay holds the worker")
+        try:
+            httpx.post(f"{s.provider_url}/trades/{b}/pay", headers={"X-Request-Timeout": "0.05"}, timeout=0.05)
+            gave_up = False
+        except httpx.TimeoutException:
+            gave_up = True
+        first.result()
+    assert gave_up
+    wait_for(lambda: httpx.get(f"{s.provider_url}/trades/{b}", timeout=5).json()["state"] == "succeeded",
+             what="the abandoned pay executed")
