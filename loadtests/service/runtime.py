@@ -143,31 +143,73 @@ class Conditions:
         }
 
 
-class Limiter:
-    """An asyncio semaphore whose capacity is a function, read at every acquire (a resizable pool)."""
+class Overloaded(Exception):
+    """A pool refused a request (``kind``: ``rejected`` — its queue is full; ``shed`` — load shedding)
+    or dropped it (``dropped`` — its caller's deadline passed before a worker took it)."""
 
-    def __init__(self, capacity: Callable[[], int]) -> None:
+    def __init__(self, pool: str, kind: str) -> None:
+        super().__init__(f"{pool}: {kind}")
+        self.pool, self.kind = pool, kind
+
+
+class Limiter:
+    """An asyncio semaphore whose capacity is a function, read at every acquire (a resizable pool).
+
+    With ``policy`` (a function returning ``(queue_limit | None, deadlines, shedding, shed_limit)``, read
+    at each acquire, as the simulation's ``Station.configure``) and ``now`` (scenario seconds),
+    :meth:`acquire` applies the overload policies of ``sim.model.station`` with the same rules
+    (``policies.should_shed`` on running + queued, a queue bounded at ``queue_limit``,
+    ``policies.deadline_passed`` when a worker takes the request) and raises :class:`Overloaded`.
+    The counts (``served``, ``rejected``, ``shed``, ``dropped``) are what ``/admin/stats`` shows."""
+
+    def __init__(self, capacity: Callable[[], int], policy: Callable[[], tuple] | None = None,
+                 now: Callable[[], float] | None = None, name: str = "pool") -> None:
         self._capacity = capacity
+        self._policy = policy
+        self._now = now
+        self.name = name
         self.in_use = 0
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.served = self.rejected = self.shed = self.dropped = 0
 
     async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def acquire(self, deadline: float = float("inf")) -> None:
+        """Take a worker (queueing FIFO); raise :class:`Overloaded` when the policies refuse or drop."""
+        from sim.domain import policies  # the shared rule (sim.model.station applies the same)
+
+        queue_limit, deadlines, shedding, shed_limit = self._policy() if self._policy is not None else (None, False, False, 0)
+        if shedding and policies.should_shed(self.in_use + len(self._waiters), shed_limit):
+            self.shed += 1
+            raise Overloaded(self.name, "shed")
         if self.in_use < self._capacity() and not self._waiters:
             self.in_use += 1
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut  # the releaser counted us in
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self._release()
-            else:
-                try:
-                    self._waiters.remove(fut)
-                except ValueError:
-                    pass
-            raise
+        else:
+            if queue_limit is not None and len(self._waiters) >= queue_limit:
+                self.rejected += 1
+                raise Overloaded(self.name, "rejected")
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut  # the releaser counted us in
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self._release()
+                else:
+                    try:
+                        self._waiters.remove(fut)
+                    except ValueError:
+                        pass
+                raise
+        if deadlines and self._now is not None and policies.deadline_passed(self._now(), deadline):
+            self.dropped += 1
+            self._release()
+            raise Overloaded(self.name, "dropped")
+        self.served += 1
+
+    def release(self) -> None:
+        self._release()
 
     async def __aexit__(self, *exc: object) -> None:
         self._release()
@@ -184,3 +226,7 @@ class Limiter:
     @property
     def queued(self) -> int:
         return len(self._waiters)
+
+    def counts(self) -> dict[str, int]:
+        return {"busy": self.in_use, "queued": len(self._waiters), "served": self.served,
+                "rejected": self.rejected, "shed": self.shed, "dropped": self.dropped}

@@ -15,7 +15,7 @@ from fastapi_offline import FastAPIOffline
 
 from loadtests.service import base
 from loadtests.service.web import replay_body
-from loadtests.service.psp.core import SCHEMA, CoreError, ProviderCore
+from loadtests.service.psp.core import SCHEMA, CoreError, ProviderCore, caller_timeout
 from loadtests.service.psp.faces import FACES, load_faces
 from loadtests.service.psp.faces.native import TradeCreate, _api_error, _view, create_trade_response
 from loadtests.service.store import StorageError, ledger_summary
@@ -25,6 +25,11 @@ from loadtests.service.web import (ID_PATTERN, ApiError, InFlightLimit, _dumps, 
 log = logging.getLogger("checkout_chaos.service")
 
 _PAY_PATH = re.compile(r"^/trades/(" + ID_PATTERN.strip("^$") + r")/pay$")
+
+
+def _retry_after(status: int) -> dict[str, str] | None:
+    """An overloaded gateway's 503 (``SYSTEM_BUSY``) tells the client when to come back."""
+    return {"retry-after": "1"} if status == 503 else None
 
 
 class FastPay:
@@ -73,7 +78,7 @@ class FastPay:
         try:
             response = await create_trade_response(self.svc, body)
         except ApiError as exc:
-            response = json_response(exc.body(), exc.status)
+            response = json_response(exc.body(), exc.status, _retry_after(exc.status))
         except StorageError as exc:
             response = json_response({"error": f"storage unavailable: {exc}", "field": None}, 503, {"retry-after": "5"})
         except Exception as exc:  # the app's own handler would answer the same
@@ -87,7 +92,7 @@ class FastPay:
             status, body = 200, _view(await self.svc.pay(trade))
         except CoreError as exc:
             err = _api_error(exc)
-            status, body = err.status, err.body()
+            status, body, headers = err.status, err.body(), _retry_after(err.status)
         except StorageError as exc:
             status, body, headers = 503, {"error": f"storage unavailable: {exc}", "field": None}, {"retry-after": "5"}
         except Exception as exc:  # the app's own handler would answer the same
@@ -111,6 +116,25 @@ class Front:
         self._asgi = InFlightLimit(FastPay(app, svc), limit=max_in_flight, before_response=lambda: svc.store.durable())
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http":
+            # The caller's timeout (X-Request-Timeout, wall seconds): the deadline gateway.deadlines uses
+            timeout = None
+            for k, v in scope["headers"]:
+                if k == b"x-request-timeout":
+                    try:
+                        timeout = float(v)
+                    except ValueError:
+                        timeout = None
+                    if timeout is not None and not (timeout > 0 and timeout < float("inf")):
+                        timeout = None
+                    break
+            if timeout is not None:
+                token = caller_timeout.set(timeout)
+                try:
+                    await self._asgi(scope, receive, send)
+                finally:
+                    caller_timeout.reset(token)
+                return
         await self._asgi(scope, receive, send)
 
     def __getattr__(self, name: str) -> Any:

@@ -42,6 +42,7 @@ in the same transaction as the state change.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import random
@@ -56,7 +57,7 @@ from sim.domain.states import TRADE_PAYABLE, AgreementState, TradeState
 
 from loadtests.service import base
 from loadtests.service.httpclient import HttpError, client_for_notifications
-from loadtests.service.runtime import Limiter
+from loadtests.service.runtime import Limiter, Overloaded
 from loadtests.service.store import LEDGER_SCHEMA, Job, SqlLedger
 
 log = logging.getLogger("checkout_chaos.provider")
@@ -113,6 +114,13 @@ AGREEMENT_PARAMS_CONFLICT = "AGREEMENT_PARAMS_CONFLICT"
 AGREEMENT_CLOSED = "AGREEMENT_CLOSED"
 AGREEMENT_NOT_CANCELLABLE = "AGREEMENT_NOT_CANCELLABLE"
 AGREEMENT_NOT_DUE = "AGREEMENT_NOT_DUE"
+SYSTEM_BUSY = "SYSTEM_BUSY"  # overload: the gateway's queue is full or it sheds load (extra: overload=kind)
+DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"  # gateway.deadlines: the caller had given up before a worker took it
+
+# The caller's own timeout as its request says (wall seconds, ``X-Request-Timeout``; like gRPC's
+# ``grpc-timeout``), set by the app's front for the request's task; None when the request has none.
+REQUEST_TIMEOUT_HEADER = "x-request-timeout"
+caller_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar("caller_timeout", default=None)
 
 _NOT_PAYABLE = {
     T.SUCCEEDED: (TRADE_HAS_SUCCESS, "trade already paid"),
@@ -221,8 +229,14 @@ class ProviderCore(base.ServiceBase):
         self.secret = config.notify_secret.encode()
         self.faces: dict[str, Any] = {}  # name -> Face (faces.load_faces), set up before the app starts
         cur = self.conditions.current
-        self.gateway_workers = Limiter(lambda: cur().gateway.workers)
-        self.bank_channels = Limiter(lambda: cur().bank.channels)
+        # The gateway's workers and the bank's channels, with the simulation's overload policies
+        # (sim.model.station): a bounded queue, server-side deadlines, load shedding (the gateway's).
+        self.gateway_workers = Limiter(
+            lambda: cur().gateway.workers, name="gateway", now=self.clock.now,
+            policy=lambda: (cur().gateway.queue_limit, cur().gateway.deadlines, cur().gateway.load_shedding,
+                            cur().gateway.shed_limit))
+        self.bank_channels = Limiter(lambda: cur().bank.channels, name="bank", now=self.clock.now,
+                                     policy=lambda: (cur().bank.queue_limit, cur().bank.deadlines, False, 0))
         self.waiting: dict[str, asyncio.Future] = {}  # trade -> the gateway awaiting the bank's answer
         self.bank_inflight: set[str] = set()  # debits the bank is working on (lost on a crash)
         self.bank_declined: dict[str, str] = {}  # declines whose answer the gateway never got
@@ -315,10 +329,38 @@ class ProviderCore(base.ServiceBase):
                         conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
             conn.execute("CREATE INDEX IF NOT EXISTS trades_trade_no ON trades (trade_no)")
 
-    async def gateway_work(self) -> None:
+    def caller_deadline(self, arrived: float, fallback: str | None = None) -> float:
+        """When the caller of the request being served gives up (scenario seconds): its
+        ``X-Request-Timeout`` header (wall seconds, scaled), else the scenario's own knowledge of that
+        caller's timeout (``fallback``, a dotted path: ``app.request_timeout`` for a buyer's pay,
+        ``order_service.gateway_timeout`` for the checkout's prepay), else never."""
+        timeout = caller_timeout.get()
+        if timeout is not None:
+            return policies.request_deadline(arrived, timeout * self.clock.scale)
+        if fallback is None:
+            return float("inf")
+        section, name = fallback.split(".", 1)
+        return policies.request_deadline(arrived, getattr(getattr(self.conditions.current(), section), name))
+
+    async def take_worker(self, deadline: float = float("inf")) -> None:
+        """A gateway worker (``gateway.queue_limit``, ``load_shedding``, ``deadlines`` apply): raises
+        the face-neutral :class:`CoreError` ``SYSTEM_BUSY`` (refused) or ``DEADLINE_EXCEEDED`` (dropped)."""
+        try:
+            await self.gateway_workers.acquire(deadline)
+        except Overloaded as exc:
+            if exc.kind == "dropped":
+                raise CoreError(504, "the caller had given up before a gateway worker took the request",
+                                None, DEADLINE_EXCEEDED, overload="dropped") from None
+            raise CoreError(503, "gateway overloaded: " + ("queue full" if exc.kind == "rejected" else "shedding load"),
+                            None, SYSTEM_BUSY, overload=exc.kind) from None
+
+    async def gateway_work(self, fallback: str | None = None) -> None:
         """One unit of gateway work: a worker for ``gateway.service_time`` (queueing when all are busy)."""
-        async with self.gateway_workers:
+        await self.take_worker(self.caller_deadline(self.clock.now(), fallback))
+        try:
             await self.clock.sleep(self.conditions.sample("gateway.service_time"))
+        finally:
+            self.gateway_workers.release()
 
     def _trade(self, trade: str, merchant_view: bool = True) -> Any:
         """The trade's row; a trade the buyer has not opened yet does not exist for the merchant
@@ -365,7 +407,7 @@ class ProviderCore(base.ServiceBase):
         if ttl <= 0:
             raise CoreError(422, "trade lifetime: expected a positive duration", "timeout_express", INVALID)
         params = (order, user, merchant, amount, notify_url, face)
-        await self.gateway_work()
+        await self.gateway_work("order_service.gateway_timeout")
         row = self.store.one("SELECT * FROM trades WHERE trade = ?", (trade,))
         existing = (row["ord"], row["usr"], row["merchant"], row["amount"], row["notify_url"], row["face"]) if row else None
         decision = policies.idempotent_create(existing, params)
@@ -416,6 +458,7 @@ class ProviderCore(base.ServiceBase):
         (A lazy trade is opened by paying it: the buyer had the cashier in front of them.)
         ``decline``: the card is one the bank declines with this reason (a PSP's test card); it still
         goes through the bank's queue, latency and response loss."""
+        deadline = self.caller_deadline(self.clock.now(), "app.request_timeout")
         row = self._trade(trade_id, merchant_view=False)
         if not row["opened"]:
             self.open_trade(trade_id)
@@ -431,9 +474,12 @@ class ProviderCore(base.ServiceBase):
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
         self.waiting[trade_id] = answer
-        sent = False
+        sent = held = False
         try:
-            await self.gateway_work()
+            # The worker is held for the whole bank call (up to gateway.timeout), as in the simulation.
+            await self.take_worker(deadline)
+            held = True
+            await self.clock.sleep(self.conditions.sample("gateway.service_time"))
             # It may have been closed, or paid by a late answer to an earlier debit, while queued. Its
             # state alone tells (the full row is read again only if the state moved): a payable trade
             # with a gateway waiting changes no other column without changing its state.
@@ -457,6 +503,8 @@ class ProviderCore(base.ServiceBase):
             finally:
                 timer.cancel()
         finally:
+            if held:
+                self.gateway_workers.release()
             self.waiting.pop(trade_id, None)
             if sent and (not answer.done() or answer.cancelled() or answer.result() is self._timed_out):
                 self._mark_unknown(trade_id)  # timed out, or the request was cancelled: outcome unknown
@@ -500,8 +548,24 @@ class ProviderCore(base.ServiceBase):
         self.bank_inflight.add(trade_id)
         try:
             c = self.conditions
-            async with self.bank_channels:
+            # bank.deadlines: the gateway stops waiting gateway.timeout after it sent the debit
+            deadline = policies.request_deadline(self.sent_at.get(trade_id, self.clock.now()),
+                                                 c.current().gateway.timeout)
+            try:
+                await self.bank_channels.acquire(deadline)
+            except Overloaded as exc:
+                if exc.kind == "dropped":
+                    # Not executed: no money moves; a later query learns it expired (sim: B.EXPIRED).
+                    self.bank_declined[trade_id] = "expired"
+                    return
+                # Queue full: answered at once, not executed (sim: B.BUSY, failed with reason "error").
+                self.card_outcome.pop(trade_id, None)
+                self._bank_answer(trade_id, "failed", "error", lost=False, row=row, waiter=waiter)
+                return
+            try:
                 await self.clock.sleep(c.sample("bank.latency"))
+            finally:
+                self.bank_channels.release()
             bank = c.current().bank
             forced = self.card_outcome.pop(trade_id, None)
             fresh = True  # a new debit (not one the bank has already made or holds)
@@ -1423,6 +1487,7 @@ class ProviderCore(base.ServiceBase):
             "agreements": count("SELECT state, COUNT(*) FROM agreements GROUP BY state"),
             "jobs": jobs,
             "in_flight_debits": len(self.bank_inflight),
+            "pools": {"gateway": self.gateway_workers.counts(), "bank": self.bank_channels.counts()},
             "scheduler": self.scheduler.counts() if self.scheduler is not None else {},
             "now": self.clock.now(),
         }

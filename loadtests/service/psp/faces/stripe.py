@@ -579,6 +579,8 @@ class StripeFace(Face):
 
     @staticmethod
     def _core_error(exc: C.CoreError) -> StripeError:
+        if exc.code in (C.SYSTEM_BUSY, C.DEADLINE_EXCEEDED):  # overload: Stripe's 429 rate_limit
+            return _invalid("Too many requests hit the API too quickly; retry later.", None, "rate_limit", status=429)
         if exc.code == C.TRADE_NOT_EXIST:
             return _invalid(exc.error, "intent", "resource_missing", status=404)
         if exc.code == C.TRADE_IN_PROGRESS:

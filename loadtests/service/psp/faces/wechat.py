@@ -566,6 +566,10 @@ class WechatFace(Face):
     @staticmethod
     def _core_error(exc: C.CoreError) -> WechatError:
         code = exc.code
+        if code == C.SYSTEM_BUSY and exc.extra.get("overload") == "shed":
+            return WechatError(429, "FREQUENCY_LIMITED", "频率超限 (the gateway is shedding load: retry later)")
+        if code in (C.SYSTEM_BUSY, C.DEADLINE_EXCEEDED):
+            return WechatError(500, "SYSTEM_ERROR", "系统繁忙，请稍后重试 (the gateway is overloaded: retry later)")
         if code == C.TRADE_NOT_EXIST:
             return WechatError(404, "ORDER_NOT_EXIST", "订单不存在 (no such order)")
         if code == C.TRADE_HAS_SUCCESS:

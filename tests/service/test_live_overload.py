@@ -1,0 +1,125 @@
+"""Overload that cascades, live, in the mock provider (issue 15 item 9, item 1's mechanisms): the
+gateway's worker held for the whole bank call, its bounded queue, and the bank's channels — through
+the native face, on real services. No timing assertions: counts from /admin/stats and the ledger."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+import httpx
+
+from .helpers import new_trade, wait_for
+
+
+def _pools(s) -> dict:
+    return s.admin("provider", "GET", "/admin/stats").json()["pools"]
+
+
+def _pay(s, trade: str) -> httpx.Response:
+    return httpx.post(f"{s.provider_url}/trades/{trade}/pay", timeout=30)
+
+
+def test_one_worker_is_held_through_the_bank_call_and_a_full_queue_refuses(services):
+    """1 gateway worker, a slow bank (30 s model = 0.5 s wall), queue_limit 1: of three concurrent pays
+    one is at the bank, one waits for the worker, the third is refused 503 SYSTEM_BUSY at once with
+    Retry-After and no money moves for it."""
+    s = services
+    s.set_faults({"gateway.workers": 1, "gateway.queue_limit": 1, "bank.latency": "30s",
+                  "gateway.timeout": "60s"})
+    trades = [new_trade(s)["trade"] for _ in range(3)]
+    before = _pools(s)["gateway"]
+    with cf.ThreadPoolExecutor(3) as ex:
+        first = ex.submit(_pay, s, trades[0])
+        wait_for(lambda: _pools(s)["gateway"]["busy"] == 1, what="first pay holds the worker")
+        second = ex.submit(_pay, s, trades[1])
+        wait_for(lambda: _pools(s)["gateway"]["queued"] == 1, what="second pay queued")
+        # the worker is still held by the first pay, whose bank call is in flight
+        assert _pools(s)["gateway"]["busy"] == 1
+        third = _pay(s, trades[2])
+        r1, r2 = first.result(), second.result()
+    assert third.status_code == 503, third.text
+    assert third.json()["code"] == "SYSTEM_BUSY" and third.headers.get("retry-after")
+    assert r1.status_code == 200 and r1.json()["state"] == "succeeded"
+    assert r2.status_code == 200 and r2.json()["state"] == "succeeded"
+    after = _pools(s)["gateway"]
+    assert after["rejected"] - before["rejected"] == 1
+    q = httpx.get(f"{s.provider_url}/trades/{trades[2]}", timeout=5).json()
+    assert q["state"] == "created"
+
+
+def test_gateway_deadlines_drop_a_pay_queued_past_its_callers_timeout(services):
+    """With gateway.deadlines a pay whose X-Request-Timeout has passed when the worker takes it is not
+    executed (dropped, no debit); the first pay, holding the worker, succeeds."""
+    s = services
+    s.set_faults({"gateway.workers": 1, "gateway.deadlines": True, "bank.latency": "30s",
+                  "gateway.timeout": "60s"})
+    a, b = new_trade(s)["trade"], new_trade(s)["trade"]
+    before = _pools(s)["gateway"]
+    with cf.ThreadPoolExecutor(2) as ex:
+        first = ex.submit(_pay, s, a)
+        wait_for(lambda: _pools(s)["gateway"]["busy"] == 1, what="first pay holds the worker")
+        # the caller waits 0.05 s wall = 3 s model, far less than the first pay's 30 s bank call
+        second = ex.submit(lambda: httpx.post(f"{s.provider_url}/trades/{b}/pay",
+                                              headers={"X-Request-Timeout": "0.05"}, timeout=30))
+        r1, r2 = first.result(), second.result()
+    assert r1.json()["state"] == "succeeded"
+    assert r2.status_code == 504 and r2.json()["code"] == "DEADLINE_EXCEEDED"
+    assert _pools(s)["gateway"]["dropped"] - before["dropped"] == 1
+    assert httpx.get(f"{s.provider_url}/trades/{b}", timeout=5).json()["state"] == "created"
+
+
+def test_load_shedding_answers_at_once(services):
+    s = services
+    s.set_faults({"gateway.workers": 1, "gateway.load_shedding": True, "gateway.shed_limit": 1,
+                  "bank.latency": "30s", "gateway.timeout": "60s"})
+    a, b = new_trade(s)["trade"], new_trade(s)["trade"]
+    with cf.ThreadPoolExecutor(1) as ex:
+        first = ex.submit(_pay, s, a)
+        wait_for(lambda: _pools(s)["gateway"]["busy"] == 1, what="first pay holds the worker")
+        r2 = _pay(s, b)
+        r1 = first.result()
+    assert r1.json()["state"] == "succeeded"
+    assert r2.status_code == 503 and r2.json()["code"] == "SYSTEM_BUSY" and r2.json()["overload"] == "shed"
+
+
+def test_a_full_bank_queue_fails_the_debit_at_once_and_moves_no_money(services):
+    """bank.channels 1 and bank.queue_limit 1: with one debit at the bank and one waiting, a third is
+    refused at the bank's door: its trade fails (reason error, the simulation's busy), no debit."""
+    s = services
+    s.set_faults({"gateway.workers": 8, "bank.channels": 1, "bank.queue_limit": 1, "bank.latency": "30s",
+                  "gateway.timeout": "120s"})
+    trades = [new_trade(s)["trade"] for _ in range(3)]
+    before = _pools(s)["bank"]
+    charges = s.admin("provider", "GET", "/admin/ledger").json()["txns"].get("charge", 0)
+    with cf.ThreadPoolExecutor(2) as ex:
+        first = ex.submit(_pay, s, trades[0])
+        wait_for(lambda: _pools(s)["bank"]["busy"] == 1, what="first debit at the bank")
+        second = ex.submit(_pay, s, trades[1])
+        wait_for(lambda: _pools(s)["bank"]["queued"] == 1, what="second debit waiting for a channel")
+        third = _pay(s, trades[2])
+        r1, r2 = first.result(), second.result()
+    assert r1.json()["state"] == "succeeded" and r2.json()["state"] == "succeeded"
+    assert third.status_code == 200 and third.json()["state"] == "failed", third.text
+    assert _pools(s)["bank"]["rejected"] - before["rejected"] == 1
+    ledger = s.admin("provider", "GET", "/admin/ledger").json()
+    assert ledger["balanced"] and ledger["txns"].get("charge", 0) - charges == 2  # the two debits made, not the third
+
+
+def test_without_gateway_deadlines_a_pay_is_executed_after_its_caller_gave_up(services):
+    """The cascade: gateway.deadlines off, the second pay's caller gives up (its client times out)
+    while it waits for the one worker; the gateway still executes it later — a debit nobody awaits."""
+    s = services
+    s.set_faults({"gateway.workers": 1, "bank.latency": "30s", "gateway.timeout": "60s"})
+    a, b = new_trade(s)["trade"], new_trade(s)["trade"]
+    with cf.ThreadPoolExecutor(1) as ex:
+        first = ex.submit(_pay, s, a)
+        wait_for(lambda: _pools(s)["gateway"]["busy"] == 1, what="first pay holds the worker")
+        try:
+            httpx.post(f"{s.provider_url}/trades/{b}/pay", headers={"X-Request-Timeout": "0.05"}, timeout=0.05)
+            gave_up = False
+        except httpx.TimeoutException:
+            gave_up = True
+        first.result()
+    assert gave_up
+    wait_for(lambda: httpx.get(f"{s.provider_url}/trades/{b}", timeout=5).json()["state"] == "succeeded",
+             what="the abandoned pay executed")
