@@ -69,7 +69,7 @@ from loadtests.service.base import ProviderUnavailable
 from loadtests.service.httpclient import KEEPALIVE, HttpClient, HttpError
 from loadtests.service.httpclient import Response as HttpResponse
 from loadtests.service.psp_clients import CLIENTS, make_client
-from loadtests.service.runtime import Limiter
+from loadtests.service.runtime import Limiter, Overloaded
 from loadtests.service.store import Job, StorageError
 from loadtests.service.web import (ID_PATTERN, _dumps, replay_body, MAX_AMOUNT, ApiError, InFlightLimit, admin_router,
                                    install_error_handlers, json_response, require_admin)
@@ -176,7 +176,12 @@ class Checkout(base.ServiceBase):
         self.secret = config.notify_secret.encode()
         self.provider_url = config.provider_url.rstrip("/")
         self.notify_url = config.public_url.rstrip("/") + "/notify"
-        self.workers = Limiter(lambda: self.conditions.current().order_service.workers)
+        # The order service's workers, with the simulation's overload policies (sim.model.station): a
+        # bounded queue, server-side deadlines (a notification's caller, the provider, gives up after
+        # gateway.notify_ack_timeout) and load shedding, all off by default as in the scenario.
+        osc = lambda: self.conditions.current().order_service  # noqa: E731
+        self.workers = Limiter(lambda: osc().workers, name="order_service", now=self.clock.now,
+                               policy=lambda: (osc().queue_limit, osc().deadlines, osc().load_shedding, osc().shed_limit))
         self.http = HttpClient(max_per_origin=64)
         # the native API of a plain http:// provider (the mock): aiohttp (HttpClient) unless told "link"
         self.link = ProviderLink(self.provider_url, max_conns=64) if self.provider_url.startswith("http://") \
@@ -640,8 +645,24 @@ class Checkout(base.ServiceBase):
             raise ApiError(401, problem, signing.HEADER)
         return await self.on_notification(raw)
 
+    @contextlib.asynccontextmanager
+    async def _order_worker(self, deadline: float) -> Any:
+        """One of ``order_service.workers`` for a request whose caller waits until ``deadline``; refused
+        (queue full, shed) or dropped (deadline passed) as 503 ``ORDER_SERVICE_BUSY``: the caller (the
+        provider's notifier) counts the attempt failed and sends it again on its schedule."""
+        try:
+            await self.workers.acquire(deadline)
+        except Overloaded as exc:
+            raise ApiError(503, f"the order service is overloaded ({exc.kind}): try again later", None,
+                           "ORDER_SERVICE_BUSY", overload=exc.kind) from None
+        try:
+            yield
+        finally:
+            self.workers.release()
+
     async def on_notification(self, raw: bytes) -> Response:
         """A verified notification (the native JSON body; a PSP client's webhook route makes one)."""
+        arrived = self.clock.now()
         try:
             msg = json.loads(raw)
         except ValueError:
@@ -655,7 +676,7 @@ class Checkout(base.ServiceBase):
             if not isinstance(msg.get(name), typ) or isinstance(msg.get(name), bool):
                 raise ApiError(400, f"{name}: expected {typ.__name__}", name)
         order_id, trade = msg["order"], msg["trade"]
-        async with self.workers:
+        async with self._order_worker(policies.request_deadline(arrived, self.conditions.current().gateway.notify_ack_timeout)):
             # The handler's read, when a worker takes the notification; it writes service_time later.
             read = self.store.one("SELECT * FROM orders WHERE ord = ?", (order_id,))
             await self.clock.sleep(self.conditions.sample("order_service.service_time"))
@@ -1355,6 +1376,7 @@ class Checkout(base.ServiceBase):
         return {"orders": count(f"SELECT CASE WHEN refund_failed AND state = '{O.REFUND_PENDING.value}' "
                                 f"THEN '{REFUND_FAILED}' ELSE state END AS s, COUNT(*) FROM orders GROUP BY s"),
                 "jobs": count("SELECT kind, COUNT(*) FROM jobs GROUP BY kind"),
+                "pools": {"order_service": self.workers.counts()},
                 "merchants": {name: {"held": len(self._held.get(name, {})), **self._merchant_stats.get(name, {})}
                               for name in self._population()},
                 "now": self.clock.now()}

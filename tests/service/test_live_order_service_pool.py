@@ -1,0 +1,78 @@
+"""The reference checkout's order-service workers with the simulation's overload policies
+(``order_service.queue_limit``, ``deadlines``, ``load_shedding``; ``sim.domain.policies`` through
+``loadtests.service.runtime.Limiter``): a notification refused or dropped is answered 503
+``ORDER_SERVICE_BUSY`` and changes nothing; the provider's notifier sends it again on its schedule."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from loadtests.service import signing
+
+from .helpers import http, new_order, order_state, start_payment, wait_for
+
+SLOW = {"order_service.workers": 1, "order_service.service_time": "60s"}  # 1 s of wall time at x60
+
+
+def _notice(s, amount: int = 700) -> tuple[str, bytes, dict]:
+    order = new_order(s, amount=amount)["order"]
+    trade = start_payment(s, order)["trade"]
+    raw = json.dumps({"notify_id": f"{trade}-n", "trade": trade, "order": order, "amount": amount,
+                      "trade_status": "TRADE_SUCCESS", "attempt": 1}).encode()
+    return order, raw, {"Content-Type": "application/json",
+                        signing.HEADER: signing.sign(s.notify_secret.encode(), raw)}
+
+
+def _pool(s) -> dict:
+    return s.admin("checkout", "GET", "/admin/stats").json()["pools"]["order_service"]
+
+
+def _hold_the_worker(s) -> threading.Thread:
+    """A first notification that takes the only worker for service_time."""
+    _, raw, headers = _notice(s)
+    t = threading.Thread(target=lambda: http.post(s.checkout_url + "/notify", content=raw, headers=headers,
+                                                   timeout=30))
+    t.start()
+    wait_for(lambda: _pool(s)["busy"] == 1, timeout=10, what="the first notification holding the worker")
+    return t
+
+
+def _refused(s, kind: str) -> None:
+    order, raw, headers = _notice(s, amount=800)
+    r = http.post(s.checkout_url + "/notify", content=raw, headers=headers, timeout=30)
+    assert r.status_code == 503, r.text
+    assert r.json()["code"] == "ORDER_SERVICE_BUSY" and r.json()["overload"] == kind, r.text
+    assert order_state(s, order) == "awaiting_payment"  # refused before it was read: nothing changed
+
+
+def test_a_full_queue_refuses_a_notification(start):
+    s = start({**SLOW, "order_service.queue_limit": 0})
+    first = _hold_the_worker(s)
+    _refused(s, "rejected")
+    first.join()
+    assert _pool(s)["rejected"] == 1 and _pool(s)["served"] == 1
+
+
+def test_load_shedding_answers_at_once(start):
+    s = start({**SLOW, "order_service.load_shedding": True, "order_service.shed_limit": 1})
+    first = _hold_the_worker(s)
+    _refused(s, "shed")
+    first.join()
+    assert _pool(s)["shed"] == 1
+
+
+def test_a_notification_queued_past_its_callers_deadline_is_dropped(start):
+    """With deadlines, a notification that waited longer than the provider's ack timeout (5 s) for the
+    worker is dropped when it gets it; without them it is handled although its caller gave up."""
+    s = start({**SLOW, "order_service.deadlines": True})
+    first = _hold_the_worker(s)
+    _refused(s, "dropped")
+    first.join()
+    assert _pool(s)["dropped"] == 1
+    s2 = start({**SLOW, "order_service.deadlines": False}, name="no-deadlines")
+    first = _hold_the_worker(s2)
+    order, raw, headers = _notice(s2, amount=800)
+    assert http.post(s2.checkout_url + "/notify", content=raw, headers=headers, timeout=30).status_code == 200
+    first.join()
+    assert order_state(s2, order) == "paid" and _pool(s2)["dropped"] == 0
