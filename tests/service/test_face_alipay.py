@@ -445,3 +445,27 @@ def test_fuzz_gateway_no_5xx_and_no_money_moved_unverified(ali_shared: Services,
             assert answer["code"] in ("40001", "40002"), answer
         assert ledger(s) == before
         assert s.admin("provider", "GET", "/admin/stats").json()["trades"] == trades_before
+
+
+def test_an_overloaded_gateway_answers_alipays_20000_through_the_sdk(ali: Services) -> None:
+    """gateway.queue_limit 0 with one worker held through a slow bank call: a second barcode pay gets
+    Alipay's 20000 (service unavailable, retry) through the official SDK, and no money moves for it."""
+    ali.set_faults({"gateway.workers": 1, "gateway.queue_limit": 0, "bank.latency": "60s", "gateway.timeout": "120s"})
+    a = client(ali)
+    first_no, second_no = uid("ob"), uid("ob")
+    code = buyer(ali, "/alipay/barcode?buyer_id=2088123412341234")["auth_code"]
+    answers: dict[str, dict] = {}
+    t = threading.Thread(target=lambda: answers.update(
+        first=a.api_alipay_trade_pay(first_no, "bar_code", code, "milk", total_amount="3.20")))
+    t.start()
+    wait_for(lambda: ali.admin("provider", "GET", "/admin/stats").json()["pools"]["gateway"]["busy"] == 1,
+             timeout=10, what="the first pay holding the only gateway worker")
+    code2 = buyer(ali, "/alipay/barcode?buyer_id=2088123412341235")["auth_code"]
+    r = client(ali).api_alipay_trade_pay(second_no, "bar_code", code2, "bread", total_amount="4.10")
+    t.join()
+    assert r["code"] == "20000" and r["sub_code"] == "isp.unknow-error", r
+    assert answers["first"]["code"] in ("10000", "10003"), answers  # taken (10003: still paying past the sync answer)
+    ali.set_faults({})
+    assert status(a, second_no) != "TRADE_SUCCESS"
+    assert ali.admin("provider", "GET", "/admin/stats").json()["pools"]["gateway"]["rejected"] >= 1
+    assert ledger(ali)["balanced"]

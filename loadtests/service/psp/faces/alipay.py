@@ -285,6 +285,9 @@ class AlipayFace(Face):
                     "closed": C.TRADE_HAS_CLOSE}.get(state or "", code)
         if code == C.TRADE_IN_PROGRESS and method == "alipay.trade.pay":
             return Refusal("10003", None, None)
+        if code in (C.SYSTEM_BUSY, C.DEADLINE_EXCEEDED):  # the gateway's overload policies refused or dropped it
+            return Refusal("20000", "isp.unknow-error", "系统繁忙 service unavailable: the gateway is overloaded "
+                           f"({exc.extra.get('overload', 'busy')}), retry later; a payment was not taken")
         sub = {C.TRADE_NOT_EXIST: "ACQ.TRADE_NOT_EXIST",
                C.TRADE_HAS_SUCCESS: "ACQ.TRADE_STATUS_ERROR" if method == "alipay.trade.close" else "ACQ.TRADE_HAS_SUCCESS",
                C.TRADE_HAS_CLOSE: "ACQ.TRADE_HAS_CLOSE", C.TRADE_IN_PROGRESS: "ACQ.SYSTEM_ERROR",
