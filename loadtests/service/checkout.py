@@ -76,8 +76,6 @@ from loadtests.service.web import (ID_PATTERN, _dumps, replay_body, MAX_AMOUNT, 
 
 log = logging.getLogger("checkout_chaos.checkout")
 O = OrderState
-# an order an accepted after-sales request refunds (anything else was refunded or closed meanwhile)
-_AFTER_SALES_REFUNDABLE = frozenset({O.PAID, O.SHIPPED, O.DELIVERED, O.COMPLETED})
 
 ORDER_TRADES = """
 CREATE TABLE IF NOT EXISTS order_trades (
@@ -597,8 +595,7 @@ class Checkout(base.ServiceBase):
             checked = actual
             ans = after_sales.defect_answer(prof is not None and c.chance(f"merchant.{name}.defect_rate",
                                                                           prof.defect_rate))
-        if ans is Answer.ACCEPTED and actual not in _AFTER_SALES_REFUNDABLE:
-            ans = Answer.NOTHING  # refunded or closed meanwhile by another path
+        ans = after_sales.acted_on(ans, actual)  # refunded or closed meanwhile by another path
         now = self.clock.now()
         with self.store.tx():
             self.store.done(job)

@@ -18,6 +18,7 @@ import random
 import time
 from typing import Any, Callable
 
+from sim.domain import policies  # the overload rules sim.model.station applies too
 from sim.errors import ConfigError
 from sim.scenario import FAULTABLE_SECTIONS, Scenario, scenario_from_dict
 
@@ -177,8 +178,6 @@ class Limiter:
 
     async def acquire(self, deadline: float = float("inf")) -> None:
         """Take a worker (queueing FIFO); raise :class:`Overloaded` when the policies refuse or drop."""
-        from sim.domain import policies  # the shared rule (sim.model.station applies the same)
-
         queue_limit, deadlines, shedding, shed_limit = self._policy() if self._policy is not None else (None, False, False, 0)
         if shedding and policies.should_shed(self.in_use + len(self._waiters), shed_limit):
             self.shed += 1

@@ -98,6 +98,15 @@ def defect_answer(defect: bool) -> Answer:
     return Answer.ACCEPTED if defect else Answer.REFUSED_NO_DEFECT
 
 
+_REFUNDABLE = frozenset({O.PAID, O.SHIPPED, O.DELIVERED, O.COMPLETED})
+
+
+def acted_on(answer: Answer, actual: OrderState) -> Answer:
+    """The answer as it can be acted on in the order's ``actual`` state: an acceptance for an order that
+    was refunded or closed meanwhile (by another path) moves nothing (:attr:`Answer.NOTHING`)."""
+    return Answer.NOTHING if answer is Answer.ACCEPTED and actual not in _REFUNDABLE else answer
+
+
 def refunds_shipped_goods(via: Route, answer: Answer, actual: OrderState) -> bool:
     """A cancel accepted while the goods had in fact shipped: refunded *and* shipped, the merchant's loss.
 

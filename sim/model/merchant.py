@@ -41,7 +41,6 @@ from sim.domain.states import OrderState
 from sim.model.world import World
 
 O = OrderState
-_REFUNDABLE = frozenset({O.PAID, O.SHIPPED, O.DELIVERED, O.COMPLETED})
 AFTER_SALES_COUNTS = ("requested", "accepted", "refused_shipped", "refused_declined", "refused_no_defect",
                       "nothing", "defect_refunds", "complaints", "refunded_and_shipped", "refunded_and_shipped_fen")
 
@@ -158,8 +157,7 @@ class Merchant:
             else:
                 checked = actual
                 ans = after_sales.defect_answer(wish.defect)
-            if ans is Answer.ACCEPTED and actual not in _REFUNDABLE:
-                ans = Answer.NOTHING  # refunded or closed meanwhile by another path
+            ans = after_sales.acted_on(ans, actual)  # refunded or closed meanwhile by another path
             if ans is Answer.ACCEPTED:
                 st["accepted"] += 1
                 loss = after_sales.refunds_shipped_goods(rt, ans, actual)
