@@ -58,6 +58,7 @@ import argparse
 import json
 import os
 import socket
+import signal
 import subprocess
 import sys
 import tempfile
@@ -343,6 +344,8 @@ def probe(rate: float, args: argparse.Namespace, workdir: Path, mode: Mode | Non
     meter.start()
     started = time.time()
     doc = _run(scenario, args, out, mode)
+    if _STOPPED:  # the run caught the signal to keep what it measured: a cut probe is not a figure
+        raise KeyboardInterrupt
     wall = time.time() - started
     epoch = json.loads((out / "client" / "go.json").read_text())["load_epoch"]
     cpu = meter.between(epoch, epoch + args.load + args.drain)
@@ -468,7 +471,27 @@ def search(args: argparse.Namespace, workdir: Path, mode: Mode) -> dict:
     }
 
 
+_STOPPED: list[int] = []  # the signal that asked the search to stop, once one has
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    _STOPPED.append(signum)
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    try:
+        _search_main()
+    except KeyboardInterrupt:
+        # every probe's services, Locust processes and side processes were stopped on the way out
+        print(f"load_capacity: stopped by {'SIGTERM' if signal.SIGTERM in _STOPPED else 'an interrupt'} "
+              "before the search ended: no figure", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+
+
+def _search_main() -> None:
+    signal.signal(signal.SIGTERM, _on_signal)  # `kill` stops the probe's children as Ctrl-C does
+    signal.signal(signal.SIGINT, _on_signal)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--start", type=float, default=40.0, help="first rate probed (flows/s)")
     p.add_argument("--load", type=float, default=15.0, help="wall seconds of arrivals per probe")

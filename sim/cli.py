@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from sim.errors import CheckoutChaosError
 
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checkout-chaos {args.command}: not available in this build", file=sys.stderr)
         return 2
     mod = importlib.import_module(args._module)
+    previous = _stop_on_sigterm()
     try:
         return int(mod.run(args) or 0)
     except CheckoutChaosError as exc:
@@ -95,6 +98,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return _quiet_broken_pipe()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM (``kill``, a CI runner's timeout, systemd) stop a command as Ctrl-C does: the
+    services and Locust processes a command started are stopped, a live run keeps what it measured
+    (marked partial) instead of leaving its children running. Returns the handler it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _sigterm)
 
 
 def _quiet_broken_pipe() -> int:

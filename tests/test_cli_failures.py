@@ -143,8 +143,19 @@ def test_ctrl_c_before_any_replication_writes_nothing(tmp_path, monkeypatch, cap
     assert not (tmp_path / "s" / "results.json").exists()
 
 
+def _refuses(port_file) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", int(port_file.read_text())), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
 @pytest.mark.slow
-def test_ctrl_c_in_load_writes_what_was_measured(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_in_load_writes_what_was_measured_and_stops_the_services(tmp_path, sig):
     out = tmp_path / "live"
     proc = subprocess.Popen([str(SCRIPT), "load", str(ROOT / "tests" / "fixtures" / "live_mall.toml"),
                              "--time-scale", "10", "--run-time", "30s", "--drain", "10s", "--out", str(out), "-q"],
@@ -153,7 +164,7 @@ def test_ctrl_c_in_load_writes_what_was_measured(tmp_path):
     while not (out / "client" / "go.json").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
     time.sleep(6)  # some orders created, the load not over (it lasts 24 s of wall time)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 130, stderr
     assert "marked partial" in stderr and "Traceback" not in stderr
@@ -162,6 +173,8 @@ def test_ctrl_c_in_load_writes_what_was_measured(tmp_path):
     assert 0 < doc["partial"]["interrupted_at_s"] < 240
     assert doc["orders"] > 0 and doc["end_s"] == pytest.approx(doc["partial"]["interrupted_at_s"], abs=0.01)
     assert (out / "history.jsonl").stat().st_size > 0
+    # the services it started are gone, not left running (SIGTERM used to kill only the command)
+    assert _refuses(out / "services" / "provider.port") and _refuses(out / "services" / "checkout.port")
 
 
 def test_a_payment_methods_table_is_the_whole_mix(tmp_path):
