@@ -99,6 +99,12 @@ FLOW = {
     # sets the figure; ``--set gateway.workers=64`` puts the scenario's capacity back.
     "gateway.workers": 100_000,
     "bank.channels": 100_000,
+    # Likewise each service's admission limit: a confirm holds its request through the modelled bank
+    # call (median 150 ms, a long tail), so at 625 flows/s the provider had more than the default 256
+    # requests in flight at its peaks and answered 503 (0.9-1.3% of the buyers' calls: 503 on confirm,
+    # 502 on start payment when the checkout's trade creation got one). The 625 flows/s failure of
+    # 27ff2bc was this limit, not the harness.
+    "live.max_in_flight": 4096,
 }
 ROLES = ("locust", "provider", "checkout", "shop", "harness")
 
