@@ -355,6 +355,7 @@ def probe(rate: float, args: argparse.Namespace, workdir: Path, mode: Mode | Non
     wall = time.time() - started
     epoch = json.loads((out / "client" / "go.json").read_text())["load_epoch"]
     cpu = meter.between(epoch, epoch + args.load + args.drain)
+    cpu_load = meter.between(epoch, epoch + args.load)  # the arrivals alone: where the harness is busiest
     live = doc["live"]
     history = [json.loads(line) for line in open(out / "history.jsonl")]
     created, paid, shown = set(), set(), set()
@@ -391,7 +392,9 @@ def probe(rate: float, args: argparse.Namespace, workdir: Path, mode: Mode | Non
         "latency_p50_ms": round((live["p50_latency_wall_s"] or 0) * 1000, 1),
         "latency_p99_ms": round((live["p99_latency_wall_s"] or 0) * 1000, 1),
         "wall_s": round(wall, 1),
+        # cores averaged over load + drain (the drain is mostly idle), and over the arrivals alone
         "cpu_cores": {r: round(v / (args.load + args.drain), 2) for r, v in cpu.items()},
+        "cpu_cores_load": {r: round(v / args.load, 2) for r, v in cpu_load.items()},
         "cpu_ms_per_flow": {r: round(v * 1000 / flows, 2) for r, v in cpu.items()},
         "order_page_samples": live.get("order_samples", {}).get("requests", 0),
     }
@@ -450,7 +453,7 @@ def search(args: argparse.Namespace, workdir: Path, mode: Mode) -> dict:
               f"{r['completed_ratio']:.3f}  notify lag p50/p99 {r['notify_lag_ms']['p50']}/{r['notify_lag_ms']['p99']}ms  "
               f"charged not paid {r['charged_not_paid']}  errors {r['error_rate']:.2%}  harness {r['harness_errors']}  latency "
               f"p50/p99 {r['latency_p50_ms']}/{r['latency_p99_ms']}ms  page samples {r['order_page_samples']}  "
-              f"cores {r['cpu_cores']}  cpu ms/flow {r['cpu_ms_per_flow']}", flush=True)
+              f"cores {r['cpu_cores']} (during arrivals {sum(r['cpu_cores_load'].values()):.2f})  cpu ms/flow {r['cpu_ms_per_flow']}", flush=True)
         if r["sustained"]:
             sustained[rate] = r
         return r["sustained"]
@@ -465,6 +468,7 @@ def search(args: argparse.Namespace, workdir: Path, mode: Mode) -> dict:
         "latency_p99_ms": best["latency_p99_ms"] if best else None,
         "cpu_ms_per_flow": best["cpu_ms_per_flow"] if best else None,
         "cpu_cores": best["cpu_cores"] if best else None,
+        "cpu_cores_load": best["cpu_cores_load"] if best else None,
         "first_failing_rate": high,
         "time_scale": args.time_scale,
         "workers": mode.workers,
