@@ -423,3 +423,41 @@ def test_refund_pending_then_failed_gives_failure_reason(env: Any) -> None:
     assert again.status == "succeeded" and again.amount == 700
     assert env.client.v1.payment_intents.retrieve(pi.id).status == "succeeded"
     assert env.services.admin("provider", "GET", "/admin/ledger").json()["balanced"]
+
+
+@pytest.mark.parametrize("policy, counter", [
+    ({"gateway.queue_limit": 0}, "rejected"),  # queue full
+    ({"gateway.load_shedding": True, "gateway.shed_limit": 1}, "shed"),  # shedding
+], ids=["queue-full", "shed"])
+def test_an_overloaded_gateway_answers_stripes_429_rate_limit_through_the_sdk(env: Any, policy: dict,
+                                                                              counter: str) -> None:
+    """While the only gateway worker is held through a slow card debit, a second create-and-confirm is
+    refused with Stripe's 429 ``rate_limit``: the official SDK raises ``RateLimitError`` and no money
+    moves for it. stripe-python retries a 429 only when the answer carries ``Stripe-Should-Retry: true``
+    (the face sends none), so even a client configured with ``max_network_retries=2`` sees the error
+    after one request: the merchant's own code decides when to try again, and its retry then charges once."""
+    services = env.services
+    services.set_faults({"gateway.workers": 1, "bank.latency": "300s", "gateway.timeout": "600s", **policy})
+    held: dict = {}
+    t = threading.Thread(target=lambda: held.update(pi=env.client.v1.payment_intents.create(params={
+        "amount": 3300, "currency": "cny", "payment_method": "pm_card_visa", "confirm": True})))
+    t.start()
+    stats = lambda: services.admin("provider", "GET", "/admin/stats").json()["pools"]["gateway"]  # noqa: E731
+    deadline = time.monotonic() + 10
+    while stats()["busy"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert stats()["busy"] == 1, stats()
+    before, refused_before = services.admin("provider", "GET", "/admin/ledger").json(), stats()[counter]
+    retrying = stripe.StripeClient(env.sk, base_addresses={"api": env.url}, max_network_retries=2)
+    params = {"amount": 4100, "currency": "cny", "payment_method": "pm_card_visa", "confirm": True}
+    with pytest.raises(stripe.RateLimitError) as info:
+        retrying.v1.payment_intents.create(params=params, options={"idempotency_key": f"peak-{counter}"})
+    assert info.value.http_status == 429 and info.value.json_body["error"]["code"] == "rate_limit"
+    assert stats()[counter] == refused_before + 1  # one request: the SDK did not retry it
+    assert services.admin("provider", "GET", "/admin/ledger").json() == before  # nothing charged for it
+    t.join(15)
+    services.set_faults({})
+    assert held["pi"].status == "succeeded"  # the held payment was served
+    done = retrying.v1.payment_intents.create(params=params, options={"idempotency_key": f"peak-{counter}-2"})
+    assert done.status == "succeeded" and done.amount_received == 4100
+    assert services.admin("provider", "GET", "/admin/ledger").json()["balanced"]

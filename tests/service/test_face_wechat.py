@@ -439,3 +439,47 @@ def test_same_seed_same_core_history_through_native_and_wechat(start: Any) -> No
     story = _core_story(native)
     assert [e[0] for e in story].count("trade.failed") > 0 and [e[0] for e in story].count("trade.refunded") > 0
     assert _core_story(wechat) == story
+
+
+def _hold_the_only_gateway_worker(w: Any, extra: dict[str, Any]) -> tuple[threading.Thread, dict]:
+    """One gateway worker, held by a buyer's pay whose bank call takes 5 wall seconds; returns the
+    paying thread and where its answer lands."""
+    no, code_url = native_order(w, 300)  # created while the worker is free
+    w.s.set_faults({"gateway.workers": 1, "bank.latency": "3000s", "gateway.timeout": "6000s", **extra})
+    answer: dict = {}
+    t = threading.Thread(target=lambda: answer.update(r=app(w, "pay", code_url=code_url), no=no))
+    t.start()
+    wait_for(lambda: w.s.admin("provider", "GET", "/admin/stats").json()["pools"]["gateway"]["busy"] == 1,
+             timeout=10, what="the first pay holding the only gateway worker")
+    return t, answer
+
+
+@pytest.mark.parametrize("policy, status, code", [
+    ({"gateway.queue_limit": 0}, 500, "SYSTEM_ERROR"),  # queue full: 系统繁忙
+    ({"gateway.load_shedding": True, "gateway.shed_limit": 1}, 429, "FREQUENCY_LIMITED"),  # shed: 频率超限
+], ids=["queue-full", "shed"])
+def test_an_overloaded_gateway_answers_wechats_own_codes_through_the_sdk(w: Any, policy: dict, status: int,
+                                                                        code: str) -> None:
+    """While the only gateway worker is held through a slow bank call, the merchant's SDK order
+    (``/v3/pay/transactions/native``, which takes a gateway worker) is refused with the code WeChat Pay
+    defines for it — 500 SYSTEM_ERROR for a full queue, 429 FREQUENCY_LIMITED when shedding — and
+    nothing is created or moved for it: the order does not exist, the ledger is unchanged."""
+    t, first = _hold_the_only_gateway_worker(w, policy)
+    before = ledger(w)
+    no = uid("wxo")
+    got, body = _json(w.wxpay.pay(description="高峰订单", out_trade_no=no, amount={"total": 410},
+                                  pay_type=WeChatPayType.NATIVE))
+    assert (got, body.get("code")) == (status, code), body
+    assert ledger(w) == before  # refused before any trade or posting
+    t.join(15)
+    w.s.set_faults({})
+    assert first["r"].json()["trade_state"] == "SUCCESS"  # the held pay was served
+    assert _json(w.wxpay.query(out_trade_no=no))[1]["code"] == "ORDER_NOT_EXIST"
+    pool = w.s.admin("provider", "GET", "/admin/stats").json()["pools"]["gateway"]
+    assert pool["rejected" if status == 500 else "shed"] >= 1
+    # the merchant retries as WeChat asks (系统繁忙/频率超限: retry later): the same order is created once
+    again, body = _json(w.wxpay.pay(description="高峰订单", out_trade_no=no, amount={"total": 410},
+                                    pay_type=WeChatPayType.NATIVE))
+    assert again == 200 and body["code_url"], body
+    assert query(w, no)["trade_state"] == "NOTPAY"
+    assert ledger(w)["balanced"]
