@@ -123,3 +123,35 @@ def test_without_gateway_deadlines_a_pay_is_executed_after_its_caller_gave_up(se
     assert gave_up
     wait_for(lambda: httpx.get(f"{s.provider_url}/trades/{b}", timeout=5).json()["state"] == "succeeded",
              what="the abandoned pay executed")
+
+
+def test_bank_deadlines_do_not_execute_a_debit_whose_gateway_stopped_waiting(services):
+    """bank.channels 1, a slow bank (30 s model) and a gateway that waits 6 s for it: a second debit
+    queues behind the first; its gateway gives up (the trade is unknown) long before a channel is free.
+    With bank.deadlines the bank then drops it — no money moves, the gateway's query learns it expired
+    and the trade fails; without them the bank executes it anyway (the cascade: a debit nobody awaits)."""
+    s = services
+    results = {}
+    for deadlines in (True, False):
+        s.set_faults({"gateway.workers": 8, "bank.channels": 1, "bank.deadlines": deadlines, "bank.latency": "30s",
+                      "gateway.timeout": "6s", "gateway.bank_query_schedule": ["40s", "40s", "40s"]})
+        a, b = new_trade(s)["trade"], new_trade(s)["trade"]
+        before = _pools(s)["bank"]
+        charges = s.admin("provider", "GET", "/admin/ledger").json()["txns"].get("charge", 0)
+        with cf.ThreadPoolExecutor(1) as ex:
+            first = ex.submit(_pay, s, a)
+            wait_for(lambda: _pools(s)["bank"]["busy"] == 1, what="first debit at the bank")
+            second = _pay(s, b)  # queued at the bank; the gateway stops waiting after 6 s (0.1 s wall)
+            first.result()
+        assert second.status_code == 200 and second.json()["state"] == "unknown", second.text
+        def resolved(trade=b):
+            view = httpx.get(f"{s.provider_url}/trades/{trade}", timeout=5).json()
+            return view if view["state"] in ("failed", "succeeded") else None
+
+        final = wait_for(resolved, timeout=20, what="the unknown trade resolved by the gateway's query")
+        ledger = s.admin("provider", "GET", "/admin/ledger").json()
+        results[deadlines] = (final["state"], ledger["txns"].get("charge", 0) - charges,
+                              _pools(s)["bank"]["dropped"] - before["dropped"])
+        assert ledger["balanced"]
+    assert results[True] == ("failed", 1, 1)  # only the first debit made; the second dropped at the bank
+    assert results[False] == ("succeeded", 2, 0)  # executed after its gateway had given up
