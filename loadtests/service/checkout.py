@@ -436,8 +436,19 @@ class Checkout(base.ServiceBase):
                 del self._locks[order_id]
 
     async def start_payment(self, order_id: str, body: PayBody | None) -> Response:
-        async with self._order_lock(order_id):
-            return await self._start_payment(order_id, body)
+        cond = self.conditions.current()
+        if cond.order_service.create_time is None:  # "off": the handler takes no order-service worker
+            async with self._order_lock(order_id):
+                return await self._start_payment(order_id, body)
+        # order_service.create_time on (as sim/model/order_service.py): the request takes one of
+        # order_service.workers for create_time and holds it through the prepay call to the provider
+        # (which this checkout makes here, at start payment), so a slow gateway fills this pool; the
+        # buyer's app waits app.request_timeout (the deadline, with order_service.deadlines on).
+        deadline = policies.request_deadline(self.clock.now(), cond.app.request_timeout)
+        async with self._order_worker(deadline):
+            await self.clock.sleep(self.conditions.sample("order_service.create_time"))
+            async with self._order_lock(order_id):
+                return await self._start_payment(order_id, body)
 
     async def _start_payment(self, order_id: str, body: PayBody | None) -> Response:
         row = self._order_row(order_id)

@@ -76,3 +76,40 @@ def test_a_notification_queued_past_its_callers_deadline_is_dropped(start):
     assert http.post(s2.checkout_url + "/notify", content=raw, headers=headers, timeout=30).status_code == 200
     first.join()
     assert order_state(s2, order) == "paid" and _pool(s2)["dropped"] == 0
+
+
+def test_create_time_holds_an_order_service_worker_through_the_prepay_call(start):
+    """order_service.create_time on: starting a payment takes one of order_service.workers and holds it
+    for create_time (30 s model = 0.5 s wall) and while the provider creates the trade (gateway.service_time
+    10 s, inside the checkout's 15-s wait for the provider), as the simulation's
+    create request holds its worker for the prepay round trip. With the only worker held, a second start
+    payment is refused 503 ORDER_SERVICE_BUSY (queue_limit 0) before any trade is made for it; with
+    create_time off (the default) the same two start payments both get their trade."""
+    slow_gateway = {"order_service.workers": 1, "order_service.queue_limit": 0, "gateway.service_time": "10s"}
+    s = start({**slow_gateway, "order_service.create_time": "30s"})
+    first, second = new_order(s)["order"], new_order(s)["order"]
+    answer: dict = {}
+    t = threading.Thread(target=lambda: answer.update(r=http.post(f"{s.checkout_url}/orders/{first}/pay", timeout=30)))
+    t.start()
+    wait_for(lambda: _pool(s)["busy"] == 1, timeout=10, what="the first start payment holding the worker")
+    r = http.post(f"{s.checkout_url}/orders/{second}/pay", timeout=30)
+    t.join()
+    assert r.status_code == 503 and r.json()["code"] == "ORDER_SERVICE_BUSY", r.text
+    assert r.json()["overload"] == "rejected"
+    assert answer["r"].status_code == 200 and answer["r"].json()["trade"], answer["r"].text
+    assert _pool(s)["rejected"] == 1
+    view = http.get(f"{s.checkout_url}/orders/{second}").json()
+    assert view["state"] == "awaiting_payment" and view["trades"] == [], view  # no trade made for it
+    assert start_payment(s, second)["trade"]  # the buyer's retry, the worker free again
+
+    s.set_faults({"order_service.create_time": "off"})
+    a, b = new_order(s)["order"], new_order(s)["order"]
+    with_pool = _pool(s)["served"]
+    results: list = []
+    threads = [threading.Thread(target=lambda o=o: results.append(
+        http.post(f"{s.checkout_url}/orders/{o}/pay", timeout=30).status_code)) for o in (a, b)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert results == [200, 200] and _pool(s)["served"] == with_pool  # no worker taken
