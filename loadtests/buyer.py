@@ -332,12 +332,12 @@ class Buyer:
         return "gave_up"
 
     def after_sales(self, values: dict[str, Any]) -> None:
-        """A paying wallet or card buyer asks for after-sales (``user.after_sales_probability``)
+        """A paying buyer (wallet, card or pay after use) asks for after-sales (``user.after_sales_probability``)
         ``user.after_sales_delay`` after paying, from a stream of their own (turning it on changes none of
         their other draws); the checkout routes and answers it (seed 003). Only where the adapter has
         ``[after_sales]``."""
         u = self.ctx.current(self.ctx.now()).user
-        if u.after_sales_probability <= 0 or values["method"] == "bnpl" or not self.ctx.adapter.has("after_sales"):
+        if u.after_sales_probability <= 0 or not self.ctx.adapter.has("after_sales"):
             return
         r = random.Random(f"{self.ctx.seed}:live:after_sales:{self.index}")
         if r.random() >= u.after_sales_probability:

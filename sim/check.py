@@ -1159,12 +1159,13 @@ def _evaluate(st: _OrderState, now: float) -> dict[Any, int]:
             active[(_STUCK, trade)] = st.trade_amount.get(trade) or st.max_charge.get(trade, 0)
     if st.agreement is not None:
         amount = st.agreement_amount or st.amount
-        if (st.delivered_t is not None and not st.finish_requested and now >= st.delivered_t + limit
+        live = st.agreement_end != "cancelled"  # cancelled (after-sales): no finish or deduction is owed
+        if (live and st.delivered_t is not None and not st.finish_requested and now >= st.delivered_t + limit
                 and st.bnpl_ok):
             active[_BNPL_UNFIN] = amount
         if st.false_overdue:
             active[_BNPL_OVERDUE] = amount
-        if st.ded_failed and not st.bnpl_paid:
+        if live and st.ded_failed and not st.bnpl_paid:
             active[_BNPL_DED] = amount
         if st.bnpl_payments >= 2:
             extra = (st.bnpl_payments - 1) * amount - st.bnpl_refund
@@ -1946,7 +1947,7 @@ def _end_state(st: _OrderState) -> str:
     """One name for how an order ended (docs/checker.md lists them in this order of precedence)."""
     if st.charged_trades >= 2 or st.overcharged:
         return "double_charged"
-    if st.agreement is not None:
+    if st.agreement is not None and st.ostate != "refund_pending" and st.ostate != "refunded":
         if st.agreement_end == "expired":
             return "bnpl_expired"
         if st.agreement_end != "cancelled":

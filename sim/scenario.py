@@ -616,7 +616,7 @@ class UserSection(_Section):
     partial_refund_share: float = Field(0.3, gt=0.0, lt=1.0, description="the part of the order's amount a partial refund returns")
     partial_refund_delay: DurationDist = Field("1d", description="order completed -> the buyer asks for the partial refund")
     after_sales_probability: Probability = Field(
-        0.0, description="a (wallet or card) buyer asks, after paying, for the order to be cancelled and refunded "
+        0.0, description="a paying buyer (any method; a pay-after-use order's agreement is cancelled while nothing is collected, its collected amount refunded otherwise: docs/domain.md, 'After-sales of a pay-after-use order') asks, after paying, for the order to be cancelled and refunded "
         "(seed 003's after-sales: what the request becomes depends on the order's state when it is sent), drawn "
         "from an after-sales stream of the buyer's own")
     after_sales_delay: DurationDist = Field("30m", description="order paid -> the buyer sends the after-sales request")

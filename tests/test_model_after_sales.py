@@ -258,3 +258,143 @@ def test_turning_after_sales_on_leaves_every_buyers_draws_unchanged():
     on, r_on = firsts(0.6)
     assert len(off) >= 250 and off == on
     assert "after_sales" not in r_off.metrics and r_on.metrics["after_sales"]["accepted"] >= 50
+
+
+# -- pay-after-use (BNPL) orders ------------------------------------------------------------------------
+# Every buyer pays after use; the merchant sends finish from the delivery event itself.
+BNPL = {"user__payment_methods": {"wallet": 0.0, "card": 0.0, "bnpl": 1.0}, "bnpl__deduction_failure": 0.0,
+        "merchant__bnpl_finish_failure": 0.0}
+_BNPL_SEEN = ("bnpl.authorized", "bnpl.finish_requested", "bnpl.deduction", "bnpl.repaid", "bnpl.cancelled",
+              "bnpl.compensated", "ledger.txn")
+
+
+def _run_bnpl(merchant: dict, **extra):
+    """As :func:`_run`, with the BNPL events and each ledger movement (kind, amount to the buyer) recorded."""
+    over = {**BASE, **{k.replace("__", "."): v for k, v in {**BNPL, **extra}.items()}}
+    over["merchant.population"] = [{"name": "m1", "share": 1.0, "finish": "sync", **merchant}]
+    s = Scenario().with_overrides(over)
+    seq: dict[str, list[tuple]] = defaultdict(list)
+
+    def tap(ev: dict) -> None:
+        if ev["type"] in _SEEN or ev["type"] in _BNPL_SEEN:
+            what = ev.get("reason") or ev.get("route") or ev.get("state")
+            if ev["type"] == "ledger.txn":
+                what = (ev["kind"], sum(p["amount"] for p in ev["postings"] if p["account"].startswith("user:")))
+            seq[ev["order"]].append((ev["type"], what, ev["t"]))
+
+    r = run_replication(s, 0, examples=False, tap=tap)
+    assert r.ledger_total == 0
+    return r, seq
+
+
+def _no_anomaly(r) -> None:
+    open_ = {c: (st.orders_occurred, st.orders_unresolved) for c, st in r.summary.per_class.items()
+             if st.orders_occurred}
+    assert not open_, open_
+
+
+def _buyer_money(evs) -> int:
+    return sum(e[1][1] for e in evs if e[0] == "ledger.txn")
+
+
+def test_bnpl_remedy_cancels_what_is_not_collected_and_refunds_what_is():
+    A = after_sales.A
+    R = after_sales.BnplRemedy
+    assert after_sales.bnpl_remedy(A.AUTHORIZED, False) is R.CANCEL
+    assert after_sales.bnpl_remedy(A.DEDUCTING, False) is R.CANCEL  # WeChat: finished, collection pending
+    assert after_sales.bnpl_remedy(A.DEDUCTING, True) is R.REFUND
+    assert after_sales.bnpl_remedy(A.SETTLED, True) is R.REFUND
+    assert after_sales.bnpl_remedy(A.OVERDUE, False) is R.REFUND_WHEN_PAID
+    assert after_sales.bnpl_remedy(A.COMPENSATED, False) is R.REFUND_WHEN_PAID
+    for s in (A.CANCELLED, A.EXPIRED):
+        assert after_sales.bnpl_remedy(s, False) is R.NOTHING
+
+
+def test_a_bnpl_order_cancelled_before_shipping_cancels_its_agreement_and_nothing_is_ever_deducted():
+    r, seq = _run_bnpl({"answer_time": "5m", "cancel_agree": 1.0}, merchant__ship_time="2h",
+                       user__after_sales_delay="10m")
+    asked = {o: evs for o, evs in seq.items() if "after_sales.requested" in _types(evs)}
+    assert len(asked) >= 100
+    for o, evs in asked.items():
+        t = _types(evs)
+        assert "bnpl.authorized" in t and "after_sales.accepted" in t and "bnpl.cancelled" in t, (o, t)
+        assert t[-2:] == ["order.refund_pending", "order.refunded"], (o, t)
+        assert not {"order.shipped", "bnpl.finish_requested", "bnpl.deduction", "ledger.txn"} & set(t), (o, t)
+    assert r.summary.end_states.get("paid_refunded", 0) == len(asked)
+    _no_anomaly(r)
+
+
+def test_a_defective_bnpl_order_cancelled_before_its_finish_is_never_deducted_or_reported_unfinished():
+    """Delivered in 1 h, the merchant's finish 6 h after delivery; the buyer reports a defect 10 min after
+    delivery and is answered in 10 min: the agreement is cancelled, the finish that comes later starts no
+    deduction, and the checker counts no stuck-unfinished agreement."""
+    r, seq = _run_bnpl({"answer_time": "10m", "defect_rate": 1.0}, merchant__delivery_time="1h",
+                       merchant__bnpl_finish_delay="6h", user__after_sales_delay="70m")
+    asked = {o: evs for o, evs in seq.items() if "after_sales.requested" in _types(evs)}
+    assert len(asked) >= 100
+    for o, evs in asked.items():
+        t = _types(evs)
+        assert ("after_sales.requested", "defect_only") in [e[:2] for e in evs], (o, t)
+        assert "order.delivered" in t and "bnpl.cancelled" in t and t[-1] == "order.refunded", (o, t)
+        assert "bnpl.finish_requested" not in t and "bnpl.deduction" not in t and _buyer_money(evs) == 0, (o, t)
+    _no_anomaly(r)
+
+
+def test_a_defective_bnpl_order_answered_after_its_deduction_is_refunded_the_collected_amount():
+    """The finish goes out 5 min after delivery and is deducted at once; the defect is answered 1 h after
+    the request: the money was collected, so it is refunded (not cancelled) — the buyer ends even."""
+    r, seq = _run_bnpl({"answer_time": "1h", "defect_rate": 1.0}, merchant__delivery_time="1h",
+                       merchant__bnpl_finish_delay="30m", user__after_sales_delay="62m")
+    asked = {o: evs for o, evs in seq.items() if "after_sales.requested" in _types(evs)}
+    assert len(asked) >= 100
+    for o, evs in asked.items():
+        t = _types(evs)
+        assert t.index("after_sales.requested") < t.index("bnpl.finish_requested") < t.index("after_sales.accepted")
+        assert "bnpl.cancelled" not in t and t[-1] == "order.refunded", (o, t)
+        kinds = [e[1][0] for e in evs if e[0] == "ledger.txn"]
+        assert kinds.count("bnpl_deduction") == 1 and kinds.count("refund") == 1, (o, kinds)
+        assert _buyer_money(evs) == 0, (o, evs)
+    assert r.summary.end_states.get("paid_refunded", 0) == len(asked)
+    _no_anomaly(r)
+
+
+def test_an_overdue_bnpl_order_returned_is_refunded_only_when_the_buyer_pays():
+    """Every deduction fails; the provider compensates the merchant 1 h after the first failure and the
+    buyer repays by hand a day later. A defect reported between delivery and finish and accepted after
+    the compensation cannot be cancelled (the merchant was paid): the order stays refund pending until
+    the buyer's repayment arrives, then it is refunded."""
+    r, seq = _run_bnpl({"answer_time": "2h", "defect_rate": 1.0}, merchant__delivery_time="1h",
+                       merchant__bnpl_finish_delay="10m", user__after_sales_delay="62m",
+                       bnpl__deduction_failure=1.0, bnpl__compensation_after="1h", bnpl__user_repay_delay="1d",
+                       bnpl__deduction_retry_schedule=["6h"])
+    asked = {o: evs for o, evs in seq.items() if "after_sales.requested" in _types(evs)}
+    assert len(asked) >= 100
+    for o, evs in asked.items():
+        t = _types(evs)
+        at = {e[0]: e[2] for e in evs}
+        assert at["bnpl.compensated"] < at["after_sales.accepted"] < at["order.refund_pending"] + 1e-9
+        assert "bnpl.cancelled" not in t and at["bnpl.repaid"] <= at["order.refunded"], (o, t)
+        assert at["order.refunded"] - at["order.refund_pending"] > 12 * 3600  # waited for the repayment
+        assert _buyer_money(evs) == 0, (o, evs)
+    assert r.summary.per_class["bnpl_deduction_failed"].orders_occurred >= len(asked)  # the failing deductions
+    assert r.summary.per_class["bnpl_deduction_failed"].orders_unresolved == 0
+
+
+def test_a_bnpl_order_cancelled_while_its_deductions_fail_stops_them():
+    """Every deduction fails and the compensation is days away: a defect reported between delivery and
+    finish (once the merchant completes the order, only a complaint is possible) and accepted after the first failure
+    cancels the agreement (WeChat: finished, collection pending) — no more deductions, no repayment, and
+    the failed deduction is not left open."""
+    r, seq = _run_bnpl({"answer_time": "30m", "defect_rate": 1.0}, merchant__delivery_time="1h",
+                       merchant__bnpl_finish_delay="10m", user__after_sales_delay="62m",
+                       bnpl__deduction_failure=1.0, bnpl__user_repay_delay="1d",
+                       bnpl__deduction_retry_schedule=["1h", "6h"])
+    asked = {o: evs for o, evs in seq.items() if "after_sales.requested" in _types(evs)}
+    assert len(asked) >= 100
+    for o, evs in asked.items():
+        t = _types(evs)
+        at = {e[0]: e[2] for e in evs}
+        assert "bnpl.cancelled" in t and t[-1] == "order.refunded", (o, t)
+        assert all(e[2] <= at["bnpl.cancelled"] for e in evs if e[0] == "bnpl.deduction"), (o, evs)
+        assert "bnpl.repaid" not in t and _buyer_money(evs) == 0, (o, t)
+    assert r.summary.per_class["bnpl_deduction_failed"].orders_unresolved == 0

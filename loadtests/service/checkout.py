@@ -567,10 +567,6 @@ class Checkout(base.ServiceBase):
         ``after_sales.refused``) and, when accepted, the order's refund."""
         row = self._order_row(order_id)
         state = O(row["state"])
-        if row["method"] == "bnpl":
-            raise ApiError(409, "after-sales requests are for wallet and card orders (a pay-after-use order is "
-                           "cancelled through its agreement: POST /orders/{id}/cancel)", "order",
-                           "AFTER_SALES_NOT_SUPPORTED", order_state=state.value)
         rt = after_sales.route(state)
         if rt is Route.CANCEL:
             return await self.cancel(order_id)
@@ -1213,8 +1209,8 @@ class Checkout(base.ServiceBase):
         trade, extra = data["trade"], data.get("extra", False)
         row = self._order_row(job.key)
         try:
-            if row["method"] == "bnpl":
-                resp = await self._call("POST", f"/bnpl/agreements/{trade}/cancel")
+            if row["method"] == "bnpl":  # cancel while nothing is collected, else refund (bnpl_remedy)
+                resp = await self._call("POST", f"/bnpl/agreements/{trade}/return")
             else:
                 resp = await self._call("POST", f"/trades/{trade}/refund", {"refund_id": f"{trade}-refund"})
             problem = None if resp.status_code == 200 else f"provider answered {resp.status_code}: {resp.text[:200]}"

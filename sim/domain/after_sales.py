@@ -17,6 +17,16 @@ reads the order when it answers (a shipment that went out meanwhile makes it ref
 ``"at_request"`` it answers on what it read when the request came in — a stale read, so a request that
 raced the shipment is accepted and refunded although the goods are gone (:func:`refunds_shipped_goods`).
 
+A pay-after-use (BNPL) order has no payment to refund until its buyer has paid. What an accepted
+request does to its agreement (:func:`bnpl_remedy`) follows WeChat Pay Score's rules for its service
+orders (docs/domain.md "After-sales of a pay-after-use order"): an order that is created or in
+progress (``CREATED`` / ``DOING``, which includes *finished by the merchant, collection pending*,
+``USER_PAYING``) can be **cancelled** — nothing was collected, the buyer owes nothing; an order whose
+money was collected (``DONE``) cannot be cancelled (``ORDER_DONE``) and is **refunded** through the
+refund API instead. When the provider has already compensated the merchant and is still chasing the
+buyer (an overdue agreement), the model refunds the buyer once their money arrives
+(:attr:`BnplRemedy.REFUND_WHEN_PAID`; an assumption: neither provider documents this case).
+
 Pure Python: no clock, no I/O. The simulation's merchant (``sim/model/merchant.py``) calls it; the live
 reference checkout can call the same functions.
 """
@@ -25,9 +35,10 @@ from __future__ import annotations
 
 from enum import Enum
 
-from sim.domain.states import OrderState
+from sim.domain.states import AgreementState, OrderState
 
 O = OrderState
+A = AgreementState
 
 CANCEL_CHECKS = ("at_answer", "at_request")
 
@@ -115,3 +126,28 @@ def refunds_shipped_goods(via: Route, answer: Answer, actual: OrderState) -> boo
     of a shipped order is not this (the goods come back as a return).
     """
     return via is Route.ASK_MERCHANT and answer is Answer.ACCEPTED and (actual in _SHIPPED or actual is O.COMPLETED)
+
+
+class BnplRemedy(str, Enum):
+    """What an accepted after-sales request does to a pay-after-use order's agreement."""
+
+    CANCEL = "cancel"  # nothing collected yet: the agreement is cancelled, the buyer owes nothing
+    REFUND = "refund"  # collected (deduction or repayment by hand): the collected amount is refunded
+    REFUND_WHEN_PAID = "refund_when_paid"  # the merchant was compensated, the buyer still owes: refund on payment
+    NOTHING = "nothing"  # cancelled or expired already: nothing to undo
+
+
+_CANCELLABLE = frozenset({A.AUTHORIZED, A.FINISH_REQUESTED, A.DEDUCTING})
+
+
+def bnpl_remedy(state: AgreementState, paid_by_user: bool) -> BnplRemedy:
+    """The remedy for an accepted after-sales request on an agreement in ``state`` (see the module's
+    docstring): cancel while nothing is collected (WeChat Pay Score ``CREATED`` / ``DOING``, including
+    a finish whose collection is still pending), refund once the buyer has paid (``DONE``)."""
+    if state in (A.CANCELLED, A.EXPIRED):
+        return BnplRemedy.NOTHING
+    if paid_by_user:
+        return BnplRemedy.REFUND
+    if state in _CANCELLABLE:
+        return BnplRemedy.CANCEL
+    return BnplRemedy.REFUND_WHEN_PAID  # compensated / overdue: the provider still collects

@@ -100,7 +100,7 @@ class Agreement:
     """A BNPL (pay after use) agreement: authorized at checkout, finished by the merchant, then deducted."""
 
     __slots__ = ("id", "order", "user", "merchant", "amount", "state", "expires_at", "paid_by_user",
-                 "merchant_paid")
+                 "merchant_paid", "refund_due")
 
     def __init__(self, id: str, order: str, user: str, merchant: str, amount: int, expires_at: float) -> None:
         self.id, self.order, self.user, self.merchant, self.amount = id, order, user, merchant, amount
@@ -108,6 +108,7 @@ class Agreement:
         self.expires_at = expires_at
         self.paid_by_user = False
         self.merchant_paid = False
+        self.refund_due = False  # an accepted after-sales request waits for the buyer's money to refund it
 
     def to(self, new: AgreementState) -> None:
         self.state = advance(self.state, new, f"agreement {self.id}")

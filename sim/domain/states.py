@@ -78,7 +78,7 @@ TRADE_TRANSITIONS: dict[TradeState, frozenset[TradeState]] = {
 AGREEMENT_TRANSITIONS: dict[AgreementState, frozenset[AgreementState]] = {
     A.AUTHORIZED: frozenset({A.FINISH_REQUESTED, A.CANCELLED, A.EXPIRED}),
     A.FINISH_REQUESTED: frozenset({A.DEDUCTING}),
-    A.DEDUCTING: frozenset({A.SETTLED, A.OVERDUE, A.COMPENSATED}),
+    A.DEDUCTING: frozenset({A.SETTLED, A.OVERDUE, A.COMPENSATED, A.CANCELLED}),  # CANCELLED: after-sales
     A.COMPENSATED: frozenset({A.OVERDUE, A.SETTLED}),
     A.OVERDUE: frozenset({A.SETTLED}),
     A.SETTLED: frozenset(),

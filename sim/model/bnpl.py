@@ -7,13 +7,19 @@ provider's *payment side* knows at once when money arrived; its *credit side*, w
 overdue, learns it ``bnpl.sync_lag`` later. At ``bnpl.compensation_after`` past the first failed
 deduction the provider pays the merchant and reads the credit side: a buyer who already paid but is
 not yet synced is marked overdue all the same — a false overdue that emerges from the lag.
+
+An accepted after-sales request (:meth:`BnplProvider.after_sales`) cancels the agreement while nothing
+is collected and refunds what was collected otherwise (:func:`sim.domain.after_sales.bnpl_remedy`); a
+merchant's finish that reaches a cancelled agreement starts nothing, and its deductions stop.
 """
 
 from __future__ import annotations
 
 
 from sim.domain import policies
+from sim.domain.after_sales import BnplRemedy, bnpl_remedy
 from sim.domain.entities import Agreement
+from sim.domain.ledger import REFUND, transfer
 from sim.domain.population import credit_limit_stream
 from sim.domain.states import AgreementState
 from sim.model.world import World
@@ -70,11 +76,34 @@ class BnplProvider:
         w.hold(ag.order)
         self._deduct(ag, 1)
 
+    def after_sales(self, ag: Agreement) -> BnplRemedy:
+        """The merchant accepted an after-sales request on ``ag``'s order: cancel the agreement while
+        nothing is collected, refund the collected amount otherwise (``bnpl_remedy``). A refund that
+        must wait for the buyer's money (``refund_when_paid``) is made when it arrives (:meth:`_paid`)."""
+        w = self.w
+        remedy = bnpl_remedy(ag.state, ag.paid_by_user)
+        if remedy is BnplRemedy.CANCEL:
+            ag.to(A.CANCELLED)
+            w.emit("bnpl.cancelled", "bnpl", ag.order, agreement=ag.id, reason="after_sales")
+            self._settle_debt(ag)
+        elif remedy is BnplRemedy.REFUND:
+            self._refund(ag)
+        elif remedy is BnplRemedy.REFUND_WHEN_PAID:
+            ag.refund_due = True
+        return remedy
+
+    def _refund(self, ag: Agreement) -> None:
+        """Return the collected amount to the buyer (the merchant's money: it was paid out or compensated)."""
+        w = self.w
+        txn = transfer(w.next_txn("r"), REFUND, f"merchant:{ag.merchant}", f"user:{ag.user}", ag.amount)
+        w.ledger.post(txn)
+        w.post(txn, ag.order, "bnpl", agreement=ag.id)
+
     def _deduct(self, ag: Agreement, attempt: int) -> None:
         """One deduction attempt; holds the order until the agreement settles or the retries are spent."""
         w = self.w
         b = w.p.bnpl
-        if ag.paid_by_user:
+        if ag.paid_by_user or ag.state is A.CANCELLED:
             w.release(ag.order)
             return
         r = w.order_rng(ag.order)
@@ -98,7 +127,7 @@ class BnplProvider:
 
     def _repay(self, ag: Agreement) -> None:
         w = self.w
-        if not ag.paid_by_user:
+        if not ag.paid_by_user and ag.state is not A.CANCELLED:
             w.emit("bnpl.repaid", "user", ag.order, agreement=ag.id)
             self._paid(ag, by_hand=True)
         w.release(ag.order)
@@ -109,6 +138,12 @@ class BnplProvider:
         for txn in ag.deducted(w.ledger, w.next_txn("b"), by_hand=by_hand):
             w.post(txn, ag.order, "bnpl", agreement=ag.id)
         self._settle_debt(ag)
+        if ag.refund_due:  # the merchant accepted a return while the buyer still owed: refund it now
+            ag.refund_due = False
+            self._refund(ag)
+            order = w.orders.get(ag.order)
+            if order is not None:
+                self.order_service.bnpl_refunded(order, ag)
         w.hold(ag.order)
         w.at(w.p.bnpl.sync_lag.draw(w.order_rng(ag.order)), lambda: self._synced(ag))
 

@@ -20,12 +20,14 @@ A finish call fails with ``merchant.bnpl_finish_failure`` and is retried ``bnpl_
 times. Nothing decides per order that a finish is forgotten: a finish is lost when a restart meets it
 in the worker's memory, and late when batch runs are skipped.
 
-After-sales (seed 003, :mod:`sim.domain.after_sales`): a wallet or card buyer with an after-sales
+After-sales (seed 003, :mod:`sim.domain.after_sales`): a paying buyer (any method) with an after-sales
 request (``user.after_sales_probability``, drawn on arrival from the buyer's own after-sales stream,
 with the answer's draws) sends it ``user.after_sales_delay`` after 'paid'. It is routed by the
 order's state then; the merchant (or customer service) answers ``answer_time`` (its profile's) later,
 on the state its ``cancel_check`` reads. The shipment does not wait for the answer: a request sent
-before shipping can be answered after it, and a stale check then refunds goods already gone.
+before shipping can be answered after it, and a stale check then refunds goods already gone. An
+accepted request of a pay-after-use order cancels or refunds its agreement at the BNPL provider
+(``bnpl_remedy``) instead of refunding a trade.
 """
 
 from __future__ import annotations

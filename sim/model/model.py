@@ -86,6 +86,7 @@ def run_replication(scenario: Scenario, replication: int = 0, examples: bool = T
     merchant.bnpl = provider
     merchant.order_service = order_service
     provider.order_service = order_service
+    order_service.bnpl = provider
     Reconciler(w, order_service, gateway, bank)
     buyers = Buyers(w, order_service, gateway, provider)
     order_service.app = buyers

@@ -27,6 +27,7 @@ from collections import deque
 from typing import Callable
 
 from sim.domain import policies
+from sim.domain.after_sales import BnplRemedy
 from sim.domain.entities import Order, Trade
 from sim.domain.policies import NotifyAction, Step
 from sim.domain.states import OrderState, TradeState
@@ -49,6 +50,7 @@ class OrderService:
         w.on_forget.append(self._drop_token)
         self.gateway = None
         self.merchant = None
+        self.bnpl = None  # the BNPL provider: after-sales of pay-after-use orders (refund_order)
         self.app = None  # pushes to the buyer's app
         # (expires_at, order id) of every order whose close job has not run yet, in creation order.
         # Orders paid meanwhile are skipped when they come up (a deque: popping the front is O(1)).
@@ -368,8 +370,12 @@ class OrderService:
         """Refund a paid order in full because its after-sales request was accepted (seed 003): the
         order goes to ``refund_pending`` now (cancelled, or refunded for a defect; fulfilment stops at
         its next step) and to ``refunded`` when the money is back, through :meth:`refund` (its latency,
-        failures and retries)."""
+        failures and retries). A pay-after-use order's agreement is cancelled or its collected amount
+        refunded by the BNPL provider instead (:meth:`sim.model.bnpl.BnplProvider.after_sales`)."""
         w = self.w
+        if order.method == "bnpl":
+            self._refund_bnpl(order, reason)
+            return
         trade = w.trades.get(order.paid_trade) if order.paid_trade is not None else None
         if trade is None or trade.state is not T.SUCCEEDED:
             return
@@ -377,6 +383,29 @@ class OrderService:
         w.emit("order.refund_pending", "order_service", order.id, trade=trade.id, amount=trade.amount, reason=reason)
         self.app.push_refund(order, "refund_pending")
         self.refund(order, trade)
+
+    def _refund_bnpl(self, order: Order, reason: str) -> None:
+        w = self.w
+        ag = w.agreements.get(order.id)
+        if ag is None or order.state is O.REFUND_PENDING or order.state is O.REFUNDED:
+            return
+        remedy = self.bnpl.after_sales(ag)
+        if remedy is BnplRemedy.NOTHING:
+            return
+        order.to(O.REFUND_PENDING)
+        w.emit("order.refund_pending", "order_service", order.id, agreement=ag.id, amount=ag.amount, reason=reason,
+               remedy=remedy.value)
+        self.app.push_refund(order, "refund_pending")
+        if remedy is not BnplRemedy.REFUND_WHEN_PAID:
+            self.bnpl_refunded(order, ag)
+
+    def bnpl_refunded(self, order: Order, ag) -> None:
+        """A pay-after-use order's agreement was cancelled (nothing to return) or its collected amount
+        refunded: the order is ``refunded``."""
+        if order.state is O.REFUND_PENDING:
+            order.to(O.REFUNDED)
+            self.w.emit("order.refunded", "order_service", order.id, agreement=ag.id, amount=ag.amount)
+            self.app.push_refund(order, "refunded")
 
     def request_status(self, order: Order, lag: float, service: float, deadline: float,
                        reply: Callable[[object], None]) -> None:

@@ -85,7 +85,7 @@ class Buyers:
          account) = draw_buyer(u, r, self.cum, self.merchants, self.merchant_cum)
         user = f"u{self.seq}" if account is None else f"a{account}"  # a returning buyer: one of the accounts
         wish = None
-        if u.after_sales_probability > 0 and method != "bnpl":
+        if u.after_sales_probability > 0:
             wish = draw_after_sales(u, self.profiles[merchant],
                                     after_sales_stream(w.scenario.run.seed, w.replication, self.seq))
         if w.warmup <= w.env.now < w.horizon:

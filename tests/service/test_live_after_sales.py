@@ -72,7 +72,7 @@ def test_the_same_race_checked_at_the_answer_is_refused(start):
 def test_routes_by_state_defects_and_complaints(start):
     """An unshipped cancel answered before the shipment is refunded and never ships; a shipped order is
     refunded for a defect (m1: every item defective) and refused without one (m2); a completed order gets
-    a complaint; a BNPL order is not taken."""
+    a complaint."""
     s = start({**QUICK, "merchant.ship_time": "10s", "merchant.delivery_time": "20s", "merchant.population": [
         _merchant("m1", 0.5, answer_time="1s", defect_rate=1.0), _merchant("m2", 0.5, answer_time="1s")]})
     # answered before it ships: accepted, refunded, never shipped
@@ -95,8 +95,78 @@ def test_routes_by_state_defects_and_complaints(start):
     assert done["route"] == "complaint" and done["answer"] == "nothing"
     assert "user.complaint" in [e["type"] for e in events_of(s, shipped["m2"])]
     assert order_state(s, shipped["m2"]) == "completed"  # a complaint moves no money
-    bnpl = new_order(s, amount=900, method="bnpl")["order"]
-    r = http.post(f"{s.checkout_url}/orders/{bnpl}/after-sales")
-    assert r.status_code == 409 and r.json()["code"] == "AFTER_SALES_NOT_SUPPORTED", r.text
     assert http.post(f"{s.checkout_url}/orders/no-such-order/after-sales").status_code == 404
+    assert s.admin("provider", "GET", "/admin/ledger").json()["balanced"]
+
+
+# -- pay-after-use (BNPL) orders: the agreement is cancelled while nothing is collected, else refunded --
+BNPL = {"merchant.bnpl_finish_failure": 0.0, "bnpl.deduction_failure": 0.0, "bnpl.sync_lag": "1s"}
+
+
+def _authorized(s, merchant: str = "m1") -> tuple[str, str]:
+    order = new_order(s, amount=2300, method="bnpl", merchant=merchant)["order"]
+    answer = start_payment(s, order)
+    assert answer["state"] == "authorized", answer
+    wait_for(lambda: "order.paid" in [e["type"] for e in events_of(s, order)], timeout=10, what="the authorization")
+    agreement = next(e["agreement"] for e in events_of(s, order) if e["type"] == "bnpl.authorized")
+    return order, agreement
+
+
+def _buyer_money(s, order: str) -> int:
+    return sum(p["amount"] for e in events_of(s, order) if e["type"] == "ledger.txn"
+               for p in e["postings"] if p["account"].startswith("user:"))
+
+
+def test_a_bnpl_order_cancelled_before_shipping_cancels_its_agreement(start):
+    """Asked while authorized and unshipped, accepted: the agreement is cancelled (nothing was collected),
+    the order refunded and never shipped, and no finish or deduction follows."""
+    s = start({**QUICK, **BNPL, "merchant.ship_time": "10m", "merchant.population": [_merchant(answer_time="1s")]})
+    order, agreement = _authorized(s)
+    assert _ask(s, order)["route"] == "ask_merchant"
+    assert _answer(s, order)["type"] == "after_sales.accepted"
+    wait_for(lambda: order_state(s, order) == "refunded", timeout=10, what="the agreement's cancellation")
+    types = [e["type"] for e in events_of(s, order)]
+    assert "bnpl.cancelled" in types and "order.shipped" not in types and "bnpl.finish_requested" not in types
+    view = http.get(f"{s.provider_url}/bnpl/agreements/{agreement}").json()
+    assert view["state"] == "cancelled" and view["paid_by_user"] is False and _buyer_money(s, order) == 0
+    assert _end_states(s, order) == {"paid_refunded": 1}
+
+
+def test_a_defective_bnpl_order_answered_after_its_deduction_is_refunded_once(start):
+    """Delivered, finished and deducted before the defect is answered: the agreement cannot be cancelled
+    any more (the money was collected), so the collected amount is refunded — once, however often the
+    return is asked — and the buyer ends even."""
+    s = start({**QUICK, **BNPL, "merchant.ship_time": "0s", "merchant.delivery_time": "1m",
+               "merchant.bnpl_finish_delay": "3m", "merchant.population": [_merchant(answer_time="5m", defect_rate=1.0)]})
+    order, agreement = _authorized(s)
+    wait_for(lambda: order_state(s, order) == "delivered", timeout=10, interval=0.02, what="the delivery")
+    assert _ask(s, order)["route"] == "defect_only"  # before the finish, which comes 3 min after delivery
+    wait_for(lambda: http.get(f"{s.provider_url}/bnpl/agreements/{agreement}").json()["paid_by_user"], timeout=15,
+             what="the deduction")
+    assert _answer(s, order)["type"] == "after_sales.accepted"
+    wait_for(lambda: order_state(s, order) == "refunded", timeout=15, what="the refund of the deduction")
+    again = http.post(f"{s.provider_url}/bnpl/agreements/{agreement}/return")
+    assert again.status_code == 200 and again.json()["remedy"] == "refund" and again.json()["refunded"] is True
+    kinds = [e["kind"] for e in events_of(s, order) if e["type"] == "ledger.txn"]
+    assert kinds.count("bnpl_deduction") == 1 and kinds.count("refund") == 1, kinds
+    assert _buyer_money(s, order) == 0
+    assert _end_states(s, order) == {"paid_refunded": 1}
+    assert s.admin("provider", "GET", "/admin/ledger").json()["balanced"]
+
+
+def test_returning_an_agreement_the_buyer_still_owes_waits_for_their_payment(start):
+    """Every deduction fails and the provider compensates the merchant: a return asked now is refused with
+    the provider's own code (the buyer has not paid); once the buyer repays by hand it is a refund."""
+    s = start({**QUICK, **BNPL, "merchant.ship_time": "0s", "merchant.delivery_time": "2s",
+               "merchant.bnpl_finish_delay": "1s", "bnpl.deduction_failure": 1.0, "bnpl.compensation_after": "5s",
+               "bnpl.user_repay_delay": "30d", "merchant.population": [_merchant(answer_time="30d")]})
+    order, agreement = _authorized(s)
+    wait_for(lambda: http.get(f"{s.provider_url}/bnpl/agreements/{agreement}").json()["state"] == "overdue",
+             timeout=20, what="the compensation")
+    r = http.post(f"{s.provider_url}/bnpl/agreements/{agreement}/return")
+    assert r.status_code == 409 and r.json()["code"] == "AGREEMENT_AWAITING_PAYMENT", r.text
+    assert http.post(f"{s.provider_url}/bnpl/agreements/{agreement}/repay").status_code == 200
+    r = http.post(f"{s.provider_url}/bnpl/agreements/{agreement}/return")
+    assert r.status_code == 200 and r.json()["remedy"] == "refund", r.text
+    assert _buyer_money(s, order) == 0
     assert s.admin("provider", "GET", "/admin/ledger").json()["balanced"]

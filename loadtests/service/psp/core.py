@@ -52,6 +52,7 @@ from typing import Any, Callable
 from sim.domain import policies, population
 from sim.domain.calendar import working_days_delay
 from sim.domain.entities import Agreement, BuyerAccount, Trade
+from sim.domain.after_sales import BnplRemedy, bnpl_remedy
 from sim.domain.ledger import CHARGE, REFUND, transfer
 from sim.domain.states import TRADE_PAYABLE, AgreementState, TradeState
 
@@ -85,7 +86,7 @@ CREATE TABLE IF NOT EXISTS agreements (
     agreement TEXT PRIMARY KEY, ord TEXT NOT NULL, usr TEXT NOT NULL, merchant TEXT NOT NULL,
     amount INTEGER NOT NULL, state TEXT NOT NULL, expires_at REAL NOT NULL, created_t REAL NOT NULL,
     paid_by_user INTEGER NOT NULL DEFAULT 0, merchant_paid INTEGER NOT NULL DEFAULT 0,
-    credit_paid INTEGER NOT NULL DEFAULT 0, finish_t REAL
+    credit_paid INTEGER NOT NULL DEFAULT 0, finish_t REAL, refunded INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS agreements_user ON agreements (usr);
 CREATE TABLE IF NOT EXISTS bank_accounts (
@@ -114,6 +115,7 @@ AGREEMENT_PARAMS_CONFLICT = "AGREEMENT_PARAMS_CONFLICT"
 AGREEMENT_CLOSED = "AGREEMENT_CLOSED"
 AGREEMENT_NOT_CANCELLABLE = "AGREEMENT_NOT_CANCELLABLE"
 AGREEMENT_NOT_DUE = "AGREEMENT_NOT_DUE"
+AGREEMENT_AWAITING_PAYMENT = "AGREEMENT_AWAITING_PAYMENT"  # a return of an agreement the buyer still owes
 SYSTEM_BUSY = "SYSTEM_BUSY"  # overload: the gateway's queue is full or it sheds load (extra: overload=kind)
 DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"  # gateway.deadlines: the caller had given up before a worker took it
 
@@ -135,6 +137,7 @@ _MIGRATIONS = {
     "trades": (("face", "TEXT NOT NULL DEFAULT 'native'"), ("trade_no", "TEXT"), ("meta", "TEXT NOT NULL DEFAULT '{}'"),
                ("opened", "INTEGER NOT NULL DEFAULT 1"), ("paid_t", "REAL")),
     "notifications": (("kind", "TEXT NOT NULL DEFAULT 'trade.succeeded'"), ("ref", "TEXT"), ("due", "REAL")),
+    "agreements": (("refunded", "INTEGER NOT NULL DEFAULT 0"),),
 }
 
 
@@ -205,7 +208,7 @@ def agreement_view(row: Any) -> dict[str, Any]:
     return {"agreement": row["agreement"], "order": row["ord"], "user": row["usr"], "merchant": row["merchant"],
             "amount": row["amount"], "state": row["state"], "expires_at": row["expires_at"],
             "paid_by_user": bool(row["paid_by_user"]), "merchant_paid": bool(row["merchant_paid"]),
-            "credit_side_paid": bool(row["credit_paid"])}
+            "credit_side_paid": bool(row["credit_paid"]), "refunded": bool(row["refunded"])}
 
 
 def _resolve(future: asyncio.Future, value: Any) -> None:
@@ -1375,6 +1378,41 @@ class ProviderCore(base.ServiceBase):
             self._save_agreement(a)
             self._emit_bnpl(now, "bnpl.cancelled", row)
         return agreement_view(self._agreement_row(agreement))
+
+    async def return_agreement(self, agreement: str) -> dict[str, Any]:
+        """The merchant gives the buyer back what a pay-after-use order cost (an accepted after-sales
+        request; ``sim.domain.after_sales.bnpl_remedy``, as the simulation's provider): the agreement is
+        cancelled while nothing was collected (authorized, or finished with its deduction still pending:
+        WeChat Pay Score's ``DOING``), the collected amount refunded to the buyer once they paid. 200 with
+        ``remedy`` (idempotent: asked again, the same answer and no second refund) · 409
+        ``AGREEMENT_AWAITING_PAYMENT`` while the provider, having compensated the merchant, still collects
+        from the buyer (ask again once they paid) · 409 ``AGREEMENT_CLOSED`` for an expired agreement."""
+        row = self._agreement_row(agreement)
+        a = self._agreement(row)
+        if a.state is A.CANCELLED:
+            return {**agreement_view(row), "remedy": BnplRemedy.CANCEL.value}
+        if row["refunded"]:
+            return {**agreement_view(row), "remedy": BnplRemedy.REFUND.value}
+        remedy = bnpl_remedy(a.state, a.paid_by_user)
+        if remedy is BnplRemedy.NOTHING:
+            raise CoreError(409, f"agreement is {a.state.value}: nothing to return", "agreement", AGREEMENT_CLOSED,
+                            agreement_state=a.state.value)
+        if remedy is BnplRemedy.REFUND_WHEN_PAID:
+            raise CoreError(409, f"agreement is {a.state.value} and the buyer has not paid it yet: the provider "
+                            "compensated the merchant and still collects; ask again once the buyer has paid",
+                            "agreement", AGREEMENT_AWAITING_PAYMENT, agreement_state=a.state.value)
+        now = self.clock.now()
+        with self.store.tx() as conn:
+            if remedy is BnplRemedy.CANCEL:
+                a.to(A.CANCELLED)
+                self._save_agreement(a)
+                self._emit_bnpl(now, "bnpl.cancelled", row, reason="after_sales")
+            else:
+                SqlLedger(self.store, now, row["ord"], "bnpl", agreement=agreement).post(
+                    transfer(f"{agreement}-refund", REFUND, f"merchant:{row['merchant']}", f"user:{row['usr']}",
+                             row["amount"]))
+                conn.execute("UPDATE agreements SET refunded = 1 WHERE agreement = ?", (agreement,))
+        return {**agreement_view(self._agreement_row(agreement)), "remedy": remedy.value}
 
     def _user_paid(self, row: Any, by_hand: bool, attempt: int = 0) -> None:
         """The buyer's money reached the provider's payment side (in a tx); the credit side learns it

@@ -296,7 +296,8 @@ class AlipayFace(Face):
                C.REFUND_PARAMS_CONFLICT: "ACQ.DISCORDANT_REPEAT_REQUEST",
                C.AGREEMENT_NOT_EXIST: "ORDER_NOT_EXIST", C.AGREEMENT_PARAMS_CONFLICT: "ACQ.CONTEXT_INCONSISTENT",
                C.AGREEMENT_CLOSED: "ORDER_STATUS_INVALID", C.AGREEMENT_NOT_CANCELLABLE: "ORDER_STATUS_INVALID",
-               C.AGREEMENT_NOT_DUE: "ORDER_STATUS_INVALID"}.get(code or "")
+               C.AGREEMENT_NOT_DUE: "ORDER_STATUS_INVALID",
+               C.AGREEMENT_AWAITING_PAYMENT: "ORDER_STATUS_INVALID"}.get(code or "")
         if code == C.INVALID or sub is None:
             return Refusal("40002", "isv.invalid-parameter", f"{exc.field}: {exc.error}")
         return Refusal("40004", sub, exc.error, **({"retry_flag": "Y"} if sub == "ACQ.SYSTEM_ERROR" else {}))

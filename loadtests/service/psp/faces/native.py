@@ -227,6 +227,11 @@ class NativeFace(Face):
         async def cancel(agreement: AgreementPath) -> Response:
             return json_response(await call(svc.cancel_agreement(agreement)))
 
+        @r.post("/bnpl/agreements/{agreement}/return", tags=["bnpl"],
+                summary="an accepted return: cancel while nothing is collected, refund what was collected")
+        async def return_(agreement: AgreementPath) -> Response:
+            return json_response(await call(svc.return_agreement(agreement)))
+
         @r.post("/bnpl/agreements/{agreement}/repay", tags=["bnpl"], summary="the buyer repays by hand")
         async def repay(agreement: AgreementPath) -> Response:
             return json_response(await call(svc.repay(agreement)))
