@@ -244,20 +244,27 @@ class Checkout(base.ServiceBase):
         if self.psp is not None:
             await self.psp.aclose()
 
-    async def _call(self, method: str, path: str, body: dict | None = None) -> Any:
+    async def _call(self, method: str, path: str, body: dict | None = None, timeout: float | None = None) -> Any:
         """A native request to the provider, through the PSP client when the checkout pays by another
-        protocol (it answers as the native API would)."""
+        protocol (it answers as the native API would). ``timeout``: how long to wait, in scenario seconds
+        (default ``app.request_timeout``); past it ``ProviderUnavailable``."""
         if self.psp is not None:
-            return await self.psp.call(method, path, body)
-        return await self.native_call(method, path, body)
+            if timeout is None:
+                return await self.psp.call(method, path, body)
+            try:
+                return await asyncio.wait_for(self.psp.call(method, path, body), self.wall_timeout(timeout))
+            except asyncio.TimeoutError:
+                raise ProviderUnavailable(f"no answer within {timeout:g}s") from None
+        return await self.native_call(method, path, body, timeout)
 
-    async def native_call(self, method: str, path: str, body: dict | None = None) -> Any:
+    async def native_call(self, method: str, path: str, body: dict | None = None,
+                          timeout_s: float | None = None) -> Any:
         """One call to the provider's native API; ``ProviderUnavailable`` on a transport error, a timeout or a 5xx.
 
         Plain ``http://`` providers (the mock) go through the lean keep-alive client; ``https://`` ones
         through httpx. Both answers have ``status_code``, ``json()`` and ``text``.
         """
-        timeout = self.wall_timeout(self.conditions.current().app.request_timeout)
+        timeout = self.wall_timeout(self.conditions.current().app.request_timeout if timeout_s is None else timeout_s)
         url = self.provider_url + path
         payload = json.dumps(body).encode() if body is not None else b""
         headers = {"Content-Type": "application/json"} if body is not None else None
@@ -443,14 +450,18 @@ class Checkout(base.ServiceBase):
         # order_service.create_time on (as sim/model/order_service.py): the request takes one of
         # order_service.workers for create_time and holds it through the prepay call to the provider
         # (which this checkout makes here, at start payment), so a slow gateway fills this pool; the
-        # buyer's app waits app.request_timeout (the deadline, with order_service.deadlines on).
+        # buyer's app waits app.request_timeout (the deadline, with order_service.deadlines on), the
+        # worker waits for the provider's prepay order_service.gateway_timeout at most (then 502
+        # PROVIDER_UNAVAILABLE, the trade kept for the close job to ask about; the simulation answers
+        # the order without a trade then and creates it when the buyer pays).
         deadline = policies.request_deadline(self.clock.now(), cond.app.request_timeout)
         async with self._order_worker(deadline):
             await self.clock.sleep(self.conditions.sample("order_service.create_time"))
             async with self._order_lock(order_id):
-                return await self._start_payment(order_id, body)
+                return await self._start_payment(order_id, body, cond.order_service.gateway_timeout)
 
-    async def _start_payment(self, order_id: str, body: PayBody | None) -> Response:
+    async def _start_payment(self, order_id: str, body: PayBody | None,
+                             prepay_timeout: float | None = None) -> Response:
         row = self._order_row(order_id)
         state = O(row["state"])
         if state is not O.AWAITING_PAYMENT:
@@ -486,7 +497,7 @@ class Checkout(base.ServiceBase):
                     payload["timeout_express"] = f"{left:.3f}s"
                 path, what = "/trades", "payment provider"
             try:
-                resp = await self._call("POST", path, payload)
+                resp = await self._call("POST", path, payload, prepay_timeout)
             except ProviderUnavailable as exc:  # it may or may not have the trade: kept, the close job asks
                 raise ApiError(502, f"{what} unavailable: {exc}", None, "PROVIDER_UNAVAILABLE") from None
             detail = _json(resp)

@@ -81,11 +81,12 @@ def test_a_notification_queued_past_its_callers_deadline_is_dropped(start):
 def test_create_time_holds_an_order_service_worker_through_the_prepay_call(start):
     """order_service.create_time on: starting a payment takes one of order_service.workers and holds it
     for create_time (30 s model = 0.5 s wall) and while the provider creates the trade (gateway.service_time
-    10 s, inside the checkout's 15-s wait for the provider), as the simulation's
+    10 s, inside the worker's 30-s wait for the prepay, order_service.gateway_timeout), as the simulation's
     create request holds its worker for the prepay round trip. With the only worker held, a second start
     payment is refused 503 ORDER_SERVICE_BUSY (queue_limit 0) before any trade is made for it; with
     create_time off (the default) the same two start payments both get their trade."""
-    slow_gateway = {"order_service.workers": 1, "order_service.queue_limit": 0, "gateway.service_time": "10s"}
+    slow_gateway = {"order_service.workers": 1, "order_service.queue_limit": 0, "gateway.service_time": "10s",
+                    "order_service.gateway_timeout": "30s", "app.request_timeout": "30s"}
     s = start({**slow_gateway, "order_service.create_time": "30s"})
     first, second = new_order(s)["order"], new_order(s)["order"]
     answer: dict = {}
@@ -113,3 +114,28 @@ def test_create_time_holds_an_order_service_worker_through_the_prepay_call(start
     for th in threads:
         th.join()
     assert results == [200, 200] and _pool(s)["served"] == with_pool  # no worker taken
+
+
+def test_the_prepay_call_waits_order_service_gateway_timeout_with_create_time_on(start):
+    """With order_service.create_time on, the worker waits for the provider's prepay at most
+    order_service.gateway_timeout (10 s here, as the simulation's create request), not the app's own
+    request timeout (60 s): a 30-s trade creation answers 502 PROVIDER_UNAVAILABLE after ~10 s and frees
+    the worker; with create_time off the checkout waits app.request_timeout and gets the trade."""
+    import time
+
+    slow = {"gateway.service_time": "30s", "order_service.gateway_timeout": "10s", "app.request_timeout": "60s",
+            "order_service.workers": 1}
+    s = start({**slow, "order_service.create_time": "1s"}, time_scale=10.0)
+    order = new_order(s)["order"]
+    t0 = time.monotonic()
+    r = http.post(f"{s.checkout_url}/orders/{order}/pay", timeout=30)
+    waited = (time.monotonic() - t0) * 10.0  # scenario seconds
+    assert r.status_code == 502 and r.json()["code"] == "PROVIDER_UNAVAILABLE", r.text
+    assert 10.0 <= waited < 25.0, waited  # create_time 1 s + the 10-s prepay wait, not the provider's 30 s
+    assert _pool(s)["busy"] == 0  # the worker is free again
+    s.set_faults({"order_service.create_time": "off"})
+    other = new_order(s)["order"]
+    t0 = time.monotonic()
+    r = http.post(f"{s.checkout_url}/orders/{other}/pay", timeout=30)
+    assert r.status_code == 200 and r.json()["trade"], r.text
+    assert (time.monotonic() - t0) * 10.0 >= 29.0  # waited the provider's 30 s (app.request_timeout 60 s)
