@@ -703,6 +703,11 @@ class OrderServiceSection(_Section):
     deadlines: bool = Field(
         False, description="server-side deadlines: a request (create order, notification) whose caller has given "
         "up by the time a worker takes it is dropped, not executed")
+    job_calls_take_worker: bool = Field(
+        False, description="the close job's and the refunds' calls to the gateway (query, close, refund) hold one of "
+        "the workers for their round trip, as the jobs run in the service's own pool: they then compete with "
+        "notifications and order creation (a job that finds the queue full or is shed tries again 1 min later); "
+        "false: they take no worker")
     load_shedding: bool = Field(False, description="answer 503 at once while shed_limit requests are in flight")
     shed_limit: int = Field(32, ge=1, description="load shedding: requests in flight (running and queued) at which new ones get 503")
     stuck_grace: Duration = Field("1h", description="an order or trade undecided this long past its deadline is stuck")

@@ -96,3 +96,39 @@ def test_bank_does_not_execute_debits_whose_caller_gave_up():
     assert late[False][0] == 0 and late[False][1] > 8.0, late
     # Dropped debits leave the channels to live ones (bank queries, which carry no deadline, still queue).
     assert late[True][0] > 100 and late[True][1] < 0.25 * late[False][1], late
+
+
+# Half the buyers walk away, so half the orders expire and the close job asks the gateway to close their
+# trade (close-first); a slow gateway makes each close call a 0.5-s round trip; one order-service worker.
+JOBS = {
+    "run.horizon": "20m", "run.warmup": "1m", "run.drain": "1h", "load.arrival_rate": 1.0,
+    "user.abandon_probability": 0.5, "user.cancel_probability": 0.0,
+    "order_service.order_ttl": "5m", "order_service.close_policy": "close_trade_then_order",
+    "order_service.workers": 1, "gateway.service_time": "500ms", "gateway.workers": 64,
+}
+
+
+def _jobs(take: bool):
+    s = Scenario().with_overrides({**JOBS, "order_service.job_calls_take_worker": take})
+    closes: list[float] = []
+    r = run_replication(s, 0, examples=False,
+                        tap=lambda e: closes.append(e["t"]) if e["type"] == "order.closed" else None)
+    return r.metrics["order_service"], closes, s
+
+
+def test_job_calls_take_order_service_workers_and_notifications_wait_behind_them():
+    """order_service.job_calls_take_worker: every close-job call to the gateway takes one of the order
+    service's workers (served grows by exactly the closes made, one call each), the extra occupancy is
+    Little's law for those held calls, and with one worker the notifications queue behind them; off,
+    the calls take no worker and nothing waits."""
+    off, closes_off, _ = _jobs(False)
+    on, closes, s = _jobs(True)
+    assert len(closes_off) == len(closes) >= 400  # the same orders expire either way (common random numbers)
+    assert on["served"] - off["served"] == len(closes)
+    assert off["wait_p99_s"] < 0.01 and off["wait_mean_s"] < 0.001
+    assert on["wait_p99_s"] > 0.2 and on["wait_mean_s"] > 0.02
+    # Little's law: occupancy added = rate of the held calls x their round trip (the gateway's 0.5 s
+    # plus the two network legs), both in the metrics' [warmup, horizon) window.
+    lam = sum(s.run.warmup <= t < s.run.horizon for t in closes) / (s.run.horizon - s.run.warmup)
+    trip = 0.5 + 2 * s.app.network_latency.mean
+    assert on["busy_mean"] - off["busy_mean"] == pytest.approx(lam * trip, rel=0.15)

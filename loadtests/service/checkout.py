@@ -800,9 +800,25 @@ class Checkout(base.ServiceBase):
 
     # -- the close job ------------------------------------------------------------------------------
 
+    async def _job_call(self, method: str, path: str, body: dict | None = None) -> Any:
+        """A close job's or refund's call to the provider. With ``order_service.job_calls_take_worker``
+        (as the simulation's ``_via_gateway``) it holds one of ``order_service.workers`` for the round
+        trip, competing with notifications and start payments; a pool that refuses it (queue full, shed)
+        is ``ProviderUnavailable`` to the job, which tries again on its own schedule."""
+        if not self.conditions.current().order_service.job_calls_take_worker:
+            return await self._call(method, path, body)
+        try:
+            await self.workers.acquire(math.inf)
+        except Overloaded as exc:
+            raise ProviderUnavailable(f"the order service's workers are busy ({exc.kind})") from None
+        try:
+            return await self._call(method, path, body)
+        finally:
+            self.workers.release()
+
     async def _query_trade(self, trade: str) -> TradeFacts | None:
         """The provider's record of ``trade`` (None: it has none)."""
-        resp = await self._call("GET", f"/trades/{trade}")
+        resp = await self._job_call("GET", f"/trades/{trade}")
         if resp.status_code == 404:
             return None
         if resp.status_code != 200:
@@ -822,7 +838,7 @@ class Checkout(base.ServiceBase):
 
     async def _close_trade(self, trade: str) -> str:
         """The provider's answer to close, as ``policies.after_trade_close`` reads it."""
-        resp = await self._call("POST", f"/trades/{trade}/close")
+        resp = await self._job_call("POST", f"/trades/{trade}/close")
         if resp.status_code == 200:
             return "closed"
         if resp.status_code == 404:
@@ -1221,9 +1237,9 @@ class Checkout(base.ServiceBase):
         row = self._order_row(job.key)
         try:
             if row["method"] == "bnpl":  # cancel while nothing is collected, else refund (bnpl_remedy)
-                resp = await self._call("POST", f"/bnpl/agreements/{trade}/return")
+                resp = await self._job_call("POST", f"/bnpl/agreements/{trade}/return")
             else:
-                resp = await self._call("POST", f"/trades/{trade}/refund", {"refund_id": f"{trade}-refund"})
+                resp = await self._job_call("POST", f"/trades/{trade}/refund", {"refund_id": f"{trade}-refund"})
             problem = None if resp.status_code == 200 else f"provider answered {resp.status_code}: {resp.text[:200]}"
         except ProviderUnavailable as exc:
             problem = str(exc)

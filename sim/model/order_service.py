@@ -220,13 +220,27 @@ class OrderService:
             self._apply(order, step)
 
     def _via_gateway(self, order: Order, call: Callable, then: Callable) -> None:
+        """A job's call to the gateway (the close job's query or close, a refund): ``then(answer)`` when
+        the answer is back. With ``order_service.job_calls_take_worker`` the call holds one of the
+        service's workers for the round trip (no service time of its own: the worker waits on the
+        gateway); refused at the door (queue full, shed), the job tries again ``RETRY_CLOSE_AFTER`` later."""
         w = self.w
         w.hold(order.id)
+        if not w.p.order_service.job_calls_take_worker:
+            def back(answer) -> None:
+                w.at(w.s_os_net(), lambda: (then(answer), w.release(order.id)))
 
-        def back(answer) -> None:
-            w.at(w.s_os_net(), lambda: (then(answer), w.release(order.id)))
+            w.at(w.s_os_net(), lambda: call(list(order.trades), back))
+            return
 
-        w.at(w.s_os_net(), lambda: call(list(order.trades), back))
+        def serve(_wait: float, release: Callable[[], None]) -> None:
+            def back(answer) -> None:
+                w.at(w.s_os_net(), lambda: (release(), then(answer), w.release(order.id)))
+
+            w.at(w.s_os_net(), lambda: call(list(order.trades), back))
+
+        if self.station.submit(0.0, serve, held=True) < 0:
+            w.at(RETRY_CLOSE_AFTER, lambda: (self._via_gateway(order, call, then), w.release(order.id)))
 
     def _after_query(self, order: Order, states: list[TradeState] | None, read: int) -> None:
         if not self._still_awaiting(order, read):

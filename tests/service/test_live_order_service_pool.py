@@ -10,7 +10,7 @@ import threading
 
 from loadtests.service import signing
 
-from .helpers import http, new_order, order_state, start_payment, wait_for
+from .helpers import events_of, http, new_order, order_state, start_payment, wait_for
 
 SLOW = {"order_service.workers": 1, "order_service.service_time": "60s"}  # 1 s of wall time at x60
 
@@ -139,3 +139,23 @@ def test_the_prepay_call_waits_order_service_gateway_timeout_with_create_time_on
     r = http.post(f"{s.checkout_url}/orders/{other}/pay", timeout=30)
     assert r.status_code == 200 and r.json()["trade"], r.text
     assert (time.monotonic() - t0) * 10.0 >= 29.0  # waited the provider's 30 s (app.request_timeout 60 s)
+
+
+def test_the_close_jobs_provider_calls_take_a_worker_with_job_calls_take_worker(start):
+    """order_service.job_calls_take_worker (as the simulation's close job): the close job's call to close
+    the trade holds one of order_service.workers while the (slow) provider answers — the pool is busy
+    with no request in it — and counts as served; off (the default), the same close takes no worker."""
+    base = {"order_service.workers": 1, "order_service.order_ttl": "1m", "app.request_timeout": "5m",
+            "order_service.close_policy": "close_trade_then_order"}
+    for take in (True, False):
+        s = start({**base, "order_service.job_calls_take_worker": take}, name=f"take-{take}")
+        order = new_order(s)["order"]
+        assert start_payment(s, order)["trade"]
+        s.set_faults({"gateway.service_time": "60s"})  # 1 s of wall time per provider request from now
+        served = _pool(s)["served"]
+        if take:
+            wait_for(lambda: _pool(s)["busy"] == 1, timeout=15, interval=0.02, what="the close job holding the worker")
+        wait_for(lambda: order_state(s, order) == "closed", timeout=15, what="the close")
+        wait_for(lambda: _pool(s)["busy"] == 0, timeout=5, what="the worker free again")
+        assert _pool(s)["served"] - served == (1 if take else 0), (take, _pool(s))
+        assert "trade.closed" in [e["type"] for e in events_of(s, order)]
