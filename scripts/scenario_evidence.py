@@ -162,7 +162,7 @@ STORIES: dict[str, Story] = {
         "failure_shown_but_charged",
         "a one-channel bank for 15 min: debits time out in its queue and still go through; the timed-out connection "
         "drops the answer, so the buyer is told it did not complete until the gateway's query (60 s) finds the debit",
-        ["bank.deadlines=true"],
+        ["bank.deadlines=true", "bank.deadline_margin=2s"],
         "P(in the 15-min window)·P(bank latency > gateway timeout)·P(approved)·P(not BNPL)·P(pays) (no input loses "
         "a response; the only slow answer an input gives is the latency tail)",
         lambda s: _fault_share(s) * survival(s.bank.latency, s.gateway.timeout) * approved(s) * not_bnpl(s)

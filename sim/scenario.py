@@ -785,6 +785,9 @@ class BankSection(_Section):
     deadlines: bool = Field(
         False, description="server-side deadlines: a debit whose caller (the gateway) has given up (gateway.timeout) "
         "by the time a channel takes it is not executed; a later query learns it expired")
+    deadline_margin: Duration = Field(
+        "0s", description="with deadlines: a debit reaching a channel with less than this left before the gateway "
+        "gives up is not executed either (it could not answer in time: set it near the latency's p99)")
 
 
 class MerchantProfile(_Section):

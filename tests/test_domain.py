@@ -196,3 +196,12 @@ def test_late_approval_and_statement_reconciliation_of_a_closed_trade():
     assert policies.reconcile(O.CLOSED, T.CLOSED, "fill_order") == (policies.ReconKind.LONG, "refund")
     assert policies.reconcile(O.CLOSED, T.CLOSED, "report") == (policies.ReconKind.LONG, "report")
     assert policies.reconcile(O.CLOSED, T.CLOSED, "refund", debit_returned=True) == (None, None)
+
+
+def test_deadline_passed_with_and_without_a_margin():
+    from sim.domain.policies import deadline_passed
+
+    assert not deadline_passed(9.9, 10.0) and deadline_passed(10.0, 10.0)  # the caller gives up at 10
+    assert not deadline_passed(7.9, 10.0, margin=2.0)  # 2.1 s left: enough for 2 s of work
+    assert deadline_passed(8.5, 10.0, margin=2.0)  # 1.5 s left: the work could not answer in time
+    assert not deadline_passed(1e9, float("inf"), margin=2.0)  # no deadline

@@ -191,7 +191,7 @@ STORIES: dict[str, Story] = {
         scale={"run.horizon": "12m", "run.drain": "26h",
                "faults": [{"label": "bank on a one-channel standby", "start": "4m", "end": "10m",
                            "set": {"bank.channels": 1}}]},
-        mitigation={"bank.deadlines": True},
+        mitigation={"bank.deadlines": True, "bank.deadline_margin": "2s"},
         check=_told_failed_for_a_minute,
         absent=MONEY,
     ),

@@ -156,7 +156,7 @@ class Overloaded(Exception):
 class Limiter:
     """An asyncio semaphore whose capacity is a function, read at every acquire (a resizable pool).
 
-    With ``policy`` (a function returning ``(queue_limit | None, deadlines, shedding, shed_limit)``, read
+    With ``policy`` (a function returning ``(queue_limit | None, deadlines, shedding, shed_limit[, margin])``, read
     at each acquire, as the simulation's ``Station.configure``) and ``now`` (scenario seconds),
     :meth:`acquire` applies the overload policies of ``sim.model.station`` with the same rules
     (``policies.should_shed`` on running + queued, a queue bounded at ``queue_limit``,
@@ -178,7 +178,8 @@ class Limiter:
 
     async def acquire(self, deadline: float = float("inf")) -> None:
         """Take a worker (queueing FIFO); raise :class:`Overloaded` when the policies refuse or drop."""
-        queue_limit, deadlines, shedding, shed_limit = self._policy() if self._policy is not None else (None, False, False, 0)
+        queue_limit, deadlines, shedding, shed_limit, *more = (self._policy() if self._policy is not None
+                                                               else (None, False, False, 0))
         if shedding and policies.should_shed(self.in_use + len(self._waiters), shed_limit):
             self.shed += 1
             raise Overloaded(self.name, "shed")
@@ -201,7 +202,8 @@ class Limiter:
                     except ValueError:
                         pass
                 raise
-        if deadlines and self._now is not None and policies.deadline_passed(self._now(), deadline):
+        if deadlines and self._now is not None and policies.deadline_passed(self._now(), deadline,
+                                                                             more[0] if more else 0.0):
             self.dropped += 1
             self._release()
             raise Overloaded(self.name, "dropped")

@@ -242,15 +242,16 @@ def refund_delay(gaps: tuple[float, ...], failures: int) -> float | None:
 
 # -- overload: server-side deadlines and load shedding -------------------------------------------------
 
-def deadline_passed(now: float, deadline: float) -> bool:
+def deadline_passed(now: float, deadline: float, margin: float = 0.0) -> bool:
     """Server-side deadline: has the caller of a request already given up on it?
 
     ``deadline`` is when the caller stops waiting (the time it sent the request plus its own timeout,
     propagated with the request like gRPC's ``grpc-timeout`` header). A server that enforces deadlines
     checks this when a worker picks the request up and drops it rather than doing work — a debit, an
-    order — that nobody is waiting for any more.
+    order — that nobody is waiting for any more. With a ``margin`` it also drops work that cannot
+    finish before the caller gives up: less than ``margin`` (the work's own expected worst time) left.
     """
-    return now >= deadline
+    return now + margin >= deadline
 
 
 def should_shed(in_flight: int, limit: int) -> bool:

@@ -34,7 +34,7 @@ class Bank:
 
     def configure(self, p) -> None:
         """The channels and overload policies of ``p`` (a fault window may change them)."""
-        self.station.configure(p.bank.channels, p.bank.queue_limit, p.bank.deadlines)
+        self.station.configure(p.bank.channels, p.bank.queue_limit, p.bank.deadlines, margin=p.bank.deadline_margin)
 
     def debit(self, trade, respond: Callable[[str], None], deadline: float = float("inf")) -> float | None:
         """Try to debit ``trade.amount`` from the buyer; ``respond(outcome)`` unless the response is lost.

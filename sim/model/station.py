@@ -48,7 +48,7 @@ class Station:
 
     __slots__ = ("env", "name", "capacity", "busy", "queue", "t0", "t1", "_last", "_q_area", "_busy_area", "_cap_area",
                  "waits_n", "waits_sum", "hist", "timeouts", "served", "queue_limit", "deadlines", "shedding",
-                 "shed_limit", "rejected", "shed", "dropped", "_call_at")
+                 "shed_limit", "rejected", "shed", "dropped", "_call_at", "margin")
 
     def __init__(self, env: simpy.Environment, name: str, capacity: int, t0: float, t1: float) -> None:
         self.env, self.name, self.capacity = env, name, capacity
@@ -67,6 +67,7 @@ class Station:
         self.served = 0
         self.queue_limit: int | None = None  # None: unbounded
         self.deadlines = False  # drop a job whose caller gave up, when a server reaches it
+        self.margin = 0.0  # ... or has less than this left (deadline-aware admission)
         self.shedding = False  # answer 503 while shed_limit requests are in flight
         self.shed_limit = 0
         self.rejected = 0  # refused: queue full
@@ -74,10 +75,12 @@ class Station:
         self.dropped = 0  # not executed: the caller had given up (server-side deadline)
 
     def configure(self, capacity: int, queue_limit: int | None = None, deadlines: bool = False,
-                  shedding: bool = False, shed_limit: int = 0) -> None:
-        """Set the pool size and the overload policies in force (a fault window may change them)."""
+                  shedding: bool = False, shed_limit: int = 0, margin: float = 0.0) -> None:
+        """Set the pool size and the overload policies in force (a fault window may change them);
+        ``margin``: with deadlines, a job with less than this left before its caller's deadline is dropped."""
         self._account()
         self.capacity = capacity
+        self.margin = margin
         self.queue_limit, self.deadlines, self.shedding, self.shed_limit = queue_limit, deadlines, shedding, shed_limit
         while self.queue and self.busy < self.capacity:  # more servers: start waiting jobs now
             self.busy += 1
@@ -135,7 +138,7 @@ class Station:
                dropped: Callable[[], None] | None) -> bool:
         """Give the job a server; False (and the server stays free for the caller) when it is dropped."""
         now = self.env._now
-        if self.deadlines and policies.deadline_passed(now, deadline):
+        if self.deadlines and policies.deadline_passed(now, deadline, self.margin):
             self.dropped += 1
             if dropped is not None:
                 dropped()

@@ -155,3 +155,36 @@ def test_bank_deadlines_do_not_execute_a_debit_whose_gateway_stopped_waiting(ser
         assert ledger["balanced"]
     assert results[True] == ("failed", 1, 1)  # only the first debit made; the second dropped at the bank
     assert results[False] == ("succeeded", 2, 0)  # executed after its gateway had given up
+
+
+def test_a_bank_deadline_margin_drops_a_debit_that_could_not_answer_in_time(services):
+    """bank.channels 1, debits of 20 s, a gateway that waits 30 s: the second debit reaches the channel
+    with ~10 s of its gateway's wait left. Without a margin the bank starts it, answers after the
+    gateway gave up (unknown, then found by the query: charged while the buyer was told 'unknown');
+    with bank.deadline_margin 15 s it is not started — no money moves and the query finds it expired."""
+    s = services
+    results = {}
+    for margin in ("15s", "0s"):
+        s.set_faults({"gateway.workers": 8, "bank.channels": 1, "bank.deadlines": True, "bank.deadline_margin": margin,
+                      "bank.latency": "20s", "gateway.timeout": "30s", "gateway.bank_query_schedule": ["40s", "40s"]})
+        a, b = new_trade(s)["trade"], new_trade(s)["trade"]
+        before = _pools(s)["bank"]
+        charges = s.admin("provider", "GET", "/admin/ledger").json()["txns"].get("charge", 0)
+        with cf.ThreadPoolExecutor(1) as ex:
+            first = ex.submit(_pay, s, a)
+            wait_for(lambda: _pools(s)["bank"]["busy"] == 1, what="first debit at the bank")
+            second = _pay(s, b)
+            first.result()
+
+        def resolved(trade=b):
+            view = httpx.get(f"{s.provider_url}/trades/{trade}", timeout=5).json()
+            return view if view["state"] in ("failed", "succeeded") else None
+
+        final = wait_for(resolved, timeout=20, what="the second trade resolved")
+        ledger = s.admin("provider", "GET", "/admin/ledger").json()
+        results[margin] = (second.json()["state"], final["state"], ledger["txns"].get("charge", 0) - charges,
+                           _pools(s)["bank"]["dropped"] - before["dropped"])
+        assert ledger["balanced"]
+    assert results["15s"][1:] == ("failed", 1, 1), results  # dropped at the channel: one charge
+    assert results["0s"][1:] == ("succeeded", 2, 0), results  # started with too little time: answered late
+    assert results["0s"][0] == "unknown", results

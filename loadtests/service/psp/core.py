@@ -239,7 +239,8 @@ class ProviderCore(base.ServiceBase):
             policy=lambda: (cur().gateway.queue_limit, cur().gateway.deadlines, cur().gateway.load_shedding,
                             cur().gateway.shed_limit))
         self.bank_channels = Limiter(lambda: cur().bank.channels, name="bank", now=self.clock.now,
-                                     policy=lambda: (cur().bank.queue_limit, cur().bank.deadlines, False, 0))
+                                     policy=lambda: (cur().bank.queue_limit, cur().bank.deadlines, False, 0,
+                                                     cur().bank.deadline_margin))
         self.waiting: dict[str, asyncio.Future] = {}  # trade -> the gateway awaiting the bank's answer
         self.bank_inflight: set[str] = set()  # debits the bank is working on (lost on a crash)
         self.bank_declined: dict[str, str] = {}  # declines whose answer the gateway never got
