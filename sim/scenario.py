@@ -870,7 +870,15 @@ class BnplSection(_Section):
     authorization_ttl: Duration = Field("28d", description="Klarna: 28 days")
     sync_lag: DurationDist = Field(_ln("2s", "1m"), description="provider payment side -> credit side")
     finish_limit: Duration = Field("24h", description="delivered but not finished after this = stuck")
-    deduction_failure: Probability = Field(0.05, description="chance one deduction fails (low balance)")
+    deduction_failure: Probability = Field(
+        0.05, description='chance one deduction fails (low balance), drawn per attempt; read only with '
+        'deduction_source = "draw"')
+    deduction_source: Literal["draw", "wallet"] = Field(
+        "draw", description='where a deduction (代扣) takes the money from: "draw" = each attempt fails with '
+        'deduction_failure, independently; "wallet" = from the buyer\'s wallet balance (user.wallet_balance, '
+        'which must be on): it fails when the balance is short of the amount — spent on the buyer\'s other '
+        'orders, or never enough — and stays short on every retry until the buyer tops up (user.top_up_delay); '
+        'deduction_failure is not read. Live too: the mock provider deducts from the same account')
     deduction_retry_schedule: RetrySchedule = Field(["1h", "6h", "24h"], description="gaps between deduction attempts")
     compensation_after: Duration = Field("48h", description="Alipay compensates the merchant after 24-72h")
     user_repay_delay: DurationDist = Field(_ln("12h", "3d"), description="failed deduction -> buyer repays by hand")
@@ -1088,7 +1096,7 @@ def scenario_from_dict(data: dict[str, Any], source: str = "<scenario>") -> Scen
     except ValidationError as exc:
         lines = [f"{source}: {_describe(e)}" for e in exc.errors()]
         raise ConfigError("\n".join(lines)) from None
-    problems: list[str] = _calendar_problems(scenario, source)
+    problems: list[str] = _calendar_problems(scenario, source) + _deduction_problems(scenario, source)
     for i, window in enumerate(scenario.faults):
         problems.extend(_fault_window_problems(scenario, i, window, source))
     if problems:
@@ -1101,6 +1109,16 @@ def _calendar_problems(scenario: Scenario, source: str) -> list[str]:
     if scenario.gateway.refund_working_days is not None and scenario.run.start is None:
         return [f'{source}: gateway.refund_working_days: counts working days on a calendar, but run.start is "off"; '
                 f'set run.start to {CALENDAR_HINT}, e.g. run.start = 2026-11-06T18:00:00']
+    return []
+
+
+def _deduction_problems(scenario: Scenario, source: str) -> list[str]:
+    """Deductions from the wallet need a wallet: ``bnpl.deduction_source = "wallet"`` without
+    ``user.wallet_balance`` is an error."""
+    if scenario.bnpl.deduction_source == "wallet" and scenario.user.wallet_balance is None:
+        return [f'{source}: bnpl.deduction_source: "wallet" deducts from the buyer\'s wallet balance, but '
+                f'user.wallet_balance is "off"; set it to a distribution, e.g. user.wallet_balance = '
+                f'{{ dist = "lognormal", median = 300, p99 = 5000 }}, or use deduction_source = "draw"']
     return []
 
 
@@ -1125,7 +1143,8 @@ def _fault_window_problems(scenario: Scenario, i: int, window: FaultWindow, sour
         except ConfigError as exc:
             problems.append(str(exc))
     try:
-        problems.extend(_calendar_problems(Scenario.model_validate(raw), where))
+        windowed = Scenario.model_validate(raw)
+        problems.extend(_calendar_problems(windowed, where) + _deduction_problems(windowed, where))
     except ValidationError as exc:
         problems.extend(f"{where}: {_describe(e)}" for e in exc.errors())
     return problems

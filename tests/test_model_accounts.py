@@ -223,3 +223,72 @@ def test_a_partial_refund_restores_its_part_of_the_card_line():
     _u, story_kept = _wallet_story({**over, "user.order_amount": {"dist": "empirical", "values": [100, 50]},
                                     "user.refund_restores": False})
     assert not any(xs[:3] == [10_000, -5_000, 5_000] for xs in story_kept.values())  # the line stayed used up
+
+
+# -- BNPL deductions from the buyer's wallet (bnpl.deduction_source = "wallet") ------------------------
+
+WALLET_BNPL = {"user.payment_methods": {"bnpl": 1.0}, "bnpl.deduction_source": "wallet",
+               "user.order_amount": 100, "user.wallet_balance": {"dist": "empirical", "values": [50, 100000]},
+               "bnpl.deduction_failure": 1.0,  # not read with deduction_source = "wallet"
+               "bnpl.deduction_retry_schedule": ["1h", "6h", "24h"], "bnpl.user_repay_delay": "30d",
+               "merchant.delivery_time": "1h", "merchant.bnpl_finish_delay": "0s", "run.horizon": "1h",
+               "load.arrival_rate": 0.1, "run.drain": "3d", "user.accounts": "off"}
+
+
+def _attempts(events: list[dict]) -> dict[str, list[tuple[float, bool]]]:
+    out: dict[str, list[tuple[float, bool]]] = defaultdict(list)
+    for ev in events:
+        if ev["type"] == "bnpl.deduction":
+            out[ev["order"]].append((ev["t"], ev["ok"]))
+    return out
+
+
+def test_a_deduction_from_the_wallet_fails_on_its_balance_until_the_top_up_lands():
+    """Half the buyers hold 50 CNY for a 100-CNY order: their deduction fails, the retry 1 h later
+    fails again (the balance persists), the top-up (50 more) lands 3 h after the first failure, and the
+    retry at +7 h succeeds. The other half pay at the first attempt although deduction_failure is 1:
+    whether a deduction fails is the balance, not a coin."""
+    _r, _u, _a, _c, _att, events = _run({**WALLET_BNPL, "user.top_up_delay": "3h"})
+    attempts = _attempts(events)
+    assert len(attempts) > 200
+    patterns = {tuple(ok for _t, ok in a) for a in attempts.values()}
+    assert patterns == {(True,), (False, False, True)}, patterns
+    poor = [a for a in attempts.values() if len(a) == 3]
+    assert 0.35 < len(poor) / len(attempts) < 0.65
+    for a in poor:
+        assert a[2][0] - a[0][0] > 3 * 3600  # paid only by a retry made after the top-up
+    # No top-up: the poor buyers' four attempts all fail and the agreement stays failing (repay in 30 d).
+    _r, _u, _a, _c, _att, never = _run({**WALLET_BNPL, "user.top_up_delay": "off"})
+    kinds = {tuple(ok for _t, ok in a) for a in _attempts(never).values()}
+    assert kinds == {(True,), (False,) * 4}, kinds
+    assert {o for o, a in _attempts(never).items() if len(a) == 4} == {o for o, a in attempts.items() if len(a) == 3}
+
+
+def test_wallet_orders_and_deductions_spend_one_balance_so_a_deduction_fails_after_the_buyers_own_orders():
+    """Returning buyers with 300 CNY and no top-up pay wallet orders and BNPL deductions from the same
+    balance: what one spends the other cannot, so deductions fail that a buyer's first order alone would
+    have met, and nobody ever pays more than the balance."""
+    shared = {**WALLET_BNPL, "user.payment_methods": {"wallet": 0.5, "bnpl": 0.5}, "user.wallet_balance": 300,
+              "user.accounts": 10, "user.top_up_delay": "off", "load.arrival_rate": 0.02, "run.horizon": "6h"}
+    _r, user, amount, charged, _att, events = _run(shared)
+    spent: dict[str, int] = defaultdict(int)
+    for u, cs in charged.items():
+        spent[u] += sum(a for _t, a in cs)
+    ok = {ev["order"] for ev in events if ev["type"] == "bnpl.deduction" and ev["ok"]}
+    for o in ok:
+        spent[user[o]] += amount[o]
+    assert spent and max(spent.values()) <= 30_000, spent
+    failed = {ev["order"] for ev in events if ev["type"] == "bnpl.deduction" and not ev["ok"]}
+    assert failed and ok  # 100 CNY each: three payments per buyer go through, the rest fail
+    assert all(spent[user[o]] > 30_000 - amount[o] for o in failed)  # failed only for want of balance
+
+
+def test_a_wallet_deduction_source_without_a_wallet_balance_is_refused_naming_both_keys():
+    import pytest
+
+    from sim.scenario import ConfigError, scenario_from_dict
+
+    with pytest.raises(ConfigError) as err:
+        scenario_from_dict({"bnpl": {"deduction_source": "wallet"}}, "lb.toml")
+    text = str(err.value)
+    assert "lb.toml: bnpl.deduction_source" in text and 'user.wallet_balance is "off"' in text

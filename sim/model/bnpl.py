@@ -107,7 +107,10 @@ class BnplProvider:
             w.release(ag.order)
             return
         r = w.order_rng(ag.order)
-        failed = r.random() < b.deduction_failure
+        if b.deduction_source == "wallet":
+            failed = not self._from_wallet(ag)
+        else:
+            failed = r.random() < b.deduction_failure
         w.emit("bnpl.deduction", "bnpl", ag.order, agreement=ag.id, ok=not failed, attempt=attempt)
         if not failed:
             self._paid(ag, by_hand=False)
@@ -124,6 +127,20 @@ class BnplProvider:
             w.at(gaps[attempt - 1], lambda: self._deduct(ag, attempt + 1))
         else:
             w.release(ag.order)
+
+    def _from_wallet(self, ag: Agreement) -> bool:
+        """``bnpl.deduction_source = "wallet"``: take the amount from the buyer's wallet balance as it is
+        now (``BuyerAccount.debit``, as the bank decides a wallet debit); short of it, the deduction
+        fails and the buyer tops up ``user.top_up_delay`` later — until then every retry fails again.
+        Nothing is drawn: whether it fails is the balance, which the buyer's other orders also spend."""
+        w = self.w
+        acct = w.accounts.get(ag.user)
+        if acct is None:
+            return True  # no account kept (user.wallet_balance off cannot be: the scenario refuses it)
+        result = acct.debit("wallet", ag.amount, int(w.env.now // 86400.0))
+        if result == "declined":
+            w.top_up_later(ag.user)
+        return result == "approved"
 
     def _repay(self, ag: Agreement) -> None:
         w = self.w
