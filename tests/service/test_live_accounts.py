@@ -5,7 +5,7 @@ retry, not redrawn. Real processes on loopback; no per-call decline is drawn (QU
 
 from __future__ import annotations
 
-from .helpers import http, new_order, start_payment, uid, wait_for
+from .helpers import balance, events_of, http, new_order, start_payment, uid, wait_for
 
 
 def _pay(s, order: str, trade: str | None = None) -> dict:
@@ -93,3 +93,37 @@ def test_with_accounts_the_bank_draws_the_simulations_account_and_its_top_ups(se
     more = _pay(s, new_order(s, amount=balance + top_up + 1, user=buyer, method="wallet")["order"])
     assert (more["state"], more["reason"]) == ("failed", "declined"), (balance, top_up, more)
     assert _pay(s, new_order(s, amount=balance + top_up, user=buyer, method="wallet")["order"])["state"] == "succeeded"
+
+
+WALLET_BNPL = {"merchant.ship_time": "0s", "merchant.delivery_time": "20s", "merchant.bnpl_finish_delay": "20s",
+               "merchant.bnpl_finish_failure": 0.0, "bnpl.sync_lag": "10s", "bnpl.deduction_source": "wallet",
+               "bnpl.deduction_failure": 1.0,  # not read: the wallet decides
+               "bnpl.deduction_retry_schedule": ["1m", "3m"], "bnpl.user_repay_delay": "30d",
+               "bnpl.compensation_after": "30d", "user.wallet_balance": 50.0, "user.top_up_delay": "2m"}
+
+
+def _deductions(s, order: str) -> list[bool]:
+    return [e["ok"] for e in events_of(s, order) if e["type"] == "bnpl.deduction"]
+
+
+def test_a_bnpl_deduction_from_the_wallet_fails_while_the_buyers_orders_spent_it_and_succeeds_after_the_top_up(services):
+    """``bnpl.deduction_source = "wallet"`` live: the buyer's 30-CNY wallet order leaves 20 of 50, so the
+    50-CNY deduction fails, fails again on the retry a minute later, and succeeds on the one after the
+    top-up (50 more, 2 min after the first failure). Another buyer's deduction succeeds at once though
+    ``deduction_failure`` is 1: the balance decides, not a coin."""
+    s = services
+    s.set_faults(WALLET_BNPL)
+    buyer = uid("dw")
+    assert _pay(s, new_order(s, amount=3000, user=buyer, method="wallet")["order"])["state"] == "succeeded"
+    order = new_order(s, amount=5000, user=buyer, method="bnpl")["order"]
+    agreement = start_payment(s, order)["agreement"]
+    rich = new_order(s, amount=4000, user=uid("dw"), method="bnpl")["order"]
+    rich_agreement = start_payment(s, rich)["agreement"]
+    get = lambda a: http.get(f"{s.provider_url}/bnpl/agreements/{a}").json()["state"]  # noqa: E731
+    wait_for(lambda: get(rich_agreement) == "settled", timeout=10, what="the other buyer's agreement settled")
+    assert _deductions(s, rich) == [True]
+    wait_for(lambda: get(agreement) == "settled", timeout=20, what="the agreement settled after the top-up")
+    assert _deductions(s, order) == [False, False, True]
+    attempts = [e for e in events_of(s, order) if e["type"] == "bnpl.deduction"]
+    assert attempts[2]["t"] - attempts[0]["t"] > 120  # paid only after the top-up landed
+    assert balance(s, f"user:{buyer}") == -8000  # the wallet order and the deduction, once each

@@ -30,7 +30,8 @@ failure rates (scaled by the time scale):
   ``notify_duplicate``, within ``notify_ack_timeout``, retried on ``gateway.notify_schedule``
   (``policies.notify_delay``).
 * **BNPL** (pay after use): authorize within ``bnpl.credit_limit``, finish, deductions with
-  ``deduction_failure`` and ``deduction_retry_schedule``, the buyer repaying by hand after
+  ``deduction_failure`` (or, with ``deduction_source = "wallet"``, from the buyer's wallet balance: short
+  of it, failing until a top-up lands) and ``deduction_retry_schedule``, the buyer repaying by hand after
   ``user_repay_delay``, ``sync_lag`` between the payment side and the credit side, compensation of the
   merchant after ``compensation_after`` and the overdue mark (``policies.bnpl_overdue_decision``).
 
@@ -706,9 +707,17 @@ class ProviderCore(base.ServiceBase):
 
     def _top_up_later(self, user: str, acct: BuyerAccount, now: float) -> None:
         """A wallet buyer short of balance tops up ``user.top_up_delay`` later (a fresh ``wallet_balance``)."""
+        planned = self._plan_top_up(user, acct, now)
+        if planned is not None:
+            with self.store.tx():
+                self.store.schedule("top_up", user, planned[0], data={"amount": planned[1]})
+
+    def _plan_top_up(self, user: str, acct: BuyerAccount, now: float) -> tuple[float, int] | None:
+        """When (scenario seconds) and how much (fen) ``user`` tops up, drawn as the simulation draws it;
+        None when they do not (already topping up, ``user.top_up_delay`` off). Marks the account."""
         u = self.conditions.current().user
         if acct.topping_up or u.top_up_delay is None or u.wallet_balance is None:
-            return
+            return None
         acct.topping_up = True
         if u.accounts is not None:  # the account's own stream, continued
             rng = self._account_streams.get(user)
@@ -717,8 +726,7 @@ class ProviderCore(base.ServiceBase):
         else:
             rng = random.Random(f"{self.conditions.base.run.seed}:provider:top_up:{user}:{now!r}")
         amount = int(round(u.wallet_balance.draw(rng) * 100))
-        with self.store.tx():
-            self.store.schedule("top_up", user, now + u.top_up_delay.draw(rng), data={"amount": amount})
+        return now + u.top_up_delay.draw(rng), amount
 
     async def _top_up(self, job: Job) -> None:
         with self.store.tx():
@@ -1449,9 +1457,24 @@ class ProviderCore(base.ServiceBase):
         c = self.conditions
         cond = c.current().bnpl
         now = self.clock.now()
+        acct = top_up = None
+        if cond.deduction_source == "wallet":
+            # From the buyer's wallet balance as the bank keeps it (BuyerAccount.debit, as the
+            # simulation's BnplProvider._from_wallet): short of the amount, it fails until a top-up lands.
+            acct = self._account(row["usr"])
+            result = acct.debit("wallet", row["amount"], int(now // 86400.0))
+            ok = result == "approved"
+            if result == "declined":
+                top_up = self._plan_top_up(row["usr"], acct, now)
         with self.store.tx():
             self.store.done(job)
-            if not c.chance("bnpl.deduction_failure", cond.deduction_failure):
+            if acct is not None:
+                self._save_account(row["usr"], acct)
+                if top_up is not None:
+                    self.store.schedule("top_up", row["usr"], top_up[0], data={"amount": top_up[1]})
+            else:
+                ok = not c.chance("bnpl.deduction_failure", cond.deduction_failure)
+            if ok:
                 self._user_paid(row, by_hand=False, attempt=job.attempt)
                 return
             self._emit_bnpl(now, "bnpl.deduction", row, ok=False, attempt=job.attempt)
