@@ -204,11 +204,12 @@ STORIES: dict[str, Story] = {
         lambda s: s.user.payment_methods.bnpl * paying(s) * survival(s.bnpl.sync_lag, s.bnpl.compensation_after), measure="unresolved"),
     "bnpl_low_balance": Story(
         "bnpl_deduction_failed",
-        "deductions fail on low balances and retries stop after 24 h before the buyer repays by hand",
+        "deductions from short wallets fail and retries stop after 24 h, before the top-up lands and the buyer repays by hand",
         ["bnpl.deduction_retry_schedule=[\"1h\",\"6h\",\"1d\",\"1d\",\"1d\"]"],
-        "P(BNPL)·failure^(attempts)",
-        lambda s: s.user.payment_methods.bnpl * paying(s)
-        * s.bnpl.deduction_failure ** (len(s.bnpl.deduction_retry_schedule.gaps) + 1), measure="unresolved"),
+        "P(BNPL)·P(balance < amount)·P(top-up > retry span)·P(repay > drain)",
+        lambda s: s.user.payment_methods.bnpl * paying(s) * _short_wallet(s)
+        * survival(s.user.top_up_delay, sum(s.bnpl.deduction_retry_schedule.gaps))
+        * survival(s.bnpl.user_repay_delay, s.run.drain), measure="unresolved"),
     "reconciliation_daily": Story(
         "paid_but_closed",
         "lost notifications as notifications_lost; the T+1 reconciliation refunds the 长款 about a day later",
