@@ -398,3 +398,27 @@ def test_a_bnpl_order_cancelled_while_its_deductions_fail_stops_them():
         assert all(e[2] <= at["bnpl.cancelled"] for e in evs if e[0] == "bnpl.deduction"), (o, evs)
         assert "bnpl.repaid" not in t and _buyer_money(evs) == 0, (o, t)
     assert r.summary.per_class["bnpl_deduction_failed"].orders_unresolved == 0
+
+
+def test_a_refund_of_a_bnpl_order_deducted_from_the_wallet_gives_the_wallet_back_with_refund_restores():
+    """bnpl.deduction_source = "wallet": ten returning buyers hold exactly one order's 100 CNY and never
+    top up. Every order is defective and refunded after its deduction. With user.refund_restores the
+    refund goes back to the wallet, so each buyer's next deduction is met again; without it, only the
+    first deduction of each buyer succeeds and the rest fail on the empty wallet."""
+    world = dict(merchant__delivery_time="1h", merchant__bnpl_finish_delay="30m", user__after_sales_delay="62m",
+                 bnpl__deduction_source="wallet", user__wallet_balance=100, user__order_amount=100,
+                 user__accounts=10, load__arrival_rate=0.005, run__horizon="1d", bnpl__user_repay_delay="30d",
+                 bnpl__compensation_after="30d", bnpl__deduction_retry_schedule=[])
+    merchant = {"answer_time": "1h", "defect_rate": 1.0}
+
+    def outcome(**extra):
+        r, seq = _run_bnpl(merchant, **world, **extra)
+        ok = sum(1 for evs in seq.values() for e in evs if e[0] == "ledger.txn" and e[1][0] == "bnpl_deduction")
+        tried = sum(1 for evs in seq.values() for e in evs if e[0] == "bnpl.deduction")
+        return ok, tried
+
+    kept_ok, kept_tried = outcome(user__refund_restores=False)
+    back_ok, back_tried = outcome(user__refund_restores=True)
+    assert kept_tried == back_tried and kept_tried > 100  # the same buyers and orders (common random numbers)
+    assert kept_ok <= 10  # one 100-CNY wallet per buyer, never restored: one deduction each at most
+    assert back_ok > 5 * kept_ok, (back_ok, kept_ok)  # refunded to the wallet, met again by the next order

@@ -32,6 +32,10 @@ class BnplProvider:
         self.w = w
         self.order_service = None
         self.credit_synced = w.credit_synced  # agreements the credit side believes paid
+        # orders whose agreement a wallet deduction paid (bnpl.deduction_source = "wallet"): a refund
+        # gives the wallet back with user.refund_restores
+        self.from_wallet: set[str] = set()
+        w.on_forget.append(self.from_wallet.discard)
 
     def agreement_of(self, order_id: str) -> Agreement | None:
         return self.w.agreements.get(order_id)
@@ -98,6 +102,9 @@ class BnplProvider:
         txn = transfer(w.next_txn("r"), REFUND, f"merchant:{ag.merchant}", f"user:{ag.user}", ag.amount)
         w.ledger.post(txn)
         w.post(txn, ag.order, "bnpl", agreement=ag.id)
+        acct = w.accounts.get(ag.user)
+        if w.p.user.refund_restores and ag.order in self.from_wallet and acct is not None and acct.balance is not None:
+            acct.balance += ag.amount  # back to the wallet the deduction took it from (a repayment by hand: not modelled)
 
     def _deduct(self, ag: Agreement, attempt: int) -> None:
         """One deduction attempt; holds the order until the agreement settles or the retries are spent."""
@@ -109,6 +116,8 @@ class BnplProvider:
         r = w.order_rng(ag.order)
         if b.deduction_source == "wallet":
             failed = not self._from_wallet(ag)
+            if not failed:
+                self.from_wallet.add(ag.order)
         else:
             failed = r.random() < b.deduction_failure
         w.emit("bnpl.deduction", "bnpl", ag.order, agreement=ag.id, ok=not failed, attempt=attempt)
