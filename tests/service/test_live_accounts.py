@@ -127,3 +127,18 @@ def test_a_bnpl_deduction_from_the_wallet_fails_while_the_buyers_orders_spent_it
     attempts = [e for e in events_of(s, order) if e["type"] == "bnpl.deduction"]
     assert attempts[2]["t"] - attempts[0]["t"] > 120  # paid only after the top-up landed
     assert balance(s, f"user:{buyer}") == -8000  # the wallet order and the deduction, once each
+
+
+def test_a_refund_gives_the_wallet_back_with_refund_restores(services):
+    """``user.refund_restores`` live, as in the simulation: a refunded wallet payment's amount goes back
+    to the balance, so the buyer it emptied can pay again; off, the balance stays spent."""
+    s = services
+    for restores, expected in ((False, "declined"), (True, "succeeded")):
+        s.set_faults({"user.wallet_balance": 50.0, "user.refund_restores": restores})
+        buyer = uid("rr")
+        paid = _pay(s, new_order(s, amount=4000, user=buyer, method="wallet")["order"])
+        assert paid["state"] == "succeeded", paid
+        refund = http.post(f"{s.provider_url}/trades/{paid['trade']}/refund", json={"refund_id": f"{buyer}-r"})
+        assert refund.status_code == 200, refund.text
+        again = _pay(s, new_order(s, amount=4000, user=buyer, method="wallet")["order"])
+        assert (again["state"] if expected == "succeeded" else again.get("reason")) == expected, (restores, again)

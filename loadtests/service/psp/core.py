@@ -736,6 +736,24 @@ class ProviderCore(base.ServiceBase):
             acct.topping_up = False
             self._save_account(job.key, acct)
 
+    def _give_back(self, user: str, instrument: str, amount: int) -> None:
+        """In a tx: ``user.refund_restores`` — ``amount`` returned to the buyer goes back to the wallet
+        balance or card line it was taken from (``instrument``), as the simulation's gateway gives it
+        back (``Gateway._give_back``); nothing when the setting is off or the account keeps no such limit."""
+        if not self.conditions.current().user.refund_restores:
+            return
+        acct = self._account(user)
+        if instrument == "wallet" and acct.balance is not None:
+            acct.balance += amount
+        elif instrument == "card" and acct.card_left is not None:
+            acct.card_left += amount
+        else:
+            return
+        self._save_account(user, acct)
+
+    def _trade_instrument(self, row: Any) -> str:
+        return json.loads(row["meta"] or "{}").get("method") or "card"
+
     def _debited_before(self, trade_id: str) -> bool:
         """Whether the bank holds a debit of this trade for review, or has made one already."""
         return trade_id in self.bank_held or \
@@ -771,6 +789,7 @@ class ProviderCore(base.ServiceBase):
         SqlLedger(self.store, now, row["ord"], actor, trade=trade_id).post(
             transfer(f"{trade_id}-reversal", REFUND, "clearing", f"user:{row['usr']}", row["amount"]))
         self.store.conn.execute("UPDATE trades SET refunded = ? WHERE trade = ?", (row["amount"], trade_id))
+        self._give_back(row["usr"], self._trade_instrument(row), row["amount"])
         return True
 
     async def reverse_debit(self, trade_id: str, actor: str = "reconciler") -> dict[str, Any]:
@@ -1038,6 +1057,7 @@ class ProviderCore(base.ServiceBase):
                          (trade.state.value, trade.refunded, trade_id))
             conn.execute("INSERT INTO refunds (trade, request_no, amount, state, created_t) VALUES (?, ?, ?, ?, ?)",
                          (trade_id, key, amount, "succeeded" if settle_after is None else "processing", now))
+            self._give_back(row["usr"], self._trade_instrument(row), amount)
             self.store.emit(now, "trade.refunded", "gateway", row["ord"], trade=trade_id, amount=amount,
                             refunded_total=trade.refunded)
             if settle_after is not None:
@@ -1168,6 +1188,7 @@ class ProviderCore(base.ServiceBase):
                          (trade.state.value, trade.refunded, trade_id))
             conn.execute("UPDATE refunds SET state = 'succeeded' WHERE trade = ? AND request_no = ?",
                          (trade_id, key))
+            self._give_back(row["usr"], self._trade_instrument(row), amount)
             self.store.emit(now, "trade.refunded", "gateway", row["ord"], trade=trade_id, amount=amount,
                             refunded_total=trade.refunded)
             kind = "refund.succeeded"
@@ -1421,6 +1442,9 @@ class ProviderCore(base.ServiceBase):
                     transfer(f"{agreement}-refund", REFUND, f"merchant:{row['merchant']}", f"user:{row['usr']}",
                              row["amount"]))
                 conn.execute("UPDATE agreements SET refunded = 1 WHERE agreement = ?", (agreement,))
+                if self.conditions.current().bnpl.deduction_source == "wallet" and self.store.one(
+                        "SELECT 1 FROM txns WHERE txn = ?", (f"{agreement}-deduction",)):
+                    self._give_back(row["usr"], "wallet", row["amount"])  # a deduction took it from the wallet
         return {**agreement_view(self._agreement_row(agreement)), "remedy": remedy.value}
 
     def _user_paid(self, row: Any, by_hand: bool, attempt: int = 0) -> None:
