@@ -46,7 +46,8 @@ SCHEMA_VERSION = 1
 # the timers and intervals under review, each actor's latency, and the failure probabilities.
 DEFAULT_KEYS = (
     "user.pay_delay", "user.abandon_probability", "user.retry_probability", "user.retry_delay",
-    "user.poll_interval", "user.cancel_probability", "app.request_timeout",
+    "user.poll_interval", "user.cancel_probability", "user.wallet_balance", "user.top_up_delay",
+    "app.request_timeout",
     "order_service.order_ttl", "order_service.sweep_interval",
     "gateway.timeout", "gateway.service_time", "gateway.notify_latency", "gateway.notify_loss",
     "gateway.notify_duplicate",
@@ -222,7 +223,11 @@ def default_inputs(scenario: Scenario) -> list[Input]:
             continue
         if key.startswith(("bnpl.", "merchant.bnpl_")) and not scenario.user.payment_methods.bnpl:
             continue
+        if key == "bnpl.deduction_failure" and scenario.bnpl.deduction_source == "wallet":
+            continue  # not read: the wallet balance decides a deduction
         kind, base = _kind_of(scenario, key)
+        if base == "off":
+            continue
         v = _base_value(kind, base)
         if v is None or v == 0:
             continue
@@ -255,6 +260,12 @@ def parse_vary(scenario: Scenario, spec: str) -> Input:
     if not key or not m:
         raise ConfigError(f"--vary {spec!r}: expected key.path=low..high, {example}")
     kind, base = _kind_of(scenario, key)
+    if key == "bnpl.deduction_failure" and scenario.bnpl.deduction_source == "wallet":
+        raise ConfigError(f"--vary {key}: not read with bnpl.deduction_source = \"wallet\" (the buyer's wallet "
+                          "balance decides a deduction); vary user.wallet_balance or user.top_up_delay instead")
+    if kind == "dist" and base == "off":
+        raise ConfigError(f"--vary {key}: the scenario has it \"off\"; set it to a distribution first "
+                          f"(--set {key}=...), then vary it by factors, e.g. {key}=0.5x..2x")
     texts = m.groups()
 
     def value(text: str) -> float:

@@ -88,6 +88,20 @@ def test_default_inputs_skip_what_the_scenario_leaves_off():
     assert not [k for k in keys if k.startswith(("bnpl.", "merchant.bnpl_"))]
     ttl = next(i for i in default_inputs(s) if i.key == "order_service.order_ttl")
     assert (ttl.override(0.0), ttl.override(1.0)) == ("30m", "2h")
+    assert "user.wallet_balance" not in keys and "user.top_up_delay" not in keys  # off in mall_pattern
+
+
+def test_deductions_from_the_wallet_are_screened_on_the_balance_and_top_up_not_the_coin():
+    low = load_scenario(ROOT / "scenarios" / "bnpl_low_balance.toml")
+    keys = [i.key for i in default_inputs(low)]
+    assert "user.wallet_balance" in keys and "user.top_up_delay" in keys and "bnpl.user_repay_delay" in keys
+    assert "bnpl.deduction_failure" not in keys  # not read with bnpl.deduction_source = "wallet"
+    with pytest.raises(ConfigError, match="not read with bnpl.deduction_source"):
+        parse_vary(low, "bnpl.deduction_failure=0..0.2")
+    with pytest.raises(ConfigError, match='the scenario has it "off"'):
+        parse_vary(load_scenario(MALL), "user.wallet_balance=0.5x..2x")
+    top_up = parse_vary(low, "user.top_up_delay=0.5x..2x")
+    assert top_up.override(1.0)["median"] == "2d"
 
 
 @pytest.mark.parametrize("spec, message", [
