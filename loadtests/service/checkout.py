@@ -89,7 +89,7 @@ CREATE TABLE IF NOT EXISTS orders (
     method TEXT NOT NULL, state TEXT NOT NULL, created_t REAL NOT NULL, expires_at REAL NOT NULL,
     paid_trade TEXT, stock_released INTEGER NOT NULL DEFAULT 0, close_reason TEXT,
     refund_failed INTEGER NOT NULL DEFAULT 0, version INTEGER NOT NULL DEFAULT 0,
-    refund_failures INTEGER NOT NULL DEFAULT 0
+    refund_failures INTEGER NOT NULL DEFAULT 0, fulfilments INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS orders_state_expiry ON orders (state, expires_at);
 CREATE TABLE IF NOT EXISTS merchant_batch (
@@ -209,7 +209,7 @@ class Checkout(base.ServiceBase):
         self._plan_merchants()
         order_cols = {r[1] for r in self.store.all("PRAGMA table_info(orders)")}
         trade_cols = {r[1] for r in self.store.all("PRAGMA table_info(order_trades)")}
-        added = [c for c in ("refund_failed", "version", "refund_failures") if c not in order_cols]
+        added = [c for c in ("refund_failed", "version", "refund_failures", "fulfilments") if c not in order_cols]
         if not added and "accepted" in trade_cols:
             return
         with self.store.tx() as conn:
@@ -1027,7 +1027,13 @@ class Checkout(base.ServiceBase):
             self._hold(r["merchant"], r["ord"], r["agreement"], 0.0)
 
     def _fulfil(self, row: Any, now: float) -> None:
-        """In a tx: a newly paid order goes to the merchant, who ships it ``merchant.ship_time`` later."""
+        """In a tx: a newly paid order goes to the merchant, who ships it ``merchant.ship_time`` later.
+        Each time is a numbered fulfilment request, ``merchant.fulfilment`` with ``shipment`` n, as the
+        simulation's merchant emits it: an order marked paid twice (a lost update) is fulfilled twice."""
+        conn = self.store.conn
+        conn.execute("UPDATE orders SET fulfilments = fulfilments + 1 WHERE ord = ?", (row["ord"],))
+        n = conn.execute("SELECT fulfilments FROM orders WHERE ord = ?", (row["ord"],)).fetchone()[0]
+        self.store.emit(now, "merchant.fulfilment", "merchant", row["ord"], merchant=row["merchant"], shipment=n)
         self.store.schedule("ship", row["ord"], now + self.conditions.sample("merchant.ship_time"))
 
     async def _ship(self, job: Job) -> None:

@@ -81,11 +81,17 @@ def test_duplicate_notifications_fulfil_twice_without_order_lock(services):
     s = services
     order = _duplicated_notification(s, lock=False)
     assert _types(s, order).count("order.paid") == 2
+    assert _shipments(s, order) == [1, 2]  # the merchant's numbered fulfilment requests, as in the simulation
     assert _checked(s, order).per_class["duplicate_fulfilment"].count == 1
 
     order = _duplicated_notification(s, lock=True)
     assert _types(s, order).count("order.paid") == 1
+    assert _shipments(s, order) == [1]
     assert _checked(s, order).per_class["duplicate_fulfilment"].count == 0
+
+
+def _shipments(s, order: str) -> list[int]:
+    return [e["shipment"] for e in events_of(s, order) if e["type"] == "merchant.fulfilment"]
 
 
 def test_lazy_trade_race_close_answers_no_trade_and_the_link_still_pays(services):
