@@ -144,3 +144,42 @@ def test_the_checkout_reconciles_against_the_bill_and_fills_in_a_paid_order(bill
     assert not any(e["type"] == "notify.received" for e in history)  # every notification was lost
     paid = [e for e in history if e["type"] in ("order.paid", "order.reopened")]
     assert paid and paid[0]["t"] >= found[0]["t"], history  # paid by the reconciler, after it found the debit
+
+
+def test_a_bill_that_cannot_be_had_ends_the_read_there_and_keeps_the_days_before_it() -> None:
+    """The checkout's statement from Alipay bills (``AlipayClient.statement``), with the gateway's answers
+    stood in for: day 1 read, day 2's bill not answered, day 3 there. The statement answers day 1 with
+    ``until`` at its end, so the reconciler goes on from day 2 next time instead of reading day 1 again
+    with one more day each run; when the very first day fails, nothing is answered (no answer)."""
+    import asyncio
+    from datetime import datetime
+
+    from loadtests.service.alipay_bill import PAID
+    from loadtests.service.base import ProviderUnavailable
+    from loadtests.service.psp_clients.alipay import AlipayClient
+
+    class Svc:
+        def calendar_origin(self) -> datetime:
+            return datetime(2026, 11, 6)
+
+    def client(fail_on: set[int]) -> AlipayClient:
+        c = AlipayClient(Svc())
+
+        async def bill(day):
+            n = (day - datetime(2026, 11, 6).date()).days + 1
+            if n in fail_on:
+                raise ProviderUnavailable(f"day {n}: no answer")
+            return [{"业务类型": PAID, "商户订单号": f"t{n}", "商家实收（元）": "1.00", "支付宝交易号": f"n{n}",
+                     "完成时间": ""}]
+
+        c._bill = bill  # type: ignore[method-assign]
+        c._mapped = lambda trade: {"ord": "o-" + trade}  # type: ignore[method-assign]
+        return c
+
+    q = {"since": "-1", "until": repr(5 * DAY)}
+    whole = asyncio.run(client(set()).statement(q)).json()
+    assert [d["trade"] for d in whole["debits"]] == ["t1", "t2", "t3", "t4", "t5"] and whole["until"] == 5 * DAY
+    cut = asyncio.run(client({2}).statement(q)).json()
+    assert [d["trade"] for d in cut["debits"]] == ["t1"] and cut["until"] == DAY
+    with pytest.raises(ProviderUnavailable):
+        asyncio.run(client({1}).statement(q))

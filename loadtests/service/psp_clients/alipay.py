@@ -279,7 +279,10 @@ class AlipayClient:
         ``loadtests.service.alipay_bill``), ``alipay.data.dataservice.bill.downloadurl.query``
         (``bill_type`` trade), then the zip at ``bill_download_url``; its 交易 rows of this checkout's
         trades are the debits. Answers in the native statement's shape, with ``until`` = the end of the
-        last day read (the reconciler goes on from there), on one page."""
+        last day read (the reconciler goes on from there), on one page. A day whose bill cannot be had
+        (no answer, a bad download) ends the read there: the days before it are answered, so a
+        reconciler that fell behind keeps what it read rather than starting over from ``since`` with
+        more days each time; with no day read, ``ProviderUnavailable`` as before."""
         try:
             since, until = float(q.get("since", "-1")), float(q.get("until", "0"))
         except ValueError:
@@ -291,7 +294,15 @@ class AlipayClient:
         for _ in range(MAX_BILL_DAYS):
             if end > until:
                 break
-            rows = await self._bill(day)
+            try:
+                rows = await self._bill(day)
+            except Exception as exc:
+                from loadtests.service.base import ProviderUnavailable
+
+                if not isinstance(exc, ProviderUnavailable) or reached == since:
+                    raise
+                log.warning("Alipay bill of %s: %s; answering the days before it", day.isoformat(), exc)
+                break
             if rows is None:
                 break  # not there yet
             for r in rows:
