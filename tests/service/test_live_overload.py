@@ -133,26 +133,11 @@ def test_bank_deadlines_do_not_execute_a_debit_whose_gateway_stopped_waiting(ser
     s = services
     results = {}
     for deadlines in (True, False):
-        s.set_faults({"gateway.workers": 8, "bank.channels": 1, "bank.deadlines": deadlines, "bank.latency": "30s",
-                      "gateway.timeout": "6s", "gateway.bank_query_schedule": ["40s", "40s", "40s"]})
-        a, b = new_trade(s)["trade"], new_trade(s)["trade"]
-        before = _pools(s)["bank"]
-        charges = s.admin("provider", "GET", "/admin/ledger").json()["txns"].get("charge", 0)
-        with cf.ThreadPoolExecutor(1) as ex:
-            first = ex.submit(_pay, s, a)
-            wait_for(lambda: _pools(s)["bank"]["busy"] == 1, what="first debit at the bank")
-            second = _pay(s, b)  # queued at the bank; the gateway stops waiting after 6 s (0.1 s wall)
-            first.result()
+        second, *rest = _second_debit_behind_the_first(
+            s, {"gateway.workers": 8, "bank.channels": 1, "bank.deadlines": deadlines, "bank.latency": "30s",
+                "gateway.timeout": "6s", "gateway.bank_query_schedule": ["40s", "40s", "40s"]})
         assert second.status_code == 200 and second.json()["state"] == "unknown", second.text
-        def resolved(trade=b):
-            view = httpx.get(f"{s.provider_url}/trades/{trade}", timeout=5).json()
-            return view if view["state"] in ("failed", "succeeded") else None
-
-        final = wait_for(resolved, timeout=20, what="the unknown trade resolved by the gateway's query")
-        ledger = s.admin("provider", "GET", "/admin/ledger").json()
-        results[deadlines] = (final["state"], ledger["txns"].get("charge", 0) - charges,
-                              _pools(s)["bank"]["dropped"] - before["dropped"])
-        assert ledger["balanced"]
+        results[deadlines] = tuple(rest)
     assert results[True] == ("failed", 1, 1)  # only the first debit made; the second dropped at the bank
     assert results[False] == ("succeeded", 2, 0)  # executed after its gateway had given up
 
@@ -165,26 +150,35 @@ def test_a_bank_deadline_margin_drops_a_debit_that_could_not_answer_in_time(serv
     s = services
     results = {}
     for margin in ("15s", "0s"):
-        s.set_faults({"gateway.workers": 8, "bank.channels": 1, "bank.deadlines": True, "bank.deadline_margin": margin,
-                      "bank.latency": "20s", "gateway.timeout": "30s", "gateway.bank_query_schedule": ["40s", "40s"]})
-        a, b = new_trade(s)["trade"], new_trade(s)["trade"]
-        before = _pools(s)["bank"]
-        charges = s.admin("provider", "GET", "/admin/ledger").json()["txns"].get("charge", 0)
-        with cf.ThreadPoolExecutor(1) as ex:
-            first = ex.submit(_pay, s, a)
-            wait_for(lambda: _pools(s)["bank"]["busy"] == 1, what="first debit at the bank")
-            second = _pay(s, b)
-            first.result()
-
-        def resolved(trade=b):
-            view = httpx.get(f"{s.provider_url}/trades/{trade}", timeout=5).json()
-            return view if view["state"] in ("failed", "succeeded") else None
-
-        final = wait_for(resolved, timeout=20, what="the second trade resolved")
-        ledger = s.admin("provider", "GET", "/admin/ledger").json()
-        results[margin] = (second.json()["state"], final["state"], ledger["txns"].get("charge", 0) - charges,
-                           _pools(s)["bank"]["dropped"] - before["dropped"])
-        assert ledger["balanced"]
+        second, *rest = _second_debit_behind_the_first(
+            s, {"gateway.workers": 8, "bank.channels": 1, "bank.deadlines": True, "bank.deadline_margin": margin,
+                "bank.latency": "20s", "gateway.timeout": "30s", "gateway.bank_query_schedule": ["40s", "40s"]})
+        results[margin] = (second.json()["state"], *rest)
     assert results["15s"][1:] == ("failed", 1, 1), results  # dropped at the channel: one charge
     assert results["0s"][1:] == ("succeeded", 2, 0), results  # started with too little time: answered late
     assert results["0s"][0] == "unknown", results
+
+
+def _second_debit_behind_the_first(s, faults: dict) -> tuple:
+    """With ``faults`` (one bank channel): pay a first trade, and while its debit holds the channel pay a
+    second one; wait until the gateway's query resolves the second. ``(the second pay's response, its
+    final state, charges made, debits the bank dropped)``; the ledger stays balanced."""
+    s.set_faults(faults)
+    a, b = new_trade(s)["trade"], new_trade(s)["trade"]
+    before = _pools(s)["bank"]
+    charges = s.admin("provider", "GET", "/admin/ledger").json()["txns"].get("charge", 0)
+    with cf.ThreadPoolExecutor(1) as ex:
+        first = ex.submit(_pay, s, a)
+        wait_for(lambda: _pools(s)["bank"]["busy"] == 1, what="first debit at the bank")
+        second = _pay(s, b)  # queued at the bank behind the first
+        first.result()
+
+    def resolved():
+        view = httpx.get(f"{s.provider_url}/trades/{b}", timeout=5).json()
+        return view if view["state"] in ("failed", "succeeded") else None
+
+    final = wait_for(resolved, timeout=20, what="the second trade resolved by the gateway's query")
+    ledger = s.admin("provider", "GET", "/admin/ledger").json()
+    assert ledger["balanced"]
+    return (second, final["state"], ledger["txns"].get("charge", 0) - charges,
+            _pools(s)["bank"]["dropped"] - before["dropped"])
