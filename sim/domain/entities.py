@@ -195,6 +195,17 @@ class BuyerAccount:
         self.spent_today += amount
         return "approved"
 
+    def give_back(self, instrument: str, amount: int) -> bool:
+        """A refund's ``amount`` returns to the wallet balance or card line (``instrument``) it was taken
+        from (``user.refund_restores``); False when the account keeps no such limit (nothing to restore)."""
+        if instrument == "wallet" and self.balance is not None:
+            self.balance += amount
+        elif instrument == "card" and self.card_left is not None:
+            self.card_left += amount
+        else:
+            return False
+        return True
+
     def bnpl_room(self, amount: int, limit: int) -> bool:
         """Pay after use: does ``amount`` fit the credit limit beside what the buyer still owes?"""
         return self.bnpl_outstanding + amount <= limit

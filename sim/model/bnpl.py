@@ -103,8 +103,8 @@ class BnplProvider:
         w.ledger.post(txn)
         w.post(txn, ag.order, "bnpl", agreement=ag.id)
         acct = w.accounts.get(ag.user)
-        if w.p.user.refund_restores and ag.order in self.from_wallet and acct is not None and acct.balance is not None:
-            acct.balance += ag.amount  # back to the wallet the deduction took it from (a repayment by hand: not modelled)
+        if w.p.user.refund_restores and ag.order in self.from_wallet and acct is not None:
+            acct.give_back("wallet", ag.amount)  # where the deduction took it from (a repayment by hand: not modelled)
 
     def _deduct(self, ag: Agreement, attempt: int) -> None:
         """One deduction attempt; holds the order until the agreement settles or the retries are spent."""

@@ -312,10 +312,7 @@ class Gateway:
         order = w.orders.get(trade.order)
         if acct is None or order is None or not w.p.user.refund_restores:
             return
-        if order.method == "wallet" and acct.balance is not None:
-            acct.balance += amount
-        elif order.method == "card" and acct.card_left is not None:
-            acct.card_left += amount
+        acct.give_back(order.method, amount)
 
     def _refunded(self, trade: Trade, reply: Callable[[str], None], part: int | None = None) -> None:
         w = self.w

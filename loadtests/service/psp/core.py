@@ -739,17 +739,12 @@ class ProviderCore(base.ServiceBase):
     def _give_back(self, user: str, instrument: str, amount: int) -> None:
         """In a tx: ``user.refund_restores`` — ``amount`` returned to the buyer goes back to the wallet
         balance or card line it was taken from (``instrument``), as the simulation's gateway gives it
-        back (``Gateway._give_back``); nothing when the setting is off or the account keeps no such limit."""
+        back (``BuyerAccount.give_back``); nothing when the setting is off or the account keeps no such limit."""
         if not self.conditions.current().user.refund_restores:
             return
         acct = self._account(user)
-        if instrument == "wallet" and acct.balance is not None:
-            acct.balance += amount
-        elif instrument == "card" and acct.card_left is not None:
-            acct.card_left += amount
-        else:
-            return
-        self._save_account(user, acct)
+        if acct.give_back(instrument, amount):
+            self._save_account(user, acct)
 
     def _trade_instrument(self, row: Any) -> str:
         return json.loads(row["meta"] or "{}").get("method") or "card"
