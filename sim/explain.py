@@ -223,7 +223,7 @@ def default_inputs(scenario: Scenario) -> list[Input]:
             continue
         if key.startswith(("bnpl.", "merchant.bnpl_")) and not scenario.user.payment_methods.bnpl:
             continue
-        if key == "bnpl.deduction_failure" and scenario.bnpl.deduction_source == "wallet":
+        if key == "bnpl.deduction_failure" and scenario.bnpl.deduction_source != "draw":
             continue  # not read: the wallet balance decides a deduction
         kind, base = _kind_of(scenario, key)
         if base == "off":
@@ -260,9 +260,10 @@ def parse_vary(scenario: Scenario, spec: str) -> Input:
     if not key or not m:
         raise ConfigError(f"--vary {spec!r}: expected key.path=low..high, {example}")
     kind, base = _kind_of(scenario, key)
-    if key == "bnpl.deduction_failure" and scenario.bnpl.deduction_source == "wallet":
-        raise ConfigError(f"--vary {key}: not read with bnpl.deduction_source = \"wallet\" (the buyer's wallet "
-                          "balance decides a deduction); vary user.wallet_balance or user.top_up_delay instead")
+    if key == "bnpl.deduction_failure" and scenario.bnpl.deduction_source != "draw":
+        raise ConfigError(f"--vary {key}: not read with bnpl.deduction_source = "
+                          f"\"{scenario.bnpl.deduction_source}\" (the buyer's balances decide a deduction); vary "
+                          "user.wallet_balance or user.top_up_delay instead")
     if kind == "dist" and base == "off":
         raise ConfigError(f"--vary {key}: the scenario has it \"off\"; set it to a distribution first "
                           f"(--set {key}=...), then vary it by factors, e.g. {key}=0.5x..2x")

@@ -873,12 +873,15 @@ class BnplSection(_Section):
     deduction_failure: Probability = Field(
         0.05, description='chance one deduction fails (low balance), drawn per attempt; read only with '
         'deduction_source = "draw"')
-    deduction_source: Literal["draw", "wallet"] = Field(
+    deduction_source: Literal["draw", "wallet", "wallet_then_card"] = Field(
         "draw", description='where a deduction (代扣) takes the money from: "draw" = each attempt fails with '
         'deduction_failure, independently; "wallet" = from the buyer\'s wallet balance (user.wallet_balance, '
         'which must be on): it fails when the balance is short of the amount — spent on the buyer\'s other '
         'orders, or never enough — and stays short on every retry until the buyer tops up (user.top_up_delay); '
-        'deduction_failure is not read. Live too: the mock provider deducts from the same account')
+        '"wallet_then_card" = the wallet, and when it is short the buyer\'s card line (user.card_limit, which '
+        'must be on too), as WeChat Pay polls a buyer\'s other payment methods in turn: it fails only when '
+        'both are short. deduction_failure is read only with "draw". Live too: the mock provider deducts from '
+        'the same account')
     deduction_retry_schedule: RetrySchedule = Field(["1h", "6h", "24h"], description="gaps between deduction attempts")
     compensation_after: Duration = Field("48h", description="Alipay compensates the merchant after 24-72h")
     user_repay_delay: DurationDist = Field(_ln("12h", "3d"), description="failed deduction -> buyer repays by hand")
@@ -1113,13 +1116,21 @@ def _calendar_problems(scenario: Scenario, source: str) -> list[str]:
 
 
 def _deduction_problems(scenario: Scenario, source: str) -> list[str]:
-    """Deductions from the wallet need a wallet: ``bnpl.deduction_source = "wallet"`` without
-    ``user.wallet_balance`` is an error."""
-    if scenario.bnpl.deduction_source == "wallet" and scenario.user.wallet_balance is None:
-        return [f'{source}: bnpl.deduction_source: "wallet" deducts from the buyer\'s wallet balance, but '
-                f'user.wallet_balance is "off"; set it to a distribution, e.g. user.wallet_balance = '
-                f'{{ dist = "lognormal", median = 300, p99 = 5000 }}, or use deduction_source = "draw"']
-    return []
+    """Deductions from the wallet need a wallet, and a fall-back on the card a card line:
+    ``bnpl.deduction_source = "wallet"`` or ``"wallet_then_card"`` without ``user.wallet_balance``, or
+    ``"wallet_then_card"`` without ``user.card_limit``, is an error."""
+    src = scenario.bnpl.deduction_source
+    problems = []
+    if src != "draw" and scenario.user.wallet_balance is None:
+        problems.append(f'{source}: bnpl.deduction_source: "{src}" deducts from the buyer\'s wallet balance, but '
+                        f'user.wallet_balance is "off"; set it to a distribution, e.g. user.wallet_balance = '
+                        f'{{ dist = "lognormal", median = 300, p99 = 5000 }}, or use deduction_source = "draw"')
+    if src == "wallet_then_card" and scenario.user.card_limit is None:
+        problems.append(f'{source}: bnpl.deduction_source: "wallet_then_card" falls back on the buyer\'s card '
+                        f'line, but user.card_limit is "off" (a card without a line pays whatever is owed, so no '
+                        f'deduction could fail); set it to a distribution, e.g. user.card_limit = '
+                        f'{{ dist = "lognormal", median = 2000, p99 = 20000 }}, or use deduction_source = "wallet"')
+    return problems
 
 
 def _fault_window_problems(scenario: Scenario, i: int, window: FaultWindow, source: str) -> list[str]:

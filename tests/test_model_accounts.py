@@ -292,3 +292,41 @@ def test_a_wallet_deduction_source_without_a_wallet_balance_is_refused_naming_bo
         scenario_from_dict({"bnpl": {"deduction_source": "wallet"}}, "lb.toml")
     text = str(err.value)
     assert "lb.toml: bnpl.deduction_source" in text and 'user.wallet_balance is "off"' in text
+
+
+# -- ... then from the card line (bnpl.deduction_source = "wallet_then_card") --------------------------
+
+def test_a_short_wallet_falls_back_on_the_card_line_and_fails_only_when_both_are_short():
+    """As WeChat Pay polls a buyer's other payment methods: the buyers of the first test (half hold 50 CNY
+    for a 100-CNY order, no top-up) now have a card line too — 1,000 CNY for half of them, 30 CNY for the
+    other half. A poor buyer with the big line pays at the first attempt from the card; a poor buyer with
+    the small line fails on every attempt, as before (both short); a rich buyer pays from the wallet.
+    Which is which follows the two balances, not a draw: with the wallet alone (same seed) the same poor
+    buyers fail all four attempts."""
+    cards = {**WALLET_BNPL, "user.top_up_delay": "off", "bnpl.deduction_source": "wallet_then_card",
+             "user.card_limit": {"dist": "empirical", "values": [30, 1000]}}
+    _r, _u, _a, _c, _att, events = _run(cards)
+    attempts = _attempts(events)
+    sources = {ev["order"]: ev["source"] for ev in events if ev["type"] == "bnpl.deduction" and ev["ok"]}
+    assert set(sources.values()) == {"wallet", "card"}
+    kinds = {tuple(ok for _t, ok in a) for a in attempts.values()}
+    assert kinds == {(True,), (False,) * 4}, kinds
+    _r, _u, _a, _c, _att, alone = _run({**WALLET_BNPL, "user.top_up_delay": "off"})
+    failing_alone = {o for o, a in _attempts(alone).items() if len(a) == 4}
+    failing = {o for o, a in attempts.items() if len(a) == 4}
+    by_card = {o for o, s in sources.items() if s == "card"}
+    assert failing and by_card
+    assert failing | by_card == failing_alone and not failing & by_card  # the poor buyers, split by their card line
+    assert 0.3 < len(by_card) / len(failing_alone) < 0.7
+
+
+def test_the_card_fall_back_without_a_card_line_is_refused_naming_both_keys():
+    import pytest
+
+    from sim.scenario import ConfigError, scenario_from_dict
+
+    with pytest.raises(ConfigError) as err:
+        scenario_from_dict({"bnpl": {"deduction_source": "wallet_then_card"},
+                            "user": {"wallet_balance": 100}}, "lb.toml")
+    text = str(err.value)
+    assert "lb.toml: bnpl.deduction_source" in text and 'user.card_limit is "off"' in text

@@ -195,6 +195,19 @@ class BuyerAccount:
         self.spent_today += amount
         return "approved"
 
+    def deduct(self, sources: tuple[str, ...], amount: int, day: int) -> tuple[str | None, bool]:
+        """A BNPL deduction (代扣) of ``amount`` from the buyer's payment methods ``sources`` in turn, as
+        WeChat Pay deducts ("if the deduction fails, the other payment methods of the user will be polled
+        in turn"): the instrument that paid it, or None; and whether the wallet was found short (its buyer
+        will top it up). Each method is ``debit`` as the bank decides it: nothing is drawn."""
+        wallet_short = False
+        for instrument in sources:
+            result = self.debit(instrument, amount, day)
+            if result == "approved":
+                return instrument, wallet_short
+            wallet_short = wallet_short or (result == "declined" and instrument == "wallet")
+        return None, wallet_short
+
     def give_back(self, instrument: str, amount: int) -> bool:
         """A refund's ``amount`` returns to the wallet balance or card line (``instrument``) it was taken
         from (``user.refund_restores``); False when the account keeps no such limit (nothing to restore)."""

@@ -32,10 +32,10 @@ class BnplProvider:
         self.w = w
         self.order_service = None
         self.credit_synced = w.credit_synced  # agreements the credit side believes paid
-        # orders whose agreement a wallet deduction paid (bnpl.deduction_source = "wallet"): a refund
-        # gives the wallet back with user.refund_restores
-        self.from_wallet: set[str] = set()
-        w.on_forget.append(self.from_wallet.discard)
+        # orders whose agreement a deduction from the buyer's account paid (bnpl.deduction_source "wallet" or
+        # "wallet_then_card") -> the instrument it took: a refund gives it back with user.refund_restores
+        self.deducted_from: dict[str, str] = {}
+        w.on_forget.append(lambda order: self.deducted_from.pop(order, None))
 
     def agreement_of(self, order_id: str) -> Agreement | None:
         return self.w.agreements.get(order_id)
@@ -103,8 +103,9 @@ class BnplProvider:
         w.ledger.post(txn)
         w.post(txn, ag.order, "bnpl", agreement=ag.id)
         acct = w.accounts.get(ag.user)
-        if w.p.user.refund_restores and ag.order in self.from_wallet and acct is not None:
-            acct.give_back("wallet", ag.amount)  # where the deduction took it from (a repayment by hand: not modelled)
+        instrument = self.deducted_from.get(ag.order)
+        if w.p.user.refund_restores and instrument is not None and acct is not None:
+            acct.give_back(instrument, ag.amount)  # where the deduction took it from (a repayment by hand: not modelled)
 
     def _deduct(self, ag: Agreement, attempt: int) -> None:
         """One deduction attempt; holds the order until the agreement settles or the retries are spent."""
@@ -114,13 +115,18 @@ class BnplProvider:
             w.release(ag.order)
             return
         r = w.order_rng(ag.order)
-        if b.deduction_source == "wallet":
-            failed = not self._from_wallet(ag)
-            if not failed:
-                self.from_wallet.add(ag.order)
+        if b.deduction_source != "draw":
+            instrument = self._from_account(ag)
+            failed = instrument is None
+            if failed:
+                w.emit("bnpl.deduction", "bnpl", ag.order, agreement=ag.id, ok=False, attempt=attempt)
+            else:
+                self.deducted_from[ag.order] = instrument
+                w.emit("bnpl.deduction", "bnpl", ag.order, agreement=ag.id, ok=True, attempt=attempt,
+                       source=instrument)
         else:
             failed = r.random() < b.deduction_failure
-        w.emit("bnpl.deduction", "bnpl", ag.order, agreement=ag.id, ok=not failed, attempt=attempt)
+            w.emit("bnpl.deduction", "bnpl", ag.order, agreement=ag.id, ok=not failed, attempt=attempt)
         if not failed:
             self._paid(ag, by_hand=False)
             w.release(ag.order)
@@ -137,19 +143,23 @@ class BnplProvider:
         else:
             w.release(ag.order)
 
-    def _from_wallet(self, ag: Agreement) -> bool:
+    def _from_account(self, ag: Agreement) -> str | None:
         """``bnpl.deduction_source = "wallet"``: take the amount from the buyer's wallet balance as it is
         now (``BuyerAccount.debit``, as the bank decides a wallet debit); short of it, the deduction
         fails and the buyer tops up ``user.top_up_delay`` later — until then every retry fails again.
-        Nothing is drawn: whether it fails is the balance, which the buyer's other orders also spend."""
+        ``"wallet_then_card"``: a short wallet falls back on the buyer's card line
+        (``BuyerAccount.deduct``), and the deduction fails only when both are short; the buyer still tops
+        the short wallet up. Nothing is drawn: whether it fails is the balances, which the buyer's other
+        orders also spend. Returns the instrument that paid, or None."""
         w = self.w
         acct = w.accounts.get(ag.user)
         if acct is None:
-            return True  # no account kept (user.wallet_balance off cannot be: the scenario refuses it)
-        result = acct.debit("wallet", ag.amount, int(w.env.now // 86400.0))
-        if result == "declined":
+            return "wallet"  # no account kept (user.wallet_balance off cannot be: the scenario refuses it)
+        sources = ("wallet", "card") if w.p.bnpl.deduction_source == "wallet_then_card" else ("wallet",)
+        instrument, wallet_short = acct.deduct(sources, ag.amount, int(w.env.now // 86400.0))
+        if wallet_short:
             w.top_up_later(ag.user)
-        return result == "approved"
+        return instrument
 
     def _repay(self, ag: Agreement) -> None:
         w = self.w

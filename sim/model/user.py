@@ -108,9 +108,9 @@ class Buyers:
             return
         r = w.account_rng(user)
         if u.accounts is None and method != "wallet" and not (method == "bnpl"
-                                                              and w.p.bnpl.deduction_source == "wallet"):
+                                                              and w.p.bnpl.deduction_source != "draw"):
             balance = None  # a one-order card or BNPL buyer: the wallet is never asked (a BNPL one is when
-            # bnpl.deduction_source = "wallet": the deduction takes the money from it)
+            # bnpl.deduction_source "wallet" or "wallet_then_card": the deduction takes the money from it)
         # a returning buyer's balance is drawn once from the account's own stream (draw_balance)
         w.accounts[user] = draw_account(u, r, balance=balance, draw_balance=u.accounts is not None)
 

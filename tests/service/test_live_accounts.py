@@ -142,3 +142,34 @@ def test_a_refund_gives_the_wallet_back_with_refund_restores(services):
         assert refund.status_code == 200, refund.text
         again = _pay(s, new_order(s, amount=4000, user=buyer, method="wallet")["order"])
         assert (again["state"] if expected == "succeeded" else again.get("reason")) == expected, (restores, again)
+
+
+def test_a_short_wallet_deduction_falls_back_on_the_card_line_and_a_refund_goes_back_to_it(services):
+    """``bnpl.deduction_source = "wallet_then_card"`` live, as in the simulation (WeChat Pay polls a buyer's
+    other payment methods): the buyer's 30-CNY wallet order leaves 20 of 50, so their first 50-CNY
+    deduction is taken from the 60-CNY card line at once; the second finds the wallet (20) and the card
+    (10) both short, fails, and succeeds from the wallet after the top-up. The first agreement's return
+    (``user.refund_restores``) gives its 50 back to the card line it came from, so a 60-CNY card order
+    of the buyer then pays."""
+    s = services
+    s.set_faults({**WALLET_BNPL, "bnpl.deduction_source": "wallet_then_card", "user.card_limit": 60.0,
+                  "user.refund_restores": True})
+    buyer = uid("dc")
+    assert _pay(s, new_order(s, amount=3000, user=buyer, method="wallet")["order"])["state"] == "succeeded"
+    get = lambda a: http.get(f"{s.provider_url}/bnpl/agreements/{a}").json()["state"]  # noqa: E731
+    first = new_order(s, amount=5000, user=buyer, method="bnpl")["order"]
+    first_agreement = start_payment(s, first)["agreement"]
+    wait_for(lambda: get(first_agreement) == "settled", timeout=10, what="the first agreement settled")
+    [ok] = [e for e in events_of(s, first) if e["type"] == "bnpl.deduction"]
+    assert (ok["ok"], ok["source"]) == (True, "card"), ok
+    second = new_order(s, amount=5000, user=buyer, method="bnpl")["order"]
+    second_agreement = start_payment(s, second)["agreement"]
+    wait_for(lambda: get(second_agreement) == "settled", timeout=20, what="the second agreement settled after the top-up")
+    attempts = [e for e in events_of(s, second) if e["type"] == "bnpl.deduction"]
+    assert [e["ok"] for e in attempts] == [False, False, True] and attempts[2]["source"] == "wallet", attempts
+    too_much = _pay(s, new_order(s, amount=6000, user=buyer, method="card")["order"])
+    assert (too_much["state"], too_much["reason"]) == ("failed", "declined"), too_much  # 10 CNY left on the line
+    back = http.post(f"{s.provider_url}/bnpl/agreements/{first_agreement}/return")
+    assert back.status_code == 200, back.text
+    assert back.json()["remedy"] == "refund", back.json()
+    assert _pay(s, new_order(s, amount=6000, user=buyer, method="card")["order"])["state"] == "succeeded"

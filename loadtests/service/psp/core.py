@@ -31,7 +31,9 @@ failure rates (scaled by the time scale):
   (``policies.notify_delay``).
 * **BNPL** (pay after use): authorize within ``bnpl.credit_limit``, finish, deductions with
   ``deduction_failure`` (or, with ``deduction_source = "wallet"``, from the buyer's wallet balance: short
-  of it, failing until a top-up lands) and ``deduction_retry_schedule``, the buyer repaying by hand after
+  of it, failing until a top-up lands; with ``"wallet_then_card"`` the card line when the wallet is short,
+  as WeChat Pay polls a buyer's other methods; ``agreements.deducted_from`` keeps which paid) and
+  ``deduction_retry_schedule``, the buyer repaying by hand after
   ``user_repay_delay``, ``sync_lag`` between the payment side and the credit side, compensation of the
   merchant after ``compensation_after`` and the overdue mark (``policies.bnpl_overdue_decision``).
 
@@ -87,7 +89,8 @@ CREATE TABLE IF NOT EXISTS agreements (
     agreement TEXT PRIMARY KEY, ord TEXT NOT NULL, usr TEXT NOT NULL, merchant TEXT NOT NULL,
     amount INTEGER NOT NULL, state TEXT NOT NULL, expires_at REAL NOT NULL, created_t REAL NOT NULL,
     paid_by_user INTEGER NOT NULL DEFAULT 0, merchant_paid INTEGER NOT NULL DEFAULT 0,
-    credit_paid INTEGER NOT NULL DEFAULT 0, finish_t REAL, refunded INTEGER NOT NULL DEFAULT 0
+    credit_paid INTEGER NOT NULL DEFAULT 0, finish_t REAL, refunded INTEGER NOT NULL DEFAULT 0,
+    deducted_from TEXT
 );
 CREATE INDEX IF NOT EXISTS agreements_user ON agreements (usr);
 CREATE TABLE IF NOT EXISTS bank_accounts (
@@ -138,7 +141,7 @@ _MIGRATIONS = {
     "trades": (("face", "TEXT NOT NULL DEFAULT 'native'"), ("trade_no", "TEXT"), ("meta", "TEXT NOT NULL DEFAULT '{}'"),
                ("opened", "INTEGER NOT NULL DEFAULT 1"), ("paid_t", "REAL")),
     "notifications": (("kind", "TEXT NOT NULL DEFAULT 'trade.succeeded'"), ("ref", "TEXT"), ("due", "REAL")),
-    "agreements": (("refunded", "INTEGER NOT NULL DEFAULT 0"),),
+    "agreements": (("refunded", "INTEGER NOT NULL DEFAULT 0"), ("deducted_from", "TEXT")),
 }
 
 
@@ -1437,12 +1440,11 @@ class ProviderCore(base.ServiceBase):
                     transfer(f"{agreement}-refund", REFUND, f"merchant:{row['merchant']}", f"user:{row['usr']}",
                              row["amount"]))
                 conn.execute("UPDATE agreements SET refunded = 1 WHERE agreement = ?", (agreement,))
-                if self.conditions.current().bnpl.deduction_source == "wallet" and self.store.one(
-                        "SELECT 1 FROM txns WHERE txn = ?", (f"{agreement}-deduction",)):
-                    self._give_back(row["usr"], "wallet", row["amount"])  # a deduction took it from the wallet
+                if row["deducted_from"]:  # a deduction took it from the buyer's wallet or card line
+                    self._give_back(row["usr"], row["deducted_from"], row["amount"])
         return {**agreement_view(self._agreement_row(agreement)), "remedy": remedy.value}
 
-    def _user_paid(self, row: Any, by_hand: bool, attempt: int = 0) -> None:
+    def _user_paid(self, row: Any, by_hand: bool, attempt: int = 0, source: str | None = None) -> None:
         """The buyer's money reached the provider's payment side (in a tx); the credit side learns it
         after ``bnpl.sync_lag``."""
         now = self.clock.now()
@@ -1453,7 +1455,8 @@ class ProviderCore(base.ServiceBase):
         if by_hand:
             self._emit_bnpl(now, "bnpl.repaid", row)
         else:
-            self._emit_bnpl(now, "bnpl.deduction", row, ok=True, attempt=attempt)
+            extra = {} if source is None else {"source": source}  # from the buyer's account: which method paid
+            self._emit_bnpl(now, "bnpl.deduction", row, ok=True, attempt=attempt, **extra)
         self.store.schedule("bnpl_sync", row["agreement"], now + self.conditions.sample("bnpl.sync_lag"))
 
     async def repay(self, agreement: str) -> dict[str, Any]:
@@ -1476,14 +1479,16 @@ class ProviderCore(base.ServiceBase):
         c = self.conditions
         cond = c.current().bnpl
         now = self.clock.now()
-        acct = top_up = None
-        if cond.deduction_source == "wallet":
-            # From the buyer's wallet balance as the bank keeps it (BuyerAccount.debit, as the
-            # simulation's BnplProvider._from_wallet): short of the amount, it fails until a top-up lands.
+        acct = top_up = instrument = None
+        if cond.deduction_source != "draw":
+            # From the buyer's wallet balance as the bank keeps it, then (wallet_then_card) the card line
+            # (BuyerAccount.deduct, as the simulation's BnplProvider._from_account): a short wallet is
+            # topped up later; the deduction fails while every source is short.
             acct = self._account(row["usr"])
-            result = acct.debit("wallet", row["amount"], int(now // 86400.0))
-            ok = result == "approved"
-            if result == "declined":
+            sources = ("wallet", "card") if cond.deduction_source == "wallet_then_card" else ("wallet",)
+            instrument, wallet_short = acct.deduct(sources, row["amount"], int(now // 86400.0))
+            ok = instrument is not None
+            if wallet_short:
                 top_up = self._plan_top_up(row["usr"], acct, now)
         with self.store.tx():
             self.store.done(job)
@@ -1494,7 +1499,10 @@ class ProviderCore(base.ServiceBase):
             else:
                 ok = not c.chance("bnpl.deduction_failure", cond.deduction_failure)
             if ok:
-                self._user_paid(row, by_hand=False, attempt=job.attempt)
+                if instrument is not None:
+                    self.store.conn.execute("UPDATE agreements SET deducted_from = ? WHERE agreement = ?",
+                                            (instrument, job.key))
+                self._user_paid(row, by_hand=False, attempt=job.attempt, source=instrument)
                 return
             self._emit_bnpl(now, "bnpl.deduction", row, ok=False, attempt=job.attempt)
             gap = policies.notify_delay(cond.deduction_retry_schedule.gaps, job.attempt)
