@@ -762,6 +762,7 @@ _DISAGREEMENT = {
     "duplicate_fulfilment": "the order had been fulfilled a second time ({amount})",
     "oversold": "the order was revived after its stock had been released ({amount})",
     "bnpl_double_deduction": "the BNPL agreement had been paid twice ({amount} extra)",
+    "refunded_and_shipped": "a cancel was accepted after the goods shipped ({amount} back, goods gone)",
 }
 # The event that makes the class start, preferred among events at the start time.
 _KEY_EVENTS = {
@@ -780,6 +781,7 @@ _KEY_EVENTS = {
     "duplicate_fulfilment": ("order.paid", "order.shipped"),
     "oversold": ("order.reopened", "order.paid"),
     "bnpl_double_deduction": ("bnpl.deduction", "bnpl.repaid"),
+    "refunded_and_shipped": ("after_sales.accepted",),
 }
 
 

@@ -44,6 +44,7 @@ CLASS_LOOKS: dict[str, Look] = {
     "duplicate_fulfilment": Look("#117733", "p", (0, (1, 3)), "-."),
     "oversold": Look("#225522", "v", (0, (3, 1, 3, 3)), "/."),
     "bnpl_double_deduction": Look("#222255", "*", (0, (5, 1, 1, 1, 1, 1)), "\\."),
+    "refunded_and_shipped": Look("#9900EE", "1", (0, (2, 1, 6, 1)), "o."),
 }
 
 _FALLBACK_CLASS = Look("#777777", ".", (0, (4, 4)), "..")

@@ -121,13 +121,15 @@ CLASS_NEEDS: dict[str, tuple[str, ...]] = {
     "duplicate_fulfilment": ("checkout",),
     "oversold": ("checkout",),
     "bnpl_double_deduction": ("bnpl",),
+    "refunded_and_shipped": ("checkout",),
 }
 
 # Classes a black-box history cannot decide: they need the checkout's own events (shipments, deliveries,
 # stock released by a close), which its order pages do not show (docs/checker.md, "Judged from outside").
 # A history is black box when ``CheckConfig.black_box`` or ``run.start``'s ``"black_box": true`` says so
 # (a ``load --target`` run writes it).
-NEEDS_OWN_EVENTS: tuple[str, ...] = ("bnpl_stuck_unfinished", "duplicate_fulfilment", "oversold")
+NEEDS_OWN_EVENTS: tuple[str, ...] = ("bnpl_stuck_unfinished", "duplicate_fulfilment", "oversold",
+                                     "refunded_and_shipped")
 BLACK_BOX_HOW = "order pages only (black box)"
 
 _PAID_STATES = frozenset({"paid", "shipped", "delivered", "completed"})
@@ -171,7 +173,7 @@ MAX_DEPTH = 32
 _BY_T = itemgetter("t")
 
 (_PBC, _SSTC, _FSBC, _DOUBLE, _CWO, _OPWC, _STUCK, _BNPL_UNFIN, _BNPL_OVERDUE, _BNPL_DED, _LEDGER,
- _MISMATCH, _OVER_REFUND, _WRONG_PARTY, _DUP_FULFIL, _OVERSOLD, _BNPL_DOUBLE) = ANOMALY_CLASSES
+ _MISMATCH, _OVER_REFUND, _WRONG_PARTY, _DUP_FULFIL, _OVERSOLD, _BNPL_DOUBLE, _REFUNDED_SHIPPED) = ANOMALY_CLASSES
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1154,6 +1156,8 @@ def _evaluate(st: _OrderState, now: float) -> dict[Any, int]:
         active[_DUP_FULFIL] = st.amount
     if st.reopened_stock_released and not st.closed and st.ostate in _PAID_STATES:
         active[_OVERSOLD] = st.amount
+    if st.cancel_after_ship:  # a cancel accepted after the goods shipped: refunded (or never collected) and gone
+        active[_REFUNDED_SHIPPED] = st.amount
     for trade, (state, since) in st.trade_state.items():
         if state in _PENDING_TRADE and now >= since + grace:
             active[(_STUCK, trade)] = st.trade_amount.get(trade) or st.max_charge.get(trade, 0)

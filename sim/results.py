@@ -689,6 +689,7 @@ BUYER_EXPERIENCE: dict[str, tuple[str, str]] = {
     "duplicate_fulfilment": ("orders", "were fulfilled twice"),
     "oversold": ("orders", "were sold again after their stock was released"),
     "bnpl_double_deduction": ("buyers", "paid a BNPL agreement twice"),
+    "refunded_and_shipped": ("orders", "were refunded on a cancel accepted after their goods had shipped"),
 }
 
 

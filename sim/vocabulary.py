@@ -26,6 +26,7 @@ ANOMALY_CLASSES: tuple[str, ...] = (
     "duplicate_fulfilment",
     "oversold",
     "bnpl_double_deduction",
+    "refunded_and_shipped",
 )
 
 # Every event type of docs/events.md. A history may carry others (they are counted and named, not read).

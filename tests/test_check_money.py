@@ -1,7 +1,7 @@
 """The checker's money classes added for issue 14: each has a has-it and a near-miss test.
 
 amount_mismatch, over_refund, refund_to_wrong_party, duplicate_fulfilment, oversold and
-bnpl_double_deduction; and the inputs the checker used to trust too much (a ledger line twice, a
+bnpl_double_deduction (and, since issue 15's after-sales, refunded_and_shipped); and the inputs the checker used to trust too much (a ledger line twice, a
 refund without its trade).
 """
 
@@ -179,6 +179,39 @@ def test_oversold_near_miss_stock_held_at_close():
     s = check(o)
     assert stats(s, "oversold").n_windows == 0
     assert s.end_states == {"paid_open": 1}
+
+
+# --------------------------------------------------------------------------------------------------
+# refunded_and_shipped
+
+
+def _sold(route: str, shipped_at: float | None, accepted_at: float = 200.0) -> Order:
+    o = Order().created().charge(10).add(11, "order.paid", trade="A")
+    if shipped_at is not None:
+        o.add(shipped_at, "order.shipped")
+    o.add(accepted_at, "after_sales.accepted", route=route, checked="at_request")
+    return o.add(accepted_at + 1, "order.refund_pending").refund(accepted_at + 5).add(accepted_at + 5, "order.refunded")
+
+
+def test_refunded_and_shipped_a_cancel_accepted_after_the_goods_left():
+    """The merchant accepted a cancel on a stale read after the order had shipped: refunded and gone,
+    counted from the acceptance, never repaired; the buyer's money is back, so no buyer class holds it."""
+    s = check(_sold("ask_merchant", shipped_at=100))
+    v = stats(s, "refunded_and_shipped")
+    assert (v.count, v.repaired, v.amount_fen, v.windows) == (1, 0, 5000, [END - 200])
+    assert s.end_states == {"refunded_and_shipped": 1}
+    only(s, "refunded_and_shipped")
+
+
+def test_refunded_and_shipped_near_misses_a_cancel_before_shipping_and_a_defect_return():
+    """Accepted before the goods shipped (the cancel stopped the shipment), or a refund of a shipped
+    order for a defect (a return): nothing is counted."""
+    before = check(_sold("ask_merchant", shipped_at=None))
+    assert stats(before, "refunded_and_shipped").n_windows == 0 and before.end_states == {"paid_refunded": 1}
+    defect = check(_sold("defect", shipped_at=100))
+    assert stats(defect, "refunded_and_shipped").n_windows == 0 and defect.end_states == {"paid_refunded": 1}
+    quiet(before)
+    quiet(defect)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from sim.results import BUYER_EXPERIENCE
 from sim.vocabulary import ANOMALY_CLASSES
 
 NEWER = ("amount_mismatch", "over_refund", "refund_to_wrong_party", "duplicate_fulfilment", "oversold",
-         "bnpl_double_deduction")
+         "bnpl_double_deduction", "refunded_and_shipped")
 
 # Machado, Oliveira & Fernandes (2009), severity 1.0, on linear RGB.
 CVD = {

@@ -98,10 +98,14 @@ def _told_failed_for_a_minute(storm: dict, deadlines: dict) -> None:
 
 def _after_sales_race(base: dict, mitigated: dict) -> None:
     """The refunded-and-shipped orders are the small shop's stale answers: the model's count is the
-    checker's end state, and re-read at the answer the same requests are refused as shipped instead."""
+    checker's end state and its anomaly class (with the same money), and re-read at the answer the same
+    requests are refused as shipped instead."""
     a, m = base["metrics"]["after_sales"], mitigated["metrics"]["after_sales"]
     reps = base["replications"]
     assert round(a["refunded_and_shipped"] * reps) == base["end_states"]["refunded_and_shipped"]
+    cls = base["anomalies"]["refunded_and_shipped"]
+    assert cls["count"] == base["end_states"]["refunded_and_shipped"] and cls["repaired"] == 0
+    assert round(cls["amount"] * 100) == round(a["refunded_and_shipped_fen"] * reps), (cls["amount"], a)
     assert a["requested"] == m["requested"]  # the same buyers ask (common random numbers)
     assert m["refunded_and_shipped"] == 0 and m["refused_shipped"] > a["refused_shipped"]
     assert a["refunded_and_shipped_fen"] > 0
@@ -121,6 +125,7 @@ STORIES: dict[str, Story] = {
     "after_sales_race": Story(
         scale={"run.horizon": "12m", "run.drain": "1d"},
         mitigation=_mitigation_line("after_sales_race"),  # the small shop checks at its answer
+        anomaly="refunded_and_shipped",
         end_state="refunded_and_shipped",
         check=_after_sales_race,
         absent=MONEY,

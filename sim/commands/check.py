@@ -22,7 +22,8 @@ find anomalies in a history (JSON Lines events, see docs/events.md): paid-but-cl
 success shown then closed, failure shown but charged, double charges, charges without an order,
 orders paid without a charge, stuck payments, BNPL agreements left unfinished, false overdue marks,
 failing deductions, unbalanced ledger entries, charges that differ from the order amount, refunds
-beyond the charge or to someone else, double fulfilment, oversold stock and BNPL paid twice. Prints
+beyond the charge or to someone else, double fulfilment, oversold stock, BNPL paid twice and orders
+refunded on a cancel accepted after their goods shipped. Prints
 one row per anomaly class and writes DIR/results.json (docs/results.md) and DIR/anomalies.csv (one
 row per instance: the orders to repair). The rules are in docs/checker.md."""
 
