@@ -95,6 +95,10 @@ def gateway_close_result(trade_state: TradeState | None, age: float = float("inf
 
 LATE_APPROVAL_POLICIES = ("ignore", "reverse")
 
+# bnpl.deduction_source -> the buyer's payment methods a deduction (代扣) tries, in turn
+# (BuyerAccount.deduct); "draw" takes nothing from an account.
+DEDUCTION_SOURCES: dict[str, tuple[str, ...]] = {"wallet": ("wallet",), "wallet_then_card": ("wallet", "card")}
+
 
 def on_late_approval(trade_state: TradeState, policy: str) -> str:
     """The bank approves a debit after the gateway stopped waiting for it.

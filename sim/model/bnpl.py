@@ -115,18 +115,16 @@ class BnplProvider:
             w.release(ag.order)
             return
         r = w.order_rng(ag.order)
+        paid_from = {}  # from the buyer's account: which method paid (the event's source)
         if b.deduction_source != "draw":
             instrument = self._from_account(ag)
             failed = instrument is None
-            if failed:
-                w.emit("bnpl.deduction", "bnpl", ag.order, agreement=ag.id, ok=False, attempt=attempt)
-            else:
+            if not failed:
                 self.deducted_from[ag.order] = instrument
-                w.emit("bnpl.deduction", "bnpl", ag.order, agreement=ag.id, ok=True, attempt=attempt,
-                       source=instrument)
+                paid_from = {"source": instrument}
         else:
             failed = r.random() < b.deduction_failure
-            w.emit("bnpl.deduction", "bnpl", ag.order, agreement=ag.id, ok=not failed, attempt=attempt)
+        w.emit("bnpl.deduction", "bnpl", ag.order, agreement=ag.id, ok=not failed, attempt=attempt, **paid_from)
         if not failed:
             self._paid(ag, by_hand=False)
             w.release(ag.order)
@@ -155,7 +153,7 @@ class BnplProvider:
         acct = w.accounts.get(ag.user)
         if acct is None:
             return "wallet"  # no account kept (user.wallet_balance off cannot be: the scenario refuses it)
-        sources = ("wallet", "card") if w.p.bnpl.deduction_source == "wallet_then_card" else ("wallet",)
+        sources = policies.DEDUCTION_SOURCES[w.p.bnpl.deduction_source]
         instrument, wallet_short = acct.deduct(sources, ag.amount, int(w.env.now // 86400.0))
         if wallet_short:
             w.top_up_later(ag.user)

@@ -1485,7 +1485,7 @@ class ProviderCore(base.ServiceBase):
             # (BuyerAccount.deduct, as the simulation's BnplProvider._from_account): a short wallet is
             # topped up later; the deduction fails while every source is short.
             acct = self._account(row["usr"])
-            sources = ("wallet", "card") if cond.deduction_source == "wallet_then_card" else ("wallet",)
+            sources = policies.DEDUCTION_SOURCES[cond.deduction_source]
             instrument, wallet_short = acct.deduct(sources, row["amount"], int(now // 86400.0))
             ok = instrument is not None
             if wallet_short:
