@@ -229,7 +229,9 @@ def test_restart_during_notification_latency_still_delivers(start, receiver_fact
     """A provider killed while notifications wait out their latency makes those attempts after its
     restart, from the outbox rows: each notification is delivered once, as the same attempt 1 (the
     interrupted attempt left no record: no notify.sent, no attempt counted)."""
-    s = start({"gateway.notify_latency": "480s"}, name="latency-restart")  # 8 s of wall time at x60
+    # 8 s of wall time at x60; the ack timeout at 10 min (10 s of wall time), not 5 s (83 ms): a receiver slowed
+    # by a loaded host would otherwise see attempt 2 of a delivery it did answer (this test is about the restart)
+    s = start({"gateway.notify_latency": "480s", "gateway.notify_ack_timeout": "600s"}, name="latency-restart")
     rx = receiver_factory(s.notify_secret, fail=0)
     trades = [new_trade(s, amount=300 + i, notify_url=rx.url)["trade"] for i in range(3)]
     for trade in trades:
