@@ -28,7 +28,7 @@ from reports.documents import doc_name
 from reports.chart import Chart, slug
 from reports.style import class_look, ordered_classes
 from reports.summary import comparison_summary, results_summary, sweep_summary, top_summary
-from sim.results import after_sales_line
+from sim.results import sentence_metrics
 
 CSS = """
 :root { --ink: #1f2328; --muted: #59636e; --line: #d1d9e0; --soft: #f6f8fa; --accent: #0072B2; }
@@ -233,11 +233,10 @@ def results_section(i: int, doc: Mapping[str, Any], charts: Sequence[Chart], sou
     parts.append("<h3>Anomalies</h3>" + anomaly_table(doc))
     parts.extend(figure(c) for c in charts if c.kind != "rates")
     metrics = dict(doc.get("metrics") or {})
-    after = metrics.pop("after_sales", None)
+    sentences = sentence_metrics(metrics)
     if metrics:
         parts.append("<h3>Queues and latency per actor</h3>" + _metrics_table(metrics, doc.get("replications") or 1))
-    if isinstance(after, Mapping) and after:
-        parts.append(f'<p class="muted">{esc(after_sales_line(after))}.</p>')
+    parts.extend(f'<p class="muted">{esc(line)}.</p>' for line in sentences)
     if doc.get("end_states"):
         states = ", ".join(f"{k} {fmt.count(v)}" for k, v in doc["end_states"].items())
         parts.append(f'<p class="muted">Order end states: {esc(states)}.</p>')

@@ -205,7 +205,7 @@ STORIES: dict[str, Story] = {
     "bnpl_low_balance": Story(
         "bnpl_deduction_failed",
         "deductions from short wallets fail and retries stop after 24 h, before the top-up lands and the buyer repays by hand",
-        ["bnpl.deduction_source=wallet_then_card"],
+        ["bnpl.deduction_source=wallet_then_card", 'bnpl.deduction_retry_schedule=["1h","6h","1d","1d","1d","1d"]'],
         "P(BNPL)·P(balance < amount)·P(top-up > retry span)·P(repay > drain)",
         lambda s: s.user.payment_methods.bnpl * paying(s) * _short_wallet(s)
         * survival(s.user.top_up_delay, sum(s.bnpl.deduction_retry_schedule.gaps))

@@ -883,6 +883,34 @@ def after_sales_line(a: dict[str, Any]) -> str:
             f"(¥{fen / 100:,.2f}, the merchant's loss)")
 
 
+def bnpl_unpaid_line(m: dict[str, Any]) -> str:
+    """The pay-after-use agreements unpaid at the end after a failed deduction (means per replication),
+    split by what their buyers' accounts hold then, as one sentence."""
+    def n(key: str) -> str:
+        v = m.get(key) or 0
+        return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.1f}"
+
+    fen = m.get("unpaid_fen") or 0
+    return (f"pay-after-use agreements unpaid at the end after a failed deduction (mean per replication): "
+            f"{n('unpaid')} (¥{fen / 100:,.2f}); their buyers' accounts then: {n('collectable')} hold the amount "
+            f"on the methods the provider deducts from (one more attempt would collect it), {n('top_up_coming')} "
+            f"short with a top-up on its way, {n('short')} short on every method with nothing coming")
+
+
+SENTENCE_METRICS = {"after_sales": after_sales_line, "bnpl_unpaid": bnpl_unpaid_line}
+
+
+def sentence_metrics(metrics: dict[str, Any]) -> list[str]:
+    """Pop the metrics told as sentences (after-sales, unpaid pay-after-use agreements) from ``metrics``
+    and return their sentences, in a fixed order."""
+    lines = []
+    for key, line in SENTENCE_METRICS.items():
+        m = metrics.pop(key, None)
+        if isinstance(m, dict) and m:
+            lines.append(line(m))
+    return lines
+
+
 def print_summary(doc: dict[str, Any], console: "Console | None" = None) -> None:
     """The summary table (and the metrics table when present) on ``console``."""
     from rich.console import Console
@@ -908,11 +936,11 @@ def print_summary(doc: dict[str, Any], console: "Console | None" = None) -> None
     for line in filter(None, lines):
         console.print(f"{line}.", highlight=False)
     metrics = dict(doc.get("metrics") or {})
-    after = metrics.pop("after_sales", None)
+    sentences = sentence_metrics(metrics)
     if metrics:
         console.print(_metrics_table(metrics, doc.get("replications") or 1))
-    if isinstance(after, dict) and after:
-        console.print(after_sales_line(after), highlight=False)
+    for line in sentences:
+        console.print(line, highlight=False)
     states = doc.get("end_states") or {}
     if states:
         console.print("end states: " + ", ".join(f"{k} {v:,}" for k, v in sorted(states.items(), key=lambda kv: -kv[1])))

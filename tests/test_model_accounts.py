@@ -330,3 +330,23 @@ def test_the_card_fall_back_without_a_card_line_is_refused_naming_both_keys():
                             "user": {"wallet_balance": 100}}, "lb.toml")
     text = str(err.value)
     assert "lb.toml: bnpl.deduction_source" in text and 'user.card_limit is "off"' in text
+
+
+def test_the_agreements_unpaid_at_the_end_are_told_apart_by_what_their_buyers_hold():
+    """metrics.bnpl_unpaid splits the unpaid agreements (as many as bnpl_deduction_failed counts) by the
+    buyer's account at the end. The poor buyers of the first test (50 CNY for a 100-CNY order) with no
+    top-up are short on every method; with a top-up that lands 40 h after the first failure — after the
+    last retry (+31 h), before the end — every one of them holds the amount (one more attempt would
+    collect it); with a top-up 10 d later, every one is waiting for it. Retrying daily to the end, the
+    40-h top-ups are collected and nothing is left unpaid."""
+    for top_up, where in (("off", "short"), ("40h", "collectable"), ("10d", "top_up_coming")):
+        r, *_ = _run({**WALLET_BNPL, "user.top_up_delay": top_up})
+        m = r.metrics["bnpl_unpaid"]
+        assert m["unpaid"] == r.summary.per_class["bnpl_deduction_failed"].count >= 100, (top_up, m)
+        assert m[where] == m["unpaid"], (top_up, m)
+        assert m["unpaid_fen"] == 10_000 * m["unpaid"]
+    r, *_ = _run({**WALLET_BNPL, "user.top_up_delay": "40h",
+                  "bnpl.deduction_retry_schedule": ["1h", "6h", "1d", "1d", "1d"]})
+    assert r.metrics["bnpl_unpaid"]["unpaid"] == 0 == r.summary.per_class["bnpl_deduction_failed"].count
+    drawn, *_ = _run({**WALLET_BNPL, "bnpl.deduction_source": "draw"})
+    assert "bnpl_unpaid" not in drawn.metrics  # deductions drawn: no accounts to tell them apart by

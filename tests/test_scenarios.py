@@ -83,6 +83,18 @@ def _windows(daily: dict, hourly: dict) -> None:
     assert h["window_s"]["p99"] < 2 * 3600, h["window_s"]
 
 
+def _money_not_there(base: dict, mitigated: dict) -> None:
+    """bnpl_low_balance: as written, many unpaid agreements' buyers hold the amount at the end (the
+    retries stopped before their money came); deducting as WeChat Pay does (other methods, retries until
+    it succeeds), what is left another attempt could not collect: the money is not there."""
+    b, m = base["metrics"]["bnpl_unpaid"], mitigated["metrics"]["bnpl_unpaid"]
+    reps = base["replications"]
+    assert b["unpaid"] * reps == base["anomalies"]["bnpl_deduction_failed"]["count"], b
+    assert m["unpaid"] * reps == mitigated["anomalies"]["bnpl_deduction_failed"]["count"], m
+    assert b["collectable"] >= 0.25 * b["unpaid"], b
+    assert m["collectable"] <= 0.15 * m["unpaid"], m
+
+
 def _hourly_windows(hourly: dict, daily: dict) -> None:
     _windows(daily, hourly)
 
@@ -243,12 +255,13 @@ STORIES: dict[str, Story] = {
     "bnpl_low_balance": Story(
         # The file's buyers (its wallet orders spend the balances the deductions need), fewer of them.
         scale={"run.horizon": "16m", "run.drain": "4d", "run.replications": 3},
-        mitigation={"bnpl.deduction_source": "wallet_then_card"},
+        mitigation={"bnpl.deduction_source": "wallet_then_card",
+                    "bnpl.deduction_retry_schedule": ["1h", "6h", "1d", "1d", "1d", "1d"]},
         anomaly="bnpl_deduction_failed",
-        # Cut to a tenth, not removed: what is left are buyers whose card line is short too and whose
-        # money does not come within the observation (at this scale 0.035 -> 0.0034, x0.10).
+        # Cut, not removed: what is left are buyers whose money is not there at the end (_money_not_there).
         removes=False,
-        cut=0.25,
+        cut=0.15,  # at this scale 0.035 -> 0.0020 (x0.057)
+        check=_money_not_there,
         absent=MONEY + ("bnpl_false_overdue",),
     ),
     "reconciliation_daily": Story(

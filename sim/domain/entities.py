@@ -208,6 +208,17 @@ class BuyerAccount:
             wallet_short = wallet_short or (result == "declined" and instrument == "wallet")
         return None, wallet_short
 
+    def could_deduct(self, sources: tuple[str, ...], amount: int, day: int) -> bool:
+        """Would a deduction of ``amount`` from ``sources`` succeed now (:meth:`deduct`, without taking it)?"""
+        self._today(day)
+        if self.daily_limit is not None and self.spent_today + amount > self.daily_limit:
+            return False
+        for instrument in sources:
+            left = self.balance if instrument == "wallet" else self.card_left if instrument == "card" else None
+            if left is None or left >= amount:
+                return True
+        return False
+
     def give_back(self, instrument: str, amount: int) -> bool:
         """A refund's ``amount`` returns to the wallet balance or card line (``instrument``) it was taken
         from (``user.refund_restores``); False when the account keeps no such limit (nothing to restore)."""

@@ -35,7 +35,14 @@ class BnplProvider:
         # orders whose agreement a deduction from the buyer's account paid (bnpl.deduction_source "wallet" or
         # "wallet_then_card") -> the instrument it took: a refund gives it back with user.refund_restores
         self.deducted_from: dict[str, str] = {}
-        w.on_forget.append(lambda order: self.deducted_from.pop(order, None))
+        # orders of agreements a deduction from the buyer's account failed for at least once (accounts only)
+        self.failed_from_account: set[str] = set()
+
+        def forget(order: str) -> None:
+            self.deducted_from.pop(order, None)
+            self.failed_from_account.discard(order)
+
+        w.on_forget.append(forget)
 
     def agreement_of(self, order_id: str) -> Agreement | None:
         return self.w.agreements.get(order_id)
@@ -119,7 +126,9 @@ class BnplProvider:
         if b.deduction_source != "draw":
             instrument = self._from_account(ag)
             failed = instrument is None
-            if not failed:
+            if failed:
+                self.failed_from_account.add(ag.order)
+            else:
                 self.deducted_from[ag.order] = instrument
                 paid_from = {"source": instrument}
         else:
@@ -158,6 +167,38 @@ class BnplProvider:
         if wallet_short:
             w.top_up_later(ag.user)
         return instrument
+
+    def unpaid_at_end(self) -> dict[str, float] | None:
+        """Where the agreements stand whose deduction from the buyer's account failed and that are still
+        unpaid at the end of the observation (the orders counted, created between warmup and horizon):
+        ``unpaid`` of them (``unpaid_fen``), split by their buyer's account as it is at the end —
+        ``collectable``: the methods the provider deducts from (``bnpl.deduction_source``) hold the amount
+        now, so one more attempt would collect it (what a longer retry schedule buys); ``top_up_coming``:
+        short, a top-up on its way; ``short``: short on every method, nothing coming — no retry can
+        collect money that is not there. None when deductions are drawn (no accounts)."""
+        w = self.w
+        if w.p.bnpl.deduction_source == "draw":
+            return None
+        sources = policies.DEDUCTION_SOURCES[w.p.bnpl.deduction_source]
+        day = int(w.env.now // 86400.0)
+        out = {"unpaid": 0.0, "unpaid_fen": 0.0, "collectable": 0.0, "top_up_coming": 0.0, "short": 0.0}
+        for order in self.failed_from_account:
+            ag = w.agreements.get(order)
+            o = w.orders.get(order)
+            if ag is None or o is None or ag.paid_by_user or ag.state in (A.CANCELLED, A.EXPIRED, A.SETTLED):
+                continue
+            if not w.warmup <= o.created_at < w.horizon:
+                continue
+            out["unpaid"] += 1
+            out["unpaid_fen"] += ag.amount
+            acct = w.accounts.get(ag.user)
+            if acct is None or acct.could_deduct(sources, ag.amount, day):
+                out["collectable"] += 1
+            elif acct.topping_up:
+                out["top_up_coming"] += 1
+            else:
+                out["short"] += 1
+        return out
 
     def _repay(self, ag: Agreement) -> None:
         w = self.w

@@ -109,6 +109,9 @@ def run_replication(scenario: Scenario, replication: int = 0, examples: bool = T
     metrics["app"] = buyers_metrics(w, buyers)
     if w.p.user.after_sales_probability > 0:  # (absent when off: the results of every other run are as they were)
         metrics["after_sales"] = {k: float(v) for k, v in merchant.after_sales.items()}
+    unpaid = provider.unpaid_at_end()  # (absent when deductions are drawn: those runs' results are as they were)
+    if unpaid is not None:
+        metrics["bnpl_unpaid"] = unpaid
     return ReplicationResult(replication, summary, metrics, order_service.seq, w.ledger.total())
 
 
