@@ -145,9 +145,9 @@ STORIES: dict[str, Story] = {
         "bnpl_stuck_unfinished",
         "queue merchants' workers restart and lose the finish messages they hold; the nightly batch is late past the finish limit",
         ["merchant.finish_outbox=true"],
-        "P(BNPL)·P(a finish call fails every retry) = bnpl · failure^(retries+1)",
+        "P(BNPL)·P(pays)·P(queue merchant) (a calculator reading: every queue merchant's finish lost)",
         lambda s: s.user.payment_methods.bnpl * paying(s)
-        * s.merchant.bnpl_finish_failure ** (s.merchant.bnpl_finish_retries + 1),
+        * sum(m.share for m in s.merchant.population if m.finish == "queue"),
         # losses come in common shocks (one worker restart loses every message it holds), so the
         # replications disagree: at 3 the pooled interval's lower end was just above the product
         # (4.5e-3 vs 4.3e-3), at 6 it was [8.7e-3, 1.35e-2]; 10 make the read clear

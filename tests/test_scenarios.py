@@ -188,7 +188,7 @@ STORIES: dict[str, Story] = {
                     "restart_every": {"dist": "exponential", "mean": "3h"}},
                    {"name": "new", "share": 0.2, "finish": "batch", "batch_interval": "24h",
                     "batch_item_time": "2s"}]},
-        mitigation={"merchant.finish_outbox": True, "merchant.bnpl_finish_retries": 10},
+        mitigation={"merchant.finish_outbox": True},
         anomaly="bnpl_stuck_unfinished",
         absent=MONEY + ("bnpl_false_overdue",),
     ),
