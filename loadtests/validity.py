@@ -186,6 +186,11 @@ def preflight(scenario: Scenario, window: Any, workers: int) -> dict[str, Any]:
             + (f"only {share:.0%} of the counted orders" if share > 0 else "none of the counted orders")
             + f" can be watched to the end of it, and anomalies that need the rest are under-counted or 0: {fix} "
             f"(at time scale {k:g})")
+    if scenario.support.agents is not None:
+        warnings.append(
+            f"sets support.agents = {scenario.support.agents}: customer service is simulated only — the live "
+            "services have no desk, so nobody complains and no ticket repairs anything in this run; compare it "
+            "with a simulation (checkout-chaos simulate) for what the desk buys")
     return {"planned_peak_rate_wall_per_s": wall_rate, "capacity_flows_per_s": capacity, "capacity_source": source,
             "window": win, "warnings": warnings}
 

@@ -897,7 +897,19 @@ def bnpl_unpaid_line(m: dict[str, Any]) -> str:
             f"short with a top-up on its way, {n('short')} short on every method with nothing coming")
 
 
-SENTENCE_METRICS = {"after_sales": after_sales_line, "bnpl_unpaid": bnpl_unpaid_line}
+def support_line(m: dict[str, Any]) -> str:
+    """The platform customer service's tickets (means per replication) as one sentence."""
+    def n(key: str) -> str:
+        v = m.get(key) or 0
+        return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.1f}"
+
+    return (f"customer service (mean per replication): {n('tickets')} tickets from buyers charged for an order "
+            f"that did not account for it; agents refunded {n('refunded')}, reversed {n('reversed')} debits on "
+            f"closed trades, filled in {n('filled_in')} orders, and found {n('nothing')} already put right "
+            f"(the agents' queue: the support row of the metrics)")
+
+
+SENTENCE_METRICS = {"after_sales": after_sales_line, "bnpl_unpaid": bnpl_unpaid_line, "support_tickets": support_line}
 
 
 def sentence_metrics(metrics: dict[str, Any]) -> list[str]:

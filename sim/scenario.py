@@ -896,6 +896,28 @@ class ReconciliationSection(_Section):
         "refund", description="what a 长款 (money, no paid order) gets: refund, fill in (reopen) the order, or a report only")
 
 
+class SupportSection(_Section):
+    """The platform's customer service (平台客服): buyers charged for an order they do not have complain, and
+    agents repair what they find (seeds 000 and 002: the buyer who paid and sees "closed" goes to customer
+    service, and waits for it)."""
+
+    agents: CountOrOff = Field(
+        "off", description='agents handling tickets at once (one FIFO queue of tickets), or "off": no customer '
+        'service (nobody complains; every other result is as without this section)')
+    complaint_probability: Probability = Field(
+        0.8, description="a buyer whose bank debit the order does not account for (order closed or unpaid, a "
+        "second charge for one order, a debit on a closed trade) when they look files a ticket")
+    complaint_delay: DurationDist = Field(
+        _ln("2h", "2d"), description="the bank's debit (its SMS) -> the buyer looks at the order and, if it does "
+        "not account for the debit, files a ticket")
+    handle_time: DurationDist = Field(
+        _ln("15m", "2h"), description="an agent's time per ticket; the agent checks the order, the trade and the "
+        "bank's record when it finishes, and refunds (or fills in the order) what still does not agree")
+    repair: Literal["refund", "fill_order"] = Field(
+        "refund", description="what an agent does with a debit for an order that is not paid: refund it, or "
+        "fill the order in (mark it paid, reopening a closed one); a second charge is refunded either way")
+
+
 class FaultWindow(_Section):
     """Between ``start`` and ``end`` the keys in ``set`` take other values (a brownout, a storm)."""
 
@@ -1004,6 +1026,7 @@ class Scenario(_Section):
     merchant: MerchantSection = MerchantSection()
     bnpl: BnplSection = BnplSection()
     reconciliation: ReconciliationSection = ReconciliationSection()
+    support: SupportSection = SupportSection()
     faults: tuple[FaultWindow, ...] = ()
     thresholds: tuple[ThresholdRule, ...] = ()
     live: LiveSection = LiveSection()
@@ -1029,7 +1052,7 @@ class Scenario(_Section):
         return scenario_from_dict(raw, source)
 
 
-# Sections a fault window may change (run, load, live and reconciliation are fixed for a run).
+# Sections a fault window may change (run, load, live, reconciliation and support are fixed for a run).
 FAULTABLE_SECTIONS = ("user", "app", "order_service", "gateway", "bank", "merchant", "bnpl")
 
 # --------------------------------------------------------------------------------------------------

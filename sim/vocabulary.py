@@ -47,6 +47,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "bnpl.deduction", "bnpl.repaid", "bnpl.synced", "bnpl.overdue", "bnpl.overdue_cleared",
     "bnpl.compensated", "bnpl.settled", "bnpl.cancelled", "bnpl.expired",
     "recon.found", "recon.repaired",
+    "support.ticket", "support.resolved",
 )
 
 # What a history can have observed (docs/checker.md, "Partial observability"), and the event types

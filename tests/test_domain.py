@@ -205,3 +205,23 @@ def test_deadline_passed_with_and_without_a_margin():
     assert not deadline_passed(7.9, 10.0, margin=2.0)  # 2.1 s left: enough for 2 s of work
     assert deadline_passed(8.5, 10.0, margin=2.0)  # 1.5 s left: the work could not answer in time
     assert not deadline_passed(1e9, float("inf"), margin=2.0)  # no deadline
+
+
+def test_support_action_repairs_what_the_order_does_not_account_for():
+    """Customer service's decision on one debit (and the buyer's reason to complain): a debit on a closed
+    trade is reversed, a second charge refunded, a debit for an order not paid refunded or filled in; an
+    order paid by this very debit, or money already on its way back, needs nothing."""
+    from sim.domain.policies import support_action
+    from sim.domain.states import OrderState as O, TradeState as T
+
+    assert support_action(O.CLOSED, T.CLOSED, False, False) == "reverse"
+    assert support_action(O.CLOSED, T.CLOSED, False, True) is None
+    assert support_action(O.PAID, T.SUCCEEDED, True, False) is None
+    assert support_action(O.COMPLETED, T.SUCCEEDED, False, False) == "refund"  # a second charge
+    assert support_action(O.CLOSED, T.SUCCEEDED, False, False) == "refund"
+    assert support_action(O.CLOSED, T.SUCCEEDED, False, False, repair="fill_order") == "fill_order"
+    assert support_action(O.AWAITING_PAYMENT, T.SUCCEEDED, False, False) == "fill_order"
+    assert support_action(O.REFUND_PENDING, T.SUCCEEDED, True, False) is None
+    assert support_action(O.CLOSED, T.SUCCEEDED, False, True) is None
+    assert support_action(O.CLOSED, T.REFUNDED, False, True) is None
+    assert support_action(None, T.SUCCEEDED, False, False) is None

@@ -196,3 +196,12 @@ def test_compare_exits_3_with_a_banner_when_not_conclusive():
     text = console.export_text()
     assert "THIS COMPARISON IS NOT CONCLUSIVE" in text and "the window is too short" in text
     assert comparison_exit({"conclusive": True, "live": {}}, console) == 0
+
+
+def test_a_live_run_of_a_scenario_with_customer_service_says_the_desk_is_simulated_only():
+    """support.agents is the simulation's: the preflight warns that a live run has no desk."""
+    s = scenario_from_dict({"support": {"agents": 3}})
+    pre = validity.preflight(s, live_window(s, 60, 60, 30), 0)
+    assert any("support.agents = 3" in w and "simulated only" in w for w in pre["warnings"]), pre["warnings"]
+    plain = scenario_from_dict({})
+    assert not any("support" in w for w in validity.preflight(plain, live_window(plain, 60, 60, 30), 0)["warnings"])

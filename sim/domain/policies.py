@@ -211,6 +211,32 @@ def reconcile(order_state: OrderState | None, trade_state: TradeState | None, re
     return None, None
 
 
+def support_action(order_state: OrderState | None, trade_state: TradeState | None, pays_order: bool,
+                   debit_returned: bool, repair: str = "refund") -> str | None:
+    """What customer service does about one bank debit a buyer complains of (and what makes the buyer
+    complain: the same question, asked by the buyer when they look): ``reverse`` (a debit on a closed
+    trade: return it), ``refund``, ``fill_order`` (mark the order paid by it), or None when the order
+    accounts for the debit or the money is on its way back.
+
+    ``trade_state`` is the trade's as the bank's record corrects it (a debit the gateway thinks failed
+    or unknown is a succeeded trade); ``pays_order``: this trade is the one the order is paid by.
+    A second charge for a paid order is refunded; a debit for an order that is not paid is refunded, or
+    with ``repair = "fill_order"`` fills it in — an order still awaiting payment is always filled in
+    (the buyer paid it; the notification never came), as reconciliation does (:func:`reconcile`).
+    """
+    if trade_state is T.CLOSED:
+        return None if debit_returned else "reverse"
+    if trade_state is not T.SUCCEEDED or debit_returned:
+        return None
+    if order_state in ORDER_PAID_STATES:
+        return None if pays_order else "refund"
+    if order_state is O.AWAITING_PAYMENT:
+        return "fill_order"
+    if order_state is O.CLOSED:
+        return "fill_order" if repair == "fill_order" else "refund"
+    return None  # refund pending or refunded: the money is on its way back; no order: nothing to ask about
+
+
 def bnpl_overdue_decision(credit_side_paid: bool) -> str:
     """At the compensation deadline the provider reads its *credit* side: ``overdue`` or ``settled``.
 

@@ -91,6 +91,13 @@ def after_sales_stream(seed: int, replication: int, index: int) -> random.Random
     return random.Random(int.from_bytes(key, "little"))
 
 
+def support_stream(seed: int, replication: int, trade: str) -> random.Random:
+    """The stream of one bank debit's complaint (``support``): when its buyer looks, whether they file a
+    ticket, and the agent's time on it. Its own, so turning customer service on changes no other draw."""
+    key = hashlib.blake2b(b"support:%d:%d:%s" % (seed, replication, trade.encode()), digest_size=16).digest()
+    return random.Random(int.from_bytes(key, "little"))
+
+
 class AfterSalesDraws(NamedTuple):
     delay: float  # order paid -> the request is sent
     defect: bool  # the goods have a serious quality defect (the merchant's defect_rate)

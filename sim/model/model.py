@@ -20,6 +20,7 @@ from sim.model.gateway import Gateway
 from sim.model.merchant import Merchant
 from sim.model.order_service import OrderService
 from sim.model.reconciliation import Reconciler
+from sim.model.support import Support
 from sim.model.user import Buyers, arrivals
 from sim.model.world import World
 from sim.scenario import Scenario, fault_spans  # noqa: F401  (fault_spans re-exported)
@@ -88,9 +89,12 @@ def run_replication(scenario: Scenario, replication: int = 0, examples: bool = T
     provider.order_service = order_service
     order_service.bnpl = provider
     Reconciler(w, order_service, gateway, bank)
+    support = Support(w, order_service, gateway, bank)  # after the reconciler: it chains the bank's debit hook
     buyers = Buyers(w, order_service, gateway, provider)
     order_service.app = buyers
     stations = {"gateway": gateway.station, "bank": bank.station, "order_service": order_service.station}
+    if support.station is not None:
+        stations["support"] = support.station
     for window in scenario.faults:
         w.env.process(_fault_window(w, window, (gateway, bank, order_service)))
     w.env.process(arrivals(w, buyers.start))
@@ -109,6 +113,8 @@ def run_replication(scenario: Scenario, replication: int = 0, examples: bool = T
     metrics["app"] = buyers_metrics(w, buyers)
     if w.p.user.after_sales_probability > 0:  # (absent when off: the results of every other run are as they were)
         metrics["after_sales"] = {k: float(v) for k, v in merchant.after_sales.items()}
+    if support.station is not None:
+        metrics["support_tickets"] = {k: float(v) for k, v in support.counts.items()}
     unpaid = provider.unpaid_at_end()  # (absent when deductions are drawn: those runs' results are as they were)
     if unpaid is not None:
         metrics["bnpl_unpaid"] = unpaid
