@@ -894,7 +894,7 @@ def bnpl_unpaid_line(m: dict[str, Any]) -> str:
     return (f"pay-after-use agreements unpaid at the end after a failed deduction (mean per replication): "
             f"{n('unpaid')} (¥{fen / 100:,.2f}); their buyers' accounts then: {n('collectable')} hold the amount "
             f"on the methods the provider deducts from (one more attempt would collect it), {n('top_up_coming')} "
-            f"short with a top-up on its way, {n('short')} short on every method with nothing coming")
+            f"short with a top-up on its way, {n('short')} short on every method with no top-up coming")
 
 
 def support_line(m: dict[str, Any]) -> str:

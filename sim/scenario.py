@@ -917,6 +917,14 @@ class SupportSection(_Section):
         "refund", description="what an agent does with a debit for an order that is not paid: refund it, or "
         "fill the order in (mark it paid, reopening a closed one); a second charge is refunded either way")
 
+    @field_validator("agents")
+    @classmethod
+    def _some_agents(cls, v: int | None) -> int | None:
+        if v == 0:
+            raise ValueError('expected "off" (no customer service) or 1 agent or more, found 0 '
+                             "(a desk without agents would queue every ticket for ever)")
+        return v
+
 
 class FaultWindow(_Section):
     """Between ``start`` and ``end`` the keys in ``set`` take other values (a brownout, a storm)."""

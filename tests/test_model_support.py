@@ -73,3 +73,13 @@ def test_customer_service_refunds_a_second_charge_and_leaves_the_first():
     assert d["occurred_orders"] == b["occurred_orders"] and d["count"] == 0, d
     assert desk["end_states"].get("double_charged", 0) == 0 and base["end_states"].get("double_charged", 0) >= 5
     assert desk["ledger_total_fen"] == 0
+
+
+def test_a_desk_without_agents_is_refused_naming_the_key():
+    import pytest
+
+    from sim.scenario import ConfigError, scenario_from_dict
+
+    with pytest.raises(ConfigError) as err:
+        scenario_from_dict({"support": {"agents": 0}}, "desk.toml")
+    assert "desk.toml: support.agents" in str(err.value) and '"off"' in str(err.value)
