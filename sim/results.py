@@ -22,7 +22,7 @@ import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from sim.check import CheckSummary
 from sim.errors import ConfigError
@@ -869,11 +869,17 @@ def _metrics_table(metrics: dict[str, Any], replications: int = 1) -> "Table":
     return table
 
 
+def _mean_count(m: dict[str, Any]) -> Callable[[str], str]:
+    """A formatter of ``m``'s counts (means per replication): whole numbers bare, others to one decimal."""
+    def n(key: str) -> str:
+        v = m.get(key) or 0
+        return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.1f}"
+    return n
+
+
 def after_sales_line(a: dict[str, Any]) -> str:
     """The after-sales metrics (seed 003; means per replication) as one sentence."""
-    def n(key: str) -> str:
-        v = a.get(key) or 0
-        return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.1f}"
+    n = _mean_count(a)
 
     fen = a.get("refunded_and_shipped_fen") or 0
     return (f"after-sales (mean per replication): {n('requested')} requests, {n('accepted')} refunded "
@@ -886,9 +892,7 @@ def after_sales_line(a: dict[str, Any]) -> str:
 def bnpl_unpaid_line(m: dict[str, Any]) -> str:
     """The pay-after-use agreements unpaid at the end after a failed deduction (means per replication),
     split by what their buyers' accounts hold then, as one sentence."""
-    def n(key: str) -> str:
-        v = m.get(key) or 0
-        return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.1f}"
+    n = _mean_count(m)
 
     fen = m.get("unpaid_fen") or 0
     return (f"pay-after-use agreements unpaid at the end after a failed deduction (mean per replication): "
@@ -899,9 +903,7 @@ def bnpl_unpaid_line(m: dict[str, Any]) -> str:
 
 def support_line(m: dict[str, Any]) -> str:
     """The platform customer service's tickets (means per replication) as one sentence."""
-    def n(key: str) -> str:
-        v = m.get(key) or 0
-        return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.1f}"
+    n = _mean_count(m)
 
     return (f"customer service (mean per replication): {n('tickets')} tickets from buyers charged for an order "
             f"that did not account for it; agents refunded {n('refunded')}, reversed {n('reversed')} debits on "
