@@ -30,7 +30,8 @@ class Bank:
         self.station = Station(w.env, "bank", w.p.bank.channels, w.warmup, w.horizon)
         self.configure(w.p)
         self.record = w.bank_record  # trade -> the bank's own outcome (what a query returns)
-        self.on_debit: Callable[[str, str, float], None] | None = None  # reconciliation statement hook
+        # who hears of every debit (order, trade, time): the reconciler's statement, customer service's SMS
+        self.on_debit: list[Callable[[str, str, float], None]] = []
 
     def configure(self, p) -> None:
         """The channels and overload policies of ``p`` (a fault window may change them)."""
@@ -144,8 +145,8 @@ class Bank:
         txn = transfer(w.next_txn("c"), CHARGE, f"user:{trade.user}", "clearing", trade.amount)
         w.ledger.post(txn)
         w.post(txn, trade.order, "bank", trade=trade.id)
-        if self.on_debit is not None:
-            self.on_debit(trade.order, trade.id, w.env.now)
+        for listener in self.on_debit:
+            listener(trade.order, trade.id, w.env.now)
 
     def query(self, trade_id: str, respond: Callable[[str | None], None]) -> None:
         """What the bank knows of a trade's latest debit (``None`` or ``pending``: nothing final yet;

@@ -25,6 +25,7 @@ from sim.domain.states import AgreementState
 from sim.model.world import World
 
 A = AgreementState
+_UNPAID_AFTER_FINISH = frozenset({A.DEDUCTING, A.COMPENSATED, A.OVERDUE})
 
 
 class BnplProvider:
@@ -35,14 +36,7 @@ class BnplProvider:
         # orders whose agreement a deduction from the buyer's account paid (bnpl.deduction_source "wallet" or
         # "wallet_then_card") -> the instrument it took: a refund gives it back with user.refund_restores
         self.deducted_from: dict[str, str] = {}
-        # orders of agreements a deduction from the buyer's account failed for at least once (accounts only)
-        self.failed_from_account: set[str] = set()
-
-        def forget(order: str) -> None:
-            self.deducted_from.pop(order, None)
-            self.failed_from_account.discard(order)
-
-        w.on_forget.append(forget)
+        w.on_forget.append(lambda order: self.deducted_from.pop(order, None))
 
     def agreement_of(self, order_id: str) -> Agreement | None:
         return self.w.agreements.get(order_id)
@@ -126,9 +120,7 @@ class BnplProvider:
         if b.deduction_source != "draw":
             instrument = self._from_account(ag)
             failed = instrument is None
-            if failed:
-                self.failed_from_account.add(ag.order)
-            else:
+            if not failed:
                 self.deducted_from[ag.order] = instrument
                 paid_from = {"source": instrument}
         else:
@@ -182,12 +174,12 @@ class BnplProvider:
         sources = policies.DEDUCTION_SOURCES[w.p.bnpl.deduction_source]
         day = int(w.env.now // 86400.0)
         out = {"unpaid": 0.0, "unpaid_fen": 0.0, "collectable": 0.0, "top_up_coming": 0.0, "short": 0.0}
-        for order in self.failed_from_account:
-            ag = w.agreements.get(order)
-            o = w.orders.get(order)
-            if ag is None or o is None or ag.paid_by_user or ag.state in (A.CANCELLED, A.EXPIRED, A.SETTLED):
+        for ag in w.agreements.values():
+            # finished and unpaid: its first deduction runs at the finish, so it failed at least once
+            if ag.paid_by_user or ag.state not in _UNPAID_AFTER_FINISH:
                 continue
-            if not w.warmup <= o.created_at < w.horizon:
+            o = w.orders.get(ag.order)
+            if o is None or not w.warmup <= o.created_at < w.horizon:
                 continue
             out["unpaid"] += 1
             out["unpaid_fen"] += ag.amount

@@ -186,6 +186,11 @@ class Gateway:
         elif action == "reverse":
             self.reverse(trade, "gateway")
 
+    def confirm_debit(self, trade: Trade, actor: str) -> None:
+        """The bank's record shows a debit the gateway has as failed or unknown: correct it (succeeded)."""
+        trade.to(T.SUCCEEDED)
+        self.w.emit("trade.succeeded", actor, trade.order, trade=trade.id, amount=trade.amount)
+
     def reverse(self, trade: Trade, actor: str) -> bool:
         """Return a debit made on a trade that is closed: money back to the buyer, the trade stays closed."""
         w = self.w

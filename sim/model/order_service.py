@@ -304,6 +304,11 @@ class OrderService:
         self.app.push(order, "order_paid")
         self.merchant.fulfil(order)  # every 'order paid' the merchant hears starts a fulfilment
 
+    def reopen_with(self, order: Order, trade: str, actor: str) -> None:
+        """A closed order filled in with the debit that paid it (reconciliation, customer service)."""
+        order.mark_paid(trade)
+        self.w.emit("order.reopened", actor, order.id, trade=trade, stock_released=order.stock_released)
+
     # -- notifications -------------------------------------------------------------------------------
     def receive_notification(self, trade: Trade, handled: Callable[[float], None],
                              deadline: float = float("inf"), refused: Callable[[], None] | None = None) -> None:

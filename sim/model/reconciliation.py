@@ -25,7 +25,7 @@ class Reconciler:
         self.statement: deque = deque()  # (debited_at, order, trade), in time order
         self.interval = w.p.reconciliation.interval
         if self.interval is not None:
-            bank.on_debit = self._debited
+            bank.on_debit.append(self._debited)
             w.env.process(self._run())
 
     def _debited(self, order: str, trade: str, t: float) -> None:
@@ -50,9 +50,7 @@ class Reconciler:
             return
         state = trade.state
         if state in (T.UNKNOWN, T.FAILED):
-            # The bank debited it: the statement is the truth, correct the gateway's record.
-            trade.to(T.SUCCEEDED)
-            w.emit("trade.succeeded", "reconciler", order_id, trade=trade_id, amount=trade.amount)
+            self.gw.confirm_debit(trade, "reconciler")  # the bank debited it: the statement is the truth
             state = T.SUCCEEDED
         kind, action = policies.reconcile(order.state if order else None, state, w.p.reconciliation.repair,
                                           debit_returned=trade.refunded > 0)
@@ -71,6 +69,5 @@ class Reconciler:
             w.emit("recon.repaired", "reconciler", order_id, action="fill_order", trade=trade_id)
             self.os.mark_paid(order, trade_id)
         elif action == "fill_order" and order is not None and order.state is O.CLOSED:
-            order.mark_paid(trade_id)
-            w.emit("order.reopened", "reconciler", order_id, trade=trade_id, stock_released=order.stock_released)
+            self.os.reopen_with(order, trade_id, "reconciler")
             w.emit("recon.repaired", "reconciler", order_id, action="fill_order", trade=trade_id)

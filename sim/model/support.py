@@ -40,14 +40,7 @@ class Support:
             return
         # The whole observation: tickets come hours after the orders
         self.station = Station(w.env, "support", agents, w.warmup, w.end)
-        before = bank.on_debit  # the reconciler's statement, when it runs
-
-        def on_debit(order: str, trade: str, t: float) -> None:
-            if before is not None:
-                before(order, trade, t)
-            self._debited(order, trade)
-
-        bank.on_debit = on_debit
+        bank.on_debit.append(lambda order, trade, _t: self._debited(order, trade))
 
     def _counted(self, order_id: str) -> bool:
         o = self.w.orders.get(order_id)
@@ -91,8 +84,7 @@ class Support:
         order, trade = w.orders.get(order_id), w.trades.get(trade_id)
         counted = self._counted(order_id)
         if action is not None and trade.state in (T.UNKNOWN, T.FAILED):
-            trade.to(T.SUCCEEDED)  # the bank's record is the truth: correct the gateway's
-            w.emit("trade.succeeded", "support", order_id, trade=trade_id, amount=trade.amount)
+            self.gw.confirm_debit(trade, "support")  # the bank's record is the truth
         w.emit("support.resolved", "support", order_id, trade=trade_id, action=action or "nothing")
         if action == "reverse":
             self.gw.reverse(trade, "support")
@@ -101,8 +93,7 @@ class Support:
         elif action == "fill_order" and order.state is O.AWAITING_PAYMENT:
             self.os.mark_paid(order, trade_id)
         elif action == "fill_order":
-            order.mark_paid(trade_id)  # a closed order, reopened with the debit that paid it
-            w.emit("order.reopened", "support", order_id, trade=trade_id, stock_released=order.stock_released)
+            self.os.reopen_with(order, trade_id, "support")
         if counted:
             key = {"reverse": "reversed", "refund": "refunded", "fill_order": "filled_in"}.get(action, "nothing")
             self.counts[key] += 1
