@@ -8,7 +8,8 @@ Before the run (:func:`preflight`), nothing started yet:
   conservative 100 flows/s);
 * **window**: the observation window against the timers the story needs — ``order_ttl``, the close
   sweep's interval, and the part of the notification schedule that matters (the first attempt's
-  latency, plus the retries a lost attempt needs while ``notify_loss ** attempts`` is above 1e-3). The
+  latency, plus the retries a lost attempt needs while ``notify_loss ** attempts`` is above 1e-3, or,
+  with ``order_service.notify_outage_every``, the retries that reach past a p99 outage). The
   share of the counted orders whose story fits before the end of observation is reported; below 0.95
   the run warns, below 0.5 a comparison is not conclusive.
 
@@ -119,6 +120,12 @@ def story_span(scenario: Scenario) -> dict[str, Any]:
     if gw.notify_loss > 0:
         while retries < len(gw.notify_schedule.gaps) and gw.notify_loss ** (retries + 1) > NOTIFY_MISS * (1 + 1e-9):
             retries += 1
+    if os_.notify_outage_every is not None:  # the retries that reach past a long (p99) outage of the endpoint
+        outage, gaps = high_quantile(os_.notify_outage_duration), gw.notify_schedule.gaps
+        k = 0
+        while k < len(gaps) and sum(gaps[:k]) < outage:
+            k += 1
+        retries = max(retries, k)
     notify = latency + sum(gw.notify_schedule.gaps[:retries])
     parts = [f"order_ttl {format_duration(os_.order_ttl)}"]
     if close:

@@ -911,7 +911,18 @@ def support_line(m: dict[str, Any]) -> str:
             f"(the agents' queue: the support row of the metrics)")
 
 
-SENTENCE_METRICS = {"after_sales": after_sales_line, "bnpl_unpaid": bnpl_unpaid_line, "support_tickets": support_line}
+def notify_outages_line(m: dict[str, Any]) -> str:
+    """The notification endpoint's outages (means per replication) as one sentence."""
+    n = _mean_count(m)
+
+    return (f"notification endpoint outages (mean per replication): {n('outages_in_window')} began in the "
+            f"measurement window, down {100 * (m.get('down_fraction_window') or 0):.1f}% of it "
+            f"({n('outages')} outages, down {100 * (m.get('down_fraction') or 0):.1f}% of the whole run); "
+            f"{n('attempts_refused')} delivery attempts for the window's orders met it down")
+
+
+SENTENCE_METRICS = {"after_sales": after_sales_line, "bnpl_unpaid": bnpl_unpaid_line, "support_tickets": support_line,
+                    "notify_outages": notify_outages_line}
 
 
 def sentence_metrics(metrics: dict[str, Any]) -> list[str]:

@@ -689,6 +689,15 @@ class OrderServiceSection(_Section):
     close_write_delay: DurationDist = Field(
         "0s", description="close job: it read the expired order, it writes it closed this long after "
         "(the rest of its transaction: stock, coupons); a notification handled inside it races the close")
+    notify_outage_every: DurationOrOffDist = Field(
+        "off", description='the endpoint the gateway posts its notifications to (notify_url) goes down: time from '
+        'the end of one outage to the start of the next (a distribution, e.g. {dist = "exponential", mean = "30m"}), '
+        'or "off". While it is down every delivery attempt fails and waits for the next one on '
+        'gateway.notify_schedule; the close job and the app\'s reads go on. Drawn once per run from a stream of '
+        'its own (a fault window does not change them); live, the mock provider meets the same outages')
+    notify_outage_duration: DurationDist = Field(
+        _ln("3m", "20m"), description="how long one outage of the notification endpoint lasts (a deploy, pods "
+        "restarted at the peak, an ingress or certificate change)")
     workers: int = Field(16, ge=1, le=100_000, description="concurrent requests (create order, notifications); a "
                          "create holds its worker while its prepay call to the gateway is in flight")
     service_time: DurationDist = Field({"dist": "exponential", "mean": "5ms"}, description="per notification or query")

@@ -28,7 +28,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         "  checkout-chaos sweep scenarios/double11_midnight.toml --vary bank.channels=4,5,6,8 \\\n"
         "      --vary load.arrival_rate=0.5,1 --jobs 2 --out results/d11-capacity\n"
         "  checkout-chaos sweep scenarios/reconciliation_daily.toml --vary reconciliation.interval=1h,6h,1d\n"
-        "  checkout-chaos sweep scenarios/notifications_lost.toml --vary gateway.notify_loss=0,0.1,0.2 \\\n"
+        "  checkout-chaos sweep scenarios/notifications_lost.toml --vary order_service.order_ttl=15m,20m,30m \\\n"
         "      --dask tcp://scheduler:8786 --out results/lost\n"
         "  checkout-chaos sweep ... --out results/lost --resume      # after Ctrl-C: run only what is missing\n"
         "\n"

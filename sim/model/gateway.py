@@ -4,7 +4,9 @@ Requests (pay, query, close, refund) queue for ``gateway.workers`` and take ``ga
 A pay request calls the bank and waits at most ``gateway.timeout``: past it the trade is ``unknown``
 and the gateway re-queries the bank on ``gateway.bank_query_schedule``. Once the gateway knows a
 trade succeeded, it notifies the order service on ``gateway.notify_schedule`` until acknowledged —
-each attempt with its latency, loss and duplication. A trade lives ``gateway.trade_ttl``,
+each attempt with its latency, loss and duplication; an attempt made while the order service's
+notification endpoint is down (``order_service.notify_outage_every``, :mod:`sim.domain.outages`) fails
+and waits for the next one on the schedule. A trade lives ``gateway.trade_ttl``,
 independently of the order it pays for: that gap is where paid-but-closed comes from.
 
 A pay request holds its worker for the whole bank call (until the bank answers or ``gateway.timeout``
@@ -22,6 +24,7 @@ from sim.domain import policies
 from sim.domain.calendar import working_days_delay
 from sim.domain.entities import Trade
 from sim.domain.ledger import REFUND, transfer
+from sim.domain.outages import Outages
 from sim.domain.states import TradeState
 from sim.model import bank as B
 from sim.model.station import SHED, Station
@@ -42,6 +45,10 @@ class Gateway:
         self.order_service = None  # wired by the model (notifications go there)
         self.notify_seq = 0
         self.refunding: set[str] = set()  # trades whose accepted refund has not landed yet
+        # The order service's notification endpoint's outages (order_service.notify_outage_every), drawn
+        # once for the run from a stream of their own; None when off.
+        self.outages = Outages.of(w.scenario.order_service, w.scenario.run.seed, w.replication, w.end)
+        self.refused_by_outage = 0  # delivery attempts that met the endpoint down (orders of the window)
 
     def configure(self, p) -> None:
         """The pool and overload policies of ``p`` (a fault window may change them)."""
@@ -367,6 +374,17 @@ class Gateway:
         lost = r.random() < g.notify_loss
         duplicate = r.random() < g.notify_duplicate
         latency = w.s_notify_latency()
+        outages = self.outages
+        if outages is not None and outages.down_at(w.env.now):
+            # The endpoint is down: the attempt fails at once (connection refused, a 502 from its ingress).
+            # The coins above were still drawn, so the notify stream is where it would be without outages.
+            w.emit("notify.lost", "gateway", order, trade=trade.id, notify_id=nid, attempt=attempt,
+                   cause="endpoint_down")
+            o = w.orders.get(order)
+            if o is not None and w.warmup <= o.created_at < w.horizon:
+                self.refused_by_outage += 1
+            self._next(trade, nid, attempt, w.env.now)
+            return
         if lost:
             w.emit("notify.lost", "gateway", order, trade=trade.id, notify_id=nid, attempt=attempt)
             self._next(trade, nid, attempt, w.env.now)

@@ -115,6 +115,8 @@ def run_replication(scenario: Scenario, replication: int = 0, examples: bool = T
         metrics["after_sales"] = {k: float(v) for k, v in merchant.after_sales.items()}
     if support.station is not None:
         metrics["support_tickets"] = {k: float(v) for k, v in support.counts.items()}
+    if gateway.outages is not None:  # (absent when off: the results of every other run are as they were)
+        metrics["notify_outages"] = notify_outage_metrics(w, gateway)
     unpaid = provider.unpaid_at_end()  # (absent when deductions are drawn: those runs' results are as they were)
     if unpaid is not None:
         metrics["bnpl_unpaid"] = unpaid
@@ -146,6 +148,19 @@ def buyers_metrics(w: World, buyers: Buyers) -> dict[str, float]:
     span = max(1e-12, w.horizon - w.warmup)
     return {"goodput_per_s": buyers.confirmed / span, "offered_per_s": buyers.offered / span,
             "create_failed": float(buyers.create_failed), "resends": float(buyers.resends)}
+
+
+def notify_outage_metrics(w: World, gateway: Gateway) -> dict[str, float]:
+    """The notification endpoint's outages: how many began and what share of the time it was down, in the
+    measurement window [warmup, horizon) and over the whole run, and the delivery attempts (for orders
+    created in the window) that met it down."""
+    out = gateway.outages
+    span = max(1e-12, w.horizon - w.warmup)
+    return {"outages_in_window": float(out.begun(w.warmup, w.horizon)),
+            "down_fraction_window": out.down_seconds(w.warmup, w.horizon) / span,
+            "outages": float(out.begun(0.0, w.end)),
+            "down_fraction": out.down_seconds(0.0, w.end) / max(1e-12, w.end),
+            "attempts_refused": float(gateway.refused_by_outage)}
 
 
 def _fault_window(w: World, window: Any, actors: tuple):

@@ -247,3 +247,18 @@ def test_restart_during_notification_latency_still_delivers(start, receiver_fact
              timeout=15, what="the notifications acknowledged")
     sent = [e for e in s.history() if e["type"] == "notify.sent" and e.get("trade") in trades]
     assert sorted((e["trade"], e["attempt"]) for e in sent) == sorted((t, 1) for t in trades)
+
+
+def test_an_attempt_during_a_notify_endpoint_outage_is_not_posted(start):
+    """order_service.notify_outage_every: the provider draws the simulation's outage windows (replication
+    0) and does not post an attempt due inside one: it is recorded lost with cause endpoint_down and the
+    order stays unpaid at the checkout until an attempt falls outside the outage."""
+    services = start({"order_service.notify_outage_every": {"dist": "constant", "value": "1s"},
+                      "order_service.notify_outage_duration": {"dist": "constant", "value": "2h"}})
+    order = new_order(services, amount=321)["order"]
+    http.post(start_payment(services, order)["pay_url"])
+    lost = wait_for(lambda: [e for e in services.history() if e.get("order") == order and e["type"] == "notify.lost"],
+                    timeout=10, what="the first attempt recorded lost")
+    assert lost[0]["cause"] == "endpoint_down" and lost[0]["attempt"] == 1
+    assert not [e for e in services.history() if e.get("order") == order and e["type"] == "notify.received"]
+    assert order_state(services, order) == "awaiting_payment"

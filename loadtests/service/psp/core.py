@@ -28,7 +28,9 @@ failure rates (scaled by the time scale):
   restart), written in the payment's transaction; each attempt is a real HTTP POST whose body, headers and
   acknowledgement rule come from the trade's face, with ``gateway.notify_latency``, ``notify_loss`` and
   ``notify_duplicate``, within ``notify_ack_timeout``, retried on ``gateway.notify_schedule``
-  (``policies.notify_delay``).
+  (``policies.notify_delay``); an attempt due while the checkout's endpoint is in one of its outages
+  (``order_service.notify_outage_every``, ``sim.domain.outages``: the simulation's replication 0 windows)
+  is not posted and fails (``notify.lost`` with ``cause = "endpoint_down"``).
 * **BNPL** (pay after use): authorize within ``bnpl.credit_limit``, finish, deductions with
   ``deduction_failure`` (or, with ``deduction_source = "wallet"``, from the buyer's wallet balance: short
   of it, failing until a top-up lands; with ``"wallet_then_card"`` the card line when the wallet is short,
@@ -57,6 +59,7 @@ from sim.domain.calendar import working_days_delay
 from sim.domain.entities import Agreement, BuyerAccount, Trade
 from sim.domain.after_sales import BnplRemedy, bnpl_remedy
 from sim.domain.ledger import CHARGE, REFUND, transfer
+from sim.domain.outages import Outages
 from sim.domain.states import TRADE_PAYABLE, AgreementState, TradeState
 
 from loadtests.service import base
@@ -258,6 +261,11 @@ class ProviderCore(base.ServiceBase):
         self._timed_out = object()  # what a gateway's wait resolves to when gateway.timeout fires
         self._tasks: set[asyncio.Task] = set()
         self._attempts: list[tuple] = []  # delivery attempts ended in this turn, recorded together
+        # The checkout's notification endpoint's outages (order_service.notify_outage_every): the
+        # simulation's replication 0 draws the same windows, in scenario seconds from the run's start.
+        base_scenario = config.scenario
+        self.notify_outages = Outages.of(base_scenario.order_service, base_scenario.run.seed, 0,
+                                         base_scenario.run.horizon + base_scenario.run.drain)
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -1247,6 +1255,9 @@ class ProviderCore(base.ServiceBase):
         attempt = job.attempt
         sent_at = self.clock.now()
         lost = c.chance("gateway.notify_loss", gw.notify_loss)
+        outages = self.notify_outages
+        if outages is not None and outages.down_at(sent_at):
+            lost = "endpoint_down"  # the checkout's endpoint is down: nothing is posted, the attempt fails
         acked = False
         face = self.faces[memo.face]
         if not lost:
@@ -1287,7 +1298,10 @@ class ProviderCore(base.ServiceBase):
             for job, memo, sent_at, now, lost, ok, gap in batch:
                 emit(sent_at, "notify.sent", "gateway", memo.order, trade=memo.trade, notify_id=job.key,
                      attempt=job.attempt)
-                if lost:
+                if lost == "endpoint_down":
+                    emit(sent_at, "notify.lost", "gateway", memo.order, trade=memo.trade, notify_id=job.key,
+                         attempt=job.attempt, cause="endpoint_down")
+                elif lost:
                     emit(sent_at, "notify.lost", "gateway", memo.order, trade=memo.trade, notify_id=job.key,
                          attempt=job.attempt)
                 if ok:
