@@ -908,7 +908,15 @@ def support_line(m: dict[str, Any]) -> str:
     return (f"customer service (mean per replication): {n('tickets')} tickets from buyers charged for an order "
             f"that did not account for it; agents refunded {n('refunded')}, reversed {n('reversed')} debits on "
             f"closed trades, filled in {n('filled_in')} orders, and found {n('nothing')} already put right "
-            f"(the agents' queue: the support row of the metrics)")
+            f"(the agents' queue: the support row of the metrics)" + _escalations(n, m))
+
+
+def _escalations(n, m: dict[str, Any]) -> str:
+    if "escalations" not in m:
+        return ""
+    return (f"; {n('escalations')} after-sales escalations of a refused cancel: {n('escalations_refunded')} "
+            f"cancelled and refunded, {n('escalations_shipped')} found shipped by the time an agent ruled, "
+            f"{n('escalations_not_upheld')} not upheld, {n('escalations_moot')} put right meanwhile")
 
 
 def notify_outages_line(m: dict[str, Any]) -> str:

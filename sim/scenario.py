@@ -926,6 +926,17 @@ class SupportSection(_Section):
         "refund", description="what an agent does with a debit for an order that is not paid: refund it, or "
         "fill the order in (mark it paid, reopening a closed one); a second charge is refunded either way")
 
+    escalate_probability: Probability = Field(
+        0.0, description="after-sales (seed 003): a buyer whose merchant refused to cancel an unshipped order "
+        "(refused_declined) takes it to customer service, escalation_delay later; the ticket waits in the same "
+        "queue as the charged buyers' (read only with agents on)")
+    escalation_delay: DurationDist = Field(
+        _ln("30m", "1d"), description="the merchant's refusal -> the buyer files the escalation ticket")
+    escalation_upheld: Probability = Field(
+        0.5, description="the agent finds the buyer's reason valid (goods not as described, a merchant acting in "
+        "bad faith: seed 003) and cancels and refunds the order, if it is still unshipped when the agent acts "
+        "(an order shipped while the ticket waited can no longer be cancelled)")
+
     @field_validator("agents")
     @classmethod
     def _some_agents(cls, v: int | None) -> int | None:

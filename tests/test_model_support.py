@@ -83,3 +83,66 @@ def test_a_desk_without_agents_is_refused_naming_the_key():
     with pytest.raises(ConfigError) as err:
         scenario_from_dict({"support": {"agents": 0}}, "desk.toml")
     assert "desk.toml: support.agents" in str(err.value) and '"off"' in str(err.value)
+
+
+# -- after-sales escalations (seed 003: the merchant refused to cancel, the buyer asks the platform) ---------
+
+AFTER_SALES = ROOT / "scenarios" / "after_sales_race.toml"
+# The desk hears only escalations here (no charged buyer complains), so nothing else it does moves an order.
+DESK_ONLY = {"support.agents": 20, "support.complaint_probability": 0.0, "support.handle_time": "5m"}
+ESCALATE = {**DESK_ONLY, "support.escalate_probability": 1.0, "support.escalation_upheld": 1.0,
+            "support.escalation_delay": "5m"}
+
+
+def _after_sales(over: dict) -> dict:
+    from sim.model.model import run_replication
+
+    s = load_scenario(AFTER_SALES, {"run.replications": 1, **over})
+    out = []
+    for i in range(2):
+        events: list[dict] = []
+        r = run_replication(s, i, examples=False, tap=events.append)
+        out.append((r, events))
+    return out
+
+
+def test_an_upheld_escalation_cancels_and_refunds_an_unshipped_order_and_only_that():
+    """Every refused_declined request is escalated (probability 1); each ruling reads the order as it is when
+    the agent acts: refunded if unshipped, the refusal standing if the goods shipped meanwhile; the refunds go
+    through the order's refund path. (Runs with and without escalations are not compared order by order: an
+    escalation's refund takes the order service's network and push-latency draws, which other orders share.)"""
+    plain = _after_sales(DESK_ONLY)
+    esc = _after_sales(ESCALATE)
+    for (p, _), (e, events) in zip(plain, esc):
+        assert "escalations" not in p.metrics["support_tickets"]
+        t = e.metrics["support_tickets"]
+        assert t["escalations"] == e.metrics["after_sales"]["refused_declined"] > 5, t
+        assert t["escalations_refunded"] + t["escalations_shipped"] + t["escalations_not_upheld"] \
+            + t["escalations_moot"] == t["escalations"]
+        assert t["escalations_refunded"] >= 1 and t["escalations_not_upheld"] == 0, t
+        by_order: dict[str, list[dict]] = {}
+        for ev in events:
+            by_order.setdefault(ev.get("order"), []).append(ev)
+        for evs in by_order.values():
+            ruled = [ev for ev in evs if ev["type"] == "support.resolved" and ev.get("about") == "after_sales"]
+            if not ruled:
+                continue
+            (ruling,) = ruled
+            shipped_before = any(ev["type"] == "order.shipped" and ev["t"] <= ruling["t"] for ev in evs)
+            assert (ruling["ruling"] == "cancel_refund") == (not shipped_before), ruling
+            if ruling["ruling"] == "cancel_refund":
+                assert any(ev["type"] == "order.refund_pending" and ev.get("reason") == "support_after_sales"
+                           for ev in evs)
+                assert not any(ev["type"] == "order.shipped" for ev in evs)  # the shipment was stopped
+        assert e.ledger_total == 0
+
+
+def test_a_slower_desk_lets_more_escalated_orders_ship_first():
+    """The race between the desk's queue and the shipment: the same escalations, answered by 1 slow agent
+    instead of 20 quick ones, find a larger share of the orders already shipped."""
+    fast = _after_sales(ESCALATE)
+    slow = _after_sales({**ESCALATE, "support.agents": 1, "support.handle_time": "30m"})
+    n = lambda runs, k: sum(r.metrics["support_tickets"][k] for r, _ in runs)  # noqa: E731
+    share = lambda runs: n(runs, "escalations_shipped") / n(runs, "escalations")  # noqa: E731
+    assert n(fast, "escalations") > 50 and n(slow, "escalations") > 50
+    assert share(slow) > share(fast) + 0.2, (share(slow), share(fast))

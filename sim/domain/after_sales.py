@@ -151,3 +151,23 @@ def bnpl_remedy(state: AgreementState, paid_by_user: bool) -> BnplRemedy:
     if state in _CANCELLABLE:
         return BnplRemedy.CANCEL
     return BnplRemedy.REFUND_WHEN_PAID  # compensated / overdue: the provider still collects
+
+
+class Ruling(str, Enum):
+    """Customer service's ruling on a buyer's escalation of a refused cancel (seed 003: the merchant would not
+    cancel an unshipped order; the buyer gives a reason and asks the platform)."""
+
+    CANCEL_REFUND = "cancel_refund"  # the reason holds and the goods have not shipped: cancelled, refunded
+    SHIPPED = "shipped"  # the goods shipped while the ticket waited: a cancel is no longer possible
+    NOT_UPHELD = "not_upheld"  # the buyer's reason does not hold: the merchant's refusal stands
+    MOOT = "moot"  # closed or refunded meanwhile by another path: nothing to rule on
+
+
+def platform_ruling(actual: OrderState, upheld: bool) -> Ruling:
+    """The agent's ruling on the order in its ``actual`` state when the agent acts; ``upheld``: the buyer's
+    reason is valid (goods not as described, a merchant acting in bad faith)."""
+    if actual is O.PAID:
+        return Ruling.CANCEL_REFUND if upheld else Ruling.NOT_UPHELD
+    if actual in _SHIPPED or actual is O.COMPLETED:
+        return Ruling.SHIPPED if upheld else Ruling.NOT_UPHELD
+    return Ruling.MOOT

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from typing import Callable
 
 import numpy as np
 
@@ -76,6 +77,8 @@ class Merchant:
         self.after_sales_wishes: dict = {}
         w.on_forget.append(lambda oid: self.after_sales_wishes.pop(oid, None))
         self.after_sales = dict.fromkeys(AFTER_SALES_COUNTS, 0)
+        # Told of each refused after-sales request (order, answer); customer service listens for escalations.
+        self.on_refused: list[Callable[[object, Answer], None]] = []
         w.on_forget.append(lambda oid: self.shipments.pop(oid, None))
         for prof in self.profiles.values():
             if prof.spec.finish == "batch":
@@ -175,6 +178,8 @@ class Merchant:
                 st[ans.value] += 1
                 w.emit("after_sales.refused", "merchant", order.id, route=rt.value, checked=checked.value,
                        state=actual.value, reason=ans.value)
+                for listener in self.on_refused:
+                    listener(order, ans)
             w.release(order.id)
 
         w.at(wish.answer_time, answer)

@@ -89,7 +89,7 @@ def run_replication(scenario: Scenario, replication: int = 0, examples: bool = T
     provider.order_service = order_service
     order_service.bnpl = provider
     Reconciler(w, order_service, gateway, bank)
-    support = Support(w, order_service, gateway, bank)  # hears each debit after the reconciler
+    support = Support(w, order_service, gateway, bank, merchant)  # hears each debit after the reconciler
     buyers = Buyers(w, order_service, gateway, provider)
     order_service.app = buyers
     stations = {"gateway": gateway.station, "bank": bank.station, "order_service": order_service.station}

@@ -13,24 +13,34 @@ the model left. After a peak the tickets queue: how long the money is held is th
 plus the queue plus the handling, and the station's metrics (``metrics.support``) say how busy the
 agents were.
 
-Draws come from a stream per debit (:func:`sim.domain.population.support_stream`), so turning
+With ``support.escalate_probability`` above 0 the desk also hears after-sales escalations (seed 003):
+a buyer whose merchant refused to cancel an unshipped order asks the platform, and the agent rules on
+the order as it is when the agent finishes — cancelled and refunded if still unshipped and the reason
+holds, the refusal standing if the goods shipped while the ticket waited.
+
+Draws come from a stream per debit (per refused order for escalations) (:func:`sim.domain.population.support_stream`), so turning
 customer service on changes no other draw; ``"off"`` builds nothing.
 """
 
 from __future__ import annotations
 
-from sim.domain import policies
+from sim.domain import after_sales, policies
+from sim.domain.after_sales import Answer, Ruling
 from sim.domain.population import support_stream
 from sim.domain.states import OrderState, TradeState
 from sim.model.station import Station
 from sim.model.world import World
 
 O, T = OrderState, TradeState
+_RULING_COUNT = {"cancel_refund": "escalations_refunded", "shipped": "escalations_shipped",
+                 "not_upheld": "escalations_not_upheld", "moot": "escalations_moot"}
 SUPPORT_COUNTS = ("tickets", "refunded", "reversed", "filled_in", "nothing")
+ESCALATION_COUNTS = ("escalations", "escalations_refunded", "escalations_shipped", "escalations_not_upheld",
+                     "escalations_moot")
 
 
 class Support:
-    def __init__(self, w: World, order_service, gateway, bank) -> None:
+    def __init__(self, w: World, order_service, gateway, bank, merchant=None) -> None:
         self.w = w
         self.os, self.gw = order_service, gateway
         self.counts = dict.fromkeys(SUPPORT_COUNTS, 0)
@@ -41,6 +51,10 @@ class Support:
         # The whole observation: tickets come hours after the orders
         self.station = Station(w.env, "support", agents, w.warmup, w.end)
         bank.on_debit.append(lambda order, trade, _t: self._debited(order, trade))
+        if merchant is not None and w.p.support.escalate_probability > 0:
+            # (the counts only when escalations are on: every other run's results are as they were)
+            self.counts.update(dict.fromkeys(ESCALATION_COUNTS, 0))
+            merchant.on_refused.append(self._refused)
 
     def _counted(self, order_id: str) -> bool:
         o = self.w.orders.get(order_id)
@@ -98,3 +112,36 @@ class Support:
             key = {"reverse": "reversed", "refund": "refunded", "fill_order": "filled_in"}.get(action, "nothing")
             self.counts[key] += 1
         w.release(order_id)
+
+    # -- after-sales escalations (seed 003: the merchant refused, the buyer asks the platform) --------------
+    def _refused(self, order, answer: Answer) -> None:
+        """A merchant refused to cancel an unshipped order: its buyer may take it to customer service."""
+        if answer is not Answer.REFUSED_DECLINED:
+            return  # shipped (a cancel is no longer possible) or no defect: the refusal stands
+        w = self.w
+        sp = w.p.support
+        r = support_stream(w.scenario.run.seed, w.replication, "escalation:" + order.id)
+        if r.random() >= sp.escalate_probability:
+            return
+        delay, upheld, handle = sp.escalation_delay.draw(r), r.random() < sp.escalation_upheld, sp.handle_time.draw(r)
+        w.hold(order.id)
+        w.at(delay, lambda: self._escalate(order, upheld, handle))
+
+    def _escalate(self, order, upheld: bool, handle: float) -> None:
+        w = self.w
+        w.emit("support.ticket", "user", order.id, trade=order.paid_trade, amount=order.amount, about="after_sales")
+        if self._counted(order.id):
+            self.counts["escalations"] += 1
+        self.station.submit(handle, lambda _wait: self._rule(order, upheld))
+
+    def _rule(self, order, upheld: bool) -> None:
+        """The agent's ruling, on the order as it is when the agent acts (:func:`sim.domain.after_sales.platform_ruling`)."""
+        w = self.w
+        ruling = after_sales.platform_ruling(order.state, upheld)
+        w.emit("support.resolved", "support", order.id, trade=order.paid_trade, about="after_sales",
+               action="refund" if ruling is Ruling.CANCEL_REFUND else "nothing", ruling=ruling.value)
+        if ruling is Ruling.CANCEL_REFUND:
+            self.os.refund_order(order, "support_after_sales")
+        if self._counted(order.id):
+            self.counts[_RULING_COUNT[ruling.value]] += 1
+        w.release(order.id)
