@@ -151,13 +151,14 @@ def live_options(args: argparse.Namespace, out: Path, **extra: Any):
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from sim.commands.common import scenario_from_args, writable_dir
+    from sim.commands.common import note_inert, scenario_from_args, writable_dir
     from sim.errors import ConfigError
     from sim.results import canonical_json, write_results
 
     from loadtests.live import run_live
 
     scenario = scenario_from_args(args)
+    note_inert(scenario)
     if not 0 <= args.provider_port <= 65535:
         raise ConfigError(f"--provider-port: expected a port between 0 and 65535, found {args.provider_port}")
     out = writable_dir(Path(args.out) if args.out else Path("results") / f"{scenario.name or 'scenario'}-live")

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from sim.check import write_anomalies_csv
-    from sim.commands.common import positive_int, scenario_from_args, writable_dir
+    from sim.commands.common import note_inert, positive_int, scenario_from_args, writable_dir
     from sim.results import SCHEMA_VERSION, atomic_write, canonical_json, run_info, write_results
     from sim.runner import pool, replicate
 
@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from loadtests.plan import live_window
 
     scenario = scenario_from_args(args)
+    note_inert(scenario)
     jobs = positive_int("--jobs", args.jobs)
     out = writable_dir(Path(args.out) if args.out else Path("results") / f"{scenario.name or 'scenario'}-compare")
     for sub in ("simulation", "live") + (("report",) if args.report else ()):

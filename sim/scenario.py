@@ -1080,6 +1080,40 @@ class Scenario(_Section):
         return scenario_from_dict(raw, source)
 
 
+def _changed(section: BaseModel, name: str) -> bool:
+    """Whether ``section.name`` differs from the schema's default (both as validated)."""
+    return getattr(section, name) != getattr(type(section)(), name)
+
+
+def inert_settings(s: Scenario) -> list[str]:
+    """Settings that differ from their defaults but cannot act in this scenario, each as one sentence naming
+    the key and what it waits for (``simulate``, ``validate``, ``load`` and ``compare`` print them as notes;
+    a sweep does not, since its points may turn the missing piece on)."""
+    notes = []
+    sp = s.support
+    if sp.agents is None:
+        keys = [f"support.{n}" for n in type(sp).model_fields if n != "agents" and _changed(sp, n)]
+        if keys:
+            notes.append(f"{', '.join(keys)} {'has' if len(keys) == 1 else 'have'} no effect: support.agents is off "
+                         f"(no customer-service desk; set support.agents to a number of agents)")
+    else:
+        faulted = any("user.after_sales_probability" in f.set for f in s.faults)
+        if sp.escalate_probability > 0 and s.user.after_sales_probability == 0 and not faulted:
+            notes.append("support.escalate_probability has no effect: no buyer asks for after-sales "
+                         "(user.after_sales_probability = 0), so no merchant refuses a cancel to escalate")
+        keys = [f"support.{n}" for n in ("escalation_delay", "escalation_upheld") if _changed(sp, n)]
+        if keys and sp.escalate_probability == 0:
+            notes.append(f"{', '.join(keys)} {'has' if len(keys) == 1 else 'have'} no effect: "
+                         f"support.escalate_probability is 0")
+    if s.order_service.notify_outage_every is None and _changed(s.order_service, "notify_outage_duration"):
+        notes.append("order_service.notify_outage_duration has no effect: order_service.notify_outage_every is "
+                     "\"off\" (no outages)")
+    if s.bnpl.deduction_source != "draw" and _changed(s.bnpl, "deduction_failure"):
+        notes.append(f"bnpl.deduction_failure has no effect: bnpl.deduction_source is \"{s.bnpl.deduction_source}\" "
+                     f"(deductions take the buyer's balance; the coin is read only with \"draw\")")
+    return notes
+
+
 # Sections a fault window may change (run, load, live, reconciliation and support are fixed for a run).
 FAULTABLE_SECTIONS = ("user", "app", "order_service", "gateway", "bank", "merchant", "bnpl")
 

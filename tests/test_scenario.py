@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +160,30 @@ def test_every_help_prints(argv, capsys):
         main(argv)
     assert done.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+# -- settings that cannot act (notes, not errors) -----------------------------------------------------------
+
+def test_a_setting_that_cannot_act_gets_a_note_naming_it_and_what_it_waits_for(capsys):
+    from sim.scenario import inert_settings
+
+    root = Path(__file__).resolve().parents[1]
+    base = root / "scenarios" / "baseline.toml"
+    assert main(["validate", str(base), "--set", "support.escalate_probability=0.5",
+                 "--set", "order_service.notify_outage_duration=10m"]) == 0  # valid: a note, not an error
+    err = capsys.readouterr().err
+    assert "support.escalate_probability has no effect: support.agents is off" in err, err
+    assert "order_service.notify_outage_duration has no effect: order_service.notify_outage_every is \"off\"" in err
+    desk = load_scenario(base, ["support.agents=5", "support.escalate_probability=0.5"])
+    assert any("user.after_sales_probability = 0" in n for n in inert_settings(desk))
+    on = load_scenario(root / "scenarios" / "after_sales_race.toml", ["support.agents=5", "support.escalate_probability=0.5"])
+    assert inert_settings(on) == []
+    wallet = load_scenario(root / "scenarios" / "bnpl_sync_lag.toml", ["bnpl.deduction_failure=0.3"])
+    assert [n.split(":")[0] for n in inert_settings(wallet)] == ["bnpl.deduction_failure has no effect"]
+
+
+def test_no_library_file_sets_a_key_that_cannot_act():
+    from sim.scenario import inert_settings
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "scenarios").glob("*.toml")):
+        assert inert_settings(load_scenario(path)) == [], path.name

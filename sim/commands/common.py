@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from sim.errors import ConfigError
@@ -41,6 +42,14 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         else:
             return Scenario(name="defaults").with_overrides(dict(parse_override(o) for o in overrides))
     return load_scenario(path, overrides)
+
+
+def note_inert(scenario: Scenario) -> None:
+    """Print, on stderr, a note per setting that cannot act in this scenario (:func:`sim.scenario.inert_settings`)."""
+    from sim.scenario import inert_settings
+
+    for note in inert_settings(scenario):
+        print(f"note: {scenario.name or 'scenario'}: {note}", file=sys.stderr)
 
 
 def positive_int(flag: str, value: int) -> int:

@@ -8,7 +8,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from sim.commands.common import add_scenario_args, positive_int, scenario_from_args, writable_dir
+from sim.commands.common import add_scenario_args, note_inert, positive_int, scenario_from_args, writable_dir
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from sim.runner import Interrupted, default_jobs, local_cluster, pool, replicate
 
     scenario = scenario_from_args(args)
+    note_inert(scenario)
     jobs = positive_int("--jobs", args.jobs) if args.jobs is not None else min(default_jobs(), scenario.run.replications)
     dask_workers = getattr(args, "dask_workers", None)
     if dask_workers is not None:

@@ -7,7 +7,7 @@ import json
 import sys
 
 from sim.errors import ConfigError
-from sim.scenario import load_scenario
+from sim.scenario import inert_settings, load_scenario
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -34,4 +34,6 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(scenario.resolved(), indent=2, ensure_ascii=False))
         else:
             print(f"ok  {path}")
+        for note in inert_settings(scenario):
+            print(f"note: {path}: {note}", file=sys.stderr)
     return 2 if bad else 0
