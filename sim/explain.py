@@ -49,11 +49,15 @@ DEFAULT_KEYS = (
     "user.poll_interval", "user.cancel_probability", "user.wallet_balance", "user.top_up_delay",
     "app.request_timeout",
     "order_service.order_ttl", "order_service.sweep_interval",
+    "order_service.notify_outage_every", "order_service.notify_outage_duration",
     "gateway.timeout", "gateway.service_time", "gateway.notify_latency", "gateway.notify_loss",
     "gateway.notify_duplicate",
     "bank.latency", "bank.decline_probability", "bank.risk_block_probability", "bank.risk_hold_probability",
     "bank.risk_hold_duration", "bank.response_loss",
-    "merchant.delivery_time", "merchant.bnpl_finish_delay", "merchant.bnpl_finish_failure",
+    "merchant.ship_time", "merchant.delivery_time", "merchant.bnpl_finish_delay", "merchant.bnpl_finish_failure",
+    "user.after_sales_probability", "user.after_sales_delay",
+    "support.complaint_probability", "support.complaint_delay", "support.handle_time",
+    "support.escalate_probability", "support.escalation_delay",
     "bnpl.sync_lag", "bnpl.deduction_failure", "bnpl.compensation_after", "bnpl.user_repay_delay",
     "reconciliation.interval", "reconciliation.statement_delay",
 )
@@ -214,7 +218,8 @@ def _base_value(kind: str, base: Any) -> float | None:
 def default_inputs(scenario: Scenario) -> list[Input]:
     """The default screening set for ``scenario``: :data:`DEFAULT_KEYS` it does not leave at 0 or off,
     each over 0.5x .. 2x of its value (probabilities capped at 1; the sweep interval only when the close
-    job is a sweep, BNPL inputs only when some buyers pay later, the hold time only when debits are held)."""
+    job is a sweep, BNPL inputs only when some buyers pay later, the hold time only when debits are held,
+    the outage duration only with outages, customer service only with a desk)."""
     out = []
     for key in DEFAULT_KEYS:
         if key == "order_service.sweep_interval" and scenario.order_service.close_mode != "sweep":
@@ -225,6 +230,15 @@ def default_inputs(scenario: Scenario) -> list[Input]:
             continue
         if key == "bnpl.deduction_failure" and scenario.bnpl.deduction_source != "draw":
             continue  # not read: the wallet balance decides a deduction
+        if key == "order_service.notify_outage_duration" and scenario.order_service.notify_outage_every is None:
+            continue  # no outages
+        if key == "user.after_sales_delay" and not scenario.user.after_sales_probability:
+            continue  # nobody asks
+        if key.startswith("support.") and scenario.support.agents is None:
+            continue  # no desk
+        if key == "support.escalation_delay" and not (scenario.support.escalate_probability
+                                                      and scenario.user.after_sales_probability):
+            continue  # nothing is escalated
         kind, base = _kind_of(scenario, key)
         if base == "off":
             continue

@@ -165,3 +165,27 @@ def test_report_refuses_a_broken_explain_document_naming_the_field(tiny_doc, tmp
     assert main(["report", str(path), "--out", str(tmp_path / "report")]) == 2
     err = capsys.readouterr().err
     assert f"classes.{cls}.occurred.ranking[0]" in err and "mu_star" in err
+
+
+def test_the_default_set_screens_outages_after_sales_and_the_desk_only_where_they_can_act():
+    """notifications_lost's rate comes from its endpoint outages: the default set screens their interval and
+    duration; a file without outages, after-sales or a desk screens none of those keys. Every new input's
+    ends are values the scenario accepts."""
+    def keys(name: str, over: list[str] | None = None) -> set[str]:
+        return {i.key for i in default_inputs(load_scenario(ROOT / "scenarios" / f"{name}.toml", over or []))}
+
+    new = {"order_service.notify_outage_every", "order_service.notify_outage_duration", "merchant.ship_time",
+           "user.after_sales_probability", "user.after_sales_delay", "support.complaint_probability",
+           "support.complaint_delay", "support.handle_time", "support.escalate_probability", "support.escalation_delay"}
+    assert keys("baseline") & new == set()
+    assert keys("notifications_lost") & new == {"order_service.notify_outage_every", "order_service.notify_outage_duration"}
+    assert keys("after_sales_race") & new == {"merchant.ship_time", "user.after_sales_probability", "user.after_sales_delay"}
+    assert keys("impatient_retry", ["support.agents=20"]) & new == {
+        "support.complaint_probability", "support.complaint_delay", "support.handle_time"}
+    desk = load_scenario(ROOT / "scenarios" / "after_sales_race.toml", ["support.agents=20", "support.escalate_probability=0.5"])
+    inputs = [i for i in default_inputs(desk) if i.key in new]
+    assert {i.key for i in inputs} == new - {"order_service.notify_outage_every", "order_service.notify_outage_duration"}
+    for i in inputs + [i for i in default_inputs(load_scenario(ROOT / "scenarios" / "notifications_lost.toml"))
+                       if i.key in new]:
+        for u in (0.0, 1.0):
+            desk.with_overrides({i.key: i.override(u)})  # raises ConfigError if an end is not a valid value
