@@ -929,8 +929,17 @@ def notify_outages_line(m: dict[str, Any]) -> str:
             f"{n('attempts_refused')} delivery attempts for the window's orders met it down")
 
 
+def merchant_batch_line(m: dict[str, Any]) -> str:
+    """The batch merchants' finish jobs (means per replication, the whole run) as one sentence."""
+    n = _mean_count(m)
+
+    return (f"batch merchants' finish jobs (mean per replication, whole run): {n('runs')} runs, "
+            f"{n('skipped_paused')} skipped while the big-promotion plan paused them (merchant.batch_paused), "
+            f"{n('skipped_running')} skipped because the previous run still ran")
+
+
 SENTENCE_METRICS = {"after_sales": after_sales_line, "bnpl_unpaid": bnpl_unpaid_line, "support_tickets": support_line,
-                    "notify_outages": notify_outages_line}
+                    "notify_outages": notify_outages_line, "merchant_batch": merchant_batch_line}
 
 
 def sentence_metrics(metrics: dict[str, Any]) -> list[str]:

@@ -851,6 +851,10 @@ class MerchantSection(_Section):
     bnpl_finish_retries: int = Field(3, ge=0, le=100, description="retries of a failed finish call")
     bnpl_finish_retry_delay: DurationDist = Field("10m", description="between finish retries")
     finish_outbox: bool = Field(False, description="queue merchants write finish messages to a durable outbox: a restarted worker sends again what it held")
+    batch_paused: bool = Field(
+        False, description="the big-promotion plan (大促预案) pauses lower-priority jobs: a batch merchant's finish "
+        "run due while this is true is skipped and its orders wait for the next run; set it in a [[faults]] window "
+        "for the peak (simulation and live)")
 
     @field_validator("population")
     @classmethod
@@ -1108,6 +1112,10 @@ def inert_settings(s: Scenario) -> list[str]:
     if s.order_service.notify_outage_every is None and _changed(s.order_service, "notify_outage_duration"):
         notes.append("order_service.notify_outage_duration has no effect: order_service.notify_outage_every is "
                      "\"off\" (no outages)")
+    paused = s.merchant.batch_paused or any("merchant.batch_paused" in f.set for f in s.faults)
+    if paused and not any(m.finish == "batch" for m in s.merchant.population):
+        notes.append("merchant.batch_paused has no effect: no merchant of merchant.population sends its finish "
+                     "from a batch job (finish = \"batch\")")
     if s.bnpl.deduction_source != "draw" and _changed(s.bnpl, "deduction_failure"):
         notes.append(f"bnpl.deduction_failure has no effect: bnpl.deduction_source is \"{s.bnpl.deduction_source}\" "
                      f"(deductions take the buyer's balance; the coin is read only with \"draw\")")

@@ -180,6 +180,9 @@ def test_a_setting_that_cannot_act_gets_a_note_naming_it_and_what_it_waits_for(c
     assert inert_settings(on) == []
     wallet = load_scenario(root / "scenarios" / "bnpl_sync_lag.toml", ["bnpl.deduction_failure=0.3"])
     assert [n.split(":")[0] for n in inert_settings(wallet)] == ["bnpl.deduction_failure has no effect"]
+    pause = {"faults": [{"start": "0s", "end": "1h", "set": {"merchant.batch_paused": True}}]}
+    assert [n.split(":")[0] for n in inert_settings(load_scenario(base, pause))] == ["merchant.batch_paused has no effect"]
+    assert inert_settings(load_scenario(root / "scenarios" / "bnpl_forgotten_finish.toml", pause)) == []
 
 
 def test_no_library_file_sets_a_key_that_cannot_act():

@@ -1154,7 +1154,8 @@ class Checkout(base.ServiceBase):
 
     async def _merchant_batch(self, job: Job) -> None:
         """A batch merchant's finish job: every ``batch_interval``; sends finish for what was delivered
-        since, one call per ``batch_item_time``, unless the previous run still runs (then it is skipped)."""
+        since, one call per ``batch_item_time``, unless the previous run still runs or ``merchant.batch_paused``
+        is on (then it is skipped: :func:`sim.domain.policies.batch_run`)."""
         name = job.key
         prof = self._population().get(name)
         now = self.clock.now()
@@ -1170,9 +1171,14 @@ class Checkout(base.ServiceBase):
                               (name, now))
         if not rows:
             return
-        if name in self._batch_running:
+        skip = policies.batch_run(name in self._batch_running, self.conditions.current().merchant.batch_paused)
+        if skip == "running":
             st["batch_skipped"] += 1
             log.info("merchant %s: batch run at %.1f skipped, the previous run still runs", name, now)
+            return
+        if skip == "paused":
+            st["batch_paused"] += 1
+            log.info("merchant %s: batch run at %.1f skipped, paused by merchant.batch_paused", name, now)
             return
         self._batch_running.add(name)
         st["batch_runs"] += 1

@@ -284,6 +284,18 @@ def deadline_passed(now: float, deadline: float, margin: float = 0.0) -> bool:
     return now + margin >= deadline
 
 
+def batch_run(running: bool, paused: bool) -> str | None:
+    """A batch merchant's finish job at its scheduled time: ``None`` runs it; ``"running"`` skips it because
+    the previous run still holds the job's lock (a cron job under a lock); ``"paused"`` skips it because the
+    big-promotion plan (大促预案) has paused lower-priority jobs (``merchant.batch_paused``, set in a fault
+    window for the peak). A skipped run's orders wait for the next run."""
+    if running:
+        return "running"
+    if paused:
+        return "paused"
+    return None
+
+
 def should_shed(in_flight: int, limit: int) -> bool:
     """Load shedding: answer 503 at once when ``in_flight`` requests (running and queued) already
     reach ``limit``, so that the ones admitted are served while their callers still wait."""

@@ -10,7 +10,9 @@ buyer's money; how it does that is its integration quality (``finish`` of its pr
 * ``sync`` — from the delivery event itself, ``merchant.bnpl_finish_delay`` later;
 * ``batch`` — a job every ``batch_interval`` sends finish for everything delivered since, one call
   per ``batch_item_time``; a run that finds the previous one still running is skipped (a cron job
-  under a lock), so under load finishes wait interval after interval;
+  under a lock), so under load finishes wait interval after interval; so is a run due while
+  ``merchant.batch_paused`` is on (a big-promotion plan pausing lower-priority jobs for the peak,
+  set in a fault window) — ``metrics.merchant_batch`` counts them when the key is used;
 * ``queue`` — a message queue consumed by the merchant's worker, which holds each message
   ``bnpl_finish_delay`` before sending it; the worker restarts every ``restart_every`` (exponential)
   and loses what it holds in memory — unless ``merchant.finish_outbox`` (a durable outbox it re-reads
@@ -38,7 +40,7 @@ from typing import Callable
 
 import numpy as np
 
-from sim.domain import after_sales
+from sim.domain import after_sales, policies
 from sim.domain.after_sales import Answer, Route
 from sim.domain.states import OrderState
 from sim.model.world import World
@@ -77,6 +79,7 @@ class Merchant:
         self.after_sales_wishes: dict = {}
         w.on_forget.append(lambda oid: self.after_sales_wishes.pop(oid, None))
         self.after_sales = dict.fromkeys(AFTER_SALES_COUNTS, 0)
+        self.batch_runs = {"runs": 0, "skipped_running": 0, "skipped_paused": 0}  # the batch merchants' finish jobs
         # Told of each refused after-sales request (order, answer); customer service listens for escalations.
         self.on_refused: list[Callable[[object, Answer], None]] = []
         w.on_forget.append(lambda oid: self.shipments.pop(oid, None))
@@ -205,8 +208,13 @@ class Merchant:
         spec = prof.spec
         while True:
             yield w.env.timeout(spec.batch_interval)
-            if prof.running or not prof.pending:
-                continue  # the previous run still holds the job's lock: this run is skipped
+            if not prof.pending:
+                continue
+            skip = policies.batch_run(prof.running, w.p.merchant.batch_paused)  # w.p: a fault window's, if in one
+            if skip is not None:
+                self.batch_runs["skipped_" + skip] += 1
+                continue
+            self.batch_runs["runs"] += 1
             w.env.process(self._batch_run(prof))
 
     def _batch_run(self, prof: _Profile):

@@ -115,6 +115,8 @@ def run_replication(scenario: Scenario, replication: int = 0, examples: bool = T
         metrics["after_sales"] = {k: float(v) for k, v in merchant.after_sales.items()}
     if support.station is not None:
         metrics["support_tickets"] = {k: float(v) for k, v in support.counts.items()}
+    if scenario.merchant.batch_paused or any("merchant.batch_paused" in f.set for f in scenario.faults):
+        metrics["merchant_batch"] = {k: float(v) for k, v in merchant.batch_runs.items()}  # (absent otherwise)
     if gateway.outages is not None:  # (absent when off: the results of every other run are as they were)
         metrics["notify_outages"] = notify_outage_metrics(w, gateway)
     unpaid = provider.unpaid_at_end()  # (absent when deductions are drawn: those runs' results are as they were)

@@ -165,6 +165,25 @@ def test_a_batch_merchant_sends_finishes_in_runs_and_skips_a_run_while_one_runs(
     assert summary.end_states == {"bnpl_settled": 4}, summary.end_states
 
 
+def test_a_paused_batch_job_skips_its_runs_until_the_pause_ends(start):
+    """merchant.batch_paused (the big-promotion plan pausing lower-priority jobs; a fault window or, here,
+    a run-time override): the runs due while it is on are skipped, counted as ``batch_paused``, and the
+    delivered agreement waits; the first run after the pause sends its finish."""
+    s = start({**BATCH, "merchant.population": [{"name": "b1", "share": 1.0, "finish": "batch",
+                                                 "batch_interval": "2m", "batch_item_time": "1s"}]})
+    s.set_faults({"merchant.batch_paused": True})
+    order = _paid_order(s, "bnpl")
+    wait_for(lambda: order_state(s, order) == "delivered", timeout=10, what="delivered")
+    wait_for(lambda: _merchant_stats(s, "b1").get("batch_paused", 0) >= 2, timeout=15, what="two paused runs")
+    assert order_state(s, order) == "delivered"
+    assert _merchant_stats(s, "b1").get("batch_runs", 0) == 0
+    resumed = _now(s)
+    s.set_faults({})
+    wait_for(lambda: order_state(s, order) == "completed", timeout=10, what="finished by the run after the pause")
+    assert _t(events_of(s, order), "bnpl.finish_sent") >= resumed
+    assert _merchant_stats(s, "b1")["batch_runs"] == 1
+
+
 HELD = {"merchant.population": [{"name": "q1", "share": 1.0, "finish": "queue"}], "merchant.ship_time": "0s",
         "merchant.delivery_time": "10s", "merchant.bnpl_finish_delay": "3m", "merchant.bnpl_finish_failure": 0.0,
         "bnpl.deduction_failure": 0.0}
