@@ -150,6 +150,15 @@ STORIES: dict[str, Story] = {
         ["order_service.close_policy=close_trade_then_order", "order_service.late_payment=auto_refund"],
         "P(pay delay > TTL)·P(pays)·P(approved)·P(not BNPL)",
         lambda s: late_payer(s) * paying(s) * approved(s) * not_bnpl(s)),
+    "bnpl_promotion_pause": Story(
+        "bnpl_stuck_unfinished",
+        "the 11.11 plan pauses the smaller merchant's 2-hourly finish batch until 25 h; the agreements delivered more "
+        "than the 24-h limit before its first run after the plan (26 h) are reported unfinished, then finished by it",
+        ["faults=[]"],
+        "P(batch merchant)·P(BNPL)·P(pays) (a calculator reading: every agreement of the paused merchant stranded)",
+        lambda s: s.user.payment_methods.bnpl * paying(s)
+        * sum(m.share for m in s.merchant.population if m.finish == "batch"),
+        guard_measure="occurred"),
     "bnpl_forgotten_finish": Story(
         "bnpl_stuck_unfinished",
         "queue merchants' workers restart and lose the finish messages they hold; the nightly batch is late past the finish limit",

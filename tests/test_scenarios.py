@@ -129,6 +129,19 @@ def _after_sales_race(base: dict, mitigated: dict) -> None:
     assert a["refunded_and_shipped_fen"] > 0
 
 
+def _promotion_pause(base: dict, mitigated: dict) -> None:
+    """The plan's paused runs strand the agreements delivered early; the first run after it finishes them
+    all (repaired, within the run's interval of the limit); with the finish job out of the plan, almost
+    none (the sync merchant's rare finish delay past a day)."""
+    a, m = base["anomalies"]["bnpl_stuck_unfinished"], mitigated["anomalies"]["bnpl_stuck_unfinished"]
+    assert a["occurred_ci95"][0] > 0 and a["occurred_orders"] >= 0.02 * base["orders"], a
+    assert a["count"] == 0 and a["repaired"] == a["occurred_orders"], a
+    assert a["window_s"]["median"] < 2 * 3600, a["window_s"]  # the limit passed less than a run's interval before
+    assert m["occurred_orders"] <= a["occurred_orders"] / 20, (m["occurred_orders"], a["occurred_orders"])
+    assert base["metrics"]["merchant_batch"]["skipped_paused"] == 12  # the runs at 2 h .. 24 h
+    assert "merchant_batch" not in mitigated["metrics"]
+
+
 def _mitigation_line(name: str) -> dict[str, Any]:
     """A --set line of a file's Mitigation block, parsed as the CLI parses it (for values too long to
     repeat here)."""
@@ -181,6 +194,12 @@ STORIES: dict[str, Story] = {
         mitigation={"order_service.close_policy": "close_trade_then_order", "order_service.late_payment": "auto_refund"},
         end_state="resurrected_stock_released",
         absent=("paid_but_closed", "double_charge", "charge_without_order", "ledger_imbalance"),
+    ),
+    "bnpl_promotion_pause": Story(
+        scale={"run.horizon": "12m", "run.drain": "3d"},  # the file's plan, merchants and limit as written
+        mitigation={"faults": []},
+        check=_promotion_pause,
+        absent=MONEY + ("bnpl_false_overdue",),
     ),
     "bnpl_forgotten_finish": Story(
         # Only pay-after-use buyers, and one small shop whose worker restarts every 3 h (the file: 30
