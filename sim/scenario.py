@@ -1074,6 +1074,10 @@ class Scenario(_Section):
             _set_path(raw, key, value, source)
         return scenario_from_dict(raw, source)
 
+    def set_by_a_fault(self, key: str) -> bool:
+        """Whether any ``[[faults]]`` window sets ``key`` (a dotted key, as in its ``set`` table)."""
+        return any(key in f.set for f in self.faults)
+
     def faulted(self, window: FaultWindow) -> "Scenario":
         """This scenario as it is inside a fault window (without fault windows of its own)."""
         source = f"faults[{window.label or format_duration(window.start)}]"
@@ -1101,8 +1105,8 @@ def inert_settings(s: Scenario) -> list[str]:
             notes.append(f"{', '.join(keys)} {'has' if len(keys) == 1 else 'have'} no effect: support.agents is off "
                          f"(no customer-service desk; set support.agents to a number of agents)")
     else:
-        faulted = any("user.after_sales_probability" in f.set for f in s.faults)
-        if sp.escalate_probability > 0 and s.user.after_sales_probability == 0 and not faulted:
+        if (sp.escalate_probability > 0 and s.user.after_sales_probability == 0
+                and not s.set_by_a_fault("user.after_sales_probability")):
             notes.append("support.escalate_probability has no effect: no buyer asks for after-sales "
                          "(user.after_sales_probability = 0), so no merchant refuses a cancel to escalate")
         keys = [f"support.{n}" for n in ("escalation_delay", "escalation_upheld") if _changed(sp, n)]
@@ -1112,8 +1116,8 @@ def inert_settings(s: Scenario) -> list[str]:
     if s.order_service.notify_outage_every is None and _changed(s.order_service, "notify_outage_duration"):
         notes.append("order_service.notify_outage_duration has no effect: order_service.notify_outage_every is "
                      "\"off\" (no outages)")
-    paused = s.merchant.batch_paused or any("merchant.batch_paused" in f.set for f in s.faults)
-    if paused and not any(m.finish == "batch" for m in s.merchant.population):
+    batching = any(m.finish == "batch" for m in s.merchant.population)
+    if (s.merchant.batch_paused or s.set_by_a_fault("merchant.batch_paused")) and not batching:
         notes.append("merchant.batch_paused has no effect: no merchant of merchant.population sends its finish "
                      "from a batch job (finish = \"batch\")")
     if s.bnpl.deduction_source != "draw" and _changed(s.bnpl, "deduction_failure"):

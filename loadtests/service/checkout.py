@@ -1172,13 +1172,9 @@ class Checkout(base.ServiceBase):
         if not rows:
             return
         skip = policies.batch_run(name in self._batch_running, self.conditions.current().merchant.batch_paused)
-        if skip == "running":
-            st["batch_skipped"] += 1
-            log.info("merchant %s: batch run at %.1f skipped, the previous run still runs", name, now)
-            return
-        if skip == "paused":
-            st["batch_paused"] += 1
-            log.info("merchant %s: batch run at %.1f skipped, paused by merchant.batch_paused", name, now)
+        if skip is not None:  # the previous run still runs, or merchant.batch_paused is on
+            st["batch_skipped" if skip == "running" else "batch_paused"] += 1
+            log.info("merchant %s: batch run at %.1f skipped (%s)", name, now, skip)
             return
         self._batch_running.add(name)
         st["batch_runs"] += 1

@@ -115,7 +115,7 @@ def run_replication(scenario: Scenario, replication: int = 0, examples: bool = T
         metrics["after_sales"] = {k: float(v) for k, v in merchant.after_sales.items()}
     if support.station is not None:
         metrics["support_tickets"] = {k: float(v) for k, v in support.counts.items()}
-    if scenario.merchant.batch_paused or any("merchant.batch_paused" in f.set for f in scenario.faults):
+    if scenario.merchant.batch_paused or scenario.set_by_a_fault("merchant.batch_paused"):
         metrics["merchant_batch"] = {k: float(v) for k, v in merchant.batch_runs.items()}  # (absent otherwise)
     if gateway.outages is not None:  # (absent when off: the results of every other run are as they were)
         metrics["notify_outages"] = notify_outage_metrics(w, gateway)

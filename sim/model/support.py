@@ -40,7 +40,7 @@ ESCALATION_COUNTS = ("escalations", "escalations_refunded", "escalations_shipped
 
 
 class Support:
-    def __init__(self, w: World, order_service, gateway, bank, merchant=None) -> None:
+    def __init__(self, w: World, order_service, gateway, bank, merchant) -> None:
         self.w = w
         self.os, self.gw = order_service, gateway
         self.counts = dict.fromkeys(SUPPORT_COUNTS, 0)
@@ -51,7 +51,7 @@ class Support:
         # The whole observation: tickets come hours after the orders
         self.station = Station(w.env, "support", agents, w.warmup, w.end)
         bank.on_debit.append(lambda order, trade, _t: self._debited(order, trade))
-        if merchant is not None and w.p.support.escalate_probability > 0:
+        if w.p.support.escalate_probability > 0:
             # (the counts only when escalations are on: every other run's results are as they were)
             self.counts.update(dict.fromkeys(ESCALATION_COUNTS, 0))
             merchant.on_refused.append(self._refused)
