@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -96,7 +95,7 @@ def emit_without(mode: str):
 
 def child(orders: int, mode: str) -> None:
     """In a fresh process: one replication of ~``orders`` orders in ``mode``; CPU µs per order, peak RSS."""
-    from benchmarks.sim_throughput import load_default, sized
+    from benchmarks.sim_throughput import load_default, peak_rss_mb, sized
     from sim.model.model import run_replication
 
     if mode != "full":
@@ -107,9 +106,8 @@ def child(orders: int, mode: str) -> None:
     t = time.process_time()
     r = run_replication(s, 0)
     cpu = time.process_time() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps({"orders": r.orders_created, "us_per_order": 1e6 * cpu / r.orders_created,
-                      "peak_rss_mb": peak}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 def measure(orders: int, mode: str) -> dict:

@@ -5,7 +5,8 @@ Prints, in one run:
   * customers per second of a bare SimPy M/M/c loop (Poisson arrivals, c servers, exponential service,
     simpy.Resource) — the engine's own limit on this machine — and the ratio of the two;
   * peak RSS and time per order of a fresh process simulating ~10k, ~100k and ~1M orders (same arrival
-    rate, longer horizon; --quick stops at 100k); memory is judged between the two largest sizes;
+    rate, longer horizon; --quick stops at 100k); memory is judged between the two largest sizes; the
+    sizes below 1M run in --repeat processes each (default 3) and their median time per order is used;
   * the wall-time speed-up of --jobs 2 and of a 2-worker Dask LocalCluster (--dask-workers 2) over
     --jobs 1 on four replications (the cluster's start-up is timed apart, not in the speed-up).
 The last line is one JSON object. Run on purpose:  python benchmarks/sim_throughput.py [--quick]
@@ -76,6 +77,22 @@ def model_rate(orders: int) -> tuple[float, int]:
     return r.orders_created / (time.perf_counter() - t), r.orders_created
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak resident set (MB): ``VmHWM`` of /proc/self/status where there is one.
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux keeps it across ``exec``, so a child started by a parent
+    that had grown larger reports the parent's peak (a 10k-order child of this benchmark reported
+    191 MB, its own peak being 91 MB, until 2026-12-08)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def child_rss(orders: int) -> None:
     """Run in a fresh process: simulate ~orders orders, print peak RSS (MB), orders and CPU µs per order."""
     from sim.model.model import run_replication
@@ -84,15 +101,22 @@ def child_rss(orders: int) -> None:
     t = time.process_time()
     r = run_replication(s, 0)
     cpu = time.process_time() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(json.dumps({"orders": r.orders_created, "peak_rss_mb": peak, "us_per_order": 1e6 * cpu / r.orders_created}))
+    print(json.dumps({"orders": r.orders_created, "peak_rss_mb": peak_rss_mb(),
+                      "us_per_order": 1e6 * cpu / r.orders_created}))
 
 
-def sized_run(orders: int) -> dict:
-    """Peak RSS, orders and CPU time per order of one replication of ~``orders`` orders in a fresh process."""
-    out = subprocess.run([sys.executable, __file__, "--child", str(orders)], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def sized_run(orders: int, repeat: int = 1) -> dict:
+    """Peak RSS, orders and CPU time per order of one replication of ~``orders`` orders in a fresh process;
+    with ``repeat`` > 1, that many processes one after the other and the median CPU time per order (a
+    run of a few seconds moves by ±15 % between runs on this machine), with every run's figure."""
+    runs = []
+    for _ in range(repeat):
+        out = subprocess.run([sys.executable, __file__, "--child", str(orders)], capture_output=True, text=True,
+                             check=True, cwd=ROOT)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    per_order = sorted(r["us_per_order"] for r in runs)
+    return {"orders": runs[0]["orders"], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "us_per_order": per_order[len(per_order) // 2], "us_per_order_runs": [r["us_per_order"] for r in runs]}
 
 
 def jobs_speedup(orders_per_rep: int) -> tuple[float, float | None, float | None]:
@@ -134,8 +158,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller sizes (10k/100k orders) for a fast look")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny sizes that only show the script works (figures mean nothing)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="fresh processes per size below 1M orders; the median CPU time per order is used (default 3)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.repeat < 1:
+        ap.error(f"--repeat: expected at least 1, found {args.repeat}")
     if args.child:
         child_rss(args.child)
         return
@@ -149,9 +177,14 @@ def main() -> None:
     print(f"full model (default, 1 core):{rate:12,.0f} orders/s   ({n:,} orders)")
     ratio = rate / bare
     print(f"ratio model / bare SimPy:    {ratio:12.3f}   (target >= 0.20)")
-    runs = [sized_run(k) for k in sizes]
+    # the sizes below 1M in 3 processes each (median), 1M in one (~3 minutes)
+    runs = [sized_run(k, 1 if k >= 1_000_000 else args.repeat) for k in sizes]
     for r in runs:
-        print(f"{r['orders']:>9,} orders:  peak RSS {r['peak_rss_mb']:7.1f} MB   {r['us_per_order']:7.1f} µs CPU/order")
+        spread = ""
+        if len(r["us_per_order_runs"]) > 1:
+            spread = "   (median of " + " / ".join(f"{x:.1f}" for x in r["us_per_order_runs"]) + ")"
+        print(f"{r['orders']:>9,} orders:  peak RSS {r['peak_rss_mb']:7.1f} MB   {r['us_per_order']:7.1f} µs CPU/order"
+              + spread, flush=True)
     small, large = runs[-2], runs[-1]
     rss_ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
     print(f"peak RSS {large['orders']:,} / {small['orders']:,} orders: {rss_ratio:.2f}x   (target <= 1.5x)")
@@ -169,7 +202,7 @@ def main() -> None:
                       **per_rss,  # peak_rss_ratio is judged between the two largest sizes
                       "orders_small": small["orders"], "orders_large": large["orders"],
                       "peak_rss_ratio": round(rss_ratio, 3),
-                      **per_order, "time_per_order_ratio": round(flat, 3),
+                      **per_order, "time_per_order_ratio": round(flat, 3), "repeat": args.repeat,
                       "jobs2_speedup": round(speedup, 3),
                       "dask2_speedup": None if dask_speedup is None else round(dask_speedup, 3),
                       "dask_startup_s": None if dask_startup is None else round(dask_startup, 2),
