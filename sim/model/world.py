@@ -47,11 +47,51 @@ class FastEnvironment(simpy.Environment):
     SimPy's until-event would take and stops exactly where that event would stand in the queue
     (``(until, URGENT, eid)``). A callback scheduled with :meth:`call_at` is the plain function in the
     queue entry (no ``Timeout`` object, no callback list, no lambda around it).
+
+    **Far entries wait in buckets.** Most entries of an order in flight are due hours ahead (its
+    delivery, a notification retry, a refund); in one heap they made every pop sift through tens of
+    thousands of entries that are not due for hours. An entry :meth:`call_at` or :meth:`timeout`
+    schedules at or after ``_edge`` (a multiple of ``_SLOT`` seconds) goes, unchanged, into the list of
+    its ``_SLOT``-second slot instead; the run loop pops the heap only while its first entry is due
+    before ``_edge``, and otherwise moves the next slot's entries into the heap first (``_edge`` then
+    moves to that slot's end). Every entry in a slot is due at or after ``_edge``, so the entry popped is
+    always the least of all, the same tuple as with one heap: the order is unchanged, eid for eid.
     """
 
     def __init__(self, initial_time: float = 0) -> None:
         super().__init__(initial_time)
         self._ready: deque = deque()  # processes to start now, in order (see :meth:`process`)
+        self._edge = (initial_time // _SLOT + 1) * _SLOT  # entries due from here on wait in slots
+        self._slots: dict[int, list] = {}  # slot index -> its entries, in the order they were scheduled
+        self._slot_keys: list[int] = []  # heap of the slot indices in _slots
+
+    def _push(self, entry: tuple) -> None:
+        """Queue ``entry``: into the heap when due before ``_edge``, else into its slot."""
+        t = entry[0]
+        if t < self._edge:
+            heappush(self._queue, entry)
+            return
+        k = int(t // _SLOT)  # t >= _edge = m * _SLOT (exact: _SLOT is a power of two) -> k >= m
+        slot = self._slots.get(k)
+        if slot is None:
+            self._slots[k] = [entry]
+            heappush(self._slot_keys, k)
+        else:
+            slot.append(entry)
+
+    def _open_slot(self) -> None:
+        """Move the next slot's entries into the heap; ``_edge`` becomes that slot's end."""
+        k = heappop(self._slot_keys)
+        queue = self._queue
+        for entry in self._slots.pop(k):
+            heappush(queue, entry)
+        self._edge = (k + 1) * _SLOT
+
+    def _open_all_slots(self) -> None:
+        """Every waiting entry into the heap, and no slots from now on (for SimPy's own ``step``/``peek``)."""
+        while self._slot_keys:
+            self._open_slot()
+        self._edge = float("inf")
 
     def call_at(self, delay: float, fn: Callable[[], None]) -> None:
         """Run ``fn()`` ``delay`` seconds from now, ordered like ``timeout(delay)`` with ``fn`` as callback."""
@@ -59,7 +99,11 @@ class FastEnvironment(simpy.Environment):
             raise ValueError(f"Negative delay {delay}")
         if fn.__class__ is not FunctionType:
             fn = _as_function(fn)
-        heappush(self._queue, (self._now + delay, 1, next(self._eid), fn))
+        t = self._now + delay
+        if t < self._edge:
+            heappush(self._queue, (t, 1, next(self._eid), fn))
+        else:
+            self._push((t, 1, next(self._eid), fn))
 
     def process(self, generator: Any) -> "_Process":
         """Run ``generator`` as a process, driven like ``simpy.Process`` (the same events in the same
@@ -86,16 +130,24 @@ class FastEnvironment(simpy.Environment):
         ev._value = value
         ev._delay = delay
         ev._ok = True
-        heappush(self._queue, (self._now + delay, 1, next(self._eid), ev))
+        t = self._now + delay
+        if t < self._edge:
+            heappush(self._queue, (t, 1, next(self._eid), ev))
+        else:
+            self._push((t, 1, next(self._eid), ev))
         return ev
 
     def peek(self) -> float:
-        return self._now if self._ready else super().peek()
+        if self._ready:
+            return self._now
+        self._open_all_slots()
+        return super().peek()
 
     def step(self) -> None:
         if self._ready:
             self._ready.popleft().step(None)
             return
+        self._open_all_slots()
         entry = self._queue[0] if self._queue else None
         if entry is not None and entry[3].__class__ is FunctionType:
             heappop(self._queue)
@@ -106,6 +158,7 @@ class FastEnvironment(simpy.Environment):
 
     def run(self, until: Any = None) -> Any:
         if until is not None and isinstance(until, simpy.Event):
+            self._open_all_slots()  # SimPy's loop pops the heap alone
             return super().run(until)
         if until is not None:
             at = until if isinstance(until, int) else float(until)
@@ -117,6 +170,7 @@ class FastEnvironment(simpy.Environment):
         queue = self._queue
         function = FunctionType
         ready = self._ready
+        slot_keys = self._slot_keys
         limit = stop[0] if stop is not None else float("inf")
         while True:
             if ready:  # processes started by the last callback (URGENT at now: before anything else)
@@ -125,8 +179,12 @@ class FastEnvironment(simpy.Environment):
                 while ready:  # (a process's first step does not move the clock)
                     ready.popleft().step(None)
                 continue
-            if not queue:
-                break
+            if not queue or queue[0][0] >= self._edge:
+                if slot_keys:  # the next slot may hold entries before the heap's first: open it
+                    self._open_slot()
+                    continue
+                if not queue:
+                    break
             entry = heappop(queue)
             t = entry[0]
             if t >= limit and stop is not None and entry > stop:  # a float first, the tuple at the stop time
@@ -150,6 +208,7 @@ class FastEnvironment(simpy.Environment):
 
 
 _new_timeout = object.__new__
+_SLOT = 64.0  # seconds per slot of far entries (a power of two: t // _SLOT is exact at slot edges)
 # 32-bit words one draw of a fresh stream takes, by Dist kind (exponential, uniform: one random();
 # lognormal: gauss, two random() for a pair, the second value cached in gauss_next)
 _DRAW_WORDS = {"constant": 0, "exponential": 2, "uniform": 2, "lognormal": 4}
