@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -40,28 +39,11 @@ sys.path.insert(0, str(ROOT))
 MODES = ("full", "no_checker", "no_history")
 
 
-def bare_simpy_cpu_us(n: int = 200_000, c: int = 4, lam: float = 3.6, mu: float = 1.0, seed: int = 1) -> float:
-    """CPU µs per customer of the bare SimPy M/M/c loop of sim_throughput.py."""
-    import simpy
+def bare_simpy_cpu_us() -> float:
+    """CPU µs per customer of sim_throughput.py's bare SimPy M/M/c loop."""
+    from benchmarks.sim_throughput import bare_simpy
 
-    env = simpy.Environment()
-    res = simpy.Resource(env, capacity=c)
-    r = random.Random(seed)
-
-    def customer():
-        with res.request() as req:
-            yield req
-            yield env.timeout(r.expovariate(mu))
-
-    def source():
-        for _ in range(n):
-            yield env.timeout(r.expovariate(lam))
-            env.process(customer())
-
-    env.process(source())
-    t = time.process_time()
-    env.run()
-    return 1e6 * (time.process_time() - t) / n
+    return 1e6 / bare_simpy(clock=time.process_time)
 
 
 def emit_without(mode: str):
