@@ -7,7 +7,7 @@ the run's length is the history's or the model's. It runs one replication of sce
 (sized as sim_throughput.py sizes it) in a fresh process per measurement, three ways:
 
   * ``full``        the replication as `checkout-chaos simulate` runs it;
-  * ``no_checker``  every event built as a dict, as now, then dropped: no checker, no judgement;
+  * ``no_checker``  every event built by ``World.emit`` as now, then dropped: no checker, no judgement;
   * ``no_history``  no event built at all (only what the model reads back, the write log of a lagging
                     read replica, is kept): the model's own cost, the floor any change to events, their
                     format or the checker can reach without changing the model.
@@ -46,33 +46,34 @@ def bare_simpy_cpu_us() -> float:
     return 1e6 / bare_simpy(clock=time.process_time)
 
 
-def emit_without(mode: str):
-    """A ``World.emit`` that drops what it builds (``no_checker``) or builds nothing (``no_history``).
+def world_patches(mode: str) -> dict:
+    """``World`` methods to replace for ``mode``: the history dropped after it is built (``no_checker``)
+    or never built (``no_history``).
 
-    Both keep what the model itself reads back from its history (the write log of a lagging read
-    replica, ``World.state_log``), so the model runs as it does in ``full``: the same orders, draws and
-    metrics (tests/test_bench_ceiling.py checks it), only nothing is judged."""
+    ``no_checker`` keeps ``World.emit`` itself and only lets its sink drop every event (the checker is
+    never fed); ``no_history`` replaces ``emit`` with what the model reads back from its history, the
+    write log of a lagging read replica (``World.state_log``). Either way the model runs as in
+    ``full``: the same orders, draws and metrics (tests/test_bench_ceiling.py checks it), only nothing
+    is judged."""
     import sim.model.world as W
 
+    if mode == "no_checker":
+        def feed_directly(self, checker) -> None:
+            self.sink = _drop  # run_replication's own run.start / run.end go the same way
+
+        return {"feed_directly": feed_directly}
     writes = W._ORDER_WRITES
 
-    if mode == "no_checker":
-        def emit(self, type_, actor, order, **fields):
-            now = self.env._now
-            log = self.state_log
-            if log is not None and type_ in writes:
-                log.setdefault(order, []).append((now, writes[type_]))
-            fields["t"] = now
-            fields["type"] = type_
-            fields["actor"] = actor
-            fields["order"] = order
-    else:
-        def emit(self, type_, actor, order, **fields):
-            log = self.state_log
-            if log is not None and type_ in writes:
-                log.setdefault(order, []).append((self.env._now, writes[type_]))
+    def emit(self, type_, actor, order, **fields):
+        log = self.state_log
+        if log is not None and type_ in writes:
+            log.setdefault(order, []).append((self.env._now, writes[type_]))
 
-    return emit
+    return {"emit": emit}
+
+
+def _drop(event: dict) -> None:
+    pass
 
 
 def child(orders: int, mode: str) -> None:
@@ -83,7 +84,8 @@ def child(orders: int, mode: str) -> None:
     if mode != "full":
         import sim.model.world as W
 
-        W.World.emit = emit_without(mode)
+        for name, fn in world_patches(mode).items():
+            setattr(W.World, name, fn)
     s = sized(load_default(), orders)
     t = time.process_time()
     r = run_replication(s, 0)

@@ -31,7 +31,8 @@ def test_a_replication_without_its_history_runs_the_same_model(monkeypatch, scen
     s = load_scenario(ROOT / "scenarios" / scenario).with_overrides(SHORT)
     full = run_replication(s, 0)
     assert full.orders_created > 100 and full.summary.orders > 0
-    monkeypatch.setattr(W.World, "emit", ceiling.emit_without(mode))
+    for name, fn in ceiling.world_patches(mode).items():
+        monkeypatch.setattr(W.World, name, fn)
     bare = run_replication(s, 0)
     assert _model_of(bare) == _model_of(full)
     assert bare.summary.orders == 0  # nothing reached the checker: the timing has no judgement in it
@@ -48,6 +49,7 @@ def test_the_replica_write_log_is_kept_when_the_scenario_reads_it(monkeypatch):
         return original(self, order, lag)
 
     monkeypatch.setattr(W.World, "replica_state", spy)
-    monkeypatch.setattr(W.World, "emit", ceiling.emit_without("no_history"))
+    for name, fn in ceiling.world_patches("no_history").items():
+        monkeypatch.setattr(W.World, name, fn)
     run_replication(s, 0)
     assert seen and all(seen)

@@ -65,13 +65,9 @@ class FastEnvironment(simpy.Environment):
         self._slots: dict[int, list] = {}  # slot index -> its entries, in the order they were scheduled
         self._slot_keys: list[int] = []  # heap of the slot indices in _slots
 
-    def _push(self, entry: tuple) -> None:
-        """Queue ``entry``: into the heap when due before ``_edge``, else into its slot."""
-        t = entry[0]
-        if t < self._edge:
-            heappush(self._queue, entry)
-            return
-        k = int(t // _SLOT)  # t >= _edge = m * _SLOT (exact: _SLOT is a power of two) -> k >= m
+    def _to_slot(self, entry: tuple) -> None:
+        """Put ``entry``, due at or after ``_edge``, into the list of its slot."""
+        k = int(entry[0] // _SLOT)  # t >= _edge = m * _SLOT (exact: _SLOT is a power of two) -> k >= m
         slot = self._slots.get(k)
         if slot is None:
             self._slots[k] = [entry]
@@ -103,7 +99,7 @@ class FastEnvironment(simpy.Environment):
         if t < self._edge:
             heappush(self._queue, (t, 1, next(self._eid), fn))
         else:
-            self._push((t, 1, next(self._eid), fn))
+            self._to_slot((t, 1, next(self._eid), fn))
 
     def process(self, generator: Any) -> "_Process":
         """Run ``generator`` as a process, driven like ``simpy.Process`` (the same events in the same
@@ -134,7 +130,7 @@ class FastEnvironment(simpy.Environment):
         if t < self._edge:
             heappush(self._queue, (t, 1, next(self._eid), ev))
         else:
-            self._push((t, 1, next(self._eid), ev))
+            self._to_slot((t, 1, next(self._eid), ev))
         return ev
 
     def peek(self) -> float:
