@@ -49,6 +49,7 @@ def test_a_parked_order_stream_goes_on_with_the_same_draws():
         w.park_order_rng(order)
         assert w.order_rngs[order].__class__ is tuple  # parked: no Mersenne Twister kept
         after = w.order_rng(order)
+        assert after.getstate() == ref.getstate(), first  # rebuilt exactly: every word, the position, gauss_next
         assert [after.gauss(0.0, 1.0) for _ in range(3)] + [after.random() for _ in range(700)] == \
                [ref.gauss(0.0, 1.0) for _ in range(3)] + [ref.random() for _ in range(700)], first
 
@@ -71,5 +72,6 @@ def test_parking_after_one_known_draw_needs_no_getstate():
         w.park_order_rng(order, dist)
         assert w.order_rngs[order].__class__ is tuple
         after = w.order_rng(order)
+        assert after.getstate() == ref.getstate(), dist.kind
         assert [dist.draw(after) for _ in range(5)] + [after.random() for _ in range(700)] == \
                [dist.draw(ref) for _ in range(5)] + [ref.random() for _ in range(700)], dist.kind

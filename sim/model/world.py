@@ -523,12 +523,13 @@ class World:
 
     def _unpark(self, order: str, position: int, gauss_next: float | None) -> random.Random:
         r = random.Random(self._order_seeds.seed(zlib.crc32(order.encode())))
-        if position != _MT_N:  # the stream had drawn: redo its first twist, then stand where it stood
+        if position != _MT_N:  # the stream had drawn: redo its first twist (one word), then the words up to
+            # where it stood (``getrandbits`` of 32·k bits takes exactly k words; no second twist before 624).
+            # The same state as ``setstate`` of the position, without building two 625-integer tuples.
             r.getrandbits(32)
-            version, internal, _gauss = r.getstate()
-            r.setstate((version, internal[:-1] + (position,), gauss_next))
-        elif gauss_next is not None:
-            r.setstate(r.getstate()[:2] + (gauss_next,))
+            if position > 1:
+                r.getrandbits(32 * (position - 1))
+        r.gauss_next = gauss_next  # what setstate would restore (a fresh stream's is None)
         return r
 
     # -- the order service's read replica ------------------------------------------------------------
