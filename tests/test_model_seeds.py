@@ -75,3 +75,14 @@ def test_parking_after_one_known_draw_needs_no_getstate():
         assert after.getstate() == ref.getstate(), dist.kind
         assert [dist.draw(after) for _ in range(5)] + [after.random() for _ in range(700)] == \
                [dist.draw(ref) for _ in range(5)] + [ref.random() for _ in range(700)], dist.kind
+
+
+def test_seeded_is_random_random_of_the_same_integer():
+    from sim.domain.population import seeded
+
+    for x in (0, 1, 2**32 - 1, 2**32, 2**64 + 7, 2**127 + 5, 2**128 - 1):
+        a, b = seeded(x), random.Random(x)
+        assert a.__class__ is random.Random
+        assert a.getstate() == b.getstate(), x
+        assert [a.gauss(0.0, 1.0) for _ in range(3)] + [a.random() for _ in range(700)] == \
+               [b.gauss(0.0, 1.0) for _ in range(3)] + [b.random() for _ in range(700)], x

@@ -25,7 +25,7 @@ import simpy
 
 from sim.domain.entities import BuyerAccount
 from sim.domain.ledger import Ledger, Txn
-from sim.domain.population import account_stream, buyer_stream
+from sim.domain.population import account_stream, buyer_stream, seeded
 from sim.domain.states import OrderState
 from sim.scenario import Scenario
 
@@ -485,7 +485,7 @@ class World:
         r = self.order_rngs.get(order)
         if r is None:
             # = SeedSequence(seed, spawn_key=(replication, crc32(order), 1)).generate_state(2) as an int
-            r = self.order_rngs[order] = random.Random(self._order_seeds.seed(zlib.crc32(order.encode())))
+            r = self.order_rngs[order] = seeded(self._order_seeds.seed(zlib.crc32(order.encode())))
         elif r.__class__ is tuple:  # parked: rebuild the stream exactly where it stood
             r = self.order_rngs[order] = self._unpark(order, *r)
         return r
@@ -522,7 +522,7 @@ class World:
             self.order_rngs[order] = (position, gauss_next)
 
     def _unpark(self, order: str, position: int, gauss_next: float | None) -> random.Random:
-        r = random.Random(self._order_seeds.seed(zlib.crc32(order.encode())))
+        r = seeded(self._order_seeds.seed(zlib.crc32(order.encode())))
         if position != _MT_N:  # the stream had drawn: redo its first twist (one word), then the words up to
             # where it stood (``getrandbits`` of 32·k bits takes exactly k words; no second twist before 624).
             # The same state as ``setstate`` of the position, without building two 625-integer tuples.
