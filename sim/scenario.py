@@ -176,11 +176,9 @@ class Dist:
     def draw(self, rng: Any) -> float:
         """One value drawn with ``rng`` (for one-off draws; hot paths keep a :meth:`sampler`)."""
         f = self._f
-        if f is None:  # first draw of this object: the drawer of an equal Dist if there is one
-            f = _DRAWERS.get(self)
-            if f is None:
-                f = _DRAWERS[self] = self._drawer()
-            object.__setattr__(self, "_f", f)  # (hashing the frozen dataclass on every draw cost ~0.2 µs)
+        if f is None:  # first draw of this object (a cache keyed by the frozen dataclass cost ~0.2 µs a draw
+            f = self._drawer()  # to hash it, and kept every Dist ever drawn from alive)
+            object.__setattr__(self, "_f", f)
         return f(rng)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -256,9 +254,6 @@ def _lognormal_sampler(mu: float, sigma: float, rng: random.Random):
 
     return draw
 
-
-# Dist -> its drawer (Dist is frozen and hashable); a few hundred entries at most in a process.
-_DRAWERS: dict[Dist, Any] = {}
 
 _DIST_KEYS = {
     "constant": ("value",),

@@ -484,11 +484,14 @@ class World:
         """
         r = self.order_rngs.get(order)
         if r is None:
-            # = SeedSequence(seed, spawn_key=(replication, crc32(order), 1)).generate_state(2) as an int
-            r = self.order_rngs[order] = seeded(self._order_seeds.seed(zlib.crc32(order.encode())))
+            r = self.order_rngs[order] = self._fresh_order_rng(order)
         elif r.__class__ is tuple:  # parked: rebuild the stream exactly where it stood
             r = self.order_rngs[order] = self._unpark(order, *r)
         return r
+
+    def _fresh_order_rng(self, order: str) -> random.Random:
+        # = SeedSequence(seed, spawn_key=(replication, crc32(order), 1)).generate_state(2) as an int
+        return seeded(self._order_seeds.seed(zlib.crc32(order.encode())))
 
     def new_order_rng(self, order: str) -> bool:
         """True when ``order`` has no stream yet (its first draw will be the stream's first)."""
@@ -522,13 +525,11 @@ class World:
             self.order_rngs[order] = (position, gauss_next)
 
     def _unpark(self, order: str, position: int, gauss_next: float | None) -> random.Random:
-        r = seeded(self._order_seeds.seed(zlib.crc32(order.encode())))
-        if position != _MT_N:  # the stream had drawn: redo its first twist (one word), then the words up to
-            # where it stood (``getrandbits`` of 32·k bits takes exactly k words; no second twist before 624).
-            # The same state as ``setstate`` of the position, without building two 625-integer tuples.
-            r.getrandbits(32)
-            if position > 1:
-                r.getrandbits(32 * (position - 1))
+        r = self._fresh_order_rng(order)
+        if position != _MT_N:  # the stream had drawn: redo its first twist and the words up to where it stood
+            # (``getrandbits`` of 32·k bits takes exactly k words, the first one twisting; no second twist
+            # before 624): the state ``setstate`` of the position gives, without two 625-integer tuples
+            r.getrandbits(32 * position)
         r.gauss_next = gauss_next  # what setstate would restore (a fresh stream's is None)
         return r
 
